@@ -1,0 +1,431 @@
+use super::*;
+
+fn load(files: &[(&str, &str)]) -> Result<Policy, PolicyErrors> {
+    let sources: Vec<(String, String)> = files
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    Policy::from_sources(&sources)
+}
+
+fn one(text: &str) -> Result<Policy, PolicyErrors> {
+    load(&[("p.yaml", text)])
+}
+
+fn errors(text: &str) -> Vec<String> {
+    one(text)
+        .expect_err("policy should be refused")
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+fn user(uid: u32, name: &str, groups: &[&str]) -> Identity {
+    Identity {
+        uid,
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+const REFERENCE: &str = "defaults:\n  cpu: 2\n  mem: 8G\n\nmax:\n  cpu: 8\n  mem: 32G\n";
+
+#[test]
+fn reference_policy_loads_unchanged() {
+    let p = one(REFERENCE).unwrap();
+    let u = p.for_user(&user(1001, "alice", &["alice"]));
+    assert_eq!(u.exempt, None);
+    assert_eq!(u.default.cpu, Cpus::whole(2));
+    assert_eq!(u.default.mem, Bytes(8 << 30));
+    assert_eq!(u.default.tasks, DEFAULT_TASKS);
+    assert_eq!(u.default.mem_high, None);
+    assert_eq!(u.max.cpu, Cpus::whole(8));
+    assert_eq!(u.max.mem, Bytes(32 << 30));
+    assert_eq!(u.max.tasks, DEFAULT_TASKS);
+    assert_eq!(u.sources, vec!["defaults"]);
+}
+
+#[test]
+fn fractional_cpus_and_tasks() {
+    let p = one(
+        "defaults: {cpu: 1.5, mem: 1.5G, tasks: 512}\nmax: {cpu: 2.25, mem: 2G, tasks: 1024}\n",
+    )
+    .unwrap();
+    let u = p.for_user(&user(2000, "bob", &[]));
+    assert_eq!(u.default.cpu, Cpus::from_millis(1500));
+    assert_eq!(u.default.mem, Bytes(3 << 29));
+    assert_eq!(u.default.tasks, Tasks(512));
+    assert_eq!(u.max.cpu, Cpus::from_millis(2250));
+    assert_eq!(u.max.tasks, Tasks(1024));
+}
+
+#[test]
+fn missing_max_means_no_resizing_above_default() {
+    let p = one("defaults: {cpu: 2, mem: 8G}\n").unwrap();
+    let u = p.for_user(&user(2000, "bob", &[]));
+    assert_eq!(u.max.cpu, u.default.cpu);
+    assert_eq!(u.max.mem, u.default.mem);
+}
+
+#[test]
+fn soft_limit_as_percent_or_size_scales_with_resizes() {
+    let p = one("defaults: {cpu: 2, mem: 8G, mem_high: 75%}\nmax: {cpu: 8, mem: 32G}\n").unwrap();
+    let u = p.for_user(&user(2000, "bob", &[]));
+    assert_eq!(u.default.mem_high, Some(Bytes(6 << 30)));
+    assert_eq!(
+        u.limits(Cpus::whole(4), Bytes(16 << 30), Tasks(10))
+            .mem_high,
+        Some(Bytes(12 << 30))
+    );
+    let p = one("defaults: {cpu: 2, mem: 8G, mem_high: 6G}\nmax: {cpu: 8, mem: 32G}\n").unwrap();
+    let u = p.for_user(&user(2000, "bob", &[]));
+    assert_eq!(u.default.mem_high, Some(Bytes(6 << 30)));
+    assert_eq!(
+        u.limits(Cpus::whole(4), Bytes(4 << 30), Tasks(10)).mem_high,
+        Some(Bytes(3 << 30))
+    );
+}
+
+#[test]
+fn soft_limit_must_be_below_hard_limit() {
+    let e = errors("defaults: {cpu: 2, mem: 8G, mem_high: 9G}\n");
+    assert!(
+        e[0].starts_with("p.yaml:1: defaults.mem_high: soft limit 9G"),
+        "{e:?}"
+    );
+    let e = errors("defaults: {cpu: 2, mem: 8G, mem_high: 100%}\n");
+    assert!(
+        e[0].contains("defaults.mem_high") && e[0].contains("below 100%"),
+        "{e:?}"
+    );
+    let e = errors("defaults: {cpu: 2, mem: 8G}\nmax: {mem_high: 50%}\n");
+    assert!(e[0].starts_with("p.yaml:2: max.mem_high"), "{e:?}");
+}
+
+#[test]
+fn directory_files_merge_in_order_field_by_field() {
+    let p = load(&[
+        ("00-base.yaml", REFERENCE),
+        (
+            "10-site.yaml",
+            "defaults:\n  cpu: 1\nexempt:\n  users: [backup]\n",
+        ),
+        ("20-more.yaml", "exempt:\n  users: [ci]\n  uid_below: 500\n"),
+    ])
+    .unwrap();
+    let u = p.for_user(&user(2000, "bob", &[]));
+    assert_eq!(u.default.cpu, Cpus::whole(1));
+    assert_eq!(u.default.mem, Bytes(8 << 30)); // kept from the first file
+    assert!(p.exemption(&user(2001, "backup", &[])).is_some());
+    assert!(p.exemption(&user(2002, "ci", &[])).is_some());
+    assert_eq!(p.exemption(&user(600, "x", &[])), None);
+    assert!(matches!(
+        p.exemption(&user(499, "x", &[])),
+        Some(Exemption::SystemUid { below: 500 })
+    ));
+}
+
+#[test]
+fn exempt_by_default_root_system_and_nobody() {
+    let p = one(REFERENCE).unwrap();
+    assert_eq!(p.exemption(&user(0, "root", &[])), Some(Exemption::Root));
+    assert_eq!(
+        p.exemption(&user(999, "daemon", &[])),
+        Some(Exemption::SystemUid { below: 1000 })
+    );
+    assert_eq!(
+        p.exemption(&user(65534, "nobody", &[])),
+        Some(Exemption::Nobody)
+    );
+    assert_eq!(p.exemption(&user(1000, "first", &[])), None);
+    let p = one("defaults: {cpu: 2, mem: 8G}\nexempt: {groups: [admins]}\n").unwrap();
+    let e = p.exemption(&user(1500, "ann", &["ann", "admins"])).unwrap();
+    assert!(e.to_string().contains("group admins"), "{e}");
+    assert!(p.for_user(&user(1500, "ann", &["admins"])).exempt.is_some());
+}
+
+#[test]
+fn group_and_user_overrides() {
+    let text = "\
+defaults: {cpu: 2, mem: 8G}
+max: {cpu: 8, mem: 32G}
+groups:
+  students:
+    defaults: {cpu: 1, mem: 4G}
+    max: {cpu: 2, mem: 8G}
+  gpu:
+    max: {cpu: 16}
+users:
+  alice:
+    defaults: {tasks: 8000}
+    max: {mem: 64G, tasks: 9000}
+";
+    let p = one(text).unwrap();
+    let s = p.for_user(&user(1003, "stu", &["stu", "students"]));
+    assert_eq!(s.default.cpu, Cpus::whole(1));
+    assert_eq!(s.default.mem, Bytes(4 << 30));
+    assert_eq!(s.max.cpu, Cpus::whole(2));
+    assert_eq!(s.sources, vec!["defaults", "group students"]);
+    // groups apply in policy order: gpu after students raises the max again
+    let both = p.for_user(&user(1004, "x", &["gpu", "students"]));
+    assert_eq!(both.max.cpu, Cpus::whole(16));
+    assert_eq!(both.default.cpu, Cpus::whole(1));
+    let a = p.for_user(&user(1005, "alice", &["alice", "students"]));
+    assert_eq!(a.default.tasks, Tasks(8000));
+    assert_eq!(a.max.mem, Bytes(64 << 30));
+    assert_eq!(a.max.cpu, Cpus::whole(2));
+    assert_eq!(a.sources, vec!["defaults", "group students", "user alice"]);
+    let names: Vec<String> = p.named_groups().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["students", "gpu"]);
+    let (name, origin) = &p.named_users()[0];
+    assert_eq!((name.as_str(), origin.line), ("alice", 10));
+}
+
+#[test]
+fn overrides_are_checked_against_the_base() {
+    let text = "defaults: {cpu: 2, mem: 8G}\nmax: {cpu: 8, mem: 32G}\ngroups:\n  big:\n    defaults: {cpu: 12}\n";
+    let e = one(text).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(e.0[0].field, "groups.big.defaults.cpu");
+    assert_eq!(e.0[0].origin.line, 5);
+    assert!(e.0[0].message.contains("above max cpu 8"), "{e}");
+    let text = "defaults: {cpu: 2, mem: 8G}\nusers:\n  tiny:\n    max: {mem: 1G}\n";
+    let e = one(text).unwrap_err();
+    assert_eq!(e.0[0].field, "users.tiny.max.mem");
+    assert_eq!(e.0[0].origin.line, 4);
+}
+
+#[test]
+fn defaults_above_max_name_both_places() {
+    let e = errors("defaults:\n  cpu: 10\n  mem: 8G\nmax:\n  cpu: 8\n  mem: 32G\n");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("p.yaml:2: defaults.cpu: default cpu 10 is above max cpu 8"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("p.yaml:5"), "{e:?}");
+}
+
+#[test]
+fn bad_values_name_file_line_and_field() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "defaults:\n  cpu: 0\n  mem: 8G\n",
+            "p.yaml:2: defaults.cpu: `0` must be greater than zero",
+        ),
+        (
+            "defaults:\n  cpu: -2\n  mem: 8G\n",
+            "p.yaml:2: defaults.cpu: `-2` must be greater than zero",
+        ),
+        (
+            "defaults:\n  cpu: 2\n  mem: 8X\n",
+            "p.yaml:3: defaults.mem: `8X` has an unknown unit `X`",
+        ),
+        (
+            "defaults:\n  cpu: 2\n  mem: 0G\n",
+            "p.yaml:3: defaults.mem: `0G` must be greater than zero",
+        ),
+        (
+            "defaults:\n  cpu: 2\n  mem: 99999999999T\n",
+            "p.yaml:3: defaults.mem: `99999999999T` is too large",
+        ),
+        (
+            "defaults:\n  cpu: two\n  mem: 8G\n",
+            "p.yaml:2: defaults.cpu: `two` is not a number",
+        ),
+        (
+            "defaults:\n  cpu: true\n  mem: 8G\n",
+            "p.yaml:2: defaults.cpu: `true` is not a number",
+        ),
+        (
+            "defaults:\n  cpu: 2\n  mem: 8\n",
+            "p.yaml:3: defaults.mem: 8B is too small",
+        ),
+        (
+            "defaults:\n  cpu: 2\n  mem: 8G\n  tasks: 1.5\n",
+            "p.yaml:4: defaults.tasks: `1.5` must be a whole number",
+        ),
+        (
+            "defaults:\n  cpu: 1e999\n  mem: 8G\n",
+            "p.yaml:2: defaults.cpu:",
+        ),
+        (
+            "defaults:\n  cpu: 2\n  memory: 8G\n",
+            "p.yaml:3: defaults.memory: unknown field `memory`",
+        ),
+        (
+            "defaults:\n  cpu: 2\n  cpu: 3\n  mem: 8G\n",
+            "p.yaml:3: defaults.cpu: duplicate mapping key",
+        ),
+        ("defaults: [1, 2]\n", "p.yaml:1: defaults:"),
+        (
+            "defaults:\n  cpu: [2]\n  mem: 8G\n",
+            "p.yaml:2: defaults.cpu: expected a single value",
+        ),
+        (
+            "defaults:\n  cpu: 2\n mem: 8G\n",
+            "p.yaml:3: defaults.mem: while parsing",
+        ),
+        (
+            "defalts:\n  cpu: 2\n",
+            "p.yaml:1: defalts: unknown field `defalts`",
+        ),
+        (
+            "defaults: {cpu: 2, mem: 8G}\ncapacity: {overcommit: 0}\n",
+            "p.yaml:2: capacity.overcommit: `0` is not an overcommit factor",
+        ),
+        (
+            "defaults: {cpu: 2, mem: 8G}\ncapacity: {overcommit: {cpu: 2, disk: 3}}\n",
+            "p.yaml:2: capacity: expected a number, or {cpu: N, mem: N}",
+        ),
+        (
+            "defaults: {cpu: 2, mem: 8G}\nexempt: {uid_below: -1}\n",
+            "p.yaml:2: exempt.uid_below: `-1` is not a uid",
+        ),
+        (
+            "defaults: {cpu: 2, mem: 8G}\nleases: {max_duration: 4x}\n",
+            "p.yaml:2: leases.max_duration:",
+        ),
+        ("max: {cpu: 8, mem: 32G}\n", "p.yaml: defaults.cpu: missing"),
+        ("defaults: {cpu: .nan, mem: 8G}\n", "p.yaml:1: defaults:"),
+    ];
+    for (text, want) in cases {
+        let e = errors(text);
+        assert!(
+            e.iter().any(|m| m.starts_with(want)),
+            "for {text:?}\n  want prefix: {want}\n  got: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let e = errors("defaults:\n  cpu: 0\n  mem: 8X\n  tasks: -1\n");
+    assert_eq!(e.len(), 3, "{e:?}");
+}
+
+#[test]
+fn empty_and_comment_only_files_are_fine_next_to_a_real_one() {
+    let p = load(&[
+        ("00.yaml", REFERENCE),
+        ("50.yaml", ""),
+        ("60.yaml", "# disabled\n"),
+    ]);
+    assert!(p.is_ok());
+    let e = load(&[("50.yaml", "# nothing\n")]).unwrap_err();
+    assert!(e.to_string().contains("defaults.cpu: missing"), "{e}");
+}
+
+#[test]
+fn capacity_defaults_to_the_host_with_overcommit() {
+    let host = HostResources {
+        cpus: Cpus::whole(2),
+        mem: Bytes(24 << 30),
+    };
+    let c = one(REFERENCE).unwrap().capacity(host);
+    assert_eq!(c.cpu, Cpus::whole(8));
+    assert_eq!(c.mem, Bytes(36 << 30));
+    let c = one("defaults: {cpu: 2, mem: 8G}\ncapacity: {cpu: 64, mem: 256G, overcommit: 1}\n")
+        .unwrap()
+        .capacity(host);
+    assert_eq!((c.cpu, c.mem), (Cpus::whole(64), Bytes(256 << 30)));
+    let c = one("defaults: {cpu: 2, mem: 8G}\ncapacity: {overcommit: {cpu: 2}}\n")
+        .unwrap()
+        .capacity(host);
+    assert_eq!((c.cpu, c.mem), (Cpus::whole(4), Bytes(36 << 30)));
+}
+
+#[test]
+fn load_from_disk_file_and_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("20-late.yaml"), "defaults:\n  cpu: 3\n").unwrap();
+    std::fs::write(d.join("10-base.yml"), REFERENCE).unwrap();
+    std::fs::write(d.join(".hidden.yaml"), "garbage: [").unwrap();
+    std::fs::write(d.join("README"), "not yaml: [").unwrap();
+    std::fs::write(d.join("old.yaml.dpkg-old"), "garbage: [").unwrap();
+    let p = Policy::load(d).unwrap();
+    assert_eq!(p.files().len(), 2);
+    assert_eq!(
+        p.for_user(&user(2000, "b", &[])).default.cpu,
+        Cpus::whole(3)
+    );
+    let p = Policy::load(&d.join("10-base.yml")).unwrap();
+    assert_eq!(
+        p.for_user(&user(2000, "b", &[])).default.cpu,
+        Cpus::whole(2)
+    );
+
+    let e = Policy::load(&d.join("missing")).unwrap_err().to_string();
+    assert!(
+        e.contains("missing: cannot read policy") && e.contains("create it"),
+        "{e}"
+    );
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = Policy::load(&empty).unwrap_err().to_string();
+    assert!(e.contains("no policy files"), "{e}");
+    std::fs::write(d.join("30-bad.yaml"), "defaults:\n  cpu: 0\n").unwrap();
+    let e = Policy::load(d).unwrap_err().to_string();
+    assert!(e.contains("30-bad.yaml:2: defaults.cpu"), "{e}");
+}
+
+#[test]
+fn summary_mentions_every_part() {
+    let p = one("defaults: {cpu: 2, mem: 8G, mem_high: 90%}\nmax: {cpu: 8, mem: 32G}\ngroups:\n  students:\n    defaults: {cpu: 1}\nleases: {max_duration: 8h}\n").unwrap();
+    let s = p.summary().join("\n");
+    assert!(
+        s.contains("defaults: cpu 2, mem 8G (soft 7.2G), tasks 4096"),
+        "{s}"
+    );
+    assert_eq!(
+        p.for_user(&user(2000, "u", &[])).default.mem_high,
+        Some(Bytes(7372 << 20))
+    );
+    assert!(s.contains("group students: defaults cpu 1"), "{s}");
+    assert!(s.contains("leases:   at most 8h"), "{s}");
+    assert_eq!(p.max_lease(), Some(Duration::from_secs(8 * 3600)));
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn loader_never_panics(text in "\\PC{0,200}") {
+            let _ = one(&text);
+        }
+
+        #[test]
+        fn loader_never_panics_on_near_yaml(
+            cpu in "(-?[0-9]{0,6}(\\.[0-9]{0,4})?|two|~|\\[1\\]|\\{\\}|\\.nan|\\.inf)",
+            mem in "([0-9.]{0,8}[KMGTXBkmgi%]{0,3}|~|-1)",
+            key in "(defaults|max|groups|users|exempt|capacity|leases|bogus)",
+        ) {
+            let text = format!("{key}:\n  cpu: {cpu}\n  mem: {mem}\nmax:\n  cpu: {cpu}\n");
+            if let Err(e) = one(&text) {
+                for err in &e.0 {
+                    prop_assert!(err.origin.file.as_ref() == "p.yaml");
+                }
+            }
+        }
+
+        #[test]
+        fn valid_policies_keep_defaults_within_max(d in 1u64..64, m in 1u64..64, g in 1u64..64) {
+            let text = format!(
+                "defaults: {{cpu: {d}, mem: {d}G}}\nmax: {{cpu: {m}, mem: {m}G}}\ngroups:\n  g:\n    defaults: {{cpu: {g}}}\n"
+            );
+            if let Ok(p) = one(&text) {
+                for groups in [vec![], vec!["g"]] {
+                    let u = p.for_user(&user(5000, "u", &groups));
+                    prop_assert!(u.default.cpu <= u.max.cpu);
+                    prop_assert!(u.default.mem <= u.max.mem);
+                }
+            } else {
+                prop_assert!(d > m || g > m);
+            }
+        }
+    }
+}

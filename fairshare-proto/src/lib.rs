@@ -1,0 +1,20 @@
+//! Types and code shared by every part of fairshare.
+//!
+//! * [`units`]: CPU counts, memory sizes and task counts, parsed the same way
+//!   in policy files, on the wire and on the command line.
+//! * [`wire`]: the newline-delimited JSON protocol spoken on
+//!   `/run/fairshare.sock`.
+//! * [`client`]: a blocking client with a single deadline, safe to use inside
+//!   a PAM module (no threads, no async runtime).
+//!
+//! This crate has no async runtime and no D-Bus dependency on purpose: the PAM
+//! module links it into every login process.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod client;
+pub mod units;
+pub mod wire;
+
+pub use client::{Client, ClientError};
+pub use units::{Bytes, Cpus, Tasks, ValueError};
+pub use wire::{Request, Response};

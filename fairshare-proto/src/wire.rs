@@ -1,0 +1,586 @@
+//! The wire protocol between fairshared and its clients.
+//!
+//! One request per connection: the client writes one JSON object on one line,
+//! the daemon answers with one JSON object on one line and closes the
+//! connection. That keeps `echo '{"type":"status"}' | nc -U /run/fairshare.sock`
+//! working, as in the original quick start, whose three requests
+//! (`request_resources`, `release`, `status`) and three answers (`success`,
+//! `error`, `status_info`) are kept exactly. Everything else here is an
+//! addition: new request types, and new fields on the old answers.
+//!
+//! Unknown fields are ignored. Quantities (`cpu`, `mem`, `tasks`) are kept as
+//! raw JSON values on the way in and validated by [`ResizeArgs::parse`], so a
+//! bad value is answered with an error that names the field.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::units::{Bytes, Cpus, Quantity, Tasks, ValueError};
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/fairshare.sock";
+/// Environment variable clients read the socket path from.
+pub const SOCKET_ENV: &str = "FAIRSHARE_SOCKET";
+/// Longest request line the daemon reads; longer requests are refused.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+/// A user named by uid or by login name.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum UserRef {
+    Uid(u32),
+    Name(String),
+}
+
+impl fmt::Display for UserRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserRef::Uid(u) => write!(f, "{u}"),
+            UserRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A request, as sent by a client.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Resize the caller's own allocation (within their policy maximum and the
+    /// host's free capacity). Sent while already allocated, it is a resize.
+    RequestResources(ResizeArgs),
+    /// Return the caller's allocation to the policy default.
+    Release,
+    /// The caller's allocation, defaults, maximum, sessions and usage. Root may
+    /// name another user.
+    Status {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserRef>,
+    },
+    /// Root only: a PAM session was opened.
+    SessionOpen(SessionOpen),
+    /// Root only: a PAM session was closed.
+    SessionClose(SessionClose),
+    /// Root only: every user the daemon tracks.
+    List,
+    /// Root only: set (or with `release: true`, reset) another user's allocation.
+    SetUser {
+        user: UserRef,
+        #[serde(flatten)]
+        args: ResizeArgs,
+        #[serde(default, skip_serializing_if = "is_false")]
+        release: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Request {
+    /// The name of the request type as it appears on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::RequestResources(_) => "request_resources",
+            Request::Release => "release",
+            Request::Status { .. } => "status",
+            Request::SessionOpen(_) => "session_open",
+            Request::SessionClose(_) => "session_close",
+            Request::List => "list",
+            Request::SetUser { .. } => "set_user",
+        }
+    }
+}
+
+/// The quantities of a resize. Missing fields keep their current value.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ResizeArgs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Value>,
+}
+
+/// A validated resize: each field `None` when not asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resize {
+    pub cpu: Option<Cpus>,
+    pub mem: Option<Bytes>,
+    pub tasks: Option<Tasks>,
+}
+
+impl ResizeArgs {
+    pub fn new(cpu: Option<Cpus>, mem: Option<Bytes>, tasks: Option<Tasks>) -> ResizeArgs {
+        let to_value = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
+        ResizeArgs {
+            cpu: cpu.map(|c| to_value(serde_json::to_value(c))),
+            mem: mem.map(|m| to_value(serde_json::to_value(m))),
+            tasks: tasks.map(|t| to_value(serde_json::to_value(t))),
+        }
+    }
+
+    /// Validates the quantities; the error names the offending field.
+    pub fn parse(&self) -> Result<Resize, String> {
+        Ok(Resize {
+            cpu: field("cpu", &self.cpu)?,
+            mem: field("mem", &self.mem)?,
+            tasks: field("tasks", &self.tasks)?,
+        })
+    }
+}
+
+fn field<T: Quantity>(name: &str, v: &Option<Value>) -> Result<Option<T>, String> {
+    let parsed = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.parse::<T>(),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => T::from_u64(u),
+            (None, Some(i), _) => Err(ValueError::NotPositive(i.to_string())),
+            (None, None, Some(f)) => T::from_number(f),
+            _ => Err(ValueError::NotANumber {
+                input: n.to_string(),
+                expected: T::EXPECTED,
+            }),
+        },
+        Some(other) => Err(ValueError::NotANumber {
+            input: short_json(other),
+            expected: T::EXPECTED,
+        }),
+    };
+    parsed.map(Some).map_err(|e| format!("{name}: {e}"))
+}
+
+fn short_json(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// Sent by the PAM module when a session opens.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOpen {
+    pub uid: u32,
+    /// The session process (the PAM caller, e.g. sshd's per-connection child).
+    pub pid: u32,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub tty: Option<String>,
+    #[serde(default)]
+    pub rhost: Option<String>,
+    /// logind's session id (`XDG_SESSION_ID`), when pam_systemd ran first.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// Sent by the PAM module when a session closes.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionClose {
+    pub uid: u32,
+    pub pid: u32,
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// An answer from the daemon.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Success(Success),
+    Error(ErrorReply),
+    StatusInfo(Box<StatusInfo>),
+    UserList(UserList),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct Success {
+    pub message: String,
+    /// The allocation now in force, for requests that change one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Limits>,
+    /// Host capacity after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// Why a request was refused, with what would have been allowed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ErrorReply {
+    pub error: String,
+    #[serde(default)]
+    pub code: ErrorCode,
+    /// The caller's maximum, when the request exceeded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Limits>,
+    /// The host's free capacity, when the request exceeded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request could not be parsed or had a bad value.
+    BadRequest,
+    /// Only root may do this.
+    PermissionDenied,
+    /// The request exceeds the caller's policy maximum.
+    ExceedsMax,
+    /// The host has not enough free capacity.
+    NoCapacity,
+    /// The user is exempt from fairshare limits.
+    Exempt,
+    /// No such user.
+    UnknownUser,
+    /// systemd refused or could not be reached.
+    Systemd,
+    /// The change was made but could not be saved to disk.
+    Persistence,
+    #[default]
+    Internal,
+}
+
+/// A set of limits as shown to people and programs.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub cpu: Cpus,
+    pub mem: Bytes,
+    /// The soft memory limit (MemoryHigh), when the policy sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_high: Option<Bytes>,
+    pub tasks: Tasks,
+}
+
+/// Host capacity, after overcommit, and how much of it is allocated.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub cpu_total: Cpus,
+    pub mem_total: Bytes,
+    pub cpu_allocated: Cpus,
+    pub mem_allocated: Bytes,
+    pub cpu_free: Cpus,
+    pub mem_free: Bytes,
+}
+
+/// Where a user's allocation comes from.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The policy default for this user.
+    Default,
+    /// The user resized their own allocation.
+    Resize,
+    /// Root set this user's allocation.
+    Admin,
+    /// The user is exempt: fairshare does not limit them.
+    Exempt,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Default => "default",
+            Source::Resize => "resize",
+            Source::Admin => "admin",
+            Source::Exempt => "exempt",
+        })
+    }
+}
+
+/// Live usage of a user's slice, where the host provides it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_current: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_current: Option<u64>,
+    /// Total CPU time used by the slice since it started, in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usage_nsec: Option<u64>,
+    /// How often the slice was held back by its CPU quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled_periods: Option<u64>,
+    /// Processes killed because the slice reached its memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+}
+
+/// One open session as the daemon knows it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rhost: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Unix time the session opened.
+    pub opened_at: u64,
+}
+
+/// The answer to `status` (and one row of `list`). The first two fields are
+/// the original protocol's.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StatusInfo {
+    /// `null` for exempt users, who have no fairshare limits.
+    pub allocated_cpu: Option<Cpus>,
+    pub allocated_mem: Option<Bytes>,
+    #[serde(default)]
+    pub allocated_tasks: Option<Tasks>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_mem_high: Option<Bytes>,
+    pub uid: u32,
+    pub user: String,
+    pub slice: String,
+    pub source: Source,
+    /// Whether the daemon currently holds limits on this user's slice.
+    pub active: bool,
+    pub default: Option<Limits>,
+    pub max: Option<Limits>,
+    /// The policy parts that shaped this user's limits, in order applied.
+    #[serde(default)]
+    pub policy: Vec<String>,
+    pub sessions: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session_list: Vec<SessionInfo>,
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UserList {
+    pub users: Vec<StatusInfo>,
+    pub capacity: Capacity,
+}
+
+impl Response {
+    pub fn success(message: impl Into<String>) -> Response {
+        Response::Success(Success {
+            message: message.into(),
+            ..Success::default()
+        })
+    }
+
+    pub fn error(code: ErrorCode, error: impl Into<String>) -> Response {
+        Response::Error(ErrorReply {
+            error: error.into(),
+            code,
+            max: None,
+            capacity: None,
+        })
+    }
+}
+
+/// Parses one request line. The error is ready to send back as it is.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        format!(
+            "malformed request: not valid UTF-8 (byte {})",
+            e.valid_up_to()
+        )
+    })?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(
+            "empty request; send one JSON object on one line, e.g. {\"type\":\"status\"}".into(),
+        );
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("unknown variant") {
+            format!(
+                "unknown request type: {msg}",
+                msg = msg.replace("unknown variant", "got")
+            )
+        } else if msg.starts_with("missing field `type`") {
+            "malformed request: missing field `type` (e.g. {\"type\":\"status\"})".to_string()
+        } else {
+            format!("malformed request: {msg}")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_requests_parse() {
+        let r = parse_request(br#"{"type":"request_resources","cpu":4,"mem":"16G"}"#).unwrap();
+        let Request::RequestResources(args) = r else {
+            panic!("wrong variant")
+        };
+        let resize = args.parse().unwrap();
+        assert_eq!(resize.cpu, Some(Cpus::whole(4)));
+        assert_eq!(resize.mem, Some(Bytes(16 << 30)));
+        assert_eq!(resize.tasks, None);
+        assert_eq!(
+            parse_request(br#"{"type":"release"}"#).unwrap(),
+            Request::Release
+        );
+        assert_eq!(
+            parse_request(b"{\"type\":\"status\"}\n").unwrap(),
+            Request::Status { user: None }
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let r = parse_request(br#"{"type":"release","uid":0,"user":"root","x":[1,2]}"#).unwrap();
+        assert_eq!(r, Request::Release);
+        let r = parse_request(br#"{"type":"request_resources","cpu":2,"uid":1002}"#).unwrap();
+        assert!(matches!(r, Request::RequestResources(_)));
+    }
+
+    #[test]
+    fn malformed_requests_get_readable_errors() {
+        let e = parse_request(br#"{"type":"explode"}"#).unwrap_err();
+        assert!(e.starts_with("unknown request type"), "{e}");
+        assert!(e.contains("request_resources"), "{e}");
+        let e = parse_request(br#"{"cpu":2}"#).unwrap_err();
+        assert!(e.contains("missing field `type`"), "{e}");
+        let e = parse_request(b"\xff\xfe").unwrap_err();
+        assert!(e.contains("UTF-8"), "{e}");
+        let e = parse_request(b"   ").unwrap_err();
+        assert!(e.contains("empty request"), "{e}");
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert!(parse_request(deep.as_bytes()).is_err());
+        let e = parse_request(br#"{"type":"session_open","uid":4294967296,"pid":1}"#).unwrap_err();
+        assert!(e.starts_with("malformed request"), "{e}");
+    }
+
+    #[test]
+    fn bad_quantities_name_the_field() {
+        let parse = |s: &str| match parse_request(s.as_bytes()).unwrap() {
+            Request::RequestResources(a) => a.parse(),
+            _ => panic!("wrong variant"),
+        };
+        let e = parse(r#"{"type":"request_resources","cpu":-1}"#).unwrap_err();
+        assert!(
+            e.starts_with("cpu:") && e.contains("greater than zero"),
+            "{e}"
+        );
+        let e = parse(r#"{"type":"request_resources","mem":"8X"}"#).unwrap_err();
+        assert!(e.starts_with("mem:") && e.contains("unknown unit"), "{e}");
+        let e = parse(r#"{"type":"request_resources","cpu":1e308}"#).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        let e = parse(r#"{"type":"request_resources","mem":18446744073709551616}"#).unwrap_err();
+        assert!(e.starts_with("mem:"), "{e}");
+        let e = parse(r#"{"type":"request_resources","tasks":[1]}"#).unwrap_err();
+        assert!(e.starts_with("tasks:"), "{e}");
+        let e = parse(r#"{"type":"request_resources","cpu":"NaN"}"#).unwrap_err();
+        assert!(e.contains("not a number"), "{e}");
+        assert!(parse_request(br#"{"type":"request_resources","cpu":1e400}"#).is_err());
+    }
+
+    #[test]
+    fn answers_keep_the_reference_shape() {
+        let r = Response::success("ok");
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"type":"success","message":"ok"}"#
+        );
+        let v: Value = serde_json::to_value(Response::error(ErrorCode::ExceedsMax, "no")).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"], "no");
+        let status = StatusInfo {
+            allocated_cpu: Some(Cpus::whole(4)),
+            allocated_mem: Some(Bytes(16 << 30)),
+            allocated_tasks: Some(Tasks(4096)),
+            allocated_mem_high: None,
+            uid: 1001,
+            user: "alice".into(),
+            slice: "user-1001.slice".into(),
+            source: Source::Resize,
+            active: true,
+            default: None,
+            max: None,
+            policy: vec![],
+            sessions: 1,
+            session_list: vec![],
+            usage: Usage::default(),
+            capacity: None,
+        };
+        let v = serde_json::to_value(Response::StatusInfo(Box::new(status.clone()))).unwrap();
+        assert_eq!(v["type"], "status_info");
+        assert_eq!(v["allocated_cpu"], 4);
+        assert_eq!(v["allocated_mem"], "16G");
+        let back: Response = serde_json::from_value(v).unwrap();
+        assert_eq!(back, Response::StatusInfo(Box::new(status)));
+    }
+
+    #[test]
+    fn resize_args_round_trip() {
+        let args = ResizeArgs::new(Some(Cpus::from_millis(1500)), Some(Bytes(3 << 30)), None);
+        let req = Request::RequestResources(args);
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(line, r#"{"type":"request_resources","cpu":1.5,"mem":"3G"}"#);
+        let Request::RequestResources(a) = parse_request(line.as_bytes()).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(a.parse().unwrap().cpu, Some(Cpus::from_millis(1500)));
+    }
+
+    #[test]
+    fn set_user_flattens_quantities() {
+        let r =
+            parse_request(br#"{"type":"set_user","user":"bob","cpu":3,"mem":"3G","force":true}"#)
+                .unwrap();
+        let Request::SetUser {
+            user, args, force, ..
+        } = r
+        else {
+            panic!("wrong variant")
+        };
+        assert_eq!(user, UserRef::Name("bob".into()));
+        assert!(force);
+        assert_eq!(args.parse().unwrap().mem, Some(Bytes(3 << 30)));
+        let r = parse_request(br#"{"type":"set_user","user":1002,"release":true}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::SetUser {
+                user: UserRef::Uid(1002),
+                release: true,
+                ..
+            }
+        ));
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = parse_request(&bytes);
+            }
+
+            #[test]
+            fn decoder_never_panics_on_near_json(
+                t in "(request_resources|release|status|session_open|set_user|list|x)",
+                cpu in "(-?[0-9]{0,20}(\\.[0-9]{0,5})?|\"[^\"]{0,10}\"|null|true|\\[\\]|\\{\\})",
+                mem in "(\"[0-9.]{0,6}[KMGTXB]{0,2}\"|[0-9e.+-]{0,12}|null)",
+            ) {
+                let line = format!(r#"{{"type":"{t}","cpu":{cpu},"mem":{mem},"uid":1,"pid":2,"user":"u"}}"#);
+                if let Ok(Request::RequestResources(a)) = parse_request(line.as_bytes()) {
+                    let _ = a.parse();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! PAM session module (see the PAM issue); placeholder crate for now.
