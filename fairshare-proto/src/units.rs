@@ -254,9 +254,9 @@ impl FromStr for Bytes {
             input: t.to_string(),
             expected: SIZE_EXPECTED,
         };
-        if num.starts_with('-') {
+        if let Some(rest) = num.strip_prefix('-') {
             // Report negatives as such, not as "not a number".
-            return match num[1..].chars().any(|c| c.is_ascii_digit()) {
+            return match rest.chars().any(|c| c.is_ascii_digit()) {
                 true => Err(ValueError::NotPositive(t.to_string())),
                 false => Err(not_a_number()),
             };

@@ -355,6 +355,9 @@ pub struct StatusInfo {
     pub sessions: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub session_list: Vec<SessionInfo>,
+    /// Unix time a leased resize lapses back to the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
     #[serde(default)]
     pub usage: Usage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -512,6 +515,7 @@ mod tests {
             policy: vec![],
             sessions: 1,
             session_list: vec![],
+            expires_at: None,
             usage: Usage::default(),
             capacity: None,
         };

@@ -1,0 +1,8 @@
+//! fairshare-ctl: the command-line client of fairshared.
+//!
+//! [`cli`] holds the command line (shared with the man page and completion
+//! generators); [`format`] turns answers into text for people.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod cli;
+pub mod format;

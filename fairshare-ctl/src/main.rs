@@ -1,0 +1,124 @@
+//! `fairshare-ctl`: sends one request to fairshared and shows the answer.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use fairshare_ctl::cli::{Cli, Command};
+use fairshare_ctl::format;
+use fairshare_policy::Policy;
+use fairshare_proto::wire::{Request, ResizeArgs, Response, UserRef};
+use fairshare_proto::{Client, ClientError};
+
+const EXIT_REFUSED: u8 = 1;
+const EXIT_UNREACHABLE: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let request = match &cli.command {
+        Command::Check { policy } => return check(policy),
+        Command::Status { user } => Request::Status {
+            user: user.as_ref().map(|u| UserRef::Name(u.clone())),
+        },
+        Command::Resize(s) => {
+            if s.cpu.is_none() && s.mem.is_none() && s.tasks.is_none() {
+                eprintln!(
+                    "fairshare-ctl: say what to resize: --cpu N, --mem SIZE and/or --tasks N"
+                );
+                return ExitCode::from(2);
+            }
+            Request::RequestResources(ResizeArgs::new(s.cpu, s.mem, s.tasks))
+        }
+        Command::Release => Request::Release,
+        Command::List => Request::List,
+        Command::Set {
+            user,
+            sizes,
+            default,
+            force,
+        } => {
+            if !default && sizes.cpu.is_none() && sizes.mem.is_none() && sizes.tasks.is_none() {
+                eprintln!(
+                    "fairshare-ctl: say what to set: --cpu N, --mem SIZE, --tasks N, or --default"
+                );
+                return ExitCode::from(2);
+            }
+            Request::SetUser {
+                user: UserRef::Name(user.clone()),
+                args: ResizeArgs::new(sizes.cpu, sizes.mem, sizes.tasks),
+                release: *default,
+                force: *force,
+            }
+        }
+    };
+    let timeout = Duration::from_secs_f64(cli.timeout.clamp(0.05, 3600.0));
+    let client = Client::new(&cli.socket, timeout);
+    let response = match client.call(&request) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fairshare-ctl: {}", unreachable_hint(&e));
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    if cli.json {
+        match serde_json::to_string_pretty(&response) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("fairshare-ctl: {e}"),
+        }
+    }
+    match response {
+        Response::Error(e) => {
+            eprintln!("fairshare-ctl: {}", e.error);
+            ExitCode::from(EXIT_REFUSED)
+        }
+        _ if cli.json => ExitCode::SUCCESS,
+        Response::Success(s) => {
+            println!("{}", s.message);
+            ExitCode::SUCCESS
+        }
+        Response::StatusInfo(s) => {
+            print!("{}", format::status(&s));
+            ExitCode::SUCCESS
+        }
+        Response::UserList(l) => {
+            print!("{}", format::list(&l));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// One line saying what went wrong and what to do about it.
+fn unreachable_hint(e: &ClientError) -> String {
+    match e {
+        ClientError::NotRunning { path, .. } => format!(
+            "fairshared is not running (nothing listens on {}); start it with: sudo systemctl start fairshared",
+            path.display()
+        ),
+        ClientError::Connect { path, source }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            format!(
+                "permission denied connecting to {}; the socket should be mode 0666 (is fairshared.socket installed as shipped?)",
+                path.display()
+            )
+        }
+        ClientError::Timeout { .. } => format!("{e}; check it with: systemctl status fairshared"),
+        other => other.to_string(),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Policy::load(path) {
+        Ok(p) => {
+            for line in p.summary() {
+                println!("{line}");
+            }
+            println!("policy OK: {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}

@@ -1,0 +1,473 @@
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fairshare_proto::units::{Bytes, Cpus, Tasks};
+use fairshare_proto::wire::{ErrorCode, ResizeArgs, parse_request};
+
+use super::*;
+use crate::systemd::{Call, Fake};
+
+struct Table(Vec<Identity>);
+
+impl Directory for Table {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
+        Ok(self.0.iter().find(|i| i.uid == uid).cloned())
+    }
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
+        Ok(self.0.iter().find(|i| i.name == name).cloned())
+    }
+}
+
+fn id(uid: u32, name: &str, groups: &[&str]) -> Identity {
+    Identity {
+        uid,
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+const POLICY: &str = "\
+defaults: {cpu: 2, mem: 8G}
+max: {cpu: 8, mem: 32G}
+capacity: {cpu: 16, mem: 64G, overcommit: 1}
+groups:
+  students:
+    defaults: {cpu: 1, mem: 2G}
+";
+
+fn service_with(policy: &str, state: Option<StateFile>) -> Service<Fake> {
+    let policy = Policy::from_sources(&[("p.yaml".into(), policy.into())]).unwrap();
+    let table = Table(vec![
+        id(0, "root", &["root"]),
+        id(1001, "alice", &["alice"]),
+        id(1002, "bob", &["bob"]),
+        id(1003, "stu", &["stu", "students"]),
+        id(998, "daemon", &["daemon"]),
+    ]);
+    Service::new(
+        Fake::default(),
+        Arc::new(table),
+        policy,
+        HostResources {
+            cpus: Cpus::whole(2),
+            mem: Bytes(8 << 30),
+        },
+        Cgroups::detect("/nonexistent-cgroup-root"),
+        state,
+    )
+}
+
+fn service() -> Service<Fake> {
+    service_with(POLICY, None)
+}
+
+fn peer(uid: u32) -> Peer {
+    Peer { uid, pid: None }
+}
+
+async fn send(s: &Service<Fake>, uid: u32, line: &str) -> Response {
+    let req = parse_request(line.as_bytes()).unwrap();
+    s.handle(peer(uid), req).await
+}
+
+fn status(r: Response) -> StatusInfo {
+    match r {
+        Response::StatusInfo(s) => *s,
+        other => panic!("expected status_info, got {other:?}"),
+    }
+}
+
+fn error(r: Response) -> ErrorReply {
+    match r {
+        Response::Error(e) => e,
+        other => panic!("expected error, got {other:?}"),
+    }
+}
+
+fn success(r: Response) -> Success {
+    match r {
+        Response::Success(s) => s,
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reference_flow_resize_status_release() {
+    let s = service();
+    let ok = success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":4,"mem":"16G"}"#,
+        )
+        .await,
+    );
+    assert!(
+        ok.message
+            .starts_with("Resources allocated: 4 CPUs, 16G memory"),
+        "{}",
+        ok.message
+    );
+    let applied = s.systemd().applied(1001).unwrap();
+    assert_eq!(applied.cpu, Cpus::whole(4));
+    assert_eq!(applied.mem, Bytes(16 << 30));
+    assert_eq!(applied.tasks, Tasks(4096));
+
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert_eq!(st.allocated_cpu, Some(Cpus::whole(4)));
+    assert_eq!(st.allocated_mem, Some(Bytes(16 << 30)));
+    assert_eq!(st.source, Source::Resize);
+    assert!(st.active);
+    assert_eq!(st.max.unwrap().cpu, Cpus::whole(8));
+    assert_eq!(st.default.unwrap().cpu, Cpus::whole(2));
+
+    let ok = success(send(&s, 1001, r#"{"type":"release"}"#).await);
+    assert!(
+        ok.message
+            .contains("back to the default of 2 CPUs, 8G memory"),
+        "{}",
+        ok.message
+    );
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+    assert!(s.ledger().is_empty());
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert_eq!(st.source, Source::Default);
+    assert_eq!(st.allocated_cpu, Some(Cpus::whole(2)));
+}
+
+#[tokio::test]
+async fn beyond_max_is_refused_and_nothing_is_applied() {
+    let s = service();
+    let e = error(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":16,"mem":"8G"}"#,
+        )
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::ExceedsMax);
+    assert!(
+        e.error.contains("cpu 16 is above your maximum of 8 CPUs"),
+        "{}",
+        e.error
+    );
+    assert!(
+        e.error.contains("you may have up to 8 CPUs, 32G memory"),
+        "{}",
+        e.error
+    );
+    assert_eq!(e.max.unwrap().cpu, Cpus::whole(8));
+    assert!(s.systemd().calls().is_empty());
+    assert!(s.ledger().is_empty());
+}
+
+#[tokio::test]
+async fn capacity_refusal_says_what_is_free() {
+    let s = service(); // 16 CPUs, 64G, no overcommit
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":8,"mem":"32G"}"#,
+        )
+        .await,
+    );
+    success(
+        send(
+            &s,
+            1002,
+            r#"{"type":"request_resources","cpu":6,"mem":"16G"}"#,
+        )
+        .await,
+    );
+    let e = error(
+        send(
+            &s,
+            1003,
+            r#"{"type":"request_resources","cpu":1,"mem":"20G"}"#,
+        )
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::NoCapacity);
+    assert!(
+        e.error.contains("mem 20G asked, 16G free for you"),
+        "{}",
+        e.error
+    );
+    assert_eq!(e.capacity.unwrap().mem_free, Bytes(16 << 30));
+}
+
+#[tokio::test]
+async fn a_user_cannot_touch_another_user_whatever_the_json_says() {
+    let s = service();
+    success(
+        send(
+            &s,
+            1002,
+            r#"{"type":"request_resources","cpu":3,"mem":"3G"}"#,
+        )
+        .await,
+    );
+    let before = s.ledger().get(1002).cloned();
+    // extra fields naming bob are ignored: alice resizes herself
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":5,"mem":"5G","uid":1002,"user":"bob"}"#,
+        )
+        .await,
+    );
+    success(send(&s, 1001, r#"{"type":"release","uid":1002,"user":"bob"}"#).await);
+    assert_eq!(s.ledger().get(1002).cloned(), before);
+    for line in [
+        r#"{"type":"set_user","user":"bob","cpu":1}"#,
+        r#"{"type":"set_user","user":1002,"release":true}"#,
+        r#"{"type":"list"}"#,
+        r#"{"type":"session_open","uid":1002,"pid":1}"#,
+        r#"{"type":"session_close","uid":1002,"pid":1}"#,
+        r#"{"type":"status","user":"bob"}"#,
+    ] {
+        let e = error(send(&s, 1001, line).await);
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{line}: {}", e.error);
+    }
+    assert_eq!(s.ledger().get(1002).cloned(), before);
+    assert_eq!(s.systemd().applied(1002).unwrap().cpu, Cpus::whole(3));
+    // a user may name themselves
+    let st = status(send(&s, 1001, r#"{"type":"status","user":"alice"}"#).await);
+    assert_eq!(st.uid, 1001);
+}
+
+#[tokio::test]
+async fn root_can_set_list_and_reset_others() {
+    let s = service();
+    let ok = success(
+        send(
+            &s,
+            0,
+            r#"{"type":"set_user","user":"bob","cpu":12,"mem":"40G"}"#,
+        )
+        .await,
+    );
+    assert_eq!(ok.allocation.unwrap().cpu, Cpus::whole(12)); // root may exceed max
+    let list = match send(&s, 0, r#"{"type":"list"}"#).await {
+        Response::UserList(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(list.users.len(), 1);
+    assert_eq!(list.users[0].user, "bob");
+    assert_eq!(list.users[0].source, Source::Admin);
+    assert_eq!(list.capacity.cpu_allocated, Cpus::whole(12));
+    let st = status(send(&s, 0, r#"{"type":"status","user":"bob"}"#).await);
+    assert_eq!(st.allocated_mem, Some(Bytes(40 << 30)));
+    success(send(&s, 0, r#"{"type":"set_user","user":"bob","release":true}"#).await);
+    assert_eq!(s.systemd().applied(1002).unwrap().cpu, Cpus::whole(2));
+    let e = error(send(&s, 0, r#"{"type":"set_user","user":"nobody-here","cpu":1}"#).await);
+    assert_eq!(e.code, ErrorCode::UnknownUser);
+    assert!(e.error.contains("getent passwd nobody-here"), "{}", e.error);
+}
+
+#[tokio::test]
+async fn exempt_users_have_nothing_to_resize() {
+    let s = service();
+    let e = error(send(&s, 0, r#"{"type":"request_resources","cpu":1}"#).await);
+    assert_eq!(e.code, ErrorCode::Exempt);
+    assert!(e.error.contains("root is never limited"), "{}", e.error);
+    let e = error(send(&s, 998, r#"{"type":"request_resources","cpu":1}"#).await);
+    assert_eq!(e.code, ErrorCode::Exempt);
+    let st = status(send(&s, 998, r#"{"type":"status"}"#).await);
+    assert_eq!(st.source, Source::Exempt);
+    assert_eq!(st.allocated_cpu, None);
+    let ok = success(send(&s, 0, r#"{"type":"session_open","uid":998,"pid":1}"#).await);
+    assert!(ok.message.contains("not limited"), "{}", ok.message);
+    assert!(s.systemd().calls().is_empty());
+}
+
+#[tokio::test]
+async fn bad_values_are_bad_requests() {
+    let s = service();
+    for line in [
+        r#"{"type":"request_resources","cpu":-1}"#,
+        r#"{"type":"request_resources","cpu":"NaN"}"#,
+        r#"{"type":"request_resources","mem":"1e308"}"#,
+        r#"{"type":"request_resources","mem":"8Q"}"#,
+        r#"{"type":"request_resources","tasks":0}"#,
+        r#"{"type":"request_resources"}"#,
+    ] {
+        let e = error(send(&s, 1001, line).await);
+        assert_eq!(e.code, ErrorCode::BadRequest, "{line}: {}", e.error);
+    }
+    assert!(s.systemd().calls().is_empty());
+}
+
+#[tokio::test]
+async fn group_overrides_shape_the_default() {
+    let s = service();
+    let st = status(send(&s, 1003, r#"{"type":"status"}"#).await);
+    assert_eq!(st.allocated_cpu, Some(Cpus::whole(1)));
+    assert_eq!(st.allocated_mem, Some(Bytes(2 << 30)));
+    assert_eq!(st.policy, vec!["defaults", "group students"]);
+}
+
+#[tokio::test]
+async fn systemd_failure_leaves_the_ledger_as_it_was() {
+    let s = service();
+    success(send(&s, 1001, r#"{"type":"request_resources","cpu":3}"#).await);
+    let before = s.ledger();
+    s.systemd().fail_apply.store(true, Ordering::SeqCst);
+    let e = error(send(&s, 1001, r#"{"type":"request_resources","cpu":5}"#).await);
+    assert_eq!(e.code, ErrorCode::Systemd);
+    assert!(e.error.contains("user-1001.slice"), "{}", e.error);
+    assert_eq!(s.ledger(), before);
+}
+
+#[tokio::test]
+async fn sessions_apply_the_default_and_the_last_close_releases() {
+    let s = service();
+    let open = |pid: u32| {
+        format!(
+            r#"{{"type":"session_open","uid":1001,"pid":{pid},"service":"sshd","session_id":"{pid}"}}"#
+        )
+    };
+    let ok = success(send(&s, 0, &open(4_000_001)).await);
+    assert_eq!(ok.allocation.unwrap().cpu, Cpus::whole(2));
+    success(send(&s, 0, &open(4_000_002)).await);
+    success(send(&s, 1001, r#"{"type":"request_resources","cpu":6}"#).await);
+    assert_eq!(
+        status(send(&s, 1001, r#"{"type":"status"}"#).await).sessions,
+        2
+    );
+    success(
+        send(
+            &s,
+            0,
+            r#"{"type":"session_close","uid":1001,"pid":4000001}"#,
+        )
+        .await,
+    );
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(6));
+    let ok = success(
+        send(
+            &s,
+            0,
+            r#"{"type":"session_close","uid":1001,"pid":4000002}"#,
+        )
+        .await,
+    );
+    assert!(ok.message.contains("last session closed"), "{}", ok.message);
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+    assert!(s.ledger().is_empty());
+    // a stray session process (this test's pid is not in any user slice) is adopted
+    let me = std::process::id();
+    let ok = success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1002,"pid":{me}}}"#),
+        )
+        .await,
+    );
+    assert!(ok.message.contains("moved from"), "{}", ok.message);
+    assert!(s.systemd().calls().contains(&Call::Adopt(1002, me)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_do_not_queue_behind_each_other_but_one_user_is_serialised() {
+    let s = Arc::new(service());
+    *s.systemd().delay.lock().unwrap() = Some(Duration::from_millis(200));
+    let a = {
+        let s = s.clone();
+        tokio::spawn(async move { send(&s, 1001, r#"{"type":"request_resources","cpu":3}"#).await })
+    };
+    let b = {
+        let s = s.clone();
+        tokio::spawn(async move { send(&s, 1002, r#"{"type":"request_resources","cpu":3}"#).await })
+    };
+    success(a.await.unwrap());
+    success(b.await.unwrap());
+    assert_eq!(s.systemd().max_in_flight.load(Ordering::SeqCst), 2);
+
+    let s = Arc::new(service());
+    *s.systemd().delay.lock().unwrap() = Some(Duration::from_millis(100));
+    let tasks: Vec<_> = (3..6)
+        .map(|c| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                send(
+                    &s,
+                    1001,
+                    &format!(r#"{{"type":"request_resources","cpu":{c}}}"#),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        success(t.await.unwrap());
+    }
+    assert_eq!(s.systemd().max_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service_with(POLICY, Some(StateFile::open(dir.path()).unwrap()));
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":5,"mem":"5G"}"#,
+        )
+        .await,
+    );
+    success(send(&s, 0, r#"{"type":"session_open","uid":1002,"pid":4000003}"#).await);
+    let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
+        crate::state::Loaded::Ledger(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(saved.get(1001).unwrap().limits.cpu, Cpus::whole(5));
+
+    let s2 = service_with(POLICY, Some(StateFile::open(dir.path()).unwrap()));
+    s2.restore(saved).await;
+    assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(5));
+    assert_eq!(s2.systemd().applied(1002).unwrap().cpu, Cpus::whole(2));
+    let st = status(send(&s2, 1001, r#"{"type":"status"}"#).await);
+    assert_eq!(st.allocated_mem, Some(Bytes(5 << 30)));
+    assert!(st.active);
+}
+
+#[tokio::test]
+async fn restore_clamps_to_a_lowered_max_and_drops_the_exempt() {
+    let s = service();
+    success(send(&s, 1001, r#"{"type":"request_resources","cpu":8}"#).await);
+    success(send(&s, 1002, r#"{"type":"request_resources","cpu":3}"#).await);
+    let saved = s.ledger();
+    let s2 = service_with(
+        "defaults: {cpu: 1, mem: 1G}\nmax: {cpu: 4, mem: 4G}\nexempt: {users: [bob]}\n",
+        None,
+    );
+    s2.restore(saved).await;
+    assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(4));
+    assert!(s2.ledger().get(1002).is_none());
+}
+
+#[tokio::test]
+async fn resize_args_from_the_client_round_trip() {
+    let s = service();
+    let req = Request::RequestResources(ResizeArgs::new(
+        Some(Cpus::from_millis(1500)),
+        Some(Bytes(3 << 29)),
+        Some(Tasks(100)),
+    ));
+    let ok = success(s.handle(peer(1001), req).await);
+    let a = ok.allocation.unwrap();
+    assert_eq!(
+        (a.cpu, a.mem, a.tasks),
+        (Cpus::from_millis(1500), Bytes(3 << 29), Tasks(100))
+    );
+    assert_eq!(
+        s.systemd().applied(1001).unwrap().cpu.quota_usec_per_sec(),
+        1_500_000
+    );
+}

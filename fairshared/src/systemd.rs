@@ -1,0 +1,349 @@
+//! Every call fairshared makes to systemd and logind, behind one trait.
+//!
+//! [`Dbus`] is the real thing: zbus on the system bus, with zbus_systemd's
+//! generated proxies. [`Fake`] records calls in memory, so the ledger and the
+//! request handling are tested without a bus. End-to-end tests always run
+//! against a real systemd.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fairshare_proto::wire::Limits;
+use zbus::Str;
+use zbus::zvariant::{OwnedVariant, Variant};
+use zbus_systemd::login1::ManagerProxy as LoginManager;
+use zbus_systemd::systemd1::ManagerProxy;
+
+/// The unit fairshare limits for a user: logind puts every session scope and
+/// `user@UID.service` there.
+pub fn slice_name(uid: u32) -> String {
+    format!("user-{uid}.slice")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("cannot reach systemd on the system bus: {0}")]
+    Bus(String),
+    #[error("systemd refused {call} on {unit}: {message}")]
+    Refused {
+        call: &'static str,
+        unit: String,
+        message: String,
+    },
+}
+
+/// What fairshared needs from systemd and logind.
+pub trait Systemd: Send + Sync + 'static {
+    /// Writes `limits` onto `user-UID.slice` as runtime properties. Works
+    /// whether or not the slice is active.
+    fn apply(
+        &self,
+        uid: u32,
+        limits: &Limits,
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
+
+    /// Lifts every limit fairshare set on `user-UID.slice` (for users who
+    /// became exempt or no longer exist).
+    fn reset(&self, uid: u32) -> impl Future<Output = Result<(), SystemdError>> + Send;
+
+    /// Moves `pid` (a session process outside any user slice) into a new
+    /// transient scope inside `user-UID.slice`, so it and its children are
+    /// limited. Returns the scope's name.
+    fn adopt(
+        &self,
+        uid: u32,
+        pid: u32,
+    ) -> impl Future<Output = Result<String, SystemdError>> + Send;
+
+    /// Users logind currently knows: `(uid, name)`.
+    fn logind_users(&self)
+    -> impl Future<Output = Result<Vec<(u32, String)>, SystemdError>> + Send;
+}
+
+/// The properties written onto a user's slice.
+pub fn slice_properties(limits: &Limits) -> Vec<(&'static str, u64)> {
+    vec![
+        ("CPUQuotaPerSecUSec", limits.cpu.quota_usec_per_sec()),
+        ("MemoryMax", limits.mem.get()),
+        // u64::MAX is systemd's "infinity": clears a soft limit set earlier.
+        ("MemoryHigh", limits.mem_high.map_or(u64::MAX, |h| h.get())),
+        ("TasksMax", limits.tasks.get()),
+    ]
+}
+
+// ---------------------------------------------------------------- D-Bus
+
+struct Bus {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+/// systemd and logind over the system bus. Reconnects when the bus
+/// connection drops (dbus restarted, systemd re-executed).
+pub struct Dbus {
+    bus: tokio::sync::Mutex<Option<Bus>>,
+    timeout: Duration,
+}
+
+impl Dbus {
+    /// Connects now, so that a daemon without a bus fails at start with a
+    /// clear message rather than at the first login.
+    pub async fn connect(timeout: Duration) -> Result<Dbus, SystemdError> {
+        let d = Dbus {
+            bus: tokio::sync::Mutex::new(None),
+            timeout,
+        };
+        let _ = d.manager().await?;
+        Ok(d)
+    }
+
+    async fn open(&self) -> Result<Bus, SystemdError> {
+        let conn = zbus::connection::Builder::system()
+            .method_timeout(self.timeout)
+            .build()
+            .await
+            .map_err(bus_err)?;
+        let manager = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(bus_err)?;
+        Ok(Bus { conn, manager })
+    }
+
+    /// The manager proxy, reconnecting if the connection has closed.
+    async fn manager(&self) -> Result<(zbus::Connection, ManagerProxy<'static>), SystemdError> {
+        let mut guard = self.bus.lock().await;
+        if let Some(b) = guard.as_ref()
+            && !b.conn.is_closed()
+        {
+            return Ok((b.conn.clone(), b.manager.clone()));
+        }
+        let b = self.open().await?;
+        let out = (b.conn.clone(), b.manager.clone());
+        *guard = Some(b);
+        Ok(out)
+    }
+
+    async fn reset(&self) {
+        *self.bus.lock().await = None;
+    }
+
+    /// Runs `f` once, and once more on a fresh connection if the bus went away.
+    async fn with_retry<T, F, Fut>(&self, f: F) -> Result<T, zbus::Error>
+    where
+        F: Fn(zbus::Connection, ManagerProxy<'static>) -> Fut,
+        Fut: Future<Output = Result<T, zbus::Error>>,
+    {
+        let first = match self.manager().await {
+            Ok((c, m)) => f(c, m).await,
+            Err(e) => Err(zbus::Error::Failure(e.to_string())),
+        };
+        match first {
+            Err(e) if is_disconnect(&e) => {
+                tracing::warn!(error = %e, "system bus connection lost; reconnecting");
+                self.reset().await;
+                let (c, m) = self
+                    .manager()
+                    .await
+                    .map_err(|e| zbus::Error::Failure(e.to_string()))?;
+                f(c, m).await
+            }
+            other => other,
+        }
+    }
+}
+
+fn bus_err(e: zbus::Error) -> SystemdError {
+    SystemdError::Bus(e.to_string())
+}
+
+fn is_disconnect(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::InputOutput(_) | zbus::Error::Failure(_))
+}
+
+fn refused(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => SystemdError::Refused {
+            call,
+            unit: unit.to_string(),
+            message: format!("{}: {}", name.as_str(), msg.unwrap_or_default()),
+        },
+        zbus::Error::InputOutput(_) | zbus::Error::Failure(_) => SystemdError::Bus(e.to_string()),
+        other => SystemdError::Refused {
+            call,
+            unit: unit.to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+impl Systemd for Dbus {
+    async fn apply(&self, uid: u32, limits: &Limits) -> Result<(), SystemdError> {
+        let unit = slice_name(uid);
+        let props = slice_properties(limits);
+        self.with_retry(|_, m| {
+            let unit = unit.clone();
+            let props: Vec<(String, OwnedVariant)> = props
+                .iter()
+                .map(|(k, v)| (k.to_string(), OwnedVariant::from(*v)))
+                .collect();
+            async move { m.set_unit_properties(unit, true, props).await }
+        })
+        .await
+        .map_err(|e| refused("SetUnitProperties", &unit, e))
+    }
+
+    async fn reset(&self, uid: u32) -> Result<(), SystemdError> {
+        let unit = slice_name(uid);
+        self.with_retry(|_, m| {
+            let unit = unit.clone();
+            let props: Vec<(String, OwnedVariant)> =
+                ["CPUQuotaPerSecUSec", "MemoryMax", "MemoryHigh", "TasksMax"]
+                    .iter()
+                    .map(|k| (k.to_string(), OwnedVariant::from(u64::MAX)))
+                    .collect();
+            async move { m.set_unit_properties(unit, true, props).await }
+        })
+        .await
+        .map_err(|e| refused("SetUnitProperties", &unit, e))
+    }
+
+    async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {
+        let unit = format!("fairshare-session-{uid}-{pid}.scope");
+        let slice = slice_name(uid);
+        let result = self
+            .with_retry(|_, m| {
+                let (unit, slice) = (unit.clone(), slice.clone());
+                async move {
+                    let props = vec![
+                        ("Slice".to_string(), OwnedVariant::from(Str::from(slice))),
+                        (
+                            "Description".to_string(),
+                            OwnedVariant::from(Str::from(format!(
+                                "fairshare: session of uid {uid} outside logind (pid {pid})"
+                            ))),
+                        ),
+                        (
+                            "PIDs".to_string(),
+                            OwnedVariant::try_from(Variant::from(vec![pid]))?,
+                        ),
+                        (
+                            "CollectMode".to_string(),
+                            OwnedVariant::from(Str::from("inactive-or-failed")),
+                        ),
+                    ];
+                    m.start_transient_unit(unit, "fail".into(), props, vec![])
+                        .await
+                }
+            })
+            .await;
+        result
+            .map(|_| unit.clone())
+            .map_err(|e| refused("StartTransientUnit", &unit, e))
+    }
+
+    async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
+        let users = self
+            .with_retry(|c, _| async move {
+                let login = LoginManager::builder(&c)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?;
+                login.list_users().await
+            })
+            .await
+            .map_err(|e| refused("ListUsers", "org.freedesktop.login1", e))?;
+        Ok(users
+            .into_iter()
+            .map(|(uid, name, _)| (uid, name))
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------- fake
+
+/// One recorded call to the fake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    Apply(u32, Limits),
+    Reset(u32),
+    Adopt(u32, u32),
+}
+
+/// An in-memory systemd for unit tests (and the memory benchmark).
+#[derive(Default)]
+pub struct Fake {
+    pub calls: Mutex<Vec<Call>>,
+    /// Make the next `apply` calls fail.
+    pub fail_apply: std::sync::atomic::AtomicBool,
+    /// Delay every call (to test that users do not queue behind each other).
+    pub delay: Mutex<Option<Duration>>,
+    pub users: Mutex<Vec<(u32, String)>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// The most `apply` calls ever running at once.
+    pub max_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Fake {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The last limits applied to a user's slice.
+    pub fn applied(&self, uid: u32) -> Option<Limits> {
+        self.calls().into_iter().rev().find_map(|c| match c {
+            Call::Apply(u, l) if u == uid => Some(l),
+            _ => None,
+        })
+    }
+
+    async fn pause(&self) {
+        let d = self.delay.lock().ok().and_then(|d| *d);
+        if let Some(d) = d {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    fn record(&self, c: Call) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(c);
+        }
+    }
+}
+
+impl Systemd for Fake {
+    async fn apply(&self, uid: u32, limits: &Limits) -> Result<(), SystemdError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, SeqCst);
+        self.pause().await;
+        self.in_flight.fetch_sub(1, SeqCst);
+        if self.fail_apply.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SystemdError::Refused {
+                call: "SetUnitProperties",
+                unit: slice_name(uid),
+                message: "injected failure".into(),
+            });
+        }
+        self.record(Call::Apply(uid, *limits));
+        Ok(())
+    }
+
+    async fn reset(&self, uid: u32) -> Result<(), SystemdError> {
+        self.pause().await;
+        self.record(Call::Reset(uid));
+        Ok(())
+    }
+
+    async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {
+        self.pause().await;
+        self.record(Call::Adopt(uid, pid));
+        Ok(format!("fairshare-session-{uid}-{pid}.scope"))
+    }
+
+    async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
+        Ok(self.users.lock().map(|u| u.clone()).unwrap_or_default())
+    }
+}

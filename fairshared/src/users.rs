@@ -1,0 +1,67 @@
+//! Who a uid is: name and groups, from NSS (files, LDAP, sssd, …).
+//!
+//! These calls may block (a directory server can be slow), so the daemon runs
+//! them on the blocking pool.
+
+use std::ffi::CString;
+
+use fairshare_policy::Identity;
+use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+
+/// Looks a user up by uid. `Ok(None)` when the uid has no passwd entry.
+pub fn by_uid(uid: u32) -> Result<Option<Identity>, String> {
+    let user =
+        User::from_uid(Uid::from_raw(uid)).map_err(|e| format!("looking up uid {uid}: {e}"))?;
+    Ok(user.map(identity))
+}
+
+/// Looks a user up by login name.
+pub fn by_name(name: &str) -> Result<Option<Identity>, String> {
+    let user = User::from_name(name).map_err(|e| format!("looking up user {name}: {e}"))?;
+    Ok(user.map(identity))
+}
+
+/// Whether a group of this name exists.
+pub fn group_exists(name: &str) -> bool {
+    matches!(Group::from_name(name), Ok(Some(_)))
+}
+
+fn identity(user: User) -> Identity {
+    let mut gids = CString::new(user.name.as_bytes())
+        .ok()
+        .and_then(|n| getgrouplist(&n, user.gid).ok())
+        .unwrap_or_default();
+    if !gids.contains(&user.gid) {
+        gids.push(user.gid);
+    }
+    let groups = gids
+        .into_iter()
+        .filter_map(|g: Gid| Group::from_gid(g).ok().flatten().map(|g| g.name))
+        .collect();
+    Identity {
+        uid: user.uid.as_raw(),
+        name: user.name,
+        groups,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_found_with_its_group() {
+        let root = by_uid(0).unwrap().unwrap();
+        assert_eq!(root.name, "root");
+        assert!(root.groups.iter().any(|g| g == "root"), "{:?}", root.groups);
+        assert_eq!(by_name("root").unwrap().unwrap().uid, 0);
+    }
+
+    #[test]
+    fn unknown_users_are_none() {
+        assert_eq!(by_uid(3_999_999_999).unwrap(), None);
+        assert_eq!(by_name("no-such-user-fairshare").unwrap(), None);
+        assert!(!group_exists("no-such-group-fairshare"));
+        assert!(group_exists("root"));
+    }
+}
