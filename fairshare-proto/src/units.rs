@@ -555,8 +555,13 @@ pub fn format_duration(d: std::time::Duration) -> String {
 // ---------------------------------------------------------------- shared
 
 /// A quantity that can be read from a string or from a number.
+///
+/// `Deserialize` (used for answers and saved state) also accepts zero, which
+/// capacity figures need; requests and policies go through the validating
+/// `FromStr` and `from_*` functions, which never do.
 pub trait Quantity: FromStr<Err = ValueError> + Sized {
     const EXPECTED: &'static str;
+    const ZERO: Self;
     fn from_number(value: f64) -> Result<Self, ValueError>;
 
     fn from_u64(value: u64) -> Result<Self, ValueError> {
@@ -566,6 +571,7 @@ pub trait Quantity: FromStr<Err = ValueError> + Sized {
 
 impl Quantity for Cpus {
     const EXPECTED: &'static str = CPU_EXPECTED;
+    const ZERO: Self = Cpus(0);
     fn from_number(value: f64) -> Result<Self, ValueError> {
         Cpus::from_f64(value)
     }
@@ -573,6 +579,7 @@ impl Quantity for Cpus {
 
 impl Quantity for Bytes {
     const EXPECTED: &'static str = SIZE_EXPECTED;
+    const ZERO: Self = Bytes(0);
     fn from_number(value: f64) -> Result<Self, ValueError> {
         Bytes::from_f64(value)
     }
@@ -586,6 +593,7 @@ impl Quantity for Bytes {
 
 impl Quantity for Tasks {
     const EXPECTED: &'static str = TASKS_EXPECTED;
+    const ZERO: Self = Tasks(0);
     fn from_number(value: f64) -> Result<Self, ValueError> {
         Tasks::from_f64(value)
     }
@@ -617,11 +625,17 @@ impl<T: Quantity> Visitor<'_> for QuantityVisitor<T> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        v.parse().map_err(E::custom)
+        match v.parse() {
+            Err(ValueError::NotPositive(_)) if !v.trim_start().starts_with('-') => Ok(T::ZERO),
+            other => other.map_err(E::custom),
+        }
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        T::from_u64(v).map_err(E::custom)
+        match v {
+            0 => Ok(T::ZERO),
+            v => T::from_u64(v).map_err(E::custom),
+        }
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
@@ -632,7 +646,10 @@ impl<T: Quantity> Visitor<'_> for QuantityVisitor<T> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        T::from_number(v).map_err(E::custom)
+        match v == 0.0 {
+            true => Ok(T::ZERO),
+            false => T::from_number(v).map_err(E::custom),
+        }
     }
 }
 
@@ -829,6 +846,10 @@ mod tests {
         let m: Bytes = serde_json::from_str("1048576").unwrap();
         assert_eq!(m, Bytes(1 << 20));
         assert!(serde_json::from_str::<Cpus>("-1").is_err());
+        // zero is a valid figure in answers (nothing allocated yet)
+        assert_eq!(serde_json::from_str::<Cpus>("0").unwrap(), Cpus::default());
+        assert_eq!(serde_json::from_str::<Bytes>("\"0B\"").unwrap(), Bytes(0));
+        assert!(serde_json::from_str::<Bytes>("\"-0G\"").is_err());
         assert!(serde_json::from_str::<Cpus>("1e308").is_err());
         assert!(serde_json::from_str::<Bytes>("18446744073709551616").is_err());
         assert!(serde_json::from_str::<Bytes>("-5").is_err());

@@ -93,9 +93,9 @@ impl Cgroups {
                         .find_map(|c| read(&self.v1(c, uid).join("cpu.stat")))
                         .as_deref()
                         .and_then(|s| key(s, "nr_throttled")),
-                    oom_kills: read(&self.v1("memory", uid).join("memory.oom_control"))
-                        .as_deref()
-                        .and_then(|s| key(s, "oom_kill")),
+                    // v1 counts a kill in the cgroup of the victim (a session
+                    // scope, say), not in its ancestors: add up the subtree.
+                    oom_kills: sum_below(&self.v1("memory", uid), "memory.oom_control", "oom_kill"),
                 }
             }
         }
@@ -122,6 +122,27 @@ impl Cgroups {
         }
         Some(total_ticks.saturating_mul(1_000_000_000 / ticks))
     }
+}
+
+/// The sum of `key` in `file` of `dir` and every cgroup below it; `None`
+/// when `dir` has no such file.
+fn sum_below(dir: &Path, file: &str, k: &str) -> Option<u64> {
+    let top = key(&read(&dir.join(file))?, k)?;
+    let mut total = top;
+    let mut stack: Vec<PathBuf> = subdirs(dir);
+    while let Some(d) = stack.pop() {
+        if let Some(v) = read(&d.join(file)).as_deref().and_then(|t| key(t, k)) {
+            total = total.saturating_add(v);
+        }
+        stack.extend(subdirs(&d));
+    }
+    Some(total)
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default()
 }
 
 /// Every pid in `cgroup.procs` of `dir` and the cgroups below it.
