@@ -328,6 +328,10 @@ pub struct SessionInfo {
     pub session_id: Option<String>,
     /// Unix time the session opened.
     pub opened_at: u64,
+    /// The session process's start time (clock ticks after boot, from
+    /// `/proc/PID/stat`), to tell it from a later process with the same pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
 }
 
 /// The answer to `status` (and one row of `list`). The first two fields are

@@ -141,7 +141,12 @@ fn sum_below(dir: &Path, file: &str, k: &str) -> Option<u64> {
 
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -226,6 +231,14 @@ fn placement_in(proc_cgroup: &str, uid: u32) -> Placement {
         }
     }
     Placement::Elsewhere(tracked.unwrap_or_else(|| "/".into()))
+}
+
+/// A process's start time (field 22 of `/proc/PID/stat`, clock ticks after
+/// boot): with the pid, it names one process for good.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = read(Path::new(&format!("/proc/{pid}/stat")))?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Whether a process is still alive (and not a zombie).
@@ -362,5 +375,9 @@ mod tests {
     fn liveness() {
         assert!(alive(std::process::id()));
         assert!(!alive(u32::MAX));
+        let me = start_time(std::process::id()).unwrap();
+        assert!(me > 0);
+        assert_eq!(start_time(std::process::id()), Some(me));
+        assert_eq!(start_time(u32::MAX), None);
     }
 }

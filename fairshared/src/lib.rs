@@ -13,6 +13,7 @@
 //! * [`server`]: the Unix socket and `SO_PEERCRED`.
 //! * [`state`]: the ledger on disk, written atomically.
 //! * [`cgroup`]: live usage from the cgroup files, v1 or v2.
+//! * [`pidwatch`]: noticing session processes that end without a close.
 //! * [`users`], [`host`]: NSS lookups and the host's size.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -20,6 +21,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod host;
 pub mod ledger;
+pub mod pidwatch;
 pub mod server;
 pub mod service;
 pub mod state;

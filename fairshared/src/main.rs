@@ -28,7 +28,11 @@ fn init_logging() {
     {
         tracing_subscriber::registry()
             .with(filter)
-            .with(journal.with_syslog_identifier("fairshared".into()))
+            .with(
+                journal
+                    .with_syslog_identifier("fairshared".into())
+                    .with_field_prefix(None),
+            )
             .init();
         return;
     }
@@ -155,6 +159,7 @@ async fn run(args: Args, policy: Policy) -> Result<(), String> {
         service.restore(ledger).await;
         tracing::info!(users = n, "restored saved allocations");
     }
+    service.reconcile().await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, service.clone(), stop_rx));

@@ -172,7 +172,11 @@ pub async fn serve<S: Systemd>(
     }
 }
 
-async fn connection<S: Systemd>(mut stream: UnixStream, service: &Service<S>, counts: &Counts) {
+async fn connection<S: Systemd>(
+    mut stream: UnixStream,
+    service: &Arc<Service<S>>,
+    counts: &Counts,
+) {
     let peer = match stream.peer_cred() {
         Ok(c) => Peer {
             uid: c.uid(),

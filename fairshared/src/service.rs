@@ -23,6 +23,7 @@ use fairshare_proto::wire::{
 
 use crate::cgroup::{self, Cgroups, Placement};
 use crate::ledger::{Actor, Change, Entry, Ledger, Refusal};
+use crate::pidwatch;
 use crate::state::StateFile;
 use crate::systemd::{Systemd, slice_name};
 use crate::users;
@@ -75,6 +76,8 @@ pub struct Service<S: Systemd> {
     persisted: tokio::sync::Mutex<u64>,
     state: Option<StateFile>,
     locks: Mutex<HashMap<u32, Weak<tokio::sync::Mutex<()>>>>,
+    /// Watches on session processes, by pid (see [`crate::pidwatch`]).
+    watchers: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
 }
 
 pub fn now() -> u64 {
@@ -125,6 +128,7 @@ impl<S: Systemd> Service<S> {
             persisted: tokio::sync::Mutex::new(0),
             state,
             locks: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -255,7 +259,7 @@ impl<S: Systemd> Service<S> {
     }
 
     /// Answers one request from `peer`.
-    pub async fn handle(&self, peer: Peer, req: Request) -> Response {
+    pub async fn handle(self: &Arc<Self>, peer: Peer, req: Request) -> Response {
         let kind = req.kind();
         let root_only = matches!(
             req,
@@ -540,7 +544,7 @@ impl<S: Systemd> Service<S> {
         }))
     }
 
-    async fn session_open(&self, s: SessionOpen) -> Reply {
+    async fn session_open(self: &Arc<Self>, s: SessionOpen) -> Reply {
         let id = self.identity(s.uid).await?;
         let up = self.policy().for_user(&id);
         if let Some(ex) = &up.exempt {
@@ -557,7 +561,9 @@ impl<S: Systemd> Service<S> {
             rhost: s.rhost.clone(),
             session_id: s.session_id.clone(),
             opened_at: now(),
+            start_time: cgroup::start_time(s.pid),
         };
+        let start_time = info.start_time;
         let (prev, change) = self.mutate(|l| {
             (
                 l.get(id.uid).cloned(),
@@ -576,6 +582,7 @@ impl<S: Systemd> Service<S> {
         let committed = self
             .commit(&id, prev, &change, false, 0, "session opened")
             .await;
+        self.watch(id.uid, s.pid, start_time);
         // Limit the slice first, then put a stray session process into it.
         let adopted = match cgroup::placement(s.pid, id.uid) {
             Placement::Elsewhere(path) => match self.systemd.adopt(id.uid, s.pid).await {
@@ -624,6 +631,9 @@ impl<S: Systemd> Service<S> {
                 l.close_session(id.uid, s.pid, s.session_id.as_deref(), &up),
             )
         });
+        if let Some(w) = lock(&self.watchers).remove(&s.pid) {
+            w.abort();
+        }
         tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, last = change.is_some(), "session closed");
         match change {
             None => {
@@ -651,6 +661,115 @@ impl<S: Systemd> Service<S> {
                     describe(&c.new)
                 )))
             }
+        }
+    }
+
+    /// Counts a session down when its process ends, even without a
+    /// `close_session` (a crashed sshd, `kill -9`).
+    fn watch(self: &Arc<Self>, uid: u32, pid: u32, start_time: Option<u64>) {
+        let this = Arc::downgrade(self);
+        let fd = pidwatch::open(pid).ok();
+        // With the pidfd open, the pid cannot be reused under us; compare
+        // start times to be sure it is still the process that opened the session.
+        let same = fd.is_some() && (start_time.is_none() || cgroup::start_time(pid) == start_time);
+        let task = tokio::spawn(async move {
+            if let (true, Some(fd)) = (same, fd)
+                && let Err(e) = pidwatch::exited(fd).await
+            {
+                tracing::warn!(pid, error = %e, "cannot watch a session process");
+                return;
+            }
+            if let Some(service) = this.upgrade() {
+                service.session_ended(uid, pid).await;
+            }
+        });
+        if let Some(old) = lock(&self.watchers).insert(pid, task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// A session process ended; forget its session (if still counted).
+    async fn session_ended(&self, uid: u32, pid: u32) {
+        lock(&self.watchers).remove(&pid);
+        let counted = self.read(|l| {
+            l.get(uid)
+                .is_some_and(|e| e.sessions.iter().any(|s| s.pid == pid))
+        });
+        if !counted {
+            return;
+        }
+        tracing::warn!(
+            uid,
+            pid,
+            "session process ended without closing its session; counting it down"
+        );
+        let close = SessionClose {
+            uid,
+            pid,
+            session_id: None,
+        };
+        if let Err(e) = self.session_close(close).await {
+            tracing::error!(uid, pid, error = ?e, "could not count down an ended session");
+        }
+    }
+
+    /// Brings the ledger in line with the host: sessions whose process is gone
+    /// are counted down, sessions logind knows but the ledger does not (opened
+    /// while fairshared was down) are counted and their users limited.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let tracked: Vec<(u32, u32, Option<u64>)> = self.read(|l| {
+            l.entries()
+                .flat_map(|(uid, e)| e.sessions.iter().map(move |s| (*uid, s.pid, s.start_time)))
+                .collect()
+        });
+        for (uid, pid, start) in tracked {
+            let same = cgroup::alive(pid) && (start.is_none() || cgroup::start_time(pid) == start);
+            if same {
+                self.watch(uid, pid, start);
+            } else {
+                self.session_ended(uid, pid).await;
+            }
+        }
+        let sessions = match self.systemd.logind_sessions().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list logind sessions; only sessions opened through PAM are counted");
+                return;
+            }
+        };
+        let mut added = 0;
+        for s in sessions {
+            let known = self.read(|l| {
+                l.get(s.uid).is_some_and(|e| {
+                    e.sessions.iter().any(|x| {
+                        x.pid == s.leader || x.session_id.as_deref() == Some(s.id.as_str())
+                    })
+                })
+            });
+            if known || s.leader == 0 || !cgroup::alive(s.leader) {
+                continue;
+            }
+            let open = SessionOpen {
+                uid: s.uid,
+                pid: s.leader,
+                user: Some(s.user.clone()),
+                service: Some(s.service).filter(|x| !x.is_empty()),
+                tty: Some(s.tty).filter(|x| !x.is_empty()),
+                rhost: Some(s.rhost).filter(|x| !x.is_empty()),
+                session_id: Some(s.id.clone()),
+            };
+            match self.session_open(open).await {
+                Ok(_) => added += 1,
+                Err(e) => {
+                    tracing::debug!(uid = s.uid, session = %s.id, answer = ?e, "logind session not counted")
+                }
+            }
+        }
+        if added > 0 {
+            tracing::info!(
+                sessions = added,
+                "counted logind sessions opened while fairshared was away"
+            );
         }
     }
 

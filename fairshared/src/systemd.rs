@@ -12,7 +12,7 @@ use std::time::Duration;
 use fairshare_proto::wire::Limits;
 use zbus::Str;
 use zbus::zvariant::{OwnedVariant, Variant};
-use zbus_systemd::login1::ManagerProxy as LoginManager;
+use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
 use zbus_systemd::systemd1::ManagerProxy;
 
 /// The unit fairshare limits for a user: logind puts every session scope and
@@ -56,9 +56,23 @@ pub trait Systemd: Send + Sync + 'static {
         pid: u32,
     ) -> impl Future<Output = Result<String, SystemdError>> + Send;
 
-    /// Users logind currently knows: `(uid, name)`.
-    fn logind_users(&self)
-    -> impl Future<Output = Result<Vec<(u32, String)>, SystemdError>> + Send;
+    /// Every session logind currently knows.
+    fn logind_sessions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<LogindSession>, SystemdError>> + Send;
+}
+
+/// One logind session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogindSession {
+    pub id: String,
+    pub uid: u32,
+    pub user: String,
+    /// The process that registered the session (for sshd, the PAM caller).
+    pub leader: u32,
+    pub service: String,
+    pub rhost: String,
+    pub tty: String,
 }
 
 /// The properties written onto a user's slice.
@@ -239,26 +253,60 @@ impl Systemd for Dbus {
                 }
             })
             .await;
-        result
-            .map(|_| unit.clone())
-            .map_err(|e| refused("StartTransientUnit", &unit, e))
+        result.map_err(|e| refused("StartTransientUnit", &unit, e))?;
+        // The job that moves the process runs after the call returns; the
+        // caller's next step (the login going on) must find it moved.
+        for _ in 0..300 {
+            match crate::cgroup::placement(pid, uid) {
+                crate::cgroup::Placement::InUserSlice | crate::cgroup::Placement::Gone => {
+                    return Ok(unit);
+                }
+                crate::cgroup::Placement::Elsewhere(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+            }
+        }
+        Err(SystemdError::Refused {
+            call: "StartTransientUnit",
+            unit,
+            message: format!("pid {pid} was still outside user-{uid}.slice after 3 s"),
+        })
     }
 
-    async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
-        let users = self
-            .with_retry(|c, _| async move {
-                let login = LoginManager::builder(&c)
+    async fn logind_sessions(&self) -> Result<Vec<LogindSession>, SystemdError> {
+        self.with_retry(|c, _| async move {
+            let login = LoginManager::builder(&c)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await?;
+            let mut out = Vec::new();
+            for (id, uid, user, _seat, path) in login.list_sessions().await? {
+                let b = LoginSession::builder(&c).path(path);
+                let Ok(p) = b
                     .cache_properties(zbus::proxy::CacheProperties::No)
                     .build()
-                    .await?;
-                login.list_users().await
-            })
-            .await
-            .map_err(|e| refused("ListUsers", "org.freedesktop.login1", e))?;
-        Ok(users
-            .into_iter()
-            .map(|(uid, name, _)| (uid, name))
-            .collect())
+                    .await
+                else {
+                    continue;
+                };
+                // A session may end while we look at it: skip it then.
+                let Ok(leader) = p.leader().await else {
+                    continue;
+                };
+                out.push(LogindSession {
+                    id,
+                    uid,
+                    user,
+                    leader,
+                    service: p.service().await.unwrap_or_default(),
+                    rhost: p.remote_host().await.unwrap_or_default(),
+                    tty: p.tty().await.unwrap_or_default(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| refused("ListSessions", "org.freedesktop.login1", e))
     }
 }
 
@@ -280,7 +328,7 @@ pub struct Fake {
     pub fail_apply: std::sync::atomic::AtomicBool,
     /// Delay every call (to test that users do not queue behind each other).
     pub delay: Mutex<Option<Duration>>,
-    pub users: Mutex<Vec<(u32, String)>>,
+    pub sessions: Mutex<Vec<LogindSession>>,
     in_flight: std::sync::atomic::AtomicUsize,
     /// The most `apply` calls ever running at once.
     pub max_in_flight: std::sync::atomic::AtomicUsize,
@@ -343,7 +391,7 @@ impl Systemd for Fake {
         Ok(format!("fairshare-session-{uid}-{pid}.scope"))
     }
 
-    async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
-        Ok(self.users.lock().map(|u| u.clone()).unwrap_or_default())
+    async fn logind_sessions(&self) -> Result<Vec<LogindSession>, SystemdError> {
+        Ok(self.sessions.lock().map(|u| u.clone()).unwrap_or_default())
     }
 }

@@ -15,3 +15,6 @@ install -d "$root/etc/fairshare/policy.d"
 [ -e "$root/etc/fairshare/policy.d/00-defaults.yaml" ] ||
   install -m 644 "$repo/etc/policy.d/00-defaults.yaml" "$root/etc/fairshare/policy.d/00-defaults.yaml"
 "$host" nsexec systemctl daemon-reload
+# PAM: the Debian way, through the pam-auth-update profile (as the package does)
+install -m 644 "$repo/etc/pam-configs/fairshare" "$root/usr/share/pam-configs/fairshare"
+"$host" nsexec env DEBIAN_FRONTEND=noninteractive pam-auth-update --package --enable fairshare

@@ -35,7 +35,7 @@ groups:
     defaults: {cpu: 1, mem: 2G}
 ";
 
-fn service_with(policy: &str, state: Option<StateFile>) -> Service<Fake> {
+fn service_with(policy: &str, state: Option<StateFile>) -> Arc<Service<Fake>> {
     let policy = Policy::from_sources(&[("p.yaml".into(), policy.into())]).unwrap();
     let table = Table(vec![
         id(0, "root", &["root"]),
@@ -44,7 +44,7 @@ fn service_with(policy: &str, state: Option<StateFile>) -> Service<Fake> {
         id(1003, "stu", &["stu", "students"]),
         id(998, "daemon", &["daemon"]),
     ]);
-    Service::new(
+    Arc::new(Service::new(
         Fake::default(),
         Arc::new(table),
         policy,
@@ -54,10 +54,10 @@ fn service_with(policy: &str, state: Option<StateFile>) -> Service<Fake> {
         },
         Cgroups::detect("/nonexistent-cgroup-root"),
         state,
-    )
+    ))
 }
 
-fn service() -> Service<Fake> {
+fn service() -> Arc<Service<Fake>> {
     service_with(POLICY, None)
 }
 
@@ -65,7 +65,7 @@ fn peer(uid: u32) -> Peer {
     Peer { uid, pid: None }
 }
 
-async fn send(s: &Service<Fake>, uid: u32, line: &str) -> Response {
+async fn send(s: &Arc<Service<Fake>>, uid: u32, line: &str) -> Response {
     let req = parse_request(line.as_bytes()).unwrap();
     s.handle(peer(uid), req).await
 }
@@ -322,6 +322,30 @@ async fn systemd_failure_leaves_the_ledger_as_it_was() {
     assert_eq!(s.ledger(), before);
 }
 
+/// A live process to stand in for a session's process.
+struct Proc(std::process::Child);
+
+impl Proc {
+    fn new() -> Proc {
+        Proc(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn sessions_apply_the_default_and_the_last_close_releases() {
     let s = service();
@@ -330,31 +354,19 @@ async fn sessions_apply_the_default_and_the_last_close_releases() {
             r#"{{"type":"session_open","uid":1001,"pid":{pid},"service":"sshd","session_id":"{pid}"}}"#
         )
     };
-    let ok = success(send(&s, 0, &open(4_000_001)).await);
+    let close = |pid: u32| format!(r#"{{"type":"session_close","uid":1001,"pid":{pid}}}"#);
+    let (p1, p2) = (Proc::new(), Proc::new());
+    let ok = success(send(&s, 0, &open(p1.pid())).await);
     assert_eq!(ok.allocation.unwrap().cpu, Cpus::whole(2));
-    success(send(&s, 0, &open(4_000_002)).await);
+    success(send(&s, 0, &open(p2.pid())).await);
     success(send(&s, 1001, r#"{"type":"request_resources","cpu":6}"#).await);
     assert_eq!(
         status(send(&s, 1001, r#"{"type":"status"}"#).await).sessions,
         2
     );
-    success(
-        send(
-            &s,
-            0,
-            r#"{"type":"session_close","uid":1001,"pid":4000001}"#,
-        )
-        .await,
-    );
+    success(send(&s, 0, &close(p1.pid())).await);
     assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(6));
-    let ok = success(
-        send(
-            &s,
-            0,
-            r#"{"type":"session_close","uid":1001,"pid":4000002}"#,
-        )
-        .await,
-    );
+    let ok = success(send(&s, 0, &close(p2.pid())).await);
     assert!(ok.message.contains("last session closed"), "{}", ok.message);
     assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
     assert!(s.ledger().is_empty());
@@ -374,7 +386,7 @@ async fn sessions_apply_the_default_and_the_last_close_releases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn users_do_not_queue_behind_each_other_but_one_user_is_serialised() {
-    let s = Arc::new(service());
+    let s = service();
     *s.systemd().delay.lock().unwrap() = Some(Duration::from_millis(200));
     let a = {
         let s = s.clone();
@@ -388,7 +400,7 @@ async fn users_do_not_queue_behind_each_other_but_one_user_is_serialised() {
     success(b.await.unwrap());
     assert_eq!(s.systemd().max_in_flight.load(Ordering::SeqCst), 2);
 
-    let s = Arc::new(service());
+    let s = service();
     *s.systemd().delay.lock().unwrap() = Some(Duration::from_millis(100));
     let tasks: Vec<_> = (3..6)
         .map(|c| {
@@ -421,7 +433,15 @@ async fn state_survives_a_restart() {
         )
         .await,
     );
-    success(send(&s, 0, r#"{"type":"session_open","uid":1002,"pid":4000003}"#).await);
+    let p = Proc::new();
+    success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1002,"pid":{}}}"#, p.pid()),
+        )
+        .await,
+    );
     let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
         crate::state::Loaded::Ledger(l) => l,
         other => panic!("{other:?}"),
@@ -430,6 +450,7 @@ async fn state_survives_a_restart() {
 
     let s2 = service_with(POLICY, Some(StateFile::open(dir.path()).unwrap()));
     s2.restore(saved).await;
+    s2.reconcile().await;
     assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(5));
     assert_eq!(s2.systemd().applied(1002).unwrap().cpu, Cpus::whole(2));
     let st = status(send(&s2, 1001, r#"{"type":"status"}"#).await);
@@ -470,4 +491,102 @@ async fn resize_args_from_the_client_round_trip() {
         s.systemd().applied(1001).unwrap().cpu.quota_usec_per_sec(),
         1_500_000
     );
+}
+
+#[tokio::test]
+async fn a_session_whose_process_dies_without_closing_is_counted_down() {
+    let s = service();
+    let mut p = Proc::new();
+    let keep = Proc::new();
+    success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1001,"pid":{}}}"#, p.pid()),
+        )
+        .await,
+    );
+    success(
+        send(
+            &s,
+            0,
+            &format!(
+                r#"{{"type":"session_open","uid":1001,"pid":{}}}"#,
+                keep.pid()
+            ),
+        )
+        .await,
+    );
+    success(send(&s, 1001, r#"{"type":"request_resources","cpu":4}"#).await);
+    p.0.kill().unwrap();
+    p.0.wait().unwrap();
+    wait_until(|| s.ledger().get(1001).is_some_and(|e| e.sessions.len() == 1)).await;
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(4));
+    drop(keep);
+    wait_until(|| s.ledger().is_empty()).await;
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+}
+
+#[tokio::test]
+async fn reconcile_counts_logind_sessions_and_forgets_dead_ones() {
+    let s = service();
+    let live = Proc::new();
+    s.systemd()
+        .sessions
+        .lock()
+        .unwrap()
+        .push(crate::systemd::LogindSession {
+            id: "12".into(),
+            uid: 1002,
+            user: "bob".into(),
+            leader: live.pid(),
+            service: "sshd".into(),
+            ..Default::default()
+        });
+    // root's sessions are none of our business
+    s.systemd()
+        .sessions
+        .lock()
+        .unwrap()
+        .push(crate::systemd::LogindSession {
+            id: "13".into(),
+            uid: 0,
+            user: "root".into(),
+            leader: live.pid(),
+            ..Default::default()
+        });
+    // a saved session whose process is long gone
+    let mut ledger = Ledger::new();
+    let policy = s.policy();
+    let up = policy.for_user(&id(1001, "alice", &[]));
+    ledger.open_session(
+        1001,
+        "alice",
+        &up,
+        SessionInfo {
+            pid: u32::MAX - 1,
+            ..SessionInfo::default()
+        },
+    );
+    s.restore(ledger).await;
+    s.reconcile().await;
+    assert!(s.ledger().get(1001).is_none());
+    let bob = s.ledger().get(1002).cloned().unwrap();
+    assert_eq!(bob.sessions.len(), 1);
+    assert_eq!(bob.sessions[0].session_id.as_deref(), Some("12"));
+    assert_eq!(s.systemd().applied(1002).unwrap().cpu, Cpus::whole(2));
+    assert!(s.ledger().get(0).is_none());
+    // a second pass adds nothing
+    s.reconcile().await;
+    assert_eq!(s.ledger().get(1002).unwrap().sessions.len(), 1);
+}
+
+async fn wait_until(mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not reached in 5 s");
 }

@@ -39,7 +39,11 @@ impl Out {
     /// Panics (with everything printed) unless the command succeeded.
     #[track_caller]
     pub fn ok(self) -> Out {
-        assert_eq!(self.code, 0, "command failed: {}\n--- stdout\n{}\n--- stderr\n{}", self.what, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed: {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.what, self.stdout, self.stderr
+        );
         self
     }
 
@@ -48,7 +52,8 @@ impl Out {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.what, self.stdout))
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.what, self.stdout))
     }
 }
 
@@ -60,10 +65,16 @@ pub struct Host {
 }
 
 fn run(c: &mut Command, what: String, stdin: Option<&[u8]>) -> Out {
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     if let Some(bytes) = stdin {
         let mut s = child.stdin.take().unwrap();
         s.write_all(bytes).unwrap();
@@ -113,14 +124,25 @@ impl Host {
         let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let script = std::env::var_os("FAIRSHARE_TESTHOST")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../testhost/testhost.sh"));
-        let root = run(Command::new(&script).arg("root"), "testhost.sh root".into(), None);
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../testhost/testhost.sh")
+            });
+        let root = run(
+            Command::new(&script).arg("root"),
+            "testhost.sh root".into(),
+            None,
+        );
         assert_eq!(
             root.code, 0,
             "the test host is not running; start it with: sudo tests/testhost/testhost.sh up && sudo tests/testhost/testhost.sh install target/release\n{}",
             root.stderr
         );
-        let args = run(Command::new(&script).arg("ssh-args"), "testhost.sh ssh-args".into(), None).ok();
+        let args = run(
+            Command::new(&script).arg("ssh-args"),
+            "testhost.sh ssh-args".into(),
+            None,
+        )
+        .ok();
         Host {
             root: PathBuf::from(root.out()),
             ssh_args: args.stdout.lines().map(str::to_string).collect(),
@@ -150,17 +172,27 @@ impl Host {
 
     fn ssh_command(&self, user: &str, cmd: &str) -> Command {
         let mut c = Command::new("ssh");
-        c.args(&self.ssh_args).arg(format!("{user}@127.0.0.1")).arg(cmd);
+        c.args(&self.ssh_args)
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(cmd);
         c
     }
 
     /// Logs `user` in over ssh and runs `cmd` in their login shell.
     pub fn ssh(&self, user: &str, cmd: &str) -> Out {
-        run(&mut self.ssh_command(user, cmd), format!("[ssh {user}] {cmd}"), None)
+        run(
+            &mut self.ssh_command(user, cmd),
+            format!("[ssh {user}] {cmd}"),
+            None,
+        )
     }
 
     pub fn ssh_stdin(&self, user: &str, cmd: &str, stdin: &[u8]) -> Out {
-        run(&mut self.ssh_command(user, cmd), format!("[ssh {user}] {cmd}"), Some(stdin))
+        run(
+            &mut self.ssh_command(user, cmd),
+            format!("[ssh {user}] {cmd}"),
+            Some(stdin),
+        )
     }
 
     /// Keeps a login session of `user` open until dropped (so their slice
@@ -168,14 +200,24 @@ impl Host {
     /// session's shell runs.
     pub fn session(&self, user: &str) -> Session {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let tag = format!("e2e-hold-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let tag = format!(
+            "e2e-hold-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         let mut c = self.ssh_command(user, &format!("exec -a {tag} sleep 600"));
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let child = c.spawn().unwrap();
-        let pid = wait_for(&format!("a session of {user}"), Duration::from_secs(20), || {
-            let o = self.sh(&format!("pgrep -f '^{tag}' | head -1"));
-            o.out().parse::<u32>().ok()
-        });
+        let pid = wait_for(
+            &format!("a session of {user}"),
+            Duration::from_secs(20),
+            || {
+                let o = self.sh(&format!("pgrep -f '^{tag}' | head -1"));
+                o.out().parse::<u32>().ok()
+            },
+        );
         Session {
             child: Some(child),
             script: self.script.clone(),
@@ -224,7 +266,10 @@ impl Host {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             let f = self.slice(uid);
-            if f.cpu_quota == Some(want_quota) && f.mem_limit == Some(mem) && f.pids_max == Some(tasks) {
+            if f.cpu_quota == Some(want_quota)
+                && f.mem_limit == Some(mem)
+                && f.pids_max == Some(tasks)
+            {
                 assert_eq!(f.cpu_period, Some(100_000));
                 return f;
             }
@@ -242,7 +287,10 @@ impl Host {
         self.sh("systemctl stop fairshared.service fairshared.socket 2>/dev/null; systemctl reset-failed fairshared.service 2>/dev/null; true");
         self.sh("pkill -KILL -x fairshared; rm -rf /var/lib/fairshare/* /etc/fairshare/policy.d/*; rm -f /run/fairshare.sock");
         let slices: Vec<String> = ALL_UIDS.iter().map(|u| format!("user-{u}.slice")).collect();
-        self.sh(&format!("systemctl revert {} >/dev/null 2>&1; true", slices.join(" ")));
+        self.sh(&format!(
+            "systemctl revert {} >/dev/null 2>&1; true",
+            slices.join(" ")
+        ));
         self.logout_all();
         self.write("/etc/fairshare/policy.d/50-test.yaml", policy);
         self.start_daemon();
@@ -264,11 +312,19 @@ impl Host {
     /// Ends every session of the test users.
     pub fn logout_all(&self) {
         let names = ["testuser", "testuser2", "student1", "testuser3", "svcuser"];
-        self.sh(&format!("for u in {}; do loginctl terminate-user $u 2>/dev/null; done; true", names.join(" ")));
-        wait_for("test users to be logged out", Duration::from_secs(15), || {
-            let o = self.sh("pgrep -u 1001,1002,1003,1004,990 >/dev/null && echo busy || echo idle");
-            (o.out() == "idle").then_some(())
-        });
+        self.sh(&format!(
+            "for u in {}; do loginctl terminate-user $u 2>/dev/null; done; true",
+            names.join(" ")
+        ));
+        wait_for(
+            "test users to be logged out",
+            Duration::from_secs(15),
+            || {
+                let o = self
+                    .sh("pgrep -u 1001,1002,1003,1004,990 >/dev/null && echo busy || echo idle");
+                (o.out() == "idle").then_some(())
+            },
+        );
     }
 
     /// `fairshare-ctl ARGS` as root inside.

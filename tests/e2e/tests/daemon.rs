@@ -25,32 +25,58 @@ fn resize_within_max_changes_the_slice_files_and_release_restores_the_default() 
     let (user, uid) = TESTUSER;
     let _s = h.session(user);
     let o = h.ssh(user, "fairshare-ctl resize --cpu 3 --mem 3G").ok();
-    assert!(o.out().contains("Resources allocated: 3 CPUs, 3G memory"), "{}", o.out());
+    assert!(
+        o.out().contains("Resources allocated: 3 CPUs, 3G memory"),
+        "{}",
+        o.out()
+    );
     h.expect_slice(uid, 3000, 3 * GIB, 4096);
 
     // The user's own shell is inside user-UID.slice in every controller that limits.
     let cg = h.ssh(user, "cat /proc/self/cgroup").ok();
     for ctrl in [":cpu:", ":memory:", ":pids:", ":name=systemd:"] {
-        let line = cg.stdout.lines().find(|l| l.contains(ctrl)).unwrap_or_else(|| panic!("no {ctrl} in {}", cg.stdout));
-        assert!(line.contains(&format!("/user.slice/user-{uid}.slice")), "{line}");
+        let line = cg
+            .stdout
+            .lines()
+            .find(|l| l.contains(ctrl))
+            .unwrap_or_else(|| panic!("no {ctrl} in {}", cg.stdout));
+        assert!(
+            line.contains(&format!("/user.slice/user-{uid}.slice")),
+            "{line}"
+        );
     }
     // ... and so is the long-lived session held open above.
     let held = h.read(&format!("/proc/{}/cgroup", _s.pid)).unwrap();
-    assert!(held.lines().any(|l| l.contains(":cpu:") && l.contains(&format!("user-{uid}.slice"))), "{held}");
+    assert!(
+        held.lines()
+            .any(|l| l.contains(":cpu:") && l.contains(&format!("user-{uid}.slice"))),
+        "{held}"
+    );
 
     let st = h.ssh(user, "fairshare-ctl --json status").ok().json();
     assert_eq!(st["allocated_cpu"], 3);
     assert_eq!(st["allocated_mem"], "3G");
     assert_eq!(st["source"], "resize");
     let human = h.ssh(user, "fairshare-ctl status").ok();
-    assert!(human.out().contains("allocation: 3 CPUs, 3G memory, 4096 tasks (your resize)"), "{}", human.out());
+    assert!(
+        human
+            .out()
+            .contains("allocation: 3 CPUs, 3G memory, 4096 tasks (your resize)"),
+        "{}",
+        human.out()
+    );
 
     // Fractions and tasks.
-    h.ssh(user, "fairshare-ctl request --cpu 1.5 --tasks 5000").ok();
+    h.ssh(user, "fairshare-ctl request --cpu 1.5 --tasks 5000")
+        .ok();
     h.expect_slice(uid, 1500, 3 * GIB, 5000);
 
     let o = h.ssh(user, "fairshare-ctl release").ok();
-    assert!(o.out().contains("back to the default of 2 CPUs, 8G memory"), "{}", o.out());
+    assert!(
+        o.out().contains("back to the default of 2 CPUs, 8G memory"),
+        "{}",
+        o.out()
+    );
     h.expect_slice(uid, 2000, 8 * GIB, 4096);
     let st = h.ssh(user, "fairshare-ctl --json status").ok().json();
     assert_eq!(st["source"], "default");
@@ -72,7 +98,12 @@ fn beyond_max_is_refused_with_the_reason_and_nothing_changes() {
         let o = h.ssh(user, &format!("fairshare-ctl resize {args}"));
         assert_eq!(o.code, 1, "{o:?}");
         assert!(o.stderr.contains(reason), "{}", o.stderr);
-        assert!(o.stderr.contains("you may have up to 8 CPUs, 32G memory, 8192 tasks"), "{}", o.stderr);
+        assert!(
+            o.stderr
+                .contains("you may have up to 8 CPUs, 32G memory, 8192 tasks"),
+            "{}",
+            o.stderr
+        );
         assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
         assert_eq!(h.slice(uid), before);
     }
@@ -94,10 +125,20 @@ fn the_reference_quick_start_works_with_nc() {
     let (user, uid) = TESTUSER2;
     let _s = h.session(user);
     // exactly the quick start's requests, one per connection, plain `nc -U`
-    let nc = |req: &str| h.ssh(user, &format!("echo '{req}' | nc -U /run/fairshare.sock")).ok().json();
+    let nc = |req: &str| {
+        h.ssh(user, &format!("echo '{req}' | nc -U /run/fairshare.sock"))
+            .ok()
+            .json()
+    };
     let v = nc(r#"{"type":"request_resources","cpu":4,"mem":"16G"}"#);
     assert_eq!(v["type"], "success", "{v}");
-    assert!(v["message"].as_str().unwrap().starts_with("Resources allocated: 4 CPUs, 16G memory"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Resources allocated: 4 CPUs, 16G memory"),
+        "{v}"
+    );
     h.expect_slice(uid, 4000, 16 * GIB, 4096);
     let v = nc(r#"{"type":"status"}"#);
     assert_eq!(v["type"], "status_info");
@@ -112,11 +153,21 @@ fn the_reference_quick_start_works_with_nc() {
     h.expect_slice(uid, 2000, 8 * GIB, 4096);
     let v = nc(r#"{"type":"request_resources","cpu":16,"mem":"8G"}"#);
     assert_eq!(v["type"], "error");
-    assert!(v["error"].as_str().unwrap().contains("exceeds") || v["error"].as_str().unwrap().contains("above your maximum"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("exceeds")
+            || v["error"].as_str().unwrap().contains("above your maximum"),
+        "{v}"
+    );
     let v = nc("this is not json");
     assert_eq!(v["type"], "error");
     let v = nc(r#"{"type":"explode"}"#);
-    assert!(v["error"].as_str().unwrap().contains("unknown request type"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown request type"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -141,7 +192,10 @@ fn a_user_cannot_change_another_users_allocation_whatever_the_json_says() {
         r#"{"type":"list"}"#,
     ];
     for req in attempts {
-        let v = h.ssh(a, &format!("echo '{req}' | nc -U /run/fairshare.sock")).ok().json();
+        let v = h
+            .ssh(a, &format!("echo '{req}' | nc -U /run/fairshare.sock"))
+            .ok()
+            .json();
         if req.contains("request_resources") || req.contains(r#""release","#) {
             // acted on A, never on B
             assert_eq!(v["type"], "success", "{req}: {v}");
@@ -160,7 +214,13 @@ fn a_user_cannot_change_another_users_allocation_whatever_the_json_says() {
     h.ctl("set testuser2 --cpu 5 --mem 5G").ok();
     h.expect_slice(b_uid, 5000, 5 * GIB, 4096);
     let list = h.ctl("list").ok();
-    assert!(list.out().lines().any(|l| l.starts_with("testuser2") && l.contains(" admin ")), "{}", list.out());
+    assert!(
+        list.out()
+            .lines()
+            .any(|l| l.starts_with("testuser2") && l.contains(" admin ")),
+        "{}",
+        list.out()
+    );
 }
 
 /// utime+stime of a busy loop over a few seconds, in % of one CPU.
@@ -180,16 +240,25 @@ fn half_a_cpu_is_half_a_cpu_and_a_memory_hog_is_killed() {
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER3;
     let _s = h.session(user);
-    h.ssh(user, "fairshare-ctl resize --cpu 0.5 --mem 256M").ok();
+    h.ssh(user, "fairshare-ctl resize --cpu 0.5 --mem 256M")
+        .ok();
     h.expect_slice(uid, 500, 256 * MIB, 4096);
     let throttled = |h: &Host| -> u64 {
-        h.read(&format!("/sys/fs/cgroup/cpu/user.slice/user-{uid}.slice/cpu.stat"))
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("nr_throttled ").map(|v| v.parse().unwrap())))
-            .unwrap()
+        h.read(&format!(
+            "/sys/fs/cgroup/cpu/user.slice/user-{uid}.slice/cpu.stat"
+        ))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("nr_throttled ").map(|v| v.parse().unwrap()))
+        })
+        .unwrap()
     };
     let t0 = throttled(&h);
     let share: u64 = h.ssh(user, BUSY_SHARE).ok().out().parse().unwrap();
-    assert!((30..=65).contains(&share), "busy loop used {share}% of a CPU under a 0.5 CPU quota");
+    assert!(
+        (30..=65).contains(&share),
+        "busy loop used {share}% of a CPU under a 0.5 CPU quota"
+    );
     assert!(throttled(&h) > t0, "the slice was never throttled");
 
     // 400M of zeroes held in memory by `tail` cannot fit in a 256M slice.
@@ -207,7 +276,13 @@ fn half_a_cpu_is_half_a_cpu_and_a_memory_hog_is_killed() {
         .ok();
     let lines: Vec<&str> = o.out().lines().collect();
     assert_eq!(lines[0], "status=137", "memory hog not killed: {}", o.out());
-    assert!(lines.iter().any(|l| l.starts_with("oom_kill ") && *l != "oom_kill 0"), "{}", o.out());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("oom_kill ") && *l != "oom_kill 0"),
+        "{}",
+        o.out()
+    );
     let st: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert!(st["usage"]["oom_kills"].as_u64().unwrap() >= 1, "{st}");
 }
@@ -226,7 +301,12 @@ fn allocations_and_limits_survive_a_daemon_restart_and_stop() {
     assert_eq!(h.slice(uid).cpu_quota, Some(500_000));
     let o = h.ssh(user, "fairshare-ctl status");
     assert_eq!(o.code, 3);
-    assert!(o.stderr.contains("fairshared is not running") && o.stderr.contains("systemctl start fairshared"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("fairshared is not running")
+            && o.stderr.contains("systemctl start fairshared"),
+        "{}",
+        o.stderr
+    );
 
     h.start_daemon();
     h.expect_slice(uid, 5000, 6 * GIB, 4096);
@@ -246,15 +326,28 @@ fn allocations_and_limits_survive_a_daemon_restart_and_stop() {
 fn refuses_to_start_on_a_bad_policy_and_check_names_file_line_and_field() {
     let h = Host::get();
     h.fresh_daemon(POLICY);
-    h.write("/tmp/bad.yaml", "defaults:\n  cpu: 2\n  mem: 8X\nmax:\n  cpu: 1\n");
+    h.write(
+        "/tmp/bad.yaml",
+        "defaults:\n  cpu: 2\n  mem: 8X\nmax:\n  cpu: 1\n",
+    );
     let o = h.sh("fairshared --check /tmp/bad.yaml");
     assert_eq!(o.code, 78, "{o:?}");
-    assert!(o.stderr.contains("/tmp/bad.yaml:3: defaults.mem: `8X` has an unknown unit"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("/tmp/bad.yaml:3: defaults.mem: `8X` has an unknown unit"),
+        "{}",
+        o.stderr
+    );
     let o = h.sh("fairshared --check /etc/fairshare/policy.d").ok();
     assert!(o.out().contains("policy OK"), "{}", o.out());
     // a second daemon never steals the socket of a running one
     let o = h.sh("timeout 5 fairshared /etc/fairshare/policy.d /run/fairshare.sock");
     assert_ne!(o.code, 0);
-    assert!(o.stderr.contains("already listening on /run/fairshare.sock"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("already listening on /run/fairshare.sock"),
+        "{}",
+        o.stderr
+    );
     h.wait_socket();
 }

@@ -1,0 +1,124 @@
+//! Module arguments, as written on the PAM line:
+//!
+//! ```text
+//! session required pam_fairshare.so [socket=PATH] [timeout_ms=N] [fail=open|closed] [skip_uid_below=N] [debug]
+//! ```
+//!
+//! Unknown or malformed arguments are reported (to syslog) and otherwise
+//! ignored: a typo on a PAM line must never lock people out.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default deadline for the whole round trip to fairshared.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Users below this uid pass straight through by default (root always does),
+/// matching the policy's default `exempt.uid_below`.
+pub const DEFAULT_SKIP_UID_BELOW: u32 = 1000;
+
+/// What to do when fairshared cannot be reached in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fail {
+    /// Let the login proceed, with a warning in the log (the default).
+    Open,
+    /// Refuse the login, telling the user why.
+    Closed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub timeout: Duration,
+    pub fail: Fail,
+    pub skip_uid_below: u32,
+    pub debug: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            socket: PathBuf::from(fairshare_proto::wire::DEFAULT_SOCKET),
+            timeout: DEFAULT_TIMEOUT,
+            fail: Fail::Open,
+            skip_uid_below: DEFAULT_SKIP_UID_BELOW,
+            debug: false,
+        }
+    }
+}
+
+/// Parses the arguments; returns the config and a warning for each argument
+/// that was not understood.
+pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> (Config, Vec<String>) {
+    let mut c = Config::default();
+    let mut warnings = Vec::new();
+    for arg in args {
+        let (key, value) = match arg.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (arg, None),
+        };
+        match (key, value) {
+            ("debug", None) => c.debug = true,
+            ("socket", Some(v)) if v.starts_with('/') => c.socket = PathBuf::from(v),
+            ("timeout_ms", Some(v)) => match v.parse::<u64>() {
+                Ok(ms) if (1..=60_000).contains(&ms) => c.timeout = Duration::from_millis(ms),
+                _ => warnings.push(format!("ignoring `{arg}`: timeout_ms must be 1 to 60000")),
+            },
+            ("fail", Some("open")) => c.fail = Fail::Open,
+            ("fail", Some("closed")) => c.fail = Fail::Closed,
+            ("skip_uid_below", Some(v)) => match v.parse::<u32>() {
+                Ok(n) => c.skip_uid_below = n,
+                Err(_) => warnings.push(format!("ignoring `{arg}`: not a uid")),
+            },
+            _ => warnings.push(format!(
+                "ignoring unknown argument `{arg}` (known: socket=/PATH, timeout_ms=N, fail=open|closed, skip_uid_below=N, debug)"
+            )),
+        }
+    }
+    (c, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let (c, w) = parse([]);
+        assert_eq!(c, Config::default());
+        assert!(w.is_empty());
+        assert_eq!(c.timeout, Duration::from_millis(1000));
+        assert_eq!(c.fail, Fail::Open);
+    }
+
+    #[test]
+    fn every_argument() {
+        let (c, w) = parse([
+            "socket=/tmp/x.sock",
+            "timeout_ms=250",
+            "fail=closed",
+            "skip_uid_below=500",
+            "debug",
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.fail, Fail::Closed);
+        assert_eq!(c.skip_uid_below, 500);
+        assert!(c.debug);
+    }
+
+    #[test]
+    fn bad_arguments_warn_and_change_nothing() {
+        let (c, w) = parse([
+            "fail=maybe",
+            "timeout_ms=0",
+            "timeout_ms=x",
+            "socket=relative",
+            "frobnicate",
+            "debug=1",
+        ]);
+        assert_eq!(c, Config::default());
+        assert_eq!(w.len(), 6, "{w:?}");
+        assert!(w[0].contains("fail=maybe"));
+    }
+}

@@ -1,0 +1,369 @@
+//! What the module does at session open and close, in plain Rust.
+//!
+//! The FFI layer gathers the PAM items into a [`Login`], calls [`open`] or
+//! [`close`], and turns the [`Outcome`] into a PAM return code, log lines and
+//! (when refusing) a message for the user. Nothing here touches PAM, so all of
+//! it is unit-tested against a fake daemon.
+
+use fairshare_proto::wire::{ErrorCode, Request, Response, SessionClose, SessionOpen};
+use fairshare_proto::{Client, ClientError};
+
+use crate::config::{Config, Fail};
+
+/// The PAM session, as the module sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Login {
+    pub user: Option<String>,
+    /// The process that opened the session (the PAM caller).
+    pub pid: u32,
+    pub service: Option<String>,
+    pub tty: Option<String>,
+    pub rhost: Option<String>,
+    /// logind's session id, when pam_systemd ran first.
+    pub session_id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The session is known to fairshare (or fails open): PAM_SUCCESS.
+    Success,
+    /// Nothing for fairshare to do (root, system or unknown user): PAM_IGNORE.
+    Ignore,
+    /// Refuse the login (fail=closed only), telling the user this.
+    Refuse(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub log: Vec<(Level, String)>,
+}
+
+impl Outcome {
+    fn new(verdict: Verdict, level: Level, msg: impl Into<String>) -> Outcome {
+        Outcome {
+            verdict,
+            log: vec![(level, msg.into())],
+        }
+    }
+}
+
+/// Looks a user name up: `Ok(Some(uid))`, `Ok(None)` when there is no such user.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Result<Option<u32>, String>;
+
+/// The system user database.
+pub fn nss_lookup(name: &str) -> Result<Option<u32>, String> {
+    nix::unistd::User::from_name(name)
+        .map(|u| u.map(|u| u.uid.as_raw()))
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves the user, or says why this session is none of fairshare's business.
+fn uid_of(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Result<(String, u32), Outcome> {
+    let Some(user) = login.user.clone().filter(|u| !u.is_empty()) else {
+        return Err(Outcome::new(
+            Verdict::Ignore,
+            Level::Warning,
+            "no PAM user; nothing to do",
+        ));
+    };
+    match lookup(&user) {
+        Ok(Some(uid)) if uid == 0 || uid < cfg.skip_uid_below => Err(Outcome::new(
+            Verdict::Ignore,
+            Level::Debug,
+            format!(
+                "{user} (uid {uid}) is below skip_uid_below={}; not limited",
+                cfg.skip_uid_below
+            ),
+        )),
+        Ok(Some(uid)) => Ok((user, uid)),
+        Ok(None) => Err(Outcome::new(
+            Verdict::Ignore,
+            Level::Debug,
+            format!("{user} is not a user of this host; nothing to do"),
+        )),
+        Err(e) => Err(Outcome::new(
+            Verdict::Ignore,
+            Level::Warning,
+            format!("cannot look up {user}: {e}; not limited"),
+        )),
+    }
+}
+
+/// Session open: tell fairshared, follow `fail=` when it cannot be reached.
+pub fn open(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Outcome {
+    let (user, uid) = match uid_of(cfg, login, lookup) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let req = Request::SessionOpen(SessionOpen {
+        uid,
+        pid: login.pid,
+        user: Some(user.clone()),
+        service: login.service.clone(),
+        tty: login.tty.clone(),
+        rhost: login.rhost.clone(),
+        session_id: login.session_id.clone(),
+    });
+    let client = Client::new(&cfg.socket, cfg.timeout);
+    let problem = match client.call(&req) {
+        Ok(Response::Success(s)) => return Outcome::new(Verdict::Success, Level::Info, s.message),
+        Ok(Response::Error(e)) if matches!(e.code, ErrorCode::UnknownUser | ErrorCode::Exempt) => {
+            return Outcome::new(Verdict::Ignore, Level::Debug, e.error);
+        }
+        Ok(Response::Error(e)) => format!("fairshared refused the session of {user}: {}", e.error),
+        Ok(other) => format!("fairshared sent an unexpected answer: {other:?}"),
+        Err(e) => describe(&e),
+    };
+    match cfg.fail {
+        Fail::Open => Outcome::new(
+            Verdict::Success,
+            Level::Warning,
+            format!("{problem}; {user} logs in WITHOUT fairshare limits (fail=open)"),
+        ),
+        Fail::Closed => Outcome {
+            verdict: Verdict::Refuse(
+                "Login refused: this host could not apply your resource limits (fairshare). Please try again in a minute or contact the administrator.".into(),
+            ),
+            log: vec![(Level::Error, format!("{problem}; refusing the login of {user} (fail=closed)"))],
+        },
+    }
+}
+
+/// Session close: tell fairshared; never stands in the way of a logout.
+pub fn close(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Outcome {
+    let (user, uid) = match uid_of(cfg, login, lookup) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let req = Request::SessionClose(SessionClose {
+        uid,
+        pid: login.pid,
+        session_id: login.session_id.clone(),
+    });
+    match Client::new(&cfg.socket, cfg.timeout).call(&req) {
+        Ok(Response::Success(s)) => Outcome::new(Verdict::Success, Level::Info, s.message),
+        Ok(Response::Error(e)) => Outcome::new(
+            Verdict::Success,
+            Level::Warning,
+            format!(
+                "fairshared could not close the session of {user}: {}",
+                e.error
+            ),
+        ),
+        Ok(other) => Outcome::new(
+            Verdict::Success,
+            Level::Warning,
+            format!("fairshared sent an unexpected answer: {other:?}"),
+        ),
+        Err(e) => Outcome::new(
+            Verdict::Success,
+            Level::Warning,
+            format!(
+                "{}; the session of {user} will be counted down when fairshared notices it ended",
+                describe(&e)
+            ),
+        ),
+    }
+}
+
+fn describe(e: &ClientError) -> String {
+    match e {
+        ClientError::NotRunning { path, .. } => format!(
+            "fairshared is not running ({} does not answer)",
+            path.display()
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    fn users(name: &str) -> Result<Option<u32>, String> {
+        Ok(match name {
+            "root" => Some(0),
+            "daemon" => Some(1),
+            "alice" => Some(1001),
+            _ => None,
+        })
+    }
+
+    fn login(user: &str) -> Login {
+        Login {
+            user: Some(user.into()),
+            pid: 4242,
+            service: Some("sshd".into()),
+            tty: Some("ssh".into()),
+            rhost: Some("127.0.0.1".into()),
+            session_id: Some("7".into()),
+        }
+    }
+
+    fn cfg(dir: &Path, fail: Fail) -> Config {
+        Config {
+            socket: dir.join("fs.sock"),
+            timeout: Duration::from_millis(300),
+            fail,
+            ..Config::default()
+        }
+    }
+
+    /// A daemon that answers each connection with the next canned reply
+    /// (after an optional delay) and returns the requests it saw.
+    fn daemon(
+        sock: &Path,
+        replies: Vec<(Duration, &'static [u8])>,
+    ) -> std::thread::JoinHandle<Vec<String>> {
+        let l = UnixListener::bind(sock).unwrap();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for (delay, reply) in replies {
+                let (s, _) = l.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line).unwrap();
+                seen.push(line);
+                std::thread::sleep(delay);
+                let _ = (&s).write_all(reply);
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn root_system_and_unknown_users_pass_straight_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), Fail::Closed); // no daemon at all
+        for u in ["root", "daemon", "nobody-here"] {
+            assert_eq!(open(&c, &login(u), &users).verdict, Verdict::Ignore, "{u}");
+            assert_eq!(close(&c, &login(u), &users).verdict, Verdict::Ignore, "{u}");
+        }
+        let no_user = Login::default();
+        assert_eq!(open(&c, &no_user, &users).verdict, Verdict::Ignore);
+    }
+
+    #[test]
+    fn open_sends_everything_and_reports_the_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), Fail::Open);
+        let d = daemon(
+            &c.socket,
+            vec![(
+                Duration::ZERO,
+                b"{\"type\":\"success\",\"message\":\"alice: 2 CPUs\"}\n",
+            )],
+        );
+        let o = open(&c, &login("alice"), &users);
+        assert_eq!(o.verdict, Verdict::Success);
+        assert_eq!(o.log, vec![(Level::Info, "alice: 2 CPUs".to_string())]);
+        let seen = d.join().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&seen[0]).unwrap();
+        assert_eq!(v["type"], "session_open");
+        assert_eq!(v["uid"], 1001);
+        assert_eq!(v["pid"], 4242);
+        assert_eq!(v["service"], "sshd");
+        assert_eq!(v["rhost"], "127.0.0.1");
+        assert_eq!(v["session_id"], "7");
+    }
+
+    #[test]
+    fn no_daemon_fails_open_or_closed_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let o = open(&cfg(dir.path(), Fail::Open), &login("alice"), &users);
+        assert_eq!(o.verdict, Verdict::Success);
+        assert!(
+            o.log[0].1.contains("not running") && o.log[0].1.contains("WITHOUT"),
+            "{:?}",
+            o.log
+        );
+        let o = open(&cfg(dir.path(), Fail::Closed), &login("alice"), &users);
+        assert!(matches!(o.verdict, Verdict::Refuse(ref m) if m.contains("Login refused")));
+        assert_eq!(o.log[0].0, Level::Error);
+        assert!(start.elapsed() < Duration::from_millis(200));
+        // a logout is never refused
+        assert_eq!(
+            close(&cfg(dir.path(), Fail::Closed), &login("alice"), &users).verdict,
+            Verdict::Success
+        );
+    }
+
+    #[test]
+    fn a_slow_daemon_is_cut_off_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), Fail::Open);
+        let d = daemon(
+            &c.socket,
+            vec![(
+                Duration::from_secs(2),
+                b"{\"type\":\"success\",\"message\":\"late\"}\n",
+            )],
+        );
+        let start = Instant::now();
+        let o = open(&c, &login("alice"), &users);
+        let took = start.elapsed();
+        assert_eq!(o.verdict, Verdict::Success);
+        assert!(
+            o.log[0].1.contains("did not answer within 300 ms"),
+            "{:?}",
+            o.log
+        );
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        d.join().unwrap();
+    }
+
+    #[test]
+    fn garbage_half_answers_and_errors_follow_the_fail_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), Fail::Closed);
+        let d = daemon(
+            &c.socket,
+            vec![
+                (Duration::ZERO, b"\x00\xffgarbage\n"),
+                (Duration::ZERO, b"{\"type\":\"succ"),
+                (Duration::ZERO, b"{\"type\":\"error\",\"error\":\"systemd is sad\",\"code\":\"systemd\"}\n"),
+                (Duration::ZERO, b"{\"type\":\"error\",\"error\":\"root is never limited\",\"code\":\"exempt\"}\n"),
+            ],
+        );
+        for _ in 0..3 {
+            let o = open(&c, &login("alice"), &users);
+            assert!(matches!(o.verdict, Verdict::Refuse(_)), "{o:?}");
+        }
+        assert_eq!(open(&c, &login("alice"), &users).verdict, Verdict::Ignore);
+        d.join().unwrap();
+    }
+
+    #[test]
+    fn close_sends_pid_and_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), Fail::Open);
+        let d = daemon(
+            &c.socket,
+            vec![(
+                Duration::ZERO,
+                b"{\"type\":\"success\",\"message\":\"closed\"}\n",
+            )],
+        );
+        assert_eq!(close(&c, &login("alice"), &users).verdict, Verdict::Success);
+        let v: serde_json::Value = serde_json::from_str(&d.join().unwrap()[0]).unwrap();
+        assert_eq!(v["type"], "session_close");
+        assert_eq!(
+            (v["uid"].as_u64(), v["pid"].as_u64()),
+            (Some(1001), Some(4242))
+        );
+        assert_eq!(v["session_id"], "7");
+    }
+}
