@@ -113,6 +113,11 @@ fn check(path: &std::path::Path) -> ExitCode {
             for line in p.summary() {
                 println!("{line}");
             }
+            let user = |n: &str| matches!(nix::unistd::User::from_name(n), Ok(Some(_)));
+            let group = |n: &str| matches!(nix::unistd::Group::from_name(n), Ok(Some(_)));
+            for w in p.unknown_names(user, group) {
+                println!("{w}");
+            }
             println!("policy OK: {}", path.display());
             ExitCode::SUCCESS
         }

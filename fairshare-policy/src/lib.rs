@@ -438,6 +438,26 @@ impl Policy {
         out
     }
 
+    /// Warnings for user and group names the policy mentions that do not
+    /// exist, judged by the given lookups (NSS in the binaries).
+    pub fn unknown_names(
+        &self,
+        user_exists: impl Fn(&str) -> bool,
+        group_exists: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let users = self
+            .named_users()
+            .into_iter()
+            .filter(|(n, _)| !user_exists(n))
+            .map(|(n, o)| format!("warning: {o}: user {n} does not exist on this host"));
+        let groups = self
+            .named_groups()
+            .into_iter()
+            .filter(|(n, _)| !group_exists(n))
+            .map(|(n, o)| format!("warning: {o}: group {n} does not exist on this host"));
+        users.chain(groups).collect()
+    }
+
     /// A short human summary, for `fairshared --check`.
     pub fn summary(&self) -> Vec<String> {
         let base = self.for_user(&Identity {

@@ -180,6 +180,14 @@ users:
     assert_eq!(names, vec!["students", "gpu"]);
     let (name, origin) = &p.named_users()[0];
     assert_eq!((name.as_str(), origin.line), ("alice", 10));
+    let w = p.unknown_names(|u| u != "alice", |g| g == "students");
+    assert_eq!(
+        w,
+        vec![
+            "warning: p.yaml:10: user alice does not exist on this host",
+            "warning: p.yaml:7: group gpu does not exist on this host"
+        ]
+    );
 }
 
 #[test]

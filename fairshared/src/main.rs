@@ -98,15 +98,11 @@ fn check(policy: &Policy) -> ExitCode {
     for line in policy.summary() {
         println!("  {line}");
     }
-    for (name, origin) in policy.named_users() {
-        if !matches!(users::by_name(&name), Ok(Some(_))) {
-            println!("warning: {origin}: user {name} does not exist on this host");
-        }
-    }
-    for (name, origin) in policy.named_groups() {
-        if !users::group_exists(&name) {
-            println!("warning: {origin}: group {name} does not exist on this host");
-        }
+    for w in policy.unknown_names(
+        |u| matches!(users::by_name(u), Ok(Some(_))),
+        users::group_exists,
+    ) {
+        println!("{w}");
     }
     println!("policy OK");
     ExitCode::SUCCESS
