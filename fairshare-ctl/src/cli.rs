@@ -2,6 +2,7 @@
 //! completions).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use fairshare_proto::units::{Bytes, Cpus, Tasks};
@@ -14,7 +15,7 @@ use fairshare_proto::units::{Bytes, Cpus, Tasks};
     long_about = "See and resize your fairshare allocation: the CPU, memory and task limits of your \
 user slice on this host. Resizes stay within the maximum the admin's policy allows you and the \
 host's free capacity. Root can also list every user and set anyone's allocation.",
-    after_help = "Examples:\n  fairshare-ctl status\n  fairshare-ctl resize --cpu 4 --mem 16G\n  fairshare-ctl release\n  sudo fairshare-ctl list\n  sudo fairshare-ctl set alice --cpu 8 --mem 32G\n\nExit status: 0 done; 1 refused by fairshared (the reason is on stderr); 2 bad usage; 3 fairshared unreachable or not answering.",
+    after_help = "Examples:\n  fairshare-ctl status\n  fairshare-ctl resize --cpu 4 --mem 16G\n  fairshare-ctl resize --cpu 8 --for 4h\n  fairshare-ctl release\n  sudo fairshare-ctl list\n  sudo fairshare-ctl set alice --cpu 8 --mem 32G\n\nExit status: 0 done; 1 refused by fairshared (the reason is on stderr); 2 bad usage; 3 fairshared unreachable or not answering.",
     propagate_version = true
 )]
 pub struct Cli {
@@ -57,12 +58,16 @@ pub enum Command {
         #[command(flatten)]
         sizes: Sizes,
         /// Back to the policy default
-        #[arg(long, conflicts_with_all = ["cpu", "mem", "tasks", "force"])]
+        #[arg(long, conflicts_with_all = ["cpu", "mem", "tasks", "force", "duration"])]
         default: bool,
         /// Allow the set even beyond the host's free capacity
         #[arg(long)]
         force: bool,
     },
+    /// Re-read the policy and apply it to everyone (root only; as systemctl reload fairshared)
+    Reload,
+    /// Print allocations, usage and counters in Prometheus text format (root only)
+    Metrics,
     /// Check a policy file or directory without a daemon (as fairshared --check)
     Check {
         /// Policy file or directory
@@ -82,6 +87,13 @@ pub struct Sizes {
     /// Tasks (processes and threads), e.g. 4096
     #[arg(long, value_name = "N", value_parser = parse::<Tasks>)]
     pub tasks: Option<Tasks>,
+    /// How long the resize lasts, e.g. 30m, 4h, 2d; then back to the default
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_lease)]
+    pub duration: Option<Duration>,
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    fairshare_proto::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse<T: std::str::FromStr<Err = fairshare_proto::ValueError>>(s: &str) -> Result<T, String> {
@@ -114,6 +126,16 @@ mod tests {
         assert!(matches!(c.command, Command::Resize(_)));
         let e = Cli::try_parse_from(["fairshare-ctl", "resize", "--mem", "8X"]).unwrap_err();
         assert!(e.to_string().contains("unknown unit"), "{e}");
+        let c =
+            Cli::try_parse_from(["fairshare-ctl", "resize", "--cpu", "6", "--for", "4h"]).unwrap();
+        match c.command {
+            Command::Resize(s) => assert_eq!(s.duration, Some(Duration::from_secs(4 * 3600))),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["fairshare-ctl", "resize", "--cpu", "6", "--for", "soon"])
+                .is_err()
+        );
         let c = Cli::try_parse_from(["fairshare-ctl", "set", "bob", "--default"]).unwrap();
         assert!(matches!(c.command, Command::Set { default: true, .. }));
         assert!(

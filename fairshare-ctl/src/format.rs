@@ -4,22 +4,6 @@ use std::fmt::Write as _;
 
 use fairshare_proto::wire::{Capacity, Limits, Source, StatusInfo, UserList};
 
-fn limits(l: &Limits) -> String {
-    let cpus = if l.cpu.millis() == 1000 {
-        "CPU"
-    } else {
-        "CPUs"
-    };
-    let high = l
-        .mem_high
-        .map(|h| format!(" (soft {})", h.human()))
-        .unwrap_or_default();
-    format!(
-        "{} {cpus}, {} memory{high}, {} tasks",
-        l.cpu, l.mem, l.tasks
-    )
-}
-
 /// `850ms`, `12.3s`, `3m12s`, `2h05m`.
 pub fn cpu_time(nsec: u64) -> String {
     let ms = nsec / 1_000_000;
@@ -78,22 +62,25 @@ pub fn status(s: &StatusInfo) -> String {
             Source::Admin => "set by root",
             Source::Exempt => "exempt",
         };
-        let _ = writeln!(out, "  allocation: {} ({from})", limits(&l));
+        let _ = writeln!(out, "  allocation: {l} ({from})");
+    }
+    if let Some(n) = &s.notice {
+        let _ = writeln!(out, "  note:       {n}");
     }
     if let Some(t) = s.expires_at {
         let _ = writeln!(out, "  expires:    {} (then back to the default)", when(t));
     }
     if let Some(d) = &s.default {
-        let _ = writeln!(out, "  default:    {}", limits(d));
+        let _ = writeln!(out, "  default:    {d}");
     }
     if let Some(m) = &s.max {
         let _ = writeln!(
             out,
             "  maximum:    {}",
-            limits(&Limits {
+            Limits {
                 mem_high: None,
                 ..*m
-            })
+            }
         );
     }
     if !s.policy.is_empty() {
@@ -239,6 +226,7 @@ mod tests {
             sessions: 1,
             session_list: vec![],
             expires_at: None,
+            notice: None,
             usage: Usage {
                 memory_current: Some(5 << 20),
                 tasks_current: Some(4),

@@ -27,9 +27,11 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            Request::RequestResources(ResizeArgs::new(s.cpu, s.mem, s.tasks))
+            Request::RequestResources(ResizeArgs::new(s.cpu, s.mem, s.tasks).lasting(s.duration))
         }
         Command::Release => Request::Release,
+        Command::Reload => Request::Reload,
+        Command::Metrics => Request::Metrics,
         Command::List => Request::List,
         Command::Set {
             user,
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
             }
             Request::SetUser {
                 user: UserRef::Name(user.clone()),
-                args: ResizeArgs::new(sizes.cpu, sizes.mem, sizes.tasks),
+                args: ResizeArgs::new(sizes.cpu, sizes.mem, sizes.tasks).lasting(sizes.duration),
                 release: *default,
                 force: *force,
             }
@@ -82,6 +84,10 @@ fn main() -> ExitCode {
         }
         Response::UserList(l) => {
             print!("{}", format::list(&l));
+            ExitCode::SUCCESS
+        }
+        Response::Metrics { text } => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
     }

@@ -13,11 +13,12 @@
 //! bad value is answered with an error that names the field.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::units::{Bytes, Cpus, Quantity, Tasks, ValueError};
+use crate::units::{Bytes, Cpus, Quantity, Tasks, ValueError, parse_duration};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/fairshare.sock";
@@ -64,6 +65,10 @@ pub enum Request {
     SessionClose(SessionClose),
     /// Root only: every user the daemon tracks.
     List,
+    /// Root only: re-read the policy and apply it to every tracked user.
+    Reload,
+    /// Root only: a Prometheus text exposition of allocations, usage and counters.
+    Metrics,
     /// Root only: set (or with `release: true`, reset) another user's allocation.
     SetUser {
         user: UserRef,
@@ -91,6 +96,8 @@ impl Request {
             Request::SessionClose(_) => "session_close",
             Request::List => "list",
             Request::SetUser { .. } => "set_user",
+            Request::Reload => "reload",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -104,6 +111,9 @@ pub struct ResizeArgs {
     pub mem: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Value>,
+    /// How long the resize lasts (`"4h"`, or seconds); back to the default after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Value>,
 }
 
 /// A validated resize: each field `None` when not asked for.
@@ -112,6 +122,14 @@ pub struct Resize {
     pub cpu: Option<Cpus>,
     pub mem: Option<Bytes>,
     pub tasks: Option<Tasks>,
+    pub duration: Option<Duration>,
+}
+
+impl Resize {
+    /// True when no quantity is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.mem.is_none() && self.tasks.is_none()
+    }
 }
 
 impl ResizeArgs {
@@ -121,15 +139,45 @@ impl ResizeArgs {
             cpu: cpu.map(|c| to_value(serde_json::to_value(c))),
             mem: mem.map(|m| to_value(serde_json::to_value(m))),
             tasks: tasks.map(|t| to_value(serde_json::to_value(t))),
+            duration: None,
         }
+    }
+
+    /// The same resize, lasting `d`.
+    pub fn lasting(mut self, d: Option<Duration>) -> ResizeArgs {
+        self.duration = d.map(|d| Value::from(crate::units::format_duration(d)));
+        self
     }
 
     /// Validates the quantities; the error names the offending field.
     pub fn parse(&self) -> Result<Resize, String> {
+        let duration = match &self.duration {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                Some(parse_duration(s).map_err(|e| format!("duration: {e}"))?)
+            }
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(secs) if secs > 0 => {
+                    Some(parse_duration(&secs.to_string()).map_err(|e| format!("duration: {e}"))?)
+                }
+                _ => {
+                    return Err(format!(
+                        "duration: `{n}` must be a whole number of seconds above 0"
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(format!(
+                    "duration: `{}` is not a duration such as 4h",
+                    short_json(other)
+                ));
+            }
+        };
         Ok(Resize {
             cpu: field("cpu", &self.cpu)?,
             mem: field("mem", &self.mem)?,
             tasks: field("tasks", &self.tasks)?,
+            duration,
         })
     }
 }
@@ -199,6 +247,10 @@ pub enum Response {
     Error(ErrorReply),
     StatusInfo(Box<StatusInfo>),
     UserList(UserList),
+    /// The answer to `metrics`: Prometheus text exposition format.
+    Metrics {
+        text: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -245,6 +297,8 @@ pub enum ErrorCode {
     Systemd,
     /// The change was made but could not be saved to disk.
     Persistence,
+    /// The policy on disk has errors (reload); the old one stays in force.
+    InvalidPolicy,
     #[default]
     Internal,
 }
@@ -258,6 +312,22 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_high: Option<Bytes>,
     pub tasks: Tasks,
+}
+
+impl fmt::Display for Limits {
+    /// `2 CPUs, 8G memory (soft 7.2G), 4096 tasks`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cpus = if self.cpu.millis() == 1000 {
+            "CPU"
+        } else {
+            "CPUs"
+        };
+        write!(f, "{} {cpus}, {} memory", self.cpu, self.mem)?;
+        if let Some(h) = self.mem_high {
+            write!(f, " (soft {})", h.human())?;
+        }
+        write!(f, ", {} tasks", self.tasks)
+    }
 }
 
 /// Host capacity, after overcommit, and how much of it is allocated.
@@ -362,6 +432,9 @@ pub struct StatusInfo {
     /// Unix time a leased resize lapses back to the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// Something the user should know, e.g. that their resize expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
     #[serde(default)]
     pub usage: Usage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -520,6 +593,7 @@ mod tests {
             sessions: 1,
             session_list: vec![],
             expires_at: None,
+            notice: None,
             usage: Usage::default(),
             capacity: None,
         };
@@ -541,6 +615,38 @@ mod tests {
             panic!("wrong variant")
         };
         assert_eq!(a.parse().unwrap().cpu, Some(Cpus::from_millis(1500)));
+    }
+
+    #[test]
+    fn durations_on_the_wire() {
+        let p = |s: &str| match parse_request(s.as_bytes()).unwrap() {
+            Request::RequestResources(a) => a.parse(),
+            _ => panic!("wrong variant"),
+        };
+        let r = p(r#"{"type":"request_resources","cpu":6,"duration":"4h"}"#).unwrap();
+        assert_eq!(r.duration, Some(Duration::from_secs(4 * 3600)));
+        let r = p(r#"{"type":"request_resources","cpu":6,"duration":90}"#).unwrap();
+        assert_eq!(r.duration, Some(Duration::from_secs(90)));
+        assert!(
+            p(r#"{"type":"request_resources","cpu":6,"duration":"soon"}"#)
+                .unwrap_err()
+                .starts_with("duration:")
+        );
+        assert!(
+            p(r#"{"type":"request_resources","cpu":6,"duration":-5}"#)
+                .unwrap_err()
+                .starts_with("duration:")
+        );
+        let args = ResizeArgs::new(Some(Cpus::whole(2)), None, None)
+            .lasting(Some(Duration::from_secs(5400)));
+        assert_eq!(
+            serde_json::to_string(&args).unwrap(),
+            r#"{"cpu":2,"duration":"1h30m"}"#
+        );
+        assert_eq!(
+            parse_request(br#"{"type":"reload"}"#).unwrap(),
+            Request::Reload
+        );
     }
 
     #[test]

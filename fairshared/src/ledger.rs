@@ -43,6 +43,9 @@ pub struct Entry {
     /// The limits last written to systemd successfully.
     #[serde(default)]
     pub applied: Option<Limits>,
+    /// Something to tell the user in `status` (e.g. that a resize expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 impl Entry {
@@ -232,10 +235,12 @@ impl Ledger {
             grant: None,
             limits: new,
             applied: None,
+            notice: None,
         });
         entry.name = name.to_string();
         entry.grant = Some(grant);
         entry.limits = new;
+        entry.notice = None;
         Ok(Change {
             uid,
             old,
@@ -307,6 +312,42 @@ impl Ledger {
         }
     }
 
+    /// A leased resize ran out: back to the default, with a notice. Does
+    /// nothing (`None`) if the grant has changed since the lease was set.
+    pub fn expire(
+        &mut self,
+        uid: u32,
+        expires_at: u64,
+        up: &UserPolicy,
+        notice: String,
+    ) -> Option<Change> {
+        let entry = self.users.get_mut(&uid)?;
+        if entry.grant.as_ref().and_then(|g| g.expires_at) != Some(expires_at) {
+            return None;
+        }
+        let old = Some(entry.limits);
+        entry.grant = None;
+        entry.limits = up.default;
+        entry.notice = Some(notice);
+        if entry.sessions.is_empty() {
+            self.users.remove(&uid);
+        }
+        Some(Change {
+            uid,
+            old,
+            new: up.default,
+            force: false,
+        })
+    }
+
+    /// Every lease in force: `(uid, expires_at)`.
+    pub fn leases(&self) -> Vec<(u32, u64)> {
+        self.users
+            .iter()
+            .filter_map(|(u, e)| Some((*u, e.grant.as_ref()?.expires_at?)))
+            .collect()
+    }
+
     /// A session opened. The first one gives the user their allocation (the
     /// default, or a resize still in force). Never refused.
     pub fn open_session(
@@ -323,6 +364,7 @@ impl Ledger {
             grant: None,
             limits: up.default,
             applied: None,
+            notice: None,
         });
         entry.name = name.to_string();
         // A pid can only hold one session; a reused pid replaces a stale record.
@@ -426,7 +468,7 @@ mod tests {
         Resize {
             cpu: Some(Cpus::whole(cpu)),
             mem: Some(Bytes(mem_g << 30)),
-            tasks: None,
+            ..Resize::default()
         }
     }
 
@@ -501,6 +543,7 @@ mod tests {
             cpu: Some(Cpus::whole(16)),
             mem: Some(Bytes(64 << 30)),
             tasks: Some(Tasks(5000)),
+            duration: None,
         };
         let e = l
             .resize(1001, "a", &u, req, Actor::User(1001), &cap(&p), 0, None)
@@ -752,6 +795,47 @@ mod tests {
         assert_eq!(c.new.cpu, Cpus::whole(4));
         assert_eq!(c.new.mem, Bytes(16 << 30));
         assert_eq!(l.repolicy(1001, &up(&p2, 1001)), None);
+    }
+
+    #[test]
+    fn leases_expire_back_to_the_default_once() {
+        let p = policy(P);
+        let mut l = Ledger::new();
+        let u = up(&p, 1001);
+        l.open_session(1001, "a", &u, session(1));
+        l.resize(
+            1001,
+            "a",
+            &u,
+            resize(6, 8),
+            Actor::User(1001),
+            &cap(&p),
+            0,
+            Some(100),
+        )
+        .unwrap();
+        assert_eq!(l.leases(), vec![(1001, 100)]);
+        assert_eq!(l.expire(1001, 99, &u, "x".into()), None);
+        let c = l.expire(1001, 100, &u, "expired".into()).unwrap();
+        assert_eq!(c.new, u.default);
+        let e = l.get(1001).unwrap();
+        assert_eq!(e.notice.as_deref(), Some("expired"));
+        assert_eq!(e.grant, None);
+        assert_eq!(l.expire(1001, 100, &u, "again".into()), None);
+        assert!(l.leases().is_empty());
+        // a new resize clears the notice
+        l.resize(
+            1001,
+            "a",
+            &u,
+            resize(3, 8),
+            Actor::User(1001),
+            &cap(&p),
+            0,
+            None,
+        )
+        .unwrap();
+        assert_eq!(l.get(1001).unwrap().notice, None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `fairshared`: start-up, signals and shutdown. See the library for the rest.
+//! `fairshared`: start-up, signals, systemd integration and shutdown. See the
+//! library for the rest.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use fairshared::service::{Nss, Service};
 use fairshared::state::{Loaded, StateFile};
 use fairshared::systemd::Dbus;
 use fairshared::{host, users};
+use sd_notify::NotifyState;
 use tracing_subscriber::prelude::*;
 
 /// Exit status for a bad policy (sysexits EX_CONFIG); the unit file tells
@@ -43,6 +46,12 @@ fn init_logging() {
         .init();
 }
 
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
@@ -67,6 +76,14 @@ fn main() -> ExitCode {
         eprintln!("fairshared: must run as root (it sets limits on user slices through systemd)");
         return ExitCode::FAILURE;
     }
+    // Taken before any thread starts: the activated socket, if any.
+    let activated = match activated_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fairshared: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -79,7 +96,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, policy)) {
+    match runtime.block_on(run(args, policy, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -108,10 +125,55 @@ fn check(policy: &Policy) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(args: Args, policy: Policy) -> Result<(), String> {
+/// The listening socket systemd passed us (`fairshared.socket`), if any.
+fn activated_socket() -> Result<Option<std::os::unix::net::UnixListener>, String> {
+    let mut fds = sd_notify::listen_fds().map_err(|e| format!("bad socket activation: {e}"))?;
+    let Some(fd) = fds.next() else {
+        return Ok(None);
+    };
+    if fds.next().is_some() {
+        return Err(
+            "systemd passed more than one socket; fairshared.socket should have one ListenStream="
+                .into(),
+        );
+    }
+    // SAFETY: sd_listen_fds hands this fd to us alone; nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    use nix::sys::socket::{
+        AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt,
+    };
+    let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
+    let unix = getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(&owned))
+        .map(|a| a.family() == Some(AddressFamily::Unix))
+        .unwrap_or(false);
+    if !listening || !unix {
+        return Err("the socket systemd passed is not a listening Unix socket; check ListenStream= in fairshared.socket".into());
+    }
+    let listener = std::os::unix::net::UnixListener::from(owned);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("activated socket: {e}"))?;
+    Ok(Some(listener))
+}
+
+async fn run(
+    args: Args,
+    policy: Policy,
+    activated: Option<std::os::unix::net::UnixListener>,
+) -> Result<(), String> {
     let socket_path = args.socket_path();
-    let listener = server::bind(&socket_path)?;
-    let _socket = SocketGuard::new(&socket_path);
+    // Our own socket is removed at exit; an activated one belongs to systemd,
+    // which keeps it (and the connections queued on it) across restarts.
+    let (listener, _guard) = match activated {
+        Some(l) => (
+            tokio::net::UnixListener::from_std(l).map_err(|e| format!("activated socket: {e}"))?,
+            None,
+        ),
+        None => {
+            let l = server::bind(&socket_path)?;
+            (l, Some(SocketGuard::new(&socket_path)))
+        }
+    };
 
     let systemd = Dbus::connect(Duration::from_secs(25)).await.map_err(|e| {
         format!("{e}; fairshared needs systemd as init and a running D-Bus system bus")
@@ -124,7 +186,7 @@ async fn run(args: Args, policy: Policy) -> Result<(), String> {
             tracing::error!(
                 path = %state.path().display(),
                 moved_to = %moved_to.display(),
-                "state file unreadable ({reason}); moved it aside and starting from an empty ledger"
+                "state file unreadable ({reason}); moved it aside and rebuilding from logind and the policy"
             );
             None
         }
@@ -142,39 +204,91 @@ async fn run(args: Args, policy: Policy) -> Result<(), String> {
         capacity_mem = %capacity.mem.human(),
         "fairshared starting"
     );
-    let service = Arc::new(Service::new(
-        systemd,
-        Arc::new(Nss),
-        policy,
-        host,
-        cgroups,
-        Some(state),
-    ));
+    let service = Arc::new(
+        Service::new(systemd, Arc::new(Nss), policy, host, cgroups, Some(state))
+            .with_policy_path(args.policy_path()),
+    );
     if let Some(ledger) = saved {
-        let n = ledger.len();
-        service.restore(ledger).await;
-        tracing::info!(users = n, "restored saved allocations");
+        tracing::info!(users = ledger.len(), "restoring saved allocations");
+        service.load(ledger);
     }
-    service.reconcile().await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, service.clone(), stop_rx));
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("serving"),
-    ]);
+    let server = tokio::spawn(server::serve(listener, service.clone(), stop_rx.clone()));
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     tracing::info!("ready");
+    // Checking the saved ledger against the host and logind takes D-Bus
+    // round trips; requests are answered meanwhile (per-user locks keep order).
+    tokio::spawn({
+        let service = service.clone();
+        async move { service.catch_up().await }
+    });
+    tokio::spawn(follow_logind(service.clone(), stop_rx.clone()));
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(watchdog(service.clone(), period, stop_rx));
+    }
 
-    signals(&service, &args).await?;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    signals(&service).await?;
+    notify(&[NotifyState::Stopping]);
     tracing::info!("stopping; limits stay in force");
     let _ = stop_tx.send(true);
     let _ = server.await;
     Ok(())
 }
 
+/// Pings systemd's watchdog at half its period, but only while the service
+/// can still take its own lock: a wedged daemon is restarted.
+async fn watchdog(
+    service: Arc<Service<Dbus>>,
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                if service.healthy().await {
+                    notify(&[NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("ledger lock held too long; not pinging the watchdog");
+                }
+            }
+        }
+    }
+}
+
+/// Counts users in and out as logind reports them (UserNew, UserRemoved),
+/// including lingering users who never log in through PAM.
+async fn follow_logind(service: Arc<Service<Dbus>>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use futures_util::StreamExt;
+    loop {
+        let mut events = match service.systemd().user_events().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow logind; retrying in 5 s");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+        };
+        loop {
+            let uid = tokio::select! {
+                _ = stop.changed() => return,
+                e = events.next() => match e { Some(uid) => uid, None => break },
+            };
+            // A login announces itself through PAM a moment after logind
+            // sees it; give it that moment, then check that user.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            service.reconcile(Some(uid)).await;
+        }
+        tracing::warn!("lost logind's signals (bus connection closed); subscribing again");
+    }
+}
+
 /// Waits for SIGTERM or SIGINT; reloads the policy on SIGHUP.
-async fn signals(service: &Service<Dbus>, args: &Args) -> Result<(), String> {
+async fn signals(service: &Arc<Service<Dbus>>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let sig = |k| signal(k).map_err(|e| format!("cannot handle signals: {e}"));
     let (mut term, mut int, mut hup) = (
@@ -187,14 +301,9 @@ async fn signals(service: &Service<Dbus>, args: &Args) -> Result<(), String> {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                let path = args.policy_path();
-                match Policy::load(&path) {
-                    Ok(p) => {
-                        let changed = service.reload(p).await;
-                        tracing::info!(policy = %path.display(), changed, "policy reloaded");
-                    }
-                    Err(e) => tracing::error!(policy = %path.display(), "policy not reloaded, the old one stays in force:\n{e}"),
-                }
+                notify(&[NotifyState::Reloading]);
+                let _ = service.reload_from_disk().await;
+                notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
             }
         }
     }

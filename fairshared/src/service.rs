@@ -10,23 +10,35 @@
 //! Saving: every ledger change bumps a generation counter. A request that
 //! changed something waits until a save covering its generation has reached
 //! the disk; concurrent requests share one write.
+//!
+//! Sessions (open, close, processes that die, catching up with logind) are in
+//! [`sessions`](self::sessions); leases in `leases`; the Prometheus exposition
+//! in `metrics`.
+
+mod leases;
+mod metrics;
+mod sessions;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
 use fairshare_policy::{CapacityLimit, HostResources, Identity, Policy, UserPolicy};
+use fairshare_proto::units::format_duration;
 use fairshare_proto::wire::{
-    ErrorCode, ErrorReply, Limits, Request, Resize, Response, SessionClose, SessionInfo,
-    SessionOpen, Source, StatusInfo, Success, UserList, UserRef,
+    ErrorCode, ErrorReply, Request, Resize, Response, Source, StatusInfo, Success, UserList,
+    UserRef,
 };
 
-use crate::cgroup::{self, Cgroups, Placement};
+use crate::cgroup::Cgroups;
 use crate::ledger::{Actor, Change, Entry, Ledger, Refusal};
-use crate::pidwatch;
 use crate::state::StateFile;
 use crate::systemd::{Systemd, slice_name};
 use crate::users;
+
+pub use metrics::Counters;
 
 /// Where user names and groups come from (NSS in the daemon, a table in tests).
 pub trait Directory: Send + Sync + 'static {
@@ -69,6 +81,7 @@ pub struct Service<S: Systemd> {
     systemd: S,
     directory: Arc<dyn Directory>,
     policy: RwLock<Arc<Policy>>,
+    policy_path: Option<PathBuf>,
     host: HostResources,
     cgroups: Cgroups,
     ledger: Mutex<Ledger>,
@@ -78,6 +91,9 @@ pub struct Service<S: Systemd> {
     locks: Mutex<HashMap<u32, Weak<tokio::sync::Mutex<()>>>>,
     /// Watches on session processes, by pid (see [`crate::pidwatch`]).
     watchers: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
+    /// Lease timers, by uid.
+    leases: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
+    counters: Counters,
 }
 
 pub fn now() -> u64 {
@@ -89,23 +105,6 @@ pub fn now() -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// `2 CPUs, 8G memory (soft 7.2G), 4096 tasks`
-pub fn describe(l: &Limits) -> String {
-    let cpus = if l.cpu.millis() == 1000 {
-        "CPU"
-    } else {
-        "CPUs"
-    };
-    let high = l
-        .mem_high
-        .map(|h| format!(" (soft {})", h.human()))
-        .unwrap_or_default();
-    format!(
-        "{} {cpus}, {} memory{high}, {} tasks",
-        l.cpu, l.mem, l.tasks
-    )
 }
 
 impl<S: Systemd> Service<S> {
@@ -121,6 +120,7 @@ impl<S: Systemd> Service<S> {
             systemd,
             directory,
             policy: RwLock::new(Arc::new(policy)),
+            policy_path: None,
             host,
             cgroups,
             ledger: Mutex::new(Ledger::new()),
@@ -129,7 +129,15 @@ impl<S: Systemd> Service<S> {
             state,
             locks: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
         }
+    }
+
+    /// Where `reload` reads the policy from.
+    pub fn with_policy_path(mut self, path: PathBuf) -> Service<S> {
+        self.policy_path = Some(path);
+        self
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -147,9 +155,25 @@ impl<S: Systemd> Service<S> {
         self.policy().capacity(self.host)
     }
 
-    /// A copy of the ledger (for tests and the metrics).
+    /// A copy of the ledger (for tests and the benchmarks).
     pub fn ledger(&self) -> Ledger {
         lock(&self.ledger).clone()
+    }
+
+    /// Whether the ledger can be locked: the watchdog's health check. A
+    /// daemon wedged on its own lock stops pinging, and systemd restarts it.
+    pub async fn healthy(&self) -> bool {
+        for _ in 0..20 {
+            let busy = matches!(
+                self.ledger.try_lock(),
+                Err(std::sync::TryLockError::WouldBlock)
+            );
+            if !busy {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     }
 
     fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
@@ -232,41 +256,41 @@ impl<S: Systemd> Service<S> {
     }
 
     async fn resolve(&self, user: &UserRef) -> Result<Identity, Response> {
-        match user {
-            UserRef::Uid(uid) => self.identity(*uid).await,
-            UserRef::Name(name) => {
-                if let Ok(uid) = name.parse::<u32>() {
-                    return self.identity(uid).await;
-                }
-                let dir = self.directory.clone();
-                let n = name.clone();
-                match tokio::task::spawn_blocking(move || dir.by_name(&n)).await {
-                    Ok(Ok(Some(id))) => Ok(id),
-                    Ok(Ok(None)) => Err(fail(
-                        ErrorCode::UnknownUser,
-                        format!(
-                            "no user named {name} on this host (`getent passwd {name}` finds nothing)"
-                        ),
-                    )),
-                    Ok(Err(e)) => Err(fail(ErrorCode::Internal, e)),
-                    Err(e) => Err(fail(
-                        ErrorCode::Internal,
-                        format!("user lookup failed: {e}"),
-                    )),
-                }
-            }
+        let name = match user {
+            UserRef::Uid(uid) => return self.identity(*uid).await,
+            UserRef::Name(name) => match name.parse::<u32>() {
+                Ok(uid) => return self.identity(uid).await,
+                Err(_) => name.clone(),
+            },
+        };
+        let dir = self.directory.clone();
+        let n = name.clone();
+        match tokio::task::spawn_blocking(move || dir.by_name(&n)).await {
+            Ok(Ok(Some(id))) => Ok(id),
+            Ok(Ok(None)) => Err(fail(
+                ErrorCode::UnknownUser,
+                format!("no user named {name} on this host (`getent passwd {name}` finds nothing)"),
+            )),
+            Ok(Err(e)) => Err(fail(ErrorCode::Internal, e)),
+            Err(e) => Err(fail(
+                ErrorCode::Internal,
+                format!("user lookup failed: {e}"),
+            )),
         }
     }
 
     /// Answers one request from `peer`.
     pub async fn handle(self: &Arc<Self>, peer: Peer, req: Request) -> Response {
         let kind = req.kind();
+        self.counters.request(kind);
         let root_only = matches!(
             req,
             Request::SessionOpen(_)
                 | Request::SessionClose(_)
                 | Request::List
                 | Request::SetUser { .. }
+                | Request::Reload
+                | Request::Metrics
         );
         if root_only && !peer.is_root() {
             tracing::warn!(
@@ -308,7 +332,14 @@ impl<S: Systemd> Service<S> {
             Request::List => Ok(self.list().await),
             Request::SessionOpen(s) => self.session_open(s).await,
             Request::SessionClose(s) => self.session_close(s).await,
+            Request::Reload => self.reload_from_disk().await,
+            Request::Metrics => Ok(Response::Metrics {
+                text: self.metrics().await,
+            }),
         };
+        if let Err(Response::Error(e)) = &reply {
+            self.counters.error(e.code);
+        }
         reply.unwrap_or_else(|e| e)
     }
 
@@ -343,10 +374,10 @@ impl<S: Systemd> Service<S> {
     ) -> StatusInfo {
         let exempt = up.exempt.is_some();
         let limits = entry.map_or(up.default, |e| e.limits);
-        let mut policy = up.sources.clone();
-        if let Some(ex) = &up.exempt {
-            policy = vec![format!("exempt: {ex}")];
-        }
+        let policy = match &up.exempt {
+            Some(ex) => vec![format!("exempt: {ex}")],
+            None => up.sources.clone(),
+        };
         StatusInfo {
             allocated_cpu: (!exempt).then_some(limits.cpu),
             allocated_mem: (!exempt).then_some(limits.mem),
@@ -369,12 +400,14 @@ impl<S: Systemd> Service<S> {
             expires_at: entry
                 .and_then(|e| e.grant.as_ref())
                 .and_then(|g| g.expires_at),
+            notice: entry.and_then(|e| e.notice.clone()),
             usage: self.cgroups.usage(uid),
             capacity: None,
         }
     }
 
-    async fn list(&self) -> Response {
+    /// Every tracked user, with their usage.
+    async fn list_rows(&self) -> (Vec<StatusInfo>, fairshare_proto::wire::Capacity) {
         let policy = self.policy();
         let entries: Vec<(u32, Entry)> =
             self.read(|l| l.entries().map(|(u, e)| (*u, e.clone())).collect());
@@ -392,6 +425,11 @@ impl<S: Systemd> Service<S> {
             users.push(self.status_info(uid, &id.name, &up, Some(&e)));
         }
         let capacity = self.read(|l| l.capacity(&policy.capacity(self.host)));
+        (users, capacity)
+    }
+
+    async fn list(&self) -> Response {
+        let (users, capacity) = self.list_rows().await;
         Response::UserList(UserList { users, capacity })
     }
 
@@ -424,20 +462,20 @@ impl<S: Systemd> Service<S> {
         if change.old != Some(change.new) {
             let old = change
                 .old
-                .map_or_else(|| "none".to_string(), |o| describe(&o));
+                .map_or_else(|| "none".to_string(), |o| o.to_string());
             tracing::info!(
                 uid = id.uid,
                 user = %id.name,
                 by,
                 reason = why,
                 old = %old,
-                new = %describe(&change.new),
+                new = %change.new,
                 cpu_quota_usec = change.new.cpu.quota_usec_per_sec(),
                 memory_max = change.new.mem.get(),
                 tasks_max = change.new.tasks.get(),
-                "allocation of {} changed: {old} -> {}",
+                "allocation of {} changed ({why}): {old} -> {}",
                 id.name,
-                describe(&change.new)
+                change.new
             );
         }
         self.persist().await.map_err(|e| {
@@ -450,8 +488,34 @@ impl<S: Systemd> Service<S> {
         })
     }
 
-    async fn resize(&self, id: Identity, req: Resize, actor: Actor) -> Reply {
-        if req == Resize::default() {
+    /// When a resize lapses: what was asked, capped by the policy for users.
+    fn lease_end(
+        &self,
+        up: &UserPolicy,
+        req: &Resize,
+        actor: Actor,
+    ) -> Result<Option<u64>, String> {
+        let max = self.policy().max_lease();
+        let above = req.cpu.is_some_and(|c| c > up.default.cpu)
+            || req.mem.is_some_and(|m| m > up.default.mem)
+            || req.tasks.is_some_and(|t| t > up.default.tasks);
+        let lasting = match (actor, req.duration, max) {
+            (Actor::User(_), Some(d), Some(m)) if d > m => {
+                return Err(format!(
+                    "a resize may last at most {} on this host (asked for {})",
+                    format_duration(m),
+                    format_duration(d)
+                ));
+            }
+            (_, Some(d), _) => Some(d),
+            (Actor::User(_), None, Some(m)) if above => Some(m),
+            _ => None,
+        };
+        Ok(lasting.map(|d| now().saturating_add(d.as_secs())))
+    }
+
+    async fn resize(self: &Arc<Self>, id: Identity, req: Resize, actor: Actor) -> Reply {
+        if req.is_empty() {
             return Err(fail(
                 ErrorCode::BadRequest,
                 "nothing to change: give at least one of cpu, mem or tasks",
@@ -468,11 +532,15 @@ impl<S: Systemd> Service<S> {
                 ),
             ));
         }
+        let expires = self.lease_end(&up, &req, actor).map_err(|why| {
+            self.counters.refused("exceeds_max");
+            fail(ErrorCode::ExceedsMax, format!("Request refused: {why}"))
+        })?;
         let _guard = self.lock_user(id.uid).await;
         let cap = policy.capacity(self.host);
         let result = self.mutate(|l| {
             let prev = l.get(id.uid).cloned();
-            l.resize(id.uid, &id.name, &up, req, actor, &cap, now(), None)
+            l.resize(id.uid, &id.name, &up, req, actor, &cap, now(), expires)
                 .map(|c| (prev, c))
         });
         let (prev, change) = match result {
@@ -486,11 +554,15 @@ impl<S: Systemd> Service<S> {
                         format!("not enough free capacity on this host: {r}"),
                     ),
                 };
+                self.counters.refused(match code {
+                    ErrorCode::NoCapacity => "no_capacity",
+                    _ => "exceeds_max",
+                });
                 tracing::info!(uid = id.uid, user = %id.name, reason = %why, "resize refused");
                 return Err(Response::Error(ErrorReply {
                     error: format!(
                         "Request refused: {why} (you may have up to {}; free on this host: {} CPUs, {})",
-                        describe(&up.max),
+                        up.max,
                         capacity.cpu_free,
                         capacity.mem_free.human()
                     ),
@@ -505,13 +577,24 @@ impl<S: Systemd> Service<S> {
             Actor::Root { .. } => 0,
         };
         self.commit(&id, prev, &change, true, by, "resize").await?;
+        if let Some(at) = expires {
+            self.schedule_lease(id.uid, at);
+        }
         let capacity = self.read(|l| l.capacity(&cap));
+        let until = expires
+            .map(|at| {
+                format!(
+                    " for {}",
+                    format_duration(Duration::from_secs(at.saturating_sub(now())))
+                )
+            })
+            .unwrap_or_default();
         Ok(Response::Success(Success {
             message: format!(
-                "Resources allocated: {} on {} (max {}; free on this host now: {} CPUs, {})",
-                describe(&change.new),
+                "Resources allocated: {} on {}{until} (max {}; free on this host now: {} CPUs, {})",
+                change.new,
                 slice_name(id.uid),
-                describe(&up.max),
+                up.max,
                 capacity.cpu_free,
                 capacity.mem_free.human()
             ),
@@ -537,246 +620,51 @@ impl<S: Systemd> Service<S> {
             message: format!(
                 "Resources released: {} is back to the default of {}",
                 slice_name(id.uid),
-                describe(&change.new)
+                change.new
             ),
             allocation: Some(change.new),
             capacity: Some(self.read(|l| l.capacity(&policy.capacity(self.host)))),
         }))
     }
 
-    async fn session_open(self: &Arc<Self>, s: SessionOpen) -> Reply {
-        let id = self.identity(s.uid).await?;
-        let up = self.policy().for_user(&id);
-        if let Some(ex) = &up.exempt {
-            return Ok(Response::success(format!(
-                "{} is not limited ({ex})",
-                id.name
-            )));
-        }
-        let _guard = self.lock_user(id.uid).await;
-        let info = SessionInfo {
-            pid: s.pid,
-            service: s.service.clone(),
-            tty: s.tty.clone(),
-            rhost: s.rhost.clone(),
-            session_id: s.session_id.clone(),
-            opened_at: now(),
-            start_time: cgroup::start_time(s.pid),
+    /// Re-reads the policy from where it was loaded; a bad one is refused
+    /// with every error and the old one stays in force.
+    pub async fn reload_from_disk(self: &Arc<Self>) -> Reply {
+        let Some(path) = self.policy_path.clone() else {
+            return Err(fail(ErrorCode::Internal, "no policy path to reload from"));
         };
-        let start_time = info.start_time;
-        let (prev, change) = self.mutate(|l| {
-            (
-                l.get(id.uid).cloned(),
-                l.open_session(id.uid, &id.name, &up, info),
-            )
-        });
-        tracing::info!(
-            uid = id.uid,
-            user = %id.name,
-            pid = s.pid,
-            service = s.service.as_deref().unwrap_or(""),
-            rhost = s.rhost.as_deref().unwrap_or(""),
-            session_id = s.session_id.as_deref().unwrap_or(""),
-            "session opened"
-        );
-        let committed = self
-            .commit(&id, prev, &change, false, 0, "session opened")
-            .await;
-        self.watch(id.uid, s.pid, start_time);
-        // Limit the slice first, then put a stray session process into it.
-        let adopted = match cgroup::placement(s.pid, id.uid) {
-            Placement::Elsewhere(path) => match self.systemd.adopt(id.uid, s.pid).await {
-                Ok(scope) => {
-                    tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, from = %path, scope = %scope, "adopted a session process outside logind into the user's slice");
-                    format!("; pid {} moved from {path} into {scope}", s.pid)
-                }
-                Err(e) => {
-                    tracing::error!(uid = id.uid, pid = s.pid, error = %e, "could not adopt session process");
-                    return Err(fail(
-                        ErrorCode::Systemd,
-                        format!(
-                            "session counted, but pid {} could not be moved into {}: {e}",
-                            s.pid,
-                            slice_name(id.uid)
-                        ),
-                    ));
-                }
-            },
-            Placement::InUserSlice | Placement::Gone => String::new(),
-        };
-        committed?;
-        Ok(Response::Success(Success {
-            message: format!("{}: {}{adopted}", id.name, describe(&change.new)),
-            allocation: Some(change.new),
-            capacity: None,
-        }))
-    }
-
-    async fn session_close(&self, s: SessionClose) -> Reply {
-        let id = match self.identity(s.uid).await {
-            Ok(id) => id,
-            Err(_) => Identity {
-                uid: s.uid,
-                name: self
-                    .read(|l| l.get(s.uid).map(|e| e.name.clone()))
-                    .unwrap_or_else(|| s.uid.to_string()),
-                groups: Vec::new(),
-            },
-        };
-        let up = self.policy().for_user(&id);
-        let _guard = self.lock_user(id.uid).await;
-        let (prev, change) = self.mutate(|l| {
-            (
-                l.get(id.uid).cloned(),
-                l.close_session(id.uid, s.pid, s.session_id.as_deref(), &up),
-            )
-        });
-        if let Some(w) = lock(&self.watchers).remove(&s.pid) {
-            w.abort();
-        }
-        tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, last = change.is_some(), "session closed");
-        match change {
-            None => {
-                self.persist().await.ok();
-                let left = self.read(|l| l.get(id.uid).map_or(0, |e| e.sessions.len()));
+        let loaded = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || Policy::load(&path)
+        })
+        .await
+        .map_err(|e| fail(ErrorCode::Internal, format!("loading the policy: {e}")))?;
+        match loaded {
+            Ok(p) => {
+                let changed = self.reload(p).await;
+                tracing::info!(policy = %path.display(), changed, "policy reloaded");
                 Ok(Response::success(format!(
-                    "{}: session closed, {left} still open",
-                    id.name
+                    "policy reloaded from {}; limits changed for {changed} user(s)",
+                    path.display()
                 )))
             }
-            Some(c) => {
-                if up.exempt.is_some() {
-                    self.persist().await.ok();
-                    return Ok(Response::success(format!(
-                        "{}: last session closed",
-                        id.name
-                    )));
-                }
-                self.commit(&id, prev, &c, false, 0, "last session closed")
-                    .await?;
-                Ok(Response::success(format!(
-                    "{}: last session closed; {} back to the default of {}",
-                    id.name,
-                    slice_name(id.uid),
-                    describe(&c.new)
-                )))
+            Err(errors) => {
+                tracing::error!(policy = %path.display(), "policy not reloaded, the old one stays in force:\n{errors}");
+                Err(fail(
+                    ErrorCode::InvalidPolicy,
+                    format!(
+                        "policy not reloaded, the old one stays in force: {}",
+                        errors.to_string().replace('\n', "; ")
+                    ),
+                ))
             }
-        }
-    }
-
-    /// Counts a session down when its process ends, even without a
-    /// `close_session` (a crashed sshd, `kill -9`).
-    fn watch(self: &Arc<Self>, uid: u32, pid: u32, start_time: Option<u64>) {
-        let this = Arc::downgrade(self);
-        let fd = pidwatch::open(pid).ok();
-        // With the pidfd open, the pid cannot be reused under us; compare
-        // start times to be sure it is still the process that opened the session.
-        let same = fd.is_some() && (start_time.is_none() || cgroup::start_time(pid) == start_time);
-        let task = tokio::spawn(async move {
-            if let (true, Some(fd)) = (same, fd)
-                && let Err(e) = pidwatch::exited(fd).await
-            {
-                tracing::warn!(pid, error = %e, "cannot watch a session process");
-                return;
-            }
-            if let Some(service) = this.upgrade() {
-                service.session_ended(uid, pid).await;
-            }
-        });
-        if let Some(old) = lock(&self.watchers).insert(pid, task.abort_handle()) {
-            old.abort();
-        }
-    }
-
-    /// A session process ended; forget its session (if still counted).
-    async fn session_ended(&self, uid: u32, pid: u32) {
-        lock(&self.watchers).remove(&pid);
-        let counted = self.read(|l| {
-            l.get(uid)
-                .is_some_and(|e| e.sessions.iter().any(|s| s.pid == pid))
-        });
-        if !counted {
-            return;
-        }
-        tracing::warn!(
-            uid,
-            pid,
-            "session process ended without closing its session; counting it down"
-        );
-        let close = SessionClose {
-            uid,
-            pid,
-            session_id: None,
-        };
-        if let Err(e) = self.session_close(close).await {
-            tracing::error!(uid, pid, error = ?e, "could not count down an ended session");
-        }
-    }
-
-    /// Brings the ledger in line with the host: sessions whose process is gone
-    /// are counted down, sessions logind knows but the ledger does not (opened
-    /// while fairshared was down) are counted and their users limited.
-    pub async fn reconcile(self: &Arc<Self>) {
-        let tracked: Vec<(u32, u32, Option<u64>)> = self.read(|l| {
-            l.entries()
-                .flat_map(|(uid, e)| e.sessions.iter().map(move |s| (*uid, s.pid, s.start_time)))
-                .collect()
-        });
-        for (uid, pid, start) in tracked {
-            let same = cgroup::alive(pid) && (start.is_none() || cgroup::start_time(pid) == start);
-            if same {
-                self.watch(uid, pid, start);
-            } else {
-                self.session_ended(uid, pid).await;
-            }
-        }
-        let sessions = match self.systemd.logind_sessions().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list logind sessions; only sessions opened through PAM are counted");
-                return;
-            }
-        };
-        let mut added = 0;
-        for s in sessions {
-            let known = self.read(|l| {
-                l.get(s.uid).is_some_and(|e| {
-                    e.sessions.iter().any(|x| {
-                        x.pid == s.leader || x.session_id.as_deref() == Some(s.id.as_str())
-                    })
-                })
-            });
-            if known || s.leader == 0 || !cgroup::alive(s.leader) {
-                continue;
-            }
-            let open = SessionOpen {
-                uid: s.uid,
-                pid: s.leader,
-                user: Some(s.user.clone()),
-                service: Some(s.service).filter(|x| !x.is_empty()),
-                tty: Some(s.tty).filter(|x| !x.is_empty()),
-                rhost: Some(s.rhost).filter(|x| !x.is_empty()),
-                session_id: Some(s.id.clone()),
-            };
-            match self.session_open(open).await {
-                Ok(_) => added += 1,
-                Err(e) => {
-                    tracing::debug!(uid = s.uid, session = %s.id, answer = ?e, "logind session not counted")
-                }
-            }
-        }
-        if added > 0 {
-            tracing::info!(
-                sessions = added,
-                "counted logind sessions opened while fairshared was away"
-            );
         }
     }
 
     /// Puts a new policy in force and re-applies every tracked user's limits
     /// under it: resizes beyond a lowered maximum are clamped, users who became
     /// exempt are let go. Returns how many users' limits changed.
-    pub async fn reload(&self, policy: Policy) -> usize {
+    pub async fn reload(self: &Arc<Self>, policy: Policy) -> usize {
         *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
         let policy = self.policy();
         let uids: Vec<u32> = self.read(|l| l.entries().map(|(u, _)| *u).collect());
@@ -808,48 +696,6 @@ impl<S: Systemd> Service<S> {
             tracing::error!(error = %e, "could not save state after reload");
         }
         changed
-    }
-
-    /// At start: takes over the saved ledger, brings it in line with the
-    /// current policy and user database, and writes every user's limits to
-    /// systemd again (the runtime drop-ins normally survive, but a host may
-    /// have rebooted or someone may have run `systemctl revert`).
-    pub async fn restore(&self, saved: Ledger) {
-        let policy = self.policy();
-        let mut ledger = saved;
-        let uids: Vec<u32> = ledger.entries().map(|(u, _)| *u).collect();
-        for uid in &uids {
-            let id = match self.identity(*uid).await {
-                Ok(id) => id,
-                Err(_) => {
-                    tracing::warn!(uid, "dropping saved allocation: the user no longer exists");
-                    ledger.remove(*uid);
-                    continue;
-                }
-            };
-            let up = policy.for_user(&id);
-            if up.exempt.is_some() {
-                tracing::warn!(uid, user = %id.name, "dropping saved allocation: the user is now exempt");
-                ledger.remove(*uid);
-                continue;
-            }
-            if let Some(c) = ledger.repolicy(*uid, &up) {
-                tracing::info!(uid, user = %id.name, old = %c.old.map(|o| describe(&o)).unwrap_or_default(), new = %describe(&c.new), "policy changed while fairshared was stopped");
-            }
-        }
-        *lock(&self.ledger) = ledger;
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        let todo: Vec<(u32, Limits)> =
-            self.read(|l| l.entries().map(|(u, e)| (*u, e.limits)).collect());
-        for (uid, limits) in todo {
-            match self.systemd.apply(uid, &limits).await {
-                Ok(()) => self.mutate(|l| l.mark_applied(uid, limits)),
-                Err(e) => tracing::error!(uid, error = %e, "could not re-apply saved limits"),
-            }
-        }
-        if let Err(e) = self.persist().await {
-            tracing::error!(error = %e, "could not save state after start-up");
-        }
     }
 }
 

@@ -13,7 +13,7 @@ use fairshare_proto::wire::Limits;
 use zbus::Str;
 use zbus::zvariant::{OwnedVariant, Variant};
 use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
-use zbus_systemd::systemd1::ManagerProxy;
+use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
 /// The unit fairshare limits for a user: logind puts every session scope and
 /// `user@UID.service` there.
@@ -56,9 +56,20 @@ pub trait Systemd: Send + Sync + 'static {
         pid: u32,
     ) -> impl Future<Output = Result<String, SystemdError>> + Send;
 
-    /// Every session logind currently knows.
+    /// Every user logind currently knows (logged in, or lingering): `(uid, name)`.
+    fn logind_users(&self)
+    -> impl Future<Output = Result<Vec<(u32, String)>, SystemdError>> + Send;
+
+    /// The main pid of `user@UID.service`, when it runs.
+    fn user_manager_pid(
+        &self,
+        uid: u32,
+    ) -> impl Future<Output = Result<Option<u32>, SystemdError>> + Send;
+
+    /// Every session logind currently knows (only those of `only`, if given).
     fn logind_sessions(
         &self,
+        only: Option<u32>,
     ) -> impl Future<Output = Result<Vec<LogindSession>, SystemdError>> + Send;
 }
 
@@ -169,6 +180,27 @@ impl Dbus {
     }
 }
 
+impl Dbus {
+    /// A stream of uids that logind reports appearing (`UserNew`) or going
+    /// (`UserRemoved`). Ends when the bus connection does.
+    pub async fn user_events(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = u32> + Send + Unpin + use<>, SystemdError> {
+        let (conn, _) = self.manager().await?;
+        let login = LoginManager::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(bus_err)?;
+        let new = login.receive_user_new().await.map_err(bus_err)?;
+        let gone = login.receive_user_removed().await.map_err(bus_err)?;
+        use futures_util::StreamExt;
+        let new = new.filter_map(|s| async move { s.args().ok().map(|a| a.uid) });
+        let gone = gone.filter_map(|s| async move { s.args().ok().map(|a| a.uid) });
+        Ok(Box::pin(futures_util::stream::select(new, gone)))
+    }
+}
+
 fn bus_err(e: zbus::Error) -> SystemdError {
     SystemdError::Bus(e.to_string())
 }
@@ -254,26 +286,87 @@ impl Systemd for Dbus {
             })
             .await;
         result.map_err(|e| refused("StartTransientUnit", &unit, e))?;
-        // The job that moves the process runs after the call returns; the
-        // caller's next step (the login going on) must find it moved.
+        // The job that moves the process runs after the call returns, one
+        // cgroup hierarchy after the other; the scope turns active once the
+        // process is in all of them. The caller's next step (the login going
+        // on) must find it moved.
+        let (conn, manager) = self.manager().await?;
         for _ in 0..300 {
-            match crate::cgroup::placement(pid, uid) {
-                crate::cgroup::Placement::InUserSlice | crate::cgroup::Placement::Gone => {
-                    return Ok(unit);
-                }
-                crate::cgroup::Placement::Elsewhere(_) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
+            if let Ok(path) = manager.get_unit(unit.clone()).await
+                && let Ok(p) = UnitProxy::builder(&conn)
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await
+                && let Ok(state) = p.active_state().await
+            {
+                match state.as_str() {
+                    "active" => return Ok(unit),
+                    "failed" => {
+                        return Err(SystemdError::Refused {
+                            call: "StartTransientUnit",
+                            unit,
+                            message: "the scope failed to start (see journalctl -u for it)".into(),
+                        });
+                    }
+                    _ => {}
                 }
             }
+            if crate::cgroup::placement(pid, uid) == crate::cgroup::Placement::Gone {
+                return Ok(unit);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(SystemdError::Refused {
             call: "StartTransientUnit",
             unit,
-            message: format!("pid {pid} was still outside user-{uid}.slice after 3 s"),
+            message: format!("pid {pid} was still not in its scope after 3 s"),
         })
     }
 
-    async fn logind_sessions(&self) -> Result<Vec<LogindSession>, SystemdError> {
+    async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
+        let users = self
+            .with_retry(|c, _| async move {
+                let login = LoginManager::builder(&c)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?;
+                login.list_users().await
+            })
+            .await
+            .map_err(|e| refused("ListUsers", "org.freedesktop.login1", e))?;
+        Ok(users
+            .into_iter()
+            .map(|(uid, name, _)| (uid, name))
+            .collect())
+    }
+
+    async fn user_manager_pid(&self, uid: u32) -> Result<Option<u32>, SystemdError> {
+        let unit = format!("user@{uid}.service");
+        let pid = self
+            .with_retry(|c, m| {
+                let unit = unit.clone();
+                async move {
+                    let path = match m.get_unit(unit).await {
+                        Ok(p) => p,
+                        // Not loaded: no user manager.
+                        Err(zbus::Error::MethodError(..)) => return Ok(0),
+                        Err(e) => return Err(e),
+                    };
+                    let svc = ServiceProxy::builder(&c)
+                        .path(path)
+                        .cache_properties(zbus::proxy::CacheProperties::No)
+                        .build()
+                        .await?;
+                    svc.main_pid().await
+                }
+            })
+            .await
+            .map_err(|e| refused("GetUnit", &unit, e))?;
+        Ok((pid != 0).then_some(pid))
+    }
+
+    async fn logind_sessions(&self, only: Option<u32>) -> Result<Vec<LogindSession>, SystemdError> {
         self.with_retry(|c, _| async move {
             let login = LoginManager::builder(&c)
                 .cache_properties(zbus::proxy::CacheProperties::No)
@@ -281,6 +374,9 @@ impl Systemd for Dbus {
                 .await?;
             let mut out = Vec::new();
             for (id, uid, user, _seat, path) in login.list_sessions().await? {
+                if only.is_some_and(|o| o != uid) {
+                    continue;
+                }
                 let b = LoginSession::builder(&c).path(path);
                 let Ok(p) = b
                     .cache_properties(zbus::proxy::CacheProperties::No)
@@ -329,6 +425,9 @@ pub struct Fake {
     /// Delay every call (to test that users do not queue behind each other).
     pub delay: Mutex<Option<Duration>>,
     pub sessions: Mutex<Vec<LogindSession>>,
+    /// Users logind knows, and the pids of their user managers.
+    pub users: Mutex<Vec<(u32, String)>>,
+    pub managers: Mutex<Vec<(u32, u32)>>,
     in_flight: std::sync::atomic::AtomicUsize,
     /// The most `apply` calls ever running at once.
     pub max_in_flight: std::sync::atomic::AtomicUsize,
@@ -391,7 +490,23 @@ impl Systemd for Fake {
         Ok(format!("fairshare-session-{uid}-{pid}.scope"))
     }
 
-    async fn logind_sessions(&self) -> Result<Vec<LogindSession>, SystemdError> {
-        Ok(self.sessions.lock().map(|u| u.clone()).unwrap_or_default())
+    async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
+        Ok(self.users.lock().map(|u| u.clone()).unwrap_or_default())
+    }
+
+    async fn user_manager_pid(&self, uid: u32) -> Result<Option<u32>, SystemdError> {
+        Ok(self
+            .managers
+            .lock()
+            .ok()
+            .and_then(|m| m.iter().find(|(u, _)| *u == uid).map(|(_, p)| *p)))
+    }
+
+    async fn logind_sessions(&self, only: Option<u32>) -> Result<Vec<LogindSession>, SystemdError> {
+        let all = self.sessions.lock().map(|u| u.clone()).unwrap_or_default();
+        Ok(all
+            .into_iter()
+            .filter(|s| only.is_none_or(|o| o == s.uid))
+            .collect())
     }
 }

@@ -2,7 +2,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fairshare_proto::units::{Bytes, Cpus, Tasks};
-use fairshare_proto::wire::{ErrorCode, ResizeArgs, parse_request};
+use fairshare_proto::wire::{ErrorCode, ResizeArgs, SessionInfo, parse_request};
 
 use super::*;
 use crate::systemd::{Call, Fake};
@@ -450,7 +450,7 @@ async fn state_survives_a_restart() {
 
     let s2 = service_with(POLICY, Some(StateFile::open(dir.path()).unwrap()));
     s2.restore(saved).await;
-    s2.reconcile().await;
+    s2.reconcile(None).await;
     assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(5));
     assert_eq!(s2.systemd().applied(1002).unwrap().cpu, Cpus::whole(2));
     let st = status(send(&s2, 1001, r#"{"type":"status"}"#).await);
@@ -569,7 +569,7 @@ async fn reconcile_counts_logind_sessions_and_forgets_dead_ones() {
         },
     );
     s.restore(ledger).await;
-    s.reconcile().await;
+    s.reconcile(None).await;
     assert!(s.ledger().get(1001).is_none());
     let bob = s.ledger().get(1002).cloned().unwrap();
     assert_eq!(bob.sessions.len(), 1);
@@ -577,7 +577,7 @@ async fn reconcile_counts_logind_sessions_and_forgets_dead_ones() {
     assert_eq!(s.systemd().applied(1002).unwrap().cpu, Cpus::whole(2));
     assert!(s.ledger().get(0).is_none());
     // a second pass adds nothing
-    s.reconcile().await;
+    s.reconcile(None).await;
     assert_eq!(s.ledger().get(1002).unwrap().sessions.len(), 1);
 }
 
@@ -589,4 +589,227 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("condition not reached in 5 s");
+}
+
+#[tokio::test]
+async fn a_lease_runs_out_back_to_the_default_with_a_notice() {
+    let s = service();
+    let keep = Proc::new();
+    success(
+        send(
+            &s,
+            0,
+            &format!(
+                r#"{{"type":"session_open","uid":1001,"pid":{}}}"#,
+                keep.pid()
+            ),
+        )
+        .await,
+    );
+    let ok = success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":4,"duration":"1s"}"#,
+        )
+        .await,
+    );
+    assert!(ok.message.contains(" for "), "{}", ok.message);
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert!(st.expires_at.is_some());
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(4));
+    wait_until(|| s.ledger().get(1001).is_some_and(|e| e.grant.is_none())).await;
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert_eq!(st.source, Source::Default);
+    assert!(st.notice.unwrap().contains("expired"), "notice");
+}
+
+#[tokio::test]
+async fn the_policy_caps_lease_durations_and_gives_one_to_resizes_above_default() {
+    let s = service_with(&format!("{POLICY}leases: {{max_duration: 2h}}\n"), None);
+    let e = error(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":4,"duration":"3h"}"#,
+        )
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::ExceedsMax);
+    assert!(e.error.contains("at most 2h"), "{}", e.error);
+    success(send(&s, 1001, r#"{"type":"request_resources","cpu":4}"#).await);
+    let left = status(send(&s, 1001, r#"{"type":"status"}"#).await)
+        .expires_at
+        .unwrap()
+        - now();
+    assert!((7100..=7200).contains(&left), "{left}");
+    // at or below the default, no lease is needed
+    success(send(&s, 1002, r#"{"type":"request_resources","cpu":1}"#).await);
+    assert_eq!(
+        status(send(&s, 1002, r#"{"type":"status"}"#).await).expires_at,
+        None
+    );
+    // root's sets are not capped
+    success(
+        send(
+            &s,
+            0,
+            r#"{"type":"set_user","user":"bob","cpu":6,"duration":"5h"}"#,
+        )
+        .await,
+    );
+}
+
+#[tokio::test]
+async fn a_lease_survives_a_restart() {
+    let s = service();
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":5,"duration":"1s"}"#,
+        )
+        .await,
+    );
+    let saved = s.ledger();
+    let s2 = service();
+    s2.restore(saved).await;
+    assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(5));
+    wait_until(|| s2.ledger().get(1001).is_none()).await;
+    assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+}
+
+#[tokio::test]
+async fn reload_applies_a_good_policy_and_keeps_the_old_one_on_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, POLICY).unwrap();
+    let policy = Policy::load(&file).unwrap();
+    let table = Table(vec![
+        id(0, "root", &["root"]),
+        id(1001, "alice", &["alice"]),
+        id(1002, "bob", &["bob"]),
+    ]);
+    let s = Arc::new(
+        Service::new(
+            Fake::default(),
+            Arc::new(table),
+            policy,
+            HostResources {
+                cpus: Cpus::whole(2),
+                mem: Bytes(8 << 30),
+            },
+            Cgroups::detect("/nonexistent-cgroup-root"),
+            None,
+        )
+        .with_policy_path(file.clone()),
+    );
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":8,"mem":"16G"}"#,
+        )
+        .await,
+    );
+    let p2 = Proc::new();
+    success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1002,"pid":{}}}"#, p2.pid()),
+        )
+        .await,
+    );
+
+    std::fs::write(
+        &file,
+        "defaults: {cpu: 1, mem: 4G}\nmax: {cpu: 4, mem: 8G}\n",
+    )
+    .unwrap();
+    let ok = success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert!(
+        ok.message.contains("limits changed for 2 user(s)"),
+        "{}",
+        ok.message
+    );
+    let a = s.systemd().applied(1001).unwrap();
+    assert_eq!((a.cpu, a.mem), (Cpus::whole(4), Bytes(8 << 30))); // clamped
+    assert_eq!(s.systemd().applied(1002).unwrap().cpu, Cpus::whole(1)); // new default
+
+    std::fs::write(&file, "defaults: {cpu: 0, mem: 4G}\n").unwrap();
+    let e = error(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(e.code, ErrorCode::InvalidPolicy);
+    assert!(
+        e.error
+            .contains("p.yaml:1: defaults.cpu: `0` must be greater than zero"),
+        "{}",
+        e.error
+    );
+    assert!(
+        e.error.contains("the old one stays in force"),
+        "{}",
+        e.error
+    );
+    assert_eq!(
+        status(send(&s, 1002, r#"{"type":"status"}"#).await).allocated_cpu,
+        Some(Cpus::whole(1))
+    );
+    let e = error(send(&s, 1001, r#"{"type":"reload"}"#).await);
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+}
+
+#[tokio::test]
+async fn lingering_users_are_counted_from_logind() {
+    let s = service();
+    let manager = Proc::new();
+    s.systemd().users.lock().unwrap().push((1002, "bob".into()));
+    s.systemd()
+        .managers
+        .lock()
+        .unwrap()
+        .push((1002, manager.pid()));
+    s.reconcile(None).await;
+    let e = s.ledger().get(1002).cloned().unwrap();
+    assert_eq!(e.sessions[0].service.as_deref(), Some("systemd-user"));
+    assert_eq!(s.systemd().applied(1002).unwrap().cpu, Cpus::whole(2));
+    drop(manager);
+    wait_until(|| s.ledger().get(1002).is_none()).await;
+}
+
+#[tokio::test]
+async fn metrics_expose_allocations_usage_and_counters() {
+    let s = service();
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":3,"mem":"3G"}"#,
+        )
+        .await,
+    );
+    error(send(&s, 1001, r#"{"type":"request_resources","cpu":99}"#).await);
+    let text = match send(&s, 0, r#"{"type":"metrics"}"#).await {
+        Response::Metrics { text } => text,
+        other => panic!("{other:?}"),
+    };
+    for want in [
+        "# TYPE fairshare_allocation_cpus gauge",
+        r#"fairshare_allocation_cpus{user="alice",uid="1001"} 3"#,
+        &format!(
+            r#"fairshare_allocation_memory_bytes{{user="alice",uid="1001"}} {}"#,
+            3u64 << 30
+        ),
+        "fairshare_capacity_cpus 16",
+        r#"fairshare_requests_total{type="request_resources"} 2"#,
+        r#"fairshare_refused_total{reason="exceeds_max"} 1"#,
+        "fairshare_users 1",
+    ] {
+        assert!(text.contains(want), "missing {want} in\n{text}");
+    }
+    assert_eq!(
+        error(send(&s, 1001, r#"{"type":"metrics"}"#).await).code,
+        ErrorCode::PermissionDenied
+    );
 }
