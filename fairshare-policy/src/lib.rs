@@ -52,6 +52,58 @@ pub const DEFAULT_OVERCOMMIT_MEM: f64 = 1.5;
 /// Policy files larger than this are refused (a policy is a few lines).
 const MAX_FILE_SIZE: u64 = 1 << 20;
 
+/// Every key of the policy format and what it means (for fairshare-policy(5)).
+pub const FIELDS: &[(&str, &str)] = &[
+    (
+        "defaults.cpu",
+        "CPUs every user gets at login and after a release; fractions allowed (1.5). Written as CPUQuota (cpus x 100%). Required.",
+    ),
+    (
+        "defaults.mem",
+        "Hard memory limit (MemoryMax): B, K/KB, M/MB, G/GB, T/TB, powers of 1024, decimals allowed (1.5G); a bare number is bytes; at least 1M. Required.",
+    ),
+    (
+        "defaults.mem_high",
+        "Soft memory limit (MemoryHigh), above which the kernel reclaims harder: a size below mem, or a percentage of mem (90%). Resizes keep the same ratio. Default: none.",
+    ),
+    (
+        "defaults.tasks",
+        "Processes and threads (TasksMax). Default: 4096.",
+    ),
+    (
+        "max.cpu, max.mem, max.tasks",
+        "The most a user may resize to. Each defaults to the matching default, so a policy without max allows no resizing upwards.",
+    ),
+    (
+        "exempt.uid_below",
+        "Users with a uid below this are never limited. Default: 1000. Root and the overflow user nobody (65534) never are.",
+    ),
+    (
+        "exempt.users, exempt.groups",
+        "Lists of user and group names that are never limited. Lists from several files add up.",
+    ),
+    (
+        "capacity.cpu, capacity.mem",
+        "The host's size for capacity accounting. Default: the host's online CPUs and total RAM.",
+    ),
+    (
+        "capacity.overcommit",
+        "How far the host may be handed out beyond its size: a number for both, or {cpu: N, mem: N}. Default: cpu 4, mem 1.5. A resize is refused when the sum of all tracked users' allocations would exceed capacity x overcommit; logins never are.",
+    ),
+    (
+        "groups.NAME.defaults, groups.NAME.max",
+        "Overrides for members of group NAME, field by field. A user in several groups gets them in the order written (later wins).",
+    ),
+    (
+        "users.NAME.defaults, users.NAME.max",
+        "Overrides for user NAME, applied after every group.",
+    ),
+    (
+        "leases.max_duration",
+        "The longest a resize above the default may last (30m, 8h, 2d). Resizes above the default without --for get this duration; longer ones are refused. Default: no limit.",
+    ),
+];
+
 // ---------------------------------------------------------------- errors
 
 /// The place a value came from: file and line.

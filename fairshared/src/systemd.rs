@@ -56,6 +56,13 @@ pub trait Systemd: Send + Sync + 'static {
         pid: u32,
     ) -> impl Future<Output = Result<String, SystemdError>> + Send;
 
+    /// Whether logind counts `pid` in one of its sessions (then it is logind's
+    /// to place, never ours to move).
+    fn in_logind_session(
+        &self,
+        pid: u32,
+    ) -> impl Future<Output = Result<bool, SystemdError>> + Send;
+
     /// Every user logind currently knows (logged in, or lingering): `(uid, name)`.
     fn logind_users(&self)
     -> impl Future<Output = Result<Vec<(u32, String)>, SystemdError>> + Send;
@@ -291,7 +298,7 @@ impl Systemd for Dbus {
         // process is in all of them. The caller's next step (the login going
         // on) must find it moved.
         let (conn, manager) = self.manager().await?;
-        for _ in 0..300 {
+        for _ in 0..80 {
             if let Ok(path) = manager.get_unit(unit.clone()).await
                 && let Ok(p) = UnitProxy::builder(&conn)
                     .path(path)
@@ -320,8 +327,25 @@ impl Systemd for Dbus {
         Err(SystemdError::Refused {
             call: "StartTransientUnit",
             unit,
-            message: format!("pid {pid} was still not in its scope after 3 s"),
+            message: format!("pid {pid} was still not in its scope after 0.8 s"),
         })
+    }
+
+    async fn in_logind_session(&self, pid: u32) -> Result<bool, SystemdError> {
+        self.with_retry(|c, _| async move {
+            let login = LoginManager::builder(&c)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await?;
+            match login.get_session_by_pid(pid).await {
+                Ok(_) => Ok(true),
+                // org.freedesktop.login1.NoSessionForPID
+                Err(zbus::Error::MethodError(..)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| refused("GetSessionByPID", "org.freedesktop.login1", e))
     }
 
     async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
@@ -488,6 +512,14 @@ impl Systemd for Fake {
         self.pause().await;
         self.record(Call::Adopt(uid, pid));
         Ok(format!("fairshare-session-{uid}-{pid}.scope"))
+    }
+
+    async fn in_logind_session(&self, pid: u32) -> Result<bool, SystemdError> {
+        Ok(self
+            .sessions
+            .lock()
+            .map(|s| s.iter().any(|x| x.leader == pid))
+            .unwrap_or(false))
     }
 
     async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {

@@ -46,6 +46,30 @@ impl Default for Config {
     }
 }
 
+/// The module's arguments and what they do (also the man page's list).
+pub const ARGUMENTS: &[(&str, &str)] = &[
+    (
+        "socket=PATH",
+        "Where fairshared listens. Default: /run/fairshare.sock.",
+    ),
+    (
+        "timeout_ms=N",
+        "One deadline, in milliseconds, for connecting, sending and getting the answer. Default: 1000 (1 to 60000).",
+    ),
+    (
+        "fail=open|closed",
+        "What to do when fairshared cannot be reached in time, or cannot apply the limits. open (the default): the login goes ahead, with a warning in the journal. closed: the login is refused, and the user is told why. Root always gets in.",
+    ),
+    (
+        "skip_uid_below=N",
+        "Users below this uid (and root) pass straight through without asking fairshared. Default: 1000, like the policy's exempt.uid_below; lower both together.",
+    ),
+    (
+        "debug",
+        "Also log the routine decisions (which users pass through, and why).",
+    ),
+];
+
 /// Parses the arguments; returns the config and a warning for each argument
 /// that was not understood.
 pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> (Config, Vec<String>) {
@@ -70,7 +94,12 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> (Config, Vec<String
                 Err(_) => warnings.push(format!("ignoring `{arg}`: not a uid")),
             },
             _ => warnings.push(format!(
-                "ignoring unknown argument `{arg}` (known: socket=/PATH, timeout_ms=N, fail=open|closed, skip_uid_below=N, debug)"
+                "ignoring unknown argument `{arg}` (known: {})",
+                ARGUMENTS
+                    .iter()
+                    .map(|(a, _)| *a)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# Installs a fairshare build into the running test host: the binaries (via
-# testhost.sh install), the systemd unit and the example policy, as an admin
-# would on a real host. Usage: install-fairshare.sh TARGET_DIR (e.g. target/release)
+# Installs this build of fairshare into the running test host the way an admin
+# would on a real host: `make install` (PREFIX=/usr/local) into the container's
+# root, then enable the socket and service and add the PAM module with
+# pam-auth-update. Run `make` first.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 host=$here/testhost.sh
-dir=${1:?usage: $0 TARGET_DIR}
 
-"$host" install "$dir"
 root=$("$host" root)
-install -m 644 "$repo/etc/systemd/fairshared.service" "$root/etc/systemd/system/fairshared.service"
-install -d "$root/etc/fairshare/policy.d"
-[ -e "$root/etc/fairshare/policy.d/00-defaults.yaml" ] ||
-  install -m 644 "$repo/etc/policy.d/00-defaults.yaml" "$root/etc/fairshare/policy.d/00-defaults.yaml"
+pamdir=$("$host" nsexec sh -c 'for f in /lib/*-linux-gnu/security/pam_unix.so; do dirname "$f"; break; done')
+# the old unit location of earlier test hosts would shadow /usr/local/lib
+rm -f "$root/etc/systemd/system/fairshared.service"
+make --no-print-directory -C "$repo" install DESTDIR="$root" PREFIX=/usr/local PAMDIR="$pamdir" > /dev/null
 "$host" nsexec systemctl daemon-reload
-# PAM: the Debian way, through the pam-auth-update profile (as the package does)
-install -m 644 "$repo/etc/pam-configs/fairshare" "$root/usr/share/pam-configs/fairshare"
-"$host" nsexec env DEBIAN_FRONTEND=noninteractive pam-auth-update --package --enable fairshare
+"$host" nsexec systemctl enable --quiet fairshared.socket fairshared.service
+"$host" nsexec systemctl restart fairshared.socket fairshared.service
+"$host" nsexec env DEBIAN_FRONTEND=noninteractive pam-auth-update --package --enable fairshare 2>&1 |
+  grep -v '^debconf' || true
+echo "fairshare installed in the test host ($("$host" nsexec fairshared --version))"

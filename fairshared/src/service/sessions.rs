@@ -57,9 +57,26 @@ impl<S: Systemd> Service<S> {
             .commit(&id, prev, &change, false, 0, "session opened")
             .await;
         self.watch(id.uid, s.pid, start_time);
-        // Limit the slice first, then put a stray session process into it.
-        let adopted = match cgroup::placement(s.pid, id.uid) {
-            Placement::Elsewhere(path) => match self.systemd.adopt(id.uid, s.pid).await {
+        drop(_guard);
+        // Limit the slice first, then put a stray session process into it:
+        // only one outside the user's slice that logind does not own (a PAM
+        // stack without pam_systemd). A logind session's process is logind's
+        // to place, even when its scope is still being set up.
+        let stray = match cgroup::placement(s.pid, id.uid) {
+            Placement::Elsewhere(path) if s.session_id.is_none() => {
+                match self.systemd.in_logind_session(s.pid).await {
+                    Ok(false) => Some(path),
+                    Ok(true) => None,
+                    Err(e) => {
+                        tracing::warn!(pid = s.pid, error = %e, "cannot ask logind about a session process; leaving it where it is");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let adopted = match stray {
+            Some(path) => match self.systemd.adopt(id.uid, s.pid).await {
                 Ok(scope) => {
                     self.counters.adopted.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, from = %path, scope = %scope, "adopted a session process outside logind into the user's slice");
@@ -77,7 +94,7 @@ impl<S: Systemd> Service<S> {
                     ));
                 }
             },
-            Placement::InUserSlice | Placement::Gone => String::new(),
+            None => String::new(),
         };
         committed?;
         Ok(Response::Success(Success {

@@ -370,8 +370,42 @@ async fn sessions_apply_the_default_and_the_last_close_releases() {
     assert!(ok.message.contains("last session closed"), "{}", ok.message);
     assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
     assert!(s.ledger().is_empty());
-    // a stray session process (this test's pid is not in any user slice) is adopted
+    // a logind session's process is never moved, wherever it is right now
     let me = std::process::id();
+    success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1003,"pid":{me},"session_id":"c7"}}"#),
+        )
+        .await,
+    );
+    s.systemd()
+        .sessions
+        .lock()
+        .unwrap()
+        .push(crate::systemd::LogindSession {
+            id: "c8".into(),
+            uid: 1003,
+            leader: me,
+            ..Default::default()
+        });
+    success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1003,"pid":{me}}}"#),
+        )
+        .await,
+    );
+    assert!(
+        !s.systemd()
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Adopt(..)))
+    );
+    s.systemd().sessions.lock().unwrap().clear();
+    // a stray session process (this test's pid is not in any user slice) is adopted
     let ok = success(
         send(
             &s,

@@ -296,7 +296,8 @@ fn allocations_and_limits_survive_a_daemon_restart_and_stop() {
     h.ssh(user, "fairshare-ctl resize --cpu 5 --mem 6G").ok();
     h.expect_slice(uid, 5000, 6 * GIB, 4096);
 
-    h.sh("systemctl stop fairshared").ok();
+    h.sh("systemctl stop fairshared.socket fairshared.service")
+        .ok();
     // stopped: limits stay, the client says what to do
     assert_eq!(h.slice(uid).cpu_quota, Some(500_000));
     let o = h.ssh(user, "fairshare-ctl status");

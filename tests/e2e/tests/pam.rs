@@ -45,6 +45,15 @@ impl Drop for PamArgs<'_> {
     }
 }
 
+/// Removes test files from the host when dropped.
+struct RemoveFiles<'a>(&'a Host, &'a str);
+
+impl Drop for RemoveFiles<'_> {
+    fn drop(&mut self) {
+        self.0.sh(&format!("rm -f {}", self.1));
+    }
+}
+
 fn tracked(h: &Host, uid: u32) -> Option<serde_json::Value> {
     let list = h.ctl("--json list").ok().json();
     list["users"]
@@ -373,7 +382,8 @@ fn fail_open_logs_in_without_the_daemon_fail_closed_refuses_and_the_daemon_catch
     );
 
     // daemon down: fail=open logs in, quickly
-    h.sh("systemctl stop fairshared").ok();
+    h.sh("systemctl stop fairshared.socket fairshared.service")
+        .ok();
     let t = Instant::now();
     let o = h.ssh(user, "echo in");
     assert_eq!(o.out(), "in", "{o:?}");

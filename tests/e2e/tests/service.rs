@@ -1,0 +1,537 @@
+//! fairshared as a system service: socket activation, restarts under load,
+//! the watchdog, reload, catching up with logind, leases, hardening, metrics,
+//! the journal, and the Debian package from install to purge.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fairshare_e2e::*;
+
+const POLICY: &str = "\
+defaults:
+  cpu: 2
+  mem: 8G
+max:
+  cpu: 8
+  mem: 32G
+capacity:
+  cpu: 64
+  mem: 256G
+";
+
+fn main_pid(h: &Host) -> u32 {
+    h.sh("systemctl show -P MainPID fairshared.service")
+        .ok()
+        .out()
+        .parse()
+        .unwrap()
+}
+
+fn journal_since(h: &Host, cursor: &str) -> String {
+    h.sh(&format!(
+        "journalctl --no-pager -o cat --after-cursor='{cursor}'"
+    ))
+    .ok()
+    .stdout
+}
+
+/// Journal lines since `cursor` with the process name and pid in front.
+fn journal_with_pids(h: &Host, cursor: &str) -> String {
+    h.sh(&format!(
+        "journalctl --no-pager -o short --after-cursor='{cursor}'"
+    ))
+    .ok()
+    .stdout
+}
+
+fn cursor(h: &Host) -> String {
+    let o = h
+        .sh("journalctl -n 1 --show-cursor --no-pager -o cat | sed -n 's/^-- cursor: //p'")
+        .ok();
+    o.out().to_string()
+}
+
+#[test]
+fn socket_activation_starts_the_daemon_at_the_first_login() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    h.sh("systemctl stop fairshared.service").ok();
+    assert_eq!(
+        h.sh("systemctl is-active fairshared.service").out(),
+        "inactive"
+    );
+    assert_eq!(
+        h.sh("systemctl is-active fairshared.socket").out(),
+        "active"
+    );
+    let (user, uid) = TESTUSER;
+    let _s = h.session(user);
+    // the login's PAM request started the daemon, which applied the default
+    assert_eq!(
+        h.sh("systemctl is-active fairshared.service").out(),
+        "active"
+    );
+    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    let log = h
+        .sh("journalctl --no-pager -o cat -n 200 | grep pam_fairshare | tail -5")
+        .ok();
+    assert!(
+        !log.out().contains("WITHOUT fairshare limits"),
+        "{}",
+        log.out()
+    );
+}
+
+#[test]
+fn a_restart_during_a_burst_of_logins_loses_no_login() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    h.write(
+        "/etc/pam.d/fairshare-login",
+        "auth required pam_permit.so\naccount required pam_unix.so\n@include common-session\n",
+    );
+    let _undo = Undo(
+        &h,
+        "rm -f /etc/pam.d/fairshare-login /tmp/burst.* /tmp/burst-result",
+    );
+    let before = cursor(&h);
+    let old_pid = main_pid(&h);
+    // 40 PAM logins through the real stack (pam_systemd, pam_fairshare) for
+    // four users at once, with the daemon restarted in the middle of them
+    // (started 20 ms apart, so that they are still coming when the restart does)
+    let burst = "for i in $(seq 10); do for u in testuser testuser2 student1 testuser3; do \
+                 pamtester fairshare-login $u open_session close_session > /tmp/burst.$u.$i 2>&1 & sleep 0.02; done; done; wait; \
+                 grep -L 'successfully opened' /tmp/burst.* | wc -l";
+    let t = Instant::now();
+    let o = h.exec(&format!(
+        "rm -f /tmp/burst.*; ( {burst} ) > /tmp/burst-result & \
+         until [ $(grep -ls 'successfully opened' /tmp/burst.* | wc -l) -ge 10 ]; do sleep 0.01; done; \
+         systemctl restart fairshared; wait; cat /tmp/burst-result"
+    ));
+    let took = t.elapsed();
+    assert_eq!(
+        o.ok().out(),
+        "0",
+        "some PAM logins failed during the restart"
+    );
+    assert_ne!(main_pid(&h), old_pid, "the daemon did not restart");
+    let log = journal_since(&h, &before);
+    let module: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pam_fairshare(fairshare-login:session)"))
+        .collect();
+    let limited = module
+        .iter()
+        .filter(|l| l.contains(" CPUs, ") && !l.contains("closed"))
+        .count();
+    let unlimited: Vec<&&str> = module
+        .iter()
+        .filter(|l| l.contains("WITHOUT fairshare limits"))
+        .collect();
+    assert!(
+        unlimited.is_empty(),
+        "logins went without limits during the restart:\n{unlimited:?}"
+    );
+    assert_eq!(
+        limited,
+        40,
+        "sessions that got their limits from the daemon:\n{}",
+        module.join("\n")
+    );
+    // and the restart really fell among them: both daemons opened sessions
+    let daemon = journal_with_pids(&h, &before);
+    let by = |pid: u32| {
+        daemon
+            .lines()
+            .filter(|l| l.contains(&format!("fairshared[{pid}]: session opened")))
+            .count()
+    };
+    let (old_n, new_n) = (by(old_pid), by(main_pid(&h)));
+    assert!(
+        old_n > 0 && new_n > 0,
+        "sessions opened by the old daemon: {old_n}, by the new one: {new_n}"
+    );
+    eprintln!("sessions opened by the daemon before the restart: {old_n}, after: {new_n}");
+    eprintln!(
+        "40 PAM logins around a daemon restart took {took:?}: none failed, none without limits"
+    );
+}
+
+/// Runs a command in the test host when dropped (undoes a test's change even
+/// when the test fails).
+struct Undo<'a>(&'a Host, &'a str);
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        self.0.sh(self.1);
+    }
+}
+
+#[test]
+fn the_watchdog_restarts_a_hung_daemon() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    h.write(
+        "/etc/systemd/system/fairshared.service.d/50-test-watchdog.conf",
+        "[Service]\nWatchdogSec=2s\n",
+    );
+    let _undo = Undo(
+        &h,
+        "rm -rf /etc/systemd/system/fairshared.service.d; systemctl daemon-reload; systemctl restart fairshared",
+    );
+    h.sh("systemctl daemon-reload && systemctl restart fairshared")
+        .ok();
+    h.wait_socket();
+    let pid = main_pid(&h);
+    // alive and pinging: not restarted
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(main_pid(&h), pid);
+    h.sh(&format!("kill -STOP {pid}")).ok();
+    let new = wait_for(
+        "systemd to restart the hung daemon",
+        Duration::from_secs(20),
+        || {
+            let p = main_pid(&h);
+            (p != pid && p != 0).then_some(p)
+        },
+    );
+    h.wait_socket();
+    let log = h
+        .sh("journalctl -u fairshared --no-pager -o cat -n 50")
+        .ok();
+    assert!(log.out().contains("Watchdog timeout"), "{}", log.out());
+    eprintln!("hung daemon {pid} replaced by {new}");
+}
+
+#[test]
+fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (user, uid) = TESTUSER2;
+    let _s = h.session(user);
+    h.ssh(user, "fairshare-ctl resize --cpu 6 --mem 20G").ok();
+    h.expect_slice(uid, 6000, 20 * GIB, 4096);
+
+    // lower max and defaults: the resize is clamped, live
+    h.write(
+        "/etc/fairshare/policy.d/50-test.yaml",
+        "defaults: {cpu: 1, mem: 2G}\nmax: {cpu: 4, mem: 16G}\n",
+    );
+    let o = h.ctl("reload").ok();
+    assert!(
+        o.out().contains("limits changed for 1 user(s)"),
+        "{}",
+        o.out()
+    );
+    h.expect_slice(uid, 4000, 16 * GIB, 4096);
+    let log = h
+        .sh("journalctl -u fairshared --no-pager -o cat -n 20")
+        .ok();
+    assert!(log.out().contains("(policy reloaded)"), "{}", log.out());
+
+    // a bad policy: every way of reloading refuses it, the old one stays
+    h.write(
+        "/etc/fairshare/policy.d/60-bad.yaml",
+        "defaults:\n  cpu: 0\n",
+    );
+    let o = h.ctl("reload");
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains(
+            "/etc/fairshare/policy.d/60-bad.yaml:2: defaults.cpu: `0` must be greater than zero"
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("the old one stays in force"),
+        "{}",
+        o.stderr
+    );
+    let before = cursor(&h);
+    h.sh("systemctl reload fairshared").ok();
+    wait_for("the reload to be logged", Duration::from_secs(10), || {
+        journal_since(&h, &before)
+            .contains("policy not reloaded")
+            .then_some(())
+    });
+    assert_eq!(h.sh("systemctl is-active fairshared").out(), "active");
+    h.expect_slice(uid, 4000, 16 * GIB, 4096);
+
+    // fixed, and reloaded by SIGHUP
+    h.sh("rm /etc/fairshare/policy.d/60-bad.yaml").ok();
+    h.write(
+        "/etc/fairshare/policy.d/50-test.yaml",
+        "defaults: {cpu: 1, mem: 2G}\nmax: {cpu: 3, mem: 16G}\n",
+    );
+    h.sh("kill -HUP $(pidof fairshared)").ok();
+    h.expect_slice(uid, 3000, 16 * GIB, 4096);
+    let o = h.ssh(user, "fairshare-ctl reload");
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("root only"), "{}", o.stderr);
+}
+
+#[test]
+fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (user, uid) = TESTUSER3;
+    // a lingering user whose user manager started while fairshared was down
+    h.sh("systemctl stop fairshared.service fairshared.socket")
+        .ok();
+    let undo = format!("loginctl disable-linger {user}");
+    let _undo = Undo(&h, &undo);
+    h.sh(&format!(
+        "systemctl revert user-{uid}.slice >/dev/null 2>&1; loginctl enable-linger {user}"
+    ))
+    .ok();
+    wait_for("the user manager", Duration::from_secs(15), || {
+        (h.sh(&format!("systemctl is-active user@{uid}.service"))
+            .out()
+            == "active")
+            .then_some(())
+    });
+    assert_eq!(h.slice(uid).cpu_quota.unwrap_or(-1), -1);
+    h.start_daemon();
+    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    let st = h.ctl(&format!("--json status --user {user}")).ok().json();
+    assert_eq!(st["session_list"][0]["service"], "systemd-user", "{st}");
+    // linger off: the user manager stops and the user is let go
+    h.sh(&format!("loginctl disable-linger {user}")).ok();
+    wait_for(
+        "the lingering user to be released",
+        Duration::from_secs(20),
+        || {
+            let st = h.ctl(&format!("--json status --user {user}")).ok().json();
+            (st["sessions"] == 0).then_some(())
+        },
+    );
+}
+
+#[test]
+fn a_lease_expires_back_to_the_default_even_across_a_restart() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (user, uid) = STUDENT;
+    let _s = h.session(user);
+    let o = h
+        .ssh(user, "fairshare-ctl resize --cpu 5 --mem 10G --for 3s")
+        .ok();
+    assert!(o.out().contains(" for 3s"), "{}", o.out());
+    h.expect_slice(uid, 5000, 10 * GIB, 4096);
+    let st = h.ssh(user, "fairshare-ctl status").ok();
+    assert!(st.out().contains("expires:    in"), "{}", st.out());
+    wait_for("the lease to expire", Duration::from_secs(15), || {
+        (h.slice(uid).cpu_quota == Some(200_000)).then_some(())
+    });
+    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    let st = h.ssh(user, "fairshare-ctl status").ok();
+    assert!(
+        st.out()
+            .contains("note:       your resize to 5 CPUs, 10G memory expired"),
+        "{}",
+        st.out()
+    );
+
+    // the expiry time is saved: a lease running out while the daemon is
+    // restarting still ends
+    h.ssh(user, "fairshare-ctl resize --cpu 6 --for 4s").ok();
+    h.expect_slice(uid, 6000, 8 * GIB, 4096);
+    h.sh("systemctl stop fairshared.socket fairshared.service; sleep 5; systemctl start fairshared.service")
+        .ok();
+    wait_for(
+        "the lapsed lease to end after the restart",
+        Duration::from_secs(15),
+        || (h.slice(uid).cpu_quota == Some(200_000)).then_some(()),
+    );
+}
+
+#[test]
+fn the_unit_is_hardened() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let o = h
+        .sh("systemd-analyze security fairshared.service --no-pager")
+        .ok();
+    let line = o
+        .out()
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap()
+        .to_string();
+    let score: f64 = line
+        .split("fairshared.service:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!("{line}");
+    assert!(score <= 1.5, "{line}\n{}", o.out());
+    // and it still does its job with all of that in force
+    let (user, uid) = TESTUSER;
+    let _s = h.session(user);
+    h.ssh(user, "fairshare-ctl resize --cpu 3").ok();
+    h.expect_slice(uid, 3000, 8 * GIB, 4096);
+}
+
+#[test]
+fn metrics_and_the_journal_tell_the_admin_what_happened() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (user, _) = TESTUSER2;
+    let _s = h.session(user);
+    h.ssh(user, "fairshare-ctl resize --cpu 3 --mem 3G").ok();
+    h.sh("systemctl start fairshare-metrics.service").ok();
+    let prom = h
+        .read("/var/lib/prometheus/node-exporter/fairshare.prom")
+        .unwrap();
+    assert!(
+        prom.contains(r#"fairshare_allocation_cpus{user="testuser2",uid="1002"} 3"#),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("fairshare_memory_usage_bytes{user=\"testuser2\""),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(r#"fairshare_requests_total{type="request_resources"} 1"#),
+        "{prom}"
+    );
+    // every change is in the journal with structured fields
+    let j = h
+        .sh("journalctl -u fairshared --no-pager -o json USER=testuser2 | grep '\"REASON\":\"resize\"' | tail -1")
+        .ok();
+    let v = j.json();
+    assert_eq!(v["UID"], "1002");
+    assert!(v["OLD"].as_str().unwrap().starts_with("2 CPUs"), "{v}");
+    assert!(
+        v["NEW"].as_str().unwrap().starts_with("3 CPUs, 3G memory"),
+        "{v}"
+    );
+    let list = h.ctl("list").ok();
+    let row = list
+        .out()
+        .lines()
+        .find(|l| l.starts_with("testuser2"))
+        .unwrap()
+        .to_string();
+    assert!(
+        row.contains(" 3 ") && row.contains("3G") && row.contains("resize"),
+        "{row}"
+    );
+}
+
+/// Puts the test host back to the `make install` build, whatever happened.
+struct Reinstall<'a>(&'a Host);
+
+impl Drop for Reinstall<'_> {
+    fn drop(&mut self) {
+        self.0.sh("dpkg --purge fairshare >/dev/null 2>&1; true");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let _ = Command::new(repo.join("tests/testhost/install-fairshare.sh")).status();
+    }
+}
+
+#[test]
+fn the_debian_package_installs_limits_logins_and_purges_clean() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let deb = Command::new(repo.join("packaging/deb/build.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        deb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deb.stderr)
+    );
+    let deb = repo.join(String::from_utf8_lossy(&deb.stdout).trim());
+    std::fs::copy(&deb, h.path("/tmp/fairshare.deb")).unwrap();
+    let _restore = Reinstall(&h);
+
+    // take the `make install` build out the way an admin would
+    h.sh("pam-auth-update --package --remove fairshare; systemctl disable --now fairshared.service fairshared.socket").ok();
+    let pamdir = h
+        .sh("dirname /lib/*-linux-gnu/security/pam_unix.so")
+        .ok()
+        .out()
+        .to_string();
+    let un = Command::new("make")
+        .args([
+            "--no-print-directory",
+            "-C",
+            repo.to_str().unwrap(),
+            "uninstall",
+            "PREFIX=/usr/local",
+        ])
+        .arg(format!("DESTDIR={}", h.path("/").display()))
+        .arg(format!("PAMDIR={pamdir}"))
+        .output()
+        .unwrap();
+    assert!(
+        un.status.success(),
+        "{}",
+        String::from_utf8_lossy(&un.stderr)
+    );
+    assert!(!h.path("/usr/local/sbin/fairshared").exists());
+    assert!(
+        h.sh("grep -l pam_fairshare /etc/pam.d/common-*")
+            .out()
+            .is_empty()
+    );
+
+    let o = h.sh("dpkg -i /tmp/fairshare.deb 2>&1").ok();
+    assert!(h.path("/usr/sbin/fairshared").exists(), "{}", o.out());
+    assert_eq!(
+        h.sh("systemctl is-active fairshared.socket fairshared.service")
+            .out(),
+        "active\nactive"
+    );
+    assert_eq!(
+        h.sh("systemctl is-enabled fairshared.service").out(),
+        "enabled"
+    );
+    let pam = h.sh("grep -h pam_fairshare /etc/pam.d/common-session /etc/pam.d/common-session-noninteractive").ok();
+    assert_eq!(pam.out().lines().count(), 2, "{}", pam.out());
+    assert!(
+        h.sh("man -w fairshare-policy 2>/dev/null || ls /usr/share/man/man5/fairshare-policy.5.gz")
+            .ok()
+            .out()
+            .contains("fairshare-policy.5")
+    );
+
+    // a login gets its limits from the packaged daemon
+    let (user, uid) = TESTUSER;
+    let o = h
+        .ssh(
+            user,
+            &format!("cat /sys/fs/cgroup/cpu/user.slice/user-{uid}.slice/cpu.cfs_quota_us"),
+        )
+        .ok();
+    assert_eq!(o.out(), "200000");
+
+    // purge: no PAM line, no files, no state; logins still work
+    h.sh("dpkg --purge fairshare").ok();
+    assert!(
+        h.sh("grep -l pam_fairshare /etc/pam.d/common-*")
+            .out()
+            .is_empty(),
+        "PAM still names the module"
+    );
+    for gone in [
+        "/usr/sbin/fairshared",
+        "/usr/bin/fairshare-ctl",
+        "/var/lib/fairshare",
+        "/etc/fairshare/policy.d/00-defaults.yaml",
+        "/lib/systemd/system/fairshared.service",
+    ] {
+        assert!(!h.path(gone).exists(), "{gone} left behind");
+    }
+    assert!(h.sh(&format!("ls {pamdir}/pam_fairshare.so")).code != 0);
+    assert_eq!(h.ssh(user, "echo in").ok().out(), "in");
+}
