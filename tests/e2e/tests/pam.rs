@@ -281,6 +281,10 @@ fn a_session_without_pam_systemd_is_adopted_into_the_users_slice() {
     );
     h.sh("chmod 755 /usr/local/sbin/fs-probe; rm -f /run/fs-probe.out")
         .ok();
+    let _undo = RemoveFiles(
+        &h,
+        "/etc/pam.d/fairshare-nosystemd /usr/local/sbin/fs-probe /run/fs-probe.out",
+    );
     // pamtester runs as a system service: nowhere near the user's slice
     let o = h.exec(&format!("cat /proc/self/cgroup | grep name=systemd; pamtester fairshare-nosystemd {user} open_session close_session")).ok();
     assert!(o.stdout.contains("/system.slice/"), "{}", o.stdout);
