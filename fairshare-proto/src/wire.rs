@@ -299,6 +299,8 @@ pub enum ErrorCode {
     Persistence,
     /// The policy on disk has errors (reload); the old one stays in force.
     InvalidPolicy,
+    /// Too many requests from this user; try again a little later.
+    RateLimited,
     #[default]
     Internal,
 }

@@ -14,6 +14,7 @@
 //! * [`state`]: the ledger on disk, written atomically.
 //! * [`cgroup`]: live usage from the cgroup files, v1 or v2.
 //! * [`pidwatch`]: noticing session processes that end without a close.
+//! * [`ratelimit`]: per-user token buckets against request floods.
 //! * [`users`], [`host`]: NSS lookups and the host's size.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod host;
 pub mod ledger;
 pub mod pidwatch;
+pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod state;

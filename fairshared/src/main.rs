@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         eprintln!("fairshared: must run as root (it sets limits on user slices through systemd)");
         return ExitCode::FAILURE;
     }
+    raise_file_limit();
     // Taken before any thread starts: the activated socket, if any.
     let activated = match activated_socket() {
         Ok(s) => s,
@@ -123,6 +124,20 @@ fn check(policy: &Policy) -> ExitCode {
     }
     println!("policy OK");
     ExitCode::SUCCESS
+}
+
+/// Every connection is a file descriptor: allow plenty (up to the hard limit),
+/// so that many users at once never run the daemon out of them.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = hard.min(65_536).max(soft);
+        if want > soft
+            && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard)
+        {
+            eprintln!("fairshared: cannot raise the open-file limit from {soft}: {e}");
+        }
+    }
 }
 
 /// The listening socket systemd passed us (`fairshared.socket`), if any.

@@ -26,6 +26,9 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one non-root user may hold open at once.
 pub const PER_USER_CONNECTIONS: usize = 32;
+/// Connections open at once, all users together (fairshared raises its file
+/// limit well above this at start).
+pub const MAX_CONNECTIONS: usize = 8192;
 
 /// Binds the socket at `path`. A stale socket (nobody listening) is removed;
 /// a live one is never taken over.
@@ -144,14 +147,26 @@ pub async fn serve<S: Systemd>(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let counts = Arc::new(Counts::default());
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    let Ok(permit) = open.clone().try_acquire_owned() else {
+                        // Full: say so and hang up at once, so the queue moves.
+                        tasks.spawn(async move {
+                            let r = Response::error(ErrorCode::RateLimited, "fairshared is busy (too many open connections); try again");
+                            let _ = answer(&mut stream, &r).await;
+                        });
+                        continue;
+                    };
                     let (service, counts) = (service.clone(), counts.clone());
-                    tasks.spawn(async move { connection(stream, &service, &counts).await });
+                    tasks.spawn(async move {
+                        connection(stream, &service, &counts).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

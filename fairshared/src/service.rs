@@ -94,6 +94,8 @@ pub struct Service<S: Systemd> {
     /// Lease timers, by uid.
     leases: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
     counters: Counters,
+    /// Per-user rate limits: every request, and changes that reach systemd.
+    limiter: Mutex<(crate::ratelimit::Limiter, crate::ratelimit::Limiter)>,
 }
 
 pub fn now() -> u64 {
@@ -131,6 +133,7 @@ impl<S: Systemd> Service<S> {
             watchers: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            limiter: Mutex::new(Default::default()),
         }
     }
 
@@ -304,6 +307,31 @@ impl<S: Systemd> Service<S> {
                     "permission denied: `{kind}` is for root only (run fairshare-ctl with sudo)"
                 ),
             );
+        }
+        if !peer.is_root() {
+            let changes = matches!(req, Request::RequestResources(_) | Request::Release);
+            let now = std::time::Instant::now();
+            let mut limiter = lock(&self.limiter);
+            let (all, writes) = &mut *limiter;
+            let verdict = all
+                .take(peer.uid, crate::ratelimit::REQUESTS, now)
+                .and_then(|()| match changes {
+                    true => writes.take(peer.uid, crate::ratelimit::CHANGES, now),
+                    false => Ok(()),
+                });
+            drop(limiter);
+            if let Err(wait) = verdict {
+                self.counters.refused("rate_limited");
+                tracing::warn!(uid = peer.uid, request = kind, "rate limited");
+                return fail(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "too many requests from uid {}; try again in {:.1} s",
+                        peer.uid,
+                        wait.as_secs_f64().max(0.1)
+                    ),
+                );
+            }
         }
         let reply = match req {
             Request::Status { user } => self.status(peer, user).await,

@@ -31,6 +31,7 @@ pub struct Counters {
     requests: [AtomicU64; KINDS.len()],
     refused_max: AtomicU64,
     refused_capacity: AtomicU64,
+    refused_rate: AtomicU64,
     errors: AtomicU64,
     pub(super) sessions_opened: AtomicU64,
     pub(super) sessions_closed: AtomicU64,
@@ -49,13 +50,14 @@ impl Counters {
     pub(super) fn refused(&self, reason: &str) {
         match reason {
             "no_capacity" => &self.refused_capacity,
+            "rate_limited" => &self.refused_rate,
             _ => &self.refused_max,
         }
         .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn error(&self, code: ErrorCode) {
-        if !matches!(code, ErrorCode::ExceedsMax | ErrorCode::NoCapacity) {
+        if !matches!(code, ErrorCode::ExceedsMax | ErrorCode::NoCapacity | ErrorCode::RateLimited) {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -211,7 +213,7 @@ impl<S: Systemd> Service<S> {
         o.family(
             "fairshare_refused_total",
             "counter",
-            "Resizes refused, by reason.",
+            "Requests refused, by reason.",
         );
         o.sample(
             "fairshare_refused_total",
@@ -222,6 +224,11 @@ impl<S: Systemd> Service<S> {
             "fairshare_refused_total",
             "reason=\"no_capacity\"",
             c.refused_capacity.load(Ordering::Relaxed),
+        );
+        o.sample(
+            "fairshare_refused_total",
+            "reason=\"rate_limited\"",
+            c.refused_rate.load(Ordering::Relaxed),
         );
         let totals = [
             (

@@ -1,0 +1,25 @@
+//! Sizes, CPU counts, task counts and durations: never a panic, and whatever
+//! parses shows the same value again.
+#![no_main]
+
+use fairshare_proto::units::{Bytes, Cpus, Tasks, format_duration, parse_duration};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    if let Ok(b) = s.parse::<Bytes>() {
+        assert!(b.get() > 0);
+        assert_eq!(b.to_string().parse::<Bytes>(), Ok(b));
+        let _ = b.human();
+    }
+    if let Ok(c) = s.parse::<Cpus>() {
+        assert!(c >= Cpus::MIN && c <= Cpus::MAX);
+        assert_eq!(c.to_string().parse::<Cpus>(), Ok(c));
+    }
+    if let Ok(t) = s.parse::<Tasks>() {
+        assert!(t.get() > 0 && t <= Tasks::MAX);
+    }
+    if let Ok(d) = parse_duration(s) {
+        assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+    }
+});
