@@ -152,6 +152,9 @@ impl Dbus {
         {
             return Ok((b.conn.clone(), b.manager.clone()));
         }
+        if guard.is_some() {
+            tracing::warn!("system bus connection closed; reconnecting");
+        }
         let b = self.open().await?;
         let out = (b.conn.clone(), b.manager.clone());
         *guard = Some(b);

@@ -187,6 +187,16 @@ impl Host {
         )
     }
 
+    /// Starts `cmd` as `user` over ssh in the background; its stdout is piped.
+    pub fn ssh_spawn(&self, user: &str, cmd: &str) -> Child {
+        let mut c = self.ssh_command(user, cmd);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        c.spawn()
+            .unwrap_or_else(|e| panic!("cannot start ssh: {e}"))
+    }
+
     pub fn ssh_stdin(&self, user: &str, cmd: &str, stdin: &[u8]) -> Out {
         run(
             &mut self.ssh_command(user, cmd),
@@ -316,6 +326,9 @@ impl Host {
             "for u in {}; do loginctl terminate-user $u 2>/dev/null; done; true",
             names.join(" ")
         ));
+        // Processes a test left behind in a session that is already closing
+        // are not killed by terminate-user (KillUserProcesses=no): end them.
+        self.sh("sleep 0.3; pkill -KILL -U 1001,1002,1003,1004,990; true");
         wait_for(
             "test users to be logged out",
             Duration::from_secs(15),

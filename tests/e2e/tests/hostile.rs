@@ -1,0 +1,536 @@
+//! Hostile input, hostile users and failures, against the real daemon in the
+//! test host. Every attack runs as an ordinary user while a well-behaved
+//! client keeps asking for its status: each of its answers must come back in
+//! under 100 ms, and the daemon's memory must stay bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use fairshare_e2e::*;
+use fairshare_proto::Client;
+use fairshare_proto::wire::{Request, Response};
+
+const POLICY: &str = "\
+defaults:
+  cpu: 2
+  mem: 8G
+max:
+  cpu: 8
+  mem: 32G
+capacity:
+  cpu: 64
+  mem: 256G
+";
+
+/// Copies the attack tool into the test host.
+fn install_attack(h: &Host) {
+    let dst = h.path("/usr/local/bin/fs-attack");
+    let tmp = h.path("/usr/local/bin/.fs-attack.tmp");
+    std::fs::copy(env!("CARGO_BIN_EXE_fs-attack"), &tmp).unwrap();
+    std::fs::rename(&tmp, &dst).unwrap();
+}
+
+fn daemon_pid(h: &Host) -> u32 {
+    h.sh("systemctl show -P MainPID fairshared.service")
+        .ok()
+        .out()
+        .parse()
+        .unwrap()
+}
+
+/// Resident memory of the daemon, in KiB.
+fn daemon_rss_kib(h: &Host) -> u64 {
+    let status = h.read(&format!("/proc/{}/status", daemon_pid(h))).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A well-behaved client: root asking for a user's status, over the socket,
+/// from outside. Returns the slowest answer of `n` (ms) and checks each one.
+fn probe(h: &Host, n: usize) -> f64 {
+    let client = Client::new(h.path("/run/fairshare.sock"), Duration::from_secs(5));
+    let mut worst = 0f64;
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = client
+            .call(&Request::Status {
+                user: Some(fairshare_proto::wire::UserRef::Name("testuser2".into())),
+            })
+            .unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(matches!(r, Response::StatusInfo(_)), "{r:?}");
+        worst = worst.max(ms);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    worst
+}
+
+/// An attack running as `user` in the background (over ssh).
+fn background(h: &Host, user: &str, cmd: &str) -> Child {
+    h.ssh_spawn(user, cmd)
+}
+
+fn finish(c: Child) -> String {
+    let o = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    install_attack(&h);
+    let (user, _) = TESTUSER;
+    let rss0 = daemon_rss_kib(&h);
+    let baseline = probe(&h, 10);
+    let mut report = vec![format!(
+        "baseline: worst status answer {baseline:.1} ms, RSS {rss0} KiB"
+    )];
+    let cases: [(&str, &str, &str); 8] = [
+        (
+            "10 MiB line without newline",
+            "head -c 10485760 /dev/zero | tr '\\0' a | fs-attack raw",
+            "request too long",
+        ),
+        (
+            "invalid UTF-8",
+            "printf '\\377\\376{\"type\":\"status\"}\\n' | fs-attack raw",
+            "not valid UTF-8",
+        ),
+        (
+            "JSON nested 60 000 deep",
+            "head -c 60000 /dev/zero | tr '\\0' '[' | fs-attack raw",
+            "malformed request",
+        ),
+        (
+            "negative and NaN sizes",
+            "echo '{\"type\":\"request_resources\",\"cpu\":-1,\"mem\":\"NaN\"}' | fs-attack raw",
+            "cpu:",
+        ),
+        (
+            "1e308 CPUs",
+            "echo '{\"type\":\"request_resources\",\"cpu\":1e308}' | fs-attack raw",
+            "too large",
+        ),
+        (
+            "u64::MAX + 1 bytes",
+            "echo '{\"type\":\"request_resources\",\"mem\":18446744073709551616}' | fs-attack raw",
+            "mem:",
+        ),
+        (
+            "uid beyond u32",
+            "echo '{\"type\":\"session_open\",\"uid\":4294967296,\"pid\":1}' | fs-attack raw",
+            "malformed request",
+        ),
+        (
+            "unknown type",
+            "echo '{\"type\":\"rm -rf /\"}' | fs-attack raw",
+            "unknown request type",
+        ),
+    ];
+    for (what, cmd, want) in cases {
+        let attack = background(&h, user, cmd);
+        let worst = probe(&h, 5);
+        let answer = finish(attack);
+        assert!(
+            answer.contains("\"type\":\"error\"") && answer.contains(want),
+            "{what}: {answer}"
+        );
+        assert!(
+            worst < 100.0,
+            "{what}: a well-behaved request took {worst:.1} ms"
+        );
+        report.push(format!(
+            "{what}: error answer, worst status answer meanwhile {worst:.1} ms"
+        ));
+    }
+
+    // half a request, then silence: dropped after the read timeout
+    let stall = background(&h, user, "fs-attack stall 30");
+    let worst = probe(&h, 20);
+    let out = finish(stall);
+    assert!(out.contains("no complete request within 10 s"), "{out}");
+    assert!(
+        worst < 100.0,
+        "stalled client: a well-behaved request took {worst:.1} ms"
+    );
+    report.push(format!(
+        "half a request then silence ({out}): worst status answer {worst:.1} ms"
+    ));
+
+    // 2000 idle connections from one user: at most 32 are kept
+    let idle = background(&h, user, "fs-attack idle 2000 15");
+    std::thread::sleep(Duration::from_secs(3));
+    let worst = probe(&h, 20);
+    let rss = daemon_rss_kib(&h);
+    // another user's real login is not held up either
+    let t = Instant::now();
+    let o = h
+        .ssh(
+            "testuser2",
+            "cat /sys/fs/cgroup/cpu/user.slice/user-1002.slice/cpu.cfs_quota_us",
+        )
+        .ok();
+    let login = t.elapsed();
+    assert_eq!(o.out(), "200000");
+    let out = finish(idle);
+    assert!(out.starts_with("held=32 "), "{out}");
+    assert!(
+        worst < 100.0,
+        "2000 idle connections: a well-behaved request took {worst:.1} ms"
+    );
+    assert!(login < Duration::from_secs(3), "ssh login took {login:?}");
+    assert!(rss < rss0 + 16 * 1024, "RSS grew from {rss0} to {rss} KiB");
+    report.push(format!(
+        "2000 idle connections from one user ({out}): worst status answer {worst:.1} ms, ssh login of another user {login:?}, RSS {rss} KiB"
+    ));
+    let rss_end = daemon_rss_kib(&h);
+    assert!(
+        rss_end < rss0 + 16 * 1024,
+        "RSS after the attacks: {rss_end} KiB (was {rss0})"
+    );
+    report.push(format!("after all attacks: RSS {rss_end} KiB"));
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn a_resize_flood_is_rate_limited_and_does_not_slow_other_logins() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    install_attack(&h);
+    let flood = background(&h, TESTUSER.0, "fs-attack flood 2000");
+    std::thread::sleep(Duration::from_millis(300));
+    let worst = probe(&h, 20);
+    let t = Instant::now();
+    let o = h.ssh("testuser2", "fairshare-ctl resize --cpu 3").ok();
+    let theirs = t.elapsed();
+    assert!(
+        o.out().contains("Resources allocated: 3 CPUs"),
+        "{}",
+        o.out()
+    );
+    let out = finish(flood);
+    let limited: u64 = out
+        .split("rate_limited=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ok: u64 = out
+        .split("ok=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(limited > 1500 && ok < 100, "{out}");
+    assert!(
+        worst < 100.0,
+        "during the flood a well-behaved request took {worst:.1} ms"
+    );
+    assert!(
+        theirs < Duration::from_secs(3),
+        "another user's resize (ssh + fairshare-ctl) took {theirs:?}"
+    );
+    eprintln!(
+        "flood of 2000 resizes: {out}; worst status answer {worst:.1} ms; another user's resize over ssh {theirs:?}"
+    );
+}
+
+#[test]
+fn nothing_a_user_does_escapes_the_slice() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (user, uid) = TESTUSER3;
+    let slice = format!("/user.slice/user-{uid}.slice");
+    let held = h.session(user);
+    // leave processes behind in every way a user can, then log out
+    h.ssh(
+        user,
+        "systemd-run --user --quiet --unit=esc-svc sleep 300; \
+         systemd-run --user --quiet --scope --slice=escape.slice sh -c 'sleep 300 > /dev/null 2>&1 < /dev/null &'; \
+         systemd-run --user --quiet --unit=esc-delegate -p Delegate=yes sleep 300; \
+         setsid nohup sh -c 'sleep 300' > /dev/null 2>&1 < /dev/null & \
+         (sh -c 'sleep 300 > /dev/null 2>&1 < /dev/null &' > /dev/null 2>&1 < /dev/null &); sleep 0.5",
+    )
+    .ok();
+    let in_slice = |h: &Host| -> usize {
+        let procs = h.sh(&format!("pgrep -u {uid} -x sleep || true")).ok();
+        let pids: Vec<String> = procs.out().lines().map(str::to_string).collect();
+        for pid in &pids {
+            let cg = h.read(&format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            for ctrl in [":cpu:", ":memory:", ":pids:", ":name=systemd:"] {
+                let line = cg.lines().find(|l| l.contains(ctrl)).unwrap_or("");
+                assert!(line.contains(&slice), "pid {pid} escaped: {line}");
+            }
+        }
+        pids.len()
+    };
+    // (the held session's own `sleep` is one of them)
+    assert!(in_slice(&h) >= 6, "not every process was started");
+    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    // the last logout: what survives it is still in the slice, still limited
+    // (logind keeps the user while processes linger in a closing session)
+    drop(held);
+    wait_for(
+        "the last ssh session to be counted down",
+        Duration::from_secs(15),
+        || {
+            let st = h.ctl(&format!("--json status --user {user}")).ok().json();
+            let ssh = st["session_list"]
+                .as_array()
+                .map_or(0, |l| l.iter().filter(|s| s["service"] == "sshd").count());
+            (ssh == 0).then_some(())
+        },
+    );
+    assert!(in_slice(&h) >= 5, "processes left behind are gone");
+    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.sh(&format!("pkill -u {uid} -x sleep; true")).ok();
+}
+
+#[test]
+fn sigkill_during_a_login_burst_loses_nothing_and_hangs_no_login() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (resized, ruid) = STUDENT;
+    let _keep = h.session(resized);
+    h.ssh(resized, "fairshare-ctl resize --cpu 5 --mem 10G")
+        .ok();
+    h.expect_slice(ruid, 5000, 10 * GIB, 4096);
+    h.write(
+        "/etc/pam.d/fairshare-login",
+        "auth required pam_permit.so\naccount required pam_unix.so\n@include common-session\n",
+    );
+    // 50 logins, each timed; fairshared is killed with SIGKILL among them
+    // (systemd restarts it); meanwhile the resized user's slice is watched
+    let burst = "rm -f /tmp/kb.*; for i in $(seq 25); do for u in testuser testuser2; do \
+        ( s=$(date +%s%N); pamtester fairshare-login $u open_session close_session >/dev/null 2>&1; \
+          echo $? $(( ($(date +%s%N) - s) / 1000000 )) > /tmp/kb.$u.$i ) & sleep 0.02; done; done; wait";
+    let watch = format!(
+        "for i in $(seq 150); do cat /sys/fs/cgroup/cpu/user.slice/user-{ruid}.slice/cpu.cfs_quota_us; sleep 0.02; done > /tmp/kb-watch"
+    );
+    let o = h.exec(&format!(
+        "( {watch} ) & ( {burst} ) & sleep 0.3; kill -KILL $(systemctl show -P MainPID fairshared); wait; \
+         cat /tmp/kb.* | awk '$1 != 0 {{f++}} $2 > m {{m = $2}} END {{print f + 0, m + 0, NR}}'; sort -u /tmp/kb-watch"
+    ));
+    let lines: Vec<String> = o.ok().stdout.lines().map(str::to_string).collect();
+    let stats: Vec<u64> = lines[0]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (failed, slowest_ms, total) = (stats[0], stats[1], stats[2]);
+    assert_eq!(total, 50);
+    assert_eq!(failed, 0, "logins failed");
+    // the module's deadline is 1 s for open and 1 s for close; pam_systemd adds its own time
+    assert!(slowest_ms < 4000, "the slowest login took {slowest_ms} ms");
+    assert_eq!(
+        &lines[1..],
+        ["500000"],
+        "the resized slice's quota changed during the kill"
+    );
+    wait_for(
+        "systemd to restart fairshared",
+        Duration::from_secs(15),
+        || (h.sh("systemctl is-active fairshared.service").out() == "active").then_some(()),
+    );
+    h.wait_socket();
+    let st = h
+        .ctl(&format!("--json status --user {resized}"))
+        .ok()
+        .json();
+    assert_eq!(st["allocated_cpu"], 5, "{st}");
+    assert_eq!(st["allocated_mem"], "10G", "{st}");
+    h.expect_slice(ruid, 5000, 10 * GIB, 4096);
+    h.sh("rm -f /etc/pam.d/fairshare-login").ok();
+    eprintln!(
+        "50 logins around a SIGKILL: {failed} failed, slowest {slowest_ms} ms; resized user kept 5 CPUs, 10G"
+    );
+}
+
+#[test]
+fn the_daemon_reconnects_after_systemd_reexecutes_and_the_bus_restarts() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (user, uid) = TESTUSER;
+    let _s = h.session(user);
+    h.sh("systemctl daemon-reexec").ok();
+    h.ssh(user, "fairshare-ctl resize --cpu 3").ok();
+    h.expect_slice(uid, 3000, 8 * GIB, 4096);
+    // drop every bus connection under the daemon
+    h.sh("systemctl restart dbus.service").ok();
+    wait_for("the bus", Duration::from_secs(15), || {
+        (h.sh("busctl --system status >/dev/null 2>&1 && echo up")
+            .out()
+            == "up")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let o = h.ssh(user, "fairshare-ctl resize --cpu 4");
+    assert_eq!(o.code, 0, "{o:?}");
+    h.expect_slice(uid, 4000, 8 * GIB, 4096);
+    let log = h
+        .sh("journalctl -u fairshared -o cat --no-pager -n 30")
+        .ok();
+    assert!(log.out().contains("reconnecting"), "{}", log.out());
+    // logind lost its bus too: leave the host as the next tests expect it
+    h.sh("systemctl restart systemd-logind.service").ok();
+}
+
+#[test]
+fn a_corrupt_state_file_is_set_aside_and_rebuilt_from_logind() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (user, uid) = TESTUSER2;
+    let _s = h.session(user);
+    h.ssh(user, "fairshare-ctl resize --cpu 6").ok();
+    h.sh("systemctl stop fairshared.socket fairshared.service")
+        .ok();
+    h.sh("truncate -s 17 /var/lib/fairshare/state.json").ok();
+    h.sh(&format!("systemctl revert user-{uid}.slice")).ok();
+    h.start_daemon();
+    // the user logged in is found again through logind and limited
+    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    let log = h
+        .sh("journalctl -u fairshared -o cat --no-pager -n 30")
+        .ok();
+    assert!(log.out().contains("state file unreadable"), "{}", log.out());
+    let aside = h.sh("ls /var/lib/fairshare/").ok();
+    assert!(
+        aside.out().contains("state.json.corrupt-"),
+        "{}",
+        aside.out()
+    );
+    let st = h.ctl(&format!("--json status --user {user}")).ok().json();
+    assert!(st["sessions"].as_u64().unwrap() >= 1, "{st}");
+}
+
+#[test]
+fn a_full_or_read_only_state_directory_damages_nothing() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    let (user, uid) = TESTUSER;
+    let _s = h.session(user);
+    h.ssh(user, "fairshare-ctl resize --cpu 3").ok();
+    assert!(
+        h.read("/var/lib/fairshare/state.json")
+            .unwrap()
+            .contains("\"cpu\":3")
+    );
+    // a small tmpfs over the state directory, holding the current state, then filled up
+    h.sh("systemctl stop fairshared.socket fairshared.service")
+        .ok();
+    h.sh(
+        "cp /var/lib/fairshare/state.json /tmp/state.keep && mount -t tmpfs -o size=256k tmpfs /var/lib/fairshare && \
+         chmod 700 /var/lib/fairshare && cp /tmp/state.keep /var/lib/fairshare/state.json && \
+         (dd if=/dev/zero of=/var/lib/fairshare/fill bs=4k 2>/dev/null; true)",
+    )
+    .ok();
+    let _unmount = Unmount(&h);
+    let saved = h.read("/var/lib/fairshare/state.json").unwrap();
+    h.start_daemon();
+    let o = h.ssh(user, "fairshare-ctl resize --cpu 4");
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("the limits were applied, but the state could not be saved"),
+        "{}",
+        o.stderr
+    );
+    h.expect_slice(uid, 4000, 8 * GIB, 4096);
+    assert_eq!(
+        h.read("/var/lib/fairshare/state.json").unwrap(),
+        saved,
+        "the saved state was damaged"
+    );
+    assert!(h.ssh(user, "fairshare-ctl status").code == 0);
+    // read-only: the same
+    h.sh("rm -f /var/lib/fairshare/fill; mount -o remount,ro /var/lib/fairshare")
+        .ok();
+    let o = h.ssh(user, "fairshare-ctl resize --cpu 5");
+    assert!(o.stderr.contains("could not be saved"), "{}", o.stderr);
+    h.expect_slice(uid, 5000, 8 * GIB, 4096);
+    assert_eq!(h.read("/var/lib/fairshare/state.json").unwrap(), saved);
+}
+
+struct Unmount<'a>(&'a Host);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        self.0.sh("systemctl stop fairshared.socket fairshared.service; umount /var/lib/fairshare; systemctl start fairshared.service");
+    }
+}
+
+#[test]
+fn the_pam_module_survives_a_daemon_that_answers_garbage_slowly_or_half() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    h.write(
+        "/etc/pam.d/fairshare-badd",
+        "auth required pam_permit.so\naccount required pam_unix.so\nsession required pam_unix.so\n\
+         session required pam_fairshare.so timeout_ms=500\n",
+    );
+    h.write(
+        "/etc/pam.d/fairshare-badd-closed",
+        "auth required pam_permit.so\naccount required pam_unix.so\nsession required pam_unix.so\n\
+         session required pam_fairshare.so timeout_ms=500 fail=closed\n",
+    );
+    h.sh("systemctl stop fairshared.socket fairshared.service; rm -f /run/fairshare.sock")
+        .ok();
+    let fakes = [
+        (
+            "garbage",
+            "while :; do rm -f /run/fairshare.sock; printf 'garbage \\377\\n' | nc -lU -N /run/fairshare.sock >/dev/null; done",
+        ),
+        (
+            "slow",
+            "while :; do rm -f /run/fairshare.sock; nc -lU /run/fairshare.sock >/dev/null; done",
+        ),
+        (
+            "half an answer",
+            "while :; do rm -f /run/fairshare.sock; printf '{\"type\":\"succ' | nc -lU -N /run/fairshare.sock >/dev/null; done",
+        ),
+    ];
+    for (what, fake) in fakes {
+        h.sh(&format!(
+            "rm -f /run/fairshare.sock; systemd-run --quiet --unit=fs-fake sh -c '{}'",
+            fake.replace('\'', "'\\''")
+        ))
+        .ok();
+        wait_for("the fake daemon", Duration::from_secs(5), || {
+            h.path("/run/fairshare.sock").exists().then_some(())
+        });
+        for (service, want) in [("fairshare-badd", 0), ("fairshare-badd-closed", 1)] {
+            let t = Instant::now();
+            let o = h.exec(&format!(
+                "pamtester {service} testuser open_session close_session; echo rc=$?"
+            ));
+            let took = t.elapsed();
+            let rc: i32 = o
+                .stdout
+                .trim()
+                .rsplit("rc=")
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(rc, want, "{what}, {service}: {o:?}");
+            assert!(
+                took < Duration::from_secs(4),
+                "{what}, {service}: took {took:?}"
+            );
+        }
+        h.sh("systemctl stop fs-fake; pkill -x nc; true").ok();
+    }
+    h.sh("rm -f /etc/pam.d/fairshare-badd /etc/pam.d/fairshare-badd-closed /run/fairshare.sock")
+        .ok();
+    h.start_daemon();
+}
