@@ -6,7 +6,38 @@
 //! limited. Buckets of users who have gone quiet are forgotten.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Lets a warning through at most once every 10 s, so that a flood of
+/// refused requests cannot flood the journal too. Counts what it held back.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogThrottle {
+    /// `Some(n)`: log now, and say that `n` more were held back since the last one.
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Rate {
@@ -66,6 +97,15 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warnings_are_thinned_out() {
+        let t = LogThrottle::default();
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.held.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn bursts_then_refills() {

@@ -101,7 +101,7 @@ impl Drop for SocketGuard {
 
 /// Counts open connections per uid.
 #[derive(Default)]
-struct Counts(Mutex<HashMap<u32, usize>>);
+struct Counts(Mutex<HashMap<u32, usize>>, crate::ratelimit::LogThrottle);
 
 struct Slot<'a> {
     counts: &'a Counts,
@@ -203,10 +203,13 @@ async fn connection<S: Systemd>(
         }
     };
     let Some(_slot) = counts.take(peer.uid) else {
-        tracing::warn!(
-            uid = peer.uid,
-            "too many connections from one user; refusing"
-        );
+        if let Some(held) = counts.1.allow() {
+            tracing::warn!(
+                uid = peer.uid,
+                more = held,
+                "too many connections from one user; refusing ({held} more since the last warning)"
+            );
+        }
         let r = Response::error(
             ErrorCode::BadRequest,
             format!(

@@ -96,6 +96,7 @@ pub struct Service<S: Systemd> {
     counters: Counters,
     /// Per-user rate limits: every request, and changes that reach systemd.
     limiter: Mutex<(crate::ratelimit::Limiter, crate::ratelimit::Limiter)>,
+    limited_log: crate::ratelimit::LogThrottle,
 }
 
 pub fn now() -> u64 {
@@ -134,6 +135,7 @@ impl<S: Systemd> Service<S> {
             leases: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             limiter: Mutex::new(Default::default()),
+            limited_log: Default::default(),
         }
     }
 
@@ -322,7 +324,14 @@ impl<S: Systemd> Service<S> {
             drop(limiter);
             if let Err(wait) = verdict {
                 self.counters.refused("rate_limited");
-                tracing::warn!(uid = peer.uid, request = kind, "rate limited");
+                if let Some(held) = self.limited_log.allow() {
+                    tracing::warn!(
+                        uid = peer.uid,
+                        request = kind,
+                        more = held,
+                        "rate limited ({held} more refusals since the last warning)"
+                    );
+                }
                 return fail(
                     ErrorCode::RateLimited,
                     format!(

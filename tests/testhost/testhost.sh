@@ -368,6 +368,14 @@ EOF
 [Login]
 UserStopDelaySec=0
 EOF
+  # With no stop delay, tests that log one user in and out many times a second
+  # would hit the start limit of the per-user units; a test host needs none.
+  for u in user-runtime-dir@.service user@.service; do
+    put "/etc/systemd/system/$u.d/fairshare-testhost.conf" 644 <<'EOF'
+[Unit]
+StartLimitIntervalSec=0
+EOF
+  done
 
   # PAM services for pamtester.  Tests add their own pam_fairshare.so lines.
   put /etc/pam.d/fairshare-test 644 <<'EOF'
