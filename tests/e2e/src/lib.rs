@@ -115,6 +115,19 @@ pub struct SliceFiles {
     pub pids_max: Option<u64>,
 }
 
+/// The policy most tests start from.
+pub const BASE_POLICY: &str = "\
+defaults:
+  cpu: 2
+  mem: 8G
+max:
+  cpu: 8
+  mem: 32G
+capacity:
+  cpu: 64
+  mem: 256G
+";
+
 pub const GIB: u64 = 1 << 30;
 pub const MIB: u64 = 1 << 20;
 
@@ -344,6 +357,33 @@ impl Host {
     pub fn ctl(&self, args: &str) -> Out {
         self.sh(&format!("fairshare-ctl {args}"))
     }
+}
+
+/// Runs a shell command in the test host when dropped: undoes a test's
+/// change even when the test fails.
+pub struct Undo<'a>(pub &'a Host, pub String);
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        self.0.sh(&self.1);
+    }
+}
+
+/// What fairshared tracks for `uid` (`None`: nothing).
+pub fn tracked(h: &Host, uid: u32) -> Option<serde_json::Value> {
+    let list = h.ctl("--json list").ok().json();
+    list["users"]
+        .as_array()
+        .and_then(|users| users.iter().find(|u| u["uid"] == uid).cloned())
+}
+
+/// How many of `uid`'s tracked sessions came from `service` (e.g. sshd).
+pub fn sessions_from(h: &Host, uid: u32, service: &str) -> usize {
+    tracked(h, uid).map_or(0, |u| {
+        u["session_list"]
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|s| s["service"] == service).count())
+    })
 }
 
 /// An open login session; logs out when dropped.

@@ -11,17 +11,7 @@ use fairshare_e2e::*;
 use fairshare_proto::Client;
 use fairshare_proto::wire::{Request, Response};
 
-const POLICY: &str = "\
-defaults:
-  cpu: 2
-  mem: 8G
-max:
-  cpu: 8
-  mem: 32G
-capacity:
-  cpu: 64
-  mem: 256G
-";
+const POLICY: &str = BASE_POLICY;
 
 /// Copies the attack tool into the test host.
 fn install_attack(h: &Host) {
@@ -67,11 +57,6 @@ fn probe(h: &Host, n: usize) -> f64 {
         std::thread::sleep(Duration::from_millis(20));
     }
     worst
-}
-
-/// An attack running as `user` in the background (over ssh).
-fn background(h: &Host, user: &str, cmd: &str) -> Child {
-    h.ssh_spawn(user, cmd)
 }
 
 fn finish(c: Child) -> String {
@@ -133,7 +118,7 @@ fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
         ),
     ];
     for (what, cmd, want) in cases {
-        let attack = background(&h, user, cmd);
+        let attack = h.ssh_spawn(user, cmd);
         let worst = probe(&h, 5);
         let answer = finish(attack);
         assert!(
@@ -150,7 +135,7 @@ fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
     }
 
     // half a request, then silence: dropped after the read timeout
-    let stall = background(&h, user, "fs-attack stall 30");
+    let stall = h.ssh_spawn(user, "fs-attack stall 30");
     let worst = probe(&h, 20);
     let out = finish(stall);
     assert!(out.contains("no complete request within 10 s"), "{out}");
@@ -163,7 +148,7 @@ fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
     ));
 
     // 2000 idle connections from one user: at most 32 are kept
-    let idle = background(&h, user, "fs-attack idle 2000 15");
+    let idle = h.ssh_spawn(user, "fs-attack idle 2000 15");
     std::thread::sleep(Duration::from_secs(3));
     let worst = probe(&h, 20);
     let rss = daemon_rss_kib(&h);
@@ -202,7 +187,7 @@ fn a_resize_flood_is_rate_limited_and_does_not_slow_other_logins() {
     let h = Host::get();
     h.fresh_daemon(POLICY);
     install_attack(&h);
-    let flood = background(&h, TESTUSER.0, "fs-attack flood 2000");
+    let flood = h.ssh_spawn(TESTUSER.0, "fs-attack flood 2000");
     std::thread::sleep(Duration::from_millis(300));
     let worst = probe(&h, 20);
     let t = Instant::now();
@@ -284,13 +269,7 @@ fn nothing_a_user_does_escapes_the_slice() {
     wait_for(
         "the last ssh session to be counted down",
         Duration::from_secs(15),
-        || {
-            let st = h.ctl(&format!("--json status --user {user}")).ok().json();
-            let ssh = st["session_list"]
-                .as_array()
-                .map_or(0, |l| l.iter().filter(|s| s["service"] == "sshd").count());
-            (ssh == 0).then_some(())
-        },
+        || (sessions_from(&h, uid, "sshd") == 0).then_some(()),
     );
     assert!(in_slice(&h) >= 5, "processes left behind are gone");
     h.expect_slice(uid, 2000, 8 * GIB, 4096);
@@ -434,7 +413,10 @@ fn a_full_or_read_only_state_directory_damages_nothing() {
          (dd if=/dev/zero of=/var/lib/fairshare/fill bs=4k 2>/dev/null; true)",
     )
     .ok();
-    let _unmount = Unmount(&h);
+    let _unmount = Undo(
+        &h,
+        "systemctl stop fairshared.socket fairshared.service; umount /var/lib/fairshare; systemctl start fairshared.service".into(),
+    );
     let saved = h.read("/var/lib/fairshare/state.json").unwrap();
     h.start_daemon();
     let o = h.ssh(user, "fairshare-ctl resize --cpu 4");
@@ -459,14 +441,6 @@ fn a_full_or_read_only_state_directory_damages_nothing() {
     assert!(o.stderr.contains("could not be saved"), "{}", o.stderr);
     h.expect_slice(uid, 5000, 8 * GIB, 4096);
     assert_eq!(h.read("/var/lib/fairshare/state.json").unwrap(), saved);
-}
-
-struct Unmount<'a>(&'a Host);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        self.0.sh("systemctl stop fairshared.socket fairshared.service; umount /var/lib/fairshare; systemctl start fairshared.service");
-    }
 }
 
 #[test]

@@ -45,25 +45,6 @@ impl Drop for PamArgs<'_> {
     }
 }
 
-/// Removes test files from the host when dropped.
-struct RemoveFiles<'a>(&'a Host, &'a str);
-
-impl Drop for RemoveFiles<'_> {
-    fn drop(&mut self) {
-        self.0.sh(&format!("rm -f {}", self.1));
-    }
-}
-
-fn tracked(h: &Host, uid: u32) -> Option<serde_json::Value> {
-    let list = h.ctl("--json list").ok().json();
-    list["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["uid"] == uid)
-        .cloned()
-}
-
 /// The path of one controller's line in a `/proc/PID/cgroup` dump.
 fn cgroup_line<'a>(proc_cgroup: &'a str, ctrl: &str) -> &'a str {
     proc_cgroup
@@ -125,16 +106,7 @@ fn sessions_are_counted_and_the_last_logout_releases() {
     h.expect_slice(uid, 2000, 8 * GIB, 4096);
     h.ssh(user, "fairshare-ctl resize --cpu 3 --mem 3G").ok();
     h.expect_slice(uid, 3000, 3 * GIB, 4096);
-    let sshd_sessions = |h: &Host| {
-        tracked(h, uid).map_or(0, |u| {
-            u["session_list"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|s| s["service"] == "sshd")
-                .count()
-        })
-    };
+    let sshd_sessions = |h: &Host| sessions_from(h, uid, "sshd");
     assert_eq!(sshd_sessions(&h), 2);
 
     drop(first);
@@ -281,9 +253,9 @@ fn a_session_without_pam_systemd_is_adopted_into_the_users_slice() {
     );
     h.sh("chmod 755 /usr/local/sbin/fs-probe; rm -f /run/fs-probe.out")
         .ok();
-    let _undo = RemoveFiles(
+    let _undo = Undo(
         &h,
-        "/etc/pam.d/fairshare-nosystemd /usr/local/sbin/fs-probe /run/fs-probe.out",
+        "rm -f /etc/pam.d/fairshare-nosystemd /usr/local/sbin/fs-probe /run/fs-probe.out".into(),
     );
     // pamtester runs as a system service: nowhere near the user's slice
     let o = h.exec(&format!("cat /proc/self/cgroup | grep name=systemd; pamtester fairshare-nosystemd {user} open_session close_session")).ok();
@@ -323,16 +295,7 @@ fn a_dead_session_process_is_counted_down() {
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER3;
     let held = h.session(user);
-    let sshd_sessions = |h: &Host| {
-        tracked(h, uid).map_or(0, |u| {
-            u["session_list"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|s| s["service"] == "sshd")
-                .count()
-        })
-    };
+    let sshd_sessions = |h: &Host| sessions_from(h, uid, "sshd");
     wait_for("the session to be tracked", Duration::from_secs(10), || {
         (sshd_sessions(&h) == 1).then_some(())
     });

@@ -9,17 +9,7 @@ use std::time::{Duration, Instant};
 
 use fairshare_e2e::*;
 
-const POLICY: &str = "\
-defaults:
-  cpu: 2
-  mem: 8G
-max:
-  cpu: 8
-  mem: 32G
-capacity:
-  cpu: 64
-  mem: 256G
-";
+const POLICY: &str = BASE_POLICY;
 
 fn main_pid(h: &Host) -> u32 {
     h.sh("systemctl show -P MainPID fairshared.service")
@@ -94,79 +84,72 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
     );
     let _undo = Undo(
         &h,
-        "rm -f /etc/pam.d/fairshare-login /tmp/burst.* /tmp/burst-result",
+        "rm -f /etc/pam.d/fairshare-login /tmp/burst.* /tmp/burst-result".into(),
     );
-    let before = cursor(&h);
-    let old_pid = main_pid(&h);
     // 40 PAM logins through the real stack (pam_systemd, pam_fairshare) for
-    // four users at once, with the daemon restarted in the middle of them
-    // (started 20 ms apart, so that they are still coming when the restart does)
+    // four users, started 50 ms apart, with the daemon restarted after the
+    // tenth. Every attempt must lose no login; on a busy machine the restart
+    // can lag behind the burst, so up to three attempts are made until the
+    // restart lands among the logins.
     let burst = "for i in $(seq 10); do for u in testuser testuser2 student1 testuser3; do \
-                 pamtester fairshare-login $u open_session close_session > /tmp/burst.$u.$i 2>&1 & sleep 0.02; done; done; wait; \
+                 pamtester fairshare-login $u open_session close_session > /tmp/burst.$u.$i 2>&1 & sleep 0.05; done; done; wait; \
                  grep -L 'successfully opened' /tmp/burst.* | wc -l";
-    let t = Instant::now();
-    let o = h.exec(&format!(
-        "rm -f /tmp/burst.*; ( {burst} ) > /tmp/burst-result & \
-         until [ $(grep -ls 'successfully opened' /tmp/burst.* | wc -l) -ge 10 ]; do sleep 0.01; done; \
-         systemctl restart fairshared; wait; cat /tmp/burst-result"
-    ));
-    let took = t.elapsed();
-    assert_eq!(
-        o.ok().out(),
-        "0",
-        "some PAM logins failed during the restart"
-    );
-    assert_ne!(main_pid(&h), old_pid, "the daemon did not restart");
-    let log = journal_since(&h, &before);
-    let module: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("pam_fairshare(fairshare-login:session)"))
-        .collect();
-    let limited = module
-        .iter()
-        .filter(|l| l.contains(" CPUs, ") && !l.contains("closed"))
-        .count();
-    let unlimited: Vec<&&str> = module
-        .iter()
-        .filter(|l| l.contains("WITHOUT fairshare limits"))
-        .collect();
-    assert!(
-        unlimited.is_empty(),
-        "logins went without limits during the restart:\n{unlimited:?}"
-    );
-    assert_eq!(
-        limited,
-        40,
-        "sessions that got their limits from the daemon:\n{}",
-        module.join("\n")
-    );
-    // and the restart really fell among them: both daemons opened sessions
-    let daemon = journal_with_pids(&h, &before);
-    let by = |pid: u32| {
-        daemon
+    for attempt in 1..=3 {
+        let before = cursor(&h);
+        let old_pid = main_pid(&h);
+        let t = Instant::now();
+        let o = h.exec(&format!(
+            "rm -f /tmp/burst.*; ( {burst} ) > /tmp/burst-result & \
+             until [ $(grep -ls 'successfully opened' /tmp/burst.* | wc -l) -ge 10 ]; do sleep 0.01; done; \
+             systemctl restart fairshared; wait; cat /tmp/burst-result"
+        ));
+        let took = t.elapsed();
+        assert_eq!(
+            o.ok().out(),
+            "0",
+            "some PAM logins failed during the restart"
+        );
+        let new_pid = main_pid(&h);
+        assert_ne!(new_pid, old_pid, "the daemon did not restart");
+        let log = journal_since(&h, &before);
+        let module: Vec<&str> = log
             .lines()
-            .filter(|l| l.contains(&format!("fairshared[{pid}]: session opened")))
-            .count()
-    };
-    let (old_n, new_n) = (by(old_pid), by(main_pid(&h)));
-    assert!(
-        old_n > 0 && new_n > 0,
-        "sessions opened by the old daemon: {old_n}, by the new one: {new_n}"
-    );
-    eprintln!("sessions opened by the daemon before the restart: {old_n}, after: {new_n}");
-    eprintln!(
-        "40 PAM logins around a daemon restart took {took:?}: none failed, none without limits"
-    );
-}
-
-/// Runs a command in the test host when dropped (undoes a test's change even
-/// when the test fails).
-struct Undo<'a>(&'a Host, &'a str);
-
-impl Drop for Undo<'_> {
-    fn drop(&mut self) {
-        self.0.sh(self.1);
+            .filter(|l| l.contains("pam_fairshare(fairshare-login:session)"))
+            .collect();
+        let limited = module
+            .iter()
+            .filter(|l| l.contains(" CPUs, ") && !l.contains("closed"))
+            .count();
+        let unlimited: Vec<&&str> = module
+            .iter()
+            .filter(|l| l.contains("WITHOUT fairshare limits"))
+            .collect();
+        assert!(
+            unlimited.is_empty(),
+            "logins went without limits during the restart:\n{unlimited:?}"
+        );
+        assert_eq!(
+            limited,
+            40,
+            "sessions that got their limits from the daemon:\n{}",
+            module.join("\n")
+        );
+        let daemon = journal_with_pids(&h, &before);
+        let by = |pid: u32| {
+            daemon
+                .lines()
+                .filter(|l| l.contains(&format!("fairshared[{pid}]: session opened")))
+                .count()
+        };
+        let (old_n, new_n) = (by(old_pid), by(new_pid));
+        eprintln!(
+            "attempt {attempt}: 40 PAM logins around a daemon restart took {took:?}: none failed, none without limits; sessions opened before the restart: {old_n}, after: {new_n}"
+        );
+        if old_n > 0 && new_n > 0 {
+            return;
+        }
     }
+    panic!("in three attempts the restart never fell among the logins");
 }
 
 #[test]
@@ -177,10 +160,7 @@ fn the_watchdog_restarts_a_hung_daemon() {
         "/etc/systemd/system/fairshared.service.d/50-test-watchdog.conf",
         "[Service]\nWatchdogSec=2s\n",
     );
-    let _undo = Undo(
-        &h,
-        "rm -rf /etc/systemd/system/fairshared.service.d; systemctl daemon-reload; systemctl restart fairshared",
-    );
+    let _undo = Undo(&h, "rm -rf /etc/systemd/system/fairshared.service.d; systemctl daemon-reload; systemctl restart fairshared".into());
     h.sh("systemctl daemon-reload && systemctl restart fairshared")
         .ok();
     h.wait_socket();
@@ -282,7 +262,7 @@ fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
     h.sh("systemctl stop fairshared.service fairshared.socket")
         .ok();
     let undo = format!("loginctl disable-linger {user}");
-    let _undo = Undo(&h, &undo);
+    let _undo = Undo(&h, undo);
     h.sh(&format!(
         "systemctl revert user-{uid}.slice >/dev/null 2>&1; loginctl enable-linger {user}"
     ))
