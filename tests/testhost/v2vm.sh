@@ -73,16 +73,25 @@ V2_BASE=${V2_BASE:-/var/tmp/fairshare-v2vm}
 V2_SSH_PORT=${V2_SSH_PORT:-2422}
 V2_MEM=${V2_MEM:-2048}
 V2_SMP=${V2_SMP:-2}
+V2_CPU=${V2_CPU:-max}               # the emulated CPU model
 V2_BOOT_TIMEOUT=${V2_BOOT_TIMEOUT:-300}
 FS_SUITE=${FS_SUITE:-bookworm}
 NAME=fairshare-v2vm                 # guest hostname
 
 # Added to the container's root to make it bootable.  Changing this list rebuilds the cache.
 KERNEL_PKGS=(linux-image-cloud-amd64 initramfs-tools zstd)
-# Units that only add noise or boot time in a test guest.
+# The only modules the initrd needs to mount the root (ext4 is built in): a 5 MB initrd
+# instead of 13 MB, ~7 s less boot under emulation.
+INITRD_MODULES=(virtio_pci virtio_blk)
+# Units that only add noise or boot time in a test guest (under emulation every unit costs
+# about a second; the ones below made no difference to the tests but ~20 s to the boot).
 MASK_UNITS=(apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer
-            e2scrub_reap.service fstrim.timer console-getty.service getty@.service
-            serial-getty@.service systemd-timesyncd.service systemd-networkd-wait-online.service)
+            e2scrub_reap.service fstrim.timer systemd-tmpfiles-clean.timer
+            console-getty.service getty@.service serial-getty@.service systemd-timesyncd.service
+            modprobe@.service kmod-static-nodes.service systemd-network-generator.service
+            systemd-networkd.service systemd-networkd-wait-online.service systemd-pstore.service
+            dev-hugepages.mount dev-mqueue.mount sys-kernel-debug.mount sys-kernel-tracing.mount
+            sys-kernel-config.mount sys-fs-fuse-connections.mount)
 KERNEL_CMDLINE="root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 panic=-1 net.ifnames=0 quiet"
 
 KROOT=$V2_BASE/kroot            # cached: base image + kernel + initrd (never booted)
@@ -240,7 +249,7 @@ in_root() {
 build_kroot() {
   local base want
   base=$("$TESTHOST" base) || die "testhost.sh base failed"
-  want=$(cat "$base/.fairshare-testhost-pkgs"; printf 'kernel=%s\n' "${KERNEL_PKGS[*]}")
+  want=$(cat "$base/.fairshare-testhost-pkgs"; printf 'kernel=%s\ninitrd=%s\n' "${KERNEL_PKGS[*]}" "${INITRD_MODULES[*]}")
   if [ -f "$KROOT/$STAMP" ] && [ "$(cat "$KROOT/$STAMP")" = "$want" ]; then
     log "== guest root cached ($KROOT)"; return 0
   fi
@@ -250,9 +259,12 @@ build_kroot() {
   rm -f "$KROOT.partial/.fairshare-testhost-pkgs"
   in_root "$KROOT.partial" /bin/sh -c 'set -e
       apt-get update -q
-      apt-get install -y -q --no-install-recommends "$@"
+      apt-get install -y -q --no-install-recommends $1
       apt-get clean
-      rm -rf /var/lib/apt/lists/*' sh "${KERNEL_PKGS[@]}" \
+      rm -rf /var/lib/apt/lists/*
+      echo MODULES=list > /etc/initramfs-tools/conf.d/fairshare-v2vm.conf
+      printf "%s\n" $2 >> /etc/initramfs-tools/modules
+      update-initramfs -u' sh "${KERNEL_PKGS[*]}" "${INITRD_MODULES[*]}" \
     < /dev/null > "$V2_BASE/kernel-install.log" 2>&1 ||
     { tail -20 "$V2_BASE/kernel-install.log"; die "kernel install failed (log: $V2_BASE/kernel-install.log)"; }
   if ! compgen -G "$KROOT.partial/boot/vmlinuz-*" > /dev/null || ! compgen -G "$KROOT.partial/boot/initrd.img-*" > /dev/null; then
@@ -309,17 +321,27 @@ EOF
   put /etc/default/locale 644 <<< 'LANG=C.UTF-8'
   st_chroot /bin/sh -c 'for u; do ln -sfn /dev/null "/etc/systemd/system/$u"; done' sh "${MASK_UNITS[@]}"
 
-  # Network: slirp's fixed addresses; nothing but the forwarded sshd is reachable anyway.
-  put /etc/systemd/network/10-qemu.network 644 <<'EOF'
-[Match]
-Name=eth* en*
-[Network]
-Address=10.0.2.15/24
-Gateway=10.0.2.2
-LinkLocalAddressing=no
-IPv6AcceptRA=no
+  # Network: slirp's fixed address on eth0 (net.ifnames=0), set by a oneshot as soon as the
+  # device appears (systemd-networkd takes ~14 s to start under emulation).  No default route:
+  # the guest talks to the forwarded port's peer (10.0.2.2) only.
+  put /etc/systemd/system/fairshare-v2vm-net.service 644 <<'EOF'
+[Unit]
+Description=fairshare v2 guest: static address for the QEMU user network
+BindsTo=sys-subsystem-net-devices-eth0.device
+After=sys-subsystem-net-devices-eth0.device
+Before=network.target
+Wants=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/sbin/ip link set eth0 up
+ExecStart=/sbin/ip addr replace 10.0.2.15/24 dev eth0
+
+[Install]
+WantedBy=sys-subsystem-net-devices-eth0.device
 EOF
-  systemctl --root="$STAGE" enable --quiet systemd-networkd.service 2> /dev/null
+  systemctl --root="$STAGE" enable --quiet fairshare-v2vm-net.service
 
   # sshd: on every address (slirp forwards to 10.0.2.15), keys only, PAM on.
   put /etc/ssh/sshd_config.d/fairshare-v2vm.conf 644 <<'EOF'
@@ -393,7 +415,7 @@ boot() {
   rm -f "$RUN/qemu.pid" "$RUN/console.log"
   # -daemonize: qemu detaches once the VM is set up.  fd 9 (our lock) is closed for it.
   qemu-system-x86_64 -name "$NAME" -nodefaults -no-user-config \
-    -accel tcg,thread=multi -cpu max -smp "$V2_SMP" -m "$V2_MEM" \
+    -accel tcg,thread=multi -cpu "$V2_CPU" -smp "$V2_SMP" -m "$V2_MEM" \
     -display none -monitor none -serial "file:$RUN/console.log" -no-reboot \
     -daemonize -pidfile "$RUN/qemu.pid" \
     -kernel "$RUN/vmlinuz" -initrd "$RUN/initrd.img" -append "$KERNEL_CMDLINE" \

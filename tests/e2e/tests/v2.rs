@@ -11,6 +11,7 @@
 //! every timed check is generous.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fairshare_e2e::guest::{Guest, slice_dir};
@@ -64,26 +65,18 @@ fn v2_path(proc_cgroup: &str) -> &str {
 #[test]
 fn the_guest_is_pure_cgroup_v2_and_fairshared_detects_it() {
     let g = Guest::get();
-    g.fresh_daemon(POLICY);
     let o = g
-        .sh("stat -fc %T /sys/fs/cgroup; cat /sys/fs/cgroup/cgroup.controllers; \
-             cat /sys/fs/cgroup/user.slice/cgroup.subtree_control; cat /proc/1/cgroup; \
+        .sh("stat -fc %T /sys/fs/cgroup; cat /sys/fs/cgroup/cgroup.controllers; cat /proc/1/cgroup; \
              ls -d /sys/fs/cgroup/cpu /sys/fs/cgroup/memory /sys/fs/cgroup/unified 2>/dev/null | wc -l")
         .ok();
     let l: Vec<&str> = o.out().lines().collect();
     assert_eq!(l[0], "cgroup2fs", "{}", o.out());
     for c in ["cpu", "memory", "pids"] {
         assert!(l[1].split(' ').any(|x| x == c), "controllers: {}", l[1]);
-        // enabled for the user slices: their limits are in force
-        assert!(
-            l[2].split(' ').any(|x| x == c),
-            "user.slice subtree_control: {}",
-            l[2]
-        );
     }
-    assert_eq!(v2_path(l[3]), "/init.scope");
+    assert_eq!(v2_path(l[2]), "/init.scope");
     assert_eq!(
-        l[4],
+        l[3],
         "0",
         "v1 hierarchies mounted in the guest: {}",
         o.out()
@@ -115,13 +108,21 @@ fn a_login_gets_the_policy_default_with_no_request() {
                 user,
                 &format!(
                     "cat /proc/$$/cgroup; echo ---; cd {}; cat cpu.max memory.max memory.high pids.max; \
-                     echo ---; fairshare-ctl status",
+                     echo ---; fairshare-ctl status; echo ---; cat cgroup.controllers",
                     slice_dir(uid)
                 ),
             )
             .ok();
         let parts: Vec<&str> = out.stdout.split("---\n").collect();
-        assert_eq!(parts.len(), 3, "{}", out.stdout);
+        assert_eq!(parts.len(), 4, "{}", out.stdout);
+        // the controllers that enforce the limits are enabled for the slice
+        for c in ["cpu", "memory", "pids"] {
+            assert!(
+                parts[3].split_whitespace().any(|x| x == c),
+                "{user}'s slice has the controllers {}",
+                parts[3]
+            );
+        }
         let path = v2_path(parts[0]);
         assert!(
             path.starts_with(&format!("/user.slice/user-{uid}.slice/session-"))
@@ -155,33 +156,45 @@ fn resize_within_max_changes_the_files_beyond_max_is_refused_and_release_restore
     );
     // the soft limit keeps its share of the hard one
     g.expect_slice(uid, 3000, 3 * GIB, Some(1536 * MIB), 4096);
-    g.ssh(user, "fairshare-ctl request --cpu 1.5 --tasks 5000")
+    g.as_user(user, "fairshare-ctl request --cpu 1.5 --tasks 5000")
         .ok();
     let before = g.expect_slice(uid, 1500, 3 * GIB, Some(1536 * MIB), 5000);
-    let st = g.ssh(user, "fairshare-ctl --json status").ok().json();
+    let st = g.as_user(user, "fairshare-ctl --json status").ok().json();
     assert_eq!(st["allocated_cpu"], 1.5);
     assert_eq!(st["source"], "resize");
 
-    for (args, reason) in [
+    // three refusals in one login (logins are slow in the guest): exit
+    // status and stderr of each
+    let refusals = [
         ("--cpu 16", "cpu 16 is above your maximum of 8 CPUs"),
         ("--mem 64G", "mem 64G is above your maximum of 32G"),
         ("--tasks 9000", "tasks 9000 is above your maximum of 8192"),
-    ] {
-        let o = g.ssh(user, &format!("fairshare-ctl resize {args}"));
-        assert_eq!(o.code, 1, "{o:?}");
-        assert!(o.stderr.contains(reason), "{}", o.stderr);
-        assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
-        assert_eq!(g.slice(uid), before, "after the refused {args}");
+    ];
+    let script: Vec<String> = refusals
+        .iter()
+        .map(|(args, _)| {
+            format!("fairshare-ctl resize {args} 2>$HOME/fs-err >/dev/null; echo \"$? $(wc -l < $HOME/fs-err) $(cat $HOME/fs-err)\"")
+        })
+        .collect();
+    let o = g.as_user(user, &script.join("; ")).ok();
+    let lines: Vec<&str> = o.out().lines().collect();
+    assert_eq!(lines.len(), 3, "{}", o.out());
+    for ((args, reason), line) in refusals.iter().zip(lines) {
+        assert!(
+            line.starts_with("1 1 ") && line.contains(reason),
+            "resize {args}: want exit 1 and one line of stderr saying {reason:?}, got: {line}"
+        );
     }
+    assert_eq!(g.slice(uid), before, "after the refused resizes");
 
-    let o = g.ssh(user, "fairshare-ctl release").ok();
+    let o = g.as_user(user, "fairshare-ctl release").ok();
     assert!(
         o.out().contains("back to the default of 2 CPUs, 8G memory"),
         "{}",
         o.out()
     );
     g.expect_slice(uid, 2000, 8 * GIB, Some(4 * GIB), 4096);
-    let st = g.ssh(user, "fairshare-ctl --json status").ok().json();
+    let st = g.as_user(user, "fairshare-ctl --json status").ok().json();
     assert_eq!(st["source"], "default");
 }
 
@@ -191,7 +204,7 @@ fn the_shell_user_scopes_and_user_services_stay_under_the_slice() {
     g.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER;
     let held = g.session(user);
-    g.ssh(user, "fairshare-ctl resize --cpu 1.5 --mem 1G --tasks 300")
+    g.as_user(user, "fairshare-ctl resize --cpu 1.5 --mem 1G --tasks 300")
         .ok();
     g.expect_slice(uid, 1500, GIB, Some(512 * MIB), 300);
     let out = g
@@ -236,11 +249,8 @@ fn the_shell_user_scopes_and_user_services_stay_under_the_slice() {
     g.expect_slice(uid, 1500, GIB, Some(512 * MIB), 300);
     let tasks = g.value(uid, "pids.current");
     assert!(tasks >= 4, "pids.current = {tasks}");
-    g.ssh(
-        user,
-        "systemctl --user stop fs-escape; kill $(cat /tmp/fs-df.pid)",
-    )
-    .ok();
+    // clean up: the user service and the double-forked sleep
+    g.sh(&format!("pkill -u {uid} -f '^sleep 300'; true"));
 }
 
 /// CPU share of a busy loop over ~6 s in the guest, in % of one CPU: from
@@ -262,7 +272,7 @@ fn a_busy_loop_is_throttled_to_the_quota() {
     g.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER3;
     let _s = g.session(user);
-    g.ssh(user, "fairshare-ctl resize --cpu 0.5").ok();
+    g.as_user(user, "fairshare-ctl resize --cpu 0.5").ok();
     g.expect_slice(uid, 500, 8 * GIB, Some(4 * GIB), 4096);
     let before = g.keyed(uid, "cpu.stat");
     let o = g.ssh(user, BUSY_SHARE).ok();
@@ -273,33 +283,54 @@ fn a_busy_loop_is_throttled_to_the_quota() {
         .map(|s| s.parse().unwrap())
         .collect();
     let (process, slice) = (shares[0], shares[1]);
-    eprintln!("0.5 CPU quota: busy loop {process}%, slice {slice}% of a CPU; cpu.stat {after:?}");
+    let throttled = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+        (b["nr_throttled"] - a["nr_throttled"]) as f64
+            / (b["nr_periods"] - a["nr_periods"]).max(1) as f64
+    };
+    let half = throttled(&before, &after);
+    eprintln!(
+        "0.5 CPU quota: busy loop {process}%, slice {slice}% of a CPU; throttled in {:.0}% of the periods",
+        half * 100.0
+    );
     // The quota is the ceiling; the floor is low because the emulated CPU
     // shares a busy host.
     assert!(
-        (15..=65).contains(&process),
+        (10..=65).contains(&process),
         "busy loop used {process}% of a CPU under a 0.5 CPU quota"
     );
     assert!(
-        (15..=70).contains(&slice),
+        (10..=70).contains(&slice),
         "the slice used {slice}% of a CPU under a 0.5 CPU quota"
     );
+    // a loop that wants a whole CPU runs into half a CPU in most periods
     assert!(
-        after["nr_throttled"] > before["nr_throttled"],
-        "the slice was never throttled: {before:?} -> {after:?}"
+        half > 0.5,
+        "throttled in only {:.0}% of the periods: {before:?} -> {after:?}",
+        half * 100.0
     );
     assert!(after["throttled_usec"] > before["throttled_usec"]);
 
-    // raised to 1.5 CPUs, one busy loop is no longer held back to half a CPU
-    g.ssh(user, "fairshare-ctl resize --cpu 1.5").ok();
+    // Raised to 1.5 CPUs, one busy loop is rarely held back (the login's own
+    // processes may still add up to 1.5 CPUs now and then): the quota, not
+    // the slow, shared emulated CPU, made the difference above.
+    g.as_user(user, "fairshare-ctl resize --cpu 1.5").ok();
     g.expect_slice(uid, 1500, 8 * GIB, Some(4 * GIB), 4096);
+    let before = g.keyed(uid, "cpu.stat");
     let o = g.ssh(user, BUSY_SHARE).ok();
-    let process: u64 = o.out().split_whitespace().next().unwrap().parse().unwrap();
-    eprintln!("1.5 CPU quota: busy loop {process}% of a CPU");
-    assert!(
-        process > 65,
-        "busy loop used only {process}% of a CPU under a 1.5 CPU quota"
+    let after = g.keyed(uid, "cpu.stat");
+    let more = throttled(&before, &after);
+    eprintln!(
+        "1.5 CPU quota: busy loop, slice: {}% of a CPU; throttled in {:.0}% of the periods",
+        o.out(),
+        more * 100.0
     );
+    assert!(
+        more < half / 2.0,
+        "throttled in {:.0}% of the periods under a 1.5 CPU quota, {:.0}% under 0.5",
+        more * 100.0,
+        half * 100.0
+    );
+    assert!(after["usage_usec"] - before["usage_usec"] > 500_000);
 }
 
 #[test]
@@ -308,7 +339,7 @@ fn a_memory_hog_beyond_memory_max_is_oom_killed_and_counted() {
     g.fresh_daemon(POLICY_NO_HIGH);
     let (user, uid) = TESTUSER3;
     let _s = g.session(user);
-    g.ssh(user, "fairshare-ctl resize --mem 128M").ok();
+    g.as_user(user, "fairshare-ctl resize --mem 128M").ok();
     g.expect_slice(uid, 2000, 128 * MIB, None, 4096);
     let before = g.keyed(uid, "memory.events");
     // 300M of zeroes held in memory by `tail` cannot fit in a 128M slice.
@@ -329,7 +360,7 @@ fn a_memory_hog_beyond_memory_max_is_oom_killed_and_counted() {
     assert!(after["max"] > before["max"], "{after:?}");
     let st = g.ctl(&format!("--json status --user {user}")).ok().json();
     assert_eq!(st["usage"]["oom_kills"], after["oom_kill"], "{st}");
-    let human = g.ssh(user, "fairshare-ctl status").ok();
+    let human = g.as_user(user, "fairshare-ctl status").ok();
     assert!(
         human
             .out()
@@ -345,7 +376,7 @@ fn memory_high_throttles_the_slice_above_the_soft_limit_without_killing() {
     g.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER;
     let _s = g.session(user);
-    g.ssh(user, "fairshare-ctl resize --mem 256M").ok();
+    g.as_user(user, "fairshare-ctl resize --mem 256M").ok();
     g.expect_slice(uid, 2000, 256 * MIB, Some(128 * MIB), 4096);
     let before = g.keyed(uid, "memory.events");
     // 200M: above memory.high (128M), below memory.max (256M). Without swap
@@ -389,7 +420,7 @@ fn status_json_reports_the_v2_usage_of_the_slice() {
     g.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER2;
     let _s = g.session(user);
-    g.ssh(user, "fairshare-ctl resize --cpu 0.5").ok();
+    g.as_user(user, "fairshare-ctl resize --cpu 0.5").ok();
     g.expect_slice(uid, 500, 8 * GIB, Some(4 * GIB), 4096);
     // some CPU time and some throttling to report
     g.ssh(user, "timeout 4 sh -c 'while :; do :; done'; true")
@@ -439,7 +470,7 @@ fn status_json_reports_the_v2_usage_of_the_slice() {
     assert_eq!(ev0["oom_kill"], ev1["oom_kill"]);
     assert_eq!(u["oom_kills"], ev0["oom_kill"], "{u}");
     // the same figures, for the user and in the list
-    let own = g.ssh(user, "fairshare-ctl --json status").ok().json();
+    let own = g.as_user(user, "fairshare-ctl --json status").ok().json();
     assert!(own["usage"]["cpu_usage_nsec"].as_u64().unwrap() >= nsec);
     let list = g.ctl("--json list").ok().json();
     let row = list["users"]
