@@ -34,6 +34,11 @@
 #                         fairshare-ctl       -> /usr/local/bin/fairshare-ctl         (755)
 #                         libpam_fairshare.so -> <multiarch>/security/pam_fairshare.so (644)
 #                       (only those that exist; written to a temp file, then renamed)
+#   base                build the pristine debootstrap image if missing (cached, as for `up`;
+#                       a running container is left alone), make sure the harness ssh key
+#                       exists, and print the image's path.  For other test hosts built from
+#                       the same root (tests/testhost/v2vm.sh); works on any host with apt.
+#   mirror              print the Debian mirror of the host's apt configuration (or FS_MIRROR)
 #
 # Environment: FS_BASE (state dir, default /var/tmp/fairshare-testhost), FS_SSH_PORT (2222),
 #   FS_NAME (container hostname), FS_SUITE (bookworm), FS_MIRROR (default: from host apt config),
@@ -227,7 +232,7 @@ ssh_opts() {
 }
 
 # ------------------------------------------------------------------------------ up: phases
-host_deps() {
+host_deps() {   # [base]: only what building the base image needs (no cgroup v1 checks)
   phase_start "host packages"
   local p missing=()
   if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
@@ -247,6 +252,7 @@ host_deps() {
   for p in systemd-nspawn debootstrap ssh ssh-keygen nsenter unshare setsid flock chroot; do
     command -v "$p" >/dev/null || die "missing host command: $p"
   done
+  [ "${1:-}" = base ] && { phase_end; return 0; }
   # Sanity: this harness needs v1 controller hierarchies (legacy or hybrid host).  On a pure
   # cgroup-v2 host nspawn would boot the container in unified mode, which is a different
   # setup (use a VM there).
@@ -402,8 +408,7 @@ EOF
   ensure_user svcuser 990 --system -d /home/svcuser
 
   # harness ssh key (client side stays on the host), authorized for root and all test users
-  install -d -m 700 "$FS_BASE/ssh"
-  [ -f "$SSH_KEY" ] || ssh-keygen -q -t ed25519 -N '' -C fairshare-testhost -f "$SSH_KEY" < /dev/null
+  ensure_key
   local u pub; pub=$(cat "$SSH_KEY.pub")
   for u in root testuser testuser2 student1 testuser3 svcuser; do
     ct_chroot /bin/sh -c 'set -e
@@ -582,6 +587,21 @@ cmd_up() {
   log "total $(since "$T0")s"
 }
 
+# The harness ssh key (the client side stays on the host).
+ensure_key() {
+  install -d -m 700 "$FS_BASE/ssh"
+  [ -f "$SSH_KEY" ] || ssh-keygen -q -t ed25519 -N '' -C fairshare-testhost -f "$SSH_KEY" < /dev/null
+}
+
+cmd_base() {
+  take_lock
+  mkdir -p "$STATE"
+  host_deps base
+  build_base
+  ensure_key
+  echo "$BASE"
+}
+
 cmd_down() {
   [ -d "$FS_BASE" ] || { log "nothing to do ($FS_BASE does not exist)"; return 0; }
   take_lock
@@ -667,6 +687,9 @@ case "$sub" in
   ssh-cmd)  ssh_opts; printf '%q ' ssh "${SSH_OPTS[@]}"; echo ;;
   root)     need_leader; echo "/proc/$L/root" ;;
   install)  cmd_install "$@" ;;
+  base)     cmd_base ;;
+  mirror)   m=${FS_MIRROR:-$(host_mirror)}; [ -n "$m" ] || die "no Debian mirror in the host apt configuration"
+            echo "$m" ;;
   help|-h|--help) usage ;;
   *)        usage >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@
 //! harness runs them on several threads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod guest;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
