@@ -43,8 +43,9 @@ impl Limiter {
     pub fn take(&mut self, uid: u32, rate: Rate, now: Instant) -> Result<(), Duration> {
         if self.buckets.len() > 4096 {
             // Forget users whose bucket has filled up again: they are quiet.
-            self.buckets
-                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate.per_sec < rate.burst);
+            self.buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() * rate.per_sec < rate.burst
+            });
         }
         let b = self.buckets.entry(uid).or_insert(Bucket {
             tokens: rate.burst,
@@ -79,6 +80,9 @@ mod tests {
         assert!(l.take(8, CHANGES, t0).is_ok());
         // a second later there is one more token
         assert!(l.take(7, CHANGES, t0 + Duration::from_millis(1001)).is_ok());
-        assert!(l.take(7, CHANGES, t0 + Duration::from_millis(1001)).is_err());
+        assert!(
+            l.take(7, CHANGES, t0 + Duration::from_millis(1001))
+                .is_err()
+        );
     }
 }

@@ -57,7 +57,10 @@ impl Counters {
     }
 
     pub(super) fn error(&self, code: ErrorCode) {
-        if !matches!(code, ErrorCode::ExceedsMax | ErrorCode::NoCapacity | ErrorCode::RateLimited) {
+        if !matches!(
+            code,
+            ErrorCode::ExceedsMax | ErrorCode::NoCapacity | ErrorCode::RateLimited
+        ) {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
     }

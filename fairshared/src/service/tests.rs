@@ -853,7 +853,12 @@ async fn a_flood_from_one_user_is_rate_limited_and_nobody_else_notices() {
     let s = service();
     let mut limited = 0;
     for i in 0..30 {
-        let r = send(&s, 1001, &format!(r#"{{"type":"request_resources","cpu":{}}}"#, 2 + i % 2)).await;
+        let r = send(
+            &s,
+            1001,
+            &format!(r#"{{"type":"request_resources","cpu":{}}}"#, 2 + i % 2),
+        )
+        .await;
         if let Response::Error(e) = r {
             assert_eq!(e.code, ErrorCode::RateLimited, "{}", e.error);
             assert!(e.error.contains("try again in"), "{}", e.error);
@@ -868,7 +873,14 @@ async fn a_flood_from_one_user_is_rate_limited_and_nobody_else_notices() {
     // others, and root (logins, the admin), are not held back
     success(send(&s, 1002, r#"{"type":"request_resources","cpu":3}"#).await);
     let p = Proc::new();
-    success(send(&s, 0, &format!(r#"{{"type":"session_open","uid":1001,"pid":{}}}"#, p.pid())).await);
+    success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1001,"pid":{}}}"#, p.pid()),
+        )
+        .await,
+    );
     for _ in 0..30 {
         success(send(&s, 0, r#"{"type":"set_user","user":"alice","cpu":2}"#).await);
     }
