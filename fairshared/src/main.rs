@@ -248,6 +248,10 @@ async fn run(
     tracing::info!("stopping; limits stay in force");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    // Logins are saved in the background: make sure the last ones are on disk.
+    if let Err(e) = service.flush().await {
+        tracing::error!(error = %e, "could not save state at shutdown");
+    }
     Ok(())
 }
 

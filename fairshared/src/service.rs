@@ -9,7 +9,11 @@
 //!
 //! Saving: every ledger change bumps a generation counter. A request that
 //! changed something waits until a save covering its generation has reached
-//! the disk; concurrent requests share one write.
+//! the disk; concurrent requests share one write. Logins and logouts are the
+//! exception: they are answered once systemd has the limits, and the save
+//! follows in the background ([`Save::Later`]), because their record can be
+//! rebuilt from logind if fairshared dies before it lands, and the write
+//! (fsync, rename, fsync) would otherwise be the largest part of a login.
 //!
 //! Sessions (open, close, processes that die, catching up with logind) are in
 //! [`sessions`](self::sessions); leases in `leases`; the Prometheus exposition
@@ -72,6 +76,15 @@ impl Peer {
 }
 
 type Reply = Result<Response, Response>;
+
+/// When a change must be on disk: before the answer (resizes, releases: the
+/// answer promises them), or soon after it (sessions, which logind and the
+/// process table can tell again after a crash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Save {
+    Wait,
+    Later,
+}
 
 fn fail(code: ErrorCode, msg: impl Into<String>) -> Response {
     Response::error(code, msg)
@@ -206,6 +219,23 @@ impl<S: Systemd> Service<S> {
             }
         };
         m.lock_owned().await
+    }
+
+    /// Saves the ledger in the background (see [`Save::Later`]); errors are
+    /// logged by [`Service::persist`].
+    fn save_later(self: &Arc<Self>) {
+        if self.state.is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _ = this.persist().await;
+        });
+    }
+
+    /// Saves every change made so far (at shutdown, after background saves).
+    pub async fn flush(&self) -> Result<(), String> {
+        self.persist().await
     }
 
     /// Saves the ledger, unless a save since our change already covered it.
@@ -472,6 +502,7 @@ impl<S: Systemd> Service<S> {
         undo: bool,
         by: u32,
         why: &str,
+        save: Save,
     ) -> Result<(), Response> {
         let applied = self.read(|l| l.get(id.uid).and_then(|e| e.applied));
         if change.needs_apply(applied.as_ref()) {
@@ -505,6 +536,9 @@ impl<S: Systemd> Service<S> {
                 id.name,
                 change.new
             );
+        }
+        if save == Save::Later {
+            return Ok(());
         }
         self.persist().await.map_err(|e| {
             fail(
@@ -604,7 +638,8 @@ impl<S: Systemd> Service<S> {
             Actor::User(u) => u,
             Actor::Root { .. } => 0,
         };
-        self.commit(&id, prev, &change, true, by, "resize").await?;
+        self.commit(&id, prev, &change, true, by, "resize", Save::Wait)
+            .await?;
         if let Some(at) = expires {
             self.schedule_lease(id.uid, at);
         }
@@ -643,7 +678,8 @@ impl<S: Systemd> Service<S> {
         let _guard = self.lock_user(id.uid).await;
         let (prev, change) = self.mutate(|l| (l.get(id.uid).cloned(), l.release(id.uid, &up)));
         let by = by_root.unwrap_or(id.uid);
-        self.commit(&id, prev, &change, true, by, "release").await?;
+        self.commit(&id, prev, &change, true, by, "release", Save::Wait)
+            .await?;
         Ok(Response::Success(Success {
             message: format!(
                 "Resources released: {} is back to the default of {}",
@@ -716,7 +752,7 @@ impl<S: Systemd> Service<S> {
             if let Some(c) = self.mutate(|l| l.repolicy(uid, &up)) {
                 changed += 1;
                 let _ = self
-                    .commit(&id, prev, &c, false, 0, "policy reloaded")
+                    .commit(&id, prev, &c, false, 0, "policy reloaded", Save::Wait)
                     .await;
             }
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use fairshare_policy::Identity;
 use fairshare_proto::wire::{ErrorCode, Response, SessionClose, SessionInfo, SessionOpen, Success};
 
-use super::{Reply, Service, fail, lock, now};
+use super::{Reply, Save, Service, fail, lock, now};
 use crate::cgroup::{self, Placement};
 use crate::ledger::Ledger;
 use crate::pidwatch;
@@ -54,8 +54,9 @@ impl<S: Systemd> Service<S> {
             "session opened"
         );
         let committed = self
-            .commit(&id, prev, &change, false, 0, "session opened")
+            .commit(&id, prev, &change, false, 0, "session opened", Save::Later)
             .await;
+        self.save_later();
         self.watch(id.uid, s.pid, start_time);
         drop(_guard);
         // Limit the slice first, then put a stray session process into it:
@@ -104,7 +105,7 @@ impl<S: Systemd> Service<S> {
         }))
     }
 
-    pub(super) async fn session_close(&self, s: SessionClose) -> Reply {
+    pub(super) async fn session_close(self: &Arc<Self>, s: SessionClose) -> Reply {
         let id = match self.identity(s.uid).await {
             Ok(id) => id,
             Err(_) => Identity {
@@ -131,7 +132,7 @@ impl<S: Systemd> Service<S> {
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, last = change.is_some(), "session closed");
         let Some(c) = change else {
-            self.persist().await.ok();
+            self.save_later();
             let left = self.read(|l| l.get(id.uid).map_or(0, |e| e.sessions.len()));
             return Ok(Response::success(format!(
                 "{}: session closed, {left} still open",
@@ -142,14 +143,17 @@ impl<S: Systemd> Service<S> {
             t.abort();
         }
         if up.exempt.is_some() {
-            self.persist().await.ok();
+            self.save_later();
             return Ok(Response::success(format!(
                 "{}: last session closed",
                 id.name
             )));
         }
-        self.commit(&id, prev, &c, false, 0, "last session closed")
-            .await?;
+        let committed = self
+            .commit(&id, prev, &c, false, 0, "last session closed", Save::Later)
+            .await;
+        self.save_later();
+        committed?;
         Ok(Response::success(format!(
             "{}: last session closed; {} back to the default of {}",
             id.name,
@@ -183,7 +187,7 @@ impl<S: Systemd> Service<S> {
     }
 
     /// A session process ended; forget its session (if still counted).
-    async fn session_ended(&self, uid: u32, pid: u32) {
+    async fn session_ended(self: &Arc<Self>, uid: u32, pid: u32) {
         lock(&self.watchers).remove(&pid);
         let counted = self.read(|l| {
             l.get(uid)

@@ -476,6 +476,8 @@ async fn state_survives_a_restart() {
         )
         .await,
     );
+    // the login is saved in the background
+    s.flush().await.unwrap();
     let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
         crate::state::Loaded::Ledger(l) => l,
         other => panic!("{other:?}"),
@@ -884,4 +886,53 @@ async fn a_flood_from_one_user_is_rate_limited_and_nobody_else_notices() {
     for _ in 0..30 {
         success(send(&s, 0, r#"{"type":"set_user","user":"alice","cpu":2}"#).await);
     }
+}
+
+#[tokio::test]
+async fn logins_do_not_wait_for_the_state_file_resizes_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service_with(POLICY, Some(StateFile::open(dir.path()).unwrap()));
+    // Saving cannot work while a directory sits where the temporary file goes
+    // (for root too).
+    let blocker = dir.path().join("state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let p = Proc::new();
+    let open = format!(
+        r#"{{"type":"session_open","uid":1001,"pid":{},"session_id":"7"}}"#,
+        p.pid()
+    );
+    let ok = success(send(&s, 0, &open).await);
+    assert!(ok.allocation.is_some(), "{}", ok.message);
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+    // a resize promises durability: it still waits, and says so
+    let e = error(send(&s, 1002, r#"{"type":"request_resources","cpu":3}"#).await);
+    assert_eq!(e.code, ErrorCode::Persistence, "{}", e.error);
+    // once the disk works again, the login lands with the next save
+    std::fs::remove_dir(&blocker).unwrap();
+    s.flush().await.unwrap();
+    let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
+        crate::state::Loaded::Ledger(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(saved.get(1001).unwrap().sessions.len(), 1);
+    // a logout does not wait either, and is saved soon after
+    let close = format!(
+        r#"{{"type":"session_close","uid":1001,"pid":{},"session_id":"7"}}"#,
+        p.pid()
+    );
+    success(send(&s, 0, &close).await);
+    wait_saved(dir.path(), |l| l.get(1001).is_none()).await;
+}
+
+/// Waits (at most 5 s) until the state file on disk satisfies `f`.
+async fn wait_saved(dir: &std::path::Path, f: impl Fn(&Ledger) -> bool) {
+    for _ in 0..500 {
+        if let Ok(crate::state::Loaded::Ledger(l)) = StateFile::open(dir).unwrap().load()
+            && f(&l)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the state file never caught up");
 }
