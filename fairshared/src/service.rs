@@ -86,6 +86,12 @@ pub(crate) enum Save {
     Later,
 }
 
+/// How long a user lookup (NSS: name and groups) is reused. Requests come
+/// in bursts (a login's open and close, a storm of logins, a `status` loop,
+/// `list` and metrics over every user): they ask NSS, which may be LDAP or
+/// a varlink call into systemd, once. Group changes show within this time.
+pub const IDENTITY_TTL: Duration = Duration::from_secs(2);
+
 fn fail(code: ErrorCode, msg: impl Into<String>) -> Response {
     Response::error(code, msg)
 }
@@ -102,6 +108,9 @@ pub struct Service<S: Systemd> {
     persisted: tokio::sync::Mutex<u64>,
     state: Option<StateFile>,
     locks: Mutex<HashMap<u32, Weak<tokio::sync::Mutex<()>>>>,
+    /// Recent user lookups, by uid (see [`IDENTITY_TTL`]).
+    identities: Mutex<HashMap<u32, (std::time::Instant, Identity)>>,
+    identity_ttl: Duration,
     /// Watches on session processes, by pid (see [`crate::pidwatch`]).
     watchers: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
     /// Lease timers, by uid.
@@ -143,11 +152,20 @@ impl<S: Systemd> Service<S> {
             persisted: tokio::sync::Mutex::new(0),
             state,
             locks: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
+            identity_ttl: IDENTITY_TTL,
             watchers: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             limiter: Mutex::new(Default::default()),
         }
+    }
+
+    /// How long user lookups are reused (tests).
+    #[cfg(test)]
+    pub(crate) fn with_identity_ttl(mut self, ttl: Duration) -> Service<S> {
+        self.identity_ttl = ttl;
+        self
     }
 
     /// Where `reload` reads the policy from.
@@ -271,9 +289,23 @@ impl<S: Systemd> Service<S> {
     }
 
     async fn identity(&self, uid: u32) -> Result<Identity, Response> {
+        let now = std::time::Instant::now();
+        if let Some((at, id)) = lock(&self.identities).get(&uid)
+            && now.saturating_duration_since(*at) < self.identity_ttl
+        {
+            return Ok(id.clone());
+        }
         let dir = self.directory.clone();
         match tokio::task::spawn_blocking(move || dir.by_uid(uid)).await {
-            Ok(Ok(Some(id))) => Ok(id),
+            Ok(Ok(Some(id))) => {
+                let mut cache = lock(&self.identities);
+                if cache.len() >= 1024 {
+                    let ttl = self.identity_ttl;
+                    cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+                }
+                cache.insert(uid, (now, id.clone()));
+                Ok(id)
+            }
             Ok(Ok(None)) => Err(fail(
                 ErrorCode::UnknownUser,
                 format!(

@@ -936,3 +936,50 @@ async fn wait_saved(dir: &std::path::Path, f: impl Fn(&Ledger) -> bool) {
     }
     panic!("the state file never caught up");
 }
+
+/// A directory that counts its lookups.
+struct Counting(std::sync::atomic::AtomicUsize, Table);
+
+impl Directory for Counting {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        self.1.by_uid(uid)
+    }
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
+        self.1.by_name(name)
+    }
+}
+
+#[tokio::test]
+async fn user_lookups_are_reused_for_a_moment_only() {
+    let dir = Arc::new(Counting(
+        Default::default(),
+        Table(vec![id(1001, "alice", &["alice"])]),
+    ));
+    let policy = Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap();
+    let s = Arc::new(
+        Service::new(
+            Fake::default(),
+            dir.clone(),
+            policy,
+            HostResources {
+                cpus: Cpus::whole(2),
+                mem: Bytes(8 << 30),
+            },
+            Cgroups::detect("/nonexistent-cgroup-root"),
+            None,
+        )
+        .with_identity_ttl(Duration::from_millis(300)),
+    );
+    for _ in 0..5 {
+        status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    }
+    assert_eq!(dir.0.load(Ordering::SeqCst), 1);
+    // unknown users are never remembered
+    error(send(&s, 1009, r#"{"type":"status"}"#).await);
+    error(send(&s, 1009, r#"{"type":"status"}"#).await);
+    assert_eq!(dir.0.load(Ordering::SeqCst), 3);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert_eq!(dir.0.load(Ordering::SeqCst), 4);
+}
