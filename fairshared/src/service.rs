@@ -11,7 +11,7 @@
 //! changed something waits until a save covering its generation has reached
 //! the disk; concurrent requests share one write. Logins and logouts are the
 //! exception: they are answered once systemd has the limits, and the save
-//! follows in the background ([`Save::Later`]), because their record can be
+//! follows in the background (`save_later`), because their record can be
 //! rebuilt from logind if fairshared dies before it lands, and the write
 //! (fsync, rename, fsync) would otherwise be the largest part of a login.
 //!
@@ -76,15 +76,6 @@ impl Peer {
 }
 
 type Reply = Result<Response, Response>;
-
-/// When a change must be on disk: before the answer (resizes, releases: the
-/// answer promises them), or soon after it (sessions, which logind and the
-/// process table can tell again after a crash).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Save {
-    Wait,
-    Later,
-}
 
 /// How long a user lookup (NSS: name and groups) is reused. Requests come
 /// in bursts (a login's open and close, a storm of logins, a `status` loop,
@@ -239,8 +230,9 @@ impl<S: Systemd> Service<S> {
         m.lock_owned().await
     }
 
-    /// Saves the ledger in the background (see [`Save::Later`]); errors are
-    /// logged by [`Service::persist`].
+    /// Saves the ledger in the background, for sessions: unlike a resize,
+    /// whose answer promises it, a session's record can be told again after a
+    /// crash (logind, the process table). Errors are logged by `persist`.
     fn save_later(self: &Arc<Self>) {
         if self.state.is_none() {
             return;
@@ -534,7 +526,27 @@ impl<S: Systemd> Service<S> {
         undo: bool,
         by: u32,
         why: &str,
-        save: Save,
+    ) -> Result<(), Response> {
+        self.apply_change(id, prev, change, undo, by, why).await?;
+        self.persist().await.map_err(|e| {
+            fail(
+                ErrorCode::Persistence,
+                format!(
+                    "the limits were applied, but the state could not be saved: {e}; the change will be forgotten if fairshared restarts (free space or fix permissions in the state directory)"
+                ),
+            )
+        })
+    }
+
+    /// [`Service::commit`] without the save (sessions save in the background).
+    async fn apply_change(
+        &self,
+        id: &Identity,
+        prev: Option<Entry>,
+        change: &Change,
+        undo: bool,
+        by: u32,
+        why: &str,
     ) -> Result<(), Response> {
         let applied = self.read(|l| l.get(id.uid).and_then(|e| e.applied));
         if change.needs_apply(applied.as_ref()) {
@@ -569,17 +581,7 @@ impl<S: Systemd> Service<S> {
                 change.new
             );
         }
-        if save == Save::Later {
-            return Ok(());
-        }
-        self.persist().await.map_err(|e| {
-            fail(
-                ErrorCode::Persistence,
-                format!(
-                    "the limits were applied, but the state could not be saved: {e}; the change will be forgotten if fairshared restarts (free space or fix permissions in the state directory)"
-                ),
-            )
-        })
+        Ok(())
     }
 
     /// When a resize lapses: what was asked, capped by the policy for users.
@@ -670,8 +672,7 @@ impl<S: Systemd> Service<S> {
             Actor::User(u) => u,
             Actor::Root { .. } => 0,
         };
-        self.commit(&id, prev, &change, true, by, "resize", Save::Wait)
-            .await?;
+        self.commit(&id, prev, &change, true, by, "resize").await?;
         if let Some(at) = expires {
             self.schedule_lease(id.uid, at);
         }
@@ -710,8 +711,7 @@ impl<S: Systemd> Service<S> {
         let _guard = self.lock_user(id.uid).await;
         let (prev, change) = self.mutate(|l| (l.get(id.uid).cloned(), l.release(id.uid, &up)));
         let by = by_root.unwrap_or(id.uid);
-        self.commit(&id, prev, &change, true, by, "release", Save::Wait)
-            .await?;
+        self.commit(&id, prev, &change, true, by, "release").await?;
         Ok(Response::Success(Success {
             message: format!(
                 "Resources released: {} is back to the default of {}",
@@ -784,7 +784,7 @@ impl<S: Systemd> Service<S> {
             if let Some(c) = self.mutate(|l| l.repolicy(uid, &up)) {
                 changed += 1;
                 let _ = self
-                    .commit(&id, prev, &c, false, 0, "policy reloaded", Save::Wait)
+                    .commit(&id, prev, &c, false, 0, "policy reloaded")
                     .await;
             }
         }

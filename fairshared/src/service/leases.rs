@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Save, Service, lock, now};
+use super::{Service, lock, now};
 use crate::systemd::Systemd;
 
 impl<S: Systemd> Service<S> {
@@ -47,7 +47,7 @@ impl<S: Systemd> Service<S> {
         };
         self.counters.leases_expired.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self
-            .commit(&id, prev, &change, false, 0, "lease expired", Save::Wait)
+            .commit(&id, prev, &change, false, 0, "lease expired")
             .await
         {
             tracing::error!(uid, answer = ?e, "could not apply the default after a lease expired");

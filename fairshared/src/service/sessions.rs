@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use fairshare_policy::Identity;
 use fairshare_proto::wire::{ErrorCode, Response, SessionClose, SessionInfo, SessionOpen, Success};
 
-use super::{Reply, Save, Service, fail, lock, now};
+use super::{Reply, Service, fail, lock, now};
 use crate::cgroup::{self, Placement};
 use crate::ledger::Ledger;
 use crate::pidwatch;
@@ -54,7 +54,7 @@ impl<S: Systemd> Service<S> {
             "session opened"
         );
         let committed = self
-            .commit(&id, prev, &change, false, 0, "session opened", Save::Later)
+            .apply_change(&id, prev, &change, false, 0, "session opened")
             .await;
         self.save_later();
         self.watch(id.uid, s.pid, start_time);
@@ -150,7 +150,7 @@ impl<S: Systemd> Service<S> {
             )));
         }
         let committed = self
-            .commit(&id, prev, &c, false, 0, "last session closed", Save::Later)
+            .apply_change(&id, prev, &c, false, 0, "last session closed")
             .await;
         self.save_later();
         committed?;
