@@ -125,3 +125,79 @@ pub fn run(user: &str, n: usize, socket: &Path, out: &Path) -> Result<()> {
         }),
     )
 }
+
+/// Times fairshared's user lookup (`users::by_uid`: passwd entry, group
+/// list, group names) against the passwd entry alone.
+pub fn probe(dir: &Path, user: &str, n: usize, out: Option<&Path>) -> Result<()> {
+    let uid = uid_of(user)?;
+    let time = |f: &dyn Fn() -> bool| -> Result<f64> {
+        let t = Instant::now();
+        for _ in 0..n {
+            if !f() {
+                return fail("lookup failed");
+            }
+        }
+        Ok(t.elapsed().as_nanos() as f64 / n as f64 / 1e3)
+    };
+    let full = time(&|| matches!(fairshared::users::by_uid(uid), Ok(Some(_))))?;
+    let passwd = time(&|| {
+        matches!(
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Ok(Some(_))
+        )
+    })?;
+    println!("{user}: by_uid (passwd + groups) {full:.1} us, passwd only {passwd:.1} us");
+    let cg = fairshared::cgroup::Cgroups::detect("/sys/fs/cgroup");
+    let mut usage_us = Vec::new();
+    for u in [0, uid] {
+        let usage = time(&|| {
+            std::hint::black_box(cg.usage(u));
+            true
+        })?;
+        println!("cgroup usage of uid {u}: {usage:.1} us");
+        usage_us.push(usage);
+    }
+    let rt = runtime()?;
+    let hop = rt.block_on(async {
+        let t = Instant::now();
+        for _ in 0..n {
+            let _ = tokio::task::spawn_blocking(|| 1).await;
+        }
+        t.elapsed().as_nanos() as f64 / n as f64 / 1e3
+    });
+    println!("spawn_blocking round trip: {hop:.1} us");
+    let probe = dir.join("fairshare-bench-probe");
+    let state = fairshared::state::StateFile::open(&probe)?;
+    let bytes = vec![b' '; 300];
+    let mut saves = Vec::new();
+    for _ in 0..n.min(200) {
+        let t = Instant::now();
+        state.save(&bytes)?;
+        saves.push(t.elapsed().as_nanos() as f64 / 1e3);
+    }
+    let _ = std::fs::remove_dir_all(&probe);
+    let (save_med, save_p99) = (
+        crate::stats::median(&saves).unwrap_or(0.0),
+        crate::stats::percentile(&saves, 99.0).unwrap_or(0.0),
+    );
+    println!(
+        "state save in {}: median {save_med:.1} us, p99 {save_p99:.1} us",
+        dir.display()
+    );
+    if let Some(out) = out {
+        write_json(
+            out,
+            &json!({
+                "user": user,
+                "lookup_us": full,
+                "lookup_passwd_only_us": passwd,
+                "usage_no_slice_us": usage_us.first(),
+                "usage_slice_us": usage_us.get(1),
+                "spawn_blocking_us": hop,
+                "save_median_us": save_med,
+                "save_p99_us": save_p99,
+            }),
+        )?;
+    }
+    Ok(())
+}

@@ -177,6 +177,19 @@ enum Cmd {
         #[arg(long)]
         users: u32,
     },
+    /// Costs of the parts of a login in fairshared: one user lookup as it
+    /// does it (NSS: passwd, group list, group names) against the passwd
+    /// entry alone, and one state save (write, fsync, rename, fsync dir) in DIR.
+    Probe {
+        #[arg(long, default_value = "/var/lib/fairshare")]
+        dir: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(short, long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Prints the table from a results directory and writes RESULTS.md.
     Report {
         #[arg(long)]
@@ -265,6 +278,7 @@ fn main() -> std::process::ExitCode {
             state,
             users,
         } => memory::daemon(&socket, &state, users),
+        Cmd::Probe { dir, user, n, out } => alloc::probe(&dir, &user, n, out.as_deref()),
         Cmd::Report { dir, md, command } => report::run(&dir, md.as_deref(), &command),
     };
     match result {

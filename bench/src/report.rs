@@ -195,6 +195,20 @@ pub fn run(dir: &Path, md: Option<&Path>, command: &str) -> Result<()> {
         )),
     }
 
+    if let Some(v) = load(dir, "probe.json") {
+        let us = |k: &str| num(&v, k).map_or("?".into(), |x| format!("{x:.0} µs"));
+        notes.push(format!(
+            "parts of a login in fairshared, measured alone in the container (`fairshare-bench probe`): the user lookup as fairshared does it (passwd, group list, group names; nss-systemd makes the group list a varlink call into PID 1) {} (passwd entry alone {}); the usage reads of `status` {} for a user with a slice, {} without one; a hop to the blocking pool {}; one state save (write, fsync, rename, fsync dir) median {}, p99 {}.",
+            us("lookup_us"),
+            us("lookup_passwd_only_us"),
+            us("usage_slice_us"),
+            us("usage_no_slice_us"),
+            us("spawn_blocking_us"),
+            us("save_median_us"),
+            us("save_p99_us"),
+        ));
+    }
+
     // 3. ssh
     let ssh: Vec<Value> = std::fs::read_to_string(dir.join("ssh.jsonl"))
         .unwrap_or_default()
