@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     raise_file_limit();
+    host::keep_heap_small();
     // Taken before any thread starts: the activated socket, if any.
     let activated = match activated_socket() {
         Ok(s) => s,

@@ -82,6 +82,8 @@ type Reply = Result<Response, Response>;
 /// `list` and metrics over every user): they ask NSS, which may be LDAP or
 /// a varlink call into systemd, once. Group changes show within this time.
 pub const IDENTITY_TTL: Duration = Duration::from_secs(2);
+/// At most this many user lookups are kept.
+const IDENTITY_CACHE: usize = 1024;
 
 fn fail(code: ErrorCode, msg: impl Into<String>) -> Response {
     Response::error(code, msg)
@@ -291,11 +293,15 @@ impl<S: Systemd> Service<S> {
         match tokio::task::spawn_blocking(move || dir.by_uid(uid)).await {
             Ok(Ok(Some(id))) => {
                 let mut cache = lock(&self.identities);
-                if cache.len() >= 1024 {
+                if cache.len() >= IDENTITY_CACHE {
                     let ttl = self.identity_ttl;
                     cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
                 }
-                cache.insert(uid, (now, id.clone()));
+                // Never more than IDENTITY_CACHE: a storm of more users
+                // than that just asks NSS for the rest.
+                if cache.len() < IDENTITY_CACHE {
+                    cache.insert(uid, (now, id.clone()));
+                }
                 Ok(id)
             }
             Ok(Ok(None)) => Err(fail(

@@ -983,3 +983,32 @@ async fn user_lookups_are_reused_for_a_moment_only() {
     status(send(&s, 1001, r#"{"type":"status"}"#).await);
     assert_eq!(dir.0.load(Ordering::SeqCst), 4);
 }
+
+#[tokio::test]
+async fn the_lookup_cache_is_bounded() {
+    let ids = (0..1100)
+        .map(|i| id(5000 + i, &format!("u{i}"), &[]))
+        .collect();
+    let dir = Arc::new(Counting(Default::default(), Table(ids)));
+    let policy = Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap();
+    let s = Arc::new(Service::new(
+        Fake::default(),
+        dir.clone(),
+        policy,
+        HostResources {
+            cpus: Cpus::whole(2),
+            mem: Bytes(8 << 30),
+        },
+        Cgroups::detect("/nonexistent-cgroup-root"),
+        None,
+    ));
+    for uid in 5000..6100 {
+        status(send(&s, 0, &format!(r#"{{"type":"status","user":{uid}}}"#)).await);
+    }
+    assert_eq!(dir.0.load(Ordering::SeqCst), 1100);
+    assert!(lock(&s.identities).len() <= 1024);
+    // the first ones are remembered, the ones past the cap are not
+    status(send(&s, 0, r#"{"type":"status","user":5000}"#).await);
+    status(send(&s, 0, r#"{"type":"status","user":6099}"#).await);
+    assert_eq!(dir.0.load(Ordering::SeqCst), 1101);
+}
