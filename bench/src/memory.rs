@@ -72,7 +72,8 @@ fn raise_file_limit() {
 /// The daemon half: fairshared's server and service with the fake backend.
 pub fn daemon(socket: &Path, state: &Path, users: u32) -> Result<()> {
     raise_file_limit();
-    // the same runtime shape as fairshared's main
+    // the same allocator setting and runtime shape as fairshared's main
+    fairshared::host::keep_heap_small();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)

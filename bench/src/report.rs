@@ -275,6 +275,32 @@ pub fn run(dir: &Path, md: Option<&Path>, command: &str) -> Result<()> {
                 ))
             };
             let lat = nums(&v, "session_open_ns");
+            // CPU by process over each arm (open, checks, close), medians
+            let cpu = |arm: &str| -> String {
+                let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+                for r in &rounds {
+                    if let Some(m) = r.get(arm).and_then(Value::as_object) {
+                        for (k, x) in m {
+                            by.entry(k.clone()).or_default().extend(x.as_f64());
+                        }
+                    }
+                }
+                let mut v: Vec<(String, f64)> = by
+                    .into_iter()
+                    .filter_map(|(k, xs)| Some((k, median(&xs)?)))
+                    .filter(|(_, m)| *m >= 10.0)
+                    .collect();
+                v.sort_by(|a, b| b.1.total_cmp(&a.1));
+                v.iter()
+                    .map(|(k, m)| format!("{k} {m:.0} ms"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            notes.push(format!(
+                "login storm, CPU time by process during each arm (medians over rounds; `children` = the storm's PAM session processes, i.e. the module's side; clock ticks of 10 ms): with the daemon: {}; direct calls: {}.",
+                cpu("daemon_cpu_ms"),
+                cpu("direct_cpu_ms")
+            ));
             notes.push(format!(
                 "login storm: each session is its own process calling pam_open_session on a stack with only pam_fairshare (`{}`; XDG_SESSION_ID set as pam_systemd would, so no logind work is included), all released at once, then all closed at once. Floor: the {} SetUnitProperties calls per phase the daemon makes (a user's first open, their last close), issued directly, all at once, on one bus connection. Before each arm every slice is set to other limits; after each phase the cgroup files of all {} slices (cpu.cfs_quota_us, memory.limit_in_bytes, pids.max) and the daemon's session counts are checked. Medians: open {} + close {} (daemon) vs {} + {} (direct). Per-session pam_open_session latency in the storm: median {}, p99 {}. Failures: {failures}{}",
                 v.get("service").and_then(Value::as_str).unwrap_or("?"),

@@ -11,6 +11,7 @@
 //! afterwards (the cgroup files of every slice, and the daemon's ledger)
 //! proves the arm did its work.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -143,6 +144,56 @@ async fn set_all(
         }
     }
     Ok((t.elapsed().as_nanos() as f64, errors))
+}
+
+/// CPU time (ms) of every process in this pid namespace, by command name;
+/// `children` is what this process's waited-for children used (the storm's
+/// PAM sessions).
+fn cpu_by_comm() -> BTreeMap<String, f64> {
+    let tick_ms = 1000.0
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+    let mut out = BTreeMap::new();
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let f: Vec<u64> = stat[close + 1..]
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if f.len() < 4 {
+            continue;
+        }
+        *out.entry(comm).or_insert(0.0) += (f[0] + f[1]) as f64 * tick_ms;
+        if name == me {
+            *out.entry("children".into()).or_insert(0.0) += (f[2] + f[3]) as f64 * tick_ms;
+        }
+    }
+    out
+}
+
+fn cpu_delta(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    b.iter()
+        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect()
 }
 
 struct Arm {
@@ -305,6 +356,7 @@ pub fn run(s: &Setup) -> Result<()> {
     for round in 0..s.rounds {
         let mut daemon = None;
         let mut direct = None;
+        let (mut daemon_cpu, mut direct_cpu) = (BTreeMap::new(), BTreeMap::new());
         let order = if round % 2 == 0 {
             [true, false]
         } else {
@@ -316,10 +368,13 @@ pub fn run(s: &Setup) -> Result<()> {
                 return fail(format!("{e} slices could not be scrambled"));
             }
             std::thread::sleep(Duration::from_millis(300));
+            let before = cpu_by_comm();
             if d {
                 daemon = Some(daemon_arm(s, round, &uids, &want, &client)?);
+                daemon_cpu = cpu_delta(&before, &cpu_by_comm());
             } else {
                 direct = Some(direct_arm(&rt, &mgr, &uids, &want)?);
+                direct_cpu = cpu_delta(&before, &cpu_by_comm());
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -344,6 +399,7 @@ pub fn run(s: &Setup) -> Result<()> {
             "direct_open_ns": x.open_ns, "direct_close_ns": x.close_ns,
             "direct_ns": x.open_ns + x.close_ns,
             "daemon_failures": d.failures, "direct_failures": x.failures,
+            "daemon_cpu_ms": daemon_cpu, "direct_cpu_ms": direct_cpu,
         }));
     }
     write_json(
