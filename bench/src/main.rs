@@ -52,8 +52,9 @@ enum Cmd {
     /// Login overhead: `pamtester SVC USER open_session close_session`, the
     /// stack with the module and without, interleaved.
     PamLoop {
-        #[arg(long)]
-        user: String,
+        /// Users to log in, in turn (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        users: Vec<String>,
         #[arg(long, default_value = "bench-with")]
         with: String,
         #[arg(long, default_value = "bench-without")]
@@ -206,13 +207,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::PamLoop {
-            user,
+            users,
             with,
             without,
             n,
             warmup,
             out,
-        } => loops::pam_loop(&user, &with, &without, n, warmup, &out),
+        } => loops::pam_loop(&users, &with, &without, n, warmup, &out),
         Cmd::Timed { n, arm, out, cmd } => loops::time_cmd(n, &arm, &out, &cmd),
         Cmd::Alloc {
             user,

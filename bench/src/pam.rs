@@ -143,11 +143,21 @@ pub fn threads() -> u32 {
         .unwrap_or(0)
 }
 
+/// CPU time this process has used, in nanoseconds (scheduler accounting).
+pub fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The storm's child: one PAM session, steered over stdin/stdout.
 ///
 /// Prints `ready` once the transaction is started (modules loaded), opens the
 /// session on `open`, prints `opened RC THREADS_BEFORE THREADS_AFTER NS`,
-/// closes it on `close` and prints `closed RC NS`.
+/// closes it on `close` and prints `closed RC NS CPU_NS`, CPU_NS being the CPU
+/// time this process used from `open` to the end of pam_close_session (the
+/// module's side of the session, without the process's start-up and exit).
 pub fn session_child(service: &str, user: &str, session_id: Option<&str>) -> Result<()> {
     let pam = Pam::start(service, user)?;
     if let Some(id) = session_id {
@@ -165,6 +175,7 @@ pub fn session_child(service: &str, user: &str, session_id: Option<&str>) -> Res
         }
     };
     wait(&mut lines, "open")?;
+    let cpu0 = cpu_ns();
     let before = threads();
     let t = Instant::now();
     let rc = pam.open_session();
@@ -176,8 +187,9 @@ pub fn session_child(service: &str, user: &str, session_id: Option<&str>) -> Res
     let t = Instant::now();
     let rc = pam.close_session();
     let ns = t.elapsed().as_nanos();
+    let cpu = cpu_ns().saturating_sub(cpu0);
     drop(pam);
-    writeln!(out, "closed {rc} {ns}")?;
+    writeln!(out, "closed {rc} {ns} {cpu}")?;
     out.flush()?;
     Ok(())
 }

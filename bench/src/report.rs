@@ -159,8 +159,9 @@ pub fn run(dir: &Path, md: Option<&Path>, command: &str) -> Result<()> {
             rows.push(r);
             let failures = num(&v, "failures").unwrap_or(0.0);
             notes.push(format!(
-                "login overhead: `pamtester SVC USER open_session close_session`, {} runs per stack, interleaved (ABBA), 10 warm-up runs each; SVC = `{}` (pam_unix + pam_systemd + pam_fairshare) vs `{}` (the same without pam_fairshare). Each run is a first login (logind starts and stops user@UID.service). Added = difference of the medians (of the p99s). Failed runs: {failures}.",
+                "login overhead: `pamtester SVC USER open_session close_session`, {} runs per stack, interleaved (ABBA), 10 warm-up runs each, USER in turn over {} users (so that no user hits systemd's start limit of user-runtime-dir@UID.service); SVC = `{}` (pam_unix + pam_systemd + pam_fairshare) vs `{}` (the same without pam_fairshare). Each run is a first login: logind starts user@UID.service, whose own PAM session (systemd-user, common-session) passes through pam_fairshare too, and stops it at logout. Added = difference of the medians (of the p99s). Failed runs: {failures}.",
                 w.len(),
+                num(&v, "users").unwrap_or(0.0),
                 v.get("with_service").and_then(Value::as_str).unwrap_or("?"),
                 v.get("without_service").and_then(Value::as_str).unwrap_or("?"),
             ));
@@ -236,7 +237,7 @@ pub fn run(dir: &Path, md: Option<&Path>, command: &str) -> Result<()> {
             1.05,
         ));
         notes.push(format!(
-            "ssh login: from the host to the container's sshd, public key; blocks of runs alternate between the PAM configuration with the module (`pam-auth-update --enable fairshare`) and without it (`--remove fairshare`). Failed runs: {failed}."
+            "ssh login: from the host to the container's sshd, public key, users in turn over the 100 bench users; blocks of runs alternate between the PAM configuration with the module (`pam-auth-update --enable fairshare`) and without it (`--remove fairshare`). Failed runs: {failed}."
         ));
     }
 
@@ -297,9 +298,11 @@ pub fn run(dir: &Path, md: Option<&Path>, command: &str) -> Result<()> {
                     .join(", ")
             };
             notes.push(format!(
-                "login storm, CPU time by process during each arm (medians over rounds; `children` = the storm's PAM session processes, i.e. the module's side; clock ticks of 10 ms): with the daemon: {}; direct calls: {}.",
+                "login storm, CPU time by process during each arm (medians over rounds, clock ticks of 10 ms; `children` = the 200 session processes over their whole life, start-up and exit included): with the daemon: {}; direct calls: {}. The module's own side, measured inside each session process from pam_open_session to the end of pam_close_session: median {:.0} µs CPU per session (p99 {:.0} µs).",
                 cpu("daemon_cpu_ms"),
-                cpu("direct_cpu_ms")
+                cpu("direct_cpu_ms"),
+                median(&nums(&v, "session_cpu_ns")).unwrap_or(0.0) / 1e3,
+                percentile(&nums(&v, "session_cpu_ns"), 99.0).unwrap_or(0.0) / 1e3,
             ));
             notes.push(format!(
                 "login storm: each session is its own process calling pam_open_session on a stack with only pam_fairshare (`{}`; XDG_SESSION_ID set as pam_systemd would, so no logind work is included), all released at once, then all closed at once. Floor: the {} SetUnitProperties calls per phase the daemon makes (a user's first open, their last close), issued directly, all at once, on one bus connection. Before each arm every slice is set to other limits; after each phase the cgroup files of all {} slices (cpu.cfs_quota_us, memory.limit_in_bytes, pids.max) and the daemon's session counts are checked. Medians: open {} + close {} (daemon) vs {} + {} (direct). Per-session pam_open_session latency in the storm: median {}, p99 {}. Failures: {failures}{}",

@@ -202,6 +202,8 @@ struct Arm {
     failures: u32,
     problems: Vec<String>,
     session_open_ns: Vec<f64>,
+    /// CPU of each session process from open to closed (the module's side).
+    session_cpu_ns: Vec<f64>,
     thread_delta_max: i64,
 }
 
@@ -244,6 +246,7 @@ fn daemon_arm(
         failures: 0,
         problems: Vec::new(),
         session_open_ns: Vec::new(),
+        session_cpu_ns: Vec::new(),
         thread_delta_max: 0,
     };
     // open, all at once
@@ -326,6 +329,7 @@ fn direct_arm(
         failures: e1 + e2 + problems.len() as u32,
         problems,
         session_open_ns: Vec::new(),
+        session_cpu_ns: Vec::new(),
         thread_delta_max: 0,
     })
 }
@@ -353,6 +357,7 @@ pub fn run(s: &Setup) -> Result<()> {
     let (mut fails, mut threads) = (0u32, 0i64);
     let mut problems: Vec<String> = Vec::new();
     let mut open_lat = Vec::new();
+    let mut session_cpu = Vec::new();
     for round in 0..s.rounds {
         let mut daemon = None;
         let mut direct = None;
@@ -393,6 +398,7 @@ pub fn run(s: &Setup) -> Result<()> {
         threads = threads.max(d.thread_delta_max);
         problems.extend(d.problems.iter().chain(&x.problems).take(20).cloned());
         open_lat.extend(d.session_open_ns.iter().copied());
+        session_cpu.extend(d.session_cpu_ns.iter().copied());
         rounds.push(json!({
             "daemon_open_ns": d.open_ns, "daemon_close_ns": d.close_ns,
             "daemon_ns": d.open_ns + d.close_ns,
@@ -414,6 +420,7 @@ pub fn run(s: &Setup) -> Result<()> {
             "failures": fails,
             "problems": problems,
             "session_open_ns": open_lat,
+            "session_cpu_ns": session_cpu,
             "module_threads_created_max": threads,
         }),
     )
