@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use fairshare_policy::{CapacityLimit, HostResources, Identity, Policy, UserPolicy};
+use fairshare_policy::{HostResources, Identity, Policy, UserPolicy};
 use fairshare_proto::units::format_duration;
 use fairshare_proto::wire::{
     ErrorCode, ErrorReply, Request, Resize, Response, Source, StatusInfo, Success, UserList,
@@ -47,6 +47,11 @@ pub use metrics::Counters;
 /// Where user names and groups come from (NSS in the daemon, a table in tests).
 pub trait Directory: Send + Sync + 'static {
     fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String>;
+    /// The same without the user's groups (`groups` empty), for policies
+    /// without group rules.
+    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, String> {
+        self.by_uid(uid)
+    }
     fn by_name(&self, name: &str) -> Result<Option<Identity>, String>;
 }
 
@@ -56,6 +61,9 @@ pub struct Nss;
 impl Directory for Nss {
     fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
         users::by_uid(uid)
+    }
+    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, String> {
+        users::by_uid_without_groups(uid)
     }
     fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
         users::by_name(name)
@@ -101,8 +109,9 @@ pub struct Service<S: Systemd> {
     persisted: tokio::sync::Mutex<u64>,
     state: Option<StateFile>,
     locks: Mutex<HashMap<u32, Weak<tokio::sync::Mutex<()>>>>,
-    /// Recent user lookups, by uid (see [`IDENTITY_TTL`]).
-    identities: Mutex<HashMap<u32, (std::time::Instant, Identity)>>,
+    /// Recent user lookups, by uid (see [`IDENTITY_TTL`]), and whether they
+    /// include the user's groups.
+    identities: Mutex<HashMap<u32, (std::time::Instant, Identity, bool)>>,
     identity_ttl: Duration,
     /// Watches on session processes, by pid (see [`crate::pidwatch`]).
     watchers: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
@@ -176,10 +185,6 @@ impl<S: Systemd> Service<S> {
 
     pub fn systemd(&self) -> &S {
         &self.systemd
-    }
-
-    fn capacity_limit(&self) -> CapacityLimit {
-        self.policy().capacity(self.host)
     }
 
     /// A copy of the ledger (for tests and the benchmarks).
@@ -282,25 +287,50 @@ impl<S: Systemd> Service<S> {
         }
     }
 
+    /// The user and the policy in force, consistent with each other: their
+    /// groups are looked up only when that policy has group rules.
+    async fn user_and_policy(&self, uid: u32) -> Result<(Identity, Arc<Policy>), Response> {
+        for _ in 0..3 {
+            let policy = self.policy();
+            let id = self.identity_with(uid, policy.uses_groups()).await?;
+            // a reload in between: look again under the new policy
+            if Arc::ptr_eq(&policy, &self.policy()) {
+                return Ok((id, policy));
+            }
+        }
+        Ok((self.identity(uid).await?, self.policy()))
+    }
+
+    /// The user with their groups.
     async fn identity(&self, uid: u32) -> Result<Identity, Response> {
+        self.identity_with(uid, true).await
+    }
+
+    async fn identity_with(&self, uid: u32, groups: bool) -> Result<Identity, Response> {
         let now = std::time::Instant::now();
-        if let Some((at, id)) = lock(&self.identities).get(&uid)
+        if let Some((at, id, with_groups)) = lock(&self.identities).get(&uid)
             && now.saturating_duration_since(*at) < self.identity_ttl
+            && (*with_groups || !groups)
         {
             return Ok(id.clone());
         }
         let dir = self.directory.clone();
-        match tokio::task::spawn_blocking(move || dir.by_uid(uid)).await {
+        let found = tokio::task::spawn_blocking(move || match groups {
+            true => dir.by_uid(uid),
+            false => dir.by_uid_without_groups(uid),
+        })
+        .await;
+        match found {
             Ok(Ok(Some(id))) => {
                 let mut cache = lock(&self.identities);
                 if cache.len() >= IDENTITY_CACHE {
                     let ttl = self.identity_ttl;
-                    cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+                    cache.retain(|_, (at, _, _)| now.saturating_duration_since(*at) < ttl);
                 }
                 // Never more than IDENTITY_CACHE: a storm of more users
                 // than that just asks NSS for the rest.
                 if cache.len() < IDENTITY_CACHE {
-                    cache.insert(uid, (now, id.clone()));
+                    cache.insert(uid, (now, id.clone(), groups));
                 }
                 Ok(id)
             }
@@ -432,8 +462,8 @@ impl<S: Systemd> Service<S> {
     }
 
     async fn status(&self, peer: Peer, user: Option<UserRef>) -> Reply {
-        let id = match &user {
-            None => self.identity(peer.uid).await?,
+        let (id, policy) = match &user {
+            None => self.user_and_policy(peer.uid).await?,
             Some(r) => {
                 let id = self.resolve(r).await?;
                 if id.uid != peer.uid && !peer.is_root() {
@@ -442,12 +472,12 @@ impl<S: Systemd> Service<S> {
                         "permission denied: only root can see another user's allocation; `fairshare-ctl status` shows your own",
                     ));
                 }
-                id
+                (id, self.policy())
             }
         };
-        let up = self.policy().for_user(&id);
+        let up = policy.for_user(&id);
         let entry = self.read(|l| l.get(id.uid).cloned());
-        let cap = self.read(|l| l.capacity(&self.capacity_limit()));
+        let cap = self.read(|l| l.capacity(&policy.capacity(self.host)));
         let mut info = self.status_info(id.uid, &id.name, &up, entry.as_ref());
         info.capacity = Some(cap);
         Ok(Response::StatusInfo(Box::new(info)))

@@ -16,8 +16,8 @@ use crate::systemd::{Systemd, slice_name};
 
 impl<S: Systemd> Service<S> {
     pub(super) async fn session_open(self: &Arc<Self>, s: SessionOpen) -> Reply {
-        let id = self.identity(s.uid).await?;
-        let up = self.policy().for_user(&id);
+        let (id, policy) = self.user_and_policy(s.uid).await?;
+        let up = policy.for_user(&id);
         if let Some(ex) = &up.exempt {
             return Ok(Response::success(format!(
                 "{} is not limited ({ex})",
@@ -106,17 +106,20 @@ impl<S: Systemd> Service<S> {
     }
 
     pub(super) async fn session_close(self: &Arc<Self>, s: SessionClose) -> Reply {
-        let id = match self.identity(s.uid).await {
-            Ok(id) => id,
-            Err(_) => Identity {
-                uid: s.uid,
-                name: self
-                    .read(|l| l.get(s.uid).map(|e| e.name.clone()))
-                    .unwrap_or_else(|| s.uid.to_string()),
-                groups: Vec::new(),
-            },
+        let (id, policy) = match self.user_and_policy(s.uid).await {
+            Ok(x) => x,
+            Err(_) => (
+                Identity {
+                    uid: s.uid,
+                    name: self
+                        .read(|l| l.get(s.uid).map(|e| e.name.clone()))
+                        .unwrap_or_else(|| s.uid.to_string()),
+                    groups: Vec::new(),
+                },
+                self.policy(),
+            ),
         };
-        let up = self.policy().for_user(&id);
+        let up = policy.for_user(&id);
         let _guard = self.lock_user(id.uid).await;
         let (prev, change) = self.mutate(|l| {
             (

@@ -937,13 +937,26 @@ async fn wait_saved(dir: &std::path::Path, f: impl Fn(&Ledger) -> bool) {
     panic!("the state file never caught up");
 }
 
-/// A directory that counts its lookups.
-struct Counting(std::sync::atomic::AtomicUsize, Table);
+/// A directory that counts its lookups (with groups; without in `.2`).
+struct Counting(
+    std::sync::atomic::AtomicUsize,
+    Table,
+    std::sync::atomic::AtomicUsize,
+);
 
 impl Directory for Counting {
     fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
         self.0.fetch_add(1, Ordering::SeqCst);
         self.1.by_uid(uid)
+    }
+    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, String> {
+        self.2.fetch_add(1, Ordering::SeqCst);
+        self.1.by_uid(uid).map(|i| {
+            i.map(|mut i| {
+                i.groups.clear();
+                i
+            })
+        })
     }
     fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
         self.1.by_name(name)
@@ -955,6 +968,7 @@ async fn user_lookups_are_reused_for_a_moment_only() {
     let dir = Arc::new(Counting(
         Default::default(),
         Table(vec![id(1001, "alice", &["alice"])]),
+        Default::default(),
     ));
     let policy = Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap();
     let s = Arc::new(
@@ -989,7 +1003,7 @@ async fn the_lookup_cache_is_bounded() {
     let ids = (0..1100)
         .map(|i| id(5000 + i, &format!("u{i}"), &[]))
         .collect();
-    let dir = Arc::new(Counting(Default::default(), Table(ids)));
+    let dir = Arc::new(Counting(Default::default(), Table(ids), Default::default()));
     let policy = Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap();
     let s = Arc::new(Service::new(
         Fake::default(),
@@ -1011,4 +1025,41 @@ async fn the_lookup_cache_is_bounded() {
     status(send(&s, 0, r#"{"type":"status","user":5000}"#).await);
     status(send(&s, 0, r#"{"type":"status","user":6099}"#).await);
     assert_eq!(dir.0.load(Ordering::SeqCst), 1101);
+}
+
+#[tokio::test]
+async fn groups_are_looked_up_only_when_the_policy_has_group_rules() {
+    let dir = Arc::new(Counting(
+        Default::default(),
+        Table(vec![id(1003, "stu", &["stu", "students"])]),
+        Default::default(),
+    ));
+    let plain = "defaults: {cpu: 2, mem: 8G}\nmax: {cpu: 8, mem: 32G}\n";
+    let policy = Policy::from_sources(&[("p.yaml".into(), plain.into())]).unwrap();
+    let s = Arc::new(Service::new(
+        Fake::default(),
+        dir.clone(),
+        policy,
+        HostResources {
+            cpus: Cpus::whole(2),
+            mem: Bytes(8 << 30),
+        },
+        Cgroups::detect("/nonexistent-cgroup-root"),
+        None,
+    ));
+    let p = Proc::new();
+    let open = format!(r#"{{"type":"session_open","uid":1003,"pid":{}}}"#, p.pid());
+    success(send(&s, 0, &open).await);
+    assert_eq!(s.systemd().applied(1003).unwrap().cpu, Cpus::whole(2));
+    status(send(&s, 1003, r#"{"type":"status"}"#).await);
+    assert_eq!(dir.0.load(Ordering::SeqCst), 0, "no group lookups");
+    assert_eq!(dir.2.load(Ordering::SeqCst), 1);
+    // A policy with group rules: a lookup without groups no longer does,
+    // and the group's defaults apply at once.
+    s.reload(Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap())
+        .await;
+    assert_eq!(s.systemd().applied(1003).unwrap().cpu, Cpus::whole(1));
+    let st = status(send(&s, 1003, r#"{"type":"status"}"#).await);
+    assert_eq!(st.allocated_cpu, Some(Cpus::whole(1)));
+    assert!(dir.0.load(Ordering::SeqCst) >= 1);
 }
