@@ -475,6 +475,12 @@ impl Policy {
         out
     }
 
+    /// Whether any rule depends on a user's groups (`exempt.groups`,
+    /// `groups`). When none does, a user's groups need not be looked up.
+    pub fn uses_groups(&self) -> bool {
+        !self.exempt_groups.is_empty() || !self.groups.is_empty()
+    }
+
     /// Every group name the policy mentions, with where.
     pub fn named_groups(&self) -> Vec<(String, Origin)> {
         let mut out: Vec<_> = self

@@ -437,3 +437,18 @@ mod props {
         }
     }
 }
+
+#[test]
+fn group_rules_are_known() {
+    let p = |t: &str| Policy::from_sources(&[("p.yaml".into(), t.into())]).unwrap();
+    let base = "defaults: {cpu: 2, mem: 8G}\nmax: {cpu: 8, mem: 32G}\n";
+    assert!(!p(base).uses_groups());
+    assert!(!p(&format!("{base}exempt: {{users: [bob]}}\n")).uses_groups());
+    assert!(p(&format!("{base}exempt: {{groups: [admins]}}\n")).uses_groups());
+    assert!(
+        p(&format!(
+            "{base}groups:\n  students:\n    defaults: {{cpu: 1}}\n"
+        ))
+        .uses_groups()
+    );
+}

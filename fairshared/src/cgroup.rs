@@ -62,6 +62,17 @@ impl Cgroups {
     /// What the user's slice uses now. Figures the host does not provide are
     /// left out. Cheap: a handful of small file reads.
     pub fn usage(&self, uid: u32) -> Usage {
+        // No slice (a user who is not logged in, root): nothing to read. One
+        // or three lookups instead of a dozen failing opens per request.
+        let exists = match self.layout {
+            Layout::Unified => self.root.join(Self::rel(uid)).is_dir(),
+            Layout::Hybrid | Layout::Legacy => ["memory", "pids", "systemd"]
+                .iter()
+                .any(|c| self.v1(c, uid).is_dir()),
+        };
+        if !exists {
+            return Usage::default();
+        }
         match self.layout {
             Layout::Unified => {
                 let d = self.root.join(Self::rel(uid));
@@ -320,6 +331,11 @@ mod tests {
         assert_eq!(u.cpu_usage_nsec, Some(123_456_789));
         assert_eq!(u.cpu_throttled_periods, Some(2));
         assert_eq!(u.oom_kills, Some(2));
+        // a user without a slice has no usage at all
+        assert_eq!(c.usage(1002), Usage::default());
+        // a slice only the pids controller knows still counts its tasks
+        write(r, "pids/user.slice/user-1003.slice/pids.current", "5\n");
+        assert_eq!(c.usage(1003).tasks_current, Some(5));
     }
 
     #[test]

@@ -26,6 +26,20 @@ pub fn resources() -> HostResources {
     }
 }
 
+/// Large buffers (the state file's encoding, a `list` answer: megabytes at
+/// thousands of users) are given back to the system when freed, instead of
+/// staying in the heap after glibc raises its mmap threshold to their size:
+/// at 10 000 users that kept 8 MiB of RSS for good. Call before any thread
+/// starts. Elsewhere than glibc this does nothing.
+pub fn keep_heap_small() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other
+    // threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

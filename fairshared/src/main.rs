@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     raise_file_limit();
+    host::keep_heap_small();
     // Taken before any thread starts: the activated socket, if any.
     let activated = match activated_socket() {
         Ok(s) => s,
@@ -248,6 +249,10 @@ async fn run(
     tracing::info!("stopping; limits stay in force");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    // Logins are saved in the background: make sure the last ones are on disk.
+    if let Err(e) = service.flush().await {
+        tracing::error!(error = %e, "could not save state at shutdown");
+    }
     Ok(())
 }
 

@@ -9,7 +9,11 @@
 //!
 //! Saving: every ledger change bumps a generation counter. A request that
 //! changed something waits until a save covering its generation has reached
-//! the disk; concurrent requests share one write.
+//! the disk; concurrent requests share one write. Logins and logouts are the
+//! exception: they are answered once systemd has the limits, and the save
+//! follows in the background (`save_later`), because their record can be
+//! rebuilt from logind if fairshared dies before it lands, and the write
+//! (fsync, rename, fsync) would otherwise be the largest part of a login.
 //!
 //! Sessions (open, close, processes that die, catching up with logind) are in
 //! [`sessions`](self::sessions); leases in `leases`; the Prometheus exposition
@@ -25,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use fairshare_policy::{CapacityLimit, HostResources, Identity, Policy, UserPolicy};
+use fairshare_policy::{HostResources, Identity, Policy, UserPolicy};
 use fairshare_proto::units::format_duration;
 use fairshare_proto::wire::{
     ErrorCode, ErrorReply, Request, Resize, Response, Source, StatusInfo, Success, UserList,
@@ -43,6 +47,11 @@ pub use metrics::Counters;
 /// Where user names and groups come from (NSS in the daemon, a table in tests).
 pub trait Directory: Send + Sync + 'static {
     fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String>;
+    /// The same without the user's groups (`groups` empty), for policies
+    /// without group rules.
+    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, String> {
+        self.by_uid(uid)
+    }
     fn by_name(&self, name: &str) -> Result<Option<Identity>, String>;
 }
 
@@ -52,6 +61,9 @@ pub struct Nss;
 impl Directory for Nss {
     fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
         users::by_uid(uid)
+    }
+    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, String> {
+        users::by_uid_without_groups(uid)
     }
     fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
         users::by_name(name)
@@ -73,6 +85,14 @@ impl Peer {
 
 type Reply = Result<Response, Response>;
 
+/// How long a user lookup (NSS: name and groups) is reused. Requests come
+/// in bursts (a login's open and close, a storm of logins, a `status` loop,
+/// `list` and metrics over every user): they ask NSS, which may be LDAP or
+/// a varlink call into systemd, once. Group changes show within this time.
+pub const IDENTITY_TTL: Duration = Duration::from_secs(2);
+/// At most this many user lookups are kept.
+const IDENTITY_CACHE: usize = 1024;
+
 fn fail(code: ErrorCode, msg: impl Into<String>) -> Response {
     Response::error(code, msg)
 }
@@ -89,6 +109,10 @@ pub struct Service<S: Systemd> {
     persisted: tokio::sync::Mutex<u64>,
     state: Option<StateFile>,
     locks: Mutex<HashMap<u32, Weak<tokio::sync::Mutex<()>>>>,
+    /// Recent user lookups, by uid (see [`IDENTITY_TTL`]), and whether they
+    /// include the user's groups.
+    identities: Mutex<HashMap<u32, (std::time::Instant, Identity, bool)>>,
+    identity_ttl: Duration,
     /// Watches on session processes, by pid (see [`crate::pidwatch`]).
     watchers: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
     /// Lease timers, by uid.
@@ -131,12 +155,21 @@ impl<S: Systemd> Service<S> {
             persisted: tokio::sync::Mutex::new(0),
             state,
             locks: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
+            identity_ttl: IDENTITY_TTL,
             watchers: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             limiter: Mutex::new(Default::default()),
             limited_log: Default::default(),
         }
+    }
+
+    /// How long user lookups are reused (tests).
+    #[cfg(test)]
+    pub(crate) fn with_identity_ttl(mut self, ttl: Duration) -> Service<S> {
+        self.identity_ttl = ttl;
+        self
     }
 
     /// Where `reload` reads the policy from.
@@ -154,10 +187,6 @@ impl<S: Systemd> Service<S> {
 
     pub fn systemd(&self) -> &S {
         &self.systemd
-    }
-
-    fn capacity_limit(&self) -> CapacityLimit {
-        self.policy().capacity(self.host)
     }
 
     /// A copy of the ledger (for tests and the benchmarks).
@@ -210,6 +239,24 @@ impl<S: Systemd> Service<S> {
         m.lock_owned().await
     }
 
+    /// Saves the ledger in the background, for sessions: unlike a resize,
+    /// whose answer promises it, a session's record can be told again after a
+    /// crash (logind, the process table). Errors are logged by `persist`.
+    fn save_later(self: &Arc<Self>) {
+        if self.state.is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _ = this.persist().await;
+        });
+    }
+
+    /// Saves every change made so far (at shutdown, after background saves).
+    pub async fn flush(&self) -> Result<(), String> {
+        self.persist().await
+    }
+
     /// Saves the ledger, unless a save since our change already covered it.
     async fn persist(&self) -> Result<(), String> {
         let Some(state) = &self.state else {
@@ -242,10 +289,53 @@ impl<S: Systemd> Service<S> {
         }
     }
 
+    /// The user and the policy in force, consistent with each other: their
+    /// groups are looked up only when that policy has group rules.
+    async fn user_and_policy(&self, uid: u32) -> Result<(Identity, Arc<Policy>), Response> {
+        for _ in 0..3 {
+            let policy = self.policy();
+            let id = self.identity_with(uid, policy.uses_groups()).await?;
+            // a reload in between: look again under the new policy
+            if Arc::ptr_eq(&policy, &self.policy()) {
+                return Ok((id, policy));
+            }
+        }
+        Ok((self.identity(uid).await?, self.policy()))
+    }
+
+    /// The user with their groups.
     async fn identity(&self, uid: u32) -> Result<Identity, Response> {
+        self.identity_with(uid, true).await
+    }
+
+    async fn identity_with(&self, uid: u32, groups: bool) -> Result<Identity, Response> {
+        let now = std::time::Instant::now();
+        if let Some((at, id, with_groups)) = lock(&self.identities).get(&uid)
+            && now.saturating_duration_since(*at) < self.identity_ttl
+            && (*with_groups || !groups)
+        {
+            return Ok(id.clone());
+        }
         let dir = self.directory.clone();
-        match tokio::task::spawn_blocking(move || dir.by_uid(uid)).await {
-            Ok(Ok(Some(id))) => Ok(id),
+        let found = tokio::task::spawn_blocking(move || match groups {
+            true => dir.by_uid(uid),
+            false => dir.by_uid_without_groups(uid),
+        })
+        .await;
+        match found {
+            Ok(Ok(Some(id))) => {
+                let mut cache = lock(&self.identities);
+                if cache.len() >= IDENTITY_CACHE {
+                    let ttl = self.identity_ttl;
+                    cache.retain(|_, (at, _, _)| now.saturating_duration_since(*at) < ttl);
+                }
+                // Never more than IDENTITY_CACHE: a storm of more users
+                // than that just asks NSS for the rest.
+                if cache.len() < IDENTITY_CACHE {
+                    cache.insert(uid, (now, id.clone(), groups));
+                }
+                Ok(id)
+            }
             Ok(Ok(None)) => Err(fail(
                 ErrorCode::UnknownUser,
                 format!(
@@ -381,8 +471,8 @@ impl<S: Systemd> Service<S> {
     }
 
     async fn status(&self, peer: Peer, user: Option<UserRef>) -> Reply {
-        let id = match &user {
-            None => self.identity(peer.uid).await?,
+        let (id, policy) = match &user {
+            None => self.user_and_policy(peer.uid).await?,
             Some(r) => {
                 let id = self.resolve(r).await?;
                 if id.uid != peer.uid && !peer.is_root() {
@@ -391,12 +481,12 @@ impl<S: Systemd> Service<S> {
                         "permission denied: only root can see another user's allocation; `fairshare-ctl status` shows your own",
                     ));
                 }
-                id
+                (id, self.policy())
             }
         };
-        let up = self.policy().for_user(&id);
+        let up = policy.for_user(&id);
         let entry = self.read(|l| l.get(id.uid).cloned());
-        let cap = self.read(|l| l.capacity(&self.capacity_limit()));
+        let cap = self.read(|l| l.capacity(&policy.capacity(self.host)));
         let mut info = self.status_info(id.uid, &id.name, &up, entry.as_ref());
         info.capacity = Some(cap);
         Ok(Response::StatusInfo(Box::new(info)))
@@ -482,6 +572,27 @@ impl<S: Systemd> Service<S> {
         by: u32,
         why: &str,
     ) -> Result<(), Response> {
+        self.apply_change(id, prev, change, undo, by, why).await?;
+        self.persist().await.map_err(|e| {
+            fail(
+                ErrorCode::Persistence,
+                format!(
+                    "the limits were applied, but the state could not be saved: {e}; the change will be forgotten if fairshared restarts (free space or fix permissions in the state directory)"
+                ),
+            )
+        })
+    }
+
+    /// [`Service::commit`] without the save (sessions save in the background).
+    async fn apply_change(
+        &self,
+        id: &Identity,
+        prev: Option<Entry>,
+        change: &Change,
+        undo: bool,
+        by: u32,
+        why: &str,
+    ) -> Result<(), Response> {
         let applied = self.read(|l| l.get(id.uid).and_then(|e| e.applied));
         if change.needs_apply(applied.as_ref()) {
             if let Err(e) = self.systemd.apply(id.uid, &change.new).await {
@@ -515,14 +626,7 @@ impl<S: Systemd> Service<S> {
                 change.new
             );
         }
-        self.persist().await.map_err(|e| {
-            fail(
-                ErrorCode::Persistence,
-                format!(
-                    "the limits were applied, but the state could not be saved: {e}; the change will be forgotten if fairshared restarts (free space or fix permissions in the state directory)"
-                ),
-            )
-        })
+        Ok(())
     }
 
     /// When a resize lapses: what was asked, capped by the policy for users.

@@ -15,6 +15,19 @@ pub fn by_uid(uid: u32) -> Result<Option<Identity>, String> {
     Ok(user.map(identity))
 }
 
+/// Looks a user up by uid without their groups (`groups` empty): for
+/// policies without group rules. Saves the group list, which with nss-systemd
+/// is a varlink call into PID 1.
+pub fn by_uid_without_groups(uid: u32) -> Result<Option<Identity>, String> {
+    let user =
+        User::from_uid(Uid::from_raw(uid)).map_err(|e| format!("looking up uid {uid}: {e}"))?;
+    Ok(user.map(|u| Identity {
+        uid: u.uid.as_raw(),
+        name: u.name,
+        groups: Vec::new(),
+    }))
+}
+
 /// Looks a user up by login name.
 pub fn by_name(name: &str) -> Result<Option<Identity>, String> {
     let user = User::from_name(name).map_err(|e| format!("looking up user {name}: {e}"))?;
@@ -55,6 +68,9 @@ mod tests {
         assert_eq!(root.name, "root");
         assert!(root.groups.iter().any(|g| g == "root"), "{:?}", root.groups);
         assert_eq!(by_name("root").unwrap().unwrap().uid, 0);
+        let bare = by_uid_without_groups(0).unwrap().unwrap();
+        assert_eq!((bare.uid, bare.name.as_str()), (0, "root"));
+        assert!(bare.groups.is_empty());
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::systemd::{Systemd, slice_name};
 
 impl<S: Systemd> Service<S> {
     pub(super) async fn session_open(self: &Arc<Self>, s: SessionOpen) -> Reply {
-        let id = self.identity(s.uid).await?;
-        let up = self.policy().for_user(&id);
+        let (id, policy) = self.user_and_policy(s.uid).await?;
+        let up = policy.for_user(&id);
         if let Some(ex) = &up.exempt {
             return Ok(Response::success(format!(
                 "{} is not limited ({ex})",
@@ -54,8 +54,9 @@ impl<S: Systemd> Service<S> {
             "session opened"
         );
         let committed = self
-            .commit(&id, prev, &change, false, 0, "session opened")
+            .apply_change(&id, prev, &change, false, 0, "session opened")
             .await;
+        self.save_later();
         self.watch(id.uid, s.pid, start_time);
         drop(_guard);
         // Limit the slice first, then put a stray session process into it:
@@ -104,18 +105,21 @@ impl<S: Systemd> Service<S> {
         }))
     }
 
-    pub(super) async fn session_close(&self, s: SessionClose) -> Reply {
-        let id = match self.identity(s.uid).await {
-            Ok(id) => id,
-            Err(_) => Identity {
-                uid: s.uid,
-                name: self
-                    .read(|l| l.get(s.uid).map(|e| e.name.clone()))
-                    .unwrap_or_else(|| s.uid.to_string()),
-                groups: Vec::new(),
-            },
+    pub(super) async fn session_close(self: &Arc<Self>, s: SessionClose) -> Reply {
+        let (id, policy) = match self.user_and_policy(s.uid).await {
+            Ok(x) => x,
+            Err(_) => (
+                Identity {
+                    uid: s.uid,
+                    name: self
+                        .read(|l| l.get(s.uid).map(|e| e.name.clone()))
+                        .unwrap_or_else(|| s.uid.to_string()),
+                    groups: Vec::new(),
+                },
+                self.policy(),
+            ),
         };
-        let up = self.policy().for_user(&id);
+        let up = policy.for_user(&id);
         let _guard = self.lock_user(id.uid).await;
         let (prev, change) = self.mutate(|l| {
             (
@@ -131,7 +135,7 @@ impl<S: Systemd> Service<S> {
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, last = change.is_some(), "session closed");
         let Some(c) = change else {
-            self.persist().await.ok();
+            self.save_later();
             let left = self.read(|l| l.get(id.uid).map_or(0, |e| e.sessions.len()));
             return Ok(Response::success(format!(
                 "{}: session closed, {left} still open",
@@ -142,14 +146,17 @@ impl<S: Systemd> Service<S> {
             t.abort();
         }
         if up.exempt.is_some() {
-            self.persist().await.ok();
+            self.save_later();
             return Ok(Response::success(format!(
                 "{}: last session closed",
                 id.name
             )));
         }
-        self.commit(&id, prev, &c, false, 0, "last session closed")
-            .await?;
+        let committed = self
+            .apply_change(&id, prev, &c, false, 0, "last session closed")
+            .await;
+        self.save_later();
+        committed?;
         Ok(Response::success(format!(
             "{}: last session closed; {} back to the default of {}",
             id.name,
@@ -183,7 +190,7 @@ impl<S: Systemd> Service<S> {
     }
 
     /// A session process ended; forget its session (if still counted).
-    async fn session_ended(&self, uid: u32, pid: u32) {
+    async fn session_ended(self: &Arc<Self>, uid: u32, pid: u32) {
         lock(&self.watchers).remove(&pid);
         let counted = self.read(|l| {
             l.get(uid)

@@ -476,6 +476,8 @@ async fn state_survives_a_restart() {
         )
         .await,
     );
+    // the login is saved in the background
+    s.flush().await.unwrap();
     let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
         crate::state::Loaded::Ledger(l) => l,
         other => panic!("{other:?}"),
@@ -884,4 +886,180 @@ async fn a_flood_from_one_user_is_rate_limited_and_nobody_else_notices() {
     for _ in 0..30 {
         success(send(&s, 0, r#"{"type":"set_user","user":"alice","cpu":2}"#).await);
     }
+}
+
+#[tokio::test]
+async fn logins_do_not_wait_for_the_state_file_resizes_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service_with(POLICY, Some(StateFile::open(dir.path()).unwrap()));
+    // Saving cannot work while a directory sits where the temporary file goes
+    // (for root too).
+    let blocker = dir.path().join("state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let p = Proc::new();
+    let open = format!(
+        r#"{{"type":"session_open","uid":1001,"pid":{},"session_id":"7"}}"#,
+        p.pid()
+    );
+    let ok = success(send(&s, 0, &open).await);
+    assert!(ok.allocation.is_some(), "{}", ok.message);
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+    // a resize promises durability: it still waits, and says so
+    let e = error(send(&s, 1002, r#"{"type":"request_resources","cpu":3}"#).await);
+    assert_eq!(e.code, ErrorCode::Persistence, "{}", e.error);
+    // once the disk works again, the login lands with the next save
+    std::fs::remove_dir(&blocker).unwrap();
+    s.flush().await.unwrap();
+    let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
+        crate::state::Loaded::Ledger(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(saved.get(1001).unwrap().sessions.len(), 1);
+    // a logout does not wait either, and is saved soon after
+    let close = format!(
+        r#"{{"type":"session_close","uid":1001,"pid":{},"session_id":"7"}}"#,
+        p.pid()
+    );
+    success(send(&s, 0, &close).await);
+    wait_saved(dir.path(), |l| l.get(1001).is_none()).await;
+}
+
+/// Waits (at most 5 s) until the state file on disk satisfies `f`.
+async fn wait_saved(dir: &std::path::Path, f: impl Fn(&Ledger) -> bool) {
+    for _ in 0..500 {
+        if let Ok(crate::state::Loaded::Ledger(l)) = StateFile::open(dir).unwrap().load()
+            && f(&l)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the state file never caught up");
+}
+
+/// A directory that counts its lookups (with groups; without in `.2`).
+struct Counting(
+    std::sync::atomic::AtomicUsize,
+    Table,
+    std::sync::atomic::AtomicUsize,
+);
+
+impl Directory for Counting {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        self.1.by_uid(uid)
+    }
+    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, String> {
+        self.2.fetch_add(1, Ordering::SeqCst);
+        self.1.by_uid(uid).map(|i| {
+            i.map(|mut i| {
+                i.groups.clear();
+                i
+            })
+        })
+    }
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
+        self.1.by_name(name)
+    }
+}
+
+#[tokio::test]
+async fn user_lookups_are_reused_for_a_moment_only() {
+    let dir = Arc::new(Counting(
+        Default::default(),
+        Table(vec![id(1001, "alice", &["alice"])]),
+        Default::default(),
+    ));
+    let policy = Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap();
+    let s = Arc::new(
+        Service::new(
+            Fake::default(),
+            dir.clone(),
+            policy,
+            HostResources {
+                cpus: Cpus::whole(2),
+                mem: Bytes(8 << 30),
+            },
+            Cgroups::detect("/nonexistent-cgroup-root"),
+            None,
+        )
+        .with_identity_ttl(Duration::from_millis(300)),
+    );
+    for _ in 0..5 {
+        status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    }
+    assert_eq!(dir.0.load(Ordering::SeqCst), 1);
+    // unknown users are never remembered
+    error(send(&s, 1009, r#"{"type":"status"}"#).await);
+    error(send(&s, 1009, r#"{"type":"status"}"#).await);
+    assert_eq!(dir.0.load(Ordering::SeqCst), 3);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert_eq!(dir.0.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn the_lookup_cache_is_bounded() {
+    let ids = (0..1100)
+        .map(|i| id(5000 + i, &format!("u{i}"), &[]))
+        .collect();
+    let dir = Arc::new(Counting(Default::default(), Table(ids), Default::default()));
+    let policy = Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap();
+    let s = Arc::new(Service::new(
+        Fake::default(),
+        dir.clone(),
+        policy,
+        HostResources {
+            cpus: Cpus::whole(2),
+            mem: Bytes(8 << 30),
+        },
+        Cgroups::detect("/nonexistent-cgroup-root"),
+        None,
+    ));
+    for uid in 5000..6100 {
+        status(send(&s, 0, &format!(r#"{{"type":"status","user":{uid}}}"#)).await);
+    }
+    assert_eq!(dir.0.load(Ordering::SeqCst), 1100);
+    assert!(lock(&s.identities).len() <= 1024);
+    // the first ones are remembered, the ones past the cap are not
+    status(send(&s, 0, r#"{"type":"status","user":5000}"#).await);
+    status(send(&s, 0, r#"{"type":"status","user":6099}"#).await);
+    assert_eq!(dir.0.load(Ordering::SeqCst), 1101);
+}
+
+#[tokio::test]
+async fn groups_are_looked_up_only_when_the_policy_has_group_rules() {
+    let dir = Arc::new(Counting(
+        Default::default(),
+        Table(vec![id(1003, "stu", &["stu", "students"])]),
+        Default::default(),
+    ));
+    let plain = "defaults: {cpu: 2, mem: 8G}\nmax: {cpu: 8, mem: 32G}\n";
+    let policy = Policy::from_sources(&[("p.yaml".into(), plain.into())]).unwrap();
+    let s = Arc::new(Service::new(
+        Fake::default(),
+        dir.clone(),
+        policy,
+        HostResources {
+            cpus: Cpus::whole(2),
+            mem: Bytes(8 << 30),
+        },
+        Cgroups::detect("/nonexistent-cgroup-root"),
+        None,
+    ));
+    let p = Proc::new();
+    let open = format!(r#"{{"type":"session_open","uid":1003,"pid":{}}}"#, p.pid());
+    success(send(&s, 0, &open).await);
+    assert_eq!(s.systemd().applied(1003).unwrap().cpu, Cpus::whole(2));
+    status(send(&s, 1003, r#"{"type":"status"}"#).await);
+    assert_eq!(dir.0.load(Ordering::SeqCst), 0, "no group lookups");
+    assert_eq!(dir.2.load(Ordering::SeqCst), 1);
+    // A policy with group rules: a lookup without groups no longer does,
+    // and the group's defaults apply at once.
+    s.reload(Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap())
+        .await;
+    assert_eq!(s.systemd().applied(1003).unwrap().cpu, Cpus::whole(1));
+    let st = status(send(&s, 1003, r#"{"type":"status"}"#).await);
+    assert_eq!(st.allocated_cpu, Some(Cpus::whole(1)));
+    assert!(dir.0.load(Ordering::SeqCst) >= 1);
 }

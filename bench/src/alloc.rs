@@ -1,0 +1,203 @@
+//! The floor of one allocation: fairshared's session-open path end to end
+//! (connect, `session_open` as the PAM module sends it, the daemon's lookup,
+//! ledger, SetUnitProperties, state save and pid watch, the answer) against
+//! a bare SetUnitProperties with the same properties on the same slice, over
+//! the same system bus, from zbus. The two are interleaved (ABBA).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fairshare_proto::Client;
+use fairshare_proto::wire::{Limits, Request, Response, SessionClose, SessionOpen};
+use serde_json::json;
+use zbus::zvariant::OwnedVariant;
+use zbus_systemd::systemd1::ManagerProxy;
+
+use crate::{Result, fail, write_json};
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// A systemd manager proxy on the system bus.
+pub async fn manager() -> Result<ManagerProxy<'static>> {
+    let conn = zbus::Connection::system().await?;
+    Ok(ManagerProxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?)
+}
+
+/// The properties fairshared writes for `limits`, as D-Bus values.
+pub fn props(limits: &Limits) -> Vec<(String, OwnedVariant)> {
+    fairshared::systemd::slice_properties(limits)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), OwnedVariant::from(v)))
+        .collect()
+}
+
+pub fn uid_of(user: &str) -> Result<u32> {
+    match nix::unistd::User::from_name(user)? {
+        Some(u) => Ok(u.uid.as_raw()),
+        None => fail(format!("no user {user}")),
+    }
+}
+
+fn open_request(uid: u32, user: &str, session_id: &str) -> Request {
+    Request::SessionOpen(SessionOpen {
+        uid,
+        pid: std::process::id(),
+        user: Some(user.to_string()),
+        service: Some("fairshare-bench".into()),
+        session_id: Some(session_id.to_string()),
+        ..SessionOpen::default()
+    })
+}
+
+fn close_request(uid: u32, session_id: &str) -> Request {
+    Request::SessionClose(SessionClose {
+        uid,
+        pid: std::process::id(),
+        session_id: Some(session_id.to_string()),
+    })
+}
+
+/// One session open through the daemon (timed) and its close (not timed).
+fn daemon_open(client: &Client, uid: u32, user: &str) -> Result<(f64, Limits)> {
+    let t = Instant::now();
+    let r = client.call(&open_request(uid, user, "bench-alloc"))?;
+    let ns = t.elapsed().as_nanos() as f64;
+    let limits = match r {
+        Response::Success(s) => match s.allocation {
+            Some(l) => l,
+            None => return fail(format!("session_open gave no allocation: {}", s.message)),
+        },
+        other => return fail(format!("session_open failed: {other:?}")),
+    };
+    match client.call(&close_request(uid, "bench-alloc"))? {
+        Response::Success(_) => Ok((ns, limits)),
+        other => fail(format!("session_close failed: {other:?}")),
+    }
+}
+
+pub fn run(user: &str, n: usize, socket: &Path, out: &Path) -> Result<()> {
+    let uid = uid_of(user)?;
+    let client = Client::new(socket, Duration::from_secs(5));
+    let rt = runtime()?;
+    let mgr = rt.block_on(manager())?;
+    let slice = fairshared::systemd::slice_name(uid);
+    // The first open tells us the limits the daemon writes for this user.
+    let (_, limits) = daemon_open(&client, uid, user)?;
+    let p = props(&limits);
+    let bare = || -> Result<f64> {
+        let (m, s, p) = (mgr.clone(), slice.clone(), p.clone());
+        let t = Instant::now();
+        rt.block_on(async move { m.set_unit_properties(s, true, p).await })?;
+        Ok(t.elapsed().as_nanos() as f64)
+    };
+    for _ in 0..10 {
+        daemon_open(&client, uid, user)?;
+        bare()?;
+    }
+    let (mut daemon_ns, mut bare_ns) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        if i % 4 == 0 || i % 4 == 3 {
+            daemon_ns.push(daemon_open(&client, uid, user)?.0);
+            bare_ns.push(bare()?);
+        } else {
+            bare_ns.push(bare()?);
+            daemon_ns.push(daemon_open(&client, uid, user)?.0);
+        }
+    }
+    write_json(
+        out,
+        &json!({
+            "user": user,
+            "uid": uid,
+            "slice": slice,
+            "limits": limits.to_string(),
+            "n": n,
+            "daemon_ns": daemon_ns,
+            "bare_ns": bare_ns,
+        }),
+    )
+}
+
+/// Times fairshared's user lookup (`users::by_uid`: passwd entry, group
+/// list, group names) against the passwd entry alone.
+pub fn probe(dir: &Path, user: &str, n: usize, out: Option<&Path>) -> Result<()> {
+    let uid = uid_of(user)?;
+    let time = |f: &dyn Fn() -> bool| -> Result<f64> {
+        let t = Instant::now();
+        for _ in 0..n {
+            if !f() {
+                return fail("lookup failed");
+            }
+        }
+        Ok(t.elapsed().as_nanos() as f64 / n as f64 / 1e3)
+    };
+    let full = time(&|| matches!(fairshared::users::by_uid(uid), Ok(Some(_))))?;
+    let passwd = time(&|| {
+        matches!(
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Ok(Some(_))
+        )
+    })?;
+    println!("{user}: by_uid (passwd + groups) {full:.1} us, passwd only {passwd:.1} us");
+    let cg = fairshared::cgroup::Cgroups::detect("/sys/fs/cgroup");
+    let mut usage_us = Vec::new();
+    for u in [0, uid] {
+        let usage = time(&|| {
+            std::hint::black_box(cg.usage(u));
+            true
+        })?;
+        println!("cgroup usage of uid {u}: {usage:.1} us");
+        usage_us.push(usage);
+    }
+    let rt = runtime()?;
+    let hop = rt.block_on(async {
+        let t = Instant::now();
+        for _ in 0..n {
+            let _ = tokio::task::spawn_blocking(|| 1).await;
+        }
+        t.elapsed().as_nanos() as f64 / n as f64 / 1e3
+    });
+    println!("spawn_blocking round trip: {hop:.1} us");
+    let probe = dir.join("fairshare-bench-probe");
+    let state = fairshared::state::StateFile::open(&probe)?;
+    let bytes = vec![b' '; 300];
+    let mut saves = Vec::new();
+    for _ in 0..n.min(200) {
+        let t = Instant::now();
+        state.save(&bytes)?;
+        saves.push(t.elapsed().as_nanos() as f64 / 1e3);
+    }
+    let _ = std::fs::remove_dir_all(&probe);
+    let (save_med, save_p99) = (
+        crate::stats::median(&saves).unwrap_or(0.0),
+        crate::stats::percentile(&saves, 99.0).unwrap_or(0.0),
+    );
+    println!(
+        "state save in {}: median {save_med:.1} us, p99 {save_p99:.1} us",
+        dir.display()
+    );
+    if let Some(out) = out {
+        write_json(
+            out,
+            &json!({
+                "user": user,
+                "lookup_us": full,
+                "lookup_passwd_only_us": passwd,
+                "usage_no_slice_us": usage_us.first(),
+                "usage_slice_us": usage_us.get(1),
+                "spawn_blocking_us": hop,
+                "save_median_us": save_med,
+                "save_p99_us": save_p99,
+            }),
+        )?;
+    }
+    Ok(())
+}

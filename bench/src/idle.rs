@@ -1,0 +1,106 @@
+//! Idle cost: CPU time and wake-ups of a unit's main process over a window
+//! with no requests, from the scheduler's per-thread accounting
+//! (`/proc/PID/task/TID/schedstat`, nanoseconds; `stat` ticks as a cross-check),
+//! and its memory (`VmRSS`) at the end of the window.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::{Result, fail, write_json};
+
+fn main_pid(unit: &str) -> Result<u32> {
+    let o = Command::new("systemctl")
+        .args(["show", "-p", "MainPID", "--value", unit])
+        .output()?;
+    match String::from_utf8_lossy(&o.stdout).trim().parse::<u32>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => fail(format!("{unit} has no main process (is it running?)")),
+    }
+}
+
+/// Per thread: (cpu ns, context switches).
+fn snapshot(pid: u32) -> Result<HashMap<u32, (u64, u64)>> {
+    let mut out = HashMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let e = e?;
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let dir = e.path();
+        let Ok(sched) = std::fs::read_to_string(dir.join("schedstat")) else {
+            continue;
+        };
+        let ns = sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        out.insert(tid, (ns, switches));
+    }
+    Ok(out)
+}
+
+/// utime + stime of the whole process (dead threads included), in ticks.
+fn ticks(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = s.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // after the comm: state is field 3, utime 14, stime 15 (1-based overall)
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(get(11) + get(12))
+}
+
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+pub fn run(unit: &str, settle: f64, secs: f64, out: &Path) -> Result<()> {
+    let pid = main_pid(unit)?;
+    std::thread::sleep(Duration::from_secs_f64(settle));
+    let (a, ta) = (snapshot(pid)?, ticks(pid)?);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (b, tb) = (snapshot(pid)?, ticks(pid)?);
+    if main_pid(unit)? != pid {
+        return fail(format!("{unit} restarted during the measurement"));
+    }
+    let (mut cpu_ns, mut switches) = (0u64, 0u64);
+    for (tid, (ns, sw)) in &b {
+        let (ns0, sw0) = a.get(tid).copied().unwrap_or((0, 0));
+        cpu_ns += ns.saturating_sub(ns0);
+        switches += sw.saturating_sub(sw0);
+    }
+    let gone = a.keys().filter(|t| !b.contains_key(t)).count();
+    let tick_hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    write_json(
+        out,
+        &json!({
+            "unit": unit,
+            "pid": pid,
+            "settle_secs": settle,
+            "secs": secs,
+            "cpu_ns": cpu_ns,
+            "cpu_ticks_ms": (tb.saturating_sub(ta)) as f64 * 1000.0 / tick_hz,
+            "context_switches": switches,
+            "threads": b.len(),
+            "threads_gone": gone,
+            "rss_kib": status_kib(pid, "VmRSS:"),
+            "hwm_kib": status_kib(pid, "VmHWM:"),
+        }),
+    )
+}

@@ -1,0 +1,292 @@
+//! `fairshare-bench`: the measuring half of `script/bench`.
+//!
+//! `script/bench` boots the test host, installs fairshare and calls the
+//! subcommands below, inside the container (where the daemon's socket and
+//! the container's system bus are) or on the host (ssh, the memory figure).
+//! Every measuring subcommand writes one JSON file of raw samples; `report`
+//! turns them into the table and `bench/RESULTS.md`. Every figure is compared
+//! with a floor measured in the same run, interleaved with it where possible,
+//! because the machines this runs on are noisy.
+
+mod alloc;
+mod idle;
+mod loops;
+mod memory;
+mod pam;
+mod report;
+mod stats;
+mod storm;
+mod throughput;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// An error with a message.
+pub fn fail<T>(msg: impl Into<String>) -> Result<T> {
+    Err(msg.into().into())
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
+#[derive(Parser)]
+#[command(
+    name = "fairshare-bench",
+    about = "fairshare's benchmark helpers (see script/bench)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Login overhead: `pamtester SVC USER open_session close_session`, the
+    /// stack with the module and without, interleaved.
+    PamLoop {
+        /// Users to log in, in turn (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        users: Vec<String>,
+        #[arg(long, default_value = "bench-with")]
+        with: String,
+        #[arg(long, default_value = "bench-without")]
+        without: String,
+        #[arg(short, long, default_value_t = 300)]
+        n: usize,
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Runs a command N times and appends one JSON line per run (`arm`, `ns`,
+    /// `ok`) to OUT: the ssh figure, one block per PAM configuration.
+    #[command(name = "time-cmd")]
+    Timed {
+        #[arg(short, long)]
+        n: usize,
+        #[arg(long)]
+        arm: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Floor of one allocation: the daemon's session-open path against a bare
+    /// SetUnitProperties on the same slice, interleaved.
+    Alloc {
+        #[arg(long)]
+        user: String,
+        #[arg(short, long, default_value_t = 300)]
+        n: usize,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Login storm: SESSIONS concurrent PAM sessions for USERS users (module
+    /// stack SERVICE), against the same SetUnitProperties calls made directly.
+    Storm {
+        /// Users are PREFIX001, PREFIX002, … with uids FIRST_UID, FIRST_UID+1, …
+        #[arg(long, default_value = "benchuser")]
+        prefix: String,
+        #[arg(long, default_value_t = 2001)]
+        first_uid: u32,
+        #[arg(long, default_value_t = 100)]
+        users: u32,
+        #[arg(long, default_value_t = 200)]
+        sessions: u32,
+        #[arg(long, default_value = "bench-storm")]
+        service: String,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// One PAM session, driven over stdin/stdout by `storm` (internal).
+    #[command(hide = true)]
+    PamSession {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        user: String,
+        /// Put XDG_SESSION_ID=ID in the PAM environment, as pam_systemd does.
+        #[arg(long)]
+        session_id: Option<String>,
+    },
+    /// Request throughput: CLIENTS concurrent clients sending REQUEST to the
+    /// daemon, against a trivial echo server on a Unix socket.
+    Throughput {
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long, default_value = "/run/fairshare-bench-echo.sock")]
+        echo_socket: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value = r#"{"type":"status"}"#)]
+        request: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The echo floor: answers each connection's line with itself (internal).
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// Idle cost and idle memory of a running unit's main process.
+    Idle {
+        #[arg(long, default_value = "fairshared.service")]
+        unit: String,
+        #[arg(long, default_value_t = 15.0)]
+        settle: f64,
+        #[arg(long, default_value_t = 60.0)]
+        secs: f64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Memory at USERS users: fairshared's server and service with the FAKE
+    /// systemd backend, in a child process, driven through its socket.
+    Memory {
+        #[arg(long, default_value_t = 10_000)]
+        users: u32,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The daemon half of `memory` (internal).
+    #[command(hide = true)]
+    MemoryDaemon {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        users: u32,
+    },
+    /// Costs of the parts of a login in fairshared: one user lookup as it
+    /// does it (NSS: passwd, group list, group names) against the passwd
+    /// entry alone, and one state save (write, fsync, rename, fsync dir) in DIR.
+    Probe {
+        #[arg(long, default_value = "/var/lib/fairshare")]
+        dir: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(short, long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Prints the table from a results directory and writes RESULTS.md.
+    Report {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        md: Option<PathBuf>,
+        /// The command line that produced the results (for RESULTS.md).
+        #[arg(long, default_value = "script/bench")]
+        command: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::PamLoop {
+            users,
+            with,
+            without,
+            n,
+            warmup,
+            out,
+        } => loops::pam_loop(&users, &with, &without, n, warmup, &out),
+        Cmd::Timed { n, arm, out, cmd } => loops::time_cmd(n, &arm, &out, &cmd),
+        Cmd::Alloc {
+            user,
+            n,
+            socket,
+            out,
+        } => alloc::run(&user, n, &socket, &out),
+        Cmd::Storm {
+            prefix,
+            first_uid,
+            users,
+            sessions,
+            service,
+            rounds,
+            socket,
+            out,
+        } => storm::run(&storm::Setup {
+            prefix,
+            first_uid,
+            users,
+            sessions,
+            service,
+            rounds,
+            socket,
+            out,
+        }),
+        Cmd::PamSession {
+            service,
+            user,
+            session_id,
+        } => pam::session_child(&service, &user, session_id.as_deref()),
+        Cmd::Throughput {
+            socket,
+            echo_socket,
+            clients,
+            secs,
+            rounds,
+            request,
+            out,
+        } => throughput::run(&throughput::Setup {
+            socket,
+            echo_socket,
+            clients,
+            secs,
+            rounds,
+            request,
+            out,
+        }),
+        Cmd::EchoServer { socket } => throughput::echo_server(&socket),
+        Cmd::Idle {
+            unit,
+            settle,
+            secs,
+            out,
+        } => idle::run(&unit, settle, secs, &out),
+        Cmd::Memory {
+            users,
+            clients,
+            out,
+        } => memory::run(users, clients, &out),
+        Cmd::MemoryDaemon {
+            socket,
+            state,
+            users,
+        } => memory::daemon(&socket, &state, users),
+        Cmd::Probe { dir, user, n, out } => alloc::probe(&dir, &user, n, out.as_deref()),
+        Cmd::Report { dir, md, command } => report::run(&dir, md.as_deref(), &command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fairshare-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
