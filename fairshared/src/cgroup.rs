@@ -190,8 +190,27 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Reads a small kernel file (cgroup, /proc). These report a size of 0, so
+/// `fs::read_to_string` would stat the file and then read it in growing
+/// steps from 32 bytes: a dozen syscalls where two reads into a page do.
 fn read(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok()
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
 }
 
 fn read_u64(p: &Path) -> Option<u64> {
@@ -273,6 +292,29 @@ mod tests {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn reads_kernel_files_of_any_size() {
+        let t = tempfile::tempdir().unwrap();
+        let long: String = (0..3000).map(|i| format!("{i}\n")).collect();
+        assert!(long.len() > 3 * 4096);
+        write(t.path(), "long", &long);
+        write(t.path(), "short", "42\n");
+        assert_eq!(read(&t.path().join("long")).as_deref(), Some(long.as_str()));
+        assert_eq!(read_u64(&t.path().join("short")), Some(42));
+        assert_eq!(read(&t.path().join("missing")), None);
+        // a real /proc file, whose size reads as 0
+        let own = read(Path::new("/proc/self/stat")).unwrap();
+        assert!(
+            own.starts_with(&format!("{} (", std::process::id())),
+            "{own}"
+        );
+        assert_eq!(
+            start_time(std::process::id()),
+            start_time(std::process::id())
+        );
+        assert!(start_time(std::process::id()).is_some());
     }
 
     #[test]

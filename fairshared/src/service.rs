@@ -540,7 +540,7 @@ impl<S: Systemd> Service<S> {
             self.read(|l| l.entries().map(|(u, e)| (*u, e.clone())).collect());
         let mut users = Vec::with_capacity(entries.len());
         for (uid, e) in entries {
-            let id = match self.identity(uid).await {
+            let id = match self.identity_with(uid, policy.uses_groups()).await {
                 Ok(id) => id,
                 Err(_) => Identity {
                     uid,

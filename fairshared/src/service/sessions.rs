@@ -28,6 +28,9 @@ impl<S: Systemd> Service<S> {
             .sessions_opened
             .fetch_add(1, Ordering::Relaxed);
         let _guard = self.lock_user(id.uid).await;
+        // The pidfd first: while it is open the pid cannot be reused, so the
+        // start time read next is the session process's own.
+        let pidfd = pidwatch::open(s.pid).ok();
         let info = SessionInfo {
             pid: s.pid,
             service: s.service.clone(),
@@ -37,43 +40,64 @@ impl<S: Systemd> Service<S> {
             opened_at: now(),
             start_time: cgroup::start_time(s.pid),
         };
-        let start_time = info.start_time;
         let (prev, change) = self.mutate(|l| {
             (
                 l.get(id.uid).cloned(),
                 l.open_session(id.uid, &id.name, &up, info),
             )
         });
-        tracing::info!(
-            uid = id.uid,
-            user = %id.name,
-            pid = s.pid,
-            service = s.service.as_deref().unwrap_or(""),
-            rhost = s.rhost.as_deref().unwrap_or(""),
-            session_id = s.session_id.as_deref().unwrap_or(""),
-            "session opened"
-        );
-        let committed = self
-            .apply_change(&id, prev, &change, false, 0, "session opened")
-            .await;
+        // One journal line per login: the allocation change (a user's first
+        // session) says which session caused it; each line costs a login
+        // tens of microseconds.
+        let committed = if change.old != Some(change.new) {
+            let why = format!(
+                "session opened: pid {}, {} from {}{}",
+                s.pid,
+                s.service.as_deref().unwrap_or("?"),
+                s.rhost
+                    .as_deref()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or("local"),
+                s.session_id
+                    .as_deref()
+                    .map(|sid| format!(", logind session {sid}"))
+                    .unwrap_or_default(),
+            );
+            self.apply_change(&id, prev, &change, false, 0, &why).await
+        } else {
+            tracing::info!(
+                uid = id.uid,
+                user = %id.name,
+                pid = s.pid,
+                service = s.service.as_deref().unwrap_or(""),
+                rhost = s.rhost.as_deref().unwrap_or(""),
+                session_id = s.session_id.as_deref().unwrap_or(""),
+                "session opened"
+            );
+            self.apply_change(&id, prev, &change, false, 0, "session opened")
+                .await
+        };
         self.save_later();
-        self.watch(id.uid, s.pid, start_time);
+        self.watch_fd(id.uid, s.pid, pidfd);
         drop(_guard);
         // Limit the slice first, then put a stray session process into it:
         // only one outside the user's slice that logind does not own (a PAM
         // stack without pam_systemd). A logind session's process is logind's
         // to place, even when its scope is still being set up.
-        let stray = match cgroup::placement(s.pid, id.uid) {
-            Placement::Elsewhere(path) if s.session_id.is_none() => {
-                match self.systemd.in_logind_session(s.pid).await {
-                    Ok(false) => Some(path),
-                    Ok(true) => None,
-                    Err(e) => {
-                        tracing::warn!(pid = s.pid, error = %e, "cannot ask logind about a session process; leaving it where it is");
-                        None
-                    }
+        let placement = match s.session_id {
+            // logind's session: not even worth a look at /proc
+            Some(_) => None,
+            None => Some(cgroup::placement(s.pid, id.uid)),
+        };
+        let stray = match placement {
+            Some(Placement::Elsewhere(path)) => match self.systemd.in_logind_session(s.pid).await {
+                Ok(false) => Some(path),
+                Ok(true) => None,
+                Err(e) => {
+                    tracing::warn!(pid = s.pid, error = %e, "cannot ask logind about a session process; leaving it where it is");
+                    None
                 }
-            }
+            },
             _ => None,
         };
         let adopted = match stray {
@@ -168,13 +192,19 @@ impl<S: Systemd> Service<S> {
     /// Counts a session down when its process ends, even without a
     /// `close_session` (a crashed sshd, `kill -9`).
     pub(super) fn watch(self: &Arc<Self>, uid: u32, pid: u32, start_time: Option<u64>) {
-        let this = Arc::downgrade(self);
         let fd = pidwatch::open(pid).ok();
         // With the pidfd open, the pid cannot be reused under us; compare
         // start times to be sure it is still the process that opened the session.
         let same = fd.is_some() && (start_time.is_none() || cgroup::start_time(pid) == start_time);
+        self.watch_fd(uid, pid, fd.filter(|_| same));
+    }
+
+    /// Watches the process behind `fd`, a pidfd known to be the session's
+    /// process; `None`: it is gone already, count the session down now.
+    fn watch_fd(self: &Arc<Self>, uid: u32, pid: u32, fd: Option<std::os::fd::OwnedFd>) {
+        let this = Arc::downgrade(self);
         let task = tokio::spawn(async move {
-            if let (true, Some(fd)) = (same, fd)
+            if let Some(fd) = fd
                 && let Err(e) = pidwatch::exited(fd).await
             {
                 tracing::warn!(pid, error = %e, "cannot watch a session process");

@@ -138,7 +138,11 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
         let by = |pid: u32| {
             daemon
                 .lines()
-                .filter(|l| l.contains(&format!("fairshared[{pid}]: session opened")))
+                .filter(|l| {
+                    // "session opened", or the first session's allocation
+                    // line "allocation of U changed (session opened: ...)"
+                    l.contains(&format!("fairshared[{pid}]: ")) && l.contains("session opened")
+                })
                 .count()
         };
         let (old_n, new_n) = (by(old_pid), by(new_pid));
