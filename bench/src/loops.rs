@@ -34,9 +34,9 @@ fn pamtester(service: &str, user: &str) -> Vec<String> {
 
 /// `n` logins through each of two PAM services, interleaved (ABBA) so drift
 /// on a noisy machine falls on both alike. Iteration `i` logs in
-/// `users[i % len]` with both: one user logging in dozens of times a second
-/// would hit systemd's start limit for user-runtime-dir@UID.service (5 in 10 s),
-/// and logins would go on without a user manager.
+/// `users[i % len]` with both. script/bench passes one lingering user; a user
+/// without lingering logging in dozens of times a second would hit systemd's
+/// start limit for user-runtime-dir@UID.service (5 in 10 s), so give several.
 pub fn pam_loop(
     users: &[String],
     with: &str,

@@ -105,6 +105,9 @@ enum Cmd {
         sessions: u32,
         #[arg(long, default_value = "bench-storm")]
         service: String,
+        /// A PAM service without the module, timed for context ("" = none).
+        #[arg(long, default_value = "bench-null")]
+        null_service: String,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
@@ -227,6 +230,7 @@ fn main() -> std::process::ExitCode {
             users,
             sessions,
             service,
+            null_service,
             rounds,
             socket,
             out,
@@ -236,6 +240,7 @@ fn main() -> std::process::ExitCode {
             users,
             sessions,
             service,
+            null_service: Some(null_service).filter(|s| !s.is_empty()),
             rounds,
             socket,
             out,

@@ -31,6 +31,11 @@ fn ms(ns: Option<f64>) -> String {
     ns.map_or("—".into(), |x| format!("{:.2} ms", x / 1e6))
 }
 
+/// A difference, always with its sign: "+0.52 ms", "-0.37 ms".
+fn ms_signed(ns: Option<f64>) -> String {
+    ns.map_or("—".into(), |x| format!("{:+.2} ms", x / 1e6))
+}
+
 fn mib(kib: Option<f64>) -> String {
     kib.map_or("—".into(), |k| format!("{:.1} MiB", k / 1024.0))
 }
@@ -153,13 +158,13 @@ pub fn run(dir: &Path, md: Option<&Path>, command: &str) -> Result<()> {
                 "added: median ≤ 2 ms, p99 ≤ 10 ms",
                 f64::INFINITY,
             );
-            r.median = format!("{} (+{})", r.median, ms(added));
-            r.p99 = format!("{} (+{})", r.p99, ms(added99));
+            r.median = format!("{} ({})", r.median, ms_signed(added));
+            r.p99 = format!("{} ({})", r.p99, ms_signed(added99));
             r.verdict = verdict(ok);
             rows.push(r);
             let failures = num(&v, "failures").unwrap_or(0.0);
             notes.push(format!(
-                "login overhead: `pamtester SVC USER open_session close_session`, {} runs per stack, interleaved (ABBA), 10 warm-up runs each, USER in turn over {} users (so that no user hits systemd's start limit of user-runtime-dir@UID.service); SVC = `{}` (pam_unix + pam_systemd + pam_fairshare) vs `{}` (the same without pam_fairshare). Each run is a first login: logind starts user@UID.service, whose own PAM session (systemd-user, common-session) passes through pam_fairshare too, and stops it at logout. Added = difference of the medians (of the p99s). Failed runs: {failures}.",
+                "login overhead: `pamtester SVC USER open_session close_session`, {} runs per stack, interleaved (ABBA), 10 warm-up runs each, for {} user(s) with lingering on (`loginctl enable-linger`), so their user manager stays up between runs, as for a user already logged in elsewhere: without it every run starts and stops a whole user@UID.service, whose time varies by hundreds of milliseconds and drowns the module's. Each run is still the user's only PAM session, so fairshared applies the allocation at open and puts the slice back to the default at close: both D-Bus calls in every run. SVC = `{}` (pam_unix + pam_systemd + pam_fairshare) vs `{}` (the same without pam_fairshare). Added = difference of the medians (of the p99s). Failed runs: {failures}.",
                 w.len(),
                 num(&v, "users").unwrap_or(0.0),
                 v.get("with_service").and_then(Value::as_str).unwrap_or("?"),

@@ -34,6 +34,8 @@ pub struct Setup {
     pub users: u32,
     pub sessions: u32,
     pub service: String,
+    /// A stack without the module, timed for context (processes alone).
+    pub null_service: Option<String>,
     pub rounds: usize,
     pub socket: PathBuf,
     pub out: PathBuf,
@@ -207,19 +209,24 @@ struct Arm {
     thread_delta_max: i64,
 }
 
+/// The storm through PAM: `service` is the stack with the module; with
+/// `check`, the slices and the daemon's counts are checked after each phase
+/// (untimed). Without (the null stack) only the phases are timed.
 fn daemon_arm(
     s: &Setup,
     round: usize,
     uids: &[u32],
     want: &Limits,
     client: &Client,
+    service: &str,
+    check: bool,
 ) -> Result<Arm> {
     let exe = std::env::current_exe()?;
     let mut kids = Vec::with_capacity(s.sessions as usize);
     for i in 0..s.sessions {
         let user = format!("{}{:03}", s.prefix, i % s.users + 1);
         let mut child = Command::new(&exe)
-            .args(["pam-session", "--service", &s.service, "--user", &user])
+            .args(["pam-session", "--service", service, "--user", &user])
             .arg(format!("--session-id=bench-storm-{round}-{i}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -269,7 +276,7 @@ fn daemon_arm(
     }
     arm.open_ns = t.elapsed().as_nanos() as f64;
     // every session counted, every slice limited
-    let per_user = s.sessions / s.users;
+    let per_user = if check { s.sessions / s.users } else { 0 };
     for (uid, n) in uids.iter().zip(counted(client, uids)?) {
         if n != per_user {
             arm.failures += 1;
@@ -278,9 +285,11 @@ fn daemon_arm(
             ));
         }
     }
-    let bad = check_slices(uids, want);
-    arm.failures += bad.len() as u32;
-    arm.problems.extend(bad);
+    if check {
+        let bad = check_slices(uids, want);
+        arm.failures += bad.len() as u32;
+        arm.problems.extend(bad);
+    }
     // close, all at once
     let t = Instant::now();
     for k in &mut kids {
@@ -296,6 +305,9 @@ fn daemon_arm(
     }
     arm.close_ns = t.elapsed().as_nanos() as f64;
     for k in &mut kids {
+        k.say("quit")?;
+    }
+    for k in &mut kids {
         k.child.wait()?;
     }
     for (uid, n) in uids.iter().zip(counted(client, uids)?) {
@@ -306,9 +318,11 @@ fn daemon_arm(
             ));
         }
     }
-    let bad = check_slices(uids, want);
-    arm.failures += bad.len() as u32;
-    arm.problems.extend(bad);
+    if check {
+        let bad = check_slices(uids, want);
+        arm.failures += bad.len() as u32;
+        arm.problems.extend(bad);
+    }
     Ok(arm)
 }
 
@@ -375,7 +389,9 @@ pub fn run(s: &Setup) -> Result<()> {
             std::thread::sleep(Duration::from_millis(300));
             let before = cpu_by_comm();
             if d {
-                daemon = Some(daemon_arm(s, round, &uids, &want, &client)?);
+                daemon = Some(daemon_arm(
+                    s, round, &uids, &want, &client, &s.service, true,
+                )?);
                 daemon_cpu = cpu_delta(&before, &cpu_by_comm());
             } else {
                 direct = Some(direct_arm(&rt, &mgr, &uids, &want)?);
@@ -386,12 +402,26 @@ pub fn run(s: &Setup) -> Result<()> {
         let (Some(d), Some(x)) = (daemon, direct) else {
             return fail("an arm did not run");
         };
+        // Context, not a floor: the same 200 processes through a stack
+        // without the module (pam_permit), so nothing reaches the daemon.
+        let null = match &s.null_service {
+            Some(svc) => {
+                let n = daemon_arm(s, round, &uids, &want, &client, svc, false)?;
+                if n.failures > 0 {
+                    return fail(format!("the null stack {svc}: {:?}", n.problems));
+                }
+                Some((n.open_ns, n.close_ns))
+            }
+            None => None,
+        };
         eprintln!(
-            "storm round {round}: daemon open {:.1} ms + close {:.1} ms, direct {:.1} + {:.1} ms, failures {}",
+            "storm round {round}: daemon open {:.1} ms + close {:.1} ms, direct {:.1} + {:.1} ms, processes alone {:.1} + {:.1} ms, failures {}",
             d.open_ns / 1e6,
             d.close_ns / 1e6,
             x.open_ns / 1e6,
             x.close_ns / 1e6,
+            null.map_or(f64::NAN, |n| n.0 / 1e6),
+            null.map_or(f64::NAN, |n| n.1 / 1e6),
             d.failures + x.failures
         );
         fails += d.failures + x.failures;
@@ -406,6 +436,8 @@ pub fn run(s: &Setup) -> Result<()> {
             "direct_ns": x.open_ns + x.close_ns,
             "daemon_failures": d.failures, "direct_failures": x.failures,
             "daemon_cpu_ms": daemon_cpu, "direct_cpu_ms": direct_cpu,
+            "null_open_ns": (null.map(|n| n.0)), "null_close_ns": (null.map(|n| n.1)),
+            "null_ns": (null.map(|n| n.0 + n.1)),
         }));
     }
     write_json(

@@ -66,7 +66,7 @@ pub const ARGUMENTS: &[(&str, &str)] = &[
     ),
     (
         "debug",
-        "Also log the routine decisions (which users pass through, and why).",
+        "Also log the routine decisions: which users pass through and why, and each logout fairshared confirms (without it: the allocation at login, and every problem).",
     ),
 ];
 

@@ -150,7 +150,8 @@ pub fn close(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Outcome {
         session_id: login.session_id.clone(),
     });
     match Client::new(&cfg.socket, cfg.timeout).call(&req) {
-        Ok(Response::Success(s)) => Outcome::new(Verdict::Success, Level::Info, s.message),
+        // a logout is no news (fairshared logs what it changed): `debug` only
+        Ok(Response::Success(s)) => Outcome::new(Verdict::Success, Level::Debug, s.message),
         Ok(Response::Error(e)) => Outcome::new(
             Verdict::Success,
             Level::Warning,
