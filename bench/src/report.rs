@@ -303,14 +303,14 @@ pub fn run(dir: &Path, md: Option<&Path>, command: &str) -> Result<()> {
                     .join(", ")
             };
             notes.push(format!(
-                "login storm, CPU time by process during each arm (medians over rounds, clock ticks of 10 ms; `children` = the 200 session processes over their whole life, start-up and exit included): with the daemon: {}; direct calls: {}. The module's own side, measured inside each session process from pam_open_session to the end of pam_close_session: median {:.0} µs CPU per session (p99 {:.0} µs).",
+                "login storm, CPU time by process during each arm (medians over rounds, clock ticks of 10 ms; `children` = the 200 session processes over their whole life, start-up and exit included, with the module): with the daemon: {}; direct calls: {}. The module's own side, measured inside each session process from pam_open_session to the end of pam_close_session: median {:.0} µs CPU per session (p99 {:.0} µs).",
                 cpu("daemon_cpu_ms"),
                 cpu("direct_cpu_ms"),
                 median(&nums(&v, "session_cpu_ns")).unwrap_or(0.0) / 1e3,
                 percentile(&nums(&v, "session_cpu_ns"), 99.0).unwrap_or(0.0) / 1e3,
             ));
             notes.push(format!(
-                "login storm: each session is its own process calling pam_open_session on a stack with only pam_fairshare (`{}`; XDG_SESSION_ID set as pam_systemd would, so no logind work is included), all released at once, then all closed at once. Floor: the {} SetUnitProperties calls per phase the daemon makes (a user's first open, their last close), issued directly, all at once, on one bus connection. Before each arm every slice is set to other limits; after each phase the cgroup files of all {} slices (cpu.cfs_quota_us, memory.limit_in_bytes, pids.max) and the daemon's session counts are checked. Medians: open {} + close {} (daemon) vs {} + {} (direct). Per-session pam_open_session latency in the storm: median {}, p99 {}. Failures: {failures}{}",
+                "login storm: each session is its own process calling pam_open_session on a stack with only pam_fairshare (`{}`; XDG_SESSION_ID set as pam_systemd would, so no logind work is included), all released at once, then all closed at once. Floor: the {} SetUnitProperties calls per phase the daemon makes (a user's first open, their last close), issued directly, all at once, on one bus connection. Before each arm every slice is set to other limits; after each phase the cgroup files of all {} slices (cpu.cfs_quota_us, memory.limit_in_bytes, pids.max) and the daemon's session counts are checked. Medians: open {} + close {} (daemon) vs {} + {} (direct); for context, the same 200 processes through a stack without the module (pam_permit only, nothing reaches the daemon): open {} + close {}. Per-session pam_open_session latency in the storm: median {}, p99 {}. Failures: {failures}{}",
                 v.get("service").and_then(Value::as_str).unwrap_or("?"),
                 num(&v, "calls_per_phase").unwrap_or(0.0),
                 num(&v, "users").unwrap_or(0.0),
@@ -318,6 +318,8 @@ pub fn run(dir: &Path, md: Option<&Path>, command: &str) -> Result<()> {
                 part("daemon_close_ns"),
                 part("direct_open_ns"),
                 part("direct_close_ns"),
+                part("null_open_ns"),
+                part("null_close_ns"),
                 ms(median(&lat)),
                 ms(percentile(&lat, 99.0)),
                 v.get("problems")
