@@ -302,6 +302,9 @@ fn daemon_arm(
             arm.problems
                 .push(format!("pam_close_session returned {v:?}"));
         }
+        if let Some(cpu) = v.get(2) {
+            arm.session_cpu_ns.push(*cpu as f64);
+        }
     }
     arm.close_ns = t.elapsed().as_nanos() as f64;
     for k in &mut kids {

@@ -1,6 +1,7 @@
 //! `fairshared`: start-up, signals, systemd integration and shutdown. See the
 //! library for the rest.
 
+use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -293,15 +294,33 @@ async fn follow_logind(service: Arc<Service<Dbus>>, mut stop: tokio::sync::watch
                 }
             }
         };
+        // A login announces itself through PAM a moment after logind sees
+        // it: each reported user is checked 2 s later, once however many
+        // events came meanwhile. The stream is drained at once, never behind
+        // a check: unread signals pile up in the bus connection, and a full
+        // queue stalls everything that connection receives.
+        let mut due: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
         loop {
-            let uid = tokio::select! {
+            let next = due.values().min().copied();
+            tokio::select! {
                 _ = stop.changed() => return,
-                e = events.next() => match e { Some(uid) => uid, None => break },
-            };
-            // A login announces itself through PAM a moment after logind
-            // sees it; give it that moment, then check that user.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            service.reconcile(Some(uid)).await;
+                e = events.next() => match e {
+                    Some(uid) => {
+                        due.entry(uid)
+                            .or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(2));
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    let ready: Vec<u32> = due.iter().filter(|(_, t)| **t <= now).map(|(u, _)| *u).collect();
+                    for uid in ready {
+                        due.remove(&uid);
+                        let service = service.clone();
+                        tokio::spawn(async move { service.reconcile(Some(uid)).await });
+                    }
+                }
+            }
         }
         tracing::warn!("lost logind's signals (bus connection closed); subscribing again");
     }

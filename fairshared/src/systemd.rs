@@ -192,11 +192,13 @@ impl Dbus {
 
 impl Dbus {
     /// A stream of uids that logind reports appearing (`UserNew`) or going
-    /// (`UserRemoved`). Ends when the bus connection does.
+    /// (`UserRemoved`). Ends when the bus connection does. The signals come
+    /// on a connection of their own: signals left unread fill a connection's
+    /// queue, and must never hold up the replies the method calls wait for.
     pub async fn user_events(
         &self,
     ) -> Result<impl futures_util::Stream<Item = u32> + Send + Unpin + use<>, SystemdError> {
-        let (conn, _) = self.manager().await?;
+        let conn = self.open().await?.conn;
         let login = LoginManager::builder(&conn)
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()

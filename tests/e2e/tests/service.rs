@@ -519,3 +519,89 @@ fn the_debian_package_installs_limits_logins_and_purges_clean() {
     assert!(h.sh(&format!("ls {pamdir}/pam_fairshare.so")).code != 0);
     assert_eq!(h.ssh(user, "echo in").ok().out(), "in");
 }
+
+/// A busy login node: logind reports users coming and going (UserNew,
+/// UserRemoved) far faster than fairshared looks at them. Those signals must
+/// never hold up the calls a login waits for. They once did: unread signals
+/// filled the bus connection's queue, every reply on it stalled until the
+/// 25 s method timeout, and logins went through without limits.
+#[test]
+fn a_flood_of_logind_events_never_holds_up_a_login() {
+    let h = Host::get();
+    h.fresh_daemon(POLICY);
+    h.write(
+        "/etc/pam.d/fairshare-churn",
+        "auth required pam_permit.so\naccount required pam_unix.so\n\
+         session required pam_unix.so\nsession required pam_systemd.so\n",
+    );
+    h.write(
+        "/etc/pam.d/fairshare-login",
+        "auth required pam_permit.so\naccount required pam_unix.so\n@include common-session\n",
+    );
+    let _undo = Undo(
+        &h,
+        "rm -f /etc/pam.d/fairshare-churn /etc/pam.d/fairshare-login".into(),
+    );
+    let before = cursor(&h);
+    // 240 logins and logouts that fairshare does not see (no module in the
+    // stack), each through logind (pam_systemd required), so each a UserNew
+    // and a UserRemoved signal (UserStopDelaySec=0):
+    // several hundred signals, far more than a connection queues (64).
+    let churn = h.exec(
+        "n=0; for i in $(seq 80); do for u in testuser2 student1 testuser3; do \
+         pamtester fairshare-churn $u open_session close_session >/dev/null 2>&1 && n=$((n+1)); \
+         done; done; echo $n",
+    );
+    let churned: u32 = churn.ok().out().parse().unwrap();
+    assert!(churned >= 200, "only {churned} of 240 churn logins worked");
+    // Logins through the module right after: each gets its limits, in time.
+    let (user, _) = TESTUSER;
+    for i in 0..5 {
+        let t = Instant::now();
+        let o = h.exec(&format!(
+            "pamtester fairshare-login {user} open_session close_session 2>&1"
+        ));
+        let took = t.elapsed();
+        assert!(
+            o.code == 0 && o.stdout.contains("successfully opened"),
+            "login {i}: {o:?}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "login {i} took {took:?} after the flood of logind events"
+        );
+    }
+    let log = journal_since(&h, &before);
+    let unlimited: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("pam_fairshare") && (l.contains("WITHOUT") || l.contains("did not answer"))
+        })
+        .collect();
+    assert!(
+        unlimited.is_empty(),
+        "logins without limits:\n{}",
+        unlimited.join("\n")
+    );
+    let limited = log
+        .lines()
+        .filter(|l| {
+            l.contains("pam_fairshare(fairshare-login:session)") && l.contains("2 CPUs, 8G memory")
+        })
+        .count();
+    assert_eq!(limited, 5, "logins that got their allocation:\n{log}");
+    // Any churn login fairshared caught up with (a logind session it had
+    // not heard of) is counted down again once its process is gone.
+    wait_for(
+        "the churned users to be untracked",
+        Duration::from_secs(20),
+        || {
+            let st = h.ctl("--json list").ok().json();
+            let users = st["users"].as_array().cloned().unwrap_or_default();
+            users
+                .iter()
+                .all(|u| u["uid"] != 1002 && u["uid"] != 1003 && u["uid"] != 1004)
+                .then_some(())
+        },
+    );
+}
