@@ -9,45 +9,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::{Out, wait_for};
+use crate::{Out, run, wait_for};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
 const HOW_TO_START: &str = "start it with: make all && sudo tests/testhost/v2vm.sh up \
      (or run setup, tests and shutdown at once: sudo tests/testhost/v2vm.sh test)";
-
-/// The test users' names (uids in `crate::ALL_UIDS`).
-const USERS: [&str; 5] = ["testuser", "testuser2", "student1", "testuser3", "svcuser"];
-
-fn run(c: &mut Command, what: String, stdin: Option<&[u8]>) -> Out {
-    c.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    if let Some(bytes) = stdin {
-        let mut s = child.stdin.take().unwrap();
-        s.write_all(bytes).unwrap();
-    }
-    let o = child.wait_with_output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        what,
-    }
-}
 
 /// The v2 limit files of a user's slice (`None`: no such file, i.e. the
 /// slice is not active). `max` is shown as `u64::MAX`.
@@ -323,7 +295,7 @@ impl Guest {
                  for u in {}; do loginctl terminate-user $u 2>/dev/null; done; \
                  cat > /etc/fairshare/policy.d/50-test.yaml",
                 uids.join(" "),
-                USERS.join(" ")
+                crate::ALL_USERS.join(" ")
             ),
             policy.as_bytes(),
         )
@@ -355,7 +327,7 @@ impl Guest {
     pub fn logout_all(&self) {
         self.sh(&format!(
             "for u in {}; do loginctl terminate-user $u 2>/dev/null; done; true",
-            USERS.join(" ")
+            crate::ALL_USERS.join(" ")
         ));
         self.wait_logged_out();
     }

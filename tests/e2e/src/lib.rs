@@ -26,6 +26,8 @@ pub const STUDENT: (&str, u32) = ("student1", 1003);
 pub const TESTUSER3: (&str, u32) = ("testuser3", 1004);
 pub const SVCUSER: (&str, u32) = ("svcuser", 990);
 pub const ALL_UIDS: [u32; 5] = [1001, 1002, 1003, 1004, 990];
+/// Their names, in the same order.
+pub const ALL_USERS: [&str; 5] = ["testuser", "testuser2", "student1", "testuser3", "svcuser"];
 
 /// The result of a command.
 #[derive(Debug)]
@@ -65,7 +67,8 @@ pub struct Host {
     _guard: MutexGuard<'static, ()>,
 }
 
-fn run(c: &mut Command, what: String, stdin: Option<&[u8]>) -> Out {
+/// Runs `c` to the end (stdin from `stdin`, else none); `what` names it in failures.
+pub(crate) fn run(c: &mut Command, what: String, stdin: Option<&[u8]>) -> Out {
     c.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -335,10 +338,9 @@ impl Host {
 
     /// Ends every session of the test users.
     pub fn logout_all(&self) {
-        let names = ["testuser", "testuser2", "student1", "testuser3", "svcuser"];
         self.sh(&format!(
             "for u in {}; do loginctl terminate-user $u 2>/dev/null; done; true",
-            names.join(" ")
+            ALL_USERS.join(" ")
         ));
         // Processes a test left behind in a session that is already closing
         // are not killed by terminate-user (KillUserProcesses=no): end them.
