@@ -96,35 +96,10 @@ CT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 INIT=/usr/local/libexec/fairshare-testhost-init   # PID-1 wrapper inside the container
 
 # ------------------------------------------------------------------------------ helpers
-log() { printf '[testhost %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}'; }
+LOG_TAG=testhost CHROOT_ROOT=$ROOT
+# shellcheck source=tests/testhost/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 T0=$(now)
-phase_start() { PHASE_T=$(now); PHASE_NAME=$1; log "== $1"; }
-phase_end() { log "   $PHASE_NAME: done in $(since "$PHASE_T")s"; }
-
-usage() {   # the header comment from "Usage:" up to "Host requirements"
-  awk '/^# Usage:/ { p = 1 } /^# Host requirements/ { exit } p' "$0" | sed 's/^# \{0,1\}//'
-}
-
-# rm -rf that refuses silly paths and never crosses into another file system.
-safe_rm() {
-  local p
-  for p; do
-    case "$p" in ""|/|/var|/var/tmp|/tmp) die "refusing to remove '$p'" ;; esac
-    [ -e "$p" ] || [ -L "$p" ] || continue
-    rm -rf --one-file-system -- "$p"
-  done
-}
-
-# Serialise up/down/purge (parallel test runners may all call `up`).  The fd is closed for
-# the container process, so the lock is released when this script exits.
-take_lock() {
-  mkdir -p "$FS_BASE"
-  exec 9>"$FS_BASE/.lock"
-  flock 9
-}
 
 # Debian mirror from the host's apt configuration: the first enabled deb822 stanza (or
 # one-line "deb" entry) serving $FS_SUITE; else the first deb source at all.
@@ -198,13 +173,6 @@ need_leader() { L=$(leader_pid) || die "container not running (run: $0 up)"; }
 
 # Port of the running container's sshd (recorded at boot), else $FS_SSH_PORT.
 ssh_port() { cat "$STATE/ssh_port" 2>/dev/null || echo "$FS_SSH_PORT"; }
-
-# Is anything listening on TCP port $1 in the host network namespace?
-port_listening() {
-  local hex; hex=$(printf '%04X' "$1")
-  awk -v h="$hex" '$4 == "0A" { split($2, a, ":"); if (a[2] == h) f = 1 } END { exit !f }' \
-    /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
 
 # ------------------------------------------------------------------------------ running things inside
 ct_nsexec() {
@@ -302,32 +270,6 @@ prepare_root() {
   fi
 }
 
-# Commands in the (stopped) root.  chroot makes every path, including symlinks a previous test
-# run may have left inside, resolve within the root, never on the host.
-ct_chroot() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
-# put PATH MODE < CONTENT: write a file inside the root atomically.
-put() {
-  ct_chroot /bin/sh -c 'set -e; umask 022; mkdir -p "$(dirname "$1")"
-    cat > "$1.testhost-tmp"; chmod "$2" "$1.testhost-tmp"; mv -f "$1.testhost-tmp" "$1"' sh "$1" "$2"
-}
-
-ensure_group() {   # NAME GID
-  local cur
-  if cur=$(ct_chroot getent group "$1"); then
-    [ "$(cut -d: -f3 <<< "$cur")" = "$2" ] || ct_chroot groupmod -g "$2" "$1"
-  else
-    ct_chroot groupadd -g "$2" "$1"
-  fi
-}
-ensure_user() {    # NAME UID [extra useradd options...]
-  local name=$1 uid=$2 cur; shift 2
-  if cur=$(ct_chroot getent passwd "$name"); then
-    [ "$(cut -d: -f3 <<< "$cur")" = "$uid" ] || ct_chroot usermod -u "$uid" "$name"
-  else
-    ct_chroot useradd -m -u "$uid" -s /bin/bash "$@" "$name"
-  fi
-}
-
 configure_root() {   # idempotent; runs on every `up` that boots (container stopped)
   phase_start "configure root"
   put /etc/hostname 644 <<< "$FS_NAME"
@@ -337,7 +279,7 @@ configure_root() {   # idempotent; runs on every `up` that boots (container stop
 ::1 localhost ip6-localhost ip6-loopback
 EOF
   put /etc/default/locale 644 <<< 'LANG=C.UTF-8'     # no locales installed; quiets pam_env/perl
-  ct_chroot /bin/sh -c 'for u; do ln -sfn /dev/null "/etc/systemd/system/$u"; done' sh "${MASK_UNITS[@]}"
+  in_chroot /bin/sh -c 'for u; do ln -sfn /dev/null "/etc/systemd/system/$u"; done' sh "${MASK_UNITS[@]}"
 
   # PID-1 wrapper: nspawn (without user namespacing) mounts the v1 controller hierarchies
   # read-only, and systemd decides at startup which controllers it can use.  Remount them
@@ -403,7 +345,7 @@ EOF
   ensure_user testuser 1001
   ensure_user testuser2 1002
   ensure_user student1 1003 -G students
-  ct_chroot usermod -a -G students student1
+  in_chroot usermod -a -G students student1
   ensure_user testuser3 1004
   ensure_user svcuser 990 --system -d /home/svcuser
 
@@ -411,7 +353,7 @@ EOF
   ensure_key
   local u pub; pub=$(cat "$SSH_KEY.pub")
   for u in root testuser testuser2 student1 testuser3 svcuser; do
-    ct_chroot /bin/sh -c 'set -e
+    in_chroot /bin/sh -c 'set -e
       h=$(getent passwd "$1" | cut -d: -f6); g=$(id -g "$1")
       [ -L "$h/.ssh" ] && rm -f "$h/.ssh"
       install -d -m 700 -o "$1" -g "$g" "$h/.ssh"
@@ -420,7 +362,7 @@ EOF
       chown "$1:$g" "$h/.ssh/authorized_keys"; chmod 600 "$h/.ssh/authorized_keys"' sh "$u" "$pub"
   done
 
-  ct_chroot install -d -m 755 /etc/fairshare /etc/fairshare/policy.d /var/lib/fairshare /srv/fairshare
+  in_chroot install -d -m 755 /etc/fairshare /etc/fairshare/policy.d /var/lib/fairshare /srv/fairshare
   install -d "$SHARE"
   phase_end
 }
@@ -562,7 +504,7 @@ cmd_up() {
     --fresh) fresh=1 ;;
     *) die "usage: $0 up [--fresh]" ;;
   esac
-  take_lock
+  take_lock "$FS_BASE"
   mkdir -p "$STATE"
   host_deps
   if [ $fresh = 1 ]; then
@@ -594,7 +536,7 @@ ensure_key() {
 }
 
 cmd_base() {
-  take_lock
+  take_lock "$FS_BASE"
   mkdir -p "$STATE"
   host_deps base
   build_base
@@ -604,7 +546,7 @@ cmd_base() {
 
 cmd_down() {
   [ -d "$FS_BASE" ] || { log "nothing to do ($FS_BASE does not exist)"; return 0; }
-  take_lock
+  take_lock "$FS_BASE"
   mkdir -p "$STATE"
   do_down
   log "down"
@@ -612,7 +554,7 @@ cmd_down() {
 
 cmd_purge() {
   if [ -d "$FS_BASE" ]; then
-    take_lock
+    take_lock "$FS_BASE"
     mkdir -p "$STATE"
     do_down
     safe_rm "$FS_BASE"

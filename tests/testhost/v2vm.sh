@@ -102,41 +102,10 @@ APT_DIR=$V2_BASE/apt            # private apt source list and lists (for qemu fr
 STAMP=.fairshare-v2vm-stamp     # file in $KROOT: base stamp + kernel packages
 
 # ------------------------------------------------------------------------------ helpers
-log() { printf '[v2vm %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}'; }
+LOG_TAG=v2vm CHROOT_ROOT=$STAGE
+# shellcheck source=tests/testhost/common.sh
+. "$HERE/common.sh"
 T0=$(now)
-phase_start() { PHASE_T=$(now); PHASE_NAME=$1; log "== $1"; }
-phase_end() { log "   $PHASE_NAME: done in $(since "$PHASE_T")s"; }
-
-usage() {   # the header comment from "Usage:" up to "Host requirements"
-  awk '/^# Usage:/ { p = 1 } /^# Host requirements/ { exit } p' "$0" | sed 's/^# \{0,1\}//'
-}
-
-# rm -rf that refuses silly paths and never crosses into another file system.
-safe_rm() {
-  local p
-  for p; do
-    case "$p" in ""|/|/var|/var/tmp|/tmp) die "refusing to remove '$p'" ;; esac
-    [ -e "$p" ] || [ -L "$p" ] || continue
-    rm -rf --one-file-system -- "$p"
-  done
-}
-
-# Serialise up/down/purge.  qemu gets fd 9 closed, so the lock ends with this script.
-take_lock() {
-  mkdir -p "$V2_BASE"
-  exec 9>"$V2_BASE/.lock"
-  flock 9
-}
-
-# Is anything listening on TCP port $1 in the host network namespace?
-port_listening() {
-  local hex; hex=$(printf '%04X' "$1")
-  awk -v h="$hex" '$4 == "0A" { split($2, a, ":"); if (a[2] == h) f = 1 } END { exit !f }' \
-    /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
 
 # The container test host's state dir (its base image and harness key live there).
 fs_base() { printf '%s\n' "${FS_BASE:-/var/tmp/fairshare-testhost}"; }
@@ -276,25 +245,9 @@ build_kroot() {
   phase_end
 }
 
-# Commands in the (never running) stage root; chroot keeps every path inside it.
-st_chroot() { chroot "$STAGE" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
-# put PATH MODE < CONTENT: write a file inside the stage root.
-put() {
-  st_chroot /bin/sh -c 'set -e; umask 022; mkdir -p "$(dirname "$1")"
-    cat > "$1"; chmod "$2" "$1"' sh "$1" "$2"
-}
-
-ensure_group() {   # NAME GID
-  st_chroot getent group "$1" > /dev/null || st_chroot groupadd -g "$2" "$1"
-}
-ensure_user() {    # NAME UID [extra useradd options...]
-  local name=$1 uid=$2; shift 2
-  st_chroot getent passwd "$name" > /dev/null || st_chroot useradd -m -u "$uid" -s /bin/bash "$@" "$name"
-}
-
 # What identifies the software a guest runs: the built artifacts and this script.
 build_id() {
-  local f files=("$SELF")
+  local f files=("$SELF" "$HERE/common.sh")
   for f in target/release/fairshared target/release/fairshare-ctl target/release/libpam_fairshare.so \
            etc/systemd/fairshared.service.in etc/systemd/fairshared.socket etc/pam-configs/fairshare; do
     [ -f "$REPO/$f" ] || die "$REPO/$f missing: build first (make all)"
@@ -319,7 +272,7 @@ build_image() {
 EOF
   put /etc/fstab 644 <<< '/dev/vda / ext4 rw,errors=remount-ro 0 0'
   put /etc/default/locale 644 <<< 'LANG=C.UTF-8'
-  st_chroot /bin/sh -c 'for u; do ln -sfn /dev/null "/etc/systemd/system/$u"; done' sh "${MASK_UNITS[@]}"
+  in_chroot /bin/sh -c 'for u; do ln -sfn /dev/null "/etc/systemd/system/$u"; done' sh "${MASK_UNITS[@]}"
 
   # Network: slirp's fixed address on eth0 (net.ifnames=0), set by a oneshot as soon as the
   # device appears (systemd-networkd takes ~14 s to start under emulation).  No default route:
@@ -372,17 +325,17 @@ EOF
   ensure_user svcuser 990 --system -d /home/svcuser
   local u pub; pub=$(cat "$(ssh_key).pub")
   for u in root testuser testuser2 student1 testuser3 svcuser; do
-    st_chroot /bin/sh -c 'set -e
+    in_chroot /bin/sh -c 'set -e
       h=$(getent passwd "$1" | cut -d: -f6); g=$(id -g "$1")
       install -d -m 700 -o "$1" -g "$g" "$h/.ssh"
       printf "%s\n" "$2" > "$h/.ssh/authorized_keys"
       chown "$1:$g" "$h/.ssh/authorized_keys"; chmod 600 "$h/.ssh/authorized_keys"' sh "$u" "$pub"
   done
-  st_chroot install -d -m 755 /etc/fairshare /etc/fairshare/policy.d /var/lib/fairshare
+  in_chroot install -d -m 755 /etc/fairshare /etc/fairshare/policy.d /var/lib/fairshare
 
   # fairshare, as README's "Install" and "Enable on a host" say.
   local pamdir
-  pamdir=$(st_chroot /bin/sh -c 'for f in /lib/*-linux-gnu/security/pam_unix.so; do [ -e "$f" ] && { dirname "$f"; exit; }; done')
+  pamdir=$(in_chroot /bin/sh -c 'for f in /lib/*-linux-gnu/security/pam_unix.so; do [ -e "$f" ] && { dirname "$f"; exit; }; done')
   [ -n "$pamdir" ] || die "no pam_unix.so in the guest root"
   make --no-print-directory -C "$REPO" install DESTDIR="$STAGE" PREFIX=/usr/local PAMDIR="$pamdir" \
     > "$RUN/make-install.log" 2>&1 || { tail -20 "$RUN/make-install.log"; die "make install failed"; }
@@ -478,7 +431,7 @@ cmd_up() {
     --fresh) fresh=1 ;;
     *) die "usage: $0 up [--fresh]" ;;
   esac
-  take_lock
+  take_lock "$V2_BASE"
   mkdir -p "$RUN"
   id=$(build_id)
   if [ $fresh = 0 ] && qemu_pid > /dev/null && [ "$(cat "$RUN/build" 2> /dev/null)" = "$id" ] &&
@@ -500,7 +453,7 @@ cmd_up() {
 
 cmd_down() {
   [ -d "$V2_BASE" ] || { log "nothing to do ($V2_BASE does not exist)"; return 0; }
-  take_lock
+  take_lock "$V2_BASE"
   mkdir -p "$RUN"
   do_down
   log "down"
@@ -508,7 +461,7 @@ cmd_down() {
 
 cmd_purge() {
   if [ -d "$V2_BASE" ]; then
-    take_lock
+    take_lock "$V2_BASE"
     mkdir -p "$RUN"
     do_down
     safe_rm "$V2_BASE"
