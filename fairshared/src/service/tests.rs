@@ -35,18 +35,15 @@ groups:
     defaults: {cpu: 1, mem: 2G}
 ";
 
-fn service_with(policy: &str, state: Option<StateFile>) -> Arc<Service<Fake>> {
-    let policy = Policy::from_sources(&[("p.yaml".into(), policy.into())]).unwrap();
-    let table = Table(vec![
-        id(0, "root", &["root"]),
-        id(1001, "alice", &["alice"]),
-        id(1002, "bob", &["bob"]),
-        id(1003, "stu", &["stu", "students"]),
-        id(998, "daemon", &["daemon"]),
-    ]);
-    Arc::new(Service::new(
+/// A service on the fake systemd, a 2-CPU 8G host and no cgroup files.
+fn new_service(
+    directory: Arc<dyn Directory>,
+    policy: Policy,
+    state: Option<StateFile>,
+) -> Service<Fake> {
+    Service::new(
         Fake::default(),
-        Arc::new(table),
+        directory,
         policy,
         HostResources {
             cpus: Cpus::whole(2),
@@ -54,7 +51,23 @@ fn service_with(policy: &str, state: Option<StateFile>) -> Arc<Service<Fake>> {
         },
         Cgroups::detect("/nonexistent-cgroup-root"),
         state,
-    ))
+    )
+}
+
+/// The policy in `text`, as if read from `p.yaml`.
+fn parse(text: &str) -> Policy {
+    Policy::from_sources(&[("p.yaml".into(), text.into())]).unwrap()
+}
+
+fn service_with(policy: &str, state: Option<StateFile>) -> Arc<Service<Fake>> {
+    let table = Table(vec![
+        id(0, "root", &["root"]),
+        id(1001, "alice", &["alice"]),
+        id(1002, "bob", &["bob"]),
+        id(1003, "stu", &["stu", "students"]),
+        id(998, "daemon", &["daemon"]),
+    ]);
+    Arc::new(new_service(Arc::new(table), parse(policy), state))
 }
 
 fn service() -> Arc<Service<Fake>> {
@@ -727,20 +740,7 @@ async fn reload_applies_a_good_policy_and_keeps_the_old_one_on_errors() {
         id(1001, "alice", &["alice"]),
         id(1002, "bob", &["bob"]),
     ]);
-    let s = Arc::new(
-        Service::new(
-            Fake::default(),
-            Arc::new(table),
-            policy,
-            HostResources {
-                cpus: Cpus::whole(2),
-                mem: Bytes(8 << 30),
-            },
-            Cgroups::detect("/nonexistent-cgroup-root"),
-            None,
-        )
-        .with_policy_path(file.clone()),
-    );
+    let s = Arc::new(new_service(Arc::new(table), policy, None).with_policy_path(file.clone()));
     success(
         send(
             &s,
@@ -970,20 +970,8 @@ async fn user_lookups_are_reused_for_a_moment_only() {
         Table(vec![id(1001, "alice", &["alice"])]),
         Default::default(),
     ));
-    let policy = Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap();
     let s = Arc::new(
-        Service::new(
-            Fake::default(),
-            dir.clone(),
-            policy,
-            HostResources {
-                cpus: Cpus::whole(2),
-                mem: Bytes(8 << 30),
-            },
-            Cgroups::detect("/nonexistent-cgroup-root"),
-            None,
-        )
-        .with_identity_ttl(Duration::from_millis(300)),
+        new_service(dir.clone(), parse(POLICY), None).with_identity_ttl(Duration::from_millis(300)),
     );
     for _ in 0..5 {
         status(send(&s, 1001, r#"{"type":"status"}"#).await);
@@ -1004,18 +992,7 @@ async fn the_lookup_cache_is_bounded() {
         .map(|i| id(5000 + i, &format!("u{i}"), &[]))
         .collect();
     let dir = Arc::new(Counting(Default::default(), Table(ids), Default::default()));
-    let policy = Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap();
-    let s = Arc::new(Service::new(
-        Fake::default(),
-        dir.clone(),
-        policy,
-        HostResources {
-            cpus: Cpus::whole(2),
-            mem: Bytes(8 << 30),
-        },
-        Cgroups::detect("/nonexistent-cgroup-root"),
-        None,
-    ));
+    let s = Arc::new(new_service(dir.clone(), parse(POLICY), None));
     for uid in 5000..6100 {
         status(send(&s, 0, &format!(r#"{{"type":"status","user":{uid}}}"#)).await);
     }
@@ -1035,18 +1012,7 @@ async fn groups_are_looked_up_only_when_the_policy_has_group_rules() {
         Default::default(),
     ));
     let plain = "defaults: {cpu: 2, mem: 8G}\nmax: {cpu: 8, mem: 32G}\n";
-    let policy = Policy::from_sources(&[("p.yaml".into(), plain.into())]).unwrap();
-    let s = Arc::new(Service::new(
-        Fake::default(),
-        dir.clone(),
-        policy,
-        HostResources {
-            cpus: Cpus::whole(2),
-            mem: Bytes(8 << 30),
-        },
-        Cgroups::detect("/nonexistent-cgroup-root"),
-        None,
-    ));
+    let s = Arc::new(new_service(dir.clone(), parse(plain), None));
     let p = Proc::new();
     let open = format!(r#"{{"type":"session_open","uid":1003,"pid":{}}}"#, p.pid());
     success(send(&s, 0, &open).await);
@@ -1056,8 +1022,7 @@ async fn groups_are_looked_up_only_when_the_policy_has_group_rules() {
     assert_eq!(dir.2.load(Ordering::SeqCst), 1);
     // A policy with group rules: a lookup without groups no longer does,
     // and the group's defaults apply at once.
-    s.reload(Policy::from_sources(&[("p.yaml".into(), POLICY.into())]).unwrap())
-        .await;
+    s.reload(parse(POLICY)).await;
     assert_eq!(s.systemd().applied(1003).unwrap().cpu, Cpus::whole(1));
     let st = status(send(&s, 1003, r#"{"type":"status"}"#).await);
     assert_eq!(st.allocated_cpu, Some(Cpus::whole(1)));
