@@ -92,6 +92,16 @@ pub(crate) fn run(c: &mut Command, what: String, stdin: Option<&[u8]>) -> Out {
     }
 }
 
+/// The word right after `marker` in `text`, parsed (`ok=12 rate_limited=3`).
+#[track_caller]
+pub fn value_after<T: std::str::FromStr>(text: &str, marker: &str) -> T {
+    text.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {marker:?} in: {text}"))
+}
+
 /// Waits until `f` returns `Some`, or panics after `timeout` saying `what`.
 #[track_caller]
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {

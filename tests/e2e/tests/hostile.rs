@@ -199,24 +199,8 @@ fn a_resize_flood_is_rate_limited_and_does_not_slow_other_logins() {
         o.out()
     );
     let out = finish(flood);
-    let limited: u64 = out
-        .split("rate_limited=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let ok: u64 = out
-        .split("ok=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let limited: u64 = value_after(&out, "rate_limited=");
+    let ok: u64 = value_after(&out, "ok=");
     assert!(limited > 1500 && ok < 100, "{out}");
     assert!(
         worst < 100.0,

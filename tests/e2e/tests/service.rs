@@ -345,15 +345,7 @@ fn the_unit_is_hardened() {
         .find(|l| l.contains("Overall exposure level"))
         .unwrap()
         .to_string();
-    let score: f64 = line
-        .split("fairshared.service:")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let score: f64 = value_after(&line, "fairshared.service:");
     eprintln!("{line}");
     assert!(score <= 1.5, "{line}\n{}", o.out());
     // and it still does its job with all of that in force
