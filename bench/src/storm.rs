@@ -211,7 +211,8 @@ struct Arm {
 
 /// The storm through PAM: `service` is the stack with the module; with
 /// `check`, the slices and the daemon's counts are checked after each phase
-/// (untimed). Without (the null stack) only the phases are timed.
+/// (untimed). Without (the null stack) the slices are not checked, and the
+/// daemon must count no session at all.
 fn daemon_arm(
     s: &Setup,
     round: usize,

@@ -76,6 +76,11 @@ impl Change {
     pub fn needs_apply(&self, applied: Option<&Limits>) -> bool {
         self.force || applied != Some(&self.new)
     }
+
+    /// Whether the user's allocation changes (what the journal records).
+    pub fn alters_allocation(&self) -> bool {
+        self.old != Some(self.new)
+    }
 }
 
 /// Why a resize was refused.

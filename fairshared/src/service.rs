@@ -607,7 +607,7 @@ impl<S: Systemd> Service<S> {
             }
             self.mutate(|l| l.mark_applied(id.uid, change.new));
         }
-        if change.old != Some(change.new) {
+        if change.alters_allocation() {
             let old = change
                 .old
                 .map_or_else(|| "none".to_string(), |o| o.to_string());

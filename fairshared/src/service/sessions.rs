@@ -46,10 +46,10 @@ impl<S: Systemd> Service<S> {
                 l.open_session(id.uid, &id.name, &up, info),
             )
         });
-        // One journal line per login: the allocation change (a user's first
-        // session) says which session caused it; each line costs a login
-        // tens of microseconds.
-        let committed = if change.old != Some(change.new) {
+        // One journal line per login: apply_change logs an allocation change
+        // (a user's first session), so that line says which session caused
+        // it; each line costs a login tens of microseconds.
+        let committed = if change.alters_allocation() {
             let why = format!(
                 "session opened: pid {}, {} from {}{}",
                 s.pid,
