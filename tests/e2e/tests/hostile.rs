@@ -14,14 +14,14 @@ use fairshare_proto::wire::{Request, Response};
 const POLICY: &str = BASE_POLICY;
 
 /// Copies the attack tool into the test host.
-fn install_attack(h: &Host) {
+fn install_attack(h: &Container) {
     let dst = h.path("/usr/local/bin/fs-attack");
     let tmp = h.path("/usr/local/bin/.fs-attack.tmp");
     std::fs::copy(env!("CARGO_BIN_EXE_fs-attack"), &tmp).unwrap();
     std::fs::rename(&tmp, &dst).unwrap();
 }
 
-fn daemon_pid(h: &Host) -> u32 {
+fn daemon_pid(h: &Container) -> u32 {
     h.sh("systemctl show -P MainPID fairshared.service")
         .ok()
         .out()
@@ -30,7 +30,7 @@ fn daemon_pid(h: &Host) -> u32 {
 }
 
 /// Resident memory of the daemon, in KiB.
-fn daemon_rss_kib(h: &Host) -> u64 {
+fn daemon_rss_kib(h: &Container) -> u64 {
     let status = h.read(&format!("/proc/{}/status", daemon_pid(h))).unwrap();
     status
         .lines()
@@ -41,7 +41,7 @@ fn daemon_rss_kib(h: &Host) -> u64 {
 
 /// A well-behaved client: root asking for a user's status, over the socket,
 /// from outside. Returns the slowest answer of `n` (ms) and checks each one.
-fn probe(h: &Host, n: usize) -> f64 {
+fn probe(h: &Container, n: usize) -> f64 {
     let client = Client::new(h.path("/run/fairshare.sock"), Duration::from_secs(5));
     let mut worst = 0f64;
     for _ in 0..n {
@@ -66,7 +66,7 @@ fn finish(c: Child) -> String {
 
 #[test]
 fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     install_attack(&h);
     let (user, _) = TESTUSER;
@@ -184,7 +184,7 @@ fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
 
 #[test]
 fn a_resize_flood_is_rate_limited_and_does_not_slow_other_logins() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     install_attack(&h);
     let flood = h.ssh_spawn(TESTUSER.0, "fs-attack flood 2000");
@@ -217,7 +217,7 @@ fn a_resize_flood_is_rate_limited_and_does_not_slow_other_logins() {
 
 #[test]
 fn nothing_a_user_does_escapes_the_slice() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER3;
     let slice = format!("/user.slice/user-{uid}.slice");
@@ -232,7 +232,7 @@ fn nothing_a_user_does_escapes_the_slice() {
          (sh -c 'sleep 300 > /dev/null 2>&1 < /dev/null &' > /dev/null 2>&1 < /dev/null &); sleep 0.5",
     )
     .ok();
-    let in_slice = |h: &Host| -> usize {
+    let in_slice = |h: &Container| -> usize {
         let procs = h.sh(&format!("pgrep -u {uid} -x sleep || true")).ok();
         let pids: Vec<String> = procs.out().lines().map(str::to_string).collect();
         for pid in &pids {
@@ -246,29 +246,29 @@ fn nothing_a_user_does_escapes_the_slice() {
     };
     // (the held session's own `sleep` is one of them)
     assert!(in_slice(&h) >= 6, "not every process was started");
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     // the last logout: what survives it is still in the slice, still limited
     // (logind keeps the user while processes linger in a closing session)
     drop(held);
     wait_for(
         "the last ssh session to be counted down",
         Duration::from_secs(15),
-        || (sessions_from(&h, uid, "sshd") == 0).then_some(()),
+        || (h.sessions_from(uid, "sshd") == 0).then_some(()),
     );
     assert!(in_slice(&h) >= 5, "processes left behind are gone");
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     h.sh(&format!("pkill -u {uid} -x sleep; true")).ok();
 }
 
 #[test]
 fn sigkill_during_a_login_burst_loses_nothing_and_hangs_no_login() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (resized, ruid) = STUDENT;
     let _keep = h.session(resized);
     h.ssh(resized, "fairshare-ctl resize --cpu 5 --mem 10G")
         .ok();
-    h.expect_slice(ruid, 5000, 10 * GIB, 4096);
+    h.expect_limits(ruid, want(5000, 10 * GIB, 4096));
     h.write(
         "/etc/pam.d/fairshare-login",
         "auth required pam_permit.so\naccount required pam_unix.so\n@include common-session\n",
@@ -312,7 +312,7 @@ fn sigkill_during_a_login_burst_loses_nothing_and_hangs_no_login() {
         .json();
     assert_eq!(st["allocated_cpu"], 5, "{st}");
     assert_eq!(st["allocated_mem"], "10G", "{st}");
-    h.expect_slice(ruid, 5000, 10 * GIB, 4096);
+    h.expect_limits(ruid, want(5000, 10 * GIB, 4096));
     h.sh("rm -f /etc/pam.d/fairshare-login").ok();
     eprintln!(
         "50 logins around a SIGKILL: {failed} failed, slowest {slowest_ms} ms; resized user kept 5 CPUs, 10G"
@@ -321,13 +321,13 @@ fn sigkill_during_a_login_burst_loses_nothing_and_hangs_no_login() {
 
 #[test]
 fn the_daemon_reconnects_after_systemd_reexecutes_and_the_bus_restarts() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER;
     let _s = h.session(user);
     h.sh("systemctl daemon-reexec").ok();
     h.ssh(user, "fairshare-ctl resize --cpu 3").ok();
-    h.expect_slice(uid, 3000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(3000, 8 * GIB, 4096));
     // drop every bus connection under the daemon
     h.sh("systemctl restart dbus.service").ok();
     wait_for("the bus", Duration::from_secs(15), || {
@@ -339,7 +339,7 @@ fn the_daemon_reconnects_after_systemd_reexecutes_and_the_bus_restarts() {
     std::thread::sleep(Duration::from_secs(1));
     let o = h.ssh(user, "fairshare-ctl resize --cpu 4");
     assert_eq!(o.code, 0, "{o:?}");
-    h.expect_slice(uid, 4000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(4000, 8 * GIB, 4096));
     let log = h
         .sh("journalctl -u fairshared -o cat --no-pager -n 30")
         .ok();
@@ -350,7 +350,7 @@ fn the_daemon_reconnects_after_systemd_reexecutes_and_the_bus_restarts() {
 
 #[test]
 fn a_corrupt_state_file_is_set_aside_and_rebuilt_from_logind() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER2;
     let _s = h.session(user);
@@ -361,7 +361,7 @@ fn a_corrupt_state_file_is_set_aside_and_rebuilt_from_logind() {
     h.sh(&format!("systemctl revert user-{uid}.slice")).ok();
     h.start_daemon();
     // the user logged in is found again through logind and limited
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let log = h
         .sh("journalctl -u fairshared -o cat --no-pager -n 30")
         .ok();
@@ -378,7 +378,7 @@ fn a_corrupt_state_file_is_set_aside_and_rebuilt_from_logind() {
 
 #[test]
 fn a_full_or_read_only_state_directory_damages_nothing() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER;
     let _s = h.session(user);
@@ -411,7 +411,7 @@ fn a_full_or_read_only_state_directory_damages_nothing() {
         "{}",
         o.stderr
     );
-    h.expect_slice(uid, 4000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(4000, 8 * GIB, 4096));
     assert_eq!(
         h.read("/var/lib/fairshare/state.json").unwrap(),
         saved,
@@ -423,13 +423,13 @@ fn a_full_or_read_only_state_directory_damages_nothing() {
         .ok();
     let o = h.ssh(user, "fairshare-ctl resize --cpu 5");
     assert!(o.stderr.contains("could not be saved"), "{}", o.stderr);
-    h.expect_slice(uid, 5000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(5000, 8 * GIB, 4096));
     assert_eq!(h.read("/var/lib/fairshare/state.json").unwrap(), saved);
 }
 
 #[test]
 fn the_pam_module_survives_a_daemon_that_answers_garbage_slowly_or_half() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     h.write(
         "/etc/pam.d/fairshare-badd",

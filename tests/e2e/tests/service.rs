@@ -11,7 +11,7 @@ use fairshare_e2e::*;
 
 const POLICY: &str = BASE_POLICY;
 
-fn main_pid(h: &Host) -> u32 {
+fn main_pid(h: &Container) -> u32 {
     h.sh("systemctl show -P MainPID fairshared.service")
         .ok()
         .out()
@@ -19,7 +19,7 @@ fn main_pid(h: &Host) -> u32 {
         .unwrap()
 }
 
-fn journal_since(h: &Host, cursor: &str) -> String {
+fn journal_since(h: &Container, cursor: &str) -> String {
     h.sh(&format!(
         "journalctl --no-pager -o cat --after-cursor='{cursor}'"
     ))
@@ -28,7 +28,7 @@ fn journal_since(h: &Host, cursor: &str) -> String {
 }
 
 /// Journal lines since `cursor` with the process name and pid in front.
-fn journal_with_pids(h: &Host, cursor: &str) -> String {
+fn journal_with_pids(h: &Container, cursor: &str) -> String {
     h.sh(&format!(
         "journalctl --no-pager -o short --after-cursor='{cursor}'"
     ))
@@ -36,7 +36,7 @@ fn journal_with_pids(h: &Host, cursor: &str) -> String {
     .stdout
 }
 
-fn cursor(h: &Host) -> String {
+fn cursor(h: &Container) -> String {
     let o = h
         .sh("journalctl -n 1 --show-cursor --no-pager -o cat | sed -n 's/^-- cursor: //p'")
         .ok();
@@ -45,7 +45,7 @@ fn cursor(h: &Host) -> String {
 
 #[test]
 fn socket_activation_starts_the_daemon_at_the_first_login() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     h.sh("systemctl stop fairshared.service").ok();
     assert_eq!(
@@ -63,7 +63,7 @@ fn socket_activation_starts_the_daemon_at_the_first_login() {
         h.sh("systemctl is-active fairshared.service").out(),
         "active"
     );
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let log = h
         .sh("journalctl --no-pager -o cat -n 200 | grep pam_fairshare | tail -5")
         .ok();
@@ -76,7 +76,7 @@ fn socket_activation_starts_the_daemon_at_the_first_login() {
 
 #[test]
 fn a_restart_during_a_burst_of_logins_loses_no_login() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     h.write(
         "/etc/pam.d/fairshare-login",
@@ -158,7 +158,7 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
 
 #[test]
 fn the_watchdog_restarts_a_hung_daemon() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     h.write(
         "/etc/systemd/system/fairshared.service.d/50-test-watchdog.conf",
@@ -191,12 +191,12 @@ fn the_watchdog_restarts_a_hung_daemon() {
 
 #[test]
 fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER2;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 6 --mem 20G").ok();
-    h.expect_slice(uid, 6000, 20 * GIB, 4096);
+    h.expect_limits(uid, want(6000, 20 * GIB, 4096));
 
     // lower max and defaults: the resize is clamped, live
     h.write(
@@ -209,7 +209,7 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
         "{}",
         o.out()
     );
-    h.expect_slice(uid, 4000, 16 * GIB, 4096);
+    h.expect_limits(uid, want(4000, 16 * GIB, 4096));
     let log = h
         .sh("journalctl -u fairshared --no-pager -o cat -n 20")
         .ok();
@@ -242,7 +242,7 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
             .then_some(())
     });
     assert_eq!(h.sh("systemctl is-active fairshared").out(), "active");
-    h.expect_slice(uid, 4000, 16 * GIB, 4096);
+    h.expect_limits(uid, want(4000, 16 * GIB, 4096));
 
     // fixed, and reloaded by SIGHUP
     h.sh("rm /etc/fairshare/policy.d/60-bad.yaml").ok();
@@ -251,7 +251,7 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
         "defaults: {cpu: 1, mem: 2G}\nmax: {cpu: 3, mem: 16G}\n",
     );
     h.sh("kill -HUP $(pidof fairshared)").ok();
-    h.expect_slice(uid, 3000, 16 * GIB, 4096);
+    h.expect_limits(uid, want(3000, 16 * GIB, 4096));
     let o = h.ssh(user, "fairshare-ctl reload");
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("root only"), "{}", o.stderr);
@@ -259,7 +259,7 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
 
 #[test]
 fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER3;
     // a lingering user whose user manager started while fairshared was down
@@ -277,9 +277,9 @@ fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
             == "active")
             .then_some(())
     });
-    assert_eq!(h.slice(uid).cpu_quota.unwrap_or(-1), -1);
+    assert!(h.unlimited(uid), "limited while fairshared was down?");
     h.start_daemon();
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let st = h.ctl(&format!("--json status --user {user}")).ok().json();
     assert_eq!(st["session_list"][0]["service"], "systemd-user", "{st}");
     // linger off: the user manager stops and the user is let go
@@ -296,7 +296,7 @@ fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
 
 #[test]
 fn a_lease_expires_back_to_the_default_even_across_a_restart() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = STUDENT;
     let _s = h.session(user);
@@ -304,13 +304,13 @@ fn a_lease_expires_back_to_the_default_even_across_a_restart() {
         .ssh(user, "fairshare-ctl resize --cpu 5 --mem 10G --for 3s")
         .ok();
     assert!(o.out().contains(" for 3s"), "{}", o.out());
-    h.expect_slice(uid, 5000, 10 * GIB, 4096);
+    h.expect_limits(uid, want(5000, 10 * GIB, 4096));
     let st = h.ssh(user, "fairshare-ctl status").ok();
     assert!(st.out().contains("expires:    in"), "{}", st.out());
     wait_for("the lease to expire", Duration::from_secs(15), || {
-        (h.slice(uid).cpu_quota == Some(200_000)).then_some(())
+        (h.slice(uid).and_then(|l| l.cpu_quota_us) == Some(200_000)).then_some(())
     });
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let st = h.ssh(user, "fairshare-ctl status").ok();
     assert!(
         st.out()
@@ -320,21 +320,84 @@ fn a_lease_expires_back_to_the_default_even_across_a_restart() {
     );
 
     // the expiry time is saved: a lease running out while the daemon is
-    // restarting still ends
-    h.ssh(user, "fairshare-ctl resize --cpu 6 --for 4s").ok();
-    h.expect_slice(uid, 6000, 8 * GIB, 4096);
+    // restarting still ends, as soon as the daemon is back (a timer started
+    // again from zero would take the whole 4 s)
+    h.as_user(user, "fairshare-ctl resize --cpu 6 --for 4s")
+        .ok();
+    h.expect_limits(uid, want(6000, 8 * GIB, 4096));
     h.sh("systemctl stop fairshared.socket fairshared.service; sleep 5; systemctl start fairshared.service")
         .ok();
     wait_for(
         "the lapsed lease to end after the restart",
-        Duration::from_secs(15),
-        || (h.slice(uid).cpu_quota == Some(200_000)).then_some(()),
+        Duration::from_secs(2),
+        || (h.slice(uid).and_then(|l| l.cpu_quota_us) == Some(200_000)).then_some(()),
     );
+
+    // ... and a lease that outlives the restart keeps both its grant and its
+    // expiry time: still resized until then, back to the default at that
+    // time, not a whole lease after the restart.
+    let lease = 10;
+    let asked = unix_now();
+    let o = h
+        .as_user(
+            user,
+            &format!("fairshare-ctl --json resize --cpu 6 --for {lease}s"),
+        )
+        .ok();
+    let granted = unix_now();
+    h.expect_limits(uid, want(6000, 8 * GIB, 4096));
+    let expires = |h: &Container| -> f64 {
+        let st = h.as_user(user, "fairshare-ctl --json status").ok().json();
+        st["expires_at"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no expires_at: {st}")) as f64
+    };
+    let saved = expires(&h);
+    // whole seconds
+    assert!(
+        (asked + lease as f64 - 1.0..=granted + lease as f64 + 1.0).contains(&saved),
+        "expires_at {saved} for a {lease} s lease asked at {asked:.1}: {}",
+        o.out()
+    );
+    h.sh("systemctl stop fairshared.socket fairshared.service; sleep 3; systemctl start fairshared.service")
+        .ok();
+    h.wait_socket();
+    let restarted = unix_now();
+    assert_eq!(expires(&h), saved, "expires_at across the restart");
+    // The timer fires within the second after expires_at (it has whole
+    // seconds); a file is seen changed within 50 ms plus a D-Bus call.
+    let back = wait_for(
+        "the lease to end after the restart",
+        Duration::from_secs(lease + 10),
+        || {
+            let cpu = h.slice(uid).and_then(|l| l.cpu_quota_us);
+            let t = unix_now();
+            assert!(
+                cpu == Some(600_000) || cpu == Some(200_000),
+                "user-{uid}.slice CPU quota {cpu:?}"
+            );
+            (cpu == Some(200_000)).then_some(t)
+        },
+    );
+    assert!(
+        (saved - 1.0..=saved + 1.5).contains(&back),
+        "the lease expiring at {saved} ended at {back:.2} (the daemon was back at {restarted:.2})"
+    );
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
+}
+
+/// The time now, in seconds since the epoch (the test host's clock is the
+/// machine's).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 #[test]
 fn the_unit_is_hardened() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let o = h
         .sh("systemd-analyze security fairshared.service --no-pager")
@@ -352,12 +415,12 @@ fn the_unit_is_hardened() {
     let (user, uid) = TESTUSER;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 3").ok();
-    h.expect_slice(uid, 3000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(3000, 8 * GIB, 4096));
 }
 
 #[test]
 fn metrics_and_the_journal_tell_the_admin_what_happened() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, _) = TESTUSER2;
     let _s = h.session(user);
@@ -403,7 +466,7 @@ fn metrics_and_the_journal_tell_the_admin_what_happened() {
 }
 
 /// Puts the test host back to the `make install` build, whatever happened.
-struct Reinstall<'a>(&'a Host);
+struct Reinstall<'a>(&'a Container);
 
 impl Drop for Reinstall<'_> {
     fn drop(&mut self) {
@@ -415,7 +478,7 @@ impl Drop for Reinstall<'_> {
 
 #[test]
 fn the_debian_package_installs_limits_logins_and_purges_clean() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let deb = Command::new(repo.join("packaging/deb/build.sh"))
@@ -519,7 +582,7 @@ fn the_debian_package_installs_limits_logins_and_purges_clean() {
 /// 25 s method timeout, and logins went through without limits.
 #[test]
 fn a_flood_of_logind_events_never_holds_up_a_login() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     h.write(
         "/etc/pam.d/fairshare-churn",
