@@ -43,6 +43,43 @@ fn cursor(h: &Container) -> String {
     o.out().to_string()
 }
 
+/// A PAM stack for pamtester logins through the host's session stack
+/// (pam_systemd, then pam_fairshare), then a probe that records the CPU quota
+/// of the user's slice as the session opens, in /run/fs-login-probe/USER.PID.
+const LOGIN_STACK: &str = "auth required pam_permit.so\naccount required pam_unix.so\n\
+                           @include common-session\nsession optional pam_exec.so /usr/local/sbin/fs-login-probe\n";
+
+/// Installs the probe of [`LOGIN_STACK`] and the stack as
+/// /etc/pam.d/fairshare-login.
+fn login_stack_with_probe(h: &Container) {
+    let quota = h
+        .slice_file(0, File::CpuQuota)
+        .unwrap()
+        .replace("user-0.slice", "user-$uid.slice");
+    h.write(
+        "/usr/local/sbin/fs-login-probe",
+        &format!(
+            "#!/bin/sh\n[ \"$PAM_TYPE\" = open_session ] || exit 0\nuid=$(id -u \"$PAM_USER\")\n\
+             mkdir -p /run/fs-login-probe\n\
+             {{ cat {quota} 2>/dev/null || echo none; }} > /run/fs-login-probe/$PAM_USER.$$\n"
+        ),
+    );
+    h.sh("chmod 755 /usr/local/sbin/fs-login-probe; rm -rf /run/fs-login-probe")
+        .ok();
+    h.write("/etc/pam.d/fairshare-login", LOGIN_STACK);
+}
+
+/// The CPU quotas the probe of [`LOGIN_STACK`] recorded since it was last
+/// cleared (`rm -rf /run/fs-login-probe`), one per login.
+fn login_probes(h: &Container) -> Vec<String> {
+    h.sh("cat /run/fs-login-probe/* 2>/dev/null; true")
+        .ok()
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn socket_activation_starts_the_daemon_at_the_first_login() {
     let h = Container::get();
@@ -78,13 +115,11 @@ fn socket_activation_starts_the_daemon_at_the_first_login() {
 fn a_restart_during_a_burst_of_logins_loses_no_login() {
     let h = Container::get();
     h.fresh_daemon(POLICY);
-    h.write(
-        "/etc/pam.d/fairshare-login",
-        "auth required pam_permit.so\naccount required pam_unix.so\n@include common-session\n",
-    );
+    login_stack_with_probe(&h);
     let _undo = Undo(
         &h,
-        "rm -f /etc/pam.d/fairshare-login /tmp/burst.* /tmp/burst-result".into(),
+        "rm -rf /etc/pam.d/fairshare-login /tmp/burst.* /tmp/burst-result /run/fs-login-probe"
+            .into(),
     );
     // 40 PAM logins through the real stack (pam_systemd, pam_fairshare) for
     // four users, started 50 ms apart, with the daemon restarted after the
@@ -99,7 +134,7 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
         let old_pid = main_pid(&h);
         let t = Instant::now();
         let o = h.exec(&format!(
-            "rm -f /tmp/burst.*; ( {burst} ) > /tmp/burst-result & \
+            "rm -rf /tmp/burst.* /run/fs-login-probe; ( {burst} ) > /tmp/burst-result & \
              until [ $(grep -ls 'successfully opened' /tmp/burst.* | wc -l) -ge 10 ]; do sleep 0.01; done; \
              systemctl restart fairshared; wait; cat /tmp/burst-result"
         ));
@@ -133,6 +168,16 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
             40,
             "sessions that got their limits from the daemon:\n{}",
             module.join("\n")
+        );
+        // and every session had them in its slice's files when it opened
+        let quotas = login_probes(&h);
+        assert_eq!(
+            (
+                quotas.len(),
+                quotas.iter().filter(|q| *q == "200000").count()
+            ),
+            (40, 40),
+            "the CPU quota of each login's slice as it opened: {quotas:?}"
         );
         let daemon = journal_with_pids(&h, &before);
         let by = |pid: u32| {
@@ -422,13 +467,25 @@ fn the_unit_is_hardened() {
 fn metrics_and_the_journal_tell_the_admin_what_happened() {
     let h = Container::get();
     h.fresh_daemon(POLICY);
-    let (user, _) = TESTUSER2;
+    let (user, uid) = TESTUSER2;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 3 --mem 3G").ok();
+    // what the figures below say is what the slice's files say
+    h.expect_limits(uid, want(3000, 3 * GIB, 4096));
+    let mem0 = h.value(uid, File::MemCurrent);
     h.sh("systemctl start fairshare-metrics.service").ok();
+    let mem1 = h.value(uid, File::MemCurrent);
     let prom = h
         .read("/var/lib/prometheus/node-exporter/fairshare.prom")
         .unwrap();
+    let used: u64 = value_after(
+        &prom,
+        "fairshare_memory_usage_bytes{user=\"testuser2\",uid=\"1002\"}",
+    );
+    assert!(
+        mem0.min(mem1) <= used && used <= mem0.max(mem1),
+        "fairshare_memory_usage_bytes {used}, the slice's memory in use {mem0} .. {mem1}"
+    );
     assert!(
         prom.contains(r#"fairshare_allocation_cpus{user="testuser2",uid="1002"} 3"#),
         "{prom}"
@@ -589,13 +646,10 @@ fn a_flood_of_logind_events_never_holds_up_a_login() {
         "auth required pam_permit.so\naccount required pam_unix.so\n\
          session required pam_unix.so\nsession required pam_systemd.so\n",
     );
-    h.write(
-        "/etc/pam.d/fairshare-login",
-        "auth required pam_permit.so\naccount required pam_unix.so\n@include common-session\n",
-    );
+    login_stack_with_probe(&h);
     let _undo = Undo(
         &h,
-        "rm -f /etc/pam.d/fairshare-churn /etc/pam.d/fairshare-login".into(),
+        "rm -rf /etc/pam.d/fairshare-churn /etc/pam.d/fairshare-login /run/fs-login-probe".into(),
     );
     let before = cursor(&h);
     // 240 logins and logouts that fairshare does not see (no module in the
@@ -645,6 +699,13 @@ fn a_flood_of_logind_events_never_holds_up_a_login() {
         })
         .count();
     assert_eq!(limited, 5, "logins that got their allocation:\n{log}");
+    // ... in their slice's files when they opened
+    let quotas = login_probes(&h);
+    assert_eq!(
+        quotas,
+        vec!["200000"; 5],
+        "the CPU quota of each login's slice as it opened"
+    );
     // Any churn login fairshared caught up with (a logind session it had
     // not heard of) is counted down again once its process is gone.
     wait_for(
@@ -655,7 +716,11 @@ fn a_flood_of_logind_events_never_holds_up_a_login() {
             let users = st["users"].as_array().cloned().unwrap_or_default();
             users
                 .iter()
-                .all(|u| u["uid"] != 1002 && u["uid"] != 1003 && u["uid"] != 1004)
+                .all(|u| {
+                    [TESTUSER2, STUDENT, TESTUSER3]
+                        .iter()
+                        .all(|(_, uid)| u["uid"] != *uid)
+                })
                 .then_some(())
         },
     );
