@@ -109,11 +109,11 @@ v2_test!(status_json_reports_the_v2_usage_of_the_slice, |g| {
     );
     let o = g
         .sh(&format!(
-            "{dump}; echo ==status; fairshare-ctl --json status --user {user}; echo; {dump}"
+            "{dump}; echo ==status; fairshare-ctl --json status --user {user}; echo ==after; {dump}"
         ))
         .ok();
     let (first, rest) = o.stdout.split_once("==status\n").unwrap();
-    let (answer, second) = rest.split_once('\n').unwrap();
+    let (answer, second) = rest.split_once("==after\n").unwrap();
     let parse = |dump: &str| -> Vec<std::collections::BTreeMap<String, u64>> {
         dump.split("== ")
             .skip(1)
