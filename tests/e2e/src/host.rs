@@ -26,6 +26,17 @@ pub fn uid_list() -> String {
         .join(",")
 }
 
+/// Shell commands that end every session of the test users, and the
+/// processes a test left behind in a session that is already closing (not
+/// killed by terminate-user: KillUserProcesses=no).
+fn logout_cmd() -> String {
+    format!(
+        "for u in {}; do loginctl terminate-user $u 2>/dev/null; done; sleep 0.3; pkill -KILL -U {}; true",
+        ALL_USERS.join(" "),
+        uid_list()
+    )
+}
+
 /// A test host. Object safe: core tests take `&dyn TestHost`.
 pub trait TestHost {
     /// Names the host in failures ("container", "v2 guest").
@@ -315,11 +326,10 @@ pub trait TestHost {
                 "systemctl stop fairshared.service fairshared.socket 2>/dev/null; \
                  systemctl reset-failed fairshared.service 2>/dev/null; \
                  pkill -KILL -x fairshared; rm -rf /var/lib/fairshare/* /etc/fairshare/policy.d/*; \
-                 rm -f /run/fairshare.sock; {}; \
-                 for u in {}; do loginctl terminate-user $u 2>/dev/null; done; \
+                 rm -f /run/fairshare.sock; {}; {}; \
                  mkdir -p /etc/fairshare/policy.d; cat > /etc/fairshare/policy.d/50-test.yaml",
                 self.lift_limits_cmd(),
-                ALL_USERS.join(" ")
+                logout_cmd()
             ),
             policy.as_bytes(),
         )
@@ -349,25 +359,19 @@ pub trait TestHost {
     /// Ends every session of the test users and waits for their processes
     /// to be gone.
     fn logout_all(&self) {
-        self.sh(&format!(
-            "for u in {}; do loginctl terminate-user $u 2>/dev/null; done; true",
-            ALL_USERS.join(" ")
-        ));
+        self.sh(&logout_cmd());
         self.wait_logged_out();
     }
 
-    /// Waits until no test user has a process left. Processes a test left
-    /// behind in a session that is already closing are not killed by
-    /// terminate-user (KillUserProcesses=no): they are ended here.
+    /// Waits until no test user has a process left (ending what is left).
     fn wait_logged_out(&self) {
         let uids = uid_list();
-        self.sh(&format!("sleep 0.3; pkill -KILL -U {uids}; true"));
         wait_for(
             &format!("the test users to be logged out of the {}", self.name()),
             self.patience(15),
             || {
                 let o = self.sh(&format!(
-                    "pgrep -u {uids} >/dev/null && echo busy || echo idle"
+                    "pgrep -u {uids} >/dev/null && {{ pkill -KILL -U {uids}; echo busy; }} || echo idle"
                 ));
                 (o.out() == "idle").then_some(())
             },
