@@ -1,3 +1,7 @@
+use std::time::Duration;
+
+use fairshare_proto::units::{Bytes, Cpus, Tasks};
+
 use super::*;
 
 fn load(files: &[(&str, &str)]) -> Result<Policy, PolicyErrors> {
