@@ -12,6 +12,8 @@ use fairshare_proto::{Client, ClientError};
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 3;
+/// A policy with errors (sysexits EX_CONFIG), as `fairshared --check`.
+const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -113,23 +115,40 @@ fn unreachable_hint(e: &ClientError) -> String {
     }
 }
 
+/// `check`: the same report and exit status as `fairshared --check`, without
+/// root and without a daemon.
 fn check(path: &std::path::Path) -> ExitCode {
     match Policy::load(path) {
         Ok(p) => {
+            for f in p.files() {
+                println!("loaded {}", f.display());
+            }
             for line in p.summary() {
-                println!("{line}");
+                println!("  {line}");
             }
             let user = |n: &str| matches!(nix::unistd::User::from_name(n), Ok(Some(_)));
             let group = |n: &str| matches!(nix::unistd::Group::from_name(n), Ok(Some(_)));
             for w in p.unknown_names(user, group) {
                 println!("{w}");
             }
-            println!("policy OK: {}", path.display());
+            for line in p.overlaps(group_members) {
+                println!("{line}");
+            }
+            println!("policy OK");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(EXIT_REFUSED)
+            eprintln!("fairshare-ctl: the policy has errors:\n{e}");
+            ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+/// The members a group entry lists (users whose primary group it is are not
+/// listed there, and so not found).
+fn group_members(name: &str) -> Vec<String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => g.mem,
+        _ => Vec::new(),
     }
 }

@@ -1,6 +1,7 @@
-//! From YAML files to a [`Policy`]: reading the files, then a builder that
-//! takes each file's top-level keys in turn, collects every error with its
-//! file, line and field, and checks the fields against each other at the end.
+//! From YAML files to a [`Policy`]: reading the files, then a [`Builder`]
+//! that takes each file's top-level keys in turn, collects every error with
+//! its file, line and field, and checks the fields against each other at the
+//! end.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use serde_saphyr::Spanned;
 
 use crate::error::{Origin, PolicyError, PolicyErrors};
 use crate::policy::{MemHigh, Override, Partial, Policy};
-use crate::raw::{RawFile, RawLimits, RawOvercommit, RawOverride, Scalar};
+use crate::raw::{self, Entry, Node, Scalar};
 use crate::{DEFAULT_OVERCOMMIT_CPU, DEFAULT_OVERCOMMIT_MEM, DEFAULT_UID_BELOW};
 
 /// Policy files larger than this are refused (a policy is a few lines).
@@ -112,6 +113,57 @@ fn read_limited(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
+/// The top-level keys of a policy file.
+const TOP_KEYS: &[&str] = &[
+    "defaults", "max", "exempt", "capacity", "groups", "users", "leases",
+];
+/// The keys of `defaults:` and `max:`.
+const LIMIT_KEYS: &[&str] = &["cpu", "mem", "mem_high", "tasks"];
+
+/// The file being read, for the origin of each value.
+struct File {
+    name: Arc<str>,
+}
+
+impl File {
+    fn at<T>(&self, s: &Spanned<T>) -> Origin {
+        Origin {
+            file: self.name.clone(),
+            line: s.referenced.line() as u32,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Overrides {
+    Groups,
+    Users,
+}
+
+impl Overrides {
+    fn key(self) -> &'static str {
+        match self {
+            Overrides::Groups => "groups",
+            Overrides::Users => "users",
+        }
+    }
+}
+
+/// `a.b`, or `b` at the top.
+fn join(parent: &str, key: &str) -> String {
+    match parent.is_empty() {
+        true => key.to_string(),
+        false => format!("{parent}.{key}"),
+    }
+}
+
+/// Whether an unknown key is probably a misspelling of `known`: one letter
+/// added, missing, changed or two swapped, or one a prefix of the other.
+fn similar(unknown: &str, known: &str) -> bool {
+    (unknown.len() >= 3 && (known.starts_with(unknown) || unknown.starts_with(known)))
+        || strsim::osa_distance(unknown, known) <= 1
+}
+
 #[derive(Default)]
 struct Builder {
     errors: Vec<PolicyError>,
@@ -138,198 +190,431 @@ impl Builder {
         });
     }
 
+    /// Reads one file: every top-level key has its own method below, and
+    /// every mistake is recorded, so one file's errors are all reported at
+    /// once. Only a YAML syntax error stops the reading of a file.
     fn add_file(&mut self, name: &str, text: &str) {
         let file: Arc<str> = name.into();
-        let raw: Option<RawFile> = match serde_saphyr::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-                let message = clean_yaml_message(&e.without_snippet().to_string());
-                let field = key_path_at(text, line as usize);
-                let message = match col {
-                    0 => message,
-                    c => format!("{message} (column {c})"),
-                };
-                self.err(
-                    Origin {
-                        file,
-                        line: line as u32,
-                    },
-                    &field,
-                    message,
-                );
-                return;
-            }
+        let root = match raw::parse(text) {
+            Ok(Some(root)) => root,
+            Ok(None) => return, // an empty file (or only comments)
+            Err(e) => return self.yaml_error(&file, text, &e),
         };
-        let Some(raw) = raw else { return }; // an empty file (or only comments)
-        let at = |s: &Spanned<Scalar>| Origin {
-            file: file.clone(),
-            line: s.referenced.line() as u32,
+        let top = File { name: file };
+        let Some(entries) = self.mapping(&top, "", &root, "policy keys such as `defaults:`") else {
+            return;
         };
-        if let Some(l) = &raw.defaults {
-            let p = self.limits(&file, "defaults", l);
-            self.defaults.overlay(&p);
-        }
-        if let Some(l) = &raw.max {
-            let p = self.limits(&file, "max", l);
-            if let Some((_, o)) = &p.mem_high {
-                self.err(
-                    o.clone(),
-                    "max.mem_high",
-                    "the soft limit is set under `defaults` (it scales with every resize); remove it from `max`",
-                );
+        for (key, value) in entries {
+            match key.value.as_str() {
+                "defaults" => self.defaults_key(&top, value),
+                "max" => self.max_key(&top, value),
+                "exempt" => self.exempt_key(&top, value),
+                "capacity" => self.capacity_key(&top, value),
+                "groups" => self.overrides_key(&top, Overrides::Groups, value),
+                "users" => self.overrides_key(&top, Overrides::Users, value),
+                "leases" => self.leases_key(&top, value),
+                other => self.unknown_key(&top, key, "", other, TOP_KEYS),
             }
-            self.max.overlay(&p);
         }
-        if let Some(e) = raw.exempt {
-            for (list, target) in [(e.users, true), (e.groups, false)] {
-                for n in list.into_iter().flatten() {
-                    let o = Origin {
+    }
+
+    /// A file that is not valid YAML. A tab in the indentation is reported at
+    /// its own line: the parser notices it only at the end of the line before.
+    fn yaml_error(&mut self, file: &Arc<str>, text: &str, e: &serde_saphyr::Error) {
+        let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let message = clean_yaml_message(&e.without_snippet().to_string());
+        if message.contains("tab") {
+            let tabs: Vec<usize> = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| {
+                    let indent = &l[..l.len() - l.trim_start().len()];
+                    indent.contains('\t') && !l.trim().is_empty()
+                })
+                .map(|(i, _)| i + 1)
+                .collect();
+            if !tabs.is_empty() {
+                for n in tabs {
+                    let origin = Origin {
                         file: file.clone(),
-                        line: n.referenced.line() as u32,
+                        line: n as u32,
                     };
-                    let map = if target {
-                        &mut self.exempt_users
-                    } else {
-                        &mut self.exempt_groups
-                    };
-                    map.insert(n.value, o);
-                }
-            }
-            if let Some(v) = &e.uid_below {
-                match &v.value {
-                    Scalar::UInt(n) if *n <= u64::from(u32::MAX) => {
-                        self.uid_below = Some(*n as u32)
-                    }
-                    other => self.err(
-                        at(v),
-                        "exempt.uid_below",
-                        format!(
-                            "`{}` is not a uid; expected a whole number such as 1000",
-                            other.shown()
-                        ),
-                    ),
-                }
-            }
-        }
-        if let Some(c) = raw.capacity {
-            if let Some(v) = &c.cpu {
-                self.capacity_cpu = self.quantity(at(v), "capacity.cpu", &v.value);
-            }
-            if let Some(v) = &c.mem {
-                self.capacity_mem = self.quantity(at(v), "capacity.mem", &v.value);
-            }
-            if let Some(oc) = &c.overcommit {
-                let o = Origin {
-                    file: file.clone(),
-                    line: oc.referenced.line() as u32,
-                };
-                let (cpu, mem) = match &oc.value {
-                    RawOvercommit::Both(s) => (Some(s), Some(s)),
-                    RawOvercommit::Each(e) => (e.cpu.as_ref(), e.mem.as_ref()),
-                };
-                if let Some(s) = cpu {
-                    self.overcommit_cpu = self.factor(o.clone(), "capacity.overcommit", s);
-                }
-                if let Some(s) = mem {
-                    self.overcommit_mem = self.factor(o, "capacity.overcommit", s);
-                }
-            }
-        }
-        for (kind, map) in [("groups", raw.groups), ("users", raw.users)] {
-            for (key, o) in map.into_iter().flatten() {
-                let origin = Origin {
-                    file: file.clone(),
-                    line: key.referenced.line() as u32,
-                };
-                let name = key.value;
-                let field = format!("{kind}.{name}");
-                if name.trim().is_empty() || name.contains(char::is_whitespace) {
-                    self.err(origin.clone(), &field, "is not a valid name");
-                }
-                let o: RawOverride = o.unwrap_or_default();
-                let defaults = match &o.defaults {
-                    Some(l) => self.limits(&file, &format!("{field}.defaults"), l),
-                    None => Partial::default(),
-                };
-                let max = match &o.max {
-                    Some(l) => self.limits(&file, &format!("{field}.max"), l),
-                    None => Partial::default(),
-                };
-                if let Some((_, o)) = &max.mem_high {
                     self.err(
-                        o.clone(),
-                        &format!("{field}.max.mem_high"),
-                        "the soft limit is set under `defaults`; remove it from `max`",
+                        origin,
+                        &key_path_at(text, n),
+                        "a tab in the indentation: YAML indents with spaces only; replace the tab with spaces",
                     );
                 }
-                let target = if kind == "groups" {
-                    &mut self.groups
-                } else {
-                    &mut self.users
-                };
-                let entry = target.entry(name).or_default();
-                entry.origin.get_or_insert(origin);
-                entry.defaults.overlay(&defaults);
-                entry.max.overlay(&max);
+                return;
             }
         }
-        if let Some(l) = raw.leases
-            && let Some(v) = &l.max_duration
-        {
-            let text = v.value.shown();
-            match (&v.value, parse_duration(&text)) {
+        let message = match col {
+            0 => message,
+            c => format!("{message} (column {c})"),
+        };
+        let origin = Origin {
+            file: file.clone(),
+            line: line as u32,
+        };
+        self.err(origin, &key_path_at(text, line as usize), message);
+    }
+
+    /// The entries of a mapping. `~` (or nothing) is an empty mapping; anything
+    /// else is an error. A key given twice is an error, and only the first
+    /// one counts.
+    fn mapping<'n>(
+        &mut self,
+        file: &File,
+        field: &str,
+        node: &'n Spanned<Node>,
+        expected: &str,
+    ) -> Option<Vec<&'n Entry>> {
+        let entries = match &node.value {
+            Node::Null => return Some(Vec::new()),
+            Node::Map(entries) => entries,
+            other => {
+                let what = match field.is_empty() {
+                    true => "the policy must be",
+                    false => "must be",
+                };
+                self.err(
+                    file.at(node),
+                    field,
+                    format!("{what} a mapping of {expected}, not {}", other.kind()),
+                );
+                return None;
+            }
+        };
+        let mut seen: Vec<&str> = Vec::with_capacity(entries.len());
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (key, _) = entry;
+            if seen.contains(&key.value.as_str()) {
+                self.err(
+                    file.at(key),
+                    &join(field, &key.value),
+                    format!(
+                        "duplicate mapping key: `{}` is given twice in the same place; keep one",
+                        key.value
+                    ),
+                );
+                continue;
+            }
+            seen.push(&key.value);
+            out.push(entry);
+        }
+        Some(out)
+    }
+
+    fn unknown_key(
+        &mut self,
+        file: &File,
+        key: &Spanned<String>,
+        parent: &str,
+        name: &str,
+        known: &[&str],
+    ) {
+        let hint = match known.iter().find(|k| similar(name, k)) {
+            Some(k) => format!("; did you mean `{k}`?"),
+            None => String::new(),
+        };
+        self.err(
+            file.at(key),
+            &join(parent, name),
+            format!(
+                "unknown field `{name}`, expected one of {}{hint}",
+                known.join(", ")
+            ),
+        );
+    }
+
+    /// A single value; `None` when it is empty (not set) or not a scalar
+    /// (an error).
+    fn scalar<'n>(
+        &mut self,
+        file: &File,
+        field: &str,
+        node: &'n Spanned<Node>,
+    ) -> Option<(&'n Scalar, Origin)> {
+        match &node.value {
+            Node::Null => None,
+            Node::Scalar(s) => Some((s, file.at(node))),
+            other => {
+                self.err(
+                    file.at(node),
+                    field,
+                    format!(
+                        "expected a single value (a number or a string), not {}",
+                        other.kind()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn defaults_key(&mut self, file: &File, node: &Spanned<Node>) {
+        let p = self.limits(file, "defaults", node);
+        self.defaults.overlay(&p);
+    }
+
+    fn max_key(&mut self, file: &File, node: &Spanned<Node>) {
+        let p = self.limits(file, "max", node);
+        if let Some((_, o)) = &p.mem_high {
+            self.err(
+                o.clone(),
+                "max.mem_high",
+                "the soft limit is set under `defaults` (it scales with every resize); remove it from `max`",
+            );
+        }
+        self.max.overlay(&p);
+    }
+
+    fn exempt_key(&mut self, file: &File, node: &Spanned<Node>) {
+        let Some(entries) = self.mapping(file, "exempt", node, "`users`, `groups` and `uid_below`")
+        else {
+            return;
+        };
+        for (key, value) in entries {
+            let field = join("exempt", &key.value);
+            match key.value.as_str() {
+                "users" | "groups" => {
+                    for (name, origin) in self.names(file, &field, value) {
+                        match key.value.as_str() {
+                            "users" => self.exempt_users.insert(name, origin),
+                            _ => self.exempt_groups.insert(name, origin),
+                        };
+                    }
+                }
+                "uid_below" => {
+                    let Some((v, o)) = self.scalar(file, &field, value) else {
+                        continue;
+                    };
+                    match v {
+                        Scalar::UInt(n) if *n <= u64::from(u32::MAX) => {
+                            self.uid_below = Some(*n as u32)
+                        }
+                        other => self.err(
+                            o,
+                            &field,
+                            format!(
+                                "`{}` is not a uid; expected a whole number such as 1000",
+                                other.shown()
+                            ),
+                        ),
+                    }
+                }
+                other => self.unknown_key(
+                    file,
+                    key,
+                    "exempt",
+                    other,
+                    &["users", "groups", "uid_below"],
+                ),
+            }
+        }
+    }
+
+    /// A list of user or group names.
+    fn names(&mut self, file: &File, field: &str, node: &Spanned<Node>) -> Vec<(String, Origin)> {
+        let items = match &node.value {
+            Node::Null => return Vec::new(),
+            Node::Seq(items) => items,
+            other => {
+                self.err(
+                    file.at(node),
+                    field,
+                    format!(
+                        "expected a list of names such as [alice, bob], not {}",
+                        other.kind()
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match &item.value {
+                Node::Scalar(s @ (Scalar::Str(_) | Scalar::UInt(_))) => {
+                    out.push((s.shown(), file.at(item)))
+                }
+                other => self.err(
+                    file.at(item),
+                    field,
+                    format!("expected a user or group name, not {}", other.kind()),
+                ),
+            }
+        }
+        out
+    }
+
+    fn capacity_key(&mut self, file: &File, node: &Spanned<Node>) {
+        let Some(entries) = self.mapping(file, "capacity", node, "`cpu`, `mem` and `overcommit`")
+        else {
+            return;
+        };
+        for (key, value) in entries {
+            let field = join("capacity", &key.value);
+            match key.value.as_str() {
+                "cpu" => {
+                    if let Some((v, o)) = self.scalar(file, &field, value) {
+                        self.capacity_cpu = self.quantity(o, &field, v);
+                    }
+                }
+                "mem" => {
+                    if let Some((v, o)) = self.scalar(file, &field, value) {
+                        self.capacity_mem = self.quantity(o, &field, v);
+                    }
+                }
+                "overcommit" => self.overcommit(file, &field, value),
+                other => {
+                    self.unknown_key(file, key, "capacity", other, &["cpu", "mem", "overcommit"])
+                }
+            }
+        }
+    }
+
+    /// `overcommit: 1.5` for both, or `overcommit: {cpu: 4, mem: 1.5}`.
+    fn overcommit(&mut self, file: &File, field: &str, node: &Spanned<Node>) {
+        if let Node::Scalar(s) = &node.value {
+            let o = file.at(node);
+            self.overcommit_cpu = self.factor(o.clone(), field, s);
+            self.overcommit_mem = self.factor(o, field, s);
+            return;
+        }
+        let Some(entries) = self.mapping(file, field, node, "`cpu` and `mem` factors") else {
+            return;
+        };
+        for (key, value) in entries {
+            let sub = join(field, &key.value);
+            match key.value.as_str() {
+                "cpu" => {
+                    if let Some((v, o)) = self.scalar(file, &sub, value) {
+                        self.overcommit_cpu = self.factor(o, &sub, v);
+                    }
+                }
+                "mem" => {
+                    if let Some((v, o)) = self.scalar(file, &sub, value) {
+                        self.overcommit_mem = self.factor(o, &sub, v);
+                    }
+                }
+                other => self.unknown_key(file, key, field, other, &["cpu", "mem"]),
+            }
+        }
+    }
+
+    /// `groups:` or `users:`: overrides of `defaults` and `max` per name.
+    fn overrides_key(&mut self, file: &File, kind: Overrides, node: &Spanned<Node>) {
+        let what = match kind {
+            Overrides::Groups => "group names to `defaults:` and `max:`",
+            Overrides::Users => "user names to `defaults:` and `max:`",
+        };
+        let Some(entries) = self.mapping(file, kind.key(), node, what) else {
+            return;
+        };
+        for (key, value) in entries {
+            let origin = file.at(key);
+            let name = key.value.clone();
+            let field = join(kind.key(), &name);
+            if name.trim().is_empty() || name.contains(char::is_whitespace) {
+                self.err(origin.clone(), &field, "is not a valid name");
+            }
+            let mut defaults = Partial::default();
+            let mut max = Partial::default();
+            if let Some(parts) = self.mapping(file, &field, value, "`defaults:` and `max:`") {
+                for (pkey, pvalue) in parts {
+                    let sub = join(&field, &pkey.value);
+                    match pkey.value.as_str() {
+                        "defaults" => defaults.overlay(&self.limits(file, &sub, pvalue)),
+                        "max" => {
+                            max.overlay(&self.limits(file, &sub, pvalue));
+                            if let Some((_, o)) = &max.mem_high {
+                                self.err(
+                                    o.clone(),
+                                    &format!("{sub}.mem_high"),
+                                    "the soft limit is set under `defaults`; remove it from `max`",
+                                );
+                            }
+                        }
+                        other => self.unknown_key(file, pkey, &field, other, &["defaults", "max"]),
+                    }
+                }
+            }
+            let target = match kind {
+                Overrides::Groups => &mut self.groups,
+                Overrides::Users => &mut self.users,
+            };
+            let entry = target.entry(name).or_default();
+            entry.origin.get_or_insert(origin);
+            entry.defaults.overlay(&defaults);
+            entry.max.overlay(&max);
+        }
+    }
+
+    fn leases_key(&mut self, file: &File, node: &Spanned<Node>) {
+        let Some(entries) = self.mapping(file, "leases", node, "`max_duration`") else {
+            return;
+        };
+        for (key, value) in entries {
+            let field = join("leases", &key.value);
+            if key.value != "max_duration" {
+                self.unknown_key(file, key, "leases", &key.value, &["max_duration"]);
+                continue;
+            }
+            let Some((v, o)) = self.scalar(file, &field, value) else {
+                continue;
+            };
+            let text = v.shown();
+            match (v, parse_duration(&text)) {
                 (Scalar::Str(_) | Scalar::UInt(_), Ok(d)) => self.max_lease = Some(d),
-                (_, Err(e)) => self.err(at(v), "leases.max_duration", e.to_string()),
+                (_, Err(e)) => self.err(o, &field, e.to_string()),
                 _ => self.err(
-                    at(v),
-                    "leases.max_duration",
+                    o,
+                    &field,
                     format!("`{text}` is not a duration; expected e.g. 8h or 2d"),
                 ),
             }
         }
     }
 
-    fn limits(&mut self, file: &Arc<str>, path: &str, l: &RawLimits) -> Partial {
+    /// `cpu`, `mem`, `mem_high` and `tasks` under `path` (`defaults`,
+    /// `groups.NAME.max`, ...).
+    fn limits(&mut self, file: &File, path: &str, node: &Spanned<Node>) -> Partial {
         let mut p = Partial::default();
-        let origin = |s: &Spanned<Scalar>| Origin {
-            file: file.clone(),
-            line: s.referenced.line() as u32,
+        let Some(entries) = self.mapping(file, path, node, "limits such as {cpu: 2, mem: 8G}")
+        else {
+            return p;
         };
-        if let Some(v) = &l.cpu {
-            let o = origin(v);
-            p.cpu = self
-                .quantity(o.clone(), &format!("{path}.cpu"), &v.value)
-                .map(|c| (c, o));
-        }
-        if let Some(v) = &l.mem {
-            let o = origin(v);
-            p.mem = self
-                .quantity::<Bytes>(o.clone(), &format!("{path}.mem"), &v.value)
-                .and_then(|m| {
-                    if m.0 < Bytes::MIB {
-                        self.err(
-                            o.clone(),
-                            &format!("{path}.mem"),
-                            format!("{m} is too small for a memory limit (at least 1M); did you forget the unit, as in 8G?"),
-                        );
-                        None
-                    } else {
-                        Some((m, o))
-                    }
-                });
-        }
-        if let Some(v) = &l.mem_high {
-            let o = origin(v);
-            p.mem_high = self
-                .mem_high(o.clone(), &format!("{path}.mem_high"), &v.value)
-                .map(|h| (h, o));
-        }
-        if let Some(v) = &l.tasks {
-            let o = origin(v);
-            p.tasks = self
-                .quantity(o.clone(), &format!("{path}.tasks"), &v.value)
-                .map(|t| (t, o));
+        for (key, value) in entries {
+            let field = join(path, &key.value);
+            if !LIMIT_KEYS.contains(&key.value.as_str()) {
+                self.unknown_key(file, key, path, &key.value, LIMIT_KEYS);
+                continue;
+            }
+            let Some((v, o)) = self.scalar(file, &field, value) else {
+                continue;
+            };
+            match key.value.as_str() {
+                "cpu" => p.cpu = self.quantity(o.clone(), &field, v).map(|c| (c, o)),
+                "mem" => {
+                    p.mem = self
+                        .quantity::<Bytes>(o.clone(), &field, v)
+                        .and_then(|m| {
+                            if m.0 < Bytes::MIB {
+                                self.err(
+                                    o.clone(),
+                                    &field,
+                                    format!("{m} is too small for a memory limit (at least 1M); did you forget the unit, as in 8G?"),
+                                );
+                                None
+                            } else {
+                                Some((m, o))
+                            }
+                        })
+                }
+                "mem_high" => p.mem_high = self.mem_high(o.clone(), &field, v).map(|h| (h, o)),
+                _ => p.tasks = self.quantity(o.clone(), &field, v).map(|t| (t, o)),
+            }
         }
         p
     }

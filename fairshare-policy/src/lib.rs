@@ -16,18 +16,20 @@
 //! data; [`Policy::for_user`] resolves one user's limits from their name and
 //! groups without touching the system, so it is cheap and testable.
 //!
-//! The format is documented for admins in `docs/policy.md` (and the
-//! `fairshare-policy(5)` man page).
+//! The format is documented for admins in the `fairshare-policy(5)` man page,
+//! generated from [`FIELDS`] by xtask.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod build;
 mod error;
+mod explain;
 mod policy;
 mod raw;
 
 use fairshare_proto::units::Tasks;
 
 pub use error::{Origin, PolicyError, PolicyErrors};
+pub use explain::{FieldSource, Setting};
 pub use policy::{CapacityLimit, Exemption, HostResources, Identity, MemHigh, Policy, UserPolicy};
 
 /// Where the daemon looks for its policy unless told otherwise.
@@ -85,7 +87,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ),
     (
         "groups.NAME.defaults, groups.NAME.max",
-        "Overrides for members of group NAME, field by field. A user in several groups gets them in the order written (later wins).",
+        "Overrides for members of group NAME, field by field. A user in several groups gets them in policy order (files by name, then as written): the last group that sets a field wins it. fairshared --check warns when groups set the same field to different values and says which group gives each user in several groups which field.",
     ),
     (
         "users.NAME.defaults, users.NAME.max",

@@ -121,7 +121,10 @@ pub struct UserPolicy {
     /// The soft limit as a share of `mem` (resizes keep it).
     pub mem_high_ratio: Option<f64>,
     /// The policy parts that shaped these limits, in order: `defaults`,
-    /// `group NAME`, `user NAME`.
+    /// `group NAME`, `user NAME`. For a user in several groups, each group
+    /// says which fields it gave and which a later group overrode:
+    /// `group students (gives defaults.mem 4G; its defaults.cpu 1 is
+    /// overridden by group staff (later in the policy))`.
     pub sources: Vec<String>,
 }
 
@@ -190,18 +193,13 @@ impl Policy {
     pub fn for_user(&self, who: &Identity) -> UserPolicy {
         let mut d = self.defaults.clone();
         let mut m = self.max.clone();
-        let mut sources = vec!["defaults".to_string()];
-        for (name, o) in &self.groups {
-            if who.groups.iter().any(|g| g == name) {
-                d.overlay(&o.defaults);
-                m.overlay(&o.max);
-                sources.push(format!("group {name}"));
-            }
+        for (_, o) in self.matching_groups(who) {
+            d.overlay(&o.defaults);
+            m.overlay(&o.max);
         }
         if let Some(o) = self.users.get(&who.name) {
             d.overlay(&o.defaults);
             m.overlay(&o.max);
-            sources.push(format!("user {}", who.name));
         }
         let r = resolve(&d, &m);
         UserPolicy {
@@ -209,7 +207,7 @@ impl Policy {
             default: r.default,
             max: r.max,
             mem_high_ratio: r.ratio,
-            sources,
+            sources: self.sources(who),
         }
     }
 
