@@ -18,8 +18,17 @@ const EXIT_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match &cli.command {
-        Command::Check { policy } => return check(policy),
-        Command::Status { user } => Request::Status {
+        Command::Check { policy } => {
+            let c = &cli.conn;
+            if c.json || c.socket.is_some() || c.timeout.is_some() {
+                eprintln!(
+                    "fairshare-ctl: check reads the policy files itself and talks to no daemon: leave out --socket, --json and --timeout"
+                );
+                return ExitCode::from(2);
+            }
+            return check(policy);
+        }
+        Command::Status { user, .. } => Request::Status {
             user: user.as_ref().map(|u| UserRef::Name(u.clone())),
         },
         Command::Resize(s) => {
@@ -31,10 +40,10 @@ fn main() -> ExitCode {
             }
             Request::RequestResources(ResizeArgs::new(s.cpu, s.mem, s.tasks).lasting(s.duration))
         }
-        Command::Release => Request::Release,
-        Command::Reload => Request::Reload,
-        Command::Metrics => Request::Metrics,
-        Command::List => Request::List,
+        Command::Release(_) => Request::Release,
+        Command::Reload(_) => Request::Reload,
+        Command::Metrics(_) => Request::Metrics,
+        Command::List(_) => Request::List,
         Command::Set {
             user,
             sizes,
@@ -55,8 +64,9 @@ fn main() -> ExitCode {
             }
         }
     };
-    let timeout = Duration::from_secs_f64(cli.timeout.clamp(0.05, 3600.0));
-    let client = Client::new(&cli.socket, timeout);
+    let conn = cli.connection();
+    let timeout = Duration::from_secs_f64(conn.timeout.clamp(0.05, 3600.0));
+    let client = Client::new(&conn.socket, timeout);
     let response = match client.call(&request) {
         Ok(r) => r,
         Err(e) => {
@@ -64,7 +74,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
-    if cli.json {
+    if conn.json {
         match serde_json::to_string_pretty(&response) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("fairshare-ctl: {e}"),
@@ -75,7 +85,7 @@ fn main() -> ExitCode {
             eprintln!("fairshare-ctl: {}", e.error);
             ExitCode::from(EXIT_REFUSED)
         }
-        _ if cli.json => ExitCode::SUCCESS,
+        _ if conn.json => ExitCode::SUCCESS,
         Response::Success(s) => {
             println!("{}", s.message);
             ExitCode::SUCCESS
