@@ -19,7 +19,9 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files = vec![write(dir, "fairshared.8", fairshared_page()?.as_bytes())?];
     let mut ctl = fairshare_ctl::cli::command();
     ctl.build();
-    files.push(write(dir, "fairshare-ctl.1", ctl_page(&ctl)?.as_bytes())?);
+    // clap's own `help` subcommand gets no page, so the page does not name it
+    let top = fairshare_ctl::cli::command().disable_help_subcommand(true);
+    files.push(write(dir, "fairshare-ctl.1", ctl_page(&top)?.as_bytes())?);
     for sc in ctl.get_subcommands() {
         if sc.is_hide_set() || sc.get_name() == "help" {
             continue;

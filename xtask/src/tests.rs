@@ -65,9 +65,14 @@ fn the_pages_say_what_the_daemon_does_and_where_to_look_next() {
         // an example line must not be filled into running text, where a
         // path can be broken
         let ex = page.split(".SH EXAMPLES").nth(1).unwrap();
+        assert!(ex.trim_start().starts_with(".RS 4\n.nf"), "{name}: {ex}");
+    }
+    // every subcommand page the main page names exists
+    for part in ctl.split("fairshare\\-ctl\\-").skip(1) {
+        let sub = part.split('(').next().unwrap().replace("\\-", "-");
         assert!(
-            ex.trim_start().starts_with(".RS 4\n.nf"),
-            "{name}: {ex}"
+            dir.path().join(format!("fairshare-ctl-{sub}.1")).exists(),
+            "fairshare-ctl.1 names fairshare-ctl-{sub}(1), which is not generated"
         );
     }
     let check = read("fairshare-ctl-check.1");
