@@ -3,7 +3,7 @@
 //! its file, line and field, and checks the fields against each other at the
 //! end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -285,11 +285,11 @@ impl Builder {
                 return None;
             }
         };
-        let mut seen: Vec<&str> = Vec::with_capacity(entries.len());
+        let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let (key, _) = entry;
-            if seen.contains(&key.value.as_str()) {
+            if !seen.insert(key.value.as_str()) {
                 self.err(
                     file.at(key),
                     &join(field, &key.value),
@@ -300,7 +300,6 @@ impl Builder {
                 );
                 continue;
             }
-            seen.push(&key.value);
             out.push(entry);
         }
         Some(out)
