@@ -12,9 +12,17 @@
 //! ```
 //!
 //! Loading never stops at the first problem: [`Policy::load`] returns every
-//! error, each naming the file, line and field. A loaded [`Policy`] is pure
-//! data; [`Policy::for_user`] resolves one user's limits from their name and
-//! groups without touching the system, so it is cheap and testable.
+//! error, each naming the file, line and field (unknown keys, wrongly shaped
+//! values and repeated keys included; only a YAML syntax error ends the
+//! reading of its file). A loaded [`Policy`] is pure data;
+//! [`Policy::for_user`] resolves one user's limits from their name and groups
+//! without touching the system, so it is cheap and testable, and
+//! [`Policy::explain`] says which part of the policy gave each field.
+//!
+//! Modules: `raw` (the YAML tree as written), `build` (files to a
+//! [`Policy`], one method per top-level key), `policy` (the loaded policy
+//! and its resolution), `explain` (which group gave which field, conflicts
+//! between groups), `error`.
 //!
 //! The format is documented for admins in the `fairshare-policy(5)` man page,
 //! generated from [`FIELDS`] by xtask.
