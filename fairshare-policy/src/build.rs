@@ -3,22 +3,25 @@
 //! its file, line and field, and checks the fields against each other at the
 //! end.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fairshare_proto::units::{Bytes, Cpus, Quantity, ValueError, parse_duration};
+use fairshare_proto::units::{Bytes, Cpus, parse_duration};
 use indexmap::IndexMap;
 use serde_saphyr::Spanned;
 
 use crate::error::{Origin, PolicyError, PolicyErrors};
-use crate::policy::{MemHigh, Override, Partial, Policy};
-use crate::raw::{self, Entry, Node, Scalar};
-use crate::{DEFAULT_OVERCOMMIT_CPU, DEFAULT_OVERCOMMIT_MEM, DEFAULT_UID_BELOW};
+use crate::policy::{Override, Partial, Policy};
+use crate::raw::{self, Node, Scalar};
 
 /// Policy files larger than this are refused (a policy is a few lines).
 const MAX_FILE_SIZE: u64 = 1 << 20;
+
+mod cross;
+mod shape;
+mod values;
 
 impl Policy {
     /// Loads a policy file, or every `*.yaml`/`*.yml` file of a directory in
@@ -157,13 +160,6 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-/// Whether an unknown key is probably a misspelling of `known`: one letter
-/// added, missing, changed or two swapped, or one a prefix of the other.
-fn similar(unknown: &str, known: &str) -> bool {
-    (unknown.len() >= 3 && (known.starts_with(unknown) || unknown.starts_with(known)))
-        || strsim::osa_distance(unknown, known) <= 1
-}
-
 #[derive(Default)]
 struct Builder {
     errors: Vec<PolicyError>,
@@ -214,140 +210,6 @@ impl Builder {
                 "users" => self.overrides_key(&top, Overrides::Users, value),
                 "leases" => self.leases_key(&top, value),
                 other => self.unknown_key(&top, key, "", other, TOP_KEYS),
-            }
-        }
-    }
-
-    /// A file that is not valid YAML. A tab in the indentation is reported at
-    /// its own line: the parser notices it only at the end of the line before.
-    fn yaml_error(&mut self, file: &Arc<str>, text: &str, e: &serde_saphyr::Error) {
-        let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        let message = clean_yaml_message(&e.without_snippet().to_string());
-        if message.contains("tab") {
-            let tabs: Vec<usize> = text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| {
-                    let indent = &l[..l.len() - l.trim_start().len()];
-                    indent.contains('\t') && !l.trim().is_empty()
-                })
-                .map(|(i, _)| i + 1)
-                .collect();
-            if !tabs.is_empty() {
-                for n in tabs {
-                    let origin = Origin {
-                        file: file.clone(),
-                        line: n as u32,
-                    };
-                    self.err(
-                        origin,
-                        &key_path_at(text, n),
-                        "a tab in the indentation: YAML indents with spaces only; replace the tab with spaces",
-                    );
-                }
-                return;
-            }
-        }
-        let message = match col {
-            0 => message,
-            c => format!("{message} (column {c})"),
-        };
-        let origin = Origin {
-            file: file.clone(),
-            line: line as u32,
-        };
-        self.err(origin, &key_path_at(text, line as usize), message);
-    }
-
-    /// The entries of a mapping. `~` (or nothing) is an empty mapping; anything
-    /// else is an error. A key given twice is an error, and only the first
-    /// one counts.
-    fn mapping<'n>(
-        &mut self,
-        file: &File,
-        field: &str,
-        node: &'n Spanned<Node>,
-        expected: &str,
-    ) -> Option<Vec<&'n Entry>> {
-        let entries = match &node.value {
-            Node::Null => return Some(Vec::new()),
-            Node::Map(entries) => entries,
-            other => {
-                let what = match field.is_empty() {
-                    true => "the policy must be",
-                    false => "must be",
-                };
-                self.err(
-                    file.at(node),
-                    field,
-                    format!("{what} a mapping of {expected}, not {}", other.kind()),
-                );
-                return None;
-            }
-        };
-        let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let (key, _) = entry;
-            if !seen.insert(key.value.as_str()) {
-                self.err(
-                    file.at(key),
-                    &join(field, &key.value),
-                    format!(
-                        "duplicate mapping key: `{}` is given twice in the same place; keep one",
-                        key.value
-                    ),
-                );
-                continue;
-            }
-            out.push(entry);
-        }
-        Some(out)
-    }
-
-    fn unknown_key(
-        &mut self,
-        file: &File,
-        key: &Spanned<String>,
-        parent: &str,
-        name: &str,
-        known: &[&str],
-    ) {
-        let hint = match known.iter().find(|k| similar(name, k)) {
-            Some(k) => format!("; did you mean `{k}`?"),
-            None => String::new(),
-        };
-        self.err(
-            file.at(key),
-            &join(parent, name),
-            format!(
-                "unknown field `{name}`, expected one of {}{hint}",
-                known.join(", ")
-            ),
-        );
-    }
-
-    /// A single value; `None` when it is empty (not set) or not a scalar
-    /// (an error).
-    fn scalar<'n>(
-        &mut self,
-        file: &File,
-        field: &str,
-        node: &'n Spanned<Node>,
-    ) -> Option<(&'n Scalar, Origin)> {
-        match &node.value {
-            Node::Null => None,
-            Node::Scalar(s) => Some((s, file.at(node))),
-            other => {
-                self.err(
-                    file.at(node),
-                    field,
-                    format!(
-                        "expected a single value (a number or a string), not {}",
-                        other.kind()
-                    ),
-                );
-                None
             }
         }
     }
@@ -412,39 +274,6 @@ impl Builder {
                 ),
             }
         }
-    }
-
-    /// A list of user or group names.
-    fn names(&mut self, file: &File, field: &str, node: &Spanned<Node>) -> Vec<(String, Origin)> {
-        let items = match &node.value {
-            Node::Null => return Vec::new(),
-            Node::Seq(items) => items,
-            other => {
-                self.err(
-                    file.at(node),
-                    field,
-                    format!(
-                        "expected a list of names such as [alice, bob], not {}",
-                        other.kind()
-                    ),
-                );
-                return Vec::new();
-            }
-        };
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            match &item.value {
-                Node::Scalar(s @ (Scalar::Str(_) | Scalar::UInt(_))) => {
-                    out.push((s.shown(), file.at(item)))
-                }
-                other => self.err(
-                    file.at(item),
-                    field,
-                    format!("expected a user or group name, not {}", other.kind()),
-                ),
-            }
-        }
-        out
     }
 
     fn capacity_key(&mut self, file: &File, node: &Spanned<Node>) {
@@ -617,253 +446,4 @@ impl Builder {
         }
         p
     }
-
-    fn quantity<T: Quantity>(&mut self, o: Origin, field: &str, v: &Scalar) -> Option<T> {
-        let parsed = match v {
-            Scalar::UInt(n) => T::from_u64(*n),
-            Scalar::Int(n) => Err(ValueError::NotPositive(n.to_string())),
-            Scalar::Float(f) => T::from_number(*f),
-            Scalar::Str(s) => s.parse(),
-            Scalar::Bool(b) => Err(ValueError::NotANumber {
-                input: b.to_string(),
-                expected: T::EXPECTED,
-            }),
-        };
-        parsed.map_err(|e| self.err(o, field, e.to_string())).ok()
-    }
-
-    fn mem_high(&mut self, o: Origin, field: &str, v: &Scalar) -> Option<MemHigh> {
-        if let Scalar::Str(s) = v
-            && let Some(p) = s.trim().strip_suffix('%')
-        {
-            return match p.trim().parse::<f64>() {
-                Ok(p) if p > 0.0 && p < 100.0 => Some(MemHigh::Percent(p)),
-                _ => {
-                    self.err(
-                        o,
-                        field,
-                        format!(
-                            "`{s}` must be a percentage above 0% and below 100% of mem, e.g. 90%"
-                        ),
-                    );
-                    None
-                }
-            };
-        }
-        self.quantity::<Bytes>(o, field, v).map(MemHigh::Size)
-    }
-
-    fn factor(&mut self, o: Origin, field: &str, v: &Scalar) -> Option<f64> {
-        let f = match v {
-            Scalar::UInt(n) => Some(*n as f64),
-            Scalar::Float(f) => Some(*f),
-            Scalar::Str(s) => s.trim().parse::<f64>().ok(),
-            _ => None,
-        };
-        match f {
-            Some(f) if f.is_finite() && f > 0.0 && f <= 1000.0 => Some(f),
-            _ => {
-                self.err(
-                    o,
-                    field,
-                    format!(
-                        "`{}` is not an overcommit factor; expected a number above 0 such as 1.5 (or {{cpu: 4, mem: 1.5}})",
-                        v.shown()
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    /// Cross-field checks, then the finished policy.
-    fn finish(mut self, files: Vec<&str>) -> Result<Policy, PolicyErrors> {
-        let all = files.join(", ");
-        if self.defaults.cpu.is_none() && self.errors.is_empty() {
-            self.err(
-                Origin { file: all.as_str().into(), line: 0 },
-                "defaults.cpu",
-                "missing: every policy needs a default CPU count, e.g. `defaults: {cpu: 2, mem: 8G}`",
-            );
-        }
-        if self.defaults.mem.is_none() && self.errors.is_empty() {
-            self.err(
-                Origin { file: all.as_str().into(), line: 0 },
-                "defaults.mem",
-                "missing: every policy needs a default memory size, e.g. `defaults: {cpu: 2, mem: 8G}`",
-            );
-        }
-        if self.errors.is_empty() {
-            let (d, m) = (self.defaults.clone(), self.max.clone());
-            self.check_pair(&d, &m, None);
-            for (kind, map) in [
-                ("groups", self.groups.clone()),
-                ("users", self.users.clone()),
-            ] {
-                for (name, o) in map {
-                    let (mut dd, mut mm) = (d.clone(), m.clone());
-                    dd.overlay(&o.defaults);
-                    mm.overlay(&o.max);
-                    self.check_pair(&dd, &mm, Some((&format!("{kind}.{name}."), &o)));
-                }
-            }
-        }
-        if !self.errors.is_empty() {
-            return Err(PolicyErrors(self.errors));
-        }
-        Ok(Policy {
-            files: Vec::new(),
-            defaults: self.defaults,
-            max: self.max,
-            exempt_users: self.exempt_users,
-            exempt_groups: self.exempt_groups,
-            uid_below: self.uid_below.unwrap_or(DEFAULT_UID_BELOW),
-            capacity_cpu: self.capacity_cpu,
-            capacity_mem: self.capacity_mem,
-            overcommit_cpu: self.overcommit_cpu.unwrap_or(DEFAULT_OVERCOMMIT_CPU),
-            overcommit_mem: self.overcommit_mem.unwrap_or(DEFAULT_OVERCOMMIT_MEM),
-            max_lease: self.max_lease,
-            groups: self.groups,
-            users: self.users,
-        })
-    }
-
-    /// Defaults must fit within max, and the soft limit below the hard one.
-    /// `over` is the override being checked on top of the base (`None` for
-    /// the base itself); errors point at the field the override set.
-    fn check_pair(&mut self, d: &Partial, m: &Partial, over: Option<(&str, &Override)>) {
-        let prefix = over.map(|(p, _)| p).unwrap_or("");
-        let sets = |pick: fn(&Partial) -> bool, part: fn(&Override) -> &Partial| {
-            over.is_some_and(|(_, o)| pick(part(o)))
-        };
-        let mut check = |what: &str,
-                         pair: Option<(String, String, &Origin, &Origin)>,
-                         d_set: bool,
-                         m_set: bool| {
-            let Some((dv, mv, dorig, morig)) = pair else {
-                return;
-            };
-            if over.is_some() && !d_set && !m_set {
-                return; // the base's own problem, reported once for the base
-            }
-            let (origin, field) = match (over.is_none() || d_set, m_set) {
-                (true, _) => (dorig.clone(), format!("{prefix}defaults.{what}")),
-                (false, _) => (morig.clone(), format!("{prefix}max.{what}")),
-            };
-            self.err(
-                origin,
-                &field,
-                format!(
-                    "default {what} {dv} is above max {what} {mv} (defaults at {dorig}, max at {morig}); raise max.{what} or lower defaults.{what}"
-                ),
-            );
-        };
-        macro_rules! pair {
-            ($f:ident) => {
-                match (&d.$f, &m.$f) {
-                    (Some((dv, dorig)), Some((mv, morig))) if dv > mv => {
-                        Some((dv.to_string(), mv.to_string(), dorig, morig))
-                    }
-                    _ => None,
-                }
-            };
-        }
-        check(
-            "cpu",
-            pair!(cpu),
-            sets(|p| p.cpu.is_some(), |o| &o.defaults),
-            sets(|p| p.cpu.is_some(), |o| &o.max),
-        );
-        check(
-            "mem",
-            pair!(mem),
-            sets(|p| p.mem.is_some(), |o| &o.defaults),
-            sets(|p| p.mem.is_some(), |o| &o.max),
-        );
-        check(
-            "tasks",
-            pair!(tasks),
-            sets(|p| p.tasks.is_some(), |o| &o.defaults),
-            sets(|p| p.tasks.is_some(), |o| &o.max),
-        );
-        if let (Some((MemHigh::Size(h), horig)), Some((mem, morig))) = (&d.mem_high, &d.mem)
-            && h >= mem
-            && (over.is_none()
-                || sets(|p| p.mem.is_some() || p.mem_high.is_some(), |o| &o.defaults))
-        {
-            let field = match sets(|p| p.mem_high.is_some(), |o| &o.defaults) || over.is_none() {
-                true => format!("{prefix}defaults.mem_high"),
-                false => format!("{prefix}defaults.mem"),
-            };
-            let origin = match field.ends_with("mem_high") {
-                true => horig.clone(),
-                false => morig.clone(),
-            };
-            self.err(
-                origin,
-                &field,
-                format!(
-                    "soft limit {h} ({horig}) must be below mem {mem} ({morig}); lower it, or give mem_high as a percentage such as 90%"
-                ),
-            );
-        }
-    }
-}
-
-/// The dotted path of the key on a line (`defaults.cpu`), found by walking up
-/// to less indented lines; used to name the field of a YAML-level error.
-fn key_path_at(text: &str, line: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let Some(idx) = line.checked_sub(1).filter(|i| *i < lines.len()) else {
-        return String::new();
-    };
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let mut path = Vec::new();
-    if let Some(k) = key_on_line(lines[idx]) {
-        path.push(k);
-    }
-    let mut level = indent(lines[idx]);
-    for l in lines[..idx].iter().rev() {
-        let t = l.trim_start();
-        if t.is_empty() || t.starts_with('#') || indent(l) >= level {
-            continue;
-        }
-        if let Some(k) = key_on_line(l) {
-            path.push(k);
-        }
-        level = indent(l);
-        if level == 0 {
-            break;
-        }
-    }
-    path.reverse();
-    path.join(".")
-}
-
-/// The first key on a YAML line, for naming the field of a syntax error.
-fn key_on_line(line: &str) -> Option<String> {
-    let t = line.trim_start().trim_start_matches("- ");
-    let key = t.split(':').next()?.trim();
-    let ok = !key.is_empty()
-        && t.contains(':')
-        && key
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    ok.then(|| key.to_string())
-}
-
-/// serde's messages end in "at line N, column M", which we print ourselves.
-fn clean_yaml_message(msg: &str) -> String {
-    let msg = match msg.rfind(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    msg.replace(
-        "data did not match any variant of untagged enum Scalar",
-        "expected a single value (a number or a string)",
-    )
-    .replace(
-        "data did not match any variant of untagged enum RawOvercommit",
-        "expected a number, or {cpu: N, mem: N}",
-    )
 }

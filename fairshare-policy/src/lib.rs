@@ -20,7 +20,8 @@
 //! [`Policy::explain`] says which part of the policy gave each field.
 //!
 //! Modules: `raw` (the YAML tree as written), `build` (files to a
-//! [`Policy`], one method per top-level key), `policy` (the loaded policy
+//! [`Policy`], one method per top-level key; `build/shape` reads the YAML
+//! tree, `build/values` single values, `build/cross` checks across fields), `policy` (the loaded policy
 //! and its resolution), `explain` (which group gave which field, conflicts
 //! between groups), `error`.
 //!
