@@ -19,11 +19,12 @@
 //! without touching the system, so it is cheap and testable, and
 //! [`Policy::explain`] says which part of the policy gave each field.
 //!
-//! Modules: `raw` (the YAML tree as written), `build` (files to a
-//! [`Policy`], one method per top-level key; `build/shape` reads the YAML
-//! tree, `build/values` single values, `build/cross` checks across fields), `policy` (the loaded policy
-//! and its resolution), `explain` (which group gave which field, conflicts
-//! between groups), `error`.
+//! Modules: `raw` (the YAML tree as written); `build` (files to a
+//! [`Policy`], one method per top-level key), with `build/shape` (the
+//! tree's shape), `build/values` (single values) and `build/cross` (checks
+//! across fields); `policy` (the loaded policy and its resolution);
+//! `explain` (which group gave which field, conflicts between groups);
+//! `error`.
 //!
 //! The format is documented for admins in the `fairshare-policy(5)` man page,
 //! generated from [`FIELDS`] by xtask.
