@@ -124,6 +124,13 @@ fn check(policy: &Policy) -> ExitCode {
     ) {
         println!("{w}");
     }
+    // groups that set the same field differently, and who is in several
+    for line in policy.overlaps(|g| match nix::unistd::Group::from_name(g) {
+        Ok(Some(g)) => g.mem,
+        _ => Vec::new(),
+    }) {
+        println!("{line}");
+    }
     println!("policy OK");
     ExitCode::SUCCESS
 }
