@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p xtask -- man DIR          # fairshared.8 fairshare-ctl.1 pam_fairshare.8 fairshare-policy.5
 //! cargo run -p xtask -- completions DIR  # bash, zsh and fish completions
+//! cargo run -p xtask -- msrv             # does any dependency need a newer Rust than rust-version?
 //! ```
 //!
 //! Everything is generated from the code: the clap definitions of the two
@@ -14,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap_complete::Shell;
+
+mod msrv;
 use roff::{Roff, bold, italic, roman};
 
 fn main() -> ExitCode {
@@ -21,12 +24,13 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         [cmd, dir] if cmd == "man" => man(Path::new(dir)),
         [cmd, dir] if cmd == "completions" => completions(Path::new(dir)),
-        _ => Err("usage: xtask man DIR | xtask completions DIR".to_string()),
+        [cmd] if cmd == "msrv" => msrv::check().map(|l| l.into_iter().map(PathBuf::from).collect()),
+        _ => Err("usage: xtask man DIR | xtask completions DIR | xtask msrv".to_string()),
     };
     match result {
-        Ok(files) => {
-            for f in files {
-                println!("{}", f.display());
+        Ok(lines) => {
+            for l in lines {
+                println!("{}", l.display());
             }
             ExitCode::SUCCESS
         }
