@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fairshare_ctl::cli::{Cli, Command};
+use fairshare_ctl::cli::{Cli, Command, MetricsArgs};
 use fairshare_ctl::format;
+use fairshare_ctl::textfile;
 use fairshare_policy::Policy;
 use fairshare_proto::wire::{Request, ResizeArgs, Response, UserRef};
 use fairshare_proto::{Client, ClientError};
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
         }
         Command::Release => Request::Release,
         Command::Reload => Request::Reload,
-        Command::Metrics => Request::Metrics,
+        Command::Metrics(_) => Request::Metrics,
         Command::List => Request::List,
         Command::Set {
             user,
@@ -86,10 +87,17 @@ fn main() -> ExitCode {
             print!("{}", format::list(&l));
             ExitCode::SUCCESS
         }
-        Response::Metrics { text } => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+        Response::Metrics { text } => match &cli.command {
+            Command::Metrics(MetricsArgs {
+                output: Some(path),
+                per_user,
+                group,
+            }) => write_metrics(path, &text, *per_user, group.as_deref()),
+            _ => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+        },
     }
 }
 
@@ -110,6 +118,45 @@ fn unreachable_hint(e: &ClientError) -> String {
         }
         ClientError::Timeout { .. } => format!("{e}; check it with: systemctl status fairshared"),
         other => other.to_string(),
+    }
+}
+
+/// `metrics --output FILE`: the host-wide series (every user's too with
+/// `per_user`), readable by `group` when given, else by all.
+fn write_metrics(
+    path: &std::path::Path,
+    text: &str,
+    per_user: bool,
+    group: Option<&str>,
+) -> ExitCode {
+    let gid = match group.map(|g| (g, nix::unistd::Group::from_name(g))) {
+        None => None,
+        Some((_, Ok(Some(g)))) => Some(g.gid),
+        Some((g, Ok(None))) => {
+            eprintln!(
+                "fairshare-ctl: there is no group {g:?} on this host; name the group node_exporter runs as (--group)"
+            );
+            return ExitCode::from(2);
+        }
+        Some((g, Err(e))) => {
+            eprintln!("fairshare-ctl: cannot look up the group {g:?}: {e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    let text = match per_user {
+        true => text.to_string(),
+        false => textfile::host_wide(text),
+    };
+    let access = textfile::FileAccess {
+        gid,
+        mode: if gid.is_some() { 0o640 } else { 0o644 },
+    };
+    match textfile::write(path, text.as_bytes(), access) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fairshare-ctl: cannot write the metrics: {e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
     }
 }
 
