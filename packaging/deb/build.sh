@@ -15,6 +15,9 @@ rm -rf "$stage"
 make --no-print-directory install DESTDIR="$PWD/$stage" PREFIX=/usr \
   UNITDIR=/lib/systemd/system GENERATORDIR=/lib/systemd/system-generators > /dev/null
 gzip -9n "$stage"/usr/share/man/man*/*
+# the compiler's version note is of no use on the host
+find "$stage" -type f \( -path '*/sbin/fairshared' -o -path '*/bin/fairshare-ctl' -o -name pam_fairshare.so \) \
+  -exec objcopy --remove-section=.comment {} \;
 install -D -m 644 README.md "$doc/README.md"
 install -m 644 etc/policy.d/00-defaults.yaml "$doc/policy.example.yaml"
 
@@ -65,6 +68,8 @@ gzip -9n "$doc/changelog"
 install -d -m 755 "$stage/DEBIAN"
 for f in postinst prerm postrm; do install -m 755 "packaging/deb/$f" "$stage/DEBIAN/$f"; done
 printf '%s\n' /etc/fairshare/policy.d/00-defaults.yaml /etc/default/fairshare-metrics > "$stage/DEBIAN/conffiles"
+(cd "$stage" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$stage/DEBIAN/md5sums"
+chmod 644 "$stage/DEBIAN/md5sums"
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 cat > "$stage/DEBIAN/control" <<CONTROL
 Package: fairshare
