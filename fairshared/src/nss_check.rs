@@ -80,8 +80,13 @@ pub fn network_sources(nsswitch: &str, compat_files: &[&str]) -> Vec<String> {
 
 /// What keeps this process off the network, if anything.
 pub fn network_blocked() -> Option<&'static str> {
-    let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
-        return Some("it may not open network sockets (RestrictAddressFamilies=AF_UNIX)");
+    let sock = match UdpSocket::bind("127.0.0.1:0") {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            return Some("it may not open network sockets (RestrictAddressFamilies=AF_UNIX)");
+        }
+        // no loopback: a network namespace whose lo is down
+        Err(_) => return Some("it has no usable network (PrivateNetwork=yes)"),
     };
     // IPAddressDeny=any refuses even loopback traffic
     let sent = sock.local_addr().and_then(|me| {
