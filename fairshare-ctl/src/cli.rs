@@ -76,7 +76,10 @@ given: node_exporter serves it to anyone who can reach its port, and every user'
 theirs. The file is replaced at once (written under a new random name, then renamed), so \
 node_exporter never reads half of it; a symlink, hard link or file planted under its name is \
 replaced, never written through, and the directory is reached without following symlinks \
-that anyone but root could have made."
+that anyone but root could have made.\n\n\
+fairshare-metrics.service (enabled with systemctl enable --now fairshare-metrics.timer) takes \
+the file from FAIRSHARE_METRICS_FILE (default /var/lib/prometheus/node-exporter/fairshare.prom) \
+and these options from FAIRSHARE_METRICS_OPTIONS, both set in /etc/default/fairshare-metrics."
     )]
     Metrics(MetricsArgs),
     /// Check a policy file or directory without a daemon (as fairshared --check)
@@ -94,7 +97,8 @@ pub struct MetricsArgs {
     pub output: Option<PathBuf>,
     /// With --output: also write each user's allocation, usage and sessions (labels user, uid)
     ///
-    /// Off by default. The file is then readable only by root and --group (mode 0640).
+    /// Off by default; needs --group: the file is then readable only by root and that group
+    /// (mode 0640).
     #[arg(long, requires = "group")]
     pub per_user: bool,
     /// With --output: the group that may read the file (mode 0640; without it 0644)
