@@ -3,8 +3,6 @@
 //! name service that needs the network.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use fairshare_e2e::*;
 
 const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
@@ -177,8 +175,9 @@ fn errors_of_this_run(h: &Host) -> String {
 fn restart(h: &Host) {
     h.sh("systemctl restart fairshared.service").ok();
     h.wait_socket();
-    // the check runs before the socket is served: its lines are in by now
-    std::thread::sleep(Duration::from_millis(300));
+    // the check logs before the socket is served: once the journal has
+    // stored what it was sent so far, its lines are there
+    h.sh("journalctl --sync").ok();
 }
 
 #[test]
