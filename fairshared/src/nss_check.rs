@@ -167,6 +167,24 @@ mod tests {
     }
 
     #[test]
+    fn the_generator_knows_the_same_local_sources() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../etc/systemd/fairshare-nss-generator"
+        );
+        let script = std::fs::read_to_string(path).unwrap();
+        let line = script
+            .lines()
+            .find_map(|l| l.strip_prefix("local_sources=\""))
+            .unwrap();
+        let mut theirs: Vec<&str> = line.trim_end_matches('"').split_whitespace().collect();
+        let mut ours = LOCAL_SOURCES.to_vec();
+        theirs.sort_unstable();
+        ours.sort_unstable();
+        assert_eq!(theirs, ours, "keep {path} and LOCAL_SOURCES together");
+    }
+
+    #[test]
     fn interfaces_other_than_loopback_are_seen() {
         let private = "Inter-|   Receive\n face |bytes\n    lo: 0 0 0\n";
         assert!(!has_non_loopback_interface(private));
