@@ -107,7 +107,25 @@ pub enum Command {
     /// Re-read the policy and apply it to everyone (root only; as systemctl reload fairshared)
     Reload(Conn),
     /// Print allocations, usage and counters in Prometheus text format (root only)
+<<<<<<< HEAD
     Metrics(Conn),
+=======
+    #[command(
+        long_about = "Print allocations, usage and counters in Prometheus text format (root only).\n\n\
+With --output, write them to a file for node_exporter's textfile collector instead, as \
+fairshare-metrics.service does every minute. The file holds only host-wide series (capacity, \
+what is allocated in all, users tracked, request and refusal counters) unless --per-user is \
+given: node_exporter serves it to anyone who can reach its port, and every user's usage is \
+theirs. The file is replaced at once (written under a new random name, then renamed), so \
+node_exporter never reads half of it; a symlink, hard link or file planted under its name is \
+replaced, never written through, and the directory is reached without following symlinks \
+that anyone but root could have made.\n\n\
+fairshare-metrics.service (enabled with systemctl enable --now fairshare-metrics.timer) takes \
+the file from FAIRSHARE_METRICS_FILE (default /var/lib/prometheus/node-exporter/fairshare.prom) \
+and these options from FAIRSHARE_METRICS_OPTIONS, both set in /etc/default/fairshare-metrics."
+    )]
+    Metrics(MetricsArgs),
+>>>>>>> s11-ops
     /// Check a policy file or directory without a daemon (as fairshared --check)
     #[command(
         long_about = "Check a policy file or directory without a daemon and without root, as \
@@ -136,6 +154,34 @@ impl Command {
             Command::Resize(sizes) | Command::Set { sizes, .. } => Some(&sizes.conn),
             Command::Check { .. } => None,
         }
+    }
+}
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Write to FILE (an absolute path) instead of printing, replacing it at once
+    #[arg(long, short = 'o', value_name = "FILE", value_parser = absolute)]
+    pub output: Option<PathBuf>,
+    /// With --output: also write each user's allocation, usage and sessions (labels user, uid)
+    ///
+    /// Off by default; needs --group: the file is then readable only by root and that group
+    /// (mode 0640).
+    #[arg(long, requires = "group")]
+    pub per_user: bool,
+    /// With --output: the group that may read the file (mode 0640; without it 0644)
+    ///
+    /// node_exporter's group on Debian is prometheus.
+    #[arg(long, value_name = "GROUP", requires = "output")]
+    pub group: Option<String>,
+}
+
+fn absolute(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    match p.is_absolute() && p.file_name().is_some() {
+        true => Ok(p),
+        false => Err(format!(
+            "{s}: give the file's absolute path, e.g. /var/lib/prometheus/node-exporter/fairshare.prom"
+        )),
     }
 }
 
@@ -210,6 +256,7 @@ mod tests {
     }
 
     #[test]
+<<<<<<< HEAD
     fn connection_options_before_or_after_the_subcommand_but_not_for_check() {
         let conn = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.connection());
         let c = conn(&["fairshare-ctl", "--json", "status"]).unwrap();
@@ -249,5 +296,32 @@ mod tests {
             !help.contains("--json") && !help.contains("--socket") && !help.contains("--timeout"),
             "{help}"
         );
+=======
+    fn metrics_options_go_together() {
+        let m = |args: &[&str]| {
+            let mut v = vec!["fairshare-ctl", "metrics"];
+            v.extend(args);
+            Cli::try_parse_from(v).map(|c| match c.command {
+                Command::Metrics(m) => m,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(m(&[]).unwrap().output, None);
+        let a = m(&[
+            "--output",
+            "/x/f.prom",
+            "--per-user",
+            "--group",
+            "prometheus",
+        ])
+        .unwrap();
+        assert!(a.per_user);
+        assert_eq!(a.group.as_deref(), Some("prometheus"));
+        // per-user series only into a file someone chose to let read
+        assert!(m(&["--output", "/x/f.prom", "--per-user"]).is_err());
+        assert!(m(&["--group", "prometheus"]).is_err());
+        assert!(m(&["--output", "f.prom"]).is_err());
+        assert!(m(&["--output", "/"]).is_err());
+>>>>>>> s11-ops
     }
 }

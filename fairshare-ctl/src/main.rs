@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fairshare_ctl::cli::{Cli, Command};
+use fairshare_ctl::cli::{Cli, Command, MetricsArgs};
 use fairshare_ctl::format;
+use fairshare_ctl::textfile;
 use fairshare_policy::Policy;
 use fairshare_proto::wire::{Request, ResizeArgs, Response, UserRef};
 use fairshare_proto::{Client, ClientError};
@@ -40,10 +41,17 @@ fn main() -> ExitCode {
             }
             Request::RequestResources(ResizeArgs::new(s.cpu, s.mem, s.tasks).lasting(s.duration))
         }
+<<<<<<< HEAD
         Command::Release(_) => Request::Release,
         Command::Reload(_) => Request::Reload,
         Command::Metrics(_) => Request::Metrics,
         Command::List(_) => Request::List,
+=======
+        Command::Release => Request::Release,
+        Command::Reload => Request::Reload,
+        Command::Metrics(_) => Request::Metrics,
+        Command::List => Request::List,
+>>>>>>> s11-ops
         Command::Set {
             user,
             sizes,
@@ -98,10 +106,17 @@ fn main() -> ExitCode {
             print!("{}", format::list(&l));
             ExitCode::SUCCESS
         }
-        Response::Metrics { text } => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+        Response::Metrics { text } => match &cli.command {
+            Command::Metrics(MetricsArgs {
+                output: Some(path),
+                per_user,
+                group,
+            }) => write_metrics(path, &text, *per_user, group.as_deref()),
+            _ => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+        },
     }
 }
 
@@ -125,8 +140,50 @@ fn unreachable_hint(e: &ClientError) -> String {
     }
 }
 
+<<<<<<< HEAD
 /// `check`: the same report and exit status as `fairshared --check`, without
 /// root and without a daemon.
+=======
+/// `metrics --output FILE`: the host-wide series (every user's too with
+/// `per_user`), readable by `group` when given, else by all.
+fn write_metrics(
+    path: &std::path::Path,
+    text: &str,
+    per_user: bool,
+    group: Option<&str>,
+) -> ExitCode {
+    let gid = match group.map(|g| (g, nix::unistd::Group::from_name(g))) {
+        None => None,
+        Some((_, Ok(Some(g)))) => Some(g.gid),
+        Some((g, Ok(None))) => {
+            eprintln!(
+                "fairshare-ctl: there is no group {g:?} on this host; name the group node_exporter runs as (--group)"
+            );
+            return ExitCode::from(2);
+        }
+        Some((g, Err(e))) => {
+            eprintln!("fairshare-ctl: cannot look up the group {g:?}: {e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    let text = match per_user {
+        true => text.to_string(),
+        false => textfile::host_wide(text),
+    };
+    let access = textfile::FileAccess {
+        gid,
+        mode: if gid.is_some() { 0o640 } else { 0o644 },
+    };
+    match textfile::write(path, text.as_bytes(), access) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fairshare-ctl: cannot write the metrics: {e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
+>>>>>>> s11-ops
 fn check(path: &std::path::Path) -> ExitCode {
     match Policy::load(path) {
         Ok(p) => {

@@ -22,6 +22,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod host;
 pub mod ledger;
+pub mod nss_check;
 pub mod pidwatch;
 pub mod ratelimit;
 pub mod server;

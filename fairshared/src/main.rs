@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         eprintln!("fairshared: must run as root (it sets limits on user slices through systemd)");
         return ExitCode::FAILURE;
     }
+    fairshared::nss_check::warn_if_network_nss_unreachable();
     raise_file_limit();
     host::keep_heap_small();
     // Taken before any thread starts: the activated socket, if any.
