@@ -107,9 +107,6 @@ pub enum Command {
     /// Re-read the policy and apply it to everyone (root only; as systemctl reload fairshared)
     Reload(Conn),
     /// Print allocations, usage and counters in Prometheus text format (root only)
-<<<<<<< HEAD
-    Metrics(Conn),
-=======
     #[command(
         long_about = "Print allocations, usage and counters in Prometheus text format (root only).\n\n\
 With --output, write them to a file for node_exporter's textfile collector instead, as \
@@ -125,7 +122,6 @@ the file from FAIRSHARE_METRICS_FILE (default /var/lib/prometheus/node-exporter/
 and these options from FAIRSHARE_METRICS_OPTIONS, both set in /etc/default/fairshare-metrics."
     )]
     Metrics(MetricsArgs),
->>>>>>> s11-ops
     /// Check a policy file or directory without a daemon (as fairshared --check)
     #[command(
         long_about = "Check a policy file or directory without a daemon and without root, as \
@@ -149,8 +145,8 @@ impl Command {
             Command::Status { conn, .. }
             | Command::Release(conn)
             | Command::List(conn)
-            | Command::Reload(conn)
-            | Command::Metrics(conn) => Some(conn),
+            | Command::Reload(conn) => Some(conn),
+            Command::Metrics(m) => Some(&m.conn),
             Command::Resize(sizes) | Command::Set { sizes, .. } => Some(&sizes.conn),
             Command::Check { .. } => None,
         }
@@ -173,6 +169,8 @@ pub struct MetricsArgs {
     /// node_exporter's group on Debian is prometheus.
     #[arg(long, value_name = "GROUP", requires = "output")]
     pub group: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 fn absolute(s: &str) -> Result<PathBuf, String> {
@@ -256,7 +254,6 @@ mod tests {
     }
 
     #[test]
-<<<<<<< HEAD
     fn connection_options_before_or_after_the_subcommand_but_not_for_check() {
         let conn = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.connection());
         let c = conn(&["fairshare-ctl", "--json", "status"]).unwrap();
@@ -296,7 +293,9 @@ mod tests {
             !help.contains("--json") && !help.contains("--socket") && !help.contains("--timeout"),
             "{help}"
         );
-=======
+    }
+
+    #[test]
     fn metrics_options_go_together() {
         let m = |args: &[&str]| {
             let mut v = vec!["fairshare-ctl", "metrics"];
@@ -322,6 +321,5 @@ mod tests {
         assert!(m(&["--group", "prometheus"]).is_err());
         assert!(m(&["--output", "f.prom"]).is_err());
         assert!(m(&["--output", "/"]).is_err());
->>>>>>> s11-ops
     }
 }

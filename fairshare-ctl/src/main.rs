@@ -41,17 +41,10 @@ fn main() -> ExitCode {
             }
             Request::RequestResources(ResizeArgs::new(s.cpu, s.mem, s.tasks).lasting(s.duration))
         }
-<<<<<<< HEAD
         Command::Release(_) => Request::Release,
         Command::Reload(_) => Request::Reload,
         Command::Metrics(_) => Request::Metrics,
         Command::List(_) => Request::List,
-=======
-        Command::Release => Request::Release,
-        Command::Reload => Request::Reload,
-        Command::Metrics(_) => Request::Metrics,
-        Command::List => Request::List,
->>>>>>> s11-ops
         Command::Set {
             user,
             sizes,
@@ -111,6 +104,7 @@ fn main() -> ExitCode {
                 output: Some(path),
                 per_user,
                 group,
+                ..
             }) => write_metrics(path, &text, *per_user, group.as_deref()),
             _ => {
                 print!("{text}");
@@ -140,10 +134,6 @@ fn unreachable_hint(e: &ClientError) -> String {
     }
 }
 
-<<<<<<< HEAD
-/// `check`: the same report and exit status as `fairshared --check`, without
-/// root and without a daemon.
-=======
 /// `metrics --output FILE`: the host-wide series (every user's too with
 /// `per_user`), readable by `group` when given, else by all.
 fn write_metrics(
@@ -183,7 +173,8 @@ fn write_metrics(
     }
 }
 
->>>>>>> s11-ops
+/// `check`: the same report and exit status as `fairshared --check`, without
+/// root and without a daemon.
 fn check(path: &std::path::Path) -> ExitCode {
     match Policy::load(path) {
         Ok(p) => {
