@@ -223,7 +223,7 @@ async fn connection<S: Systemd>(
     let response = match read_request(&mut stream).await {
         Ok(line) => match parse_request(&line) {
             Ok(req) => {
-                tracing::debug!(uid = peer.uid, request = req.kind(), "request");
+                tracing::debug!(uid = peer.uid, request = req.kind().name(), "request");
                 service.handle(peer, req).await
             }
             Err(e) => Response::error(ErrorCode::BadRequest, e),

@@ -378,19 +378,10 @@ impl<S: Systemd> Service<S> {
     pub async fn handle(self: &Arc<Self>, peer: Peer, req: Request) -> Response {
         let kind = req.kind();
         self.counters.request(kind);
-        let root_only = matches!(
-            req,
-            Request::SessionOpen(_)
-                | Request::SessionClose(_)
-                | Request::List
-                | Request::SetUser { .. }
-                | Request::Reload
-                | Request::Metrics
-        );
-        if root_only && !peer.is_root() {
+        if kind.root_only() && !peer.is_root() {
             tracing::warn!(
                 uid = peer.uid,
-                request = kind,
+                request = kind.name(),
                 "refused a root-only request"
             );
             return fail(
@@ -401,13 +392,12 @@ impl<S: Systemd> Service<S> {
             );
         }
         if !peer.is_root() {
-            let changes = matches!(req, Request::RequestResources(_) | Request::Release);
             let now = std::time::Instant::now();
             let mut limiter = lock(&self.limiter);
             let (all, writes) = &mut *limiter;
             let verdict = all
                 .take(peer.uid, crate::ratelimit::REQUESTS, now)
-                .and_then(|()| match changes {
+                .and_then(|()| match kind.changes_limits() {
                     true => writes.take(peer.uid, crate::ratelimit::CHANGES, now),
                     false => Ok(()),
                 });
@@ -417,7 +407,7 @@ impl<S: Systemd> Service<S> {
                 if let Some(held) = self.limited_log.allow() {
                     tracing::warn!(
                         uid = peer.uid,
-                        request = kind,
+                        request = kind.name(),
                         more = held,
                         "rate limited ({held} more refusals since the last warning)"
                     );

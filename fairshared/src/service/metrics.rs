@@ -8,27 +8,15 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fairshare_proto::wire::ErrorCode;
+use fairshare_proto::wire::{ErrorCode, Kind};
 
 use super::Service;
 use crate::systemd::Systemd;
 
-const KINDS: [&str; 9] = [
-    "request_resources",
-    "release",
-    "status",
-    "session_open",
-    "session_close",
-    "list",
-    "set_user",
-    "reload",
-    "metrics",
-];
-
 /// Counters since the daemon started.
 #[derive(Default)]
 pub struct Counters {
-    requests: [AtomicU64; KINDS.len()],
+    requests: [AtomicU64; Kind::ALL.len()],
     refused_max: AtomicU64,
     refused_capacity: AtomicU64,
     refused_rate: AtomicU64,
@@ -41,10 +29,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub(super) fn request(&self, kind: &str) {
-        if let Some(i) = KINDS.iter().position(|k| *k == kind) {
-            self.requests[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub(super) fn request(&self, kind: Kind) {
+        self.requests[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn refused(&self, reason: &str) {
@@ -206,11 +192,11 @@ impl<S: Systemd> Service<S> {
             "counter",
             "Requests answered, by type.",
         );
-        for (k, n) in KINDS.iter().zip(&c.requests) {
+        for k in Kind::ALL {
             o.sample(
                 "fairshare_requests_total",
                 &format!("type=\"{k}\""),
-                n.load(Ordering::Relaxed),
+                c.requests[k.index()].load(Ordering::Relaxed),
             );
         }
         o.family(
