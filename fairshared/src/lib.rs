@@ -12,8 +12,10 @@
 //!   and an in-memory fake.
 //! * [`server`]: the Unix socket and `SO_PEERCRED`.
 //! * [`state`]: the ledger on disk, written atomically.
-//! * [`cgroup`]: live usage from the cgroup files, v1 or v2.
-//! * [`pidwatch`]: noticing session processes that end without a close.
+//! * [`proc`]: processes (pid + start time, pidfds, where they sit), and
+//!   noticing session processes that end without a close.
+//! * [`cgroup`]: live usage from the cgroup files, v1 or v2; [`kernfs`]:
+//!   reading their small files.
 //! * [`ratelimit`]: per-user token buckets against request floods.
 //! * [`users`], [`host`]: NSS lookups and the host's size.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -21,9 +23,10 @@
 pub mod cgroup;
 pub mod cli;
 pub mod host;
+pub mod kernfs;
 pub mod ledger;
 pub mod nss_check;
-pub mod pidwatch;
+pub mod proc;
 pub mod ratelimit;
 pub mod server;
 pub mod service;

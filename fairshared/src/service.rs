@@ -113,7 +113,7 @@ pub struct Service<S: Systemd> {
     /// include the user's groups.
     identities: Mutex<HashMap<u32, (std::time::Instant, Identity, bool)>>,
     identity_ttl: Duration,
-    /// Watches on session processes, by pid (see [`crate::pidwatch`]).
+    /// Watches on session processes, by pid (see [`crate::proc`]).
     watchers: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
     /// Lease timers, by uid.
     leases: Mutex<HashMap<u32, tokio::task::AbortHandle>>,

@@ -324,7 +324,7 @@ impl Systemd for Dbus {
                     _ => {}
                 }
             }
-            if crate::cgroup::placement(pid, uid) == crate::cgroup::Placement::Gone {
+            if crate::proc::placement(pid, uid) == crate::proc::Placement::Gone {
                 return Ok(unit);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

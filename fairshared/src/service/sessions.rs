@@ -9,9 +9,8 @@ use fairshare_policy::Identity;
 use fairshare_proto::wire::{ErrorCode, Response, SessionClose, SessionInfo, SessionOpen, Success};
 
 use super::{Reply, Service, fail, lock, now};
-use crate::cgroup::{self, Placement};
 use crate::ledger::Ledger;
-use crate::pidwatch;
+use crate::proc::{self, Pidfd, Placement, ProcessRef};
 use crate::systemd::{Systemd, slice_name};
 
 impl<S: Systemd> Service<S> {
@@ -28,9 +27,7 @@ impl<S: Systemd> Service<S> {
             .sessions_opened
             .fetch_add(1, Ordering::Relaxed);
         let _guard = self.lock_user(id.uid).await;
-        // The pidfd first: while it is open the pid cannot be reused, so the
-        // start time read next is the session process's own.
-        let pidfd = pidwatch::open(s.pid).ok();
+        let (process, pidfd) = ProcessRef::pin(s.pid);
         let info = SessionInfo {
             pid: s.pid,
             service: s.service.clone(),
@@ -38,7 +35,7 @@ impl<S: Systemd> Service<S> {
             rhost: s.rhost.clone(),
             session_id: s.session_id.clone(),
             opened_at: now(),
-            start_time: cgroup::start_time(s.pid),
+            start_time: process.start_time,
         };
         let (prev, change) = self.mutate(|l| {
             (
@@ -87,7 +84,7 @@ impl<S: Systemd> Service<S> {
         let placement = match s.session_id {
             // logind's session: not even worth a look at /proc
             Some(_) => None,
-            None => Some(cgroup::placement(s.pid, id.uid)),
+            None => Some(proc::placement(s.pid, id.uid)),
         };
         let stray = match placement {
             Some(Placement::Elsewhere(path)) => match self.systemd.in_logind_session(s.pid).await {
@@ -190,22 +187,13 @@ impl<S: Systemd> Service<S> {
     }
 
     /// Counts a session down when its process ends, even without a
-    /// `close_session` (a crashed sshd, `kill -9`).
-    pub(super) fn watch(self: &Arc<Self>, uid: u32, pid: u32, start_time: Option<u64>) {
-        let fd = pidwatch::open(pid).ok();
-        // With the pidfd open, the pid cannot be reused under us; compare
-        // start times to be sure it is still the process that opened the session.
-        let same = fd.is_some() && (start_time.is_none() || cgroup::start_time(pid) == start_time);
-        self.watch_fd(uid, pid, fd.filter(|_| same));
-    }
-
-    /// Watches the process behind `fd`, a pidfd known to be the session's
-    /// process; `None`: it is gone already, count the session down now.
-    fn watch_fd(self: &Arc<Self>, uid: u32, pid: u32, fd: Option<std::os::fd::OwnedFd>) {
+    /// `close_session` (a crashed sshd, `kill -9`): watches `fd`, a pidfd on
+    /// the session's process; `None`: it is gone already, count it down now.
+    fn watch_fd(self: &Arc<Self>, uid: u32, pid: u32, fd: Option<Pidfd>) {
         let this = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             if let Some(fd) = fd
-                && let Err(e) = pidwatch::exited(fd).await
+                && let Err(e) = fd.exited().await
             {
                 tracing::warn!(pid, error = %e, "cannot watch a session process");
                 return;
@@ -323,12 +311,12 @@ impl<S: Systemd> Service<S> {
                 .flat_map(|(uid, e)| e.sessions.iter().map(move |s| (*uid, s.pid, s.start_time)))
                 .collect()
         });
-        for (uid, pid, start) in tracked {
-            let same = cgroup::alive(pid) && (start.is_none() || cgroup::start_time(pid) == start);
-            if !same {
+        for (uid, pid, start_time) in tracked {
+            let p = ProcessRef { pid, start_time };
+            if !p.is_running() {
                 self.session_ended(uid, pid).await;
             } else if !lock(&self.watchers).contains_key(&pid) {
-                self.watch(uid, pid, start);
+                self.watch_fd(uid, pid, p.pidfd());
             }
         }
         let sessions = match self.systemd.logind_sessions(only).await {
@@ -347,7 +335,7 @@ impl<S: Systemd> Service<S> {
                     })
                 })
             });
-            if known || s.leader == 0 || !cgroup::alive(s.leader) {
+            if known || s.leader == 0 || !proc::alive(s.leader) {
                 continue;
             }
             let open = SessionOpen {
