@@ -8,8 +8,9 @@
 //!   capacity). No I/O.
 //! * [`service`]: answers requests; glues the ledger to the policy, the user
 //!   directory, systemd and the state file.
-//! * [`systemd`]: the [`systemd::Systemd`] trait, its D-Bus implementation
-//!   and an in-memory fake.
+//! * [`systemd`]: the [`systemd::Systemd`] trait and its D-Bus
+//!   implementation (and, for tests and the memory benchmark, an in-memory
+//!   fake).
 //! * [`server`]: the Unix socket and `SO_PEERCRED`.
 //! * [`state`]: the ledger on disk, written atomically.
 //! * [`proc`]: processes (pid + start time, pidfds, where they sit), and
