@@ -37,7 +37,7 @@ use fairshare_proto::wire::{
 };
 
 use crate::cgroup::Cgroups;
-use crate::ledger::{Actor, Change, Entry, Ledger, Refusal};
+use crate::ledger::{Actor, Change, Entry, Ledger, Refusal, ResizeRequest};
 use crate::state::StateFile;
 use crate::systemd::{Systemd, slice_name};
 use crate::users;
@@ -669,10 +669,19 @@ impl<S: Systemd> Service<S> {
         })?;
         let _guard = self.lock_user(id.uid).await;
         let cap = policy.capacity(self.host);
+        let ask = ResizeRequest {
+            uid: id.uid,
+            name: &id.name,
+            policy: &up,
+            resize: req,
+            actor,
+            capacity: &cap,
+            now: now(),
+            expires_at: expires,
+        };
         let result = self.mutate(|l| {
             let prev = l.get(id.uid).cloned();
-            l.resize(id.uid, &id.name, &up, req, actor, &cap, now(), expires)
-                .map(|c| (prev, c))
+            l.resize(ask).map(|c| (prev, c))
         });
         let (prev, change) = match result {
             Ok(x) => x,
