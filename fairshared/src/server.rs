@@ -17,7 +17,8 @@ use fairshare_proto::wire::{ErrorCode, MAX_REQUEST_LINE, Response, parse_request
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::service::{Peer, Service};
+use crate::admission::Peer;
+use crate::service::Service;
 use crate::systemd::Systemd;
 
 /// How long a client may take to send its request.

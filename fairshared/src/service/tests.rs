@@ -1,19 +1,24 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use fairshare_policy::{HostResources, Identity, Policy};
 use fairshare_proto::units::{Bytes, Cpus, Tasks};
-use fairshare_proto::wire::{ErrorCode, ResizeArgs, SessionInfo, parse_request};
+use fairshare_proto::wire::{
+    ErrorCode, ErrorReply, Request, ResizeArgs, SessionInfo, Source, StatusInfo, Success,
+    parse_request,
+};
 
 use super::*;
 use crate::systemd::{Call, Fake};
+use crate::users::LookupError;
 
 struct Table(Vec<Identity>);
 
 impl Directory for Table {
-    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
         Ok(self.0.iter().find(|i| i.uid == uid).cloned())
     }
-    fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
         Ok(self.0.iter().find(|i| i.name == name).cloned())
     }
 }
@@ -59,15 +64,19 @@ fn parse(text: &str) -> Policy {
     Policy::from_sources(&[("p.yaml".into(), text.into())]).unwrap()
 }
 
-fn service_with(policy: &str, state: Option<StateFile>) -> Arc<Service<Fake>> {
-    let table = Table(vec![
+/// The users most tests know.
+fn users() -> Arc<Table> {
+    Arc::new(Table(vec![
         id(0, "root", &["root"]),
         id(1001, "alice", &["alice"]),
         id(1002, "bob", &["bob"]),
         id(1003, "stu", &["stu", "students"]),
         id(998, "daemon", &["daemon"]),
-    ]);
-    Arc::new(new_service(Arc::new(table), parse(policy), state))
+    ]))
+}
+
+fn service_with(policy: &str, state: Option<StateFile>) -> Arc<Service<Fake>> {
+    Arc::new(new_service(users(), parse(policy), state))
 }
 
 fn service() -> Arc<Service<Fake>> {
@@ -945,11 +954,11 @@ struct Counting(
 );
 
 impl Directory for Counting {
-    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         self.1.by_uid(uid)
     }
-    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, String> {
+    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
         self.2.fetch_add(1, Ordering::SeqCst);
         self.1.by_uid(uid).map(|i| {
             i.map(|mut i| {
@@ -958,7 +967,7 @@ impl Directory for Counting {
             })
         })
     }
-    fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
         self.1.by_name(name)
     }
 }
@@ -997,7 +1006,7 @@ async fn the_lookup_cache_is_bounded() {
         status(send(&s, 0, &format!(r#"{{"type":"status","user":{uid}}}"#)).await);
     }
     assert_eq!(dir.0.load(Ordering::SeqCst), 1100);
-    assert!(lock(&s.identities).len() <= 1024);
+    assert!(s.identities.cached() <= 1024);
     // the first ones are remembered, the ones past the cap are not
     status(send(&s, 0, r#"{"type":"status","user":5000}"#).await);
     status(send(&s, 0, r#"{"type":"status","user":6099}"#).await);
