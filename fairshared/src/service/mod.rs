@@ -63,6 +63,38 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the service reads Unix time from: the system clock, or in tests a
+/// clock that moves with tokio's (paused) time, so lease timers and
+/// expiry times can be checked to the second.
+#[derive(Clone, Copy, Debug)]
+pub enum Clock {
+    System,
+    #[cfg(test)]
+    Tokio {
+        unix: u64,
+        at: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A clock that reads the system time now and then moves with tokio's.
+    #[cfg(test)]
+    pub fn tokio() -> Clock {
+        Clock::Tokio {
+            unix: now(),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        match self {
+            Clock::System => now(),
+            #[cfg(test)]
+            Clock::Tokio { unix, at } => unix + at.elapsed().as_secs(),
+        }
+    }
+}
+
 /// What to do with the ledger when systemd refuses a change.
 #[expect(
     clippy::large_enum_variant,
@@ -82,6 +114,7 @@ pub struct Service<S: Systemd> {
     policy_path: Option<PathBuf>,
     host: HostResources,
     cgroups: Cgroups,
+    clock: Clock,
     store: Arc<Store>,
     locks: UserLocks,
     identities: Identities,
@@ -108,6 +141,7 @@ impl<S: Systemd> Service<S> {
             policy_path: None,
             host,
             cgroups,
+            clock: Clock::System,
             store: Arc::new(Store::new(state)),
             locks: UserLocks::default(),
             identities: Identities::new(directory),
@@ -122,6 +156,13 @@ impl<S: Systemd> Service<S> {
     #[cfg(test)]
     pub(crate) fn with_identity_ttl(mut self, ttl: Duration) -> Service<S> {
         self.identities.set_ttl(ttl);
+        self
+    }
+
+    /// Where Unix time comes from (tests).
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Service<S> {
+        self.clock = clock;
         self
     }
 
@@ -158,7 +199,7 @@ impl<S: Systemd> Service<S> {
     }
 
     fn now(&self) -> u64 {
-        now()
+        self.clock.now()
     }
 
     /// Answers one request from `peer`.

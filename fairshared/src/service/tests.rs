@@ -719,23 +719,68 @@ async fn the_policy_caps_lease_durations_and_gives_one_to_resizes_above_default(
     );
 }
 
-#[tokio::test]
+/// The expiry time is saved: a lease outlives a restart with its original
+/// end, neither restarted from zero by the restart nor lost with it. Time is
+/// tokio's, paused, and the service's clock moves with it.
+#[tokio::test(start_paused = true)]
 async fn a_lease_survives_a_restart() {
-    let s = service();
+    let clock = Clock::tokio();
+    let dir = tempfile::tempdir().unwrap();
+    let at = |clock| {
+        let state = StateFile::open(dir.path()).unwrap();
+        Arc::new(new_service(users(), parse(POLICY), Some(state)).with_clock(clock))
+    };
+    let s = at(clock);
     success(
         send(
             &s,
             1001,
-            r#"{"type":"request_resources","cpu":5,"duration":"1s"}"#,
+            r#"{"type":"request_resources","cpu":5,"duration":"1h"}"#,
         )
         .await,
     );
-    let saved = s.ledger();
-    let s2 = service();
+    let expires = status(send(&s, 1001, r#"{"type":"status"}"#).await)
+        .expires_at
+        .unwrap();
+    assert_eq!(expires, clock.now() + 3600);
+    // fairshared stops 20 minutes into the lease, and starts 10 minutes later
+    tokio::time::advance(Duration::from_secs(20 * 60)).await;
+    drop(s);
+    tokio::time::advance(Duration::from_secs(10 * 60)).await;
+    let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
+        crate::state::Loaded::Ledger(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let s2 = at(clock);
     s2.restore(saved).await;
     assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(5));
+    let st = status(send(&s2, 1001, r#"{"type":"status"}"#).await);
+    assert_eq!(
+        st.expires_at,
+        Some(expires),
+        "the same end after the restart"
+    );
+    // still resized a second before the original end...
+    tokio::time::advance(Duration::from_secs(expires - clock.now() - 1)).await;
+    settle().await;
+    assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(5));
+    assert!(s2.ledger().get(1001).is_some());
+    // ...and back to the default at it
+    tokio::time::advance(Duration::from_secs(1)).await;
     wait_until(|| s2.ledger().get(1001).is_none()).await;
+    assert!(
+        clock.now() <= expires + 1,
+        "{} s late",
+        clock.now() - expires
+    );
     assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+}
+
+/// Lets every task that can run, run (under paused time).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test]
