@@ -5,9 +5,39 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use crate::{Result, fail, write_json};
+use crate::report::{Report, Row, Samples, ms_signed, verdict};
+use crate::stats::{median, percentile};
+use crate::{Result, fail};
+
+/// `pam-loop`: pamtester open+close, with and without the module.
+#[derive(Serialize, Deserialize)]
+pub struct PamSamples {
+    pub users: usize,
+    pub with_service: String,
+    pub without_service: String,
+    pub n: usize,
+    pub failures: u32,
+    pub with_ns: Vec<f64>,
+    pub without_ns: Vec<f64>,
+}
+
+impl Samples for PamSamples {
+    const FILE: &'static str = "pam.json";
+}
+
+/// One timed ssh login (`time-cmd`), a line of `ssh.jsonl`.
+#[derive(Serialize, Deserialize)]
+pub struct SshRun {
+    pub arm: String,
+    pub ns: f64,
+    pub ok: bool,
+}
+
+impl SshRun {
+    pub const FILE: &'static str = "ssh.jsonl";
+}
 
 /// Runs `cmd` once; `(nanoseconds, succeeded)`.
 fn timed(cmd: &[String]) -> Result<(u128, bool)> {
@@ -43,7 +73,7 @@ pub fn pam_loop(
     without: &str,
     n: usize,
     warmup: usize,
-    out: &Path,
+    dir: &Path,
 ) -> Result<()> {
     if users.is_empty() {
         return fail("no users");
@@ -74,34 +104,108 @@ pub fn pam_loop(
             }
         }
     }
-    write_json(
-        out,
-        &json!({
-            "users": users.len(),
-            "with_service": with,
-            "without_service": without,
-            "n": n,
-            "failures": failures,
-            "with_ns": with_ns,
-            "without_ns": without_ns,
-        }),
-    )?;
+    PamSamples {
+        users: users.len(),
+        with_service: with.into(),
+        without_service: without.into(),
+        n,
+        failures,
+        with_ns,
+        without_ns,
+    }
+    .save(dir)?;
     if failures > 0 {
         eprintln!("pam-loop: {failures} pamtester runs failed");
     }
     Ok(())
 }
 
-/// Runs `cmd` `n` times, appending `{"arm","ns","ok"}` lines to `out`.
-pub fn time_cmd(n: usize, arm: &str, out: &Path, cmd: &[String]) -> Result<()> {
+/// Runs `cmd` `n` times, appending one [`SshRun`] line per run to
+/// `dir/ssh.jsonl`.
+pub fn time_cmd(n: usize, arm: &str, dir: &Path, cmd: &[String]) -> Result<()> {
+    let out = dir.join(SshRun::FILE);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out)
+        .open(&out)
         .map_err(|e| format!("opening {}: {e}", out.display()))?;
     for _ in 0..n {
         let (ns, ok) = timed(cmd)?;
-        writeln!(f, "{}", json!({"arm": arm, "ns": ns as f64, "ok": ok}))?;
+        let run = SshRun {
+            arm: arm.into(),
+            ns: ns as f64,
+            ok,
+        };
+        writeln!(f, "{}", serde_json::to_string(&run)?)?;
     }
+    Ok(())
+}
+
+pub fn report_pam(dir: &Path, r: &mut Report) -> Result<()> {
+    const FIGURE: &str = "login overhead, pamtester open+close";
+    const TARGET: &str = "added: median ≤ 2 ms, p99 ≤ 10 ms";
+    let Some(v) = PamSamples::load(dir)? else {
+        r.row(Row::missing(FIGURE, TARGET));
+        return Ok(());
+    };
+    let (w, wo) = (&v.with_ns, &v.without_ns);
+    let added = median(w).zip(median(wo)).map(|(a, b)| a - b);
+    let added99 = percentile(w, 99.0)
+        .zip(percentile(wo, 99.0))
+        .map(|(a, b)| a - b);
+    let ok = added.zip(added99).map(|(a, p)| a <= 2e6 && p <= 10e6);
+    let mut row = Row::paired(FIGURE, w, wo, TARGET, f64::INFINITY);
+    row.median = format!("{} ({})", row.median, ms_signed(added));
+    row.p99 = format!("{} ({})", row.p99, ms_signed(added99));
+    row.verdict = verdict(ok);
+    r.row(row);
+    r.note(format!(
+        "login overhead: `pamtester SVC USER open_session close_session`, {} runs per stack, interleaved (ABBA), 10 warm-up runs each, for {} user(s) with lingering on (`loginctl enable-linger`), so their user manager stays up between runs, as for a user already logged in elsewhere: without it every run starts and stops a whole user@UID.service, whose time varies by hundreds of milliseconds and drowns the module's. Each run is still the user's only PAM session, so fairshared applies the allocation at open and puts the slice back to the default at close: both D-Bus calls in every run. SVC = `{}` (pam_unix + pam_systemd + pam_fairshare) vs `{}` (the same without pam_fairshare). Added = difference of the medians (of the p99s). Failed runs: {}.",
+        w.len(),
+        v.users,
+        v.with_service,
+        v.without_service,
+        v.failures,
+    ));
+    Ok(())
+}
+
+pub fn report_ssh(dir: &Path, r: &mut Report) -> Result<()> {
+    const FIGURE: &str = "ssh login, `ssh user@127.0.0.1 true`";
+    const TARGET: &str = "≤ 1.05×";
+    let path = dir.join(SshRun::FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return fail(format!("reading {}: {e}", path.display())),
+    };
+    let mut runs = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let run: SshRun =
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        runs.push(run);
+    }
+    if runs.is_empty() {
+        r.row(Row::missing("ssh login", TARGET));
+        return Ok(());
+    }
+    let arm = |name: &str| -> Vec<f64> {
+        runs.iter()
+            .filter(|x| x.arm == name)
+            .map(|x| x.ns)
+            .collect()
+    };
+    // warm-up runs (arm `warmup`) are in the file too, outside the figure
+    let failed = runs.iter().filter(|x| x.arm != "warmup" && !x.ok).count();
+    r.row(Row::paired(
+        FIGURE,
+        &arm("with"),
+        &arm("without"),
+        TARGET,
+        1.05,
+    ));
+    r.note(format!(
+        "ssh login: from the host to the container's sshd, public key, users in turn over the 100 bench users; blocks of runs alternate between the PAM configuration with the module (`pam-auth-update --enable fairshare`) and without it (`--remove fairshare`). Failed runs: {failed}."
+    ));
     Ok(())
 }

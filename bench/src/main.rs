@@ -3,8 +3,9 @@
 //! `script/bench` boots the test host, installs fairshare and calls the
 //! subcommands below, inside the container (where the daemon's socket and
 //! the container's system bus are) or on the host (ssh, the memory figure).
-//! Every measuring subcommand writes one JSON file of raw samples; `report`
-//! turns them into the table and `bench/RESULTS.md`. Every figure is compared
+//! Every measuring subcommand writes one JSON file of raw samples into the
+//! results directory (`--dir`), a serde struct its module owns; `report`
+//! reads them back into the table and `bench/RESULTS.md`. Every figure is compared
 //! with a floor measured in the same run, interleaved with it where possible,
 //! because the machines this runs on are noisy.
 
@@ -31,7 +32,7 @@ pub fn fail<T>(msg: impl Into<String>) -> Result<T> {
 }
 
 /// Writes `value` as pretty JSON to `path`.
-pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(())
@@ -63,19 +64,21 @@ enum Cmd {
         n: usize,
         #[arg(long, default_value_t = 10)]
         warmup: usize,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// Runs a command N times and appends one JSON line per run (`arm`, `ns`,
-    /// `ok`) to OUT: the ssh figure, one block per PAM configuration.
+    /// `ok`) to DIR/ssh.jsonl: the ssh figure, one block per PAM configuration.
     #[command(name = "time-cmd")]
     Timed {
         #[arg(short, long)]
         n: usize,
         #[arg(long)]
         arm: String,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
@@ -88,8 +91,9 @@ enum Cmd {
         n: usize,
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// Login storm: SESSIONS concurrent PAM sessions for USERS users (module
     /// stack SERVICE), against the same SetUnitProperties calls made directly.
@@ -112,8 +116,9 @@ enum Cmd {
         rounds: usize,
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// One PAM session, driven over stdin/stdout by `storm` (internal).
     #[command(hide = true)]
@@ -141,8 +146,9 @@ enum Cmd {
         rounds: usize,
         #[arg(long, default_value = r#"{"type":"status"}"#)]
         request: String,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// The echo floor: answers each connection's line with itself (internal).
     #[command(hide = true)]
@@ -158,8 +164,9 @@ enum Cmd {
         settle: f64,
         #[arg(long, default_value_t = 60.0)]
         secs: f64,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// Memory at USERS users: fairshared's server and service with the FAKE
     /// systemd backend, in a child process, driven through its socket.
@@ -168,8 +175,9 @@ enum Cmd {
         users: u32,
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// The daemon half of `memory` (internal).
     #[command(hide = true)]
@@ -183,16 +191,17 @@ enum Cmd {
     },
     /// Costs of the parts of a login in fairshared: one user lookup as it
     /// does it (NSS: passwd, group list, group names) against the passwd
-    /// entry alone, and one state save (write, fsync, rename, fsync dir) in DIR.
+    /// entry alone, and one state save (write, fsync, rename, fsync dir) in STATE_DIR.
     Probe {
         #[arg(long, default_value = "/var/lib/fairshare")]
-        dir: PathBuf,
+        state_dir: PathBuf,
         #[arg(long)]
         user: String,
         #[arg(short, long, default_value_t = 1000)]
         n: usize,
+        /// The results directory (none: only print).
         #[arg(long)]
-        out: Option<PathBuf>,
+        dir: Option<PathBuf>,
     },
     /// Prints the table from a results directory and writes RESULTS.md.
     Report {
@@ -215,15 +224,15 @@ fn main() -> std::process::ExitCode {
             without,
             n,
             warmup,
-            out,
-        } => loops::pam_loop(&users, &with, &without, n, warmup, &out),
-        Cmd::Timed { n, arm, out, cmd } => loops::time_cmd(n, &arm, &out, &cmd),
+            dir,
+        } => loops::pam_loop(&users, &with, &without, n, warmup, &dir),
+        Cmd::Timed { n, arm, dir, cmd } => loops::time_cmd(n, &arm, &dir, &cmd),
         Cmd::Alloc {
             user,
             n,
             socket,
-            out,
-        } => alloc::run(&user, n, &socket, &out),
+            dir,
+        } => alloc::run(&user, n, &socket, &dir),
         Cmd::Storm {
             prefix,
             first_uid,
@@ -233,7 +242,7 @@ fn main() -> std::process::ExitCode {
             null_service,
             rounds,
             socket,
-            out,
+            dir,
         } => storm::run(&storm::Setup {
             prefix,
             first_uid,
@@ -243,7 +252,7 @@ fn main() -> std::process::ExitCode {
             null_service: Some(null_service).filter(|s| !s.is_empty()),
             rounds,
             socket,
-            out,
+            dir,
         }),
         Cmd::PamSession {
             service,
@@ -257,7 +266,7 @@ fn main() -> std::process::ExitCode {
             secs,
             rounds,
             request,
-            out,
+            dir,
         } => throughput::run(&throughput::Setup {
             socket,
             echo_socket,
@@ -265,26 +274,31 @@ fn main() -> std::process::ExitCode {
             secs,
             rounds,
             request,
-            out,
+            dir,
         }),
         Cmd::EchoServer { socket } => throughput::echo_server(&socket),
         Cmd::Idle {
             unit,
             settle,
             secs,
-            out,
-        } => idle::run(&unit, settle, secs, &out),
+            dir,
+        } => idle::run(&unit, settle, secs, &dir),
         Cmd::Memory {
             users,
             clients,
-            out,
-        } => memory::run(users, clients, &out),
+            dir,
+        } => memory::run(users, clients, &dir),
         Cmd::MemoryDaemon {
             socket,
             state,
             users,
         } => memory::daemon(&socket, &state, users),
-        Cmd::Probe { dir, user, n, out } => alloc::probe(&dir, &user, n, out.as_deref()),
+        Cmd::Probe {
+            state_dir,
+            user,
+            n,
+            dir,
+        } => alloc::probe(&state_dir, &user, n, dir.as_deref()),
         Cmd::Report { dir, md, command } => report::run(&dir, md.as_deref(), &command),
     };
     match result {

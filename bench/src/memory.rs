@@ -28,10 +28,31 @@ use fairshared::users::LookupError;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::idle::status_kib;
-use crate::{Result, fail, write_json};
+use crate::report::{Report, Row, Samples, mib};
+use crate::{Result, fail};
+
+/// `memory`: the daemon's memory with many users, fake systemd backend.
+#[derive(Serialize, Deserialize)]
+pub struct MemorySamples {
+    pub backend: String,
+    pub users: u32,
+    pub clients: usize,
+    pub errors: u64,
+    pub drive_secs: f64,
+    pub idle_rss_kib: Option<u64>,
+    pub rss_kib: Option<u64>,
+    pub hwm_kib: Option<u64>,
+    pub open_fds: usize,
+    pub last_user_sessions: u32,
+    pub fork_secs: f64,
+}
+
+impl Samples for MemorySamples {
+    const FILE: &'static str = "memory.json";
+}
 
 /// Synthetic users start here, far from real accounts.
 const FIRST_UID: u32 = 100_000;
@@ -135,7 +156,7 @@ fn reap(pids: &[Pid]) {
     }
 }
 
-pub fn run(users: u32, clients: usize, out: &Path) -> Result<()> {
+pub fn run(users: u32, clients: usize, results: &Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("fairshare-bench-mem-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let t = Instant::now();
@@ -145,11 +166,11 @@ pub fn run(users: u32, clients: usize, out: &Path) -> Result<()> {
     reap(&pids);
     let _ = std::fs::remove_dir_all(&dir);
     let mut v = result?;
-    v["fork_secs"] = json!(forked_secs);
-    write_json(out, &v)
+    v.fork_secs = forked_secs;
+    v.save(results)
 }
 
-fn measure(users: u32, clients: usize, dir: &Path, pids: &[Pid]) -> Result<serde_json::Value> {
+fn measure(users: u32, clients: usize, dir: &Path, pids: &[Pid]) -> Result<MemorySamples> {
     let socket = dir.join("fairshare.sock");
     let mut child = Command::new(std::env::current_exe()?)
         .arg("memory-daemon")
@@ -172,7 +193,7 @@ fn drive(
     socket: &Path,
     daemon: u32,
     pids: &[Pid],
-) -> Result<serde_json::Value> {
+) -> Result<MemorySamples> {
     let client = Client::new(socket, Duration::from_secs(60));
     let up = (0..200).any(|_| {
         std::thread::sleep(Duration::from_millis(25));
@@ -240,16 +261,52 @@ fn drive(
             first_error.lock().ok().and_then(|f| f.clone())
         );
     }
-    Ok(json!({
-        "backend": "fake (fairshared::systemd::Fake); everything else real",
-        "users": users,
-        "clients": clients,
-        "errors": errors,
-        "drive_secs": drive_secs,
-        "idle_rss_kib": idle,
-        "rss_kib": rss,
-        "hwm_kib": hwm,
-        "open_fds": fds,
-        "last_user_sessions": probe,
-    }))
+    Ok(MemorySamples {
+        backend: "fake (fairshared::systemd::Fake); everything else real".into(),
+        users,
+        clients,
+        errors,
+        drive_secs,
+        idle_rss_kib: idle,
+        rss_kib: rss,
+        hwm_kib: hwm,
+        open_fds: fds,
+        last_user_sessions: probe,
+        fork_secs: 0.0,
+    })
+}
+
+pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
+    const TARGET: &str = "≤ 40 MiB";
+    const MAX_KIB: f64 = 40.0 * 1024.0;
+    let Some(v) = MemorySamples::load(dir)? else {
+        r.row(Row::missing(
+            "daemon memory: RSS at 10000 users (FAKE systemd backend)",
+            TARGET,
+        ));
+        return Ok(());
+    };
+    let kib = |k: Option<u64>| k.map(|k| k as f64);
+    let rss = kib(v.rss_kib);
+    let mut row = Row::single(
+        &format!(
+            "daemon memory: RSS at {} users (FAKE systemd backend)",
+            v.users
+        ),
+        mib(rss),
+        TARGET,
+        rss.map(|k| k <= MAX_KIB && v.errors == 0),
+    );
+    row.baseline = format!("{} idle (same program)", mib(kib(v.idle_rss_kib)));
+    r.row(row);
+    r.note(format!(
+        "daemon memory at {} users uses the FAKE systemd backend (`fairshared::systemd::Fake`): fairshared's own server, request handling, ledger, state file and pid watches run in a child process with an in-memory systemd and a synthetic user directory; one session per user is opened through its socket by {} clients, each with a live session process (forked, sleeping) that the daemon watches with a pidfd, as for real logins. Peak RSS {}, {} open file descriptors, {:.1} s to open all sessions, {} errors.",
+        v.users,
+        v.clients,
+        mib(kib(v.hwm_kib)),
+        v.open_fds,
+        v.drive_secs,
+        v.errors,
+    ));
+    Ok(())
 }

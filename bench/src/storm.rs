@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,12 +21,53 @@ use fairshare_proto::Client;
 use fairshare_proto::units::{Bytes, Cpus, Tasks};
 use fairshare_proto::wire::{Limits, Request, Response, UserRef};
 use fairshared::systemd::slice_name;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use zbus::zvariant::OwnedVariant;
 use zbus_systemd::systemd1::ManagerProxy;
 
 use crate::alloc::{manager, props, runtime};
-use crate::{Result, fail, write_json};
+use crate::report::{Report, Row, Samples, ms, verdict};
+use crate::stats::{median, percentile};
+use crate::{Result, fail};
+
+/// `storm`: every round's wall times and CPU, and the per-session figures.
+#[derive(Serialize, Deserialize)]
+pub struct StormSamples {
+    pub users: u32,
+    pub sessions: u32,
+    pub service: String,
+    pub limits: String,
+    pub calls_per_phase: u32,
+    pub rounds: Vec<StormRound>,
+    pub failures: u32,
+    pub problems: Vec<String>,
+    pub session_open_ns: Vec<f64>,
+    pub session_cpu_ns: Vec<f64>,
+    pub module_threads_created_max: i64,
+}
+
+impl Samples for StormSamples {
+    const FILE: &'static str = "storm.json";
+}
+
+/// One round: the daemon arm, the direct floor and the null stack.
+#[derive(Serialize, Deserialize)]
+pub struct StormRound {
+    pub daemon_open_ns: f64,
+    pub daemon_close_ns: f64,
+    pub daemon_ns: f64,
+    pub direct_open_ns: f64,
+    pub direct_close_ns: f64,
+    pub direct_ns: f64,
+    pub daemon_failures: u32,
+    pub direct_failures: u32,
+    /// CPU time (ms) by process name during the arm.
+    pub daemon_cpu_ms: BTreeMap<String, f64>,
+    pub direct_cpu_ms: BTreeMap<String, f64>,
+    pub null_open_ns: Option<f64>,
+    pub null_close_ns: Option<f64>,
+    pub null_ns: Option<f64>,
+}
 
 pub struct Setup {
     pub prefix: String,
@@ -38,7 +79,8 @@ pub struct Setup {
     pub null_service: Option<String>,
     pub rounds: usize,
     pub socket: PathBuf,
-    pub out: PathBuf,
+    /// The results directory.
+    pub dir: PathBuf,
 }
 
 struct Session {
@@ -433,31 +475,125 @@ pub fn run(s: &Setup) -> Result<()> {
         problems.extend(d.problems.iter().chain(&x.problems).take(20).cloned());
         open_lat.extend(d.session_open_ns.iter().copied());
         session_cpu.extend(d.session_cpu_ns.iter().copied());
-        rounds.push(json!({
-            "daemon_open_ns": d.open_ns, "daemon_close_ns": d.close_ns,
-            "daemon_ns": d.open_ns + d.close_ns,
-            "direct_open_ns": x.open_ns, "direct_close_ns": x.close_ns,
-            "direct_ns": x.open_ns + x.close_ns,
-            "daemon_failures": d.failures, "direct_failures": x.failures,
-            "daemon_cpu_ms": daemon_cpu, "direct_cpu_ms": direct_cpu,
-            "null_open_ns": (null.map(|n| n.0)), "null_close_ns": (null.map(|n| n.1)),
-            "null_ns": (null.map(|n| n.0 + n.1)),
-        }));
+        rounds.push(StormRound {
+            daemon_open_ns: d.open_ns,
+            daemon_close_ns: d.close_ns,
+            daemon_ns: d.open_ns + d.close_ns,
+            direct_open_ns: x.open_ns,
+            direct_close_ns: x.close_ns,
+            direct_ns: x.open_ns + x.close_ns,
+            daemon_failures: d.failures,
+            direct_failures: x.failures,
+            daemon_cpu_ms: daemon_cpu,
+            direct_cpu_ms: direct_cpu,
+            null_open_ns: null.map(|n| n.0),
+            null_close_ns: null.map(|n| n.1),
+            null_ns: null.map(|n| n.0 + n.1),
+        });
     }
-    write_json(
-        &s.out,
-        &json!({
-            "users": s.users,
-            "sessions": s.sessions,
-            "service": s.service,
-            "limits": want.to_string(),
-            "calls_per_phase": s.users,
-            "rounds": rounds,
-            "failures": fails,
-            "problems": problems,
-            "session_open_ns": open_lat,
-            "session_cpu_ns": session_cpu,
-            "module_threads_created_max": threads,
-        }),
-    )
+    StormSamples {
+        users: s.users,
+        sessions: s.sessions,
+        service: s.service.clone(),
+        limits: want.to_string(),
+        calls_per_phase: s.users,
+        rounds,
+        failures: fails,
+        problems,
+        session_open_ns: open_lat,
+        session_cpu_ns: session_cpu,
+        module_threads_created_max: threads,
+    }
+    .save(&s.dir)
+}
+
+pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
+    const FIGURE: &str = "login storm: 200 sessions, 100 users, open+close wall";
+    const TARGET: &str = "0 failures, limits right, ≤ 1.5×";
+    const MAX_RATIO: f64 = 1.5;
+    const THREADS: &str = "module: threads created by open_session";
+    let Some(v) = StormSamples::load(dir)? else {
+        r.row(Row::missing(FIGURE, TARGET));
+        r.row(Row::missing(THREADS, "0"));
+        return Ok(());
+    };
+    let d: Vec<f64> = v.rounds.iter().map(|x| x.daemon_ns).collect();
+    let x: Vec<f64> = v.rounds.iter().map(|x| x.direct_ns).collect();
+    let mut row = Row::paired(FIGURE, &d, &x, TARGET, MAX_RATIO);
+    row.figure = format!(
+        "login storm: {} sessions, {} users, open+close wall (rounds={})",
+        v.sessions,
+        v.users,
+        d.len()
+    );
+    let ratio_ok = median(&d)
+        .zip(median(&x))
+        .map(|(a, b)| a / b <= MAX_RATIO && v.failures == 0);
+    row.verdict = format!("{} ({} failures)", verdict(ratio_ok), v.failures);
+    r.row(row);
+    let part = |f: fn(&StormRound) -> Option<f64>| {
+        ms(median(&v.rounds.iter().filter_map(f).collect::<Vec<_>>()))
+    };
+    // CPU by process over each arm (open, checks, close), medians
+    let cpu = |f: fn(&StormRound) -> &BTreeMap<String, f64>| -> String {
+        let mut by: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for round in &v.rounds {
+            for (k, x) in f(round) {
+                by.entry(k).or_default().push(*x);
+            }
+        }
+        let mut m: Vec<(&str, f64)> = by
+            .into_iter()
+            .filter_map(|(k, xs)| Some((k, median(&xs)?)))
+            .filter(|(_, m)| *m >= 10.0)
+            .collect();
+        m.sort_by(|a, b| b.1.total_cmp(&a.1));
+        m.iter()
+            .map(|(k, m)| format!("{k} {m:.0} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    r.note(format!(
+        "login storm, CPU time by process during each arm (medians over rounds, clock ticks of 10 ms; `children` = the 200 session processes over their whole life, start-up and exit included, with the module): with the daemon: {}; direct calls: {}. The module's own side, measured inside each session process from pam_open_session to the end of pam_close_session: median {:.0} µs CPU per session (p99 {:.0} µs).",
+        cpu(|x| &x.daemon_cpu_ms),
+        cpu(|x| &x.direct_cpu_ms),
+        median(&v.session_cpu_ns).unwrap_or(0.0) / 1e3,
+        percentile(&v.session_cpu_ns, 99.0).unwrap_or(0.0) / 1e3,
+    ));
+    let lat = &v.session_open_ns;
+    r.note(format!(
+        "login storm: each session is its own process calling pam_open_session on a stack with only pam_fairshare (`{}`; XDG_SESSION_ID set as pam_systemd would, so no logind work is included), all released at once, then all closed at once. Floor: the {} SetUnitProperties calls per phase the daemon makes (a user's first open, their last close), issued directly, all at once, on one bus connection. Before each arm every slice is set to other limits; after each phase the cgroup files of all {} slices (cpu.cfs_quota_us, memory.limit_in_bytes, pids.max) and the daemon's session counts are checked. Medians: open {} + close {} (daemon) vs {} + {} (direct); for context, the same 200 processes through a stack without the module (pam_permit only, nothing reaches the daemon): open {} + close {}. Per-session pam_open_session latency in the storm: median {}, p99 {}. Failures: {}{}",
+        v.service,
+        v.calls_per_phase,
+        v.users,
+        part(|x| Some(x.daemon_open_ns)),
+        part(|x| Some(x.daemon_close_ns)),
+        part(|x| Some(x.direct_open_ns)),
+        part(|x| Some(x.direct_close_ns)),
+        part(|x| x.null_open_ns),
+        part(|x| x.null_close_ns),
+        ms(median(lat)),
+        ms(percentile(lat, 99.0)),
+        v.failures,
+        if v.problems.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (first: {})",
+                v.problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            )
+        }
+    ));
+    let threads = v.module_threads_created_max;
+    r.row(Row::single(
+        THREADS,
+        threads.to_string(),
+        "0",
+        Some(threads == 0),
+    ));
+    r.note(format!(
+        "module threads: `Threads:` of /proc/self/status in each storm process just before and after pam_open_session (largest difference over {} sessions).",
+        lat.len()
+    ));
+    Ok(())
 }

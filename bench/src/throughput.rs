@@ -9,10 +9,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fairshare_proto::Client;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::{Result, fail, write_json};
+use crate::report::{Report, Row, Samples, verdict};
+use crate::stats::median;
+use crate::{Result, fail};
+
+/// `throughput`: answers per second, daemon and echo floor, per round.
+#[derive(Serialize, Deserialize)]
+pub struct ThroughputSamples {
+    pub clients: usize,
+    pub secs: f64,
+    pub request: String,
+    pub daemon_per_sec: Vec<f64>,
+    pub echo_per_sec: Vec<f64>,
+    pub errors: u64,
+}
+
+impl Samples for ThroughputSamples {
+    const FILE: &'static str = "throughput.json";
+}
 
 pub struct Setup {
     pub socket: PathBuf,
@@ -21,7 +38,8 @@ pub struct Setup {
     pub secs: f64,
     pub rounds: usize,
     pub request: String,
-    pub out: PathBuf,
+    /// The results directory.
+    pub dir: PathBuf,
 }
 
 /// `(answers per second, errors)` for `clients` clients over `secs`.
@@ -76,17 +94,44 @@ pub fn run(s: &Setup) -> Result<()> {
     let _ = echo.wait();
     let _ = std::fs::remove_file(&s.echo_socket);
     let (daemon, echo_rates, errors) = result?;
-    write_json(
-        &s.out,
-        &json!({
-            "clients": s.clients,
-            "secs": s.secs,
-            "request": s.request,
-            "daemon_per_sec": daemon,
-            "echo_per_sec": echo_rates,
-            "errors": errors,
-        }),
-    )
+    ThroughputSamples {
+        clients: s.clients,
+        secs: s.secs,
+        request: s.request.clone(),
+        daemon_per_sec: daemon,
+        echo_per_sec: echo_rates,
+        errors,
+    }
+    .save(&s.dir)
+}
+
+pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
+    const TARGET: &str = "≥ 0.5× the echo floor";
+    const MIN_RATIO: f64 = 0.5;
+    let Some(v) = ThroughputSamples::load(dir)? else {
+        r.row(Row::missing("request throughput", TARGET));
+        return Ok(());
+    };
+    let (d, e) = (&v.daemon_per_sec, &v.echo_per_sec);
+    let ratio = median(d).zip(median(e)).map(|(a, b)| a / b);
+    r.row(Row {
+        figure: format!(
+            "request throughput: `status`, {} clients (rounds={})",
+            v.clients,
+            d.len()
+        ),
+        median: median(d).map_or("—".into(), |x| format!("{x:.0}/s")),
+        p99: "—".into(),
+        baseline: median(e).map_or("—".into(), |x| format!("{x:.0}/s echo")),
+        ratio: ratio.map_or("—".into(), |r| format!("{r:.3}×")),
+        target: TARGET.into(),
+        verdict: verdict(ratio.map(|r| r >= MIN_RATIO)),
+    });
+    r.note(format!(
+        "request throughput: {} threads each sending `{}` on a fresh connection per request (fairshare's blocking client), as root (non-root users are rate-limited to 50 requests/s each by design), for {} s per round, alternating with a tokio echo server (two workers, like fairshared; one line per connection) on another Unix socket in the container. Errors: {}.",
+        v.clients, v.request, v.secs, v.errors
+    ));
+    Ok(())
 }
 
 type Rates = (Vec<f64>, Vec<f64>, u64);
