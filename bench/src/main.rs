@@ -10,14 +10,17 @@
 //! because the machines this runs on are noisy.
 
 mod alloc;
+mod busmon;
 mod idle;
 mod loops;
+mod login;
 mod memory;
 mod pam;
 mod report;
 mod stats;
 mod storm;
 mod throughput;
+mod view;
 
 use std::path::PathBuf;
 
@@ -51,11 +54,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Login overhead: `pamtester SVC USER open_session close_session`, the
-    /// stack with the module and without, interleaved.
+    /// stack with the module and without, interleaved, for a first login and
+    /// for an additional session.
     PamLoop {
-        /// Users to log in, in turn (comma-separated).
-        #[arg(long, value_delimiter = ',', required = true)]
-        users: Vec<String>,
+        /// A user with no other session (no user manager either).
+        #[arg(long)]
+        first: Option<String>,
+        /// A user with another session fairshared counts (e.g. lingering,
+        /// their user manager running).
+        #[arg(long)]
+        additional: Option<String>,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
         #[arg(long, default_value = "bench-with")]
         with: String,
         #[arg(long, default_value = "bench-without")]
@@ -219,13 +229,24 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::PamLoop {
-            users,
+            first,
+            additional,
+            socket,
             with,
             without,
             n,
             warmup,
             dir,
-        } => loops::pam_loop(&users, &with, &without, n, warmup, &dir),
+        } => login::run(&login::Setup {
+            first,
+            additional,
+            with,
+            without,
+            n,
+            warmup,
+            socket,
+            dir,
+        }),
         Cmd::Timed { n, arm, dir, cmd } => loops::time_cmd(n, &arm, &dir, &cmd),
         Cmd::Alloc {
             user,

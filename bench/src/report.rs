@@ -195,7 +195,7 @@ fn machine() -> Vec<(String, String)> {
 /// Every figure's rows and notes from the samples in `dir`, in table order.
 pub fn collect(dir: &Path) -> Result<Report> {
     let mut r = Report::default();
-    crate::loops::report_pam(dir, &mut r)?;
+    crate::login::report(dir, &mut r)?;
     crate::alloc::report(dir, &mut r)?;
     crate::loops::report_ssh(dir, &mut r)?;
     crate::storm::report(dir, &mut r)?;
