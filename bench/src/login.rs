@@ -56,9 +56,7 @@ impl LoginPath {
     /// Whether logind's and systemd's view before and after fits the path.
     fn host_fits(self, before: &HostView, after: &HostView) -> bool {
         match self {
-            LoginPath::First => {
-                *before == HostView::default() && *after == HostView::default()
-            }
+            LoginPath::First => *before == HostView::default() && *after == HostView::default(),
             // the same user manager throughout, and no other session
             LoginPath::Additional => {
                 before.user_manager_pid != 0

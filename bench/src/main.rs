@@ -12,8 +12,8 @@
 mod alloc;
 mod busmon;
 mod idle;
-mod loops;
 mod login;
+mod loops;
 mod memory;
 mod pam;
 mod report;
@@ -141,8 +141,9 @@ enum Cmd {
         #[arg(long)]
         session_id: Option<String>,
     },
-    /// Request throughput: CLIENTS concurrent clients sending REQUEST to the
-    /// daemon, against a trivial echo server on a Unix socket.
+    /// Request throughput: CLIENTS concurrent clients asking the daemon for
+    /// the `status` of USER (a limited user with a live slice) and for root's
+    /// own, against a trivial echo server on a Unix socket.
     Throughput {
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -154,8 +155,13 @@ enum Cmd {
         secs: f64,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        #[arg(long, default_value = r#"{"type":"status"}"#)]
-        request: String,
+        /// The limited user whose status is asked.
+        #[arg(long, default_value = "benchuser100")]
+        user: String,
+        /// A running unit in USER's slice; its main process becomes USER's
+        /// session for the measurement.
+        #[arg(long, default_value = "fairshare-bench-hold-2100.service")]
+        hold_unit: String,
         /// The results directory.
         #[arg(long)]
         dir: PathBuf,
@@ -286,7 +292,8 @@ fn main() -> std::process::ExitCode {
             clients,
             secs,
             rounds,
-            request,
+            user,
+            hold_unit,
             dir,
         } => throughput::run(&throughput::Setup {
             socket,
@@ -294,7 +301,8 @@ fn main() -> std::process::ExitCode {
             clients,
             secs,
             rounds,
-            request,
+            user,
+            hold_unit,
             dir,
         }),
         Cmd::EchoServer { socket } => throughput::echo_server(&socket),
