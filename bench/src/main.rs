@@ -105,8 +105,9 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Login storm: SESSIONS concurrent PAM sessions for USERS users (module
-    /// stack SERVICE), against the same SetUnitProperties calls made directly.
+    /// Login storm: SESSIONS concurrent PAM sessions for USERS users, a
+    /// login's stack with the module against the same stack without it, and
+    /// the module alone against the SetUnitProperties calls made directly.
     Storm {
         /// Users are PREFIX001, PREFIX002, … with uids FIRST_UID, FIRST_UID+1, …
         #[arg(long, default_value = "benchuser")]
@@ -117,8 +118,14 @@ enum Cmd {
         users: u32,
         #[arg(long, default_value_t = 200)]
         sessions: u32,
+        /// A login's stack with the module, and the same without it.
+        #[arg(long, default_value = "bench-with")]
+        with: String,
+        #[arg(long, default_value = "bench-without")]
+        without: String,
+        /// A stack with only the module.
         #[arg(long, default_value = "bench-storm")]
-        service: String,
+        module: String,
         /// A PAM service without the module, timed for context ("" = none).
         #[arg(long, default_value = "bench-null")]
         null_service: String,
@@ -265,7 +272,9 @@ fn main() -> std::process::ExitCode {
             first_uid,
             users,
             sessions,
-            service,
+            with,
+            without,
+            module,
             null_service,
             rounds,
             socket,
@@ -275,7 +284,9 @@ fn main() -> std::process::ExitCode {
             first_uid,
             users,
             sessions,
-            service,
+            with_service: with,
+            without_service: without,
+            module_service: module,
             null_service: Some(null_service).filter(|s| !s.is_empty()),
             rounds,
             socket,
