@@ -191,13 +191,20 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Memory at USERS users: fairshared's server and service with the FAKE
-    /// systemd backend, in a child process, driven through its socket.
+    /// Memory and start-up with many users: fairshared's server and service
+    /// with a FAKE systemd backend, in a child process, driven through its
+    /// socket; SESSIONS users with a live session each, then SET users with
+    /// a root-set allocation each.
     Memory {
         #[arg(long, default_value_t = 10_000)]
-        users: u32,
+        sessions: u32,
+        #[arg(long, default_value_t = 100_000)]
+        set: u32,
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Starts on the saved state, per scale.
+        #[arg(long, default_value_t = 3)]
+        restarts: usize,
         /// The results directory.
         #[arg(long)]
         dir: PathBuf,
@@ -324,10 +331,20 @@ fn main() -> std::process::ExitCode {
             dir,
         } => idle::run(&unit, settle, secs, &dir),
         Cmd::Memory {
-            users,
+            sessions,
+            set,
             clients,
+            restarts,
             dir,
-        } => memory::run(users, clients, &dir),
+        } => memory::run(
+            &memory::Setup {
+                sessions,
+                set,
+                clients,
+                restarts,
+            },
+            &dir,
+        ),
         Cmd::MemoryDaemon {
             socket,
             state,
