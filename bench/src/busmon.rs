@@ -45,19 +45,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Calls of `member` on `unit` so far.
-    pub fn count(&self, member: &str, unit: &str) -> u64 {
-        self.seen
-            .iter()
-            .filter(|s| s.member == member && s.unit == unit)
-            .count() as u64
-    }
-
-    /// `SetUnitProperties` calls on `unit` so far.
-    pub fn set_props(&self, unit: &str) -> u64 {
-        self.count("SetUnitProperties", unit)
-    }
-
     /// Calls since `earlier` (a snapshot of the same monitor).
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {

@@ -337,3 +337,87 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Runs of 10 ms without the module and 10.2 ms with it: 0.2 ms added.
+    fn path(path: LoginPath, counted: u32) -> PathSamples {
+        let arm = |ms: f64| Arm {
+            ns: vec![ms * 1e6; 20],
+            failures: 0,
+            sessions_before: vec![counted; 20],
+            calls: vec![0; 20],
+        };
+        let host = match path {
+            LoginPath::First => HostView::default(),
+            LoginPath::Additional => HostView {
+                logind_sessions: 0,
+                user_manager_pid: 42,
+            },
+        };
+        PathSamples {
+            path,
+            user: "u".into(),
+            uid: 2001,
+            with: arm(10.2),
+            without: arm(10.0),
+            host_before: host,
+            host_after: host,
+            counted_before: Vec::new(),
+        }
+    }
+
+    fn verdict_of(p: PathSamples) -> String {
+        let v = PamSamples {
+            with_service: "w".into(),
+            without_service: "wo".into(),
+            n: 20,
+            warmup: 0,
+            paths: Vec::new(),
+        };
+        let mut r = Report::default();
+        path_row(&v, &p, &mut r);
+        r.rows.remove(0).verdict
+    }
+
+    #[test]
+    fn fast_runs_on_their_path_meet_the_target() {
+        assert_eq!(verdict_of(path(LoginPath::First, 0)), "met");
+        assert_eq!(verdict_of(path(LoginPath::Additional, 1)), "met");
+    }
+
+    #[test]
+    fn a_failed_run_misses_the_target() {
+        let mut p = path(LoginPath::First, 0);
+        p.without.failures = 1;
+        assert_eq!(verdict_of(p), "MISSED (1 failed runs)");
+    }
+
+    #[test]
+    fn runs_off_the_path_are_not_counted_as_it() {
+        // a first login while fairshared counted a session: an additional one
+        let mut p = path(LoginPath::First, 0);
+        p.with.sessions_before[3] = 1;
+        assert!(verdict_of(p).starts_with("NOT THIS PATH (1 runs"));
+        // an additional session with nothing counted: a first login
+        assert!(verdict_of(path(LoginPath::Additional, 0)).starts_with("NOT THIS PATH (40 runs"));
+        // a first login with a user manager running
+        let mut p = path(LoginPath::First, 0);
+        p.host_after.user_manager_pid = 7;
+        assert!(verdict_of(p).starts_with("NOT THIS PATH"));
+        // an additional session whose user manager was replaced meanwhile
+        let mut p = path(LoginPath::Additional, 1);
+        p.host_after.user_manager_pid = 43;
+        assert!(verdict_of(p).starts_with("NOT THIS PATH"));
+    }
+
+    #[test]
+    fn too_slow_misses_the_target() {
+        let mut p = path(LoginPath::First, 0);
+        p.with.ns = vec![10.6e6; 20];
+        assert_eq!(verdict_of(p), "MISSED");
+    }
+}

@@ -97,3 +97,56 @@ pub fn report_ssh(dir: &Path, r: &mut Report) -> Result<()> {
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn verdict_with(runs: &[(&str, f64, bool)]) -> String {
+        let dir = std::env::temp_dir().join(format!(
+            "fairshare-bench-ssh-test-{}-{}",
+            std::process::id(),
+            runs.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines: Vec<String> = runs
+            .iter()
+            .map(|(arm, ns, ok)| {
+                serde_json::to_string(&SshRun {
+                    arm: arm.to_string(),
+                    ns: *ns,
+                    ok: *ok,
+                })
+                .unwrap()
+            })
+            .collect();
+        std::fs::write(dir.join(SshRun::FILE), lines.join("\n")).unwrap();
+        let mut r = Report::default();
+        report_ssh(&dir, &mut r).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        r.rows.remove(0).verdict
+    }
+
+    #[test]
+    fn ssh_needs_every_run_to_succeed() {
+        let clean = [("with", 100.0, true), ("without", 100.0, true)];
+        assert_eq!(verdict_with(&clean), "met");
+        let failed = [
+            ("with", 100.0, true),
+            ("without", 100.0, true),
+            ("with", 100.0, false),
+        ];
+        assert_eq!(verdict_with(&failed), "MISSED (1 failed runs)");
+        // a failed warm-up run is not part of the figure
+        let warmup = [
+            ("warmup", 100.0, false),
+            ("with", 100.0, true),
+            ("without", 100.0, true),
+            ("with", 101.0, true),
+        ];
+        assert_eq!(verdict_with(&warmup), "met");
+        let slow = [("with", 103.0, true), ("without", 100.0, true)];
+        assert_eq!(verdict_with(&slow), "MISSED");
+    }
+}

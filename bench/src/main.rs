@@ -17,6 +17,7 @@ mod loops;
 mod memory;
 mod pam;
 mod report;
+mod startup;
 mod stats;
 mod storm;
 mod throughput;
@@ -173,6 +174,28 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Start-up of the real daemon: USERS bench users tracked, UNIT stopped
+    /// and started again; to the first answer, and to every user's slice
+    /// written again (seen on the system bus).
+    Startup {
+        #[arg(long, default_value = "fairshared.service")]
+        unit: String,
+        /// Users are PREFIX001, … with uids FIRST_UID, …; each needs a
+        /// running fairshare-bench-hold-UID.service in their slice.
+        #[arg(long, default_value = "benchuser")]
+        prefix: String,
+        #[arg(long, default_value_t = 2001)]
+        first_uid: u32,
+        #[arg(long, default_value_t = 100)]
+        users: u32,
+        #[arg(long, default_value_t = 5)]
+        restarts: usize,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The results directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// The echo floor: answers each connection's line with itself (internal).
     #[command(hide = true)]
     EchoServer {
@@ -324,6 +347,23 @@ fn main() -> std::process::ExitCode {
             dir,
         }),
         Cmd::EchoServer { socket } => throughput::echo_server(&socket),
+        Cmd::Startup {
+            unit,
+            prefix,
+            first_uid,
+            users,
+            restarts,
+            socket,
+            dir,
+        } => startup::run(&startup::Setup {
+            unit,
+            prefix,
+            first_uid,
+            users,
+            restarts,
+            socket,
+            dir,
+        }),
         Cmd::Idle {
             unit,
             settle,

@@ -204,6 +204,7 @@ pub fn collect(dir: &Path) -> Result<Report> {
     let idle = crate::idle::IdleSamples::load(dir)?;
     crate::idle::report_rss(idle.as_ref(), &mut r);
     crate::memory::report(dir, &mut r)?;
+    crate::startup::report(dir, &mut r)?;
     crate::idle::report_cost(idle.as_ref(), &mut r);
     Ok(r)
 }

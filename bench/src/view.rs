@@ -73,6 +73,28 @@ impl Host {
         })
     }
 
+    /// When systemd last started `unit`'s main process, on CLOCK_MONOTONIC
+    /// (ns; systemd keeps it in µs).
+    pub fn exec_main_start_ns(&self, unit: &str) -> Result<u64> {
+        let conn = self.conn.clone();
+        let unit = unit.to_string();
+        self.rt.block_on(async move {
+            let manager = ManagerProxy::builder(&conn)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await?;
+            let path = manager.get_unit(unit).await?;
+            let us = ServiceProxy::builder(&conn)
+                .path(path)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await?
+                .exec_main_start_timestamp_monotonic()
+                .await?;
+            Ok(us.saturating_mul(1000))
+        })
+    }
+
     /// `MainPID` of a unit (0 when it has none).
     pub fn main_pid(&self, unit: &str) -> Result<u32> {
         let conn = self.conn.clone();
