@@ -170,7 +170,11 @@ async fn monitor(
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await?;
-        let mon = zbus::Connection::system().await?;
+        // a deep queue: a burst waits in it rather than holding up the bus
+        let mon = zbus::connection::Builder::system()
+            .max_queued(std::num::NonZeroUsize::MIN.saturating_add(1 << 16))
+            .build()
+            .await?;
         let mut rules = Vec::new();
         for m in COUNTED.iter().chain(&["GetUnit"]) {
             rules.push(rule(m)?);
