@@ -164,7 +164,7 @@ pub fn run(s: &Setup) -> Result<()> {
         let st = wait_status(&client, &user, Duration::from_secs(15), |st| {
             path.fits(st.sessions)
         })?;
-        let host_before = host.view(uid)?;
+        let host_before = host.settled_view(uid, Duration::from_secs(5))?;
         if !path.fits(st.sessions) || !path.host_fits(&host_before, &host_before) {
             return fail(format!(
                 "{user} is not set up for the {path:?} path: fairshared counts {} session(s) ({}), logind {} session(s), user manager pid {}",
@@ -218,7 +218,7 @@ pub fn run(s: &Setup) -> Result<()> {
         }
     }
     for p in &mut paths {
-        p.host_after = host.view(p.uid)?;
+        p.host_after = host.settled_view(p.uid, Duration::from_secs(5))?;
         let failures = p.with.failures + p.without.failures;
         if failures > 0 {
             eprintln!("pam-loop: {failures} pamtester runs of {} failed", p.user);

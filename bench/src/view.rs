@@ -95,6 +95,20 @@ impl Host {
         })
     }
 
+    /// [`Host::view`] once logind has let go of the user's sessions that
+    /// are still closing (a session ends a moment after its last process),
+    /// or after `within`.
+    pub fn settled_view(&self, uid: u32, within: Duration) -> Result<HostView> {
+        let until = std::time::Instant::now() + within;
+        loop {
+            let v = self.view(uid)?;
+            if v.logind_sessions == 0 || std::time::Instant::now() >= until {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `MainPID` of a unit (0 when it has none).
     pub fn main_pid(&self, unit: &str) -> Result<u32> {
         let conn = self.conn.clone();
