@@ -7,14 +7,17 @@
 //! - **additional** session: the user already has a session fairshared
 //!   counts, so open and close only count.
 //!
-//! A lingering user's user manager counts as a session in fairshared (it is
-//! one: `systemd-user`), so script/bench prepares the first-login user with
-//! `user@UID.service` masked (logind keeps the user, no manager runs) and the
-//! additional-session user lingering with their manager running. Each run
-//! records which path it took: the sessions fairshared counted just before it
-//! and, from outside the daemon, the calls that reached systemd for the user's
-//! units during it (a [`BusMonitor`]); logind's and systemd's view of the user
-//! is read before the first run and after the last.
+//! A running user manager counts as a session in fairshared (it is one:
+//! `systemd-user`), and so would a logind session fairshared finds when it
+//! checks a user logind reports as new (2 s later). So script/bench keeps
+//! the first-login users' managers from starting (a condition on
+//! `user@UID.service`) and the runs rotate over many of them, each user's
+//! turn coming round long after that check; the additional-session user
+//! lingers with their manager running. Each run records which path it took:
+//! the sessions fairshared counted just before it and, from outside the
+//! daemon, the calls that reached systemd for the user's units during it (a
+//! [`BusMonitor`]); logind's and systemd's view of every user is read before
+//! the first run and after the last.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -53,7 +56,8 @@ impl LoginPath {
         }
     }
 
-    /// Whether logind's and systemd's view before and after fits the path.
+    /// Whether logind's and systemd's view of a user before and after the
+    /// runs fits the path.
     fn host_fits(self, before: &HostView, after: &HostView) -> bool {
         match self {
             LoginPath::First => *before == HostView::default() && *after == HostView::default(),
@@ -68,31 +72,67 @@ impl LoginPath {
     }
 }
 
-/// One arm (with or without the module) of one path.
+/// One arm (with or without the module) of one path; one entry per run.
 #[derive(Default, Serialize, Deserialize)]
 pub struct Arm {
     pub ns: Vec<f64>,
     pub failures: u32,
+    /// The user of each run.
+    pub uid: Vec<u32>,
     /// Sessions fairshared counted for the user just before each run.
     pub sessions_before: Vec<u32>,
-    /// Calls that reached systemd for the user's units (SetUnitProperties
-    /// on the slice, StartTransientUnit of an adopted scope) from the start
-    /// of each run to the start of the next, seen on the bus.
-    pub calls: Vec<u32>,
+    /// Calls that reached systemd for the user's units from the start of
+    /// each run to the start of the next, seen on the bus:
+    /// SetUnitProperties on the user's slice, and StartTransientUnit of a
+    /// scope fairshared adopts a process into (a session logind did not
+    /// create: pam_systemd failed).
+    pub set_calls: Vec<u32>,
+    pub adoptions: Vec<u32>,
 }
 
-/// One path: its user, both arms, and the host's view around the runs.
+impl Arm {
+    /// Runs not on `path`: fairshared counted the wrong number of sessions
+    /// before, a process was adopted, or (`module` false) fairshared wrote
+    /// the slice in a run that never reached it.
+    fn off_path(&self, path: LoginPath, module: bool) -> usize {
+        (0..self.ns.len())
+            .filter(|&i| {
+                !path.fits(self.sessions_before.get(i).copied().unwrap_or(0))
+                    || self.adoptions.get(i).copied().unwrap_or(0) > 0
+                    || (!module && self.set_calls.get(i).copied().unwrap_or(0) > 0)
+            })
+            .count()
+    }
+}
+
+/// logind's and systemd's view of one user before the first run and after
+/// the last.
+#[derive(Serialize, Deserialize)]
+pub struct UserView {
+    pub user: String,
+    pub uid: u32,
+    pub before: HostView,
+    pub after: HostView,
+}
+
+/// One path: its users (in turn), both arms.
 #[derive(Serialize, Deserialize)]
 pub struct PathSamples {
     pub path: LoginPath,
-    pub user: String,
-    pub uid: u32,
+    pub users: Vec<UserView>,
     pub with: Arm,
     pub without: Arm,
-    pub host_before: HostView,
-    pub host_after: HostView,
-    /// The sessions fairshared counted before the first run.
+    /// The sessions fairshared counted for the first user before the runs.
     pub counted_before: Vec<String>,
+}
+
+impl PathSamples {
+    fn host_ok(&self) -> usize {
+        self.users
+            .iter()
+            .filter(|u| self.path.host_fits(&u.before, &u.after))
+            .count()
+    }
 }
 
 /// `pam-loop`: login overhead, per path.
@@ -110,8 +150,10 @@ impl Samples for PamSamples {
 }
 
 pub struct Setup {
-    pub first: Option<String>,
-    pub additional: Option<String>,
+    /// Users for the first-login path, in turn.
+    pub first: Vec<String>,
+    /// Users for the additional-session path, in turn.
+    pub additional: Vec<String>,
     pub with: String,
     pub without: String,
     pub n: usize,
@@ -133,62 +175,80 @@ fn pamtester(service: &str, user: &str) -> Result<(f64, bool)> {
     Ok((t.elapsed().as_nanos() as f64, status.success()))
 }
 
-/// Calls on `uid`'s units in `s`.
-fn user_calls(s: &Snapshot, uid: u32) -> u32 {
+/// Calls on `uid`'s units in `s`: `(SetUnitProperties on the slice,
+/// StartTransientUnit of an adopted scope)`.
+fn user_calls(s: &Snapshot, uid: u32) -> (u32, u32) {
     let slice = fairshared::systemd::slice_name(uid);
     let scope = format!("fairshare-session-{uid}-");
-    s.seen
-        .iter()
-        .filter(|x| x.unit == slice || x.unit.starts_with(&scope))
-        .count() as u32
+    let n = |member: &str, f: &dyn Fn(&str) -> bool| {
+        s.seen
+            .iter()
+            .filter(|x| x.member == member && f(&x.unit))
+            .count() as u32
+    };
+    (
+        n("SetUnitProperties", &|u| u == slice),
+        n("StartTransientUnit", &|u| u.starts_with(&scope)),
+    )
 }
 
 pub fn run(s: &Setup) -> Result<()> {
-    let mut users = Vec::new();
-    if let Some(u) = &s.first {
-        users.push((LoginPath::First, u.clone()));
+    let mut wanted = Vec::new();
+    if !s.first.is_empty() {
+        wanted.push((LoginPath::First, &s.first));
     }
-    if let Some(u) = &s.additional {
-        users.push((LoginPath::Additional, u.clone()));
+    if !s.additional.is_empty() {
+        wanted.push((LoginPath::Additional, &s.additional));
     }
-    if users.is_empty() {
-        return fail("give --first USER, --additional USER or both");
+    if wanted.is_empty() {
+        return fail("give --first USERS, --additional USERS or both");
     }
     let client = Client::new(&s.socket, Duration::from_secs(5));
     let host = Host::connect()?;
     let mut paths = Vec::new();
-    for (path, user) in users {
-        let uid = crate::alloc::uid_of(&user)?;
-        // The additional user's manager is counted a moment after logind
-        // reports the user (fairshared checks each new user 2 s later).
-        let st = wait_status(&client, &user, Duration::from_secs(15), |st| {
-            path.fits(st.sessions)
-        })?;
-        let host_before = host.settled_view(uid, Duration::from_secs(5))?;
-        if !path.fits(st.sessions) || !path.host_fits(&host_before, &host_before) {
-            return fail(format!(
-                "{user} is not set up for the {path:?} path: fairshared counts {} session(s) ({}), logind {} session(s), user manager pid {}",
-                st.sessions,
-                counted(&st).join(", "),
-                host_before.logind_sessions,
-                host_before.user_manager_pid
-            ));
+    for (path, names) in wanted {
+        let mut users = Vec::new();
+        let mut counted_before = Vec::new();
+        for user in names {
+            let uid = crate::alloc::uid_of(user)?;
+            // An additional user's manager is counted a moment after logind
+            // reports the user (fairshared checks each new user 2 s later).
+            let st = wait_status(&client, user, Duration::from_secs(15), |st| {
+                path.fits(st.sessions)
+            })?;
+            let before = host.settled_view(uid, Duration::from_secs(5))?;
+            if !path.fits(st.sessions) || !path.host_fits(&before, &before) {
+                return fail(format!(
+                    "{user} is not set up for the {path:?} path: fairshared counts {} session(s) ({}), logind {} session(s), user manager pid {}",
+                    st.sessions,
+                    counted(&st).join(", "),
+                    before.logind_sessions,
+                    before.user_manager_pid
+                ));
+            }
+            if counted_before.is_empty() {
+                counted_before = counted(&st);
+            }
+            users.push(UserView {
+                user: user.clone(),
+                uid,
+                before,
+                after: HostView::default(),
+            });
         }
         paths.push(PathSamples {
             path,
-            user,
-            uid,
+            users,
             with: Arm::default(),
             without: Arm::default(),
-            host_before,
-            host_after: HostView::default(),
-            counted_before: counted(&st),
+            counted_before,
         });
     }
-    for _ in 0..s.warmup {
+    for i in 0..s.warmup {
         for p in &paths {
-            pamtester(&s.with, &p.user)?;
-            pamtester(&s.without, &p.user)?;
+            let u = &p.users[i % p.users.len()].user;
+            pamtester(&s.with, u)?;
+            pamtester(&s.without, u)?;
         }
     }
     let bus = BusMonitor::start()?;
@@ -199,18 +259,25 @@ pub fn run(s: &Setup) -> Result<()> {
         for k in 0..count {
             // the paths take turns going first, too
             let p = &mut paths[(k + i) % count];
+            let (user, uid) = {
+                let u = &p.users[(s.warmup + i) % p.users.len()];
+                (u.user.clone(), u.uid)
+            };
             for w in [with_first, !with_first] {
                 let (service, arm) = if w {
                     (&s.with, &mut p.with)
                 } else {
                     (&s.without, &mut p.without)
                 };
-                arm.sessions_before.push(status(&client, &p.user)?.sessions);
-                let (ns, ok) = pamtester(service, &p.user)?;
+                arm.sessions_before.push(status(&client, &user)?.sessions);
+                let (ns, ok) = pamtester(service, &user)?;
                 let now = bus.sync()?;
-                arm.calls.push(user_calls(&now.since(&mark), p.uid));
+                let (set, adopted) = user_calls(&now.since(&mark), uid);
                 mark = now;
                 arm.ns.push(ns);
+                arm.uid.push(uid);
+                arm.set_calls.push(set);
+                arm.adoptions.push(adopted);
                 if !ok {
                     arm.failures += 1;
                 }
@@ -218,10 +285,15 @@ pub fn run(s: &Setup) -> Result<()> {
         }
     }
     for p in &mut paths {
-        p.host_after = host.settled_view(p.uid, Duration::from_secs(5))?;
+        for u in &mut p.users {
+            u.after = host.settled_view(u.uid, Duration::from_secs(5))?;
+        }
         let failures = p.with.failures + p.without.failures;
         if failures > 0 {
-            eprintln!("pam-loop: {failures} pamtester runs of {} failed", p.user);
+            eprintln!(
+                "pam-loop: {failures} pamtester runs on the {:?} path failed",
+                p.path
+            );
         }
     }
     PamSamples {
@@ -252,14 +324,8 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
         .zip(percentile(wo, 99.0))
         .map(|(a, b)| a - b);
     let failures = p.with.failures + p.without.failures;
-    let off_path = p
-        .with
-        .sessions_before
-        .iter()
-        .chain(&p.without.sessions_before)
-        .filter(|&&n| !p.path.fits(n))
-        .count();
-    let host_ok = p.path.host_fits(&p.host_before, &p.host_after);
+    let off_path = p.with.off_path(p.path, true) + p.without.off_path(p.path, false);
+    let host_ok = p.host_ok();
     let mut row = Row::paired(
         &format!("login overhead, {}, pamtester open+close", p.path.label()),
         w,
@@ -272,8 +338,11 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
     let fast = added
         .zip(added99)
         .map(|(a, p)| a <= MAX_ADDED_MEDIAN_NS && p <= MAX_ADDED_P99_NS);
-    row.verdict = if off_path > 0 || !host_ok {
-        format!("NOT THIS PATH ({off_path} runs off it; see notes)")
+    row.verdict = if off_path > 0 || host_ok < p.users.len() {
+        format!(
+            "NOT THIS PATH ({off_path} runs, {} users off it; see notes)",
+            p.users.len() - host_ok
+        )
     } else if failures > 0 {
         format!("MISSED ({failures} failed runs)")
     } else {
@@ -286,36 +355,54 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
     } else {
         p.counted_before.join(", ")
     };
+    let names = match p.users.as_slice() {
+        [] => String::new(),
+        [one] => format!("`{}`", one.user),
+        [first, .., last] => format!(
+            "{} users in turn, `{}` … `{}`",
+            p.users.len(),
+            first.user,
+            last.user
+        ),
+    };
     let how = match p.path {
         LoginPath::First => format!(
-            "`{}` lingering with user@{}.service masked, so logind keeps the user between runs but no user manager runs (fairshared would count one as a session and make every run an additional one)",
-            p.user, p.uid
+            "{names}, whose user managers are kept from starting (a condition on user@UID.service: fairshared counts a running one as a session), with no other session; each user's turn comes round seconds apart, after the check fairshared makes 2 s after logind reports a new user (it would count a session of the stack without the module that is open then)"
         ),
         LoginPath::Additional => format!(
-            "`{}` lingering with their user manager running, which fairshared counts as a session (`systemd-user`), as for a user logged in elsewhere",
-            p.user
+            "{names}, lingering with their user manager running, which fairshared counts as a session (`systemd-user`), as for a user logged in elsewhere"
         ),
     };
     let expect = match p.path {
         LoginPath::First => "0 before every run",
         LoginPath::Additional => "at least 1 before every run",
     };
+    let managers = |f: fn(&UserView) -> &HostView| {
+        p.users
+            .iter()
+            .filter(|u| f(u).user_manager_pid != 0)
+            .count()
+    };
+    let sessions = |f: fn(&UserView) -> &HostView| -> u32 {
+        p.users.iter().map(|u| f(u).logind_sessions).sum()
+    };
+    let sum = |xs: &[u32]| xs.iter().map(|&x| u64::from(x)).sum::<u64>();
     r.note(format!(
-        "login overhead, {path}: `pamtester SVC USER open_session close_session`, {n} runs per stack, interleaved (ABBA) with the other stack and the other path, {warm} warm-up runs each; SVC = `{with}` (pam_unix + pam_systemd + pam_fairshare) vs `{without}` (the same without pam_fairshare); added = difference of the medians (of the p99s). User: {how}. Path check: sessions fairshared counted for the user, wanted {expect}: {bad} of {runs} runs off the path (counted before the first run: {counted_before}); logind and systemd before the first run / after the last: {sb} / {sa} logind session(s), user manager pid {mb} / {ma} ({host}); calls reaching systemd for the user's units (SetUnitProperties on user-{uid}.slice, StartTransientUnit of an adopted scope), seen on the system bus by a monitor outside the daemon: {cw:.2} per run with the module, {cwo:.2} without (a first login that changes the slice makes 2, apply and reset; an additional session none). Failed runs: {fw} with the module, {fwo} without.",
+        "login overhead, {path}: `pamtester SVC USER open_session close_session`, {n} runs per stack, interleaved (ABBA) with the other stack and the other path, {warm} warm-up runs each; SVC = `{with}` (pam_unix + pam_systemd + pam_fairshare) vs `{without}` (the same without pam_fairshare); added = difference of the medians (of the p99s). Users: {how}. Path check, per run: sessions fairshared counted for the user, wanted {expect}; no process adopted (StartTransientUnit of a fairshare scope: pam_systemd made no session); no slice written in a run without the module: {off_path} of {runs} runs off the path (counted before the first run: {counted_before}). logind and systemd, summed over the users, before the first run / after the last: {sb} / {sa} logind session(s), {mb} / {ma} user manager(s) running; {host_ok} of {nusers} users as the path needs. Calls reaching systemd for the user's units, seen on the system bus by a monitor outside the daemon: SetUnitProperties on the user's slice {cw:.2} per run with the module, {cwo:.2} without (a first login that changes the slice makes 2, apply and reset; an additional session none); adopted processes {aw} with the module, {awo} without. Failed runs: {fw} with the module, {fwo} without.",
         path = p.path.label(),
         n = w.len(),
         warm = v.warmup,
         with = v.with_service,
         without = v.without_service,
-        bad = off_path,
-        sb = p.host_before.logind_sessions,
-        sa = p.host_after.logind_sessions,
-        mb = p.host_before.user_manager_pid,
-        ma = p.host_after.user_manager_pid,
-        host = if host_ok { "as the path needs" } else { "NOT as the path needs" },
-        uid = p.uid,
-        cw = mean(&p.with.calls),
-        cwo = mean(&p.without.calls),
+        sb = sessions(|u| &u.before),
+        sa = sessions(|u| &u.after),
+        mb = managers(|u| &u.before),
+        ma = managers(|u| &u.after),
+        nusers = p.users.len(),
+        cw = mean(&p.with.set_calls),
+        cwo = mean(&p.without.set_calls),
+        aw = sum(&p.with.adoptions),
+        awo = sum(&p.without.adoptions),
         fw = p.with.failures,
         fwo = p.without.failures,
     ));
@@ -343,13 +430,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Runs of 10 ms without the module and 10.2 ms with it: 0.2 ms added.
+    /// Runs of 10 ms without the module and 10.2 ms with it: 0.2 ms added;
+    /// fairshared counted `counted` sessions before each; a first login
+    /// writes the slice twice with the module.
     fn path(path: LoginPath, counted: u32) -> PathSamples {
-        let arm = |ms: f64| Arm {
+        let arm = |ms: f64, set: u32| Arm {
             ns: vec![ms * 1e6; 20],
             failures: 0,
+            uid: vec![2001; 20],
             sessions_before: vec![counted; 20],
-            calls: vec![0; 20],
+            set_calls: vec![set; 20],
+            adoptions: vec![0; 20],
         };
         let host = match path {
             LoginPath::First => HostView::default(),
@@ -358,14 +449,17 @@ mod tests {
                 user_manager_pid: 42,
             },
         };
+        let set = if path == LoginPath::First { 2 } else { 0 };
         PathSamples {
             path,
-            user: "u".into(),
-            uid: 2001,
-            with: arm(10.2),
-            without: arm(10.0),
-            host_before: host,
-            host_after: host,
+            users: vec![UserView {
+                user: "u".into(),
+                uid: 2001,
+                before: host,
+                after: host,
+            }],
+            with: arm(10.2, set),
+            without: arm(10.0, 0),
             counted_before: Vec::new(),
         }
     }
@@ -398,20 +492,30 @@ mod tests {
 
     #[test]
     fn runs_off_the_path_are_not_counted_as_it() {
+        let off = |p: PathSamples| verdict_of(p).starts_with("NOT THIS PATH");
         // a first login while fairshared counted a session: an additional one
         let mut p = path(LoginPath::First, 0);
         p.with.sessions_before[3] = 1;
         assert!(verdict_of(p).starts_with("NOT THIS PATH (1 runs"));
         // an additional session with nothing counted: a first login
         assert!(verdict_of(path(LoginPath::Additional, 0)).starts_with("NOT THIS PATH (40 runs"));
+        // pam_systemd made no session, so fairshared adopted the process
+        let mut p = path(LoginPath::First, 0);
+        p.with.adoptions[5] = 1;
+        assert!(off(p));
+        // fairshared wrote the slice in a run without the module (it found
+        // the session on its own)
+        let mut p = path(LoginPath::First, 0);
+        p.without.set_calls[2] = 1;
+        assert!(off(p));
         // a first login with a user manager running
         let mut p = path(LoginPath::First, 0);
-        p.host_after.user_manager_pid = 7;
-        assert!(verdict_of(p).starts_with("NOT THIS PATH"));
+        p.users[0].after.user_manager_pid = 7;
+        assert!(off(p));
         // an additional session whose user manager was replaced meanwhile
         let mut p = path(LoginPath::Additional, 1);
-        p.host_after.user_manager_pid = 43;
-        assert!(verdict_of(p).starts_with("NOT THIS PATH"));
+        p.users[0].after.user_manager_pid = 43;
+        assert!(off(p));
     }
 
     #[test]

@@ -58,13 +58,14 @@ enum Cmd {
     /// stack with the module and without, interleaved, for a first login and
     /// for an additional session.
     PamLoop {
-        /// A user with no other session (no user manager either).
-        #[arg(long)]
-        first: Option<String>,
-        /// A user with another session fairshared counts (e.g. lingering,
-        /// their user manager running).
-        #[arg(long)]
-        additional: Option<String>,
+        /// Users with no other session (no user manager either), in turn
+        /// (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        first: Vec<String>,
+        /// Users with another session fairshared counts (e.g. lingering,
+        /// their user manager running), in turn (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        additional: Vec<String>,
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
         socket: PathBuf,
         #[arg(long, default_value = "bench-with")]
@@ -130,6 +131,13 @@ enum Cmd {
         /// A PAM service without the module, timed for context ("" = none).
         #[arg(long, default_value = "bench-null")]
         null_service: String,
+        /// fairshared's units, stopped during the arm without the module.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "fairshared.socket,fairshared.service"
+        )]
+        daemon_units: Vec<String>,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
@@ -306,10 +314,12 @@ fn main() -> std::process::ExitCode {
             without,
             module,
             null_service,
+            daemon_units,
             rounds,
             socket,
             dir,
         } => storm::run(&storm::Setup {
+            daemon_units,
             prefix,
             first_uid,
             users,

@@ -6,11 +6,14 @@
 //!
 //! - **the login storm**: the stack a login has (pam_unix + pam_systemd,
 //!   `bench-with`) against the same stack without pam_fairshare
-//!   (`bench-without`): logind creates every session in both arms.
-//!   script/bench makes every bench user linger with `user@UID.service`
-//!   masked, so logind keeps the users between arms and no user manager runs
-//!   (fairshared would count one as a session, making every login an
-//!   additional one): a user's first session in an arm is a first login.
+//!   (`bench-without`): logind creates every session in both arms. During
+//!   the arm without the module fairshared is stopped (its socket too):
+//!   running, it would count the logind sessions it finds when it checks the
+//!   users logind reports as new, which is not a host without fairshare.
+//!   script/bench keeps the bench users' managers from starting (a
+//!   condition on `user@UID.service`): fairshared would count a running one
+//!   as a session, making every login an additional one. So each user's
+//!   first session in an arm is a first login, the second an additional one.
 //! - **the module alone**: a stack with only pam_fairshare (`bench-storm`;
 //!   the child sets XDG_SESSION_ID as pam_systemd would, so no logind work is
 //!   included) against the SetUnitProperties calls the daemon makes for these
@@ -111,6 +114,8 @@ pub struct StormRound {
 }
 
 pub struct Setup {
+    /// fairshared's units, stopped during the arm without the module.
+    pub daemon_units: Vec<String>,
     pub prefix: String,
     pub first_uid: u32,
     pub users: u32,
@@ -342,6 +347,8 @@ struct Stack<'a> {
     /// the slices, checked after each phase; without it, the daemon must
     /// count none.
     module: bool,
+    /// fairshared is stopped during the arm: nothing to ask it.
+    daemon_stopped: bool,
 }
 
 struct Arm {
@@ -435,15 +442,17 @@ fn pam_arm(c: &Ctx, round: usize, stack: &Stack) -> Result<Arm> {
     } else {
         0
     };
-    let mut bad = Vec::new();
-    for (uid, n) in c.uids.iter().zip(counted(c.client, c.uids)?) {
-        if n != per_user {
-            bad.push(format!(
-                "uid {uid}: daemon counts {n} sessions, want {per_user}"
-            ));
+    if !stack.daemon_stopped {
+        let mut bad = Vec::new();
+        for (uid, n) in c.uids.iter().zip(counted(c.client, c.uids)?) {
+            if n != per_user {
+                bad.push(format!(
+                    "uid {uid}: daemon counts {n} sessions, want {per_user}"
+                ));
+            }
         }
+        arm.fail(bad);
     }
-    arm.fail(bad);
     if stack.module {
         arm.fail(check_slices(c.uids, c.want));
         // resized, so that the close phase has to put the default back
@@ -474,19 +483,44 @@ fn pam_arm(c: &Ctx, round: usize, stack: &Stack) -> Result<Arm> {
     for k in &mut kids {
         k.child.wait()?;
     }
-    let mut bad = Vec::new();
-    for (uid, n) in c.uids.iter().zip(counted(c.client, c.uids)?) {
-        if n != 0 {
-            bad.push(format!(
-                "uid {uid}: {n} sessions still counted after closing"
-            ));
-        }
+    if !stack.daemon_stopped {
+        arm.fail(none_counted(c.client, c.uids)?);
     }
-    arm.fail(bad);
     if stack.module {
         arm.fail(check_slices(c.uids, c.want));
     }
     Ok(arm)
+}
+
+/// Users of `uids` the daemon still counts sessions for.
+fn none_counted(client: &Client, uids: &[u32]) -> Result<Vec<String>> {
+    Ok(uids
+        .iter()
+        .zip(counted(client, uids)?)
+        .filter(|(_, n)| *n != 0)
+        .map(|(uid, n)| format!("uid {uid}: {n} sessions still counted after closing"))
+        .collect())
+}
+
+fn systemctl(verb: &str, units: &[String]) -> Result<()> {
+    let st = Command::new("systemctl").arg(verb).args(units).status()?;
+    if !st.success() {
+        return fail(format!("systemctl {verb} {} failed: {st}", units.join(" ")));
+    }
+    Ok(())
+}
+
+/// Starts fairshared again and waits until it answers.
+fn start_daemon(s: &Setup, client: &Client) -> Result<()> {
+    systemctl("start", &s.daemon_units)?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if let Ok(Response::StatusInfo(_)) = client.call(&Request::Status { user: None }) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fail("fairshared did not answer within 30 s of its start")
 }
 
 fn direct_arm(c: &Ctx, rt: &tokio::runtime::Runtime, mgr: &ManagerProxy<'static>) -> Result<Arm> {
@@ -547,16 +581,19 @@ pub fn run(s: &Setup) -> Result<()> {
         service: &s.with_service,
         session_id: false,
         module: true,
+        daemon_stopped: false,
     };
     let login_without = Stack {
         service: &s.without_service,
         session_id: false,
         module: false,
+        daemon_stopped: true,
     };
     let module = Stack {
         service: &s.module_service,
         session_id: true,
         module: true,
+        daemon_stopped: false,
     };
     let mut out = StormSamples {
         users: s.users,
@@ -596,7 +633,14 @@ pub fn run(s: &Setup) -> Result<()> {
             if first {
                 with = Some(arm(&mut || pam_arm(&c, round, &login_with))?);
             } else {
-                without = Some(arm(&mut || pam_arm(&c, round, &login_without))?);
+                systemctl("stop", &s.daemon_units)?;
+                let a = arm(&mut || pam_arm(&c, round, &login_without));
+                start_daemon(s, &client)?;
+                let mut a = a?;
+                // nothing the daemon found on its way back up
+                let bad = none_counted(&client, &uids)?;
+                a.fail(bad);
+                without = Some(a);
             }
         }
         for first in [mine_first, !mine_first] {
@@ -617,6 +661,7 @@ pub fn run(s: &Setup) -> Result<()> {
                     service: svc,
                     session_id: true,
                     module: false,
+                    daemon_stopped: false,
                 };
                 let n = arm(&mut || pam_arm(&c, round, &stack))?;
                 if n.phases.failures > 0 {
@@ -784,7 +829,7 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
     };
     let login_lat = &v.login_session_open_ns;
     r.note(format!(
-        "login storm: {sessions} sessions for {users} users (2 each), each its own process calling pam_open_session, all released at once, then pam_close_session, all at once; the stack of a login, `{with}` (pam_unix + pam_systemd + pam_fairshare), against the same stack without the module, `{without}`, alternating by round; logind creates every session in both. Every bench user lingers with user@UID.service masked, so logind keeps the users between arms and no user manager runs: fairshared would count a running one as a session and make every login an additional one; so each user's first session in an arm is a first login (fairshared applies the allocation) and the second an additional one. Before each arm every slice is set to other limits; after the open phase the cgroup files of all {users} slices (cpu.cfs_quota_us, memory.limit_in_bytes, pids.max) must show the default ({limits}) and the daemon must count 2 sessions per user (none without the module); then every user is resized through the daemon to {resized} and the files checked again, so that after the close phase they must be back at the default, with no session counted. Calls reaching systemd for the users' slices, seen on the system bus (medians per round; the resize between the phases counts in neither): open {wo_calls:.0}, close {wc_calls:.0}. Medians: open {wopen} + close {wclose} with the module vs {woopen} + {woclose} without. Per-session pam_open_session latency with the module: median {lmed}, p99 {lp99}. CPU by process during the arm with the module: {wcpu}; without: {wocpu}. Failures: {failures}{first_problems}",
+        "login storm: {sessions} sessions for {users} users (2 each), each its own process calling pam_open_session, all released at once, then pam_close_session, all at once; the stack of a login, `{with}` (pam_unix + pam_systemd + pam_fairshare), against the same stack without the module, `{without}`, with fairshared stopped (socket and service: running, it would count the logind sessions it finds when it checks a user logind reports as new), alternating by round; logind creates every session in both. The bench users' managers are kept from starting (a condition on user@UID.service): fairshared would count a running one as a session and make every login an additional one; so each user's first session in an arm is a first login (fairshared applies the allocation) and the second an additional one. Before each arm every slice is set to other limits; after the open phase the cgroup files of all {users} slices (cpu.cfs_quota_us, memory.limit_in_bytes, pids.max) must show the default ({limits}) and the daemon must count 2 sessions per user (and none once it is back after the arm without the module); then every user is resized through the daemon to {resized} and the files checked again, so that after the close phase they must be back at the default, with no session counted. Calls reaching systemd for the users' slices, seen on the system bus (medians per round; the resize between the phases counts in neither): open {wo_calls:.0}, close {wc_calls:.0}. Medians: open {wopen} + close {wclose} with the module vs {woopen} + {woclose} without. Per-session pam_open_session latency with the module: median {lmed}, p99 {lp99}. CPU by process during the arm with the module: {wcpu}; without: {wocpu}. Failures: {failures}{first_problems}",
         sessions = v.sessions,
         users = v.users,
         with = v.with_service,
