@@ -249,6 +249,9 @@ enum Cmd {
         state: PathBuf,
         #[arg(long)]
         users: u32,
+        /// No state saves while running; the ledger saved once at SIGTERM.
+        #[arg(long)]
+        save_at_stop: bool,
     },
     /// Costs of the parts of a login in fairshared: one user lookup as it
     /// does it (NSS: passwd, group list, group names) against the passwd
@@ -399,7 +402,8 @@ fn main() -> std::process::ExitCode {
             socket,
             state,
             users,
-        } => memory::daemon(&socket, &state, users),
+            save_at_stop,
+        } => memory::daemon(&socket, &state, users, save_at_stop),
         Cmd::Probe {
             state_dir,
             user,

@@ -358,6 +358,8 @@ struct Arm {
     /// CPU of each session process from open to closed (the module's side).
     session_cpu_ns: Vec<f64>,
     thread_delta_max: i64,
+    /// What the daemon resized every user to before the close phase.
+    resized: Option<Limits>,
 }
 
 impl Arm {
@@ -415,6 +417,7 @@ fn pam_arm(c: &Ctx, round: usize, stack: &Stack) -> Result<Arm> {
         session_open_ns: Vec::new(),
         session_cpu_ns: Vec::new(),
         thread_delta_max: 0,
+        resized: None,
     };
     let mark = c.bus.sync()?;
     // open, all at once
@@ -458,6 +461,7 @@ fn pam_arm(c: &Ctx, round: usize, stack: &Stack) -> Result<Arm> {
         // resized, so that the close phase has to put the default back
         let resized = resize_all(c.client, c.uids, c.resize)?;
         arm.fail(check_slices(c.uids, &resized));
+        arm.resized = Some(resized);
     }
     let mark = c.bus.sync()?;
     // close, all at once
@@ -545,6 +549,7 @@ fn direct_arm(c: &Ctx, rt: &tokio::runtime::Runtime, mgr: &ManagerProxy<'static>
         session_open_ns: Vec::new(),
         session_cpu_ns: Vec::new(),
         thread_delta_max: 0,
+        resized: None,
     })
 }
 
@@ -696,6 +701,9 @@ pub fn run(s: &Setup) -> Result<()> {
         out.session_open_ns.extend(&m.session_open_ns);
         out.login_session_open_ns.extend(&w.session_open_ns);
         out.session_cpu_ns.extend(&m.session_cpu_ns);
+        if let Some(r) = w.resized.or(m.resized) {
+            out.resized = r.to_string();
+        }
         out.rounds.push(StormRound {
             with: w.phases,
             without: wo.phases,
@@ -704,15 +712,6 @@ pub fn run(s: &Setup) -> Result<()> {
             null,
         });
     }
-    out.resized = match resize.parse() {
-        Ok(r) => format!(
-            "{} CPUs, {} memory, {} tasks",
-            r.cpu.map_or(0.0, |c| c.as_f64()),
-            r.mem.map_or(String::new(), |m| m.human()),
-            r.tasks.map_or(0, |t| t.get())
-        ),
-        Err(e) => e,
-    };
     out.save(&s.dir)
 }
 
