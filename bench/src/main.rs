@@ -5,9 +5,17 @@
 //! the container's system bus are) or on the host (ssh, the memory figure).
 //! Every measuring subcommand writes one JSON file of raw samples into the
 //! results directory (`--dir`), a serde struct its module owns; `report`
-//! reads them back into the table and `bench/RESULTS.md`. Every figure is compared
-//! with a floor measured in the same run, interleaved with it where possible,
-//! because the machines this runs on are noisy.
+//! reads them back into the table and `bench/RESULTS.md`. Every figure is
+//! compared with a floor measured in the same run, interleaved with it where
+//! possible, because the machines this runs on are noisy. Where a figure
+//! depends on the path a login takes through fairshared, it checks the path
+//! from outside the daemon (`busmon`: the calls that reach systemd, seen on
+//! the system bus).
+//!
+//! Adding a figure: a module with a subcommand that measures, a serde struct
+//! for its samples implementing `report::Samples` (its file in the results
+//! directory), and a `report` function that reads the struct back into rows
+//! and notes, called from `report::collect`; then a step in script/bench.
 
 mod alloc;
 mod busmon;
