@@ -147,18 +147,16 @@ fn sessions_are_counted_and_the_last_logout_releases() {
     assert_eq!(sshd_sessions(&h), 2);
 
     drop(first);
-    wait_for("one ssh session left", Duration::from_secs(10), || {
+    wait_for("one ssh session left", h.patience(10), || {
         (sshd_sessions(&h) == 1).then_some(())
     });
     // limits stay while a session is open
     h.expect_limits(uid, want(3000, 3 * GIB, 4096));
 
     drop(second);
-    wait_for(
-        "the allocation to be released",
-        Duration::from_secs(15),
-        || h.tracked(uid).is_none().then_some(()),
-    );
+    wait_for("the allocation to be released", h.patience(15), || {
+        h.tracked(uid).is_none().then_some(())
+    });
     // the slice is back at the policy default (as configured in systemd; the
     // slice itself has stopped with the last session)
     let props = h
@@ -166,25 +164,29 @@ fn sessions_are_counted_and_the_last_logout_releases() {
             "systemctl show -p CPUQuotaPerSecUSec -p MemoryMax -p TasksMax user-{uid}.slice"
         ))
         .ok();
-    assert!(
-        props.out().contains("CPUQuotaPerSecUSec=2s"),
-        "{}",
-        props.out()
+    let mut props: Vec<&str> = props.out().lines().collect();
+    props.sort_unstable();
+    assert_eq!(
+        props,
+        [
+            "CPUQuotaPerSecUSec=2s".to_string(),
+            format!("MemoryMax={}", 8 * GIB),
+            "TasksMax=4096".into(),
+        ],
+        "user-{uid}.slice as configured after the last logout"
     );
+    // and the next login starts from the default, not from the old resize:
+    // in place when its shell starts, and the module's doing
+    let out = h.ssh(user, &login_probe_cmd(h.layout(), uid)).ok();
+    let probe = LoginProbe::parse(h.layout(), &out.stdout);
     assert!(
-        props.out().contains(&format!("MemoryMax={}", 8 * GIB)),
-        "{}",
-        props.out()
+        probe
+            .limits
+            .is_some_and(|l| l.matches(h.layout(), &want(2000, 8 * GIB, 4096))),
+        "at the start of the next login: {:?}",
+        probe.limits
     );
-    assert!(props.out().contains("TasksMax=4096"), "{}", props.out());
-    // and the next login starts from the default, not from the old resize
-    let o = h
-        .ssh(
-            user,
-            &format!("cat /sys/fs/cgroup/cpu/user.slice/user-{uid}.slice/cpu.cfs_quota_us"),
-        )
-        .ok();
-    assert_eq!(o.out(), "200000");
+    assert_module_applied(&h, probe.pam_pid, user, "2 CPUs, 8G memory, 4096 tasks");
 }
 
 #[test]
@@ -305,12 +307,20 @@ fn a_session_without_pam_systemd_is_adopted_into_the_users_slice() {
         "auth     required pam_permit.so\naccount  required pam_unix.so\nsession  required pam_unix.so\n\
          session  required pam_fairshare.so\nsession  optional pam_exec.so /usr/local/sbin/fs-probe\n",
     );
+    let files: Vec<String> = h
+        .layout()
+        .limit_files(uid)
+        .iter()
+        .map(|f| quote(f))
+        .collect();
     h.write(
         "/usr/local/sbin/fs-probe",
         &format!(
             "#!/bin/sh\n[ \"$PAM_TYPE\" = open_session ] || exit 0\n\
-             {{ cat /proc/self/cgroup; echo ---; cd /sys/fs/cgroup; \
-             cat cpu/user.slice/user-{uid}.slice/cpu.cfs_quota_us memory/user.slice/user-{uid}.slice/memory.limit_in_bytes pids/user.slice/user-{uid}.slice/pids.max; }} > /run/fs-probe.out 2>&1\n"
+             {{ cat /proc/self/cgroup; echo ---; \
+             for f in {}; do echo ==fs-file==; cat \"$f\" 2>/dev/null || echo ==fs-missing==; done; }} \
+             > /run/fs-probe.out 2>&1\n",
+            files.join(" ")
         ),
     );
     h.sh("chmod 755 /usr/local/sbin/fs-probe; rm -f /run/fs-probe.out")
@@ -320,6 +330,7 @@ fn a_session_without_pam_systemd_is_adopted_into_the_users_slice() {
         "rm -f /etc/pam.d/fairshare-nosystemd /usr/local/sbin/fs-probe /run/fs-probe.out".into(),
     );
     // pamtester runs as a system service: nowhere near the user's slice
+    let before = h.journal_cursor();
     let o = h.exec(&format!("cat /proc/self/cgroup | grep name=systemd; pamtester fairshare-nosystemd {user} open_session close_session")).ok();
     assert!(o.stdout.contains("/system.slice/"), "{}", o.stdout);
     let probe = h.read("/run/fs-probe.out").expect("the probe ran");
@@ -333,16 +344,20 @@ fn a_session_without_pam_systemd_is_adopted_into_the_users_slice() {
     );
     h.layout()
         .assert_under(parts[0], &slice_path(uid), "the session's child");
-    let files: Vec<&str> = parts[1].lines().collect();
-    assert_eq!(files, ["200000", &(8 * GIB).to_string(), "4096"], "{probe}");
-    let log = h
-        .sh("journalctl -u fairshared --no-pager -o cat -n 50")
-        .ok();
+    let now: Vec<Option<String>> = parts[1]
+        .split("==fs-file==\n")
+        .skip(1)
+        .map(|t| (t.trim() != "==fs-missing==").then(|| t.to_string()))
+        .collect();
+    let limits = Limits::parse(h.layout(), &now);
     assert!(
-        log.out()
-            .contains("adopted a session process outside logind"),
-        "{}",
-        log.out()
+        limits.is_some_and(|l| l.matches(h.layout(), &want(2000, 8 * GIB, 4096))),
+        "the slice's files when the session's child ran: {limits:?}\n{probe}"
+    );
+    let log = h.journal_since(&before, "-u fairshared");
+    assert!(
+        log.contains("adopted a session process outside logind"),
+        "{log}"
     );
 }
 
@@ -353,7 +368,7 @@ fn a_dead_session_process_is_counted_down() {
     let (user, uid) = TESTUSER3;
     let held = h.session(user);
     let sshd_sessions = |h: &Container| h.sessions_from(uid, "sshd");
-    wait_for("the session to be tracked", Duration::from_secs(10), || {
+    wait_for("the session to be tracked", h.patience(10), || {
         (sshd_sessions(&h) == 1).then_some(())
     });
     h.as_user(user, "fairshare-ctl resize --cpu 3").ok();
@@ -363,36 +378,48 @@ fn a_dead_session_process_is_counted_down() {
     let leader = h
         .sh(&format!("loginctl show-session -P Leader $(loginctl list-sessions --no-legend | awk '$3==\"{user}\" {{print $1; exit}}')"))
         .ok();
-    h.sh(&format!("kill -9 {}", leader.out())).ok();
+    let leader: u32 = leader
+        .out()
+        .parse()
+        .unwrap_or_else(|_| panic!("the leader of {user}'s session: {leader:?}"));
+    let before = h.journal_cursor();
+    h.sh(&format!("kill -9 {leader}")).ok();
     wait_for(
         "the dead session to be counted down",
-        Duration::from_secs(15),
+        h.patience(15),
         || (sshd_sessions(&h) == 0).then_some(()),
     );
     // the process really is gone, and counting its session down kept the
     // allocation of the user's other session (their user manager's)
     assert_eq!(
-        h.sh(&format!("kill -0 {}", leader.out())).code,
+        h.sh(&format!("kill -0 {leader}")).code,
         1,
-        "the session's process {} is still there",
-        leader.out()
+        "the session's process {leader} is still there"
     );
     assert_eq!(h.sessions_from(uid, "systemd-user"), 1);
-    assert_eq!(
-        h.slice(uid).and_then(|l| l.cpu_quota_us),
-        Some(300_000),
-        "counting one session down changed the slice"
-    );
-    let log = h
-        .sh("journalctl -u fairshared --no-pager -o cat -n 30")
-        .ok();
+    h.expect_limits(uid, want(3000, 8 * GIB, 4096));
+    let log = h.journal_since(&before, "-u fairshared");
     assert!(
-        log.out()
-            .contains("ended without closing its session; counting it down"),
-        "{}",
-        log.out()
+        log.contains("ended without closing its session; counting it down"),
+        "{log}"
     );
+    // With the dead session's process gone, the user's last session (the
+    // user manager's) closes through PAM: nothing holds the allocation any
+    // more, and the slice is configured back to the default.
     drop(held);
+    wait_for("the allocation to be released", h.patience(15), || {
+        h.tracked(uid).is_none().then_some(())
+    });
+    let cpu = h
+        .sh(&format!(
+            "systemctl show -P CPUQuotaPerSecUSec user-{uid}.slice"
+        ))
+        .ok();
+    assert_eq!(
+        cpu.out(),
+        "2s",
+        "user-{uid}.slice's CPU quota after the last session"
+    );
 }
 
 #[test]
@@ -415,7 +442,17 @@ fn fail_open_logs_in_without_the_daemon_fail_closed_refuses_and_the_daemon_catch
     };
     let baseline = (0..3).map(|_| login(&h)).max().unwrap();
 
+    // the module's lines since `cursor`
+    let module_lines = |h: &Container, cursor: &str| -> String {
+        h.journal_since(cursor, "")
+            .lines()
+            .filter(|l| l.starts_with("pam_fairshare("))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
     // slow daemon: the login waits at most the deadline
+    let before = h.journal_cursor();
     h.sh("kill -STOP $(pidof fairshared)").ok();
     let t = Instant::now();
     let o = h.ssh(user, "echo in");
@@ -426,48 +463,42 @@ fn fail_open_logs_in_without_the_daemon_fail_closed_refuses_and_the_daemon_catch
         slow < baseline + deadline,
         "login took {slow:?} with a stopped daemon, {baseline:?} with a running one"
     );
-    let log = h
-        .sh("journalctl --no-pager -o cat -n 100 | grep pam_fairshare | tail -5")
-        .ok();
+    let log = module_lines(&h, &before);
     assert!(
-        log.out().contains("did not answer within 1000 ms"),
-        "{}",
-        log.out()
+        log.contains("fairshared did not answer within 1000 ms")
+            && log.contains("testuser2 logs in WITHOUT fairshare limits (fail=open)"),
+        "{log}"
     );
 
     // daemon down: fail=open logs in, quickly
     h.sh("systemctl stop fairshared.socket fairshared.service")
         .ok();
+    let before = h.journal_cursor();
     let down = login(&h);
     assert!(
         down < baseline + deadline,
         "login took {down:?} with no daemon, {baseline:?} with a running one"
     );
     eprintln!("ssh login: {baseline:?} (at most, of 3), daemon stopped: {slow:?}, down: {down:?}");
-    let log = h
-        .sh("journalctl --no-pager -o cat -n 100 | grep pam_fairshare | tail -3")
-        .ok();
+    let log = module_lines(&h, &before);
     assert!(
-        log.out().contains("fairshared is not running")
-            && log.out().contains("WITHOUT fairshare limits"),
-        "{}",
-        log.out()
+        log.contains("fairshared is not running")
+            && log.contains("testuser2 logs in WITHOUT fairshare limits (fail=open)"),
+        "{log}"
     );
 
     // fail=closed refuses, and says why in the journal
     {
         let _closed = PamArgs::set(&h, "fail=closed");
+        let before = h.journal_cursor();
         let o = h.ssh(user, "echo in");
         assert_ne!(o.code, 0, "login with fail=closed and no daemon: {o:?}");
         assert_ne!(o.out(), "in");
-        let log = h
-            .sh("journalctl --no-pager -o cat -n 100 | grep pam_fairshare | tail -3")
-            .ok();
+        let log = module_lines(&h, &before);
         assert!(
-            log.out()
-                .contains("refusing the login of testuser2 (fail=closed)"),
-            "{}",
-            log.out()
+            log.contains("fairshared is not running")
+                && log.contains("refusing the login of testuser2 (fail=closed)"),
+            "{log}"
         );
         // root is never refused, even then
         assert_eq!(h.ssh("root", "echo in").out(), "in");
@@ -485,34 +516,38 @@ fn fail_open_logs_in_without_the_daemon_fail_closed_refuses_and_the_daemon_catch
     assert!(st["sessions"].as_u64().unwrap() >= 1, "{st}");
 }
 
-#[test]
-fn root_and_system_users_log_in_untouched() {
-    let h = Container::get();
-    h.fresh_daemon(POLICY);
+// Root and system accounts (uid below 1000) are left alone: their login
+// shells run in their own slices, which have no CPU or memory limit, and
+// fairshared does not track them.
+core_test!(root_and_system_users_log_in_untouched, |h| {
+    h.fresh_daemon(CORE_POLICY);
+    let layout = h.layout();
     for (user, uid) in [("root", 0u32), SVCUSER] {
-        let o = h
-            .ssh(
-                user,
-                &format!("cat /proc/$$/cgroup | grep name=systemd; cat /sys/fs/cgroup/cpu/user.slice/user-{uid}.slice/cpu.cfs_quota_us 2>/dev/null || echo no-cpu-cgroup"),
-            )
-            .ok();
-        assert!(
-            o.out().contains(&format!("user-{uid}.slice")),
-            "{}",
-            o.out()
+        let out = h.ssh(user, &login_probe_cmd(layout, uid)).ok();
+        let probe = LoginProbe::parse(layout, &out.stdout);
+        layout.assert_under(
+            &probe.cgroup,
+            &slice_path(uid),
+            &format!("{user}'s login shell"),
         );
-        let last = o.out().lines().last().unwrap();
+        // no slice files for a controller systemd did not enable, or no limit in them
         assert!(
-            last == "-1" || last == "no-cpu-cgroup",
-            "{user}: {}",
-            o.out()
+            probe.limits.is_none_or(|l| l.cpu_quota_us.is_none()
+                && l.mem_max.is_none()
+                && l.mem_high.is_none()),
+            "{user}: the files of user-{uid}.slice at the start of the login: {:?}",
+            probe.limits
         );
         assert!(h.tracked(uid).is_none(), "{user} is tracked");
         let props = h
             .sh(&format!(
-                "systemctl show -P CPUQuotaPerSecUSec user-{uid}.slice"
+                "systemctl show -P CPUQuotaPerSecUSec -P MemoryMax user-{uid}.slice"
             ))
             .ok();
-        assert_eq!(props.out(), "infinity", "{user}");
+        assert_eq!(
+            props.out().lines().collect::<Vec<_>>(),
+            ["infinity", "infinity"],
+            "{user}: user-{uid}.slice as configured"
+        );
     }
-}
+});

@@ -2,10 +2,11 @@
 //! `systemd.unified_cgroup_hierarchy=1` (tests/testhost/v2vm.sh): the guest
 //! really is pure v2 and fairshared detects it, `memory.high` throttles, and
 //! `status` reports the v2 usage files. The core tests (login, resize,
-//! refusal, release, what stays under the slice, CPU throttling, the OOM
-//! kill) run there too: they are the `on_v2_guest` variants of the
-//! [`core_test!`]s in pam.rs and daemon.rs. Every check reads the files of
-//! `/sys/fs/cgroup/user.slice/user-UID.slice/` and `/proc/PID/cgroup`.
+//! refusal, release, what stays under the slice, root and system accounts
+//! left alone, CPU throttling, the OOM kill) run there too: they are the
+//! `on_v2_guest` variants of the [`core_test!`]s in pam.rs and daemon.rs.
+//! Every check reads the files of `/sys/fs/cgroup/user.slice/user-UID.slice/`
+//! and `/proc/PID/cgroup`.
 //!
 //! Run with: `sudo tests/testhost/v2vm.sh test` (every `on_v2_guest` test),
 //! or with the guest up: `cargo test --release -p fairshare-e2e --tests --
