@@ -385,6 +385,9 @@ pub enum ErrorCode {
     InvalidPolicy,
     /// Too many requests from this user; try again a little later.
     RateLimited,
+    /// fairshared could not be reached (written by the client, never sent
+    /// by the daemon).
+    Unreachable,
     #[default]
     Internal,
 }
@@ -521,10 +524,46 @@ pub struct StatusInfo {
     /// Something the user should know, e.g. that their resize expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// Root's setting for this user (`fairshare-ctl set`), when one is in
+    /// force: binding on the user's own resizes and releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_setting: Option<RootSetting>,
     #[serde(default)]
     pub usage: Usage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+}
+
+/// Root's setting for a user: the fields root named (the others come from
+/// the user's own resize or the default), and when it ends.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RootSetting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Tasks>,
+    /// Unix time it ends (root's `--for`); `None` until root resets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl fmt::Display for RootSetting {
+    /// `cpu 0.5 CPUs, mem 2G`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(c) = self.cpu {
+            parts.push(format!("cpu {c} CPUs"));
+        }
+        if let Some(m) = self.mem {
+            parts.push(format!("mem {m}"));
+        }
+        if let Some(t) = self.tasks {
+            parts.push(format!("tasks {t}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -680,6 +719,7 @@ mod tests {
             session_list: vec![],
             expires_at: None,
             notice: None,
+            root_setting: None,
             usage: Usage::default(),
             capacity: None,
         };

@@ -48,7 +48,10 @@ impl<S: Systemd> Service<S> {
                 self.drop_user(uid).await;
                 continue;
             }
-            if let Some(c) = self.store.mutate(|l| l.repolicy(uid, &up)) {
+            if let Some(c) = self
+                .store
+                .mutate(|l| l.repolicy(uid, &up, self.now(), policy.max_lease()))
+            {
                 tracing::info!(uid, user = %id.name, old = %c.old.map(|o| o.to_string()).unwrap_or_default(), new = %c.new, "policy changed while fairshared was stopped");
             }
             let Some(limits) = self.store.read(|l| l.get(uid).map(|e| e.limits)) else {

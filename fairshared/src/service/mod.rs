@@ -226,7 +226,7 @@ impl<S: Systemd> Service<S> {
             }
             Request::Release => {
                 let id = self.identity(peer.uid).await?;
-                self.release(id, None).await
+                self.release(id, Actor::User(peer.uid), peer.uid).await
             }
             Request::SetUser {
                 user,
@@ -293,7 +293,14 @@ impl<S: Systemd> Service<S> {
                 if let OnRefusal::Restore(prev) = on_refusal {
                     self.store.mutate(|l| l.restore(id.uid, prev));
                 }
-                tracing::error!(uid = id.uid, user = %id.name, error = %e, "could not apply limits");
+                tracing::error!(
+                    uid = id.uid,
+                    user = %id.name,
+                    error = %e,
+                    "could not apply the limits of {} (uid {}): {e}",
+                    id.name,
+                    id.uid
+                );
                 return Err(ServiceError::Apply {
                     uid: id.uid,
                     source: e,
@@ -315,8 +322,9 @@ impl<S: Systemd> Service<S> {
                 cpu_quota_usec = change.new.cpu.quota_usec_per_sec(),
                 memory_max = change.new.mem.get(),
                 tasks_max = change.new.tasks.get(),
-                "allocation of {} changed ({why}): {old} -> {}",
+                "allocation of {} (uid {}) changed ({why}): {old} -> {}",
                 id.name,
+                id.uid,
                 change.new
             );
         }
@@ -328,7 +336,7 @@ impl<S: Systemd> Service<S> {
     async fn drop_user(&self, uid: u32) {
         self.store.mutate(|l| l.remove(uid));
         if let Err(e) = self.systemd.reset(uid).await {
-            tracing::error!(uid, error = %e, "could not lift limits");
+            tracing::error!(uid, error = %e, "could not lift the limits of uid {uid}: {e}");
         }
     }
 }

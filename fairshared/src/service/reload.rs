@@ -57,12 +57,18 @@ impl<S: Systemd> Service<S> {
                 changed += 1;
                 continue;
             }
-            if let Some(c) = self.store.mutate(|l| l.repolicy(uid, &up)) {
+            let now = self.now();
+            if let Some(c) = self
+                .store
+                .mutate(|l| l.repolicy(uid, &up, now, policy.max_lease()))
+            {
                 changed += 1;
                 let _ = self
                     .commit(&id, &c, OnRefusal::Keep, 0, "policy reloaded")
                     .await;
             }
+            // a new leases.max_duration may have given a resize an end
+            self.rearm_lease(uid);
         }
         if let Err(e) = self.store.save().await {
             tracing::error!(error = %e, "could not save state after reload");

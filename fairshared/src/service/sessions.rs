@@ -117,7 +117,17 @@ impl<S: Systemd> Service<S> {
         self.counters
             .sessions_closed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, last = change.is_some(), "session closed");
+        tracing::info!(
+            uid = id.uid,
+            user = %id.name,
+            pid = s.pid,
+            last = change.is_some(),
+            "session of {} (uid {}) closed: pid {}{}",
+            id.name,
+            id.uid,
+            s.pid,
+            if change.is_some() { ", the last one" } else { "" }
+        );
         let Some(c) = change else {
             self.store.save_later();
             let left = self
@@ -128,7 +138,8 @@ impl<S: Systemd> Service<S> {
                 id.name
             )));
         };
-        self.leases.cancel(&id.uid);
+        // the user's own lease ended with the resize; root's may go on
+        self.rearm_lease(id.uid);
         if up.exempt.is_some() {
             self.store.save_later();
             return Ok(Response::success(format!(
@@ -182,7 +193,7 @@ impl<S: Systemd> Service<S> {
         tracing::warn!(
             uid,
             pid,
-            "session process ended without closing its session; counting it down"
+            "session process {pid} of uid {uid} ended without closing its session; counting it down"
         );
         let close = SessionClose {
             uid,
@@ -222,7 +233,10 @@ fn opened(s: &SessionOpen, id: &Identity, change: &Change) -> String {
         service = s.service.as_deref().unwrap_or(""),
         rhost = s.rhost.as_deref().unwrap_or(""),
         session_id = s.session_id.as_deref().unwrap_or(""),
-        "session opened"
+        "session opened for {} (uid {}): pid {}",
+        id.name,
+        id.uid,
+        s.pid
     );
     "session opened".to_string()
 }

@@ -1,7 +1,9 @@
 //! `status` (one user) and `list` (every tracked user): read-only answers.
 
 use fairshare_policy::{Identity, UserPolicy};
-use fairshare_proto::wire::{Capacity, Response, Source, StatusInfo, UserList, UserRef};
+use fairshare_proto::wire::{
+    Capacity, Response, RootSetting, Source, StatusInfo, UserList, UserRef,
+};
 
 use super::{Reply, Service, ServiceError};
 use crate::admission::Peer;
@@ -61,9 +63,19 @@ impl<S: Systemd> Service<S> {
             policy,
             sessions: entry.map_or(0, |e| e.sessions.len() as u32),
             session_list: entry.map(|e| e.sessions.clone()).unwrap_or_default(),
-            expires_at: entry
-                .and_then(|e| e.grant.as_ref())
-                .and_then(|g| g.expires_at),
+            expires_at: entry.and_then(|e| match &e.grant {
+                Some(g) => g.expires_at,
+                None => e.admin.as_ref().and_then(|a| a.expires_at),
+            }),
+            root_setting: entry
+                .and_then(|e| e.admin.as_ref())
+                .filter(|_| !exempt)
+                .map(|a| RootSetting {
+                    cpu: a.cpu,
+                    mem: a.mem,
+                    tasks: a.tasks,
+                    expires_at: a.expires_at,
+                }),
             notice: entry.and_then(|e| e.notice.clone()),
             usage: self.cgroups.usage(uid),
             capacity: None,
