@@ -292,7 +292,7 @@ impl std::fmt::Display for Refusal {
                 f.write_str(&all.join("; "))
             }
             Refusal::NoCapacity(short) => {
-                write!(f, "not enough free capacity on this host: {short}")
+                write!(f, "not enough capacity on this host: {short}")
             }
             Refusal::LeaseTooLong { max, asked } => write!(
                 f,
@@ -559,13 +559,13 @@ impl Ledger {
         let mut short = Vec::new();
         if cpu > cur_cpu && cpu > free_cpu {
             short.push(format!(
-                "cpu {cpu} asked, at most {free_cpu} available to {whom} (host capacity {} CPUs = {} x overcommit {}, minus {others_cpu} allocated to others)",
+                "cpu {cpu} asked, {free_cpu} CPUs free for {whom} (host capacity {} CPUs = {} x overcommit {}, minus {others_cpu} allocated to others)",
                 cap.cpu, cap.base_cpu, cap.overcommit_cpu
             ));
         }
         if mem > cur_mem && mem > free_mem {
             short.push(format!(
-                "mem {mem} asked, at most {} available to {whom} (host capacity {} = {} x overcommit {}, minus {} allocated to others)",
+                "mem {mem} asked, {} free for {whom} (host capacity {} = {} x overcommit {}, minus {} allocated to others)",
                 free_mem.human(),
                 cap.mem.human(),
                 cap.base_mem.human(),
@@ -1167,10 +1167,7 @@ mod tests {
         let Refusal::NoCapacity(msg) = e else {
             panic!("wrong refusal")
         };
-        assert!(
-            msg.contains("cpu 4 asked, at most 2 available to you"),
-            "{msg}"
-        );
+        assert!(msg.contains("cpu 4 asked, 2 CPUs free for you"), "{msg}");
         assert!(msg.contains("6 allocated to others"), "{msg}");
         assert!(l.get(1002).is_none());
         // exactly what is free fits

@@ -20,8 +20,10 @@ impl<S: Systemd> Service<S> {
     pub(super) fn schedule_lease(self: &Arc<Self>, uid: u32, expires_at: u64) {
         let this = Arc::downgrade(self);
         let wait = Duration::from_secs(expires_at.saturating_sub(self.now()));
+        // the deadline from now, not from when the task first runs
+        let deadline = tokio::time::Instant::now() + wait;
         self.leases.spawn(uid, async move {
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep_until(deadline).await;
             if let Some(service) = this.upgrade() {
                 service.expire_lease(uid).await;
             }
