@@ -78,7 +78,10 @@ impl Cli {
 pub enum Command {
     /// Show your allocation, defaults, maximum, sessions and usage
     Status {
-        /// Another user's (root only)
+        /// Another user's, by name or uid (root only; your own is fine)
+        #[arg(value_name = "USER", conflicts_with = "user")]
+        name: Option<String>,
+        /// The same as USER
         #[arg(long, value_name = "USER")]
         user: Option<String>,
         #[command(flatten)]
@@ -139,6 +142,29 @@ the exit status is then 78.",
 }
 
 impl Command {
+    /// The user `status` asks about, given by name (`status USER`) or with
+    /// `--user`.
+    pub fn status_user(&self) -> Option<&str> {
+        match self {
+            Command::Status { name, user, .. } => name.as_deref().or(user.as_deref()),
+            _ => None,
+        }
+    }
+
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status { .. } => "status",
+            Command::Resize(_) => "resize",
+            Command::Release(_) => "release",
+            Command::List(_) => "list",
+            Command::Set { .. } => "set",
+            Command::Reload(_) => "reload",
+            Command::Metrics(_) => "metrics",
+            Command::Check { .. } => "check",
+        }
+    }
+
     /// The connection options given after the subcommand.
     pub fn conn(&self) -> Option<&Conn> {
         match self {
@@ -245,6 +271,16 @@ mod tests {
             Cli::try_parse_from(["fairshare-ctl", "resize", "--cpu", "6", "--for", "soon"])
                 .is_err()
         );
+        for args in [
+            &["fairshare-ctl", "status", "bob"][..],
+            &["fairshare-ctl", "status", "--user", "bob"],
+        ] {
+            match Cli::try_parse_from(args).unwrap().command {
+                c @ Command::Status { .. } => assert_eq!(c.status_user(), Some("bob"), "{args:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(["fairshare-ctl", "status", "bob", "--user", "al"]).is_err());
         let c = Cli::try_parse_from(["fairshare-ctl", "set", "bob", "--default"]).unwrap();
         assert!(matches!(c.command, Command::Set { default: true, .. }));
         assert!(

@@ -8,8 +8,8 @@ use fairshare_ctl::cli::{Cli, Command, MetricsArgs};
 use fairshare_ctl::format;
 use fairshare_ctl::textfile;
 use fairshare_policy::Policy;
-use fairshare_proto::wire::{Request, ResizeArgs, Response, UserRef};
-use fairshare_proto::{Client, ClientError};
+use fairshare_proto::Client;
+use fairshare_proto::wire::{ErrorCode, Request, ResizeArgs, Response, UserRef};
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 3;
@@ -29,8 +29,8 @@ fn main() -> ExitCode {
             }
             return check(policy);
         }
-        Command::Status { user, .. } => Request::Status {
-            user: user.as_ref().map(|u| UserRef::Name(u.clone())),
+        c @ Command::Status { .. } => Request::Status {
+            user: c.status_user().map(|u| UserRef::Name(u.to_string())),
         },
         Command::Resize(s) => {
             if s.cpu.is_none() && s.mem.is_none() && s.tasks.is_none() {
@@ -68,10 +68,15 @@ fn main() -> ExitCode {
     let conn = cli.connection();
     let timeout = Duration::from_secs_f64(conn.timeout.clamp(0.05, 3600.0));
     let client = Client::new(&conn.socket, timeout);
+    let root = nix::unistd::geteuid().is_root();
     let response = match client.call(&request) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("fairshare-ctl: {}", unreachable_hint(&e));
+            let text = format::unreachable(&e, root);
+            match conn.json {
+                true => println!("{}", format::error_json(&text)),
+                false => eprintln!("fairshare-ctl: {text}"),
+            }
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
@@ -82,6 +87,12 @@ fn main() -> ExitCode {
         }
     }
     match response {
+        Response::Error(e) if e.code == ErrorCode::PermissionDenied && root_only(&request) => {
+            if !conn.json {
+                eprintln!("fairshare-ctl: {}", format::root_only(cli.command.name()));
+            }
+            ExitCode::from(EXIT_REFUSED)
+        }
         Response::Error(e) => {
             eprintln!("fairshare-ctl: {}", e.error);
             ExitCode::from(EXIT_REFUSED)
@@ -92,7 +103,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Response::StatusInfo(s) => {
-            print!("{}", format::status(&s));
+            print!("{}", format::status(&s, nix::unistd::getuid().as_raw()));
             ExitCode::SUCCESS
         }
         Response::UserList(l) => {
@@ -114,24 +125,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// One line saying what went wrong and what to do about it.
-fn unreachable_hint(e: &ClientError) -> String {
-    match e {
-        ClientError::NotRunning { path, .. } => format!(
-            "fairshared is not running (nothing listens on {}); start it with: sudo systemctl start fairshared",
-            path.display()
-        ),
-        ClientError::Connect { path, source }
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            format!(
-                "permission denied connecting to {}; the socket should be mode 0666 (is fairshared.socket installed as shipped?)",
-                path.display()
-            )
-        }
-        ClientError::Timeout { .. } => format!("{e}; check it with: systemctl status fairshared"),
-        other => other.to_string(),
-    }
+/// Whether only root may send this request (its refusal then names the
+/// subcommand, not the wire request).
+fn root_only(r: &Request) -> bool {
+    r.kind().root_only()
 }
 
 /// `metrics --output FILE`: the host-wide series (every user's too with
