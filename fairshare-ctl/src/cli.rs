@@ -88,13 +88,27 @@ pub enum Command {
         conn: Conn,
     },
     /// Resize your allocation (fields not given keep their value)
-    #[command(visible_alias = "request")]
+    #[command(
+        visible_alias = "request",
+        long_about = "Resize your allocation (fields not given keep their value). Each field you give \
+must be within your maximum (or, for a field root set for you, at most root's value) and at least \
+0.1 CPU, 64M memory or 32 tasks (or your default, where that is less); the host must have the \
+capacity free. With leases.max_duration in the policy, a resize above your default is a lease: it \
+ends at most that long after you first went above the default; resizing again during it keeps \
+its end, and release starts afresh."
+    )]
     Resize(Sizes),
-    /// Go back to the policy default
+    /// Go back to the policy default (or to root's setting for you, while one is in force)
     Release(Conn),
     /// Every user fairshared tracks, with usage (root only)
     List(Conn),
     /// Set a user's allocation, or reset it with --default (root only)
+    #[command(
+        long_about = "Set a user's allocation, or reset it with --default (root only). The fields \
+given may exceed the user's maximum and bind the user until set USER --default or the end of \
+--for: the user's own resizes of those fields may go lower but not higher, and their release and \
+last logout go back to this value, not the policy default."
+    )]
     Set {
         /// User name or uid
         user: String,
@@ -220,7 +234,7 @@ pub struct Sizes {
     /// Tasks (processes and threads), e.g. 4096
     #[arg(long, value_name = "N", value_parser = parse::<Tasks>)]
     pub tasks: Option<Tasks>,
-    /// How long the resize lasts, e.g. 30m, 4h, 2d; then back to the default
+    /// How long the resize lasts, e.g. 30m, 4h, 2d; then back to the default (within a lease: at most what is left of it)
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_lease)]
     pub duration: Option<Duration>,
     #[command(flatten)]

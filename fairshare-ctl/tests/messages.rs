@@ -29,8 +29,20 @@ fn stand_in(answer: &'static str) -> (tempfile::TempDir, PathBuf, JoinHandle<Str
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("fairshare.sock");
     let listener = UnixListener::bind(&path).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
     let t = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
+        // no connection within 10 s (the client gave up first): no request
+        let start = std::time::Instant::now();
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if start.elapsed() < std::time::Duration::from_secs(10) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return format!("no request ({e})"),
+            }
+        };
+        s.set_nonblocking(false).expect("blocking");
         let mut line = String::new();
         BufReader::new(&s).read_line(&mut line).expect("read");
         s.write_all(answer.as_bytes()).expect("answer");
@@ -120,7 +132,8 @@ fn status_takes_the_user_by_position() {
     );
     let out = ctl(&path, &["status", "bob"]).output().expect("run");
     let line = got.join().unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON request");
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("{e}: {line}; fairshare-ctl said: {}", text(&out.stderr)));
     assert_eq!(
         (v["type"].as_str(), v["user"].as_str()),
         (Some("status"), Some("bob"))

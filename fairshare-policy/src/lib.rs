@@ -105,7 +105,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ),
     (
         "leases.max_duration",
-        "The longest a resize above the default may last (30m, 8h, 2d). Resizes above the default without --for get this duration; longer ones are refused. Default: no limit.",
+        "The longest a user may hold more than their default in one go (30m, 8h, 2d): a user's resize above the default ends at most this long after the allocation first went above it. A resize without --for gets the rest of that time; resizing again during it keeps its end (it is not renewed by asking again) and a longer --for is refused; after a release, a new resize starts a new lease. Root's set is not capped. Default: no limit.",
     ),
 ];
 

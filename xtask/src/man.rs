@@ -198,7 +198,15 @@ fn fairshared_page() -> Result<String, String> {
         section(r, "LEASES");
         para(
             r,
-            "A resize can be given a lifetime (fairshare-ctl resize --for 4h; duration in the request). When it runs out, the user's slice goes back to the policy default and fairshare-ctl status says so. With leases.max_duration in the policy, a user's own resize above their default lasts at most that long: one without --for gets that duration, a longer --for is refused. Root's fairshare-ctl set is not capped, and without --for lasts until it is released. A new resize replaces the lease of the one before it.",
+            "A resize can be given a lifetime (fairshare-ctl resize --for 4h; duration in the request). When it runs out, the user's slice goes back to the policy default (or root's setting) and fairshare-ctl status says so. With leases.max_duration in the policy, a user's own resize that puts any field above their default is a lease: it ends at most max_duration after the allocation first went above the default, whatever the user sends meanwhile. A resize without --for gets the rest of that time; resizing again during a lease, even of another field, keeps its end (a lease is not renewed by asking again), and a --for past its end or longer than max_duration is refused, saying how long is left. A new lease starts only from the default: after fairshare-ctl release (which hands the capacity back to the pool, so the next resize is checked against what is free then) or the lease's end. max_duration thus caps the continuous time above the default. A reload that sets or shortens it gives resizes already above the default an end within it.",
+        );
+        para(
+            r,
+            "Root's fairshare-ctl set is not capped by max_duration; with --for it ends then, without it lasts until fairshare-ctl set USER --default. While it is in force it binds the user: for the fields root named, the user's own resizes may go below root's value but not above it, and their release and last logout go back to root's value, not the policy default. When it ends, the user's own resizes of those fields end too.",
+        );
+        para(
+            r,
+            "No resize or set gives less than 0.1 CPU, 64M memory or 32 tasks, or the user's policy default where that is less; the refusal names the minimum. A state file with a limit of zero is treated as unreadable (see FILES).",
         );
         para(
             r,
@@ -273,7 +281,17 @@ fn ctl_page(cmd: &clap::Command) -> Result<String, String> {
         section(r, "LEASES");
         para(
             r,
-            "fairshare-ctl resize --for DURATION (30m, 4h, 2d) makes a resize last that long; then the slice goes back to the policy default and fairshare-ctl status says so. The policy may cap how long a resize above the default lasts (leases.max_duration): a resize without --for then gets that duration, and a longer --for is refused. Any resize also ends with fairshare-ctl release and at the user's last logout. See fairshared(8).",
+            "fairshare-ctl resize --for DURATION (30m, 4h, 2d) makes a resize last that long; then the slice goes back to the policy default and fairshare-ctl status says so. The policy may cap how long you hold more than your default in one go (leases.max_duration): a resize without --for gets the rest of that time, resizing again during the lease keeps its end (it is not renewed by asking again), and a --for past its end is refused. fairshare-ctl release ends it; a resize after that starts a new lease. Any resize also ends at your last logout. See fairshared(8).",
+        );
+        section(r, "ROOT'S SETTING");
+        para(
+            r,
+            "sudo fairshare-ctl set USER sets the fields it names for USER, beyond their maximum if need be, and binds them: while it is in force, USER's own resizes of those fields may go lower but not higher, and their release and last logout go back to root's value, not the policy default. set USER --for DURATION ends it then; set USER --default ends it at once. fairshare-ctl status shows it (root's set) and its end. Only the fields a resize names are checked against the maximum, so a user whose cpu root set above their maximum can still resize their memory.",
+        );
+        section(r, "LIMITS");
+        para(
+            r,
+            "No resize or set gives less than 0.1 CPU, 64M memory or 32 tasks, or the user's policy default where that is less: below that a login cannot start a shell. The refusal names the minimum.",
         );
         section(r, "EXIT STATUS");
         item(r, "0", "Done.");
@@ -286,7 +304,7 @@ fn ctl_page(cmd: &clap::Command) -> Result<String, String> {
         item(
             r,
             "3",
-            "fairshared is unreachable or did not answer in time.",
+            "fairshared is unreachable or did not answer in time. Root is given the systemctl command to start or check it, a user is told to ask their admin; with --json the error is printed on standard output as JSON ({\"type\":\"error\",\"code\":\"unreachable\",...}).",
         );
         item(
             r,
@@ -308,7 +326,10 @@ fn ctl_page(cmd: &clap::Command) -> Result<String, String> {
                 "fairshare-ctl resize --cpu 8 --for 4h",
                 "fairshare-ctl release",
                 "sudo fairshare-ctl list",
+                "sudo fairshare-ctl status alice",
                 "sudo fairshare-ctl set alice --cpu 8 --mem 32G",
+                "sudo fairshare-ctl set alice --cpu 0.5 --for 2h",
+                "sudo fairshare-ctl set alice --default",
                 "fairshare-ctl check /etc/fairshare/policy.d",
             ],
         );
