@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use fairshare_e2e::*;
 
-/// A lease of 6 s (long enough to send a few requests during it, short
+/// A lease of 10 s (long enough to send a few requests during it, short
 /// enough to wait for).
-const LEASE: u64 = 6;
+const LEASE: u64 = 10;
 
 fn leased_policy() -> String {
     format!("{BASE_POLICY}leases:\n  max_duration: {LEASE}s\n")
@@ -74,7 +74,9 @@ fn asking_again_does_not_extend_a_lease() {
     h.ssh(user, "fairshare-ctl resize --cpu 6").ok();
     let granted = Instant::now();
     h.expect_slice(uid, 6000, 8 * GIB, 4096);
-    std::thread::sleep(Duration::from_secs(2));
+    // late enough that a renewed lease (the old behaviour) would end after
+    // LEASE + 4 s, past the bound below
+    std::thread::sleep(Duration::from_secs(4));
     h.ssh(user, "fairshare-ctl resize --cpu 6 --mem 9G").ok();
     let e = h.ssh(
         user,
