@@ -27,7 +27,7 @@ impl<S: Systemd> Service<S> {
     }
 
     async fn expire_lease(&self, uid: u32, expires_at: u64) {
-        let _guard = self.locks.lock(uid).await;
+        let guard = self.locks.lock(uid).await;
         // From here on this timer is no longer the user's to replace.
         self.leases.cancel(&uid);
         let Ok(id) = self.identity(uid).await else {
@@ -52,7 +52,7 @@ impl<S: Systemd> Service<S> {
         };
         self.counters.leases_expired.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self
-            .commit(&id, &change, OnRefusal::Keep, 0, "lease expired")
+            .commit(guard, &id, &change, OnRefusal::Keep, 0, "lease expired")
             .await
         {
             tracing::error!(uid, error = %e, "could not apply the default after a lease expired");

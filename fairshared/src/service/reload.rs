@@ -50,7 +50,7 @@ impl<S: Systemd> Service<S> {
                 continue;
             };
             let up = policy.for_user(&id);
-            let _guard = self.locks.lock(uid).await;
+            let guard = self.locks.lock(uid).await;
             if let Some(ex) = &up.exempt {
                 tracing::info!(uid, user = %id.name, reason = %ex, "user is now exempt; lifting their limits");
                 self.drop_user(uid).await;
@@ -60,7 +60,7 @@ impl<S: Systemd> Service<S> {
             if let Some(c) = self.store.mutate(|l| l.repolicy(uid, &up)) {
                 changed += 1;
                 let _ = self
-                    .commit(&id, &c, OnRefusal::Keep, 0, "policy reloaded")
+                    .commit(guard, &id, &c, OnRefusal::Keep, 0, "policy reloaded")
                     .await;
             }
         }

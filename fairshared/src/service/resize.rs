@@ -67,7 +67,7 @@ impl<S: Systemd> Service<S> {
             });
         }
         let expires = self.lease_end(&up, &req, actor)?;
-        let _guard = self.locks.lock(id.uid).await;
+        let guard = self.locks.lock(id.uid).await;
         let cap = policy.capacity(self.host);
         let ask = ResizeRequest {
             uid: id.uid,
@@ -99,10 +99,12 @@ impl<S: Systemd> Service<S> {
             Actor::Root { .. } => 0,
         };
         let undo = OnRefusal::Restore(prev);
-        self.commit(&id, &change, undo, by, "resize").await?;
+        self.apply_change(&id, &change, undo, by, "resize").await?;
+        // armed with the lock held, so timers follow the ledger's order
         if let Some(at) = expires {
             self.schedule_lease(id.uid, at);
         }
+        self.save_unlocked(guard).await?;
         let capacity = self.store.read(|l| l.capacity(&cap));
         let until = expires
             .map(|at| {
@@ -134,13 +136,14 @@ impl<S: Systemd> Service<S> {
                 id.name
             )));
         }
-        let _guard = self.locks.lock(id.uid).await;
+        let guard = self.locks.lock(id.uid).await;
         let (prev, change) = self
             .store
             .mutate(|l| (l.get(id.uid).cloned(), l.release(id.uid, &up)));
         let by = by_root.unwrap_or(id.uid);
         let undo = OnRefusal::Restore(prev);
-        self.commit(&id, &change, undo, by, "release").await?;
+        self.commit(guard, &id, &change, undo, by, "release")
+            .await?;
         Ok(Response::Success(Success {
             message: format!(
                 "Resources released: {} is back to the default of {}",
