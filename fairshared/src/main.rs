@@ -57,7 +57,7 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
     let policy_path = args.policy_path();
