@@ -10,7 +10,8 @@
 //! fs-flood resize SECS THREADS        resizes back to back (cpu 1 and 2 in turn)
 //! ```
 //!
-//! Each prints one line of counts for the test to check.
+//! Each prints one line of counts for the test to check. With
+//! `FS_FLOOD_STOP=PATH`, each stops early once PATH exists.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -53,13 +54,14 @@ fn flood(secs: u64, threads: u64, work: impl Fn(u64) -> String + Send + Sync + '
     let counts = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let work = Arc::new(work);
     let end = Instant::now() + Duration::from_secs(secs);
+    let stop = std::env::var_os("FS_FLOOD_STOP").map(std::path::PathBuf::from);
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (counts, work) = (counts.clone(), work.clone());
+            let (counts, work, stop) = (counts.clone(), work.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut mine = BTreeMap::<String, u64>::new();
                 let mut i = 0;
-                while Instant::now() < end {
+                while Instant::now() < end && !stop.as_ref().is_some_and(|s| s.exists()) {
                     *mine.entry(work(i)).or_default() += 1;
                     i += 1;
                 }
