@@ -178,8 +178,12 @@ impl Systemd for Counting {
     async fn reset(&self, _uid: u32) -> std::result::Result<(), SystemdError> {
         Ok(())
     }
-    async fn adopt(&self, uid: u32, pid: u32) -> std::result::Result<String, SystemdError> {
-        Ok(format!("fairshare-session-{uid}-{pid}.scope"))
+    async fn adopt(
+        &self,
+        uid: u32,
+        process: &fairshared::proc::Pinned,
+    ) -> std::result::Result<String, SystemdError> {
+        Ok(format!("fairshare-session-{uid}-{}.scope", process.pid()))
     }
     async fn in_logind_session(&self, _pid: u32) -> std::result::Result<bool, SystemdError> {
         Ok(true)

@@ -6,12 +6,15 @@
 //!   `/run/fairshare.sock`.
 //! * [`client`]: a blocking client with a single deadline, safe to use inside
 //!   a PAM module (no threads, no async runtime).
+//! * [`placement`]: where a process sits in systemd's tree (a logind
+//!   session, a user's slice, or outside), from `/proc/PID/cgroup`.
 //!
 //! This crate has no async runtime and no D-Bus dependency on purpose: the PAM
 //! module links it into every login process.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod client;
+pub mod placement;
 pub mod units;
 pub mod wire;
 

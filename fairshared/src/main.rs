@@ -15,13 +15,17 @@ use fairshared::server::{self, SocketGuard};
 use fairshared::service::{Nss, Service};
 use fairshared::state::{Loaded, StateFile};
 use fairshared::systemd::Dbus;
-use fairshared::{host, users};
+use fairshared::{health, host, users};
 use sd_notify::NotifyState;
 use tracing_subscriber::prelude::*;
 
 /// Exit status for a bad policy (sysexits EX_CONFIG); the unit file tells
 /// systemd not to restart in a loop on it.
 const EXIT_CONFIG: u8 = 78;
+
+/// Threads of the blocking pool (user lookups, state saves); lookups for
+/// non-root users' requests take at most `identity::USER_LOOKUPS` of them.
+const BLOCKING_THREADS: usize = 16;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,7 +57,7 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
     let policy_path = args.policy_path();
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(16)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {
@@ -238,6 +242,16 @@ async fn run(
         service.load(ledger);
     }
 
+    #[cfg(feature = "test-hooks")]
+    {
+        fairshared::testhooks::announce();
+        fairshared::testhooks::wedge_on_sigusr1(BLOCKING_THREADS);
+    }
+    // Where the watchdog's status request goes: the socket we listen on.
+    let listening = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(std::path::Path::to_path_buf));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, service.clone(), stop_rx.clone()));
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
@@ -250,7 +264,7 @@ async fn run(
     });
     tokio::spawn(follow_logind(service.clone(), stop_rx.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {
-        tokio::spawn(watchdog(service.clone(), period, stop_rx));
+        tokio::spawn(watchdog(service.clone(), listening, period, stop_rx));
     }
 
     signals(&service).await?;
@@ -265,22 +279,32 @@ async fn run(
     Ok(())
 }
 
-/// Pings systemd's watchdog at half its period, but only while the service
-/// can still take its own lock: a wedged daemon is restarted.
+/// Pings systemd's watchdog four times a period, each time after the daemon
+/// proved it still answers ([`health::check`]: a status request over its own
+/// socket, a task on the blocking pool, the ledger's lock), each part within
+/// a quarter period. A daemon wedged anywhere a login passes misses every
+/// ping of a period, and systemd restarts it.
 async fn watchdog(
     service: Arc<Service<Dbus>>,
+    socket: Option<std::path::PathBuf>,
     period: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(period / 2);
+    let quarter = period / 4;
+    if socket.is_none() {
+        tracing::warn!(
+            "the listening socket has no path; the watchdog checks without a status request"
+        );
+    }
+    let mut tick = tokio::time::interval(quarter);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => {
-                if service.healthy().await {
-                    notify(&[NotifyState::Watchdog]);
-                } else {
-                    tracing::error!("ledger lock held too long; not pinging the watchdog");
+                match health::check(&service, socket.as_deref(), quarter).await {
+                    Ok(()) => notify(&[NotifyState::Watchdog]),
+                    Err(e) => tracing::error!("not pinging the watchdog: {e}"),
                 }
             }
         }

@@ -221,6 +221,10 @@ async fn connection<S: Systemd>(
         let _ = answer(&mut stream, &r).await;
         return;
     };
+    if let Some(r) = service.admit_connection(peer) {
+        let _ = answer(&mut stream, &r).await;
+        return;
+    }
     let response = match read_request(&mut stream).await {
         Ok(line) => match parse_request(&line) {
             Ok(req) => {

@@ -26,6 +26,7 @@ use pam::items::{RHost, Service, Tty, User};
 use pam::module::{PamHandle, PamHooks};
 
 use config::Fail;
+use fairshare_proto::placement::Placement;
 use session::{Level, Login, Outcome, Verdict};
 
 unsafe extern "C" {
@@ -146,7 +147,7 @@ pub struct PamFairshare;
 impl PamHooks for PamFairshare {
     fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
         guarded(pamh, &args, |c, l| {
-            session::open(c, l, &session::nss_lookup)
+            session::open(c, l, &session::nss_lookup, &Placement::of_self)
         })
     }
 

@@ -196,7 +196,7 @@ impl<S: Systemd> Service<S> {
     /// True when it was counted (not for exempt or unknown users).
     async fn open_untracked(self: &Arc<Self>, open: SessionOpen) -> bool {
         let (uid, pid) = (open.uid, open.pid);
-        match self.session_open(open).await {
+        match self.session_open(None, open).await {
             Ok(Response::Success(s)) if s.allocation.is_some() => true,
             Ok(_) => false,
             Err(e) => {

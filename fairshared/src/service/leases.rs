@@ -44,7 +44,7 @@ impl<S: Systemd> Service<S> {
     }
 
     async fn expire_lease(self: &Arc<Self>, uid: u32) {
-        let _guard = self.locks.lock(uid).await;
+        let guard = self.locks.lock(uid).await;
         // From here on this timer is no longer the user's to replace.
         self.leases.cancel(&uid);
         let Ok(id) = self.identity(uid).await else {
@@ -52,10 +52,11 @@ impl<S: Systemd> Service<S> {
         };
         let up = self.policy().for_user(&id);
         let now = self.now();
-        if let Some(change) = self.store.mutate(|l| l.expire_due(uid, now, &up)) {
+        let change = self.store.mutate(|l| l.expire_due(uid, now, &up));
+        if let Some(change) = &change {
             self.counters.leases_expired.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self
-                .commit(&id, &change, OnRefusal::Keep, 0, "lease expired")
+                .apply_change(&id, change, OnRefusal::Keep, 0, "lease expired")
                 .await
             {
                 tracing::error!(
@@ -67,7 +68,13 @@ impl<S: Systemd> Service<S> {
                 );
             }
         }
-        // What is left (the other layer's end, or a timer that woke early).
+        // What is left (the other layer's end, or a timer that woke early),
+        // armed with the lock held, so timers follow the ledger's order.
         self.rearm_lease(uid);
+        if change.is_some()
+            && let Err(e) = self.save_unlocked(guard).await
+        {
+            tracing::error!(uid, user = %id.name, error = %e, "could not save the state after a lease expired: {e}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! | owner | what it holds |
 //! |---|---|
 //! | [`Store`] | the ledger, the state file and the save generation |
-//! | [`UserLocks`] | one async lock per user, held across a change to them |
+//! | [`UserLocks`] | one async lock per user, held across a change to them (not its save) |
 //! | [`Identities`] | the user directory (NSS) and a short cache of lookups |
 //! | [`Admission`] | root-only kinds and per-user rate limits, before dispatch |
 //! | [`Tasks`] | session process watchers (by pid), lease timers (by uid) |
@@ -19,7 +19,8 @@
 //!
 //! A change to a user follows one path: take the user's lock, decide in the
 //! pure ledger (a [`Change`]), write it to systemd ([`Service::apply_change`]),
-//! then save ([`Service::commit`], or in the background for sessions).
+//! let go of the lock, then save ([`Service::commit`], or in the background
+//! for sessions).
 
 mod catch_up;
 mod error;
@@ -43,10 +44,10 @@ pub use self::metrics::{Counters, Refused};
 use crate::admission::Admission;
 pub use crate::admission::Peer;
 use crate::cgroup::Cgroups;
-use crate::identity::Identities;
+use crate::identity::{Behalf, Identities};
 pub use crate::identity::{Directory, IDENTITY_TTL, Nss};
 use crate::ledger::{Actor, Change, Entry, Ledger};
-use crate::locks::UserLocks;
+use crate::locks::{UserGuard, UserLocks};
 use crate::state::StateFile;
 use crate::store::{SaveError, Store};
 use crate::systemd::Systemd;
@@ -188,7 +189,8 @@ impl<S: Systemd> Service<S> {
         self.store.snapshot()
     }
 
-    /// Whether the ledger can be locked: the watchdog's health check.
+    /// Whether the ledger can be locked: the last part of the watchdog's
+    /// check (see [`crate::health`]).
     pub async fn healthy(&self) -> bool {
         self.store.healthy().await
     }
@@ -204,14 +206,30 @@ impl<S: Systemd> Service<S> {
 
     /// Answers one request from `peer`.
     pub async fn handle(self: &Arc<Self>, peer: Peer, req: Request) -> Response {
-        self.counters.request(req.kind());
+        // The watchdog's own status requests (see crate::health) are not
+        // counted: the metrics count what clients ask.
+        let counted = !peer.is_this_daemon();
+        if counted {
+            self.counters.request(req.kind());
+        }
         match self.answer(peer, req).await {
             Ok(r) => r,
             Err(e) => {
-                self.counters.failed(&e);
+                if counted {
+                    self.counters.failed(&e);
+                }
                 e.into()
             }
         }
+    }
+
+    /// Whether a connection from `peer` may be read (see
+    /// [`Admission::admit_connection`]); `Some`: the answer to send instead.
+    pub fn admit_connection(&self, peer: Peer) -> Option<Response> {
+        let denied = self.admission.admit_connection(peer).err()?;
+        let e = ServiceError::from(denied);
+        self.counters.failed(&e);
+        Some(e.into())
     }
 
     /// Admission, then the handler of the request's kind.
@@ -221,11 +239,11 @@ impl<S: Systemd> Service<S> {
             Request::Status { user } => self.status(peer, user).await,
             Request::RequestResources(args) => {
                 let resize = args.parse().map_err(ServiceError::BadValue)?;
-                let id = self.identity(peer.uid).await?;
+                let id = self.identity_for(peer.uid, peer.behalf()).await?;
                 self.resize(id, resize, Actor::User(peer.uid)).await
             }
             Request::Release => {
-                let id = self.identity(peer.uid).await?;
+                let id = self.identity_for(peer.uid, peer.behalf()).await?;
                 self.release(id, Actor::User(peer.uid), peer.uid).await
             }
             Request::SetUser {
@@ -235,7 +253,7 @@ impl<S: Systemd> Service<S> {
                 force,
             } => self.set_user(peer, user, args, release, force).await,
             Request::List => Ok(self.list().await),
-            Request::SessionOpen(s) => self.session_open(s).await,
+            Request::SessionOpen(s) => self.session_open(Some(peer), s).await,
             Request::SessionClose(s) => self.session_close(s).await,
             Request::Reload => self.reload_from_disk().await,
             Request::Metrics => Ok(Response::Metrics {
@@ -244,29 +262,48 @@ impl<S: Systemd> Service<S> {
         }
     }
 
-    /// The user with their groups.
+    /// The user with their groups (for root's requests and the daemon's
+    /// own work).
     async fn identity(&self, uid: u32) -> Result<Identity, ServiceError> {
-        Ok(self.identities.by_uid(uid, true).await?)
+        self.identity_for(uid, Behalf::Root).await
+    }
+
+    async fn identity_for(&self, uid: u32, behalf: Behalf) -> Result<Identity, ServiceError> {
+        Ok(self.identities.by_uid_for(uid, true, behalf).await?)
     }
 
     /// The user and the policy in force, consistent with each other: their
-    /// groups are looked up only when that policy has group rules.
+    /// groups are looked up only when that policy has group rules. For
+    /// root's requests (logins) and the daemon's own work.
     async fn user_and_policy(&self, uid: u32) -> Result<(Identity, Arc<Policy>), ServiceError> {
+        self.user_and_policy_for(uid, Behalf::Root).await
+    }
+
+    /// [`Service::user_and_policy`] on behalf of `behalf`.
+    async fn user_and_policy_for(
+        &self,
+        uid: u32,
+        behalf: Behalf,
+    ) -> Result<(Identity, Arc<Policy>), ServiceError> {
         for _ in 0..3 {
             let policy = self.policy();
-            let id = self.identities.by_uid(uid, policy.uses_groups()).await?;
+            let id = self
+                .identities
+                .by_uid_for(uid, policy.uses_groups(), behalf)
+                .await?;
             // a reload in between: look again under the new policy
             if Arc::ptr_eq(&policy, &self.policy()) {
                 return Ok((id, policy));
             }
         }
-        Ok((self.identity(uid).await?, self.policy()))
+        Ok((self.identity_for(uid, behalf).await?, self.policy()))
     }
 
-    /// [`Service::apply_change`], then saves the ledger: the answer promises
-    /// the change is on disk.
+    /// [`Service::apply_change`], then lets go of the user's lock and saves
+    /// the ledger: the answer promises the change is on disk.
     async fn commit(
         &self,
+        guard: UserGuard,
         id: &Identity,
         change: &Change,
         on_refusal: OnRefusal,
@@ -274,6 +311,15 @@ impl<S: Systemd> Service<S> {
         why: &str,
     ) -> Result<(), ServiceError> {
         self.apply_change(id, change, on_refusal, by, why).await?;
+        self.save_unlocked(guard).await
+    }
+
+    /// Saves the ledger after a change to a user, without their lock: the
+    /// change is in the ledger and in systemd, and the save covers it
+    /// whoever writes it. The write (fsync, rename, fsync) can be slow, and
+    /// nothing of the user's, their logins least of all, waits for it.
+    async fn save_unlocked(&self, guard: UserGuard) -> Result<(), ServiceError> {
+        drop(guard);
         Ok(self.store.save().await?)
     }
 

@@ -50,7 +50,7 @@ impl<S: Systemd> Service<S> {
                 continue;
             };
             let up = policy.for_user(&id);
-            let _guard = self.locks.lock(uid).await;
+            let guard = self.locks.lock(uid).await;
             if let Some(ex) = &up.exempt {
                 tracing::info!(uid, user = %id.name, reason = %ex, "user is now exempt; lifting their limits");
                 self.drop_user(uid).await;
@@ -64,7 +64,7 @@ impl<S: Systemd> Service<S> {
             {
                 changed += 1;
                 let _ = self
-                    .commit(&id, &c, OnRefusal::Keep, 0, "policy reloaded")
+                    .commit(guard, &id, &c, OnRefusal::Keep, 0, "policy reloaded")
                     .await;
             }
             // a new leases.max_duration may have given a resize an end

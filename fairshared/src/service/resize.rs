@@ -44,7 +44,7 @@ impl<S: Systemd> Service<S> {
                 reason: ex.to_string(),
             });
         }
-        let _guard = self.locks.lock(id.uid).await;
+        let guard = self.locks.lock(id.uid).await;
         let cap = policy.capacity(self.host);
         let now = self.now();
         let ask = ResizeRequest {
@@ -92,8 +92,10 @@ impl<S: Systemd> Service<S> {
             Actor::User(_) => "resize",
             Actor::Root { .. } => "set by root",
         };
-        self.commit(&id, &change, undo, by, why).await?;
+        self.apply_change(&id, &change, undo, by, why).await?;
+        // armed with the lock held, so timers follow the ledger's order
         self.rearm_lease(id.uid);
+        self.save_unlocked(guard).await?;
         let (capacity, entry) = self
             .store
             .read(|l| (l.capacity(&cap), l.get(id.uid).cloned()));
@@ -156,7 +158,7 @@ impl<S: Systemd> Service<S> {
                 id.name
             )));
         }
-        let _guard = self.locks.lock(id.uid).await;
+        let guard = self.locks.lock(id.uid).await;
         let (prev, change) = self
             .store
             .mutate(|l| (l.get(id.uid).cloned(), l.release(id.uid, &up, actor)));
@@ -165,8 +167,10 @@ impl<S: Systemd> Service<S> {
             Actor::User(_) => "release",
             Actor::Root { .. } => "reset by root",
         };
-        self.commit(&id, &change, undo, by, why).await?;
+        self.apply_change(&id, &change, undo, by, why).await?;
+        // armed with the lock held, so timers follow the ledger's order
         self.rearm_lease(id.uid);
+        self.save_unlocked(guard).await?;
         let admin = self
             .store
             .read(|l| l.get(id.uid).and_then(|e| e.admin.clone()));

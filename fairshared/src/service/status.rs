@@ -7,6 +7,7 @@ use fairshare_proto::wire::{
 
 use super::{Reply, Service, ServiceError};
 use crate::admission::Peer;
+use crate::identity::names;
 use crate::ledger::Entry;
 use crate::systemd::{Systemd, slice_name};
 
@@ -14,13 +15,16 @@ impl<S: Systemd> Service<S> {
     /// The caller's allocation, or (root, or the caller by name) a named user's.
     pub(super) async fn status(&self, peer: Peer, user: Option<UserRef>) -> Reply {
         let (id, policy) = match &user {
-            None => self.user_and_policy(peer.uid).await?,
-            Some(r) => {
-                let id = self.identities.resolve(r).await?;
-                if id.uid != peer.uid && !peer.is_root() {
+            Some(r) if peer.is_root() => (self.identities.resolve(r).await?, self.policy()),
+            // Permission first: a user is only ever looked up themselves,
+            // never the user they name.
+            Some(UserRef::Uid(uid)) if *uid != peer.uid => return Err(ServiceError::NotYours),
+            _ => {
+                let mine = self.user_and_policy_for(peer.uid, peer.behalf()).await?;
+                if user.as_ref().is_some_and(|r| !names(r, &mine.0)) {
                     return Err(ServiceError::NotYours);
                 }
-                (id, self.policy())
+                mine
             }
         };
         let up = policy.for_user(&id);

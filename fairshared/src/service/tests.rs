@@ -389,52 +389,56 @@ async fn sessions_apply_the_default_and_the_last_close_releases() {
     assert!(ok.message.contains("last session closed"), "{}", ok.message);
     assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
     assert!(s.ledger().is_empty());
-    // a logind session's process is never moved, wherever it is right now
-    let me = std::process::id();
-    success(
-        send(
-            &s,
-            0,
-            &format!(r#"{{"type":"session_open","uid":1003,"pid":{me},"session_id":"c7"}}"#),
-        )
-        .await,
+    // A session process outside every user's slice (this test's children
+    // are, where the tests run as root outside any login) is moved when it
+    // is the process that asked, as the PAM module's is.
+    let stray = Proc::new();
+    let Some(crate::proc::Placement::Outside(_)) = crate::proc::placement(stray.pid()) else {
+        eprintln!("this test runs inside a user's slice: adoption not tried here");
+        return;
+    };
+    let asked = Peer {
+        uid: 0,
+        pid: Some(stray.pid() as i32),
+    };
+    let open = format!(
+        r#"{{"type":"session_open","uid":1002,"pid":{},"session_id":"c7"}}"#,
+        stray.pid()
     );
-    s.systemd()
-        .sessions
-        .lock()
-        .unwrap()
-        .push(crate::systemd::LogindSession {
-            id: "c8".into(),
-            uid: 1003,
-            leader: me,
-            ..Default::default()
-        });
-    success(
-        send(
-            &s,
-            0,
-            &format!(r#"{{"type":"session_open","uid":1003,"pid":{me}}}"#),
-        )
-        .await,
+    let ok = success(
+        s.handle(asked, parse_request(open.as_bytes()).unwrap())
+            .await,
     );
+    assert!(ok.message.contains("moved from"), "{}", ok.message);
     assert!(
-        !s.systemd()
+        s.systemd()
             .calls()
-            .iter()
-            .any(|c| matches!(c, Call::Adopt(..)))
+            .contains(&Call::Adopt(1002, stray.pid()))
     );
-    s.systemd().sessions.lock().unwrap().clear();
-    // a stray session process (this test's pid is not in any user slice) is adopted
+    // the session id it claimed is not its cgroup's: not believed
+    assert_eq!(s.ledger().get(1002).unwrap().sessions[0].session_id, None);
+    // Another process, neither the one that asked nor the user's: counted,
+    // left where it is.
+    let other = Proc::new();
     let ok = success(
         send(
             &s,
             0,
-            &format!(r#"{{"type":"session_open","uid":1002,"pid":{me}}}"#),
+            &format!(
+                r#"{{"type":"session_open","uid":1003,"pid":{}}}"#,
+                other.pid()
+            ),
         )
         .await,
     );
-    assert!(ok.message.contains("moved from"), "{}", ok.message);
-    assert!(s.systemd().calls().contains(&Call::Adopt(1002, me)));
+    assert!(ok.message.contains("left in"), "{}", ok.message);
+    assert!(ok.allocation.is_some());
+    assert!(
+        !s.systemd()
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Adopt(1003, _)))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1361,4 +1365,50 @@ async fn a_reload_that_sets_max_duration_ends_resizes_in_force() {
     tokio::time::advance(Duration::from_secs(1800)).await;
     wait_until(|| s.ledger().get(1001).is_none()).await;
     assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+}
+
+/// The users of [`users`], recording every lookup.
+struct Recording(std::sync::Mutex<Vec<String>>, Arc<Table>);
+
+impl Directory for Recording {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
+        self.0.lock().unwrap().push(format!("uid {uid}"));
+        self.1.by_uid(uid)
+    }
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
+        self.0.lock().unwrap().push(format!("name {name}"));
+        self.1.by_name(name)
+    }
+}
+
+#[tokio::test]
+async fn a_users_status_about_someone_else_is_refused_before_anyone_else_is_looked_up() {
+    let dir = Arc::new(Recording(Default::default(), users()));
+    let s = Arc::new(new_service(dir.clone(), parse(POLICY), None));
+    for other in [
+        r#"{"type":"status","user":"bob"}"#,
+        r#"{"type":"status","user":1002}"#,
+        r#"{"type":"status","user":"1002"}"#,
+        r#"{"type":"status","user":"nobody-here"}"#,
+    ] {
+        let e = error(send(&s, 1001, other).await);
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{other}: {}", e.error);
+    }
+    // only the caller was ever looked up (to tell their own name)
+    let seen = dir.0.lock().unwrap().clone();
+    assert!(seen.iter().all(|l| l == "uid 1001"), "{seen:?}");
+    // their own, by name or uid, is answered
+    assert_eq!(
+        status(send(&s, 1001, r#"{"type":"status","user":"alice"}"#).await).uid,
+        1001
+    );
+    assert_eq!(
+        status(send(&s, 1001, r#"{"type":"status","user":1001}"#).await).uid,
+        1001
+    );
+    // root may ask about anyone
+    assert_eq!(
+        status(send(&s, 0, r#"{"type":"status","user":"bob"}"#).await).uid,
+        1002
+    );
 }

@@ -84,7 +84,8 @@ impl Systemd for Fake {
         Ok(())
     }
 
-    async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {
+    async fn adopt(&self, uid: u32, process: &crate::proc::Pinned) -> Result<String, SystemdError> {
+        let pid = process.pid();
         self.pause().await;
         self.record(Call::Adopt(uid, pid));
         Ok(format!("fairshare-session-{uid}-{pid}.scope"))

@@ -51,13 +51,16 @@ pub trait Systemd: Send + Sync + 'static {
     /// became exempt or no longer exist).
     fn reset(&self, uid: u32) -> impl Future<Output = Result<(), SystemdError>> + Send;
 
-    /// Moves `pid` (a session process outside any user slice) into a new
-    /// transient scope inside `user-UID.slice`, so it and its children are
-    /// limited. Returns the scope's name.
+    /// Moves `process` (a session process outside any user slice) into a
+    /// new transient scope inside `user-UID.slice`, so it and its children
+    /// are limited. Returns the scope's name. Names the process by its pidfd
+    /// where systemd takes one (253 and later); else by pid, checked right
+    /// before the call to be still the pinned process
+    /// ([`Pinned::still_same`](crate::proc::Pinned::still_same)).
     fn adopt(
         &self,
         uid: u32,
-        pid: u32,
+        process: &crate::proc::Pinned,
     ) -> impl Future<Output = Result<String, SystemdError>> + Send;
 
     /// Whether logind counts `pid` in one of its sessions (then it is logind's
