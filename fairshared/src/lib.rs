@@ -20,6 +20,7 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod dropin;
 pub mod host;
 pub mod ledger;
 pub mod pidwatch;
