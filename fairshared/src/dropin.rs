@@ -88,8 +88,8 @@ const MAX_FILE: u64 = 64 * 1024;
 // ---------------------------------------------------------------- keys
 
 /// A slice setting fairshare manages. Adding one (issue 15: CPUWeight,
-/// IOWeight, MemoryLow, MemorySwapMax, IO bandwidth) is a variant here and a
-/// row in [`Key::spec`].
+/// IOWeight, MemoryLow, MemorySwapMax, IO bandwidth) is a variant here, a
+/// `Spec` constant, an arm in [`Key::spec`] and an entry in `SPECS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     CpuQuota,
@@ -131,44 +131,43 @@ pub struct Spec {
     pub policy_field: &'static str,
 }
 
-const SPECS: &[Spec] = &[
-    Spec {
-        key: Key::CpuQuota,
-        name: "CPUQuota",
-        kind: Kind::Quota,
-        property: "CPUQuotaPerSecUSec",
-        scale_property: None,
-        control_files: &["50-CPUQuota.conf"],
-        policy_field: "defaults.cpu",
-    },
-    Spec {
-        key: Key::MemoryMax,
-        name: "MemoryMax",
-        kind: Kind::Size,
-        property: "MemoryMax",
-        scale_property: Some("MemoryMaxScale"),
-        control_files: &["50-MemoryMax.conf", "50-MemoryMaxScale.conf"],
-        policy_field: "defaults.mem",
-    },
-    Spec {
-        key: Key::MemoryHigh,
-        name: "MemoryHigh",
-        kind: Kind::Size,
-        property: "MemoryHigh",
-        scale_property: Some("MemoryHighScale"),
-        control_files: &["50-MemoryHigh.conf", "50-MemoryHighScale.conf"],
-        policy_field: "defaults.mem_high",
-    },
-    Spec {
-        key: Key::TasksMax,
-        name: "TasksMax",
-        kind: Kind::Count,
-        property: "TasksMax",
-        scale_property: Some("TasksMaxScale"),
-        control_files: &["50-TasksMax.conf", "50-TasksMaxScale.conf"],
-        policy_field: "defaults.tasks",
-    },
-];
+const CPU_QUOTA: Spec = Spec {
+    key: Key::CpuQuota,
+    name: "CPUQuota",
+    kind: Kind::Quota,
+    property: "CPUQuotaPerSecUSec",
+    scale_property: None,
+    control_files: &["50-CPUQuota.conf"],
+    policy_field: "defaults.cpu",
+};
+const MEMORY_MAX: Spec = Spec {
+    key: Key::MemoryMax,
+    name: "MemoryMax",
+    kind: Kind::Size,
+    property: "MemoryMax",
+    scale_property: Some("MemoryMaxScale"),
+    control_files: &["50-MemoryMax.conf", "50-MemoryMaxScale.conf"],
+    policy_field: "defaults.mem",
+};
+const MEMORY_HIGH: Spec = Spec {
+    key: Key::MemoryHigh,
+    name: "MemoryHigh",
+    kind: Kind::Size,
+    property: "MemoryHigh",
+    scale_property: Some("MemoryHighScale"),
+    control_files: &["50-MemoryHigh.conf", "50-MemoryHighScale.conf"],
+    policy_field: "defaults.mem_high",
+};
+const TASKS_MAX: Spec = Spec {
+    key: Key::TasksMax,
+    name: "TasksMax",
+    kind: Kind::Count,
+    property: "TasksMax",
+    scale_property: Some("TasksMaxScale"),
+    control_files: &["50-TasksMax.conf", "50-TasksMaxScale.conf"],
+    policy_field: "defaults.tasks",
+};
+const SPECS: &[Spec] = &[CPU_QUOTA, MEMORY_MAX, MEMORY_HIGH, TASKS_MAX];
 
 impl Key {
     /// Every key fairshare manages, in the order files list them.
@@ -180,8 +179,12 @@ impl Key {
     ];
 
     pub fn spec(self) -> &'static Spec {
-        // SPECS has one row per variant, in declaration order.
-        &SPECS[self as usize]
+        match self {
+            Key::CpuQuota => &CPU_QUOTA,
+            Key::MemoryMax => &MEMORY_MAX,
+            Key::MemoryHigh => &MEMORY_HIGH,
+            Key::TasksMax => &TASKS_MAX,
+        }
     }
 
     pub fn name(self) -> &'static str {
