@@ -28,6 +28,7 @@
 pub mod admission;
 pub mod cgroup;
 pub mod cli;
+pub mod dropin;
 pub mod host;
 pub mod identity;
 pub mod kernfs;
