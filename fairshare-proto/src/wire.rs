@@ -525,12 +525,21 @@ pub struct StatusInfo {
     pub usage: Usage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// What root should know about the daemon itself (a broken policy file
+    /// it does not run on). Only in root's answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct UserList {
     pub users: Vec<StatusInfo>,
     pub capacity: Capacity,
+    /// What root should know: a broken policy file fairshared does not run
+    /// on, or that it is still catching up with logind after a start (users
+    /// may be missing from the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Response {

@@ -906,6 +906,24 @@ impl Layout {
             .collect()
     }
 
+    /// The values the runtime control files of managed keys set on this
+    /// user's slice, per key (`None`: no limit). A key with two files (an
+    /// absolute and a `…Scale` one) takes the later name, as systemd does.
+    pub fn control_values(&self, uid: u32) -> BTreeMap<Key, Option<Value>> {
+        let mut out = BTreeMap::new();
+        let mut files = self.control_files(uid, Key::ALL);
+        files.sort();
+        for path in files {
+            let Ok(Some(text)) = read_small(&path) else {
+                continue;
+            };
+            for a in slice_assignments(&path, &text) {
+                out.insert(a.key, a.value.filter(|v| *v != Value::Infinity));
+            }
+        }
+        out
+    }
+
     /// Every user with runtime values for managed keys: `(uid, keys)`.
     pub fn users_with_control_files(&self) -> io::Result<Vec<(u32, Vec<Key>)>> {
         let mut out = Vec::new();

@@ -26,7 +26,7 @@ impl<S: Systemd> Service<S> {
         });
     }
 
-    async fn expire_lease(&self, uid: u32, expires_at: u64) {
+    async fn expire_lease(self: &Arc<Self>, uid: u32, expires_at: u64) {
         let _guard = self.locks.lock(uid).await;
         // From here on this timer is no longer the user's to replace.
         self.leases.cancel(&uid);

@@ -125,7 +125,7 @@ impl<S: Systemd> Service<S> {
     }
 
     /// Back to the policy default; `by_root`: root's uid when root asked.
-    pub(super) async fn release(&self, id: Identity, by_root: Option<u32>) -> Reply {
+    pub(super) async fn release(self: &Arc<Self>, id: Identity, by_root: Option<u32>) -> Reply {
         let policy = self.policy();
         let up = policy.for_user(&id);
         if let Some(ex) = &up.exempt {

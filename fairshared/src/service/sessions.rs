@@ -17,6 +17,7 @@ impl<S: Systemd> Service<S> {
         let (id, policy) = self.user_and_policy(s.uid).await?;
         let up = policy.for_user(&id);
         if let Some(ex) = &up.exempt {
+            self.lift_exempt(&id, &up).await;
             return Ok(Response::success(format!(
                 "{} is not limited ({ex})",
                 id.name

@@ -3,13 +3,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use fairshare_proto::wire::Limits;
 use zbus::Str;
 use zbus::zvariant::{OwnedVariant, Variant};
 use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
-use super::{LogindSession, Systemd, SystemdError, slice_name, slice_properties};
+use super::{LogindSession, PropertyValue, Systemd, SystemdError, slice_name};
 
 struct Bus {
     conn: zbus::Connection,
@@ -143,30 +142,20 @@ fn refused(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
 }
 
 impl Systemd for Dbus {
-    async fn apply(&self, uid: u32, limits: &Limits) -> Result<(), SystemdError> {
+    async fn set(&self, uid: u32, props: &[(&'static str, PropertyValue)]) -> Result<(), SystemdError> {
         let unit = slice_name(uid);
-        let props = slice_properties(limits);
         self.with_retry(|_, m| {
             let unit = unit.clone();
             let props: Vec<(String, OwnedVariant)> = props
                 .iter()
-                .map(|(k, v)| (k.to_string(), OwnedVariant::from(*v)))
+                .map(|(k, v)| {
+                    let v = match *v {
+                        PropertyValue::U64(n) => OwnedVariant::from(n),
+                        PropertyValue::U32(n) => OwnedVariant::from(n),
+                    };
+                    (k.to_string(), v)
+                })
                 .collect();
-            async move { m.set_unit_properties(unit, true, props).await }
-        })
-        .await
-        .map_err(|e| refused("SetUnitProperties", &unit, e))
-    }
-
-    async fn reset(&self, uid: u32) -> Result<(), SystemdError> {
-        let unit = slice_name(uid);
-        self.with_retry(|_, m| {
-            let unit = unit.clone();
-            let props: Vec<(String, OwnedVariant)> =
-                ["CPUQuotaPerSecUSec", "MemoryMax", "MemoryHigh", "TasksMax"]
-                    .iter()
-                    .map(|k| (k.to_string(), OwnedVariant::from(u64::MAX)))
-                    .collect();
             async move { m.set_unit_properties(unit, true, props).await }
         })
         .await
