@@ -28,8 +28,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use fairshare_policy::{Identity, Policy};
 use fairshare_proto::wire::Limits;
 
-use crate::identity::Directory;
 use crate::dropin::{Entry, Key, Layout, OnDisk, Outcome, PropertyValue, Settings, Value};
+use crate::identity::Directory;
 
 /// Values of the managed keys (`None`: no limit, systemd's built-in
 /// default).
@@ -411,7 +411,6 @@ pub fn properties(keys: &[(Key, Option<Value>)]) -> Vec<(&'static str, PropertyV
         .map(|(k, v)| crate::dropin::property(*k, *v))
         .collect()
 }
-
 
 /// The files a policy asks for: G and the own files of every user it can
 /// name without a login.

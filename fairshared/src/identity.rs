@@ -115,6 +115,11 @@ impl Identities {
         self.directory.clone()
     }
 
+    /// Forgets every lookup (a reload reads users and groups afresh).
+    pub fn forget(&self) {
+        self.cache().clear();
+    }
+
     /// How many lookups are kept now.
     pub fn cached(&self) -> usize {
         self.cache().len()

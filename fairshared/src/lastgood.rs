@@ -71,7 +71,11 @@ mod tests {
     fn a_kept_policy_loads_as_the_original_did() {
         let src = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        fs::write(src.path().join("00-a.yaml"), "defaults: {cpu: 2, mem: 4G}\n").unwrap();
+        fs::write(
+            src.path().join("00-a.yaml"),
+            "defaults: {cpu: 2, mem: 4G}\n",
+        )
+        .unwrap();
         fs::write(src.path().join("10-b.yaml"), "defaults: {cpu: 3}\n").unwrap();
         let p = Policy::load(src.path()).unwrap();
         save(state.path(), &p).unwrap();
@@ -81,7 +85,10 @@ mod tests {
         fs::remove_file(src.path().join("10-b.yaml")).unwrap();
         let p2 = Policy::load(src.path()).unwrap();
         save(state.path(), &p2).unwrap();
-        assert_eq!(load(state.path()).unwrap().unwrap().plain_default(), p2.plain_default());
+        assert_eq!(
+            load(state.path()).unwrap().unwrap().plain_default(),
+            p2.plain_default()
+        );
         assert_eq!(fs::read_dir(dir(state.path())).unwrap().count(), 1);
     }
 }

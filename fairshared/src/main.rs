@@ -155,7 +155,10 @@ fn main() -> ExitCode {
 /// `2 h ago`, for messages.
 fn humantime_ago(t: std::time::SystemTime) -> String {
     match t.elapsed() {
-        Ok(d) => format!("{} ago", fairshare_proto::units::format_duration(Duration::from_secs(d.as_secs()))),
+        Ok(d) => format!(
+            "{} ago",
+            fairshare_proto::units::format_duration(Duration::from_secs(d.as_secs()))
+        ),
         Err(_) => "just now".into(),
     }
 }
@@ -207,12 +210,17 @@ fn write_defaults(policy: &Policy) -> ExitCode {
                 println!("removed {}", f.display());
             }
             for f in &w.foreign {
-                println!("left {} (not written by fairshared; see fairshared --check)", f.display());
+                println!(
+                    "left {} (not written by fairshared; see fairshared --check)",
+                    f.display()
+                );
             }
             if w.written.is_empty() && w.removed.is_empty() {
                 println!("the drop-ins already say what this policy says; nothing written");
             }
-            println!("new user slices get these values as they start; running ones get them from the daemon (fairshare-ctl reload)");
+            println!(
+                "new user slices get these values as they start; running ones get them from the daemon (fairshare-ctl reload)"
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -267,7 +275,9 @@ fn remove_defaults() -> ExitCode {
             .status()
         {
             Ok(s) if s.success() => {
-                println!("systemctl daemon-reload: running user slices are back to systemd's own defaults")
+                println!(
+                    "systemctl daemon-reload: running user slices are back to systemd's own defaults"
+                )
             }
             Ok(s) => {
                 eprintln!("fairshared: systemctl daemon-reload failed ({s}); run it by hand");
@@ -470,7 +480,10 @@ async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, service.clone(), stop_rx.clone()));
-    notify(&[NotifyState::Ready, NotifyState::Status(status_line(&service))]);
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(status_line(&service)),
+    ]);
     tracing::info!("ready");
     // Checking the saved ledger against the host and logind takes D-Bus
     // round trips; requests are answered meanwhile (per-user locks keep order).
@@ -498,7 +511,9 @@ async fn run(
 /// The line `systemctl status` shows.
 fn status_line(service: &Service<Dbus>) -> &'static str {
     match service.policy_problem() {
-        Some(_) => "serving with the LAST GOOD policy: the policy on disk has errors (fairshared --check)",
+        Some(_) => {
+            "serving with the LAST GOOD policy: the policy on disk has errors (fairshared --check)"
+        }
         None => "serving",
     }
 }

@@ -34,7 +34,9 @@ impl<S: Systemd> Service<S> {
         let d = self.dropins.clone();
         match tokio::task::spawn_blocking(move || d.load()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot read fairshare's drop-ins; writing them anew"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read fairshare's drop-ins; writing them anew")
+            }
             Err(e) => tracing::error!(error = %e, "reading fairshare's drop-ins"),
         }
         let changed = self.refresh().await;

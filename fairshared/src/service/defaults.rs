@@ -145,7 +145,12 @@ impl<S: Systemd> Service<S> {
             .iter()
             .chain(&logind)
             .copied()
-            .chain(known.iter().copied().filter(|u| self.dropins.has_runtime(*u)))
+            .chain(
+                known
+                    .iter()
+                    .copied()
+                    .filter(|u| self.dropins.has_runtime(*u)),
+            )
             .collect();
         let extra: Vec<u32> = running.iter().chain(&known).copied().collect();
         let dir = self.identities.directory();
@@ -191,7 +196,10 @@ impl<S: Systemd> Service<S> {
                 }
                 Err(_) => {
                     if tracked_here {
-                        tracing::warn!(uid, "uid {uid} no longer exists: dropping its allocation; its slice goes back to the policy default");
+                        tracing::warn!(
+                            uid,
+                            "uid {uid} no longer exists: dropping its allocation; its slice goes back to the policy default"
+                        );
                         self.store.mutate(|l| l.remove(uid));
                         changed.push(name.clone());
                     }
@@ -219,7 +227,9 @@ impl<S: Systemd> Service<S> {
                         changed.push(name);
                     }
                 }
-                Err(e) => tracing::error!(uid, error = %e, "could not set the policy on a running slice"),
+                Err(e) => {
+                    tracing::error!(uid, error = %e, "could not set the policy on a running slice")
+                }
             }
         }
         let d = self.dropins.clone();
@@ -239,7 +249,9 @@ impl<S: Systemd> Service<S> {
                     );
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "could not write the policy default drop-ins"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not write the policy default drop-ins")
+            }
             Err(e) => tracing::error!(error = %e, "writing the policy default drop-ins"),
         }
         let mut all: BTreeSet<u32> = running;

@@ -61,7 +61,9 @@ impl<S: Systemd> Service<S> {
                     "the policy at {} has errors; fairshared keeps the last policy that loaded until it is fixed (`fairshared --check` shows the errors, then `systemctl reload fairshared`)",
                     path.display()
                 )));
-                status_line("serving with the LAST GOOD policy: the policy on disk has errors (fairshared --check)");
+                status_line(
+                    "serving with the LAST GOOD policy: the policy on disk has errors (fairshared --check)",
+                );
                 Err(ServiceError::InvalidPolicy(errors))
             }
         }
@@ -76,7 +78,9 @@ impl<S: Systemd> Service<S> {
         let policy = self.policy();
         match tokio::task::spawn_blocking(move || crate::lastgood::save(&dir, &policy)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not keep a copy of the policy as the last good one"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not keep a copy of the policy as the last good one")
+            }
             Err(e) => tracing::warn!(error = %e, "keeping the last good policy"),
         }
     }
@@ -89,6 +93,8 @@ impl<S: Systemd> Service<S> {
     /// Returns the names of the users whose limits changed.
     pub async fn reload(self: &Arc<Self>, policy: Policy) -> Vec<String> {
         *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+        // group memberships may have changed too (`gpasswd`, then reload)
+        self.identities.forget();
         let changed = self.refresh().await;
         if let Err(e) = self.store.save().await {
             tracing::error!(error = %e, "could not save state after reload");

@@ -142,7 +142,11 @@ fn refused(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
 }
 
 impl Systemd for Dbus {
-    async fn set(&self, uid: u32, props: &[(&'static str, PropertyValue)]) -> Result<(), SystemdError> {
+    async fn set(
+        &self,
+        uid: u32,
+        props: &[(&'static str, PropertyValue)],
+    ) -> Result<(), SystemdError> {
         let unit = slice_name(uid);
         self.with_retry(|_, m| {
             let unit = unit.clone();

@@ -51,6 +51,9 @@ pub struct Fake {
     root: Option<PathBuf>,
     /// Running slices and the values in force on them.
     live: Mutex<HashMap<u32, Values>>,
+    /// A temporary root that goes with the fake (tests).
+    #[cfg(test)]
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Fake {
@@ -61,6 +64,22 @@ impl Fake {
             root: Some(root.into()),
             ..Fake::default()
         }
+    }
+
+    /// A fake with its own temporary root, removed with it (tests).
+    #[cfg(test)]
+    pub fn in_tempdir() -> Fake {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        Fake {
+            root: Some(dir.path().to_path_buf()),
+            _dir: Some(dir),
+            ..Fake::default()
+        }
+    }
+
+    /// Where the unit directories are.
+    pub fn root(&self) -> Option<&std::path::Path> {
+        self.root.as_deref()
     }
 
     fn layout(&self) -> Option<Layout> {
@@ -185,7 +204,11 @@ fn decode(name: &str, v: PropertyValue) -> Option<(Key, Option<Value>)> {
 }
 
 impl Systemd for Fake {
-    async fn set(&self, uid: u32, props: &[(&'static str, PropertyValue)]) -> Result<(), SystemdError> {
+    async fn set(
+        &self,
+        uid: u32,
+        props: &[(&'static str, PropertyValue)],
+    ) -> Result<(), SystemdError> {
         use std::sync::atomic::Ordering::SeqCst;
         let now = self.in_flight.fetch_add(1, SeqCst) + 1;
         self.max_in_flight.fetch_max(now, SeqCst);
@@ -218,7 +241,10 @@ impl Systemd for Fake {
                 let file = if spec.property == *name {
                     spec.control_files[0]
                 } else {
-                    spec.control_files.get(1).copied().unwrap_or(spec.control_files[0])
+                    spec.control_files
+                        .get(1)
+                        .copied()
+                        .unwrap_or(spec.control_files[0])
                 };
                 let text = format!(
                     "# This is a drop-in unit file extension, created via \"systemctl set-property\"\n\
