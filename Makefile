@@ -85,8 +85,12 @@ uninstall:
 	  pam-auth-update --package --remove fairshare; fi
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 	  systemctl disable --now fairshared.service fairshared.socket fairshare-metrics.timer 2> /dev/null || true; fi
-	@# the policy default drop-ins and the runtime values fairshared set: slices get systemd's own defaults back
-	@if [ -z "$(DESTDIR)" ] && [ -x $(SBINDIR)/fairshared ]; then $(SBINDIR)/fairshared --remove-defaults; fi
+	@# the policy default drop-ins and the runtime values fairshared set: slices get systemd's own
+	@# defaults back (without the binary, or under DESTDIR: every 40-fairshare.conf fairshared wrote)
+	@if [ -z "$(DESTDIR)" ] && [ -x $(SBINDIR)/fairshared ]; then $(SBINDIR)/fairshared --remove-defaults; \
+	else for f in $(DESTDIR)$(SYSCONFDIR)/systemd/system/user-*.slice.d/40-fairshare.conf; do \
+	  [ -f "$$f" ] && head -n 1 "$$f" | grep -q '^# Written by fairshared' || continue; \
+	  rm -f "$$f"; rmdir "$$(dirname "$$f")" 2> /dev/null || true; done; fi
 	rm -f $(DESTDIR)$(SBINDIR)/fairshared $(DESTDIR)$(BINDIR)/fairshare-ctl $(DESTDIR)$(PAMDIR)/pam_fairshare.so
 	rm -f $(DESTDIR)$(UNITDIR)/fairshared.service $(DESTDIR)$(UNITDIR)/fairshared.socket \
 	      $(DESTDIR)$(UNITDIR)/fairshare-metrics.service $(DESTDIR)$(UNITDIR)/fairshare-metrics.timer

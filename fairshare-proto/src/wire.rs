@@ -691,6 +691,7 @@ mod tests {
             notice: None,
             usage: Usage::default(),
             capacity: None,
+            warnings: Vec::new(),
         };
         let v = serde_json::to_value(Response::StatusInfo(Box::new(status.clone()))).unwrap();
         assert_eq!(v["type"], "status_info");

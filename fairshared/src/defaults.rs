@@ -90,6 +90,8 @@ struct Model {
     own: Values,
     /// U files still to write: the base, and why (the file's first line).
     pending: HashMap<u32, (Base, String)>,
+    /// Whether [`DropIns::load`] ran.
+    loaded: bool,
 }
 
 /// fairshare's drop-ins, on disk and in memory; see the module's doc.
@@ -132,11 +134,16 @@ impl DropIns {
     }
 
     /// Reads what is on disk: G, every U of fairshare's, every runtime
-    /// control file of a managed key, and systemd's own defaults. Blocking.
+    /// control file of a managed key, and systemd's own defaults. Runtime
+    /// values recorded meanwhile (a login answered before this) are kept.
+    /// Blocking; once (later calls do nothing).
     pub fn load(&self) -> io::Result<()> {
         let Some(l) = &self.layout else {
             return Ok(());
         };
+        if self.lock().loaded {
+            return Ok(());
+        }
         let global = match l.read_global()? {
             OnDisk::Ours(Entry::Limits(s)) => Some(s),
             _ => None,
@@ -150,8 +157,14 @@ impl DropIns {
         let mut m = self.lock();
         m.global = global;
         m.users = users;
-        m.runtime = runtime;
+        for (uid, values) in runtime {
+            let r = m.runtime.entry(uid).or_default();
+            for (k, v) in values {
+                r.entry(k).or_insert(v);
+            }
+        }
         m.own = own;
+        m.loaded = true;
         Ok(())
     }
 

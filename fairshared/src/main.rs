@@ -477,6 +477,7 @@ async fn run(
         tracing::info!(users = ledger.len(), "restoring saved allocations");
         service.load(ledger);
     }
+    service.load_dropins();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, service.clone(), stop_rx.clone()));

@@ -18,6 +18,14 @@ impl<S: Systemd> Service<S> {
         self.store.replace(saved);
     }
 
+    /// Reads fairshare's drop-ins (what slices that start get), before the
+    /// first request is answered. Blocking: a few small files.
+    pub fn load_dropins(&self) {
+        if let Err(e) = self.dropins.load() {
+            tracing::error!(error = %e, "cannot read fairshare's drop-ins; writing them anew");
+        }
+    }
+
     /// [`Service::load`] and [`Service::catch_up`] in one.
     pub async fn restore(self: &Arc<Self>, saved: Ledger) {
         self.load(saved);
