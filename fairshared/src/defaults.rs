@@ -240,6 +240,35 @@ impl DropIns {
         }
     }
 
+    /// What a running slice really carries (`CPUQuotaPerSecUSec`,
+    /// `MemoryMax`, `MemoryHigh`, `TasksMax`; `u64::MAX`: no limit), read
+    /// at start: where it differs from what the files say (a slice that
+    /// started before the files were written or changed, a crash between a
+    /// file and a call), the difference is recorded as in force, so that the
+    /// next sync sets it right. Shares (`33%`) cannot be compared with an
+    /// absolute value and are taken as they are. Returns the keys that
+    /// differed.
+    pub fn observed(&self, uid: u32, actual: [u64; 4]) -> Vec<Key> {
+        let mut m = self.lock();
+        let now = Self::in_force_of(&m, uid);
+        let mut differ = Vec::new();
+        for (k, n) in Key::ALL.iter().zip(actual) {
+            let real = (n != u64::MAX).then_some(Value::Amount(n));
+            match now.get(k).copied().flatten() {
+                Some(Value::Share(_)) => continue,
+                model if model == real => continue,
+                _ => differ.push((*k, real)),
+            }
+        }
+        if !differ.is_empty() {
+            let r = m.runtime.entry(uid).or_default();
+            for (k, v) in &differ {
+                r.insert(*k, *v);
+            }
+        }
+        differ.into_iter().map(|(k, _)| k).collect()
+    }
+
     /// `SetUnitProperties` wrote these keys (runtime control files).
     pub fn did_set(&self, uid: u32, keys: &[(Key, Option<Value>)]) {
         let mut m = self.lock();

@@ -47,6 +47,7 @@ impl<S: Systemd> Service<S> {
             }
             Err(e) => tracing::error!(error = %e, "reading fairshare's drop-ins"),
         }
+        self.check_running_slices().await;
         let changed = self.refresh().await;
         if !changed.is_empty() {
             tracing::info!(
@@ -63,6 +64,28 @@ impl<S: Systemd> Service<S> {
         }
         self.reconcile(None).await;
         self.caught_up.send_replace(true);
+    }
+
+    /// Reads what every slice logind knows really carries, once at start: a
+    /// slice that started before the drop-ins were written or changed
+    /// (first install, a policy changed while fairshared was stopped, a
+    /// crash between a file and a call) is then set right by the refresh.
+    async fn check_running_slices(&self) {
+        let Ok(users) = self.systemd.logind_users().await else {
+            return;
+        };
+        for (uid, name) in users {
+            match self.systemd.slice_values(uid).await {
+                Ok(Some(actual)) => {
+                    let keys = self.dropins.observed(uid, actual);
+                    if !keys.is_empty() {
+                        tracing::info!(uid, user = %name, "the slice of {name} does not carry what the drop-ins say ({keys:?}); setting it");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(uid, error = %e, "cannot read the limits on a running slice"),
+            }
+        }
     }
 
     /// Waits (at most `limit`) for the start-up catch-up; whether it is done.

@@ -8,7 +8,7 @@ use zbus::zvariant::{OwnedVariant, Variant};
 use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
-use super::{LogindSession, PropertyValue, Systemd, SystemdError, slice_name};
+use super::{LogindSession, PropertyValue, SliceValues, Systemd, SystemdError, slice_name};
 
 struct Bus {
     conn: zbus::Connection,
@@ -164,6 +164,45 @@ impl Systemd for Dbus {
         })
         .await
         .map_err(|e| refused("SetUnitProperties", &unit, e))
+    }
+
+    async fn slice_values(&self, uid: u32) -> Result<Option<SliceValues>, SystemdError> {
+        let unit = slice_name(uid);
+        self.with_retry(|c, m| {
+            let unit = unit.clone();
+            async move {
+                let path = match m.get_unit(unit).await {
+                    Ok(p) => p,
+                    // org.freedesktop.systemd1.NoSuchUnit: not loaded
+                    Err(zbus::Error::MethodError(..)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let props = zbus::fdo::PropertiesProxy::builder(&c)
+                    .destination("org.freedesktop.systemd1")
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?;
+                let all = props
+                    .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
+                        "org.freedesktop.systemd1.Slice",
+                    ))
+                    .await?;
+                let get = |k: &str| {
+                    all.get(k)
+                        .and_then(|v| u64::try_from(v).ok())
+                        .unwrap_or(u64::MAX)
+                };
+                Ok(Some([
+                    get("CPUQuotaPerSecUSec"),
+                    get("MemoryMax"),
+                    get("MemoryHigh"),
+                    get("TasksMax"),
+                ]))
+            }
+        })
+        .await
+        .map_err(|e| refused("GetAll", &unit, e))
     }
 
     async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use fairshare_proto::units::{Bytes, Cpus, Tasks};
 use fairshare_proto::wire::Limits;
 
-use super::{LogindSession, PropertyValue, Systemd, SystemdError, slice_name};
+use super::{LogindSession, PropertyValue, SliceValues, Systemd, SystemdError, slice_name};
 use crate::dropin::{Key, Layout, Value, write_atomic};
 
 /// One recorded call to the fake.
@@ -261,6 +261,24 @@ impl Systemd for Fake {
             *slice = values;
         }
         Ok(())
+    }
+
+    async fn slice_values(&self, uid: u32) -> Result<Option<SliceValues>, SystemdError> {
+        let Some(v) = self.live.lock().ok().and_then(|l| l.get(&uid).cloned()) else {
+            return Ok(None);
+        };
+        let n = |k: Key| match v.get(&k).copied().flatten() {
+            Some(Value::Amount(n)) => n,
+            // what a share comes to on this made-up host: 10 000 tasks
+            Some(Value::Share(p)) => u64::from(p),
+            _ => u64::MAX,
+        };
+        Ok(Some([
+            n(Key::CpuQuota),
+            n(Key::MemoryMax),
+            n(Key::MemoryHigh),
+            n(Key::TasksMax),
+        ]))
     }
 
     async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {

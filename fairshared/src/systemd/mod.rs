@@ -53,6 +53,14 @@ pub trait Systemd: Send + Sync + 'static {
         props: &[(&'static str, PropertyValue)],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
 
+    /// The values of fairshare's keys in force on `user-UID.slice` (`None`
+    /// when the slice is not loaded): the start-up check of running slices
+    /// against what the files say. Absolute amounts, `None` for no limit.
+    fn slice_values(
+        &self,
+        uid: u32,
+    ) -> impl Future<Output = Result<Option<SliceValues>, SystemdError>> + Send;
+
     /// Moves `pid` (a session process outside any user slice) into a new
     /// transient scope inside `user-UID.slice`, so it and its children are
     /// limited. Returns the scope's name.
@@ -85,6 +93,10 @@ pub trait Systemd: Send + Sync + 'static {
         only: Option<u32>,
     ) -> impl Future<Output = Result<Vec<LogindSession>, SystemdError>> + Send;
 }
+
+/// The values of `CPUQuotaPerSecUSec`, `MemoryMax`, `MemoryHigh` and
+/// `TasksMax` on a slice, in that order (`u64::MAX`: no limit).
+pub type SliceValues = [u64; 4];
 
 /// One logind session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

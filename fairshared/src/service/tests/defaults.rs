@@ -537,3 +537,24 @@ async fn a_restart_on_the_same_files_makes_no_call_for_users_at_their_default() 
     );
     assert!(layout(&s2).user_file(1003).ends_with(NAME));
 }
+
+#[tokio::test]
+async fn a_slice_that_started_before_the_files_were_written_is_set_at_start() {
+    // first install: users are logged in (no limits), then the package
+    // writes the drop-ins (`fairshared --write-defaults`), then the daemon
+    // starts: the files say the default, the running slices do not have it
+    let (s, users, _d) = site(SITE);
+    s.systemd().users.lock().unwrap().push((1001, "alice".into()));
+    s.systemd().start_slice(1001);
+    assert_eq!(s.systemd().in_force(1001)[&Key::CpuQuota], None);
+    let plan = crate::defaults::plan(&s.policy(), &*users, &[]);
+    let written = Layout::under(s.systemd().root().unwrap());
+    let d = crate::defaults::DropIns::new(Some(written));
+    d.write_all(&plan.global, &plan.global_why, &plan.users).unwrap();
+    s.catch_up().await;
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+    files_settle(&s).await;
+    assert!(control_files(&s, 1001).is_empty());
+    s.systemd().daemon_reload();
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+}
