@@ -21,7 +21,8 @@ impl<S: Systemd> Service<S> {
         self.leases.spawn(uid, async move {
             tokio::time::sleep(wait).await;
             if let Some(service) = this.upgrade() {
-                service.expire_lease(uid, expires_at).await;
+                // boxed: the timer waits small, one per leased user
+                Box::pin(service.expire_lease(uid, expires_at)).await;
             }
         });
     }
