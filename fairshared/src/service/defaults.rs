@@ -234,10 +234,19 @@ impl<S: Systemd> Service<S> {
         }
         let d = self.dropins.clone();
         let p = plan.clone();
-        match tokio::task::spawn_blocking(move || d.write_all(&p.global, &p.global_why, &p.users))
-            .await
+        // Serving with the last good policy: the drop-ins stay as they are
+        // until the file is fixed.
+        let broken = self.policy_problem().is_some();
+        match tokio::task::spawn_blocking(move || match broken {
+            false => d.write_all(&p.global, &p.global_why, &p.users).map(Some),
+            true => Ok(None),
+        })
+        .await
         {
-            Ok(Ok(w)) => {
+            Ok(Ok(None)) => tracing::warn!(
+                "the policy on disk has errors: fairshare's drop-ins are left as they are"
+            ),
+            Ok(Ok(Some(w))) => {
                 for f in &w.foreign {
                     tracing::warn!(path = %f.display(), "{} is not fairshare's: left as it is (see fairshared --check)", f.display());
                 }
