@@ -400,7 +400,7 @@ fn pam_page() -> String {
     section(&mut r, "DESCRIPTION");
     para(
         &mut r,
-        "At session open, pam_fairshare tells fairshared(8) that the user opened a session (uid, the session process, service, tty, remote host and, when pam_systemd ran before it, logind's session id); fairshared then applies the user's allocation to their slice, user-UID.slice. At session close it says the session ended; the last one releases the allocation. The other PAM entry points do nothing (PAM_IGNORE).",
+        "At session open, pam_fairshare tells fairshared(8) that the user opened a session (uid, the session process, service, tty, remote host and, when pam_systemd ran before it, logind's session id); fairshared counts it and makes sure the user's slice, user-UID.slice, has the user's allocation: a slice that started with the right values from systemd's drop-ins (see fairshared(8)) needs no change, so such a login costs one round trip and no call to systemd. At session close it says the session ended; the last one puts back the values that differ from the user's default. The other PAM entry points do nothing (PAM_IGNORE).",
     );
     para(
         &mut r,

@@ -83,7 +83,9 @@ impl<S: Systemd> Service<S> {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(uid, error = %e, "cannot read the limits on a running slice"),
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "cannot read the limits on a running slice")
+                }
             }
         }
     }

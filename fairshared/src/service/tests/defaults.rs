@@ -544,13 +544,18 @@ async fn a_slice_that_started_before_the_files_were_written_is_set_at_start() {
     // writes the drop-ins (`fairshared --write-defaults`), then the daemon
     // starts: the files say the default, the running slices do not have it
     let (s, users, _d) = site(SITE);
-    s.systemd().users.lock().unwrap().push((1001, "alice".into()));
+    s.systemd()
+        .users
+        .lock()
+        .unwrap()
+        .push((1001, "alice".into()));
     s.systemd().start_slice(1001);
     assert_eq!(s.systemd().in_force(1001)[&Key::CpuQuota], None);
     let plan = crate::defaults::plan(&s.policy(), &*users, &[]);
     let written = Layout::under(s.systemd().root().unwrap());
     let d = crate::defaults::DropIns::new(Some(written));
-    d.write_all(&plan.global, &plan.global_why, &plan.users).unwrap();
+    d.write_all(&plan.global, &plan.global_why, &plan.users)
+        .unwrap();
     s.catch_up().await;
     assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
     files_settle(&s).await;
