@@ -92,7 +92,7 @@ fn main() -> ExitCode {
                         policy_path.display(),
                         lastgood::dir(&args.state_dir).display(),
                         lastgood::saved_at(&args.state_dir)
-                            .map(|t| humantime_ago(t))
+                            .map(humantime_ago)
                             .unwrap_or_else(|| "at an unknown time".into()),
                     );
                     eprintln!("fairshared: {msg}");

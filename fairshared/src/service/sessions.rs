@@ -187,7 +187,9 @@ impl<S: Systemd> Service<S> {
 /// The task that waits for a session process to end: one per session, so
 /// its size is what every session costs the daemon while it waits (10 000
 /// sessions: 10 000 of them). The count-down after the end is boxed: it is
-/// a large future (the whole close path), needed once, at the end.
+/// a large future (the whole close path), needed once, at the end. Written
+/// out as `impl Future + Send + 'static` so the bound is checked here.
+#[allow(clippy::manual_async_fn)]
 fn watcher<S: Systemd>(
     this: std::sync::Weak<Service<S>>,
     uid: u32,
