@@ -75,6 +75,8 @@ install:
 	@# The policy is the admin's: installed once, never overwritten.
 	@if [ -e $(POLICY) ]; then echo "keeping $(POLICY)"; else install -D -m 644 etc/policy.d/00-defaults.yaml $(POLICY); fi
 	@if [ -e $(METRICSCONF) ]; then echo "keeping $(METRICSCONF)"; else install -D -m 644 etc/default/fairshare-metrics $(METRICSCONF); fi
+	@# the policy default as systemd's drop-in for user slices (no DESTDIR: on this host)
+	@[ -n "$(DESTDIR)" ] || $(DESTDIR)$(SBINDIR)/fairshared --write-defaults
 	@[ -n "$(DESTDIR)" ] || printf '\nNext:\n  systemctl daemon-reload && systemctl enable --now fairshared.socket fairshared.service\n  pam-auth-update --enable fairshare    # Debian/Ubuntu; see README "Enable on a host" for others\n'
 
 uninstall:
@@ -83,6 +85,12 @@ uninstall:
 	  pam-auth-update --package --remove fairshare; fi
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 	  systemctl disable --now fairshared.service fairshared.socket fairshare-metrics.timer 2> /dev/null || true; fi
+	@# the policy default drop-ins and the runtime values fairshared set: slices get systemd's own
+	@# defaults back (without the binary, or under DESTDIR: every 40-fairshare.conf fairshared wrote)
+	@if [ -z "$(DESTDIR)" ] && [ -x $(SBINDIR)/fairshared ]; then $(SBINDIR)/fairshared --remove-defaults; \
+	else for f in $(DESTDIR)$(SYSCONFDIR)/systemd/system/user-*.slice.d/40-fairshare.conf; do \
+	  [ -f "$$f" ] && head -n 1 "$$f" | grep -q '^# Written by fairshared' || continue; \
+	  rm -f "$$f"; rmdir "$$(dirname "$$f")" 2> /dev/null || true; done; fi
 	rm -f $(DESTDIR)$(SBINDIR)/fairshared $(DESTDIR)$(BINDIR)/fairshare-ctl $(DESTDIR)$(PAMDIR)/pam_fairshare.so
 	rm -f $(DESTDIR)$(UNITDIR)/fairshared.service $(DESTDIR)$(UNITDIR)/fairshared.socket \
 	      $(DESTDIR)$(UNITDIR)/fairshare-metrics.service $(DESTDIR)$(UNITDIR)/fairshare-metrics.timer

@@ -152,6 +152,9 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
     if let Some(n) = &s.notice {
         let _ = writeln!(out, "  note:       {n}");
     }
+    for w in &s.warnings {
+        let _ = writeln!(out, "  WARNING:    {w}");
+    }
     if let Some(t) = s.expires_at {
         let then = match (s.source, &s.root_setting) {
             (Source::Resize, Some(_)) => "root's setting",
@@ -293,6 +296,9 @@ pub fn list(l: &UserList) -> String {
         let _ = writeln!(out, "(no users hold an allocation)");
     }
     let _ = writeln!(out, "host: {}", capacity(&l.capacity));
+    for w in &l.warnings {
+        let _ = writeln!(out, "WARNING: {w}");
+    }
     out
 }
 
@@ -340,6 +346,7 @@ mod tests {
                 ..Usage::default()
             },
             capacity: None,
+            warnings: vec![],
         }
     }
 
@@ -441,8 +448,13 @@ mod tests {
                 cpu_free: Cpus::whole(5),
                 mem_free: Bytes(13 << 30),
             },
+            warnings: vec!["the policy at p.yaml has errors".into()],
         };
         let t = list(&l);
+        assert!(
+            t.ends_with("WARNING: the policy at p.yaml has errors\n"),
+            "{t}"
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("USER   UID   CPU  MEM"), "{t}");
         assert!(lines[1].starts_with("alice  1001  3    3G"), "{t}");

@@ -245,6 +245,17 @@ impl Policy {
         out
     }
 
+    /// `exempt.uid_below`: accounts below it are system accounts, exempt.
+    pub fn exempt_uid_below(&self) -> u32 {
+        self.uid_below
+    }
+
+    /// The policy default for a user no group or user rule names: what every
+    /// user slice gets from systemd's drop-in.
+    pub fn plain_default(&self) -> Limits {
+        resolve(&self.defaults, &self.max).default
+    }
+
     /// Whether any rule depends on a user's groups (`exempt.groups`,
     /// `groups`). When none does, a user's groups need not be looked up.
     pub fn uses_groups(&self) -> bool {

@@ -532,6 +532,10 @@ pub struct StatusInfo {
     pub usage: Usage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// What root should know about the daemon itself (a broken policy file
+    /// it does not run on). Only in root's answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Root's setting for a user: the fields root named (the others come from
@@ -570,6 +574,11 @@ impl fmt::Display for RootSetting {
 pub struct UserList {
     pub users: Vec<StatusInfo>,
     pub capacity: Capacity,
+    /// What root should know: a broken policy file fairshared does not run
+    /// on, or that it is still catching up with logind after a start (users
+    /// may be missing from the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Response {
@@ -722,6 +731,7 @@ mod tests {
             root_setting: None,
             usage: Usage::default(),
             capacity: None,
+            warnings: Vec::new(),
         };
         let v = serde_json::to_value(Response::StatusInfo(Box::new(status.clone()))).unwrap();
         assert_eq!(v["type"], "status_info");

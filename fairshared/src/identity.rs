@@ -55,6 +55,18 @@ pub trait Directory: Send + Sync + 'static {
         self.by_uid(uid)
     }
     fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError>;
+    /// The names of a group's members: its member list, and the local
+    /// accounts whose primary group it is (for the users' own drop-ins,
+    /// written before they log in).
+    fn group_members(&self, _group: &str) -> Vec<String> {
+        Vec::new()
+    }
+    /// The uids of the local accounts (`/etc/passwd`) below `below`: system
+    /// accounts, exempt by `exempt.uid_below`, which the PAM module never
+    /// reports to fairshared.
+    fn local_uids_below(&self, _below: u32) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// The system's user database, through NSS.
@@ -69,6 +81,12 @@ impl Directory for Nss {
     }
     fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
         users::by_name(name)
+    }
+    fn group_members(&self, group: &str) -> Vec<String> {
+        users::group_members(group)
+    }
+    fn local_uids_below(&self, below: u32) -> Vec<u32> {
+        users::local_uids_below(below)
     }
 }
 
@@ -129,6 +147,16 @@ impl Identities {
 
     fn cache(&self) -> MutexGuard<'_, HashMap<u32, Cached>> {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The directory itself (for lookups made in a blocking task).
+    pub fn directory(&self) -> Arc<dyn Directory> {
+        self.directory.clone()
+    }
+
+    /// Forgets every lookup (a reload reads users and groups afresh).
+    pub fn forget(&self) {
+        self.cache().clear();
     }
 
     /// How many lookups are kept now.

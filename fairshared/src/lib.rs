@@ -31,10 +31,13 @@
 pub mod admission;
 pub mod cgroup;
 pub mod cli;
+pub mod defaults;
+pub mod dropin;
 pub mod health;
 pub mod host;
 pub mod identity;
 pub mod kernfs;
+pub mod lastgood;
 pub mod ledger;
 pub mod locks;
 pub mod nss_check;

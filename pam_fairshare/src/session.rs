@@ -8,6 +8,7 @@
 use fairshare_proto::placement::Placement;
 use fairshare_proto::wire::{ErrorCode, Request, Response, SessionClose, SessionOpen};
 use fairshare_proto::{Client, ClientError};
+use std::path::Path;
 
 use crate::config::{Config, Fail};
 
@@ -231,7 +232,10 @@ pub fn open(
         Fail::Open => Outcome::new(
             Verdict::Success,
             Level::Warning,
-            format!("{problem}; {user} logs in WITHOUT fairshare limits (fail=open)"),
+            format!(
+                "{problem}; {user} logs in with {} (fail=open)",
+                what_systemd_gives(Path::new(UNIT_DIR), uid)
+            ),
         ),
         Fail::Closed => Outcome {
             verdict: Verdict::Refuse(
@@ -281,6 +285,56 @@ pub fn close(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Outcome {
                 "{}; the session of {user} will be counted down when fairshared notices it ended",
                 describe(&e)
             ),
+        ),
+    }
+}
+
+/// Where fairshared writes its drop-ins for user slices.
+const UNIT_DIR: &str = "/etc/systemd/system";
+/// Their name, and their first line.
+const DROPIN: &str = "40-fairshare.conf";
+const HEADER: &str = "# Written by fairshared";
+
+/// What a login gets from systemd alone when fairshared cannot be asked:
+/// the user's own drop-in (their default, or exempt), else the policy
+/// default for every user slice, else nothing of fairshare's.
+fn what_systemd_gives(unit_dir: &Path, uid: u32) -> String {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .filter(|t| t.starts_with(HEADER) && t.len() < 64 * 1024)
+    };
+    let settings = |t: &str| {
+        t.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && !l.starts_with('[') && l.contains('='))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let own = unit_dir.join(format!("user-{uid}.slice.d")).join(DROPIN);
+    if let Some(t) = read(&own) {
+        let s = settings(&t);
+        return match s.is_empty() {
+            true => format!(
+                "systemd's own defaults, no fairshare limit (exempt, {})",
+                own.display()
+            ),
+            false => format!(
+                "their own default from systemd's drop-in ({s}; {})",
+                own.display()
+            ),
+        };
+    }
+    let global = unit_dir.join("user-.slice.d").join(DROPIN);
+    match read(&global) {
+        Some(t) => format!(
+            "the policy default from systemd's drop-in ({}; {})",
+            settings(&t),
+            global.display()
+        ),
+        None => format!(
+            "WITHOUT fairshare limits (no {} of fairshared's: run `fairshared --write-defaults`)",
+            global.display()
         ),
     }
 }
@@ -479,6 +533,49 @@ mod tests {
         assert_eq!(v["service"], "sshd");
         assert_eq!(v["rhost"], "127.0.0.1");
         assert_eq!(v["session_id"], "7");
+    }
+
+    #[test]
+    fn fail_open_says_what_systemds_drop_ins_give_the_login() {
+        let d = tempfile::tempdir().unwrap();
+        let u = d.path();
+        assert!(what_systemd_gives(u, 1001).starts_with("WITHOUT fairshare limits"));
+        let put = |rel: &str, text: &str| {
+            let p = u.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put(
+            "user-.slice.d/40-fairshare.conf",
+            "# Written by fairshared (the policy default).\n[Slice]\nCPUQuota=200%\nTasksMax=500\n",
+        );
+        let g = what_systemd_gives(u, 1001);
+        assert!(
+            g.starts_with("the policy default from systemd's drop-in (CPUQuota=200% TasksMax=500;"),
+            "{g}"
+        );
+        put(
+            "user-1003.slice.d/40-fairshare.conf",
+            "# Written by fairshared (stu: group students).\n[Slice]\nCPUQuota=100%\n",
+        );
+        let own = what_systemd_gives(u, 1003);
+        assert!(
+            own.starts_with("their own default from systemd's drop-in (CPUQuota=100%;"),
+            "{own}"
+        );
+        put(
+            "user-1004.slice.d/40-fairshare.conf",
+            "# Written by fairshared (ann: exempt).\n# No fairshare limit.\n",
+        );
+        assert!(
+            what_systemd_gives(u, 1004).starts_with("systemd's own defaults, no fairshare limit")
+        );
+        // an admin's file of the same name is not fairshare's word
+        put(
+            "user-1005.slice.d/40-fairshare.conf",
+            "[Slice]\nCPUQuota=900%\n",
+        );
+        assert!(what_systemd_gives(u, 1005).starts_with("the policy default"));
     }
 
     #[test]

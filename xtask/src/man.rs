@@ -182,18 +182,35 @@ fn without_preamble(text: &str) -> String {
 
 fn fairshared_page() -> Result<String, String> {
     clap_page(fairshared::cli::command(), "FAIRSHARED", "8", |r| {
+        section(r, "THE POLICY DEFAULT FROM SYSTEMD");
+        para(
+            r,
+            "fairshared writes the policy default as a drop-in that systemd itself applies to every user slice as it starts: /etc/systemd/system/user-.slice.d/40-fairshare.conf (CPUQuota=, MemoryMax=, MemoryHigh= when the policy sets a soft limit, TasksMax=). A user whose default differs (a group or user override) gets their own /etc/systemd/system/user-UID.slice.d/40-fairshare.conf with every value; root, nobody (65534), system accounts and exempt users get a comment-only file of that name, which masks the default so that systemd's own defaults apply (its TasksMax=33%, no CPU or memory limit). So a login is limited even while fairshared is stopped, crashed or not installed any more, and after a reboot before fairshared starts. Each file starts with # Written by fairshared; a file of that name that does not is an admin's, and is left alone.",
+        );
+        para(
+            r,
+            "The files are written at start, after every reload that loads, and for a user fairshared resolves for the first time (after answering their login); by fairshared --write-defaults (the package and make install) without a daemon. A login whose slice started from the right file makes no call to systemd: fairshared counts the session. Resizes, leases and root's sets are runtime values on top (SetUnitProperties, /run/systemd/system.control); the last logout sets back only the values that differ from the user's default, and removes their runtime files, so that what the files say is what is in force. fairshared never writes an explicit infinity: lifting a user's limits gives back systemd's own defaults.",
+        );
+        para(
+            r,
+            "A user whose own default fairshared has never seen (a member of an LDAP group the policy names, logging in for the first time while fairshared is down) gets the plain default until fairshared is back. fairshared --check shows which drop-ins of others (a hand-written user-.slice.d/50-limits.conf, a persistent systemctl set-property) change what fairshare sets, and whether the default in force matches the policy. fairshared --remove-defaults (the package's removal and make uninstall) removes every file of fairshared's and the runtime values it set, then runs systemctl daemon-reload.",
+        );
         section(r, "RELOADING THE POLICY");
         para(
             r,
-            "fairshared reads its policy again, from the path it was started with, on SIGHUP (which systemctl reload fairshared sends) and when root runs fairshare-ctl reload. A policy with errors is refused and the old one stays in force: fairshare-ctl reload prints every error and exits 1; after SIGHUP, and so after systemctl reload, which itself reports success, the errors are only in the journal (journalctl -u fairshared). Check a changed policy first with fairshared --check or fairshare-ctl check.",
+            "fairshared reads its policy again, from the path it was started with, on systemctl reload fairshared (which runs fairshared --reload and waits for the answer), on fairshare-ctl reload, and on SIGHUP. A policy with errors is refused: the old one stays in force and so do the drop-ins; systemctl reload and fairshare-ctl reload exit non-zero with every error, which systemctl status shows too. Check a changed policy first with fairshared --check or fairshare-ctl check.",
         );
         para(
             r,
-            "A policy that loads is applied at once to every user fairshared tracks (users with a session or an allocation): a user without a resize gets the new default, a resize above a lowered maximum is cut down to it, and a user who became exempt has their limits lifted. fairshare-ctl reload answers how many users' limits changed.",
+            "A policy that loads is put in force at once: its drop-ins are written, every running slice whose values change is set (one call per user, the changed values only, no daemon-reload), every user logind knows is looked at again (a user no longer exempt is counted and limited, a user now exempt gets systemd's own defaults back), and resizes above a lowered maximum are cut down to it. The answer and the journal name the users whose limits changed. User and group lookups are made afresh at a reload.",
         );
         para(
             r,
-            "A policy with errors at start stops fairshared with exit status 78, which the shipped fairshared.service tells systemd not to restart on: fix the policy, then systemctl restart fairshared.",
+            "Every policy that loads is kept as /var/lib/fairshare/policy.last-good/. A policy with errors at start makes fairshared serve with that one, saying so in the journal, in systemctl status, in fairshare-ctl list and status (root) and in fairshared --check, so that the socket never fails and logins are answered; after fixing the file, one systemctl reload (or restart) puts it in force. Only when no policy ever loaded on the host does fairshared exit with status 78, which the shipped unit tells systemd not to restart on.",
+        );
+        para(
+            r,
+            "Right after a start, fairshare-ctl list waits (at most 5 s) until fairshared has counted the sessions opened while it was away, and says so if it is still catching up.",
         );
         section(r, "LEASES");
         para(
@@ -226,28 +243,43 @@ fn fairshared_page() -> Result<String, String> {
         item(
             r,
             "/var/lib/fairshare/state.json",
-            "Allocations, sessions and leases (mode 0600). A resize is saved before it is answered, a login right after. Each save writes state.json.tmp, flushes it and renames it over state.json, so a crash leaves the old file or the new one. At start fairshared answers from the saved ledger at once and, in the background, applies every user's limits again, restarts lease timers and checks sessions against logind. A file that cannot be read is moved aside as state.json.corrupt-TIME and the ledger is rebuilt from logind and the policy. When the state cannot be saved (disk full, read-only), a change is still applied and the answer says it was not saved.",
+            "Allocations, sessions and leases (mode 0600). A resize is saved before it is answered, a login right after. Each save writes state.json.tmp, flushes it and renames it over state.json, so a crash leaves the old file or the new one. At start fairshared answers from the saved ledger at once and, in the background, checks every running slice against the drop-ins and the ledger (setting what differs, e.g. resizes after a reboot), restarts lease timers and checks sessions against logind. A file that cannot be read is moved aside as state.json.corrupt-TIME and the ledger is rebuilt from logind and the policy. When the state cannot be saved (disk full, read-only), a change is still applied and the answer says it was not saved.",
+        );
+        item(
+            r,
+            "/var/lib/fairshare/policy.last-good/",
+            "A copy of the last policy that loaded, what fairshared runs on when the policy on disk has errors at start.",
+        );
+        item(
+            r,
+            "/etc/systemd/system/user-.slice.d/40-fairshare.conf",
+            "The policy default, applied by systemd to every user slice as it starts (see THE POLICY DEFAULT FROM SYSTEMD).",
+        );
+        item(
+            r,
+            "/etc/systemd/system/user-UID.slice.d/40-fairshare.conf",
+            "One user's own default, or a comment-only file for a user fairshare does not limit.",
         );
         item(
             r,
             "/run/systemd/system.control/user-UID.slice.d/",
-            "The limits in force, as systemd runtime drop-ins written through SetUnitProperties. They stay when fairshared stops or restarts, and go at reboot.",
+            "Resizes, leases and root's sets in force, as systemd runtime drop-ins written through SetUnitProperties. They stay when fairshared stops or restarts, and go at reboot.",
         );
         section(r, "EXIT STATUS");
         item(
             r,
             "0",
-            "Stopped by SIGTERM or SIGINT (the limits stay in force), or --check found the policy valid.",
+            "Stopped by SIGTERM or SIGINT (the limits stay in force); --check found the policy valid; --write-defaults, --remove-defaults or --reload did what they were asked.",
         );
         item(
             r,
             "78",
-            "The policy has errors (at start, or with --check); each is printed with its file, line and field.",
+            "The policy has errors (with --check or --write-defaults, which then changes no file; at start only when no policy ever loaded here); each is printed with its file, line and field.",
         );
         item(
             r,
             "1",
-            "Any other reason it could not run: not root, the socket in use, no D-Bus system bus, the state directory unusable.",
+            "Any other reason it could not run: not root, the socket in use, no D-Bus system bus, the state directory unusable; with --reload, the daemon refused the policy (its errors on stderr) or could not be asked.",
         );
         section(r, "ENVIRONMENT");
         item(
@@ -263,11 +295,12 @@ fn fairshared_page() -> Result<String, String> {
                 "fairshared policy.yaml /tmp/fairshare.sock",
                 "fairshared --check /etc/fairshare/policy.d",
                 "systemctl reload fairshared",
+                "fairshared --write-defaults",
             ],
         );
         para(
             r,
-            "The first uses /etc/fairshare/policy.d/ and /run/fairshare.sock (or the socket systemd passes); the second is the original quick start; the third checks a policy and exits; the last re-reads the policy of a running daemon.",
+            "The first uses /etc/fairshare/policy.d/ and /run/fairshare.sock (or the socket systemd passes); the second is the original quick start; the third checks a policy (and the drop-ins of others) and exits; the fourth re-reads the policy of a running daemon and fails with its errors; the last writes the policy default drop-ins without a daemon.",
         );
         section(r, "SEE ALSO");
         r.text([roman(
@@ -388,7 +421,7 @@ fn pam_page() -> String {
     section(&mut r, "DESCRIPTION");
     para(
         &mut r,
-        "At session open, pam_fairshare tells fairshared(8) that the user opened a session (uid, the session process, service, tty, remote host and, when pam_systemd ran before it, logind's session id); fairshared then applies the user's allocation to their slice, user-UID.slice. At session close it says the session ended; the last one releases the allocation. The other PAM entry points do nothing (PAM_IGNORE).",
+        "At session open, pam_fairshare tells fairshared(8) that the user opened a session (uid, the session process, service, tty, remote host and, when pam_systemd ran before it, logind's session id); fairshared counts it and makes sure the user's slice, user-UID.slice, has the user's allocation: a slice that started with the right values from systemd's drop-ins (see fairshared(8)) needs no change, so such a login costs one round trip and no call to systemd. At session close it says the session ended; the last one puts back the values that differ from the user's default. The other PAM entry points do nothing (PAM_IGNORE).",
     );
     para(
         &mut r,

@@ -25,7 +25,8 @@ impl<S: Systemd> Service<S> {
         self.leases.spawn(uid, async move {
             tokio::time::sleep_until(deadline).await;
             if let Some(service) = this.upgrade() {
-                service.expire_lease(uid).await;
+                // boxed: the timer waits small, one per leased user
+                Box::pin(service.expire_lease(uid)).await;
             }
         });
     }

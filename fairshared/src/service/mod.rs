@@ -19,10 +19,11 @@
 //!
 //! A change to a user follows one path: take the user's lock, decide in the
 //! pure ledger (a [`Change`]), write it to systemd ([`Service::apply_change`]),
-//! let go of the lock, then save ([`Service::commit`], or in the background
-//! for sessions).
+//! let go of the lock, then save ([`Service::save_unlocked`], or in the
+//! background for sessions).
 
 mod catch_up;
+mod defaults;
 mod error;
 mod leases;
 mod metrics;
@@ -44,6 +45,8 @@ pub use self::metrics::{Counters, Refused};
 use crate::admission::Admission;
 pub use crate::admission::Peer;
 use crate::cgroup::Cgroups;
+use crate::defaults::DropIns;
+use crate::dropin::Layout;
 use crate::identity::{Behalf, Identities};
 pub use crate::identity::{Directory, IDENTITY_TTL, Nss};
 use crate::ledger::{Actor, Change, Entry, Ledger};
@@ -125,6 +128,15 @@ pub struct Service<S: Systemd> {
     /// Lease timers, by uid.
     leases: Tasks<u32>,
     counters: Counters,
+    /// fairshare's drop-ins: the policy default systemd applies itself.
+    dropins: Arc<DropIns>,
+    /// Set once the start-up catch-up is done (`list` waits for it).
+    caught_up: tokio::sync::watch::Sender<bool>,
+    /// Why the policy in force is not the one on disk (a bad file), for
+    /// `status` and `list`; `None` when they agree.
+    policy_problem: RwLock<Option<String>>,
+    /// The state directory, where the last good policy is kept.
+    last_good: Option<PathBuf>,
 }
 
 impl<S: Systemd> Service<S> {
@@ -150,7 +162,48 @@ impl<S: Systemd> Service<S> {
             watchers: Tasks::default(),
             leases: Tasks::default(),
             counters: Counters::default(),
+            dropins: Arc::new(DropIns::default()),
+            caught_up: tokio::sync::watch::channel(false).0,
+            policy_problem: RwLock::new(None),
+            last_good: None,
         }
+    }
+
+    /// Where fairshare's drop-ins are read and written (the host's
+    /// `Layout::system()` in the daemon; without it, tests and benchmarks
+    /// keep the same model in memory and write no file).
+    pub fn with_dropins(mut self, layout: Layout) -> Service<S> {
+        self.dropins = Arc::new(DropIns::new(Some(layout)));
+        self
+    }
+
+    /// Keeps a copy of every policy that loads under `state_dir` (see
+    /// [`crate::lastgood`]).
+    pub fn with_last_good(mut self, state_dir: PathBuf) -> Service<S> {
+        self.last_good = Some(state_dir);
+        self
+    }
+
+    /// Says that the policy in force is not the one on disk, and why (a
+    /// broken file; fairshared runs on the last one that loaded).
+    pub fn set_policy_problem(&self, problem: Option<String>) {
+        *self
+            .policy_problem
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = problem;
+    }
+
+    /// Why the policy in force is not the one on disk, if it is not.
+    pub fn policy_problem(&self) -> Option<String> {
+        self.policy_problem
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The drop-in model (tests, benchmarks).
+    pub fn dropins(&self) -> &DropIns {
+        &self.dropins
     }
 
     /// How long user lookups are reused (tests).
@@ -299,21 +352,6 @@ impl<S: Systemd> Service<S> {
         Ok((self.identity_for(uid, behalf).await?, self.policy()))
     }
 
-    /// [`Service::apply_change`], then lets go of the user's lock and saves
-    /// the ledger: the answer promises the change is on disk.
-    async fn commit(
-        &self,
-        guard: UserGuard,
-        id: &Identity,
-        change: &Change,
-        on_refusal: OnRefusal,
-        by: u32,
-        why: &str,
-    ) -> Result<(), ServiceError> {
-        self.apply_change(id, change, on_refusal, by, why).await?;
-        self.save_unlocked(guard).await
-    }
-
     /// Saves the ledger after a change to a user, without their lock: the
     /// change is in the ledger and in systemd, and the save covers it
     /// whoever writes it. The write (fsync, rename, fsync) can be slow, and
@@ -323,19 +361,27 @@ impl<S: Systemd> Service<S> {
         Ok(self.store.save().await?)
     }
 
-    /// Writes a change to systemd (when the slice needs it) and logs it;
-    /// `by` is who made it, `why` what for.
+    /// Puts a change on the user's slice, only the keys that differ from
+    /// what is in force there (no D-Bus call when none does: a login whose
+    /// slice started from the right drop-in), and logs it; `by` is who made
+    /// it, `why` what for.
     async fn apply_change(
-        &self,
+        self: &Arc<Self>,
         id: &Identity,
         change: &Change,
         on_refusal: OnRefusal,
         by: u32,
         why: &str,
     ) -> Result<(), ServiceError> {
-        let applied = self.store.read(|l| l.get(id.uid).and_then(|e| e.applied));
-        if change.needs_apply(applied.as_ref()) {
-            if let Err(e) = self.systemd.apply(id.uid, &change.new).await {
+        let up = self.policy().for_user(id);
+        let (base, target) = self.target(&up, Some(&change.new));
+        let sources = || format!("{}: {}", id.name, up.sources.join(", "));
+        match self
+            .put_on_slice(id.uid, base, sources, &target, defaults::Files::Later)
+            .await
+        {
+            Ok(_) => self.store.mutate(|l| l.mark_applied(id.uid, change.new)),
+            Err(e) => {
                 if let OnRefusal::Restore(prev) = on_refusal {
                     self.store.mutate(|l| l.restore(id.uid, prev));
                 }
@@ -352,7 +398,6 @@ impl<S: Systemd> Service<S> {
                     source: e,
                 });
             }
-            self.store.mutate(|l| l.mark_applied(id.uid, change.new));
         }
         if change.alters_allocation() {
             let old = change
@@ -375,15 +420,6 @@ impl<S: Systemd> Service<S> {
             );
         }
         Ok(())
-    }
-
-    /// Forgets a user and lifts the limits fairshare set on their slice (a
-    /// user who became exempt or no longer exists). Call with their lock.
-    async fn drop_user(&self, uid: u32) {
-        self.store.mutate(|l| l.remove(uid));
-        if let Err(e) = self.systemd.reset(uid).await {
-            tracing::error!(uid, error = %e, "could not lift the limits of uid {uid}: {e}");
-        }
     }
 }
 

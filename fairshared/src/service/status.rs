@@ -11,6 +11,9 @@ use crate::identity::names;
 use crate::ledger::Entry;
 use crate::systemd::{Systemd, slice_name};
 
+/// How long `list` waits for the start-up catch-up.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl<S: Systemd> Service<S> {
     /// The caller's allocation, or (root, or the caller by name) a named user's.
     pub(super) async fn status(&self, peer: Peer, user: Option<UserRef>) -> Reply {
@@ -32,6 +35,9 @@ impl<S: Systemd> Service<S> {
         let cap = self.store.read(|l| l.capacity(&policy.capacity(self.host)));
         let mut info = self.status_info(id.uid, &id.name, &up, entry.as_ref());
         info.capacity = Some(cap);
+        if peer.is_root() {
+            info.warnings = self.policy_problem().into_iter().collect();
+        }
         Ok(Response::StatusInfo(Box::new(info)))
     }
 
@@ -83,6 +89,7 @@ impl<S: Systemd> Service<S> {
             notice: entry.and_then(|e| e.notice.clone()),
             usage: self.cgroups.usage(uid),
             capacity: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -109,8 +116,22 @@ impl<S: Systemd> Service<S> {
         (users, capacity)
     }
 
+    /// Every tracked user. Right after a start, waits for the catch-up
+    /// with logind (a few seconds at most), so that users it is about to
+    /// count are not missing; says so if it is still going on.
     pub(super) async fn list(&self) -> Response {
+        let caught_up = self.wait_caught_up(CATCH_UP_WAIT).await;
         let (users, capacity) = self.list_rows().await;
-        Response::UserList(UserList { users, capacity })
+        let mut warnings: Vec<String> = self.policy_problem().into_iter().collect();
+        if !caught_up {
+            warnings.push(
+                "fairshared is still catching up with logind after its start: users whose sessions it has not counted yet are missing; ask again in a moment".into(),
+            );
+        }
+        Response::UserList(UserList {
+            users,
+            capacity,
+            warnings,
+        })
     }
 }

@@ -40,14 +40,27 @@ groups:
     defaults: {cpu: 1, mem: 2G}
 ";
 
-/// A service on the fake systemd, a 2-CPU 8G host and no cgroup files.
+/// A service on the fake systemd, a 2-CPU 8G host and no cgroup files;
+/// systemd's unit directories under a temporary directory that lives as
+/// long as the test process (the fake and the drop-ins share it).
 fn new_service(
     directory: Arc<dyn Directory>,
     policy: Policy,
     state: Option<StateFile>,
 ) -> Service<Fake> {
+    with_fake(Fake::in_tempdir(), directory, policy, state)
+}
+
+/// The same on a given fake (a restart keeps its root).
+fn with_fake(
+    fake: Fake,
+    directory: Arc<dyn Directory>,
+    policy: Policy,
+    state: Option<StateFile>,
+) -> Service<Fake> {
+    let root = fake.root().unwrap().to_path_buf();
     Service::new(
-        Fake::default(),
+        fake,
         directory,
         policy,
         HostResources {
@@ -57,6 +70,7 @@ fn new_service(
         Cgroups::detect("/nonexistent-cgroup-root"),
         state,
     )
+    .with_dropins(crate::dropin::Layout::under(&root))
 }
 
 /// The policy in `text`, as if read from `p.yaml`.
@@ -1335,7 +1349,7 @@ async fn status_shows_roots_setting_and_a_clamp_leaves_a_note() {
             "defaults: {cpu: 2, mem: 8G}\nmax: {cpu: 4, mem: 32G}\n",
         ))
         .await;
-    assert_eq!(changed, 1);
+    assert_eq!(changed, ["bob"]);
     let st = status(send(&s, 1002, r#"{"type":"status"}"#).await);
     assert_eq!(st.allocated_cpu, Some(Cpus::whole(4)));
     let note = st.notice.unwrap();
@@ -1412,3 +1426,6 @@ async fn a_users_status_about_someone_else_is_refused_before_anyone_else_is_look
         1002
     );
 }
+/// Issue 12 and the reload parts of issue 17: the policy default from
+/// systemd's drop-ins.
+mod defaults;

@@ -3,14 +3,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use fairshare_proto::wire::Limits;
 use zbus::Fd;
 use zbus::Str;
 use zbus::zvariant::{OwnedVariant, Variant};
 use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
-use super::{LogindSession, Systemd, SystemdError, slice_name, slice_properties};
+use super::{LogindSession, PropertyValue, SliceValues, Systemd, SystemdError, slice_name};
 use crate::proc::Pinned;
 
 struct Bus {
@@ -173,14 +172,23 @@ fn refused(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
 }
 
 impl Systemd for Dbus {
-    async fn apply(&self, uid: u32, limits: &Limits) -> Result<(), SystemdError> {
+    async fn set(
+        &self,
+        uid: u32,
+        props: &[(&'static str, PropertyValue)],
+    ) -> Result<(), SystemdError> {
         let unit = slice_name(uid);
-        let props = slice_properties(limits);
         self.with_retry(|_, m| {
             let unit = unit.clone();
             let props: Vec<(String, OwnedVariant)> = props
                 .iter()
-                .map(|(k, v)| (k.to_string(), OwnedVariant::from(*v)))
+                .map(|(k, v)| {
+                    let v = match *v {
+                        PropertyValue::U64(n) => OwnedVariant::from(n),
+                        PropertyValue::U32(n) => OwnedVariant::from(n),
+                    };
+                    (k.to_string(), v)
+                })
                 .collect();
             async move { m.set_unit_properties(unit, true, props).await }
         })
@@ -188,19 +196,43 @@ impl Systemd for Dbus {
         .map_err(|e| refused("SetUnitProperties", &unit, e))
     }
 
-    async fn reset(&self, uid: u32) -> Result<(), SystemdError> {
+    async fn slice_values(&self, uid: u32) -> Result<Option<SliceValues>, SystemdError> {
         let unit = slice_name(uid);
-        self.with_retry(|_, m| {
+        self.with_retry(|c, m| {
             let unit = unit.clone();
-            let props: Vec<(String, OwnedVariant)> =
-                ["CPUQuotaPerSecUSec", "MemoryMax", "MemoryHigh", "TasksMax"]
-                    .iter()
-                    .map(|k| (k.to_string(), OwnedVariant::from(u64::MAX)))
-                    .collect();
-            async move { m.set_unit_properties(unit, true, props).await }
+            async move {
+                let path = match m.get_unit(unit).await {
+                    Ok(p) => p,
+                    // org.freedesktop.systemd1.NoSuchUnit: not loaded
+                    Err(zbus::Error::MethodError(..)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let props = zbus::fdo::PropertiesProxy::builder(&c)
+                    .destination("org.freedesktop.systemd1")
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?;
+                let all = props
+                    .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
+                        "org.freedesktop.systemd1.Slice",
+                    ))
+                    .await?;
+                let get = |k: &str| {
+                    all.get(k)
+                        .and_then(|v| u64::try_from(v).ok())
+                        .unwrap_or(u64::MAX)
+                };
+                Ok(Some([
+                    get("CPUQuotaPerSecUSec"),
+                    get("MemoryMax"),
+                    get("MemoryHigh"),
+                    get("TasksMax"),
+                ]))
+            }
         })
         .await
-        .map_err(|e| refused("SetUnitProperties", &unit, e))
+        .map_err(|e| refused("GetAll", &unit, e))
     }
 
     async fn adopt(&self, uid: u32, process: &Pinned) -> Result<String, SystemdError> {
