@@ -12,6 +12,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod client;
+pub mod events;
+pub mod sanitize;
 pub mod units;
 pub mod wire;
 
