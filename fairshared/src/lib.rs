@@ -20,6 +20,7 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod events;
 pub mod host;
 pub mod ledger;
 pub mod pidwatch;
@@ -28,4 +29,5 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod systemd;
+pub mod tty;
 pub mod users;
