@@ -28,6 +28,7 @@
 pub mod admission;
 pub mod cgroup;
 pub mod cli;
+pub mod events;
 pub mod host;
 pub mod identity;
 pub mod kernfs;
@@ -42,4 +43,5 @@ pub mod state;
 pub mod store;
 pub mod systemd;
 pub mod tasks;
+pub mod tty;
 pub mod users;
