@@ -140,6 +140,7 @@ pub fn status(s: &StatusInfo) -> String {
     if let Some(c) = &s.capacity {
         let _ = writeln!(out, "  host:       {}", capacity(c));
     }
+    out.push_str(&crate::events::status_lines(s));
     if !s.active && s.sessions == 0 {
         let _ = writeln!(
             out,
@@ -243,6 +244,8 @@ mod tests {
                 ..Usage::default()
             },
             capacity: None,
+            events: vec![],
+            terminal_notices: None,
         }
     }
 

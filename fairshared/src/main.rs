@@ -231,7 +231,8 @@ async fn run(
     );
     let service = Arc::new(
         Service::new(systemd, Arc::new(Nss), policy, host, cgroups, Some(state))
-            .with_policy_path(args.policy_path()),
+            .with_policy_path(args.policy_path())
+            .with_kernel_log(std::path::Path::new(fairshared::events::kernel_log::DEVICE)),
     );
     if let Some(ledger) = saved {
         tracing::info!(users = ledger.len(), "restoring saved allocations");

@@ -45,6 +45,9 @@ pub enum Verdict {
 pub struct Outcome {
     pub verdict: Verdict,
     pub log: Vec<(Level, String)>,
+    /// The login line fairshared sent, cleaned (shown only where
+    /// [`fairshare_proto::login::show`] says so).
+    pub login_line: Option<String>,
 }
 
 impl Outcome {
@@ -52,6 +55,7 @@ impl Outcome {
         Outcome {
             verdict,
             log: vec![(level, msg.into())],
+            login_line: None,
         }
     }
 }
@@ -127,7 +131,14 @@ pub fn open(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Outcome {
     });
     let client = Client::new(&cfg.socket, cfg.timeout);
     let problem = match client.call(&req) {
-        Ok(Response::Success(s)) => return Outcome::new(Verdict::Success, Level::Info, s.message),
+        Ok(Response::Success(s)) => {
+            let mut o = Outcome::new(Verdict::Success, Level::Info, s.message);
+            o.login_line = s
+                .login_line
+                .as_deref()
+                .and_then(fairshare_proto::login::text);
+            return o;
+        }
         Ok(Response::Error(e)) if e.code == ErrorCode::Exempt => {
             return Outcome::new(Verdict::Ignore, Level::Debug, e.error);
         }
@@ -163,6 +174,7 @@ pub fn open(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Outcome {
                 "Login refused: this host could not apply your resource limits (fairshare). Please try again in a minute or contact the administrator.".into(),
             ),
             log: vec![(Level::Error, format!("{problem}; refusing the login of {user} (fail=closed)"))],
+            login_line: None,
         },
     }
 }
@@ -274,6 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn the_login_line_comes_with_the_answer_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), Fail::Open);
+        let d = daemon(
+            &c.socket,
+            vec![(
+                Duration::ZERO,
+                b"{\"type\":\"success\",\"message\":\"alice: 2 CPUs\",\"login_line\":\"fairshare: 2 CPUs\\u001b[2J on this host\\n\"}\n",
+            )],
+        );
+        let o = open(&c, &login("alice"), &users);
+        d.join().unwrap();
+        assert_eq!(o.verdict, Verdict::Success);
+        assert_eq!(
+            o.login_line.as_deref(),
+            Some("fairshare: 2 CPUs?[2J on this host")
+        );
+    }
+
+    #[test]
     fn root_system_and_unknown_users_pass_straight_through() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), Fail::Closed); // no daemon at all
@@ -333,6 +365,7 @@ mod tests {
         let o = open(&c, &login("alice"), &users);
         assert_eq!(o.verdict, Verdict::Success);
         assert_eq!(o.log, vec![(Level::Info, "alice: 2 CPUs".to_string())]);
+        assert_eq!(o.login_line, None);
         let seen = d.join().unwrap();
         let v: serde_json::Value = serde_json::from_str(&seen[0]).unwrap();
         assert_eq!(v["type"], "session_open");

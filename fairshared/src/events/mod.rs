@@ -4,9 +4,12 @@
 //! line at login. The design, and the measurements it rests on, are in
 //! `docs/design/notices.md`.
 //!
-//! This module holds the pure parts; the per-user watcher that reads the
-//! cgroup files, the kernel log and logind, and writes to terminals
-//! ([`crate::tty`]), is wired into the daemon separately.
+//! The pure parts, then the I/O around them: [`watch`] (one task per
+//! logged-in user on their slice's event files), [`kernel_log`] (victims'
+//! names from `/dev/kmsg`) and [`hub`] (the owner of the history, choices,
+//! bursts, watchers and counters). The service decides what a notice says
+//! and writes it to the user's terminals ([`crate::tty`]) in
+//! `service/notices.rs`.
 //!
 //! * [`counters`]: the cgroup files per layout and what is in them.
 //! * [`oom`]: which kills the slice's own limit caused (v2 counters, v1
@@ -19,11 +22,15 @@
 //! * [`history`]: each user's recent events and their notices choice.
 //! * [`notice`]: the notice and login line texts, with the resize that
 //!   would help.
+//! * [`watch`], [`kernel_log`], [`hub`]: see above.
 
 pub mod coalesce;
 pub mod counters;
 pub mod history;
+pub mod hub;
+pub mod kernel_log;
 pub mod kmsg;
 pub mod notice;
 pub mod oom;
 pub mod throttle;
+pub mod watch;

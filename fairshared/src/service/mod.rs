@@ -10,6 +10,7 @@
 //! | [`Admission`] | root-only kinds and per-user rate limits, before dispatch |
 //! | [`Tasks`] | session process watchers (by pid), lease timers (by uid) |
 //! | [`Counters`] | what the metrics count |
+//! | [`Notices`] | events: history, notices choices, event watchers (by uid) |
 //!
 //! One file per concern of the requests: `status` (status, list), `resize`
 //! (resize, release, set_user), `reload`, `sessions` (open, close, processes
@@ -25,6 +26,7 @@ mod catch_up;
 mod error;
 mod leases;
 mod metrics;
+mod notices;
 mod reload;
 mod resize;
 mod sessions;
@@ -43,6 +45,7 @@ pub use self::metrics::{Counters, Refused};
 use crate::admission::Admission;
 pub use crate::admission::Peer;
 use crate::cgroup::Cgroups;
+use crate::events::hub::Notices;
 use crate::identity::Identities;
 pub use crate::identity::{Directory, IDENTITY_TTL, Nss};
 use crate::ledger::{Actor, Change, Entry, Ledger};
@@ -124,6 +127,8 @@ pub struct Service<S: Systemd> {
     /// Lease timers, by uid.
     leases: Tasks<u32>,
     counters: Counters,
+    /// Events and notices (issue 14), with the per-user event watchers.
+    notices: Arc<Notices>,
 }
 
 impl<S: Systemd> Service<S> {
@@ -135,6 +140,9 @@ impl<S: Systemd> Service<S> {
         cgroups: Cgroups,
         state: Option<StateFile>,
     ) -> Service<S> {
+        let notices_file = state
+            .as_ref()
+            .map(|s| s.path().with_file_name(crate::events::hub::FILE));
         Service {
             systemd,
             policy: RwLock::new(Arc::new(policy)),
@@ -149,6 +157,7 @@ impl<S: Systemd> Service<S> {
             watchers: Tasks::default(),
             leases: Tasks::default(),
             counters: Counters::default(),
+            notices: Arc::new(Notices::new(notices_file, now())),
         }
     }
 
@@ -195,6 +204,9 @@ impl<S: Systemd> Service<S> {
 
     /// Saves every change made so far (at shutdown, after background saves).
     pub async fn flush(&self) -> Result<(), SaveError> {
+        if let Err(e) = self.notices.save().await {
+            tracing::error!(error = %e, "could not save the event history");
+        }
         self.store.save().await
     }
 
@@ -241,6 +253,8 @@ impl<S: Systemd> Service<S> {
             Request::Metrics => Ok(Response::Metrics {
                 text: self.metrics().await,
             }),
+            Request::Events(q) => self.events(peer, q).await,
+            Request::Notices(c) => self.set_notices(peer, c).await,
         }
     }
 
@@ -327,6 +341,7 @@ impl<S: Systemd> Service<S> {
     /// user who became exempt or no longer exists). Call with their lock.
     async fn drop_user(&self, uid: u32) {
         self.store.mutate(|l| l.remove(uid));
+        self.events_stopped(uid);
         if let Err(e) = self.systemd.reset(uid).await {
             tracing::error!(uid, error = %e, "could not lift limits");
         }

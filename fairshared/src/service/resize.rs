@@ -121,6 +121,7 @@ impl<S: Systemd> Service<S> {
             ),
             allocation: Some(change.new),
             capacity: Some(capacity),
+            ..Success::default()
         }))
     }
 
@@ -149,6 +150,7 @@ impl<S: Systemd> Service<S> {
             ),
             allocation: Some(change.new),
             capacity: Some(self.store.read(|l| l.capacity(&policy.capacity(self.host)))),
+            ..Success::default()
         }))
     }
 }

@@ -45,6 +45,7 @@ impl<S: Systemd> Service<S> {
             .await;
         self.store.save_later();
         self.watch(id.uid, s.pid, pidfd);
+        self.events_started(id.uid);
         drop(guard);
         // Limit the slice first, then put a stray session process into it.
         let adopted = self.adopt_stray(&id, &s).await?;
@@ -53,6 +54,7 @@ impl<S: Systemd> Service<S> {
             message: format!("{}: {}{adopted}", id.name, change.new),
             allocation: Some(change.new),
             capacity: None,
+            login_line: self.login_line(id.uid, &policy, &up, &change.new),
         }))
     }
 
@@ -129,6 +131,7 @@ impl<S: Systemd> Service<S> {
             )));
         };
         self.leases.cancel(&id.uid);
+        self.events_stopped(id.uid);
         if up.exempt.is_some() {
             self.store.save_later();
             return Ok(Response::success(format!(

@@ -26,6 +26,8 @@ impl<S: Systemd> Service<S> {
         let cap = self.store.read(|l| l.capacity(&policy.capacity(self.host)));
         let mut info = self.status_info(id.uid, &id.name, &up, entry.as_ref());
         info.capacity = Some(cap);
+        info.events = self.notices.recent(id.uid, super::notices::STATUS_EVENTS);
+        info.terminal_notices = Some(self.notices.setting(id.uid, policy.notices().terminal));
         Ok(Response::StatusInfo(Box::new(info)))
     }
 
@@ -65,8 +67,10 @@ impl<S: Systemd> Service<S> {
                 .and_then(|e| e.grant.as_ref())
                 .and_then(|g| g.expires_at),
             notice: entry.and_then(|e| e.notice.clone()),
-            usage: self.cgroups.usage(uid),
+            usage: self.durable_usage(uid, self.cgroups.usage(uid)),
             capacity: None,
+            events: Vec::new(),
+            terminal_notices: None,
         }
     }
 
