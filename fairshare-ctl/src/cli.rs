@@ -360,6 +360,54 @@ mod tests {
     }
 
     #[test]
+    fn events_and_notices() {
+        let c = Cli::try_parse_from([
+            "fairshare-ctl",
+            "events",
+            "--follow",
+            "--since",
+            "1h",
+            "--user",
+            "bob",
+            "--json",
+        ])
+        .unwrap();
+        assert!(c.connection().json);
+        match c.command {
+            Command::Events(e) => {
+                assert!(e.follow);
+                assert_eq!(e.since, Some(Duration::from_secs(3600)));
+                assert_eq!(e.user.as_deref(), Some("bob"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (word, want) in [
+            ("off", NoticesState::Off),
+            ("on", NoticesState::On),
+            ("default", NoticesState::Default),
+        ] {
+            match Cli::try_parse_from(["fairshare-ctl", "notices", word])
+                .unwrap()
+                .command
+            {
+                Command::Notices(n) => assert_eq!(n.state, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(["fairshare-ctl", "notices", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["fairshare-ctl", "notices"]).is_err());
+        let help = command()
+            .find_subcommand_mut("events")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("You may raise it up to 32G: fairshare-ctl resize --mem 16G"),
+            "the help shows a notice: {help}"
+        );
+    }
+
+    #[test]
     fn metrics_options_go_together() {
         let m = |args: &[&str]| {
             let mut v = vec!["fairshare-ctl", "metrics"];

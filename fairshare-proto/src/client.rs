@@ -295,6 +295,32 @@ mod tests {
     }
 
     #[test]
+    fn follow_reads_answers_until_the_daemon_hangs_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(sock(&dir)).unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+            let mut w = &s;
+            w.write_all(b"{\"type\":\"success\",\"message\":\"one\"}\n")
+                .unwrap();
+            // later answers come after the first one's deadline
+            std::thread::sleep(Duration::from_millis(400));
+            w.write_all(b"{\"type\":\"success\",\"message\":\"two\"}\nnot json\n")
+                .unwrap();
+            line
+        });
+        let c = Client::new(sock(&dir), Duration::from_millis(200));
+        let (first, mut rest) = c.follow(&Request::Release).unwrap();
+        assert_eq!(first, Response::success("one"));
+        assert_eq!(rest.next().unwrap().unwrap(), Response::success("two"));
+        assert!(matches!(rest.next(), Some(Err(ClientError::Protocol(_)))));
+        assert!(rest.next().is_none());
+        assert!(server.join().unwrap().contains("release"));
+    }
+
+    #[test]
     fn no_socket_is_not_running() {
         let dir = tempfile::tempdir().unwrap();
         let c = Client::new(sock(&dir), Duration::from_millis(200));

@@ -350,3 +350,5 @@ impl<S: Systemd> Service<S> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_notices;

@@ -156,11 +156,13 @@ impl<S: Systemd> Service<S> {
     /// Watches every user with sessions (restored from the saved ledger, or
     /// counted from logind) and nobody else (`only`: that user alone).
     pub(super) fn sweep_event_watchers(self: &Arc<Self>, only: Option<u32>) {
-        let users: Vec<(u32, bool)> = self.store.read(|l| {
-            l.entries()
-                .filter(|(u, _)| only.is_none_or(|o| o == **u))
+        let users: Vec<(u32, bool)> = self.store.read(|l| match only {
+            // a user logind reports: not in the ledger means no sessions
+            Some(u) => vec![(u, l.get(u).is_some_and(|e| !e.sessions.is_empty()))],
+            None => l
+                .entries()
                 .map(|(u, e)| (*u, !e.sessions.is_empty()))
-                .collect()
+                .collect(),
         });
         for (uid, sessions) in users {
             match sessions {
@@ -171,7 +173,7 @@ impl<S: Systemd> Service<S> {
     }
 
     /// A watcher found something: make the event, tell it, record it.
-    async fn event_found(self: &Arc<Self>, uid: u32, found: Found) {
+    pub(super) async fn event_found(self: &Arc<Self>, uid: u32, found: Found) {
         let now = self.now();
         let policy = self.policy();
         let entry = self.store.read(|l| l.get(uid).cloned());
