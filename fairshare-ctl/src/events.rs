@@ -124,8 +124,12 @@ pub fn status_lines(s: &StatusInfo) -> String {
         let _ = writeln!(out, "  notices:    {t}");
     }
     for (i, e) in s.events.iter().enumerate() {
-        let head = if i == 0 { "  events:  " } else { "           " };
-        let _ = writeln!(out, "{head}  {}", event_line(e, now));
+        let head = if i == 0 {
+            "  events:     "
+        } else {
+            "              "
+        };
+        let _ = writeln!(out, "{head}{}", event_line(e, now));
     }
     out
 }
