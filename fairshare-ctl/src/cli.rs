@@ -15,7 +15,7 @@ use fairshare_proto::units::{Bytes, Cpus, Tasks};
     long_about = "See and resize your fairshare allocation: the CPU, memory and task limits of your \
 user slice on this host. Resizes stay within the maximum the admin's policy allows you and the \
 host's free capacity. Root can also list every user and set anyone's allocation.",
-    after_help = "Examples:\n  fairshare-ctl status\n  fairshare-ctl resize --cpu 4 --mem 16G\n  fairshare-ctl resize --cpu 8 --for 4h\n  fairshare-ctl release\n  sudo fairshare-ctl list\n  sudo fairshare-ctl set alice --cpu 8 --mem 32G\n\nExit status: 0 done; 1 refused by fairshared (the reason is on stderr); 2 bad usage; 3 fairshared unreachable or not answering; 78 (check) the policy has errors.",
+    after_help = "Examples:\n  fairshare-ctl status\n  fairshare-ctl resize --cpu 4 --mem 16G\n  fairshare-ctl resize --cpu 8 --for 4h\n  fairshare-ctl release\n  fairshare-ctl events\n  fairshare-ctl notices off\n  sudo fairshare-ctl list\n  sudo fairshare-ctl set alice --cpu 8 --mem 32G\n\nExit status: 0 done; 1 refused by fairshared (the reason is on stderr); 2 bad usage; 3 fairshared unreachable or not answering; 78 (check) the policy has errors.",
     propagate_version = true
 )]
 pub struct Cli {
@@ -139,6 +139,30 @@ the file from FAIRSHARE_METRICS_FILE (default /var/lib/prometheus/node-exporter/
 and these options from FAIRSHARE_METRICS_OPTIONS, both set in /etc/default/fairshare-metrics."
     )]
     Metrics(MetricsArgs),
+    /// What your limits did: processes killed at your memory limit, time held at your CPU limit
+    #[command(
+        long_about = "What your limits did: processes the kernel killed because your processes \
+reached their memory limit, and times your CPU limit held your processes back for most of a \
+minute (or reclaim above your soft memory limit stalled them). fairshared keeps your last 32 \
+events for a week. When one happens, your terminals (ssh -t logins) get a notice like this, \
+once per burst:\n\n\
+  fairshare: process 4242 (make) was killed: your processes reached their memory limit of 8G.\n\
+    You may raise it up to 32G: fairshare-ctl resize --mem 16G\n\
+    (fairshare-ctl events lists what happened; fairshare-ctl notices off stops these messages)\n\n\
+Process names are shown escaped (\\x1b for an escape character, \\n for a line break): they \
+are chosen by whoever ran the process.",
+        after_help = "Examples:\n  fairshare-ctl events\n  fairshare-ctl events --since 1h\n  fairshare-ctl events --follow\n  sudo fairshare-ctl events --user alice --json"
+    )]
+    Events(EventsArgs),
+    /// Turn the notices on your terminals off or on (saved; events are recorded either way)
+    #[command(
+        long_about = "Turn the notices fairshare writes to your terminals off or on, or back to \
+the policy's default (notices.terminal, on unless the admin says otherwise). The choice is \
+saved and kept across logins and restarts. Events are recorded either way: fairshare-ctl \
+events lists them. Terminals closed with `mesg n` get no notices either.",
+        after_help = "Examples:\n  fairshare-ctl notices off\n  fairshare-ctl notices on\n  sudo fairshare-ctl notices default --user alice"
+    )]
+    Notices(NoticesArgs),
     /// Check a policy file or directory without a daemon (as fairshared --check)
     #[command(
         long_about = "Check a policy file or directory without a daemon and without root, as \
@@ -175,6 +199,8 @@ impl Command {
             Command::Set { .. } => "set",
             Command::Reload(_) => "reload",
             Command::Metrics(_) => "metrics",
+            Command::Events(_) => "events",
+            Command::Notices(_) => "notices",
             Command::Check { .. } => "check",
         }
     }
@@ -187,10 +213,50 @@ impl Command {
             | Command::List(conn)
             | Command::Reload(conn) => Some(conn),
             Command::Metrics(m) => Some(&m.conn),
+            Command::Events(e) => Some(&e.conn),
+            Command::Notices(n) => Some(&n.conn),
             Command::Resize(sizes) | Command::Set { sizes, .. } => Some(&sizes.conn),
             Command::Check { .. } => None,
         }
     }
+}
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct EventsArgs {
+    /// Keep watching and print each new event as it happens (Ctrl-C ends it)
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only events of the last DURATION, e.g. 1h, 2d
+    #[arg(long, value_name = "DURATION", value_parser = parse_lease)]
+    pub since: Option<Duration>,
+    /// Another user's (root only)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// `notices off|on|default`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticesState {
+    /// No notices on your terminals
+    Off,
+    /// Notices on your terminals
+    On,
+    /// As the policy says (notices.terminal)
+    Default,
+}
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct NoticesArgs {
+    /// off, on, or default
+    #[arg(value_enum)]
+    pub state: NoticesState,
+    /// Another user's (root only)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 #[derive(ClapArgs, Debug, Clone)]
@@ -324,7 +390,7 @@ mod tests {
         assert_eq!(c.timeout, 3.0);
         let c = conn(&["fairshare-ctl", "set", "bob", "--default", "--json"]).unwrap();
         assert!(c.json);
-        for sub in ["release", "list", "reload", "metrics"] {
+        for sub in ["release", "list", "reload", "metrics", "events"] {
             assert!(
                 conn(&["fairshare-ctl", sub, "--json"]).unwrap().json,
                 "{sub}"
@@ -342,6 +408,54 @@ mod tests {
         assert!(
             !help.contains("--json") && !help.contains("--socket") && !help.contains("--timeout"),
             "{help}"
+        );
+    }
+
+    #[test]
+    fn events_and_notices() {
+        let c = Cli::try_parse_from([
+            "fairshare-ctl",
+            "events",
+            "--follow",
+            "--since",
+            "1h",
+            "--user",
+            "bob",
+            "--json",
+        ])
+        .unwrap();
+        assert!(c.connection().json);
+        match c.command {
+            Command::Events(e) => {
+                assert!(e.follow);
+                assert_eq!(e.since, Some(Duration::from_secs(3600)));
+                assert_eq!(e.user.as_deref(), Some("bob"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (word, want) in [
+            ("off", NoticesState::Off),
+            ("on", NoticesState::On),
+            ("default", NoticesState::Default),
+        ] {
+            match Cli::try_parse_from(["fairshare-ctl", "notices", word])
+                .unwrap()
+                .command
+            {
+                Command::Notices(n) => assert_eq!(n.state, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(["fairshare-ctl", "notices", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["fairshare-ctl", "notices"]).is_err());
+        let help = command()
+            .find_subcommand_mut("events")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("You may raise it up to 32G: fairshare-ctl resize --mem 16G"),
+            "the help shows a notice: {help}"
         );
     }
 

@@ -232,6 +232,7 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
     if let Some(c) = &s.capacity {
         let _ = writeln!(out, "  host:       {}", capacity(c));
     }
+    out.push_str(&crate::events::status_lines(s));
     if !s.active && s.sessions == 0 {
         let _ = match own {
             true => writeln!(
@@ -347,6 +348,8 @@ mod tests {
             },
             capacity: None,
             warnings: vec![],
+            events: vec![],
+            terminal_notices: None,
         }
     }
 

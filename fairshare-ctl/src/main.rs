@@ -4,12 +4,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fairshare_ctl::cli::{Cli, Command, MetricsArgs};
-use fairshare_ctl::format;
+use fairshare_ctl::cli::{Cli, Command, MetricsArgs, NoticesState};
 use fairshare_ctl::textfile;
+use fairshare_ctl::{events, format};
 use fairshare_policy::Policy;
 use fairshare_proto::Client;
-use fairshare_proto::wire::{ErrorCode, Request, ResizeArgs, Response, UserRef};
+use fairshare_proto::wire::{
+    ErrorCode, EventsQuery, NoticesChoice, Request, ResizeArgs, Response, Terminal, UserRef,
+};
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 3;
@@ -45,6 +47,19 @@ fn main() -> ExitCode {
         Command::Reload(_) => Request::Reload,
         Command::Metrics(_) => Request::Metrics,
         Command::List(_) => Request::List,
+        Command::Events(e) => Request::Events(EventsQuery {
+            user: e.user.as_ref().map(|u| UserRef::Name(u.clone())),
+            since: e.since.map(|d| events::now().saturating_sub(d.as_secs())),
+            follow: e.follow,
+        }),
+        Command::Notices(n) => Request::Notices(NoticesChoice {
+            terminal: match n.state {
+                NoticesState::Off => Terminal::Off,
+                NoticesState::On => Terminal::On,
+                NoticesState::Default => Terminal::Default,
+            },
+            user: n.user.as_ref().map(|u| UserRef::Name(u.clone())),
+        }),
         Command::Set {
             user,
             sizes,
@@ -69,6 +84,9 @@ fn main() -> ExitCode {
     let timeout = Duration::from_secs_f64(conn.timeout.clamp(0.05, 3600.0));
     let client = Client::new(&conn.socket, timeout);
     let root = nix::unistd::geteuid().is_root();
+    if let Request::Events(EventsQuery { follow: true, .. }) = &request {
+        return follow(&client, &request, conn.json, root);
+    }
     let response = match client.call(&request) {
         Ok(r) => r,
         Err(e) => {
@@ -110,6 +128,14 @@ fn main() -> ExitCode {
             print!("{}", format::list(&l));
             ExitCode::SUCCESS
         }
+        Response::EventList(l) => {
+            print!("{}", events::list(&l));
+            ExitCode::SUCCESS
+        }
+        Response::Event(l) => {
+            println!("{}", events::followed(&l));
+            ExitCode::SUCCESS
+        }
         Response::Metrics { text } => match &cli.command {
             Command::Metrics(MetricsArgs {
                 output: Some(path),
@@ -129,6 +155,53 @@ fn main() -> ExitCode {
 /// subcommand, not the wire request).
 fn root_only(r: &Request) -> bool {
     r.kind().root_only()
+}
+
+/// `events --follow`: the history, then each new event as it comes, until
+/// fairshared hangs up (it stops) or the user presses Ctrl-C. With `json`,
+/// one JSON object per line.
+fn follow(client: &Client, request: &Request, json: bool, root: bool) -> ExitCode {
+    use std::io::Write as _;
+    let (first, rest) = match client.follow(request) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("fairshare-ctl: {}", format::unreachable(&e, root));
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let show = |r: &Response| {
+        let text = match (json, r) {
+            (true, r) => serde_json::to_string(r).unwrap_or_default() + "\n",
+            (false, Response::EventList(l)) => events::list(l),
+            (false, Response::Event(l)) => events::followed(l) + "\n",
+            (false, other) => format!("{other:?}\n"),
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).and_then(|()| out.flush())
+    };
+    if let Response::Error(e) = &first {
+        eprintln!("fairshare-ctl: {}", e.error);
+        return ExitCode::from(EXIT_REFUSED);
+    }
+    if show(&first).is_err() {
+        return ExitCode::SUCCESS;
+    }
+    for r in rest {
+        match r {
+            Ok(r) => {
+                if show(&r).is_err() {
+                    // stdout closed (a pipe to head): done
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(e) => {
+                eprintln!("fairshare-ctl: {e}");
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+        }
+    }
+    eprintln!("fairshare-ctl: fairshared closed the connection (stopped or restarted)");
+    ExitCode::from(EXIT_UNREACHABLE)
 }
 
 /// `metrics --output FILE`: the host-wide series (every user's too with

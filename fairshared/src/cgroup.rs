@@ -53,6 +53,11 @@ impl Cgroups {
         self.layout
     }
 
+    /// Where the hierarchy is mounted (normally `/sys/fs/cgroup`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn rel(uid: u32) -> String {
         format!("user.slice/user-{uid}.slice")
     }

@@ -33,6 +33,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod defaults;
 pub mod dropin;
+pub mod events;
 pub mod health;
 pub mod host;
 pub mod identity;
@@ -51,4 +52,5 @@ pub mod systemd;
 pub mod tasks;
 #[cfg(feature = "test-hooks")]
 pub mod testhooks;
+pub mod tty;
 pub mod users;

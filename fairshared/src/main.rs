@@ -468,7 +468,8 @@ async fn run(
         Service::new(systemd, Arc::new(Nss), policy, host, cgroups, Some(state))
             .with_policy_path(args.policy_path())
             .with_dropins(Layout::system())
-            .with_last_good(args.state_dir.clone()),
+            .with_last_good(args.state_dir.clone())
+            .with_kernel_log(std::path::Path::new(fairshared::events::kernel_log::DEVICE)),
     );
     match &problem {
         Some(p) => {

@@ -1,7 +1,7 @@
 //! Module arguments, as written on the PAM line:
 //!
 //! ```text
-//! session required pam_fairshare.so [socket=PATH] [timeout_ms=N] [adopt_timeout_ms=N] [fail=open|closed] [skip_uid_below=N] [debug]
+//! session required pam_fairshare.so [socket=PATH] [timeout_ms=N] [adopt_timeout_ms=N] [fail=open|closed] [skip_uid_below=N] [login_line=off|SERVICE,...] [debug]
 //! ```
 //!
 //! Unknown or malformed arguments are reported (to syslog) and otherwise
@@ -36,6 +36,8 @@ pub struct Config {
     pub adopt_timeout: Duration,
     pub fail: Fail,
     pub skip_uid_below: u32,
+    /// Which services show fairshared's login line (`login_line=`).
+    pub login_line: fairshare_proto::login::Setting,
     pub debug: bool,
 }
 
@@ -47,6 +49,7 @@ impl Default for Config {
             adopt_timeout: DEFAULT_ADOPT_TIMEOUT,
             fail: Fail::Open,
             skip_uid_below: DEFAULT_SKIP_UID_BELOW,
+            login_line: fairshare_proto::login::Setting::default(),
             debug: false,
         }
     }
@@ -73,6 +76,10 @@ pub const ARGUMENTS: &[(&str, &str)] = &[
     (
         "skip_uid_below=N",
         "Users below this uid (and root) pass straight through without asking fairshared. Default: 1000, like the policy's exempt.uid_below; lower both together.",
+    ),
+    (
+        "login_line=off|SERVICE[,SERVICE...]",
+        "Which PAM services show fairshare's line at an interactive login, such as \"fairshare: 2 CPUs, 8G memory, 4096 tasks on this host (you may resize up to 8 CPUs, 32G: fairshare-ctl resize)\". Default: sshd,login. sshd shows it only where it shows the message of the day (a shell without a command: not for ssh host cmd, scp, sftp or rsync, nor with ~/.hushlogin); login passes PAM_SILENT with ~/.hushlogin, and then it is not sent. off: never. The policy's notices.login_line: false turns it off for the whole host.",
     ),
     (
         "debug",
@@ -105,6 +112,10 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> (Config, Vec<String
             },
             ("fail", Some("open")) => c.fail = Fail::Open,
             ("fail", Some("closed")) => c.fail = Fail::Closed,
+            ("login_line", Some(v)) => match fairshare_proto::login::Setting::parse(v) {
+                Ok(s) => c.login_line = s,
+                Err(e) => warnings.push(format!("ignoring `{arg}`: {e}")),
+            },
             ("skip_uid_below", Some(v)) => match v.parse::<u32>() {
                 Ok(n) => c.skip_uid_below = n,
                 Err(_) => warnings.push(format!("ignoring `{arg}`: not a uid")),
@@ -143,6 +154,7 @@ mod tests {
             "adopt_timeout_ms=700",
             "fail=closed",
             "skip_uid_below=500",
+            "login_line=off",
             "debug",
         ]);
         assert!(w.is_empty(), "{w:?}");
@@ -151,7 +163,14 @@ mod tests {
         assert_eq!(c.adopt_timeout, Duration::from_millis(700));
         assert_eq!(c.fail, Fail::Closed);
         assert_eq!(c.skip_uid_below, 500);
+        assert_eq!(c.login_line, fairshare_proto::login::Setting::Off);
         assert!(c.debug);
+        let (c, w) = parse(["login_line=sshd,su-l"]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            c.login_line,
+            fairshare_proto::login::Setting::Services(vec!["sshd".into(), "su-l".into()])
+        );
     }
 
     #[test]
@@ -164,6 +183,7 @@ mod tests {
             "socket=relative",
             "frobnicate",
             "debug=1",
+            "login_line=a b",
         ]);
         assert_eq!(c, Config::default());
         assert_eq!(w.len(), 7, "{w:?}");

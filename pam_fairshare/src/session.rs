@@ -47,6 +47,9 @@ pub enum Verdict {
 pub struct Outcome {
     pub verdict: Verdict,
     pub log: Vec<(Level, String)>,
+    /// The login line fairshared sent, cleaned (shown only where
+    /// [`fairshare_proto::login::show`] says so).
+    pub login_line: Option<String>,
 }
 
 impl Outcome {
@@ -54,6 +57,7 @@ impl Outcome {
         Outcome {
             verdict,
             log: vec![(level, msg.into())],
+            login_line: None,
         }
     }
 }
@@ -115,6 +119,17 @@ fn uid_of(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Result<(String, u3
 /// Where this process is now (`/proc/self/cgroup`; a fake in tests).
 pub type Whereabouts<'a> = &'a dyn Fn() -> Option<Placement>;
 
+/// A success answer of fairshared, with its login line cleaned for a
+/// terminal fairshare does not own.
+fn success_with_line(s: fairshare_proto::wire::Success) -> Outcome {
+    let mut o = Outcome::new(Verdict::Success, Level::Info, s.message);
+    o.login_line = s
+        .login_line
+        .as_deref()
+        .and_then(fairshare_proto::login::text);
+    o
+}
+
 /// Session open: tell fairshared, follow `fail=` when it cannot be reached.
 ///
 /// A process outside every user's slice (no logind session: cron, any
@@ -164,14 +179,14 @@ pub fn open(
         // limited: a process that was outside must be in the slice now
         Ok(Response::Success(s)) if s.allocation.is_some() && outside.is_some() => {
             if in_slice(whereabouts, uid) {
-                return Outcome::new(Verdict::Success, Level::Info, s.message);
+                return success_with_line(s);
             }
             format!(
                 "fairshared answered ({}) but this process is still outside user-{uid}.slice",
                 s.message
             )
         }
-        Ok(Response::Success(s)) => return Outcome::new(Verdict::Success, Level::Info, s.message),
+        Ok(Response::Success(s)) => return success_with_line(s),
         Ok(Response::Error(e)) if e.code == ErrorCode::Exempt => {
             return Outcome::new(Verdict::Ignore, Level::Debug, e.error);
         }
@@ -218,6 +233,7 @@ pub fn open(
                         "{problem}; refusing the session of {user}: its process is in {path}, outside user-{uid}.slice, and nothing of {user}'s may run outside it (fairshared may still move it later, without what it started meanwhile)"
                     ),
                 )],
+                login_line: None,
             };
         }
         return Outcome::new(
@@ -242,6 +258,7 @@ pub fn open(
                 "Login refused: this host could not apply your resource limits (fairshare). Please try again in a minute or contact the administrator.".into(),
             ),
             log: vec![(Level::Error, format!("{problem}; refusing the login of {user} (fail=closed)"))],
+            login_line: None,
         },
     }
 }
@@ -453,6 +470,26 @@ mod tests {
     }
 
     #[test]
+    fn the_login_line_comes_with_the_answer_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), Fail::Open);
+        let d = daemon(
+            &c.socket,
+            vec![(
+                Duration::ZERO,
+                b"{\"type\":\"success\",\"message\":\"alice: 2 CPUs\",\"login_line\":\"fairshare: 2 CPUs\\u001b[2J on this host\\n\"}\n",
+            )],
+        );
+        let o = open(&c, &login("alice"), &users, &logind);
+        d.join().unwrap();
+        assert_eq!(o.verdict, Verdict::Success);
+        assert_eq!(
+            o.login_line.as_deref(),
+            Some("fairshare: 2 CPUs?[2J on this host")
+        );
+    }
+
+    #[test]
     fn root_system_and_unknown_users_pass_straight_through() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), Fail::Closed); // no daemon at all
@@ -525,6 +562,7 @@ mod tests {
         let o = open(&c, &login("alice"), &users, &logind);
         assert_eq!(o.verdict, Verdict::Success);
         assert_eq!(o.log, vec![(Level::Info, "alice: 2 CPUs".to_string())]);
+        assert_eq!(o.login_line, None);
         let seen = d.join().unwrap();
         let v: serde_json::Value = serde_json::from_str(&seen[0]).unwrap();
         assert_eq!(v["type"], "session_open");

@@ -229,6 +229,7 @@ fn fairshared_page() -> Result<String, String> {
             r,
             "Expiry times are saved in the state file, so a lease runs out on time across restarts of fairshared; one that ran out while it was stopped ends when it starts. Any resize, leased or not, also ends with fairshare-ctl release and with the user's last logout.",
         );
+        notices_section(r);
         section(r, "FILES");
         item(
             r,
@@ -264,6 +265,16 @@ fn fairshared_page() -> Result<String, String> {
             r,
             "/run/systemd/system.control/user-UID.slice.d/",
             "Resizes, leases and root's sets in force, as systemd runtime drop-ins written through SetUnitProperties. They stay when fairshared stops or restarts, and go at reboot.",
+        );
+        item(
+            r,
+            "/var/lib/fairshare/notices.json",
+            "Each user's recent events (the last 32, for a week) and their notices choice (mode 0600), written like state.json a few seconds after a change and at stop. One that cannot be read is moved aside as notices.json.corrupt-TIME.",
+        );
+        item(
+            r,
+            "/dev/kmsg",
+            "The kernel log, read only for the pid and name of processes an OOM killed; without it (a container), notices say \"a process was killed\".",
         );
         section(r, "EXIT STATUS");
         item(
@@ -326,6 +337,7 @@ fn ctl_page(cmd: &clap::Command) -> Result<String, String> {
             r,
             "No resize or set gives less than 0.1 CPU, 64M memory or 32 tasks, or the user's policy default where that is less: below that a login cannot start a shell. The refusal names the minimum.",
         );
+        notices_section(r);
         section(r, "EXIT STATUS");
         item(r, "0", "Done.");
         item(
@@ -358,6 +370,8 @@ fn ctl_page(cmd: &clap::Command) -> Result<String, String> {
                 "fairshare-ctl resize --cpu 4 --mem 16G",
                 "fairshare-ctl resize --cpu 8 --for 4h",
                 "fairshare-ctl release",
+                "fairshare-ctl events --since 1d",
+                "fairshare-ctl notices off",
                 "sudo fairshare-ctl list",
                 "sudo fairshare-ctl status alice",
                 "sudo fairshare-ctl set alice --cpu 8 --mem 32G",
@@ -439,6 +453,20 @@ fn pam_page() -> String {
         &mut r,
         "Unknown or malformed arguments are logged and ignored.",
     );
+    section(&mut r, "THE LOGIN LINE");
+    para(
+        &mut r,
+        "fairshared answers each session open with a line for an interactive login, which the module passes to the login program as PAM_TEXT_INFO (no extra round trip):",
+    );
+    r.control("nf", []);
+    r.text([roman(
+        "fairshare: 2 CPUs, 8G memory, 4096 tasks on this host (you may resize up to 8 CPUs, 32G: fairshare-ctl resize)",
+    )]);
+    r.control("fi", []);
+    para(
+        &mut r,
+        "sshd opens the session before it knows what follows and shows such text only where it shows the message of the day: an interactive shell, not ssh host cmd, scp, sftp or rsync, and not for users with ~/.hushlogin. login(1) passes PAM_SILENT for ~/.hushlogin, and nothing is sent then. Only the services named by login_line= (sshd and login by default) show it: su would print it even for su -c cmd, into the command's output. The policy's notices.login_line: false turns it off for the host.",
+    );
     section(&mut r, "RETURN VALUES");
     item(
         &mut r,
@@ -466,6 +494,24 @@ fn pam_page() -> String {
         "fairshared(8), fairshare-ctl(1), fairshare-policy(5), pam(8), pam_systemd(8)",
     )]);
     r.render()
+}
+
+/// The NOTICES section of fairshared(8) and fairshare-ctl(1).
+fn notices_section(r: &mut Roff) {
+    section(r, "NOTICES");
+    para(
+        r,
+        "When the kernel kills a process because the user's slice reached its memory limit, or the CPU limit holds the user's processes back for most of a minute (or reclaim above the soft limit stalls them), fairshared records an event and writes a notice to the terminals of the user's logind sessions (ssh -t logins), once per burst, naming the limit and the resize that would lift it:",
+    );
+    r.control("nf", []);
+    r.text([roman(
+        "fairshare: process 4242 (make) was killed: your processes reached their memory limit of 8G.\n  You may raise it up to 32G: fairshare-ctl resize --mem 16G\n  (fairshare-ctl events lists what happened; fairshare-ctl notices off stops these messages)",
+    )]);
+    r.control("fi", []);
+    para(
+        r,
+        "fairshare-ctl events lists a user's events (root: --user NAME), fairshare-ctl status the last five; fairshare-ctl notices off|on|default sets whether the user's terminals get notices (saved; the policy's notices.terminal is the default). Terminals with mesg n never get one. Process names are shown escaped (an escape character as backslash-x1b): whoever runs a process chooses its name. Each event is also a journal entry with the fields FAIRSHARE_EVENT (oom_kill, cpu_throttled, memory_stall), UID, USER, LIMIT, COUNT, PIDS, NAMES, SHARE_PCT, NOTIFIED and TERMINALS (journalctl FAIRSHARE_EVENT=oom_kill), and is counted in the metrics (fairshare_events_total, fairshare_notices_total).",
+    );
 }
 
 fn policy_page() -> String {

@@ -105,6 +105,7 @@ impl<S: Systemd> Service<S> {
     /// limits the pass to one user (when logind reports them).
     pub async fn reconcile(self: &Arc<Self>, only: Option<u32>) {
         self.check_tracked(only).await;
+        self.sweep_event_watchers(only);
         // Without logind's sessions, counting users with none would be wrong.
         let Some(mut added) = self.count_logind_sessions(only).await else {
             return;

@@ -23,6 +23,9 @@ pub enum ServiceError {
         "permission denied: only root can see another user's allocation; `fairshare-ctl status` shows your own"
     )]
     NotYours,
+    /// `events` or `notices` naming another user, from someone not root.
+    #[error("permission denied: only root can {0} another user's; leave out --user for your own")]
+    NotYourEvents(&'static str),
     /// A bad quantity or duration; the text names the field.
     #[error("{0}")]
     BadValue(String),
@@ -66,9 +69,9 @@ impl ServiceError {
     /// The code on the wire.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ServiceError::Denied(Denied::RootOnly(_)) | ServiceError::NotYours => {
-                ErrorCode::PermissionDenied
-            }
+            ServiceError::Denied(Denied::RootOnly(_))
+            | ServiceError::NotYours
+            | ServiceError::NotYourEvents(_) => ErrorCode::PermissionDenied,
             ServiceError::Denied(Denied::RateLimited { .. }) => ErrorCode::RateLimited,
             ServiceError::Identity(IdentityError::NoUid(_) | IdentityError::NoName(_)) => {
                 ErrorCode::UnknownUser

@@ -175,6 +175,7 @@ impl<S: Systemd> Service<S> {
         per_user(&mut o, &users);
         host(&mut o, users.len(), &cap);
         counters(&mut o, &self.counters);
+        o.0.push_str(&self.notices.metrics());
         o.0
     }
 }

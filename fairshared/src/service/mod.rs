@@ -10,6 +10,7 @@
 //! | [`Admission`] | root-only kinds and per-user rate limits, before dispatch |
 //! | [`Tasks`] | session process watchers (by pid), lease timers (by uid) |
 //! | [`Counters`] | what the metrics count |
+//! | [`Notices`] | events: history, notices choices, event watchers (by uid) |
 //!
 //! One file per concern of the requests: `status` (status, list), `resize`
 //! (resize, release, set_user), `reload`, `sessions` (open, close, processes
@@ -27,6 +28,7 @@ mod defaults;
 mod error;
 mod leases;
 mod metrics;
+mod notices;
 mod reload;
 mod resize;
 mod sessions;
@@ -47,6 +49,7 @@ pub use crate::admission::Peer;
 use crate::cgroup::Cgroups;
 use crate::defaults::DropIns;
 use crate::dropin::Layout;
+use crate::events::hub::Notices;
 use crate::identity::{Behalf, Identities};
 pub use crate::identity::{Directory, IDENTITY_TTL, Nss};
 use crate::ledger::{Actor, Change, Entry, Ledger};
@@ -137,6 +140,8 @@ pub struct Service<S: Systemd> {
     policy_problem: RwLock<Option<String>>,
     /// The state directory, where the last good policy is kept.
     last_good: Option<PathBuf>,
+    /// Events and notices (issue 14), with the per-user event watchers.
+    notices: Arc<Notices>,
 }
 
 impl<S: Systemd> Service<S> {
@@ -148,6 +153,9 @@ impl<S: Systemd> Service<S> {
         cgroups: Cgroups,
         state: Option<StateFile>,
     ) -> Service<S> {
+        let notices_file = state
+            .as_ref()
+            .map(|s| s.path().with_file_name(crate::events::hub::FILE));
         Service {
             systemd,
             policy: RwLock::new(Arc::new(policy)),
@@ -166,6 +174,7 @@ impl<S: Systemd> Service<S> {
             caught_up: tokio::sync::watch::channel(false).0,
             policy_problem: RwLock::new(None),
             last_good: None,
+            notices: Arc::new(Notices::new(notices_file, now())),
         }
     }
 
@@ -250,6 +259,9 @@ impl<S: Systemd> Service<S> {
 
     /// Saves every change made so far (at shutdown, after background saves).
     pub async fn flush(&self) -> Result<(), SaveError> {
+        if let Err(e) = self.notices.save().await {
+            tracing::error!(error = %e, "could not save the event history");
+        }
         self.store.save().await
     }
 
@@ -312,6 +324,8 @@ impl<S: Systemd> Service<S> {
             Request::Metrics => Ok(Response::Metrics {
                 text: self.metrics().await,
             }),
+            Request::Events(q) => self.events(peer, q).await,
+            Request::Notices(c) => self.set_notices(peer, c).await,
         }
     }
 
@@ -425,3 +439,5 @@ impl<S: Systemd> Service<S> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_notices;

@@ -143,6 +143,7 @@ impl<S: Systemd> Service<S> {
             message,
             allocation: Some(change.new),
             capacity: Some(capacity),
+            ..Success::default()
         }))
     }
 
@@ -204,6 +205,7 @@ impl<S: Systemd> Service<S> {
             message,
             allocation: Some(change.new),
             capacity: Some(self.store.read(|l| l.capacity(&policy.capacity(self.host)))),
+            ..Success::default()
         }))
     }
 }

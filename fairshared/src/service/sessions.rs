@@ -75,6 +75,7 @@ impl<S: Systemd> Service<S> {
             .apply_change(&id, &change, OnRefusal::Keep, 0, &why)
             .await;
         self.watch(id.uid, s.pid, pidfd);
+        self.events_started(id.uid);
         drop(guard);
         self.store.save_later();
         let adopted = adopted?;
@@ -83,6 +84,7 @@ impl<S: Systemd> Service<S> {
             message: format!("{}: {}{adopted}", id.name, change.new),
             allocation: Some(change.new),
             capacity: None,
+            login_line: self.login_line(id.uid, &policy, &up, &change.new),
         }))
     }
 
@@ -185,6 +187,7 @@ impl<S: Systemd> Service<S> {
         };
         // the user's own lease ended with the resize; root's may go on
         self.rearm_lease(id.uid);
+        self.events_stopped(id.uid);
         if up.exempt.is_some() {
             self.store.save_later();
             return Ok(Response::success(format!(

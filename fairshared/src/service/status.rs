@@ -38,6 +38,8 @@ impl<S: Systemd> Service<S> {
         if peer.is_root() {
             info.warnings = self.policy_problem().into_iter().collect();
         }
+        info.events = self.notices.recent(id.uid, super::notices::STATUS_EVENTS);
+        info.terminal_notices = Some(self.notices.setting(id.uid, policy.notices().terminal));
         Ok(Response::StatusInfo(Box::new(info)))
     }
 
@@ -87,9 +89,11 @@ impl<S: Systemd> Service<S> {
                     expires_at: a.expires_at,
                 }),
             notice: entry.and_then(|e| e.notice.clone()),
-            usage: self.cgroups.usage(uid),
+            usage: self.durable_usage(uid, self.cgroups.usage(uid)),
             capacity: None,
             warnings: Vec::new(),
+            events: Vec::new(),
+            terminal_notices: None,
         }
     }
 
