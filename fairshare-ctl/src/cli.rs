@@ -68,6 +68,30 @@ pub enum Command {
     Reload,
     /// Print allocations, usage and counters in Prometheus text format (root only)
     Metrics,
+    /// A live view of every user's CPU, memory and limits (your own as a user)
+    #[command(
+        long_about = "A live view, refreshed every few seconds: one row per user with the CPUs they use now \
+(over the last interval) as a share of their allocation and of the host, memory used against their limit, \
+CPU throttling, OOM kills, sessions and where their allocation comes from (default, resize, root, or a lease \
+with the time left); above it the host's size and business and what fairshare has allocated and left free. \
+Root sees every user; anyone else sees their own row and the host. Fits an 80-column terminal.\n\n\
+Keys: q quit, s next sort, c/a/m/t/o/n sort by CPU/share of allocation/memory/throttling/OOM kills/name, \
+r reverse, + and - slower and faster, space refresh now."
+    )]
+    Top {
+        /// Seconds between refreshes [default: 2; with --once: 1]
+        #[arg(long, short = 'd', value_name = "SECONDS", value_parser = parse_interval)]
+        interval: Option<f64>,
+        /// Print one frame and exit (two samples one interval apart, so CPU figures are real); with --json, the figures as JSON
+        #[arg(long)]
+        once: bool,
+        /// Sort by
+        #[arg(long, value_enum, default_value = "cpu")]
+        sort: crate::top::model::SortKey,
+        /// Smallest first
+        #[arg(long)]
+        reverse: bool,
+    },
     /// Check a policy file or directory without a daemon (as fairshared --check)
     Check {
         /// Policy file or directory
@@ -94,6 +118,16 @@ pub struct Sizes {
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
     fairshare_proto::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let (lo, hi) = (crate::top::MIN_INTERVAL, crate::top::MAX_INTERVAL);
+    match s.trim().parse::<f64>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds from {lo} to {hi}, e.g. 2 or 0.5"
+        )),
+    }
 }
 
 fn parse<T: std::str::FromStr<Err = fairshare_proto::ValueError>>(s: &str) -> Result<T, String> {
@@ -136,6 +170,36 @@ mod tests {
             Cli::try_parse_from(["fairshare-ctl", "resize", "--cpu", "6", "--for", "soon"])
                 .is_err()
         );
+        let c = Cli::try_parse_from([
+            "fairshare-ctl",
+            "top",
+            "--once",
+            "-d",
+            "0.5",
+            "--sort",
+            "mem",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Top {
+                interval,
+                once,
+                sort,
+                reverse,
+            } => {
+                assert_eq!(interval, Some(0.5));
+                assert!(once && !reverse);
+                assert_eq!(sort, crate::top::model::SortKey::Mem);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["fairshare-ctl", "top", "--sort", "colour"]).is_err());
+        for bad in ["0", "-1", "NaN", "inf", "soon", "0.1"] {
+            assert!(
+                Cli::try_parse_from(["fairshare-ctl", "top", "-d", bad]).is_err(),
+                "{bad}"
+            );
+        }
         let c = Cli::try_parse_from(["fairshare-ctl", "set", "bob", "--default"]).unwrap();
         assert!(matches!(c.command, Command::Set { default: true, .. }));
         assert!(

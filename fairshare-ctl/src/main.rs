@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use fairshare_ctl::cli::{Cli, Command};
-use fairshare_ctl::format;
+use fairshare_ctl::{format, top};
 use fairshare_policy::Policy;
 use fairshare_proto::wire::{Request, ResizeArgs, Response, UserRef};
 use fairshare_proto::{Client, ClientError};
@@ -17,6 +17,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match &cli.command {
         Command::Check { policy } => return check(policy),
+        Command::Top {
+            interval,
+            once,
+            sort,
+            reverse,
+        } => {
+            let opts = top::Options {
+                interval: *interval,
+                once: *once,
+                sort: *sort,
+                reverse: *reverse,
+                json: cli.json,
+            };
+            return run_top(&cli, opts);
+        }
         Command::Status { user } => Request::Status {
             user: user.as_ref().map(|u| UserRef::Name(u.clone())),
         },
@@ -110,6 +125,39 @@ fn unreachable_hint(e: &ClientError) -> String {
         }
         ClientError::Timeout { .. } => format!("{e}; check it with: systemctl status fairshared"),
         other => other.to_string(),
+    }
+}
+
+/// `fairshare-ctl top`: root sees everyone (`list`), anyone else their own row.
+fn run_top(cli: &Cli, opts: top::Options) -> ExitCode {
+    let timeout = Duration::from_secs_f64(cli.timeout.clamp(0.05, 3600.0));
+    let everyone = nix::unistd::geteuid().is_root();
+    let sampler = top::Sampler::new(Client::new(&cli.socket, timeout), everyone);
+    let result = if opts.once {
+        top::once(&sampler, &opts).map(|text| print!("{text}"))
+    } else {
+        top::term::run(&sampler, opts, top_hint)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fairshare-ctl: {}", top_hint(&e));
+            ExitCode::from(match e {
+                top::Error::Daemon(_) => EXIT_UNREACHABLE,
+                top::Error::Refused(_) => EXIT_REFUSED,
+                top::Error::Terminal(_) => 1,
+            })
+        }
+    }
+}
+
+fn top_hint(e: &top::Error) -> String {
+    match e {
+        top::Error::Daemon(c) => unreachable_hint(c),
+        top::Error::Refused(why) => why.clone(),
+        top::Error::Terminal(io) => format!(
+            "cannot use this terminal for the live view ({io}); try: fairshare-ctl top --once"
+        ),
     }
 }
 
