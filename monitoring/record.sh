@@ -9,11 +9,13 @@
 #
 # It starts fairshared afresh with a small policy, logs three users in over ssh
 # and keeps them busy the whole time:
-#   testuser   two busy loops, held at their 0.5-CPU default
+#   testuser   four busy loops, held at their 0.2-CPU default
 #   testuser2  resized to 1 CPU for 2 h, busy about 30% of the time
-#   testuser3  memory limit set to 256M by root, a process holding 240M;
-#              at sample 12 a second process (oom_score_adj 1000) is OOM-killed
-# and at sample 20 testuser asks six times for more than the host has free.
+#   testuser3  memory limit set to 256M by root, a process holding 240M; three
+#              minutes in, a second process in the same session (oom_score_adj
+#              1000) asks for 64M and is OOM-killed
+# (on cgroup v1 the kill is counted in the session's scope, so the victim shares
+# the hog's session) and at sample 20 testuser asks six times for more than the host has free.
 # Every STEP seconds it saves `fairshare-ctl metrics` into
 # monitoring/tests/recorded.prom, then writes the series into the promtool test.
 set -euo pipefail
@@ -39,9 +41,9 @@ log "fresh fairshared with the recording policy"
 in_host 'systemctl stop fairshared.service fairshared.socket; rm -rf /var/lib/fairshare/* /etc/fairshare/policy.d/*; systemctl revert user-1001.slice user-1002.slice user-1004.slice >/dev/null 2>&1; true'
 cleanup
 in_host 'mkdir -p /etc/fairshare/policy.d && cat > /etc/fairshare/policy.d/50-record.yaml' <<'EOF'
-defaults: {cpu: 0.5, mem: 512M}
+defaults: {cpu: 0.2, mem: 512M}
 max: {cpu: 2, mem: 2G}
-capacity: {cpu: 2, mem: 2G, overcommit: 1}
+capacity: {cpu: 1.5, mem: 2G, overcommit: 1}
 EOF
 in_host 'systemctl start fairshared.socket fairshared.service'
 
@@ -50,15 +52,19 @@ hold() {
   "$host" ssh "$1" "$2" < /dev/null > /dev/null 2>&1 &
   pids+=($!)
 }
-hold testuser 'for i in 1 2; do (while :; do :; done) & done; wait'
+hold testuser 'for i in 1 2 3 4; do (while :; do :; done) & done; wait'
 hold testuser2 'sleep 600'
 sleep 3
 "$host" ssh testuser2 'fairshare-ctl resize --cpu 1 --for 2h' > /dev/null
-hold testuser2 'while :; do timeout 0.3 sh -c "while :; do :; done"; sleep 0.7; done'
+# busy in one long-lived shell (the CPU time of processes that have ended is not
+# counted where the host has no per-cgroup CPU accounting)
+hold testuser2 'while :; do for ((i = 0; i < 20000; i++)); do :; done; sleep 0.5; done'
 hold testuser3 'sleep 1200'
 sleep 2
 in_host 'fairshare-ctl set testuser3 --mem 256M' > /dev/null
-hold testuser3 "perl -e '\$x = q(a) x (240 * 2**20); sleep 1200'"
+# (vec() fills the string in place; `x` would need twice the memory for a moment)
+hold testuser3 "perl -e 'vec(\$x, 240 * 2**20 - 1, 8) = 1; sleep 1200' & sleep 180;
+  (echo 1000 > /proc/self/oom_score_adj; exec perl -e 'vec(\$x, 64 * 2**20 - 1, 8) = 1; sleep 60'); wait"
 sleep 5
 
 log "recording $samples samples, $step s apart"
@@ -66,7 +72,6 @@ printf '# fairshare-record step=%s\n' "$step" > "$out.partial"
 start=$(date +%s)
 for ((i = 0; i < samples; i++)); do
   case $i in
-    12) hold testuser3 "echo 1000 > /proc/self/oom_score_adj; exec perl -e '\$x = q(a) x (64 * 2**20); sleep 60'" ;;
     20) for _ in 1 2 3 4 5 6; do "$host" ssh testuser 'fairshare-ctl resize --cpu 2' > /dev/null 2>&1 || true; done ;;
   esac
   # wait for this sample's time, so the samples are STEP apart
