@@ -82,7 +82,7 @@ r reverse, + and - slower and faster, space refresh now."
         /// Seconds between refreshes [default: 2; with --once: 1]
         #[arg(long, short = 'd', value_name = "SECONDS", value_parser = parse_interval)]
         interval: Option<f64>,
-        /// Print one frame and exit (two samples one interval apart, so CPU figures are real); with --json, the figures as JSON
+        /// Print one frame and exit (two samples one interval apart, so CPU figures are real); --json prints the figures as JSON and implies --once
         #[arg(long)]
         once: bool,
         /// Sort by

@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         } => {
             let opts = top::Options {
                 interval: *interval,
-                once: *once,
+                // JSON is for scripts: one frame
+                once: *once || cli.json,
                 sort: *sort,
                 reverse: *reverse,
                 json: cli.json,

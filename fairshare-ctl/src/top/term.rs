@@ -203,6 +203,12 @@ impl Live {
 
 /// Runs the live view until the user quits or a signal comes.
 pub fn run(sampler: &Sampler, opts: Options, hint: fn(&Error) -> String) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(Error::Terminal(std::io::Error::other(
+            "standard input and output must be a terminal",
+        )));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGTERM,
