@@ -198,7 +198,7 @@ pub fn header(f: &Frame) -> Vec<String> {
     let who = if f.everyone {
         format!("{} users", f.rows.len())
     } else {
-        "your own usage (root sees every user)".to_string()
+        "your own row (root sees all)".to_string()
     };
     let order = if f.reverse { ", reversed" } else { "" };
     out.push(format!(
@@ -484,7 +484,7 @@ mod tests {
         let mut own = frame(vec![row("alice")]);
         own.everyone = false;
         assert!(
-            header(&own)[0].contains("your own usage"),
+            header(&own)[0].contains("your own row"),
             "{:?}",
             header(&own)
         );

@@ -164,17 +164,24 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
     });
     assert!(hog_mem <= HOG_LIMIT, "{hog_mem}");
 
-    // the machine gives both users their whole quota
-    std::thread::sleep(Duration::from_secs(1));
-    let used = measured(&h, &[uid1, uid2], Duration::from_secs(4));
-    within("testuser's CPU use", used[0], 0.3, "");
-    within("testuser2's CPU use", used[1], 0.15, "");
+    // The machine gives both users their whole quota (on a machine shared with
+    // other builds that can take a while: wait for it, then look at top).
+    let mut used = vec![];
+    let ok = (0..15).any(|_| {
+        used = measured(&h, &[uid1, uid2], Duration::from_secs(3));
+        (used[0] - 0.3).abs() <= 0.06 && (used[1] - 0.15).abs() <= 0.03
+    });
+    assert!(
+        ok,
+        "the busy loops did not get their quotas of 0.3 and 0.15 CPUs within 45 s (got {used:?}): the machine is too busy for this test"
+    );
 
     // top as root, in an 80x24 terminal
     h.sh(&format!(
         "{TMUX} new-session -d -s root -x 80 -y 24 'fairshare-ctl top -d 2 --sort name; echo top exited $?; stty -a | grep -o -- \"-*icanon\"; sleep 60'"
     ))
     .ok();
+    let s = frame_with(&h, "root", &[u1, u2]);
     assert_eq!(
         h.sh(&format!(
             "{TMUX} display -p -t root '#{{alternate_on}} #{{pane_width}}'"
@@ -184,7 +191,6 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
         "1 80",
         "top runs in the alternate screen of an 80-column terminal"
     );
-    let s = frame_with(&h, "root", &[u1, u2]);
     println!("{s}");
     for l in s.lines() {
         assert!(l.chars().count() <= 80, "{l}");
@@ -271,6 +277,15 @@ fn a_users_top_shows_only_their_row_and_the_host() {
     let (u2, _) = TESTUSER2;
     let _s2 = h.session(u2);
     let _busy = Running(h.ssh_spawn(u1, BUSY));
+    let mut used = vec![];
+    let ok = (0..15).any(|_| {
+        used = measured(&h, &[TESTUSER.1], Duration::from_secs(3));
+        (used[0] - 0.3).abs() <= 0.06
+    });
+    assert!(
+        ok,
+        "the busy loops did not get their quota of 0.3 CPUs within 45 s (got {used:?}): the machine is too busy for this test"
+    );
     let me = "tmux -L fs-views-me";
     let s = h
         .ssh(
@@ -282,7 +297,7 @@ fn a_users_top_shows_only_their_row_and_the_host() {
         .ok()
         .stdout;
     println!("{s}");
-    assert!(s.contains("your own usage"), "{s}");
+    assert!(s.contains("your own row"), "{s}");
     assert!(s.contains("fairshare: CPUs"), "host totals: {s}");
     let r = row(&s, u1).unwrap_or_else(|| panic!("no row for {u1}:\n{s}"));
     within("testuser's own CPUS", number(r[1]).unwrap(), 0.3, &s);
