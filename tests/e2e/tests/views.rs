@@ -246,6 +246,27 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
         "0"
     );
 
+    // so does Ctrl-C (a key in raw mode, not a signal)
+    h.sh(&format!(
+        "{TMUX} new-session -d -s ctrlc -x 80 -y 24 'fairshare-ctl top; echo top exited $?; stty -a | grep -o -- \"-*icanon\"; sleep 60'"
+    ))
+    .ok();
+    wait_for(
+        "top in the alternate screen",
+        Duration::from_secs(20),
+        || {
+            let o = h.sh(&format!("{TMUX} display -p -t ctrlc '#{{alternate_on}}'"));
+            (o.out() == "1").then_some(())
+        },
+    );
+    h.sh(&format!("{TMUX} send-keys -t ctrlc C-c")).ok();
+    let after = wait_for("top to exit on Ctrl-C", Duration::from_secs(10), || {
+        let s = screen(&h, "ctrlc");
+        s.contains("top exited").then_some(s)
+    });
+    assert!(after.contains("top exited 0"), "{after}");
+    assert!(after.lines().any(|l| l.trim() == "icanon"), "{after}");
+
     // --once --json as root: the same figures for scripts
     let once = h.ctl("--json top --once -d 2").ok().json();
     let users = once["users"].as_array().unwrap();
