@@ -208,7 +208,7 @@ pub fn header(f: &Frame) -> Vec<String> {
         f.sort.name()
     ));
     let h = &f.host;
-    let mut host = "host:     ".to_string();
+    let mut host = "host:      ".to_string();
     host.push_str(&match (h.cpus, h.busy) {
         (Some(c), Some(b)) => format!("{c} CPUs, {} busy", pct(Some(b))),
         (Some(c), None) => format!("{c} CPUs"),
@@ -224,7 +224,7 @@ pub fn header(f: &Frame) -> Vec<String> {
     out.push(host);
     if let Some(c) = &h.capacity {
         out.push(format!(
-            "fairshare: CPUs {} of {} allocated, {} free; memory {} of {}, {} free",
+            "allocated: CPUs {} of {} ({} free), memory {} of {} ({} free)",
             c.cpu_allocated,
             c.cpu_total,
             c.cpu_free,
@@ -471,11 +471,11 @@ mod tests {
         assert_eq!(h[0], "fairshare top on login1: 2 users; every 2s, by cpu");
         assert_eq!(
             h[1],
-            "host:     2 CPUs, 50% busy; memory 3G of 8G in use; users 1.00 CPUs"
+            "host:      2 CPUs, 50% busy; memory 3G of 8G in use; users 1.00 CPUs"
         );
         assert_eq!(
             h[2],
-            "fairshare: CPUs 0.75 of 8 allocated, 7.25 free; memory 1G of 16G, 15G free"
+            "allocated: CPUs 0.75 of 8 (7.25 free), memory 1G of 16G (15G free)"
         );
         assert_eq!(h[3], "at limit: CPU alice; memory alice; OOM kill alice");
         let calm = frame(vec![]);

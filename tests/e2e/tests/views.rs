@@ -319,7 +319,7 @@ fn a_users_top_shows_only_their_row_and_the_host() {
         .stdout;
     println!("{s}");
     assert!(s.contains("your own row"), "{s}");
-    assert!(s.contains("fairshare: CPUs"), "host totals: {s}");
+    assert!(s.contains("allocated: CPUs"), "host totals: {s}");
     let r = row(&s, u1).unwrap_or_else(|| panic!("no row for {u1}:\n{s}"));
     within("testuser's own CPUS", number(r[1]).unwrap(), 0.3, &s);
     assert!(row(&s, u2).is_none(), "{s}");
