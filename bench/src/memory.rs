@@ -24,6 +24,7 @@ use fairshared::cgroup::Cgroups;
 use fairshared::service::{Directory, Service};
 use fairshared::state::StateFile;
 use fairshared::systemd::Fake;
+use fairshared::users::LookupError;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork};
@@ -42,7 +43,7 @@ struct Synthetic {
 }
 
 impl Directory for Synthetic {
-    fn by_uid(&self, uid: u32) -> std::result::Result<Option<Identity>, String> {
+    fn by_uid(&self, uid: u32) -> std::result::Result<Option<Identity>, LookupError> {
         Ok((FIRST_UID..FIRST_UID + self.users)
             .contains(&uid)
             .then(|| Identity {
@@ -51,7 +52,7 @@ impl Directory for Synthetic {
                 groups: vec![format!("u{uid}"), "users".into()],
             }))
     }
-    fn by_name(&self, name: &str) -> std::result::Result<Option<Identity>, String> {
+    fn by_name(&self, name: &str) -> std::result::Result<Option<Identity>, LookupError> {
         match name.strip_prefix('u').and_then(|n| n.parse::<u32>().ok()) {
             Some(uid) => self.by_uid(uid),
             None => Ok(None),

@@ -15,25 +15,63 @@ use fairshare_proto::units::{Bytes, Cpus, Tasks};
     long_about = "See and resize your fairshare allocation: the CPU, memory and task limits of your \
 user slice on this host. Resizes stay within the maximum the admin's policy allows you and the \
 host's free capacity. Root can also list every user and set anyone's allocation.",
-    after_help = "Examples:\n  fairshare-ctl status\n  fairshare-ctl resize --cpu 4 --mem 16G\n  fairshare-ctl resize --cpu 8 --for 4h\n  fairshare-ctl release\n  sudo fairshare-ctl list\n  sudo fairshare-ctl set alice --cpu 8 --mem 32G\n\nExit status: 0 done; 1 refused by fairshared (the reason is on stderr); 2 bad usage; 3 fairshared unreachable or not answering.",
+    after_help = "Examples:\n  fairshare-ctl status\n  fairshare-ctl resize --cpu 4 --mem 16G\n  fairshare-ctl resize --cpu 8 --for 4h\n  fairshare-ctl release\n  sudo fairshare-ctl list\n  sudo fairshare-ctl set alice --cpu 8 --mem 32G\n\nExit status: 0 done; 1 refused by fairshared (the reason is on stderr); 2 bad usage; 3 fairshared unreachable or not answering; 78 (check) the policy has errors.",
     propagate_version = true
 )]
 pub struct Cli {
-    /// Socket fairshared listens on
-    #[arg(long, global = true, value_name = "PATH", env = fairshare_proto::wire::SOCKET_ENV,
-          default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-
-    /// Print the daemon's answer as JSON
-    #[arg(long, global = true)]
-    pub json: bool,
-
-    /// Seconds to wait for fairshared
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10.0)]
-    pub timeout: f64,
+    /// Given before the subcommand (`fairshare-ctl --json status`).
+    #[command(flatten)]
+    pub conn: Conn,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How to reach fairshared and how to show its answer. Accepted before the
+/// subcommand and after it, by every subcommand that talks to fairshared
+/// (so not by `check`, which reads files only). These are not `global`
+/// options: clap would then give them to `check` too, in its help, man page
+/// and completions.
+#[derive(ClapArgs, Debug, Clone, Default)]
+pub struct Conn {
+    /// Socket fairshared listens on [default: /run/fairshare.sock, or FAIRSHARE_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Print the daemon's answer as JSON
+    #[arg(long)]
+    pub json: bool,
+
+    /// Seconds to wait for fairshared [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+/// The options in force: those after the subcommand win over those before
+/// it, which win over `FAIRSHARE_SOCKET` and the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    pub socket: PathBuf,
+    pub json: bool,
+    pub timeout: f64,
+}
+
+impl Cli {
+    pub fn connection(&self) -> Connection {
+        let sub = self.command.conn().cloned().unwrap_or_default();
+        let env = std::env::var_os(fairshare_proto::wire::SOCKET_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        Connection {
+            socket: sub
+                .socket
+                .or_else(|| self.conn.socket.clone())
+                .or(env)
+                .unwrap_or_else(|| PathBuf::from(fairshare_proto::wire::DEFAULT_SOCKET)),
+            json: self.conn.json || sub.json,
+            timeout: sub.timeout.or(self.conn.timeout).unwrap_or(10.0),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -43,14 +81,16 @@ pub enum Command {
         /// Another user's (root only)
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Resize your allocation (fields not given keep their value)
     #[command(visible_alias = "request")]
     Resize(Sizes),
     /// Go back to the policy default
-    Release,
+    Release(Conn),
     /// Every user fairshared tracks, with usage (root only)
-    List,
+    List(Conn),
     /// Set a user's allocation, or reset it with --default (root only)
     Set {
         /// User name or uid
@@ -65,9 +105,23 @@ pub enum Command {
         force: bool,
     },
     /// Re-read the policy and apply it to everyone (root only; as systemctl reload fairshared)
-    Reload,
+    Reload(Conn),
     /// Print allocations, usage and counters in Prometheus text format (root only)
-    Metrics,
+    #[command(
+        long_about = "Print allocations, usage and counters in Prometheus text format (root only).\n\n\
+With --output, write them to a file for node_exporter's textfile collector instead, as \
+fairshare-metrics.service does every minute. The file holds only host-wide series (capacity, \
+what is allocated in all, users tracked, request and refusal counters) unless --per-user is \
+given: node_exporter serves it to anyone who can reach its port, and every user's usage is \
+theirs. The file is replaced at once (written under a new random name, then renamed), so \
+node_exporter never reads half of it; a symlink, hard link or file planted under its name is \
+replaced, never written through, and the directory is reached without following symlinks \
+that anyone but root could have made.\n\n\
+fairshare-metrics.service (enabled with systemctl enable --now fairshare-metrics.timer) takes \
+the file from FAIRSHARE_METRICS_FILE (default /var/lib/prometheus/node-exporter/fairshare.prom) \
+and these options from FAIRSHARE_METRICS_OPTIONS, both set in /etc/default/fairshare-metrics."
+    )]
+    Metrics(MetricsArgs),
     /// A live view of every user's CPU, memory and limits (your own as a user)
     #[command(
         long_about = "A live view, refreshed every few seconds: one row per user with the CPUs they use now \
@@ -85,19 +139,75 @@ r reverse, + and - slower and faster, space refresh now."
         /// Print one frame and exit (two samples one interval apart, so CPU figures are real); --json prints the figures as JSON and implies --once
         #[arg(long)]
         once: bool,
-        /// Sort by
-        #[arg(long, value_enum, default_value = "cpu")]
+        /// Sort by cpu (in use now), share (of the allocation), mem, throttle, oom or name
+        #[arg(long, value_enum, default_value = "cpu", hide_possible_values = true)]
         sort: crate::top::model::SortKey,
         /// Smallest first
         #[arg(long)]
         reverse: bool,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Check a policy file or directory without a daemon (as fairshared --check)
+    #[command(
+        long_about = "Check a policy file or directory without a daemon and without root, as \
+fairshared --check does: print what the policy means, warn about users and groups that do not \
+exist and about groups that set the same field to different values, and say which group gives \
+each user in several groups which field. Every error is printed with its file, line and field; \
+the exit status is then 78.",
+        after_help = "Exit status: 0 the policy is valid (warnings may have been printed); 78 it has errors."
+    )]
     Check {
         /// Policy file or directory
         #[arg(default_value = fairshare_policy::DEFAULT_POLICY)]
         policy: PathBuf,
     },
+}
+
+impl Command {
+    /// The connection options given after the subcommand.
+    pub fn conn(&self) -> Option<&Conn> {
+        match self {
+            Command::Status { conn, .. }
+            | Command::Release(conn)
+            | Command::List(conn)
+            | Command::Reload(conn) => Some(conn),
+            Command::Metrics(m) => Some(&m.conn),
+            Command::Top { conn, .. } => Some(conn),
+            Command::Resize(sizes) | Command::Set { sizes, .. } => Some(&sizes.conn),
+            Command::Check { .. } => None,
+        }
+    }
+}
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Write to FILE (an absolute path) instead of printing, replacing it at once
+    #[arg(long, short = 'o', value_name = "FILE", value_parser = absolute)]
+    pub output: Option<PathBuf>,
+    /// With --output: also write each user's allocation, usage and sessions (labels user, uid)
+    ///
+    /// Off by default; needs --group: the file is then readable only by root and that group
+    /// (mode 0640).
+    #[arg(long, requires = "group")]
+    pub per_user: bool,
+    /// With --output: the group that may read the file (mode 0640; without it 0644)
+    ///
+    /// node_exporter's group on Debian is prometheus.
+    #[arg(long, value_name = "GROUP", requires = "output")]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+fn absolute(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    match p.is_absolute() && p.file_name().is_some() {
+        true => Ok(p),
+        false => Err(format!(
+            "{s}: give the file's absolute path, e.g. /var/lib/prometheus/node-exporter/fairshare.prom"
+        )),
+    }
 }
 
 #[derive(ClapArgs, Debug, Clone)]
@@ -114,6 +224,8 @@ pub struct Sizes {
     /// How long the resize lasts, e.g. 30m, 4h, 2d; then back to the default
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_lease)]
     pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -156,7 +268,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let c = Cli::try_parse_from(["fairshare-ctl", "request", "--cpu", "2", "--json"]).unwrap();
-        assert!(c.json);
+        assert!(c.connection().json);
         assert!(matches!(c.command, Command::Resize(_)));
         let e = Cli::try_parse_from(["fairshare-ctl", "resize", "--mem", "8X"]).unwrap_err();
         assert!(e.to_string().contains("unknown unit"), "{e}");
@@ -186,6 +298,7 @@ mod tests {
                 once,
                 sort,
                 reverse,
+                ..
             } => {
                 assert_eq!(interval, Some(0.5));
                 assert!(once && !reverse);
@@ -206,5 +319,75 @@ mod tests {
             Cli::try_parse_from(["fairshare-ctl", "set", "bob", "--default", "--cpu", "2"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn connection_options_before_or_after_the_subcommand_but_not_for_check() {
+        let conn = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.connection());
+        let c = conn(&["fairshare-ctl", "--json", "status"]).unwrap();
+        assert!(c.json);
+        assert_eq!(c.timeout, 10.0);
+        let c = conn(&[
+            "fairshare-ctl",
+            "--socket",
+            "/a",
+            "status",
+            "--json",
+            "--socket",
+            "/b",
+        ])
+        .unwrap();
+        assert_eq!((c.socket, c.json), (PathBuf::from("/b"), true));
+        let c = conn(&["fairshare-ctl", "resize", "--cpu", "2", "--timeout", "3"]).unwrap();
+        assert_eq!(c.timeout, 3.0);
+        let c = conn(&["fairshare-ctl", "set", "bob", "--default", "--json"]).unwrap();
+        assert!(c.json);
+        for sub in ["release", "list", "reload", "metrics"] {
+            assert!(
+                conn(&["fairshare-ctl", sub, "--json"]).unwrap().json,
+                "{sub}"
+            );
+        }
+        // check reads files and talks to no daemon: no such options there
+        assert!(conn(&["fairshare-ctl", "check", "--json", "p.yaml"]).is_err());
+        assert!(conn(&["fairshare-ctl", "check", "--socket", "/s"]).is_err());
+        let mut cmd = command();
+        let help = cmd
+            .find_subcommand_mut("check")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            !help.contains("--json") && !help.contains("--socket") && !help.contains("--timeout"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn metrics_options_go_together() {
+        let m = |args: &[&str]| {
+            let mut v = vec!["fairshare-ctl", "metrics"];
+            v.extend(args);
+            Cli::try_parse_from(v).map(|c| match c.command {
+                Command::Metrics(m) => m,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(m(&[]).unwrap().output, None);
+        let a = m(&[
+            "--output",
+            "/x/f.prom",
+            "--per-user",
+            "--group",
+            "prometheus",
+        ])
+        .unwrap();
+        assert!(a.per_user);
+        assert_eq!(a.group.as_deref(), Some("prometheus"));
+        // per-user series only into a file someone chose to let read
+        assert!(m(&["--output", "/x/f.prom", "--per-user"]).is_err());
+        assert!(m(&["--group", "prometheus"]).is_err());
+        assert!(m(&["--output", "f.prom"]).is_err());
+        assert!(m(&["--output", "/"]).is_err());
     }
 }

@@ -83,7 +83,16 @@ pub fn status(s: &StatusInfo) -> String {
             }
         );
     }
-    if !s.policy.is_empty() {
+    if s.policy.iter().any(|p| p.contains('(')) {
+        // a user in several groups: each group says what it gave, one a line
+        for (i, p) in s.policy.iter().enumerate() {
+            match i {
+                0 => writeln!(out, "  policy:     {p}"),
+                _ => writeln!(out, "              + {p}"),
+            }
+            .ok();
+        }
+    } else if !s.policy.is_empty() {
         let _ = writeln!(out, "  policy:     {}", s.policy.join(" + "));
     }
     let mut sessions = format!("{}", s.sessions);
@@ -248,6 +257,21 @@ mod tests {
         assert!(s.contains("maximum:    8 CPUs"), "{s}");
         assert!(s.contains("policy:     defaults + group students"), "{s}");
         assert!(s.contains("memory 5M, 4 tasks, CPU time 3m12s"), "{s}");
+    }
+
+    #[test]
+    fn several_groups_show_one_a_line() {
+        let mut i = info();
+        i.policy = vec![
+            "defaults".into(),
+            "group students (gives defaults.mem 4G; defaults.cpu 1 lost to group staff, later in the policy)".into(),
+            "group staff (gives defaults.cpu 2)".into(),
+        ];
+        let s = status(&i);
+        assert!(
+            s.contains("  policy:     defaults\n              + group students (gives defaults.mem 4G; defaults.cpu 1 lost to group staff, later in the policy)\n              + group staff (gives defaults.cpu 2)\n"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -1,3 +1,7 @@
+use std::time::Duration;
+
+use fairshare_proto::units::{Bytes, Cpus, Tasks};
+
 use super::*;
 
 fn load(files: &[(&str, &str)]) -> Result<Policy, PolicyErrors> {
@@ -285,7 +289,7 @@ fn bad_values_name_file_line_and_field() {
         ),
         (
             "defaults: {cpu: 2, mem: 8G}\ncapacity: {overcommit: {cpu: 2, disk: 3}}\n",
-            "p.yaml:2: capacity: expected a number, or {cpu: N, mem: N}",
+            "p.yaml:2: capacity.overcommit.disk: unknown field `disk`",
         ),
         (
             "defaults: {cpu: 2, mem: 8G}\nexempt: {uid_below: -1}\n",
@@ -296,7 +300,10 @@ fn bad_values_name_file_line_and_field() {
             "p.yaml:2: leases.max_duration:",
         ),
         ("max: {cpu: 8, mem: 32G}\n", "p.yaml: defaults.cpu: missing"),
-        ("defaults: {cpu: .nan, mem: 8G}\n", "p.yaml:1: defaults:"),
+        (
+            "defaults: {cpu: .nan, mem: 8G}\n",
+            "p.yaml:1: defaults.cpu: `NaN` is not a number",
+        ),
     ];
     for (text, want) in cases {
         let e = errors(text);
@@ -450,5 +457,209 @@ fn group_rules_are_known() {
             "{base}groups:\n  students:\n    defaults: {{cpu: 1}}\n"
         ))
         .uses_groups()
+    );
+}
+
+#[test]
+fn an_unknown_key_does_not_hide_the_other_errors() {
+    // the README's promise: three mistakes, three errors, each with file,
+    // line and field (serde's deny_unknown_fields stopped at the first)
+    let e = one("defaults:\n  cpu: 0\n  memroy: 8G\n  tasks: -1\n").unwrap_err();
+    let got: Vec<(u32, &str)> =
+        e.0.iter()
+            .map(|e| (e.origin.line, e.field.as_str()))
+            .collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, "defaults.cpu"),
+            (3, "defaults.memroy"),
+            (4, "defaults.tasks")
+        ],
+        "{e}"
+    );
+    assert!(e.0.iter().all(|e| e.origin.file.as_ref() == "p.yaml"));
+    assert!(
+        e.0[1].message.contains("unknown field `memroy`") && e.0[1].message.contains("`mem`?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_level_reports_its_unknown_keys_and_bad_shapes_together() {
+    let text = "\
+defaults: {cpu: 2, mem: 8G, cpus: 3}
+max: {cpu: [8], mem: 32G}
+exempt: {users: bob, uid: 5}
+capacity: {overcommit: {cpu: 2, disk: 3}}
+groups:
+  students:
+    defaults: {cpu: 1}
+    maximum: {cpu: 2}
+leases: {max_duraton: 8h}
+extra: 1
+";
+    let e = one(text).unwrap_err();
+    let got: Vec<String> =
+        e.0.iter()
+            .map(|e| format!("{}:{}", e.origin.line, e.field))
+            .collect();
+    assert_eq!(
+        got,
+        vec![
+            "1:defaults.cpus",
+            "2:max.cpu",
+            "3:exempt.users",
+            "3:exempt.uid",
+            "4:capacity.overcommit.disk",
+            "8:groups.students.maximum",
+            "9:leases.max_duraton",
+            "10:extra",
+        ],
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_reported_with_the_other_errors() {
+    let e = errors("defaults:\n  cpu: 2\n  cpu: 3\n  mem: 8X\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("p.yaml:3: defaults.cpu: duplicate mapping key"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("p.yaml:4: defaults.mem: `8X` has an unknown unit"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_tab_in_the_indentation_is_reported_at_its_own_line() {
+    // the parser notices the tab at the end of line 3; the admin needs line 4
+    let e = errors("defaults:\n  cpu: 2\n  mem: 8G\n\ttasks: 5\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("p.yaml:4: defaults.tasks: a tab in the indentation"),
+        "{e:?}"
+    );
+    let e = errors("defaults:\n  cpu: 2\n  mem: 8G\n  \ttasks: 5\n");
+    assert!(e[0].starts_with("p.yaml:4: "), "{e:?}");
+    // a tab after the colon is fine in YAML
+    assert!(one("defaults:\n  cpu:\t2\n  mem: 8G\n").is_ok());
+}
+
+const GROUPS: &str = "\
+defaults: {cpu: 2, mem: 8G}
+max: {cpu: 8, mem: 32G}
+groups:
+  students:
+    defaults: {cpu: 1, mem: 4G}
+    max: {cpu: 2}
+  staff:
+    defaults: {cpu: 2}
+    max: {cpu: 4, tasks: 8000}
+  gpu:
+    max: {cpu: 4}
+users:
+  alice:
+    max: {tasks: 9000}
+";
+
+#[test]
+fn a_user_in_several_groups_sees_which_group_gave_which_field() {
+    let p = one(GROUPS).unwrap();
+    let ann = p.for_user(&user(1001, "ann", &["ann", "students", "staff"]));
+    assert_eq!(ann.default.cpu, Cpus::whole(2));
+    assert_eq!(ann.default.mem, Bytes(4 << 30));
+    assert_eq!(
+        ann.sources,
+        vec![
+            "defaults",
+            "group students (gives defaults.mem 4G; defaults.cpu 1, max.cpu 2 lost to group staff, later in the policy)",
+            "group staff (gives defaults.cpu 2, max.cpu 4, max.tasks 8000)",
+        ]
+    );
+    let alice = p.for_user(&user(1002, "alice", &["students", "staff"]));
+    assert_eq!(
+        alice.sources[2],
+        "group staff (gives defaults.cpu 2, max.cpu 4; max.tasks 8000 lost to user alice, which applies last)"
+    );
+    assert_eq!(alice.sources[3], "user alice");
+    // one group: the short form, as before
+    let carl = p.for_user(&user(1003, "carl", &["students"]));
+    assert_eq!(carl.sources, vec!["defaults", "group students"]);
+
+    let f = p.explain(&user(1001, "ann", &["students", "staff"]));
+    let cpu = f.iter().find(|f| f.field == "defaults.cpu").unwrap();
+    assert_eq!(
+        (cpu.winner.source.as_str(), cpu.winner.value.as_str()),
+        ("group staff", "2")
+    );
+    assert_eq!(cpu.winner.origin.line, 8);
+    assert_eq!(cpu.overridden.len(), 1);
+    assert_eq!(cpu.overridden[0].source, "group students");
+    assert_eq!(cpu.overridden[0].origin.line, 5);
+    let mem = f.iter().find(|f| f.field == "defaults.mem").unwrap();
+    assert_eq!(mem.winner.source, "group students");
+    let tasks = f.iter().find(|f| f.field == "defaults.tasks");
+    assert!(tasks.is_none(), "nothing sets defaults.tasks: {tasks:?}");
+}
+
+#[test]
+fn check_warns_when_groups_conflict_and_says_who_wins_and_why() {
+    let p = one(GROUPS).unwrap();
+    let members = |g: &str| -> Vec<String> {
+        let m: &[&str] = match g {
+            "students" => &["ann", "carl"],
+            "staff" => &["ann", "bob"],
+            "gpu" => &["bob"],
+            _ => &[],
+        };
+        m.iter().map(|s| s.to_string()).collect()
+    };
+    let out = p.overlaps(members);
+    let warnings: Vec<&String> = out.iter().filter(|l| l.starts_with("warning:")).collect();
+    // defaults.cpu (1 vs 2) and max.cpu (2 vs 4 vs 4); not max.tasks (one group)
+    assert_eq!(warnings.len(), 2, "{out:#?}");
+    assert!(
+        warnings[0].starts_with(
+            "warning: groups students (1 at p.yaml:5) and staff (2 at p.yaml:8) set defaults.cpu to different values"
+        ),
+        "{out:#?}"
+    );
+    assert!(
+        warnings[0].contains("gets the last one's, as groups apply in policy order")
+            && warnings[0].ends_with(": ann gets 2 from group staff"),
+        "{out:#?}"
+    );
+    // bob is in staff and gpu, which agree on max.cpu 4: not named there
+    assert!(
+        warnings[1].contains("set max.cpu")
+            && warnings[1].ends_with(": ann gets 4 from group staff"),
+        "{out:#?}"
+    );
+    let users: Vec<&String> = out.iter().filter(|l| l.starts_with("user ")).collect();
+    assert_eq!(
+        users,
+        vec![
+            "user ann (groups students, staff): defaults.cpu 2 from staff (not 1 from students), defaults.mem 4G from students, max.cpu 4 from staff (not 2 from students), max.tasks 8000 from staff",
+            "user bob (groups staff, gpu): defaults.cpu 2 from staff, max.cpu 4 from gpu, max.tasks 8000 from staff",
+        ]
+    );
+    // without a group database the conflict is still a warning
+    let out = p.overlaps(|_| Vec::new());
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert!(
+        out[0].ends_with("no user is in more than one of them now"),
+        "{out:#?}"
+    );
+    // groups that agree raise nothing
+    let agree = one("defaults: {cpu: 2, mem: 8G}\ngroups:\n  a: {defaults: {cpu: 1}}\n  b: {defaults: {cpu: 1}}\n").unwrap();
+    assert!(
+        agree
+            .overlaps(|_| vec!["x".to_string()])
+            .iter()
+            .all(|l| !l.starts_with("warning")),
     );
 }

@@ -86,19 +86,103 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl Request {
-    /// The name of the request type as it appears on the wire.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of request this is.
+    pub fn kind(&self) -> Kind {
         match self {
-            Request::RequestResources(_) => "request_resources",
-            Request::Release => "release",
-            Request::Status { .. } => "status",
-            Request::SessionOpen(_) => "session_open",
-            Request::SessionClose(_) => "session_close",
-            Request::List => "list",
-            Request::SetUser { .. } => "set_user",
-            Request::Reload => "reload",
-            Request::Metrics => "metrics",
+            Request::RequestResources(_) => Kind::RequestResources,
+            Request::Release => Kind::Release,
+            Request::Status { .. } => Kind::Status,
+            Request::SessionOpen(_) => Kind::SessionOpen,
+            Request::SessionClose(_) => Kind::SessionClose,
+            Request::List => Kind::List,
+            Request::SetUser { .. } => Kind::SetUser,
+            Request::Reload => Kind::Reload,
+            Request::Metrics => Kind::Metrics,
         }
+    }
+}
+
+/// Every kind of [`Request`], and what the daemon must know of each before
+/// it looks inside: its wire name, whether only root may send it, and
+/// whether it is sent to change an allocation. Adding a request means adding
+/// it here; the daemon's authorization, rate limits, metrics and dispatch
+/// all read this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    RequestResources,
+    Release,
+    Status,
+    SessionOpen,
+    SessionClose,
+    List,
+    SetUser,
+    Reload,
+    Metrics,
+}
+
+impl Kind {
+    /// Every kind, in the order the metrics list them.
+    pub const ALL: [Kind; 9] = [
+        Kind::RequestResources,
+        Kind::Release,
+        Kind::Status,
+        Kind::SessionOpen,
+        Kind::SessionClose,
+        Kind::List,
+        Kind::SetUser,
+        Kind::Reload,
+        Kind::Metrics,
+    ];
+
+    /// The request type's name on the wire (its `"type"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::RequestResources => "request_resources",
+            Kind::Release => "release",
+            Kind::Status => "status",
+            Kind::SessionOpen => "session_open",
+            Kind::SessionClose => "session_close",
+            Kind::List => "list",
+            Kind::SetUser => "set_user",
+            Kind::Reload => "reload",
+            Kind::Metrics => "metrics",
+        }
+    }
+
+    /// Only root may send it: session bookkeeping (the PAM module), acting
+    /// on other users, and running the daemon.
+    pub fn root_only(self) -> bool {
+        match self {
+            Kind::SessionOpen
+            | Kind::SessionClose
+            | Kind::List
+            | Kind::SetUser
+            | Kind::Reload
+            | Kind::Metrics => true,
+            Kind::RequestResources | Kind::Release | Kind::Status => false,
+        }
+    }
+
+    /// It is sent to change an allocation, so it reaches systemd: held to the
+    /// smaller of the per-user rate limits.
+    pub fn changes_limits(self) -> bool {
+        match self {
+            Kind::RequestResources | Kind::Release | Kind::SetUser | Kind::Reload => true,
+            Kind::Status | Kind::SessionOpen | Kind::SessionClose | Kind::List | Kind::Metrics => {
+                false
+            }
+        }
+    }
+
+    /// Its place in [`Kind::ALL`] (for tables indexed by kind).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -674,6 +758,59 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn kinds_are_named_as_on_the_wire() {
+        let one_of_each = [
+            Request::RequestResources(ResizeArgs::default()),
+            Request::Release,
+            Request::Status { user: None },
+            Request::SessionOpen(SessionOpen::default()),
+            Request::SessionClose(SessionClose::default()),
+            Request::List,
+            Request::SetUser {
+                user: UserRef::Uid(1),
+                args: ResizeArgs::default(),
+                release: false,
+                force: false,
+            },
+            Request::Reload,
+            Request::Metrics,
+        ];
+        let kinds: Vec<Kind> = one_of_each.iter().map(Request::kind).collect();
+        assert_eq!(kinds, Kind::ALL, "Kind::ALL lists every request once");
+        for (req, kind) in one_of_each.iter().zip(Kind::ALL) {
+            let v = serde_json::to_value(req).unwrap();
+            assert_eq!(v["type"], kind.name(), "{kind:?}");
+            assert_eq!(Kind::ALL[kind.index()], kind);
+            // and a request typed by that name parses back to this kind
+            let line = serde_json::to_string(req).unwrap();
+            assert_eq!(parse_request(line.as_bytes()).unwrap().kind(), kind);
+        }
+        let root_only: Vec<&str> = Kind::ALL
+            .iter()
+            .filter(|k| k.root_only())
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(
+            root_only,
+            [
+                "session_open",
+                "session_close",
+                "list",
+                "set_user",
+                "reload",
+                "metrics"
+            ]
+        );
+        // what a user may send to change their own allocation
+        let user_changes: Vec<&str> = Kind::ALL
+            .iter()
+            .filter(|k| k.changes_limits() && !k.root_only())
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(user_changes, ["request_resources", "release"]);
     }
 
     mod props {

@@ -92,6 +92,18 @@ pub enum Refusal {
     NoCapacity(String),
 }
 
+impl std::fmt::Display for Refusal {
+    /// What the user is told after "Request refused: ".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::ExceedsMax(over) => f.write_str(&over.join("; ")),
+            Refusal::NoCapacity(short) => {
+                write!(f, "not enough free capacity on this host: {short}")
+            }
+        }
+    }
+}
+
 /// Who asked for a change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Actor {
@@ -109,6 +121,24 @@ impl Actor {
             Actor::Root { .. } => 0,
         }
     }
+}
+
+/// A resize as the ledger decides it: who, under which policy, what they
+/// ask, who asks, and the host's capacity.
+#[derive(Clone, Copy, Debug)]
+pub struct ResizeRequest<'a> {
+    pub uid: u32,
+    pub name: &'a str,
+    /// The user's policy (default and maximum).
+    pub policy: &'a UserPolicy,
+    /// What is asked; fields left out keep their current value.
+    pub resize: Resize,
+    pub actor: Actor,
+    pub capacity: &'a CapacityLimit,
+    /// Unix time now (recorded in the grant).
+    pub now: u64,
+    /// Unix time the resize lapses back to the default, if it has a lease.
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,42 +214,23 @@ impl Ledger {
     }
 
     /// A resize (or, for root, a set). Fields left out keep their current value.
-    #[allow(clippy::too_many_arguments)]
-    pub fn resize(
-        &mut self,
-        uid: u32,
-        name: &str,
-        up: &UserPolicy,
-        req: Resize,
-        actor: Actor,
-        cap: &CapacityLimit,
-        now: u64,
-        expires_at: Option<u64>,
-    ) -> Result<Change, Refusal> {
+    pub fn resize(&mut self, req: ResizeRequest<'_>) -> Result<Change, Refusal> {
+        let ResizeRequest {
+            uid,
+            name,
+            policy: up,
+            resize,
+            actor,
+            capacity: cap,
+            now,
+            expires_at,
+        } = req;
         let current = self.effective(uid, up);
-        let cpu = req.cpu.unwrap_or(current.cpu);
-        let mem = req.mem.unwrap_or(current.mem);
-        let tasks = req.tasks.unwrap_or(current.tasks);
+        let cpu = resize.cpu.unwrap_or(current.cpu);
+        let mem = resize.mem.unwrap_or(current.mem);
+        let tasks = resize.tasks.unwrap_or(current.tasks);
         if let Actor::User(_) = actor {
-            let mut over = Vec::new();
-            if cpu > up.max.cpu {
-                over.push(format!(
-                    "cpu {cpu} is above your maximum of {} CPUs",
-                    up.max.cpu
-                ));
-            }
-            if mem > up.max.mem {
-                over.push(format!("mem {mem} is above your maximum of {}", up.max.mem));
-            }
-            if tasks > up.max.tasks {
-                over.push(format!(
-                    "tasks {tasks} is above your maximum of {}",
-                    up.max.tasks
-                ));
-            }
-            if !over.is_empty() {
-                return Err(Refusal::ExceedsMax(over));
-            }
+            check_max(up, cpu, mem, tasks)?;
         }
         if !matches!(actor, Actor::Root { force: true }) {
             self.check_capacity(uid, cpu, mem, cap)?;
@@ -443,6 +454,30 @@ impl Ledger {
     }
 }
 
+/// Refuses a user's resize above their maximum, naming every field that is.
+fn check_max(up: &UserPolicy, cpu: Cpus, mem: Bytes, tasks: Tasks) -> Result<(), Refusal> {
+    let mut over = Vec::new();
+    if cpu > up.max.cpu {
+        over.push(format!(
+            "cpu {cpu} is above your maximum of {} CPUs",
+            up.max.cpu
+        ));
+    }
+    if mem > up.max.mem {
+        over.push(format!("mem {mem} is above your maximum of {}", up.max.mem));
+    }
+    if tasks > up.max.tasks {
+        over.push(format!(
+            "tasks {tasks} is above your maximum of {}",
+            up.max.tasks
+        ));
+    }
+    match over.is_empty() {
+        true => Ok(()),
+        false => Err(Refusal::ExceedsMax(over)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,6 +504,27 @@ mod tests {
         })
     }
 
+    /// A resize asked now (time 0) without a lease.
+    fn ask<'a>(
+        uid: u32,
+        name: &'a str,
+        up: &'a UserPolicy,
+        resize: Resize,
+        actor: Actor,
+        capacity: &'a CapacityLimit,
+    ) -> ResizeRequest<'a> {
+        ResizeRequest {
+            uid,
+            name,
+            policy: up,
+            resize,
+            actor,
+            capacity,
+            now: 0,
+            expires_at: None,
+        }
+    }
+
     fn resize(cpu: u64, mem_g: u64) -> Resize {
         Resize {
             cpu: Some(Cpus::whole(cpu)),
@@ -491,16 +547,10 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         let c = l
-            .resize(
-                1001,
-                "alice",
-                &u,
-                resize(3, 3),
-                Actor::User(1001),
-                &cap(&p),
-                10,
-                None,
-            )
+            .resize(ResizeRequest {
+                now: 10,
+                ..ask(1001, "alice", &u, resize(3, 3), Actor::User(1001), &cap(&p))
+            })
             .unwrap();
         assert_eq!(c.old, None);
         assert_eq!(c.new.cpu, Cpus::whole(3));
@@ -524,16 +574,7 @@ mod tests {
             ..Resize::default()
         };
         let c = l
-            .resize(
-                1001,
-                "a",
-                &u,
-                only_cpu,
-                Actor::User(1001),
-                &cap(&p),
-                0,
-                None,
-            )
+            .resize(ask(1001, "a", &u, only_cpu, Actor::User(1001), &cap(&p)))
             .unwrap();
         assert_eq!(c.new.mem, u.default.mem);
         assert_eq!(c.new.cpu, Cpus::whole(4));
@@ -551,7 +592,7 @@ mod tests {
             duration: None,
         };
         let e = l
-            .resize(1001, "a", &u, req, Actor::User(1001), &cap(&p), 0, None)
+            .resize(ask(1001, "a", &u, req, Actor::User(1001), &cap(&p)))
             .unwrap_err();
         let Refusal::ExceedsMax(reasons) = e else {
             panic!("wrong refusal")
@@ -567,43 +608,37 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         let c = l
-            .resize(
+            .resize(ask(
                 1001,
                 "a",
                 &u,
                 resize(8, 40),
                 Actor::Root { force: false },
                 &cap(&p),
-                0,
-                None,
-            )
+            ))
             .unwrap();
         assert_eq!(c.new.mem, Bytes(40 << 30));
         assert_eq!(l.get(1001).unwrap().source(1001), Source::Admin);
         let e = l
-            .resize(
+            .resize(ask(
                 1002,
                 "b",
                 &up(&p, 1002),
                 resize(1, 30),
                 Actor::Root { force: false },
                 &cap(&p),
-                0,
-                None,
-            )
+            ))
             .unwrap_err();
         assert!(matches!(e, Refusal::NoCapacity(_)));
         assert!(
-            l.resize(
+            l.resize(ask(
                 1002,
                 "b",
                 &up(&p, 1002),
                 resize(1, 30),
                 Actor::Root { force: true },
-                &cap(&p),
-                0,
-                None
-            )
+                &cap(&p)
+            ))
             .is_ok()
         );
     }
@@ -614,28 +649,24 @@ mod tests {
         let mut l = Ledger::new();
         let a = up(&p, 1001);
         let b = up(&p, 1002);
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &a,
             resize(6, 8),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let e = l
-            .resize(
+            .resize(ask(
                 1002,
                 "b",
                 &b,
                 resize(4, 8),
                 Actor::User(1002),
                 &cap(&p),
-                0,
-                None,
-            )
+            ))
             .unwrap_err();
         let Refusal::NoCapacity(msg) = e else {
             panic!("wrong refusal")
@@ -644,40 +675,34 @@ mod tests {
         assert!(msg.contains("6 allocated to others"), "{msg}");
         assert!(l.get(1002).is_none());
         // exactly what is free fits
-        l.resize(
+        l.resize(ask(
             1002,
             "b",
             &b,
             resize(2, 8),
             Actor::User(1002),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         // shrinking is always allowed, even when the host is full
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &a,
             resize(1, 8),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         // a user's own allocation counts as theirs to reuse
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &a,
             resize(6, 8),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let c = l.capacity(&cap(&p));
         assert_eq!(c.cpu_allocated, Cpus::whole(8));
@@ -694,16 +719,14 @@ mod tests {
         let c = l.open_session(1001, "a", &u, session(200));
         assert!(!c.force);
         assert_eq!(l.get(1001).unwrap().sessions.len(), 2);
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(4, 4),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         assert_eq!(l.close_session(1001, 100, None, &u), None);
         assert_eq!(l.get(1001).unwrap().limits.cpu, Cpus::whole(4));
@@ -720,16 +743,14 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         l.open_session(1001, "a", &u, session(100));
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(4, 4),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let c = l.release(1001, &u);
         assert_eq!(c.new, u.default);
@@ -743,16 +764,14 @@ mod tests {
         let p = policy(P);
         let mut l = Ledger::new();
         let u = up(&p, 1001);
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(5, 5),
             Actor::Root { force: false },
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let c = l.open_session(1001, "a", &u, session(1));
         assert_eq!(c.new.cpu, Cpus::whole(5));
@@ -764,16 +783,14 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         let before = l.get(1001).cloned();
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(3, 3),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         l.restore(1001, before);
         assert!(l.is_empty());
@@ -784,16 +801,14 @@ mod tests {
         let p = policy(P);
         let mut l = Ledger::new();
         let u = up(&p, 1001);
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(6, 20),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let p2 = policy("defaults: {cpu: 1, mem: 4G}\nmax: {cpu: 4, mem: 16G}\n");
         let c = l.repolicy(1001, &up(&p2, 1001)).unwrap();
@@ -808,16 +823,10 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         l.open_session(1001, "a", &u, session(1));
-        l.resize(
-            1001,
-            "a",
-            &u,
-            resize(6, 8),
-            Actor::User(1001),
-            &cap(&p),
-            0,
-            Some(100),
-        )
+        l.resize(ResizeRequest {
+            expires_at: Some(100),
+            ..ask(1001, "a", &u, resize(6, 8), Actor::User(1001), &cap(&p))
+        })
         .unwrap();
         assert_eq!(l.leases(), vec![(1001, 100)]);
         assert_eq!(l.expire(1001, 99, &u, "x".into()), None);
@@ -829,16 +838,14 @@ mod tests {
         assert_eq!(l.expire(1001, 100, &u, "again".into()), None);
         assert!(l.leases().is_empty());
         // a new resize clears the notice
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(3, 8),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         assert_eq!(l.get(1001).unwrap().notice, None);
     }
@@ -849,16 +856,11 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         l.open_session(1001, "a", &u, session(100));
-        l.resize(
-            1001,
-            "a",
-            &u,
-            resize(3, 3),
-            Actor::User(1001),
-            &cap(&p),
-            7,
-            Some(99),
-        )
+        l.resize(ResizeRequest {
+            now: 7,
+            expires_at: Some(99),
+            ..ask(1001, "a", &u, resize(3, 3), Actor::User(1001), &cap(&p))
+        })
         .unwrap();
         let text = serde_json::to_string(&l).unwrap();
         let back: Ledger = serde_json::from_str(&text).unwrap();

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         eprintln!("fairshared: must run as root (it sets limits on user slices through systemd)");
         return ExitCode::FAILURE;
     }
+    fairshared::nss_check::warn_if_network_nss_unreachable();
     raise_file_limit();
     host::keep_heap_small();
     // Taken before any thread starts: the activated socket, if any.
@@ -123,6 +124,13 @@ fn check(policy: &Policy) -> ExitCode {
         users::group_exists,
     ) {
         println!("{w}");
+    }
+    // groups that set the same field differently, and who is in several
+    for line in policy.overlaps(|g| match nix::unistd::Group::from_name(g) {
+        Ok(Some(g)) => g.mem,
+        _ => Vec::new(),
+    }) {
+        println!("{line}");
     }
     println!("policy OK");
     ExitCode::SUCCESS

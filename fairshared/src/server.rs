@@ -17,7 +17,8 @@ use fairshare_proto::wire::{ErrorCode, MAX_REQUEST_LINE, Response, parse_request
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::service::{Peer, Service};
+use crate::admission::Peer;
+use crate::service::Service;
 use crate::systemd::Systemd;
 
 /// How long a client may take to send its request.
@@ -223,7 +224,7 @@ async fn connection<S: Systemd>(
     let response = match read_request(&mut stream).await {
         Ok(line) => match parse_request(&line) {
             Ok(req) => {
-                tracing::debug!(uid = peer.uid, request = req.kind(), "request");
+                tracing::debug!(uid = peer.uid, request = req.kind().name(), "request");
                 service.handle(peer, req).await
             }
             Err(e) => Response::error(ErrorCode::BadRequest, e),

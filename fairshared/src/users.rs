@@ -8,20 +8,32 @@ use std::ffi::CString;
 use fairshare_policy::Identity;
 use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 
+/// NSS could not answer (as opposed to: there is no such user).
+#[derive(Debug, thiserror::Error)]
+#[error("looking up {what}: {source}")]
+pub struct LookupError {
+    /// `uid 1001`, `user alice`
+    pub what: String,
+    pub source: nix::Error,
+}
+
+fn by_uid_entry(uid: u32) -> Result<Option<User>, LookupError> {
+    User::from_uid(Uid::from_raw(uid)).map_err(|source| LookupError {
+        what: format!("uid {uid}"),
+        source,
+    })
+}
+
 /// Looks a user up by uid. `Ok(None)` when the uid has no passwd entry.
-pub fn by_uid(uid: u32) -> Result<Option<Identity>, String> {
-    let user =
-        User::from_uid(Uid::from_raw(uid)).map_err(|e| format!("looking up uid {uid}: {e}"))?;
-    Ok(user.map(identity))
+pub fn by_uid(uid: u32) -> Result<Option<Identity>, LookupError> {
+    Ok(by_uid_entry(uid)?.map(identity))
 }
 
 /// Looks a user up by uid without their groups (`groups` empty): for
 /// policies without group rules. Saves the group list, which with nss-systemd
 /// is a varlink call into PID 1.
-pub fn by_uid_without_groups(uid: u32) -> Result<Option<Identity>, String> {
-    let user =
-        User::from_uid(Uid::from_raw(uid)).map_err(|e| format!("looking up uid {uid}: {e}"))?;
-    Ok(user.map(|u| Identity {
+pub fn by_uid_without_groups(uid: u32) -> Result<Option<Identity>, LookupError> {
+    Ok(by_uid_entry(uid)?.map(|u| Identity {
         uid: u.uid.as_raw(),
         name: u.name,
         groups: Vec::new(),
@@ -29,8 +41,11 @@ pub fn by_uid_without_groups(uid: u32) -> Result<Option<Identity>, String> {
 }
 
 /// Looks a user up by login name.
-pub fn by_name(name: &str) -> Result<Option<Identity>, String> {
-    let user = User::from_name(name).map_err(|e| format!("looking up user {name}: {e}"))?;
+pub fn by_name(name: &str) -> Result<Option<Identity>, LookupError> {
+    let user = User::from_name(name).map_err(|source| LookupError {
+        what: format!("user {name}"),
+        source,
+    })?;
     Ok(user.map(identity))
 }
 

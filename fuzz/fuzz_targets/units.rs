@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(t) = s.parse::<Tasks>() {
         assert!(t.get() > 0 && t <= Tasks::MAX);
+        assert_eq!(t.to_string().parse::<Tasks>(), Ok(t));
     }
     if let Ok(d) = parse_duration(s) {
         assert_eq!(parse_duration(&format_duration(d)), Ok(d));

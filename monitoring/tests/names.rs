@@ -16,11 +16,12 @@ use fairshare_proto::wire::{Request, Response, parse_request};
 use fairshared::cgroup::Cgroups;
 use fairshared::service::{Directory, Peer, Service};
 use fairshared::systemd::Fake;
+use fairshared::users::LookupError;
 
 struct Users;
 
 impl Directory for Users {
-    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
         Ok(match uid {
             0 => Some(Identity {
                 uid: 0,
@@ -35,7 +36,7 @@ impl Directory for Users {
             _ => None,
         })
     }
-    fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
         match name {
             "alice" => self.by_uid(1001),
             "root" => self.by_uid(0),

@@ -58,7 +58,7 @@ pub const ARGUMENTS: &[(&str, &str)] = &[
     ),
     (
         "fail=open|closed",
-        "What to do when fairshared cannot be reached in time, or cannot apply the limits. open (the default): the login goes ahead, with a warning in the journal. closed: the login is refused, and the user is told why. Root always gets in.",
+        "What to do when fairshared cannot be reached in time, or cannot apply the limits. open (the default): the login goes ahead, with a warning in the journal. closed: the login is refused, and the user is told why. Root always gets in. Users NSS does not know pass through either way (a warning with closed). A user this login knows but fairshared does not (its name service differs, e.g. LDAP or NIS it cannot reach) gets only the host-wide default, with a warning either way.",
     ),
     (
         "skip_uid_below=N",

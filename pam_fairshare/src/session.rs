@@ -85,10 +85,22 @@ fn uid_of(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Result<(String, u3
             ),
         )),
         Ok(Some(uid)) => Ok((user, uid)),
+        // Nothing fairshare could limit. Routine with fail=open; with
+        // fail=closed the admin asked to hear of every login that goes
+        // ahead without limits, so it is a warning.
         Ok(None) => Err(Outcome::new(
             Verdict::Ignore,
-            Level::Debug,
-            format!("{user} is not a user of this host; nothing to do"),
+            match cfg.fail {
+                Fail::Open => Level::Debug,
+                Fail::Closed => Level::Warning,
+            },
+            format!(
+                "{user} is not a user of this host (no such name in NSS); nothing to limit, the session goes ahead{}",
+                match cfg.fail {
+                    Fail::Open => "",
+                    Fail::Closed => " (fail=closed does not refuse users the host does not know)",
+                }
+            ),
         )),
         Err(e) => Err(Outcome::new(
             Verdict::Ignore,
@@ -116,8 +128,25 @@ pub fn open(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Outcome {
     let client = Client::new(&cfg.socket, cfg.timeout);
     let problem = match client.call(&req) {
         Ok(Response::Success(s)) => return Outcome::new(Verdict::Success, Level::Info, s.message),
-        Ok(Response::Error(e)) if matches!(e.code, ErrorCode::UnknownUser | ErrorCode::Exempt) => {
+        Ok(Response::Error(e)) if e.code == ErrorCode::Exempt => {
             return Outcome::new(Verdict::Ignore, Level::Debug, e.error);
+        }
+        // This process found the user, fairshared did not: their name
+        // services differ (typically LDAP or NIS that fairshared's sandbox
+        // cannot reach). Never routine: the user gets only the host-wide
+        // default, whatever the policy says for them.
+        Ok(Response::Error(e)) if e.code == ErrorCode::UnknownUser => {
+            return Outcome::new(
+                Verdict::Ignore,
+                Level::Warning,
+                format!(
+                    "fairshared does not know {user} (uid {uid}) although this login does ({}); \
+                     {user} gets only the host-wide default limits, not their own policy. \
+                     fairshared looks users up in its own sandbox: if they come from LDAP or NIS \
+                     (nsswitch.conf), see `journalctl -u fairshared` at its start",
+                    e.error
+                ),
+            );
         }
         Ok(Response::Error(e)) => format!("fairshared refused the session of {user}: {}", e.error),
         Ok(other) => format!("fairshared sent an unexpected answer: {other:?}"),
@@ -254,6 +283,40 @@ mod tests {
         }
         let no_user = Login::default();
         assert_eq!(open(&c, &no_user, &users).verdict, Verdict::Ignore);
+    }
+
+    #[test]
+    fn an_unknown_user_is_a_warning_when_fail_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let level = |fail| open(&cfg(dir.path(), fail), &login("nobody-here"), &users).log[0].0;
+        assert_eq!(level(Fail::Closed), Level::Warning);
+        assert_eq!(level(Fail::Open), Level::Debug);
+    }
+
+    #[test]
+    fn a_user_fairshared_does_not_know_is_a_warning_that_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        for fail in [Fail::Open, Fail::Closed] {
+            let c = cfg(dir.path(), fail);
+            let _ = std::fs::remove_file(&c.socket);
+            let d = daemon(
+                &c.socket,
+                vec![(
+                    Duration::ZERO,
+                    b"{\"type\":\"error\",\"error\":\"no user with uid 1001\",\"code\":\"unknown_user\"}\n",
+                )],
+            );
+            let o = open(&c, &login("alice"), &users);
+            d.join().unwrap();
+            assert_eq!(o.verdict, Verdict::Ignore, "{fail:?}");
+            assert_eq!(o.log.len(), 1);
+            let (level, msg) = &o.log[0];
+            assert_eq!(*level, Level::Warning, "{fail:?}: {msg}");
+            assert!(
+                msg.contains("alice (uid 1001)") && msg.contains("LDAP or NIS"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -225,18 +225,20 @@ pub fn host_row(prev: Option<&Sample>, cur: &Sample) -> HostRow {
 
 /// What the table can be sorted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+// (plain comments: doc comments would become clap's per-value help, which the
+// man page renders badly)
 pub enum SortKey {
-    /// CPU in use now
+    // CPU in use now
     Cpu,
-    /// CPU in use as a share of the allocation
+    // CPU in use as a share of the allocation
     Share,
-    /// Memory in use
+    // memory in use
     Mem,
-    /// Throttled periods per second
+    // throttled periods per second
     Throttle,
-    /// OOM kills
+    // OOM kills
     Oom,
-    /// User name
+    // user name
     Name,
 }
 

@@ -1,19 +1,24 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use fairshare_policy::{HostResources, Identity, Policy};
 use fairshare_proto::units::{Bytes, Cpus, Tasks};
-use fairshare_proto::wire::{ErrorCode, ResizeArgs, SessionInfo, parse_request};
+use fairshare_proto::wire::{
+    ErrorCode, ErrorReply, Request, ResizeArgs, SessionInfo, Source, StatusInfo, Success,
+    parse_request,
+};
 
 use super::*;
 use crate::systemd::{Call, Fake};
+use crate::users::LookupError;
 
 struct Table(Vec<Identity>);
 
 impl Directory for Table {
-    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
         Ok(self.0.iter().find(|i| i.uid == uid).cloned())
     }
-    fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
         Ok(self.0.iter().find(|i| i.name == name).cloned())
     }
 }
@@ -59,15 +64,19 @@ fn parse(text: &str) -> Policy {
     Policy::from_sources(&[("p.yaml".into(), text.into())]).unwrap()
 }
 
-fn service_with(policy: &str, state: Option<StateFile>) -> Arc<Service<Fake>> {
-    let table = Table(vec![
+/// The users most tests know.
+fn users() -> Arc<Table> {
+    Arc::new(Table(vec![
         id(0, "root", &["root"]),
         id(1001, "alice", &["alice"]),
         id(1002, "bob", &["bob"]),
         id(1003, "stu", &["stu", "students"]),
         id(998, "daemon", &["daemon"]),
-    ]);
-    Arc::new(new_service(Arc::new(table), parse(policy), state))
+    ]))
+}
+
+fn service_with(policy: &str, state: Option<StateFile>) -> Arc<Service<Fake>> {
+    Arc::new(new_service(users(), parse(policy), state))
 }
 
 fn service() -> Arc<Service<Fake>> {
@@ -710,23 +719,68 @@ async fn the_policy_caps_lease_durations_and_gives_one_to_resizes_above_default(
     );
 }
 
-#[tokio::test]
+/// The expiry time is saved: a lease outlives a restart with its original
+/// end, neither restarted from zero by the restart nor lost with it. Time is
+/// tokio's, paused, and the service's clock moves with it.
+#[tokio::test(start_paused = true)]
 async fn a_lease_survives_a_restart() {
-    let s = service();
+    let clock = Clock::tokio();
+    let dir = tempfile::tempdir().unwrap();
+    let at = |clock| {
+        let state = StateFile::open(dir.path()).unwrap();
+        Arc::new(new_service(users(), parse(POLICY), Some(state)).with_clock(clock))
+    };
+    let s = at(clock);
     success(
         send(
             &s,
             1001,
-            r#"{"type":"request_resources","cpu":5,"duration":"1s"}"#,
+            r#"{"type":"request_resources","cpu":5,"duration":"1h"}"#,
         )
         .await,
     );
-    let saved = s.ledger();
-    let s2 = service();
+    let expires = status(send(&s, 1001, r#"{"type":"status"}"#).await)
+        .expires_at
+        .unwrap();
+    assert_eq!(expires, clock.now() + 3600);
+    // fairshared stops 20 minutes into the lease, and starts 10 minutes later
+    tokio::time::advance(Duration::from_secs(20 * 60)).await;
+    drop(s);
+    tokio::time::advance(Duration::from_secs(10 * 60)).await;
+    let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
+        crate::state::Loaded::Ledger(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let s2 = at(clock);
     s2.restore(saved).await;
     assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(5));
+    let st = status(send(&s2, 1001, r#"{"type":"status"}"#).await);
+    assert_eq!(
+        st.expires_at,
+        Some(expires),
+        "the same end after the restart"
+    );
+    // still resized a second before the original end...
+    tokio::time::advance(Duration::from_secs(expires - clock.now() - 1)).await;
+    settle().await;
+    assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(5));
+    assert!(s2.ledger().get(1001).is_some());
+    // ...and back to the default at it
+    tokio::time::advance(Duration::from_secs(1)).await;
     wait_until(|| s2.ledger().get(1001).is_none()).await;
+    assert!(
+        clock.now() <= expires + 1,
+        "{} s late",
+        clock.now() - expires
+    );
     assert_eq!(s2.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+}
+
+/// Lets every task that can run, run (under paused time).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test]
@@ -945,11 +999,11 @@ struct Counting(
 );
 
 impl Directory for Counting {
-    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, String> {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         self.1.by_uid(uid)
     }
-    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, String> {
+    fn by_uid_without_groups(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
         self.2.fetch_add(1, Ordering::SeqCst);
         self.1.by_uid(uid).map(|i| {
             i.map(|mut i| {
@@ -958,7 +1012,7 @@ impl Directory for Counting {
             })
         })
     }
-    fn by_name(&self, name: &str) -> Result<Option<Identity>, String> {
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
         self.1.by_name(name)
     }
 }
@@ -997,7 +1051,7 @@ async fn the_lookup_cache_is_bounded() {
         status(send(&s, 0, &format!(r#"{{"type":"status","user":{uid}}}"#)).await);
     }
     assert_eq!(dir.0.load(Ordering::SeqCst), 1100);
-    assert!(lock(&s.identities).len() <= 1024);
+    assert!(s.identities.cached() <= 1024);
     // the first ones are remembered, the ones past the cap are not
     status(send(&s, 0, r#"{"type":"status","user":5000}"#).await);
     status(send(&s, 0, r#"{"type":"status","user":6099}"#).await);

@@ -362,6 +362,9 @@ fn metrics_and_the_journal_tell_the_admin_what_happened() {
     let (user, _) = TESTUSER2;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 3 --mem 3G").ok();
+    // per-user series are the admin's choice (tests/e2e/tests/ops.rs tests the default)
+    let _undo = Undo(&h, "rm -f /etc/default/fairshare-metrics".into());
+    h.sh("mkdir -p /var/lib/prometheus/node-exporter; echo 'FAIRSHARE_METRICS_OPTIONS=\"--per-user --group root\"' > /etc/default/fairshare-metrics").ok();
     h.sh("systemctl start fairshare-metrics.service").ok();
     let prom = h
         .read("/var/lib/prometheus/node-exporter/fairshare.prom")

@@ -1,12 +1,6 @@
-//! Every call fairshared makes to systemd and logind, behind one trait.
-//!
-//! [`Dbus`] is the real thing: zbus on the system bus, with zbus_systemd's
-//! generated proxies. [`Fake`] records calls in memory, so the ledger and the
-//! request handling are tested without a bus. End-to-end tests always run
-//! against a real systemd.
+//! [`Dbus`]: systemd and logind over the system bus.
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use fairshare_proto::wire::Limits;
@@ -15,96 +9,7 @@ use zbus::zvariant::{OwnedVariant, Variant};
 use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
-/// The unit fairshare limits for a user: logind puts every session scope and
-/// `user@UID.service` there.
-pub fn slice_name(uid: u32) -> String {
-    format!("user-{uid}.slice")
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SystemdError {
-    #[error("cannot reach systemd on the system bus: {0}")]
-    Bus(String),
-    #[error("systemd refused {call} on {unit}: {message}")]
-    Refused {
-        call: &'static str,
-        unit: String,
-        message: String,
-    },
-}
-
-/// What fairshared needs from systemd and logind.
-pub trait Systemd: Send + Sync + 'static {
-    /// Writes `limits` onto `user-UID.slice` as runtime properties. Works
-    /// whether or not the slice is active.
-    fn apply(
-        &self,
-        uid: u32,
-        limits: &Limits,
-    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
-
-    /// Lifts every limit fairshare set on `user-UID.slice` (for users who
-    /// became exempt or no longer exist).
-    fn reset(&self, uid: u32) -> impl Future<Output = Result<(), SystemdError>> + Send;
-
-    /// Moves `pid` (a session process outside any user slice) into a new
-    /// transient scope inside `user-UID.slice`, so it and its children are
-    /// limited. Returns the scope's name.
-    fn adopt(
-        &self,
-        uid: u32,
-        pid: u32,
-    ) -> impl Future<Output = Result<String, SystemdError>> + Send;
-
-    /// Whether logind counts `pid` in one of its sessions (then it is logind's
-    /// to place, never ours to move).
-    fn in_logind_session(
-        &self,
-        pid: u32,
-    ) -> impl Future<Output = Result<bool, SystemdError>> + Send;
-
-    /// Every user logind currently knows (logged in, or lingering): `(uid, name)`.
-    fn logind_users(&self)
-    -> impl Future<Output = Result<Vec<(u32, String)>, SystemdError>> + Send;
-
-    /// The main pid of `user@UID.service`, when it runs.
-    fn user_manager_pid(
-        &self,
-        uid: u32,
-    ) -> impl Future<Output = Result<Option<u32>, SystemdError>> + Send;
-
-    /// Every session logind currently knows (only those of `only`, if given).
-    fn logind_sessions(
-        &self,
-        only: Option<u32>,
-    ) -> impl Future<Output = Result<Vec<LogindSession>, SystemdError>> + Send;
-}
-
-/// One logind session.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogindSession {
-    pub id: String,
-    pub uid: u32,
-    pub user: String,
-    /// The process that registered the session (for sshd, the PAM caller).
-    pub leader: u32,
-    pub service: String,
-    pub rhost: String,
-    pub tty: String,
-}
-
-/// The properties written onto a user's slice.
-pub fn slice_properties(limits: &Limits) -> Vec<(&'static str, u64)> {
-    vec![
-        ("CPUQuotaPerSecUSec", limits.cpu.quota_usec_per_sec()),
-        ("MemoryMax", limits.mem.get()),
-        // u64::MAX is systemd's "infinity": clears a soft limit set earlier.
-        ("MemoryHigh", limits.mem_high.map_or(u64::MAX, |h| h.get())),
-        ("TasksMax", limits.tasks.get()),
-    ]
-}
-
-// ---------------------------------------------------------------- D-Bus
+use super::{LogindSession, Systemd, SystemdError, slice_name, slice_properties};
 
 struct Bus {
     conn: zbus::Connection,
@@ -324,7 +229,7 @@ impl Systemd for Dbus {
                     _ => {}
                 }
             }
-            if crate::cgroup::placement(pid, uid) == crate::cgroup::Placement::Gone {
+            if crate::proc::placement(pid, uid) == crate::proc::Placement::Gone {
                 return Ok(unit);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -432,118 +337,5 @@ impl Systemd for Dbus {
         })
         .await
         .map_err(|e| refused("ListSessions", "org.freedesktop.login1", e))
-    }
-}
-
-// ---------------------------------------------------------------- fake
-
-/// One recorded call to the fake.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Call {
-    Apply(u32, Limits),
-    Reset(u32),
-    Adopt(u32, u32),
-}
-
-/// An in-memory systemd for unit tests (and the memory benchmark).
-#[derive(Default)]
-pub struct Fake {
-    pub calls: Mutex<Vec<Call>>,
-    /// Make the next `apply` calls fail.
-    pub fail_apply: std::sync::atomic::AtomicBool,
-    /// Delay every call (to test that users do not queue behind each other).
-    pub delay: Mutex<Option<Duration>>,
-    pub sessions: Mutex<Vec<LogindSession>>,
-    /// Users logind knows, and the pids of their user managers.
-    pub users: Mutex<Vec<(u32, String)>>,
-    pub managers: Mutex<Vec<(u32, u32)>>,
-    in_flight: std::sync::atomic::AtomicUsize,
-    /// The most `apply` calls ever running at once.
-    pub max_in_flight: std::sync::atomic::AtomicUsize,
-}
-
-impl Fake {
-    pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// The last limits applied to a user's slice.
-    pub fn applied(&self, uid: u32) -> Option<Limits> {
-        self.calls().into_iter().rev().find_map(|c| match c {
-            Call::Apply(u, l) if u == uid => Some(l),
-            _ => None,
-        })
-    }
-
-    async fn pause(&self) {
-        let d = self.delay.lock().ok().and_then(|d| *d);
-        if let Some(d) = d {
-            tokio::time::sleep(d).await;
-        }
-    }
-
-    fn record(&self, c: Call) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.push(c);
-        }
-    }
-}
-
-impl Systemd for Fake {
-    async fn apply(&self, uid: u32, limits: &Limits) -> Result<(), SystemdError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
-        self.max_in_flight.fetch_max(now, SeqCst);
-        self.pause().await;
-        self.in_flight.fetch_sub(1, SeqCst);
-        if self.fail_apply.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(SystemdError::Refused {
-                call: "SetUnitProperties",
-                unit: slice_name(uid),
-                message: "injected failure".into(),
-            });
-        }
-        self.record(Call::Apply(uid, *limits));
-        Ok(())
-    }
-
-    async fn reset(&self, uid: u32) -> Result<(), SystemdError> {
-        self.pause().await;
-        self.record(Call::Reset(uid));
-        Ok(())
-    }
-
-    async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {
-        self.pause().await;
-        self.record(Call::Adopt(uid, pid));
-        Ok(format!("fairshare-session-{uid}-{pid}.scope"))
-    }
-
-    async fn in_logind_session(&self, pid: u32) -> Result<bool, SystemdError> {
-        Ok(self
-            .sessions
-            .lock()
-            .map(|s| s.iter().any(|x| x.leader == pid))
-            .unwrap_or(false))
-    }
-
-    async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
-        Ok(self.users.lock().map(|u| u.clone()).unwrap_or_default())
-    }
-
-    async fn user_manager_pid(&self, uid: u32) -> Result<Option<u32>, SystemdError> {
-        Ok(self
-            .managers
-            .lock()
-            .ok()
-            .and_then(|m| m.iter().find(|(u, _)| *u == uid).map(|(_, p)| *p)))
-    }
-
-    async fn logind_sessions(&self, only: Option<u32>) -> Result<Vec<LogindSession>, SystemdError> {
-        let all = self.sessions.lock().map(|u| u.clone()).unwrap_or_default();
-        Ok(all
-            .into_iter()
-            .filter(|s| only.is_none_or(|o| o == s.uid))
-            .collect())
     }
 }
