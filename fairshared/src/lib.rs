@@ -28,6 +28,7 @@
 pub mod admission;
 pub mod cgroup;
 pub mod cli;
+pub mod cpu_window;
 pub mod host;
 pub mod identity;
 pub mod kernfs;

@@ -374,6 +374,7 @@ mod tests {
             cpu_usage_nsec: Some(cpu_nsec),
             cpu_throttled_periods: Some(throttled),
             oom_kills: Some(oom),
+            cpu_recent: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! | [`Admission`] | root-only kinds and per-user rate limits, before dispatch |
 //! | [`Tasks`] | session process watchers (by pid), lease timers (by uid) |
 //! | [`Counters`] | what the metrics count |
+//! | [`CpuWindow`] | recent samples of each slice's CPU time (CPU "now") |
 //!
 //! One file per concern of the requests: `status` (status, list), `resize`
 //! (resize, release, set_user), `reload`, `sessions` (open, close, processes
@@ -43,6 +44,7 @@ pub use self::metrics::{Counters, Refused};
 use crate::admission::Admission;
 pub use crate::admission::Peer;
 use crate::cgroup::Cgroups;
+use crate::cpu_window::CpuWindow;
 use crate::identity::Identities;
 pub use crate::identity::{Directory, IDENTITY_TTL, Nss};
 use crate::ledger::{Actor, Change, Entry, Ledger};
@@ -124,6 +126,7 @@ pub struct Service<S: Systemd> {
     /// Lease timers, by uid.
     leases: Tasks<u32>,
     counters: Counters,
+    cpu_window: CpuWindow,
 }
 
 impl<S: Systemd> Service<S> {
@@ -149,6 +152,7 @@ impl<S: Systemd> Service<S> {
             watchers: Tasks::default(),
             leases: Tasks::default(),
             counters: Counters::default(),
+            cpu_window: CpuWindow::default(),
         }
     }
 

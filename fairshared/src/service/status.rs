@@ -1,7 +1,7 @@
 //! `status` (one user) and `list` (every tracked user): read-only answers.
 
 use fairshare_policy::{Identity, UserPolicy};
-use fairshare_proto::wire::{Capacity, Response, Source, StatusInfo, UserList, UserRef};
+use fairshare_proto::wire::{Capacity, Response, Source, StatusInfo, Usage, UserList, UserRef};
 
 use super::{Reply, Service, ServiceError};
 use crate::admission::Peer;
@@ -65,8 +65,34 @@ impl<S: Systemd> Service<S> {
                 .and_then(|e| e.grant.as_ref())
                 .and_then(|g| g.expires_at),
             notice: entry.and_then(|e| e.notice.clone()),
-            usage: self.cgroups.usage(uid),
+            usage: self.usage(uid),
             capacity: None,
+        }
+    }
+
+    /// What the user's slice uses now, with its CPU time over a recent
+    /// window.
+    fn usage(&self, uid: u32) -> Usage {
+        let mut usage = self.cgroups.usage(uid);
+        if let Some(n) = usage.cpu_usage_nsec {
+            usage.cpu_recent = self.cpu_window.observe(uid, tokio::time::Instant::now(), n);
+        }
+        usage
+    }
+
+    /// Samples every tracked user's CPU time, so that `status` and `list`
+    /// have a window to report (fairshared calls this every
+    /// [`crate::cpu_window::SAMPLE_EVERY`]). Users no longer tracked are
+    /// forgotten.
+    pub fn sample_cpu(&self) {
+        let mut uids: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
+        uids.sort_unstable();
+        self.cpu_window.retain(|u| uids.binary_search(&u).is_ok());
+        let now = tokio::time::Instant::now();
+        for uid in uids {
+            if let Some(n) = self.cgroups.cpu_nsec(uid) {
+                self.cpu_window.observe(uid, now, n);
+            }
         }
     }
 

@@ -175,6 +175,7 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
         ok,
         "the busy loops did not get their quotas of 0.3 and 0.15 CPUs within 45 s (got {used:?}): the machine is too busy for this test"
     );
+    let at_quota = Instant::now();
 
     // top as root, in an 80x24 terminal
     h.sh(&format!(
@@ -286,6 +287,72 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
         share(u2),
         1.0,
         &once.to_string(),
+    );
+
+    // list and status: CPU now over the daemon's recent window (30 s), once
+    // the whole window lies after the loops reached their quotas
+    if let Some(left) = Duration::from_secs(33).checked_sub(at_quota.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let list = h.ctl("--json list").ok().json();
+    let recent = |name: &str| {
+        let u = list["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["user"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {list}"));
+        assert!(u["usage"]["cpu_usage_nsec"].as_u64().is_some(), "{list}");
+        let r = &u["usage"]["cpu_recent"];
+        let window = r["window_nsec"].as_f64().unwrap_or(0.0) / 1e9;
+        assert!(window >= 20.0, "a window of {window} s: {list}");
+        r["used_nsec"].as_f64().unwrap() / 1e9 / window
+    };
+    within(
+        "testuser's CPU now in list --json",
+        recent(u1),
+        0.3,
+        &list.to_string(),
+    );
+    within(
+        "testuser2's CPU now in list --json",
+        recent(u2),
+        0.15,
+        &list.to_string(),
+    );
+    let table = h.ctl("list").ok().stdout;
+    println!("{table}");
+    assert!(
+        table.lines().next().unwrap().ends_with("CPU NOW"),
+        "{table}"
+    );
+    for (u, quota) in [(u1, 0.3), (u2, 0.15)] {
+        let w: Vec<&str> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|w| w.first() == Some(&u))
+            .unwrap_or_else(|| panic!("no {u} in\n{table}"));
+        // ... CPU-NOW (PERCENT%)
+        let share = w[w.len() - 1]
+            .trim_start_matches('(')
+            .trim_end_matches("%)");
+        within(
+            &format!("{u}'s CPU now in list"),
+            number(w[w.len() - 2]).unwrap(),
+            quota,
+            &table,
+        );
+        within(
+            &format!("{u}'s share in list"),
+            number(share).unwrap(),
+            100.0,
+            &table,
+        );
+    }
+    let status = h.ssh(u1, "fairshare-ctl status").ok().stdout;
+    assert!(
+        status.contains("CPU now 0.") && status.contains("CPU time"),
+        "{status}"
     );
 }
 
