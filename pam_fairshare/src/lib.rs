@@ -152,7 +152,11 @@ impl PamHooks for PamFairshare {
 
     fn sm_close_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
         guarded(pamh, &args, |c, l| {
-            session::close(c, l, &session::nss_lookup)
+            if nix::unistd::geteuid().is_root() {
+                session::close(c, l, &session::nss_lookup)
+            } else {
+                session::close_unprivileged(l)
+            }
         })
     }
     // auth, account, password and setcred keep the trait's default: PAM_IGNORE.

@@ -205,6 +205,23 @@ pub fn close(cfg: &Config, login: &Login, lookup: Lookup<'_>) -> Outcome {
     }
 }
 
+/// Session close from a process that is no longer root. systemd's `(sd-pam)`
+/// helper drops to the user before it closes a `systemd-user` session (the
+/// user manager's), and fairshared answers `session_close` to root only, so
+/// nothing is asked: fairshared watches every session's process and counts
+/// the session down when it ends.
+pub fn close_unprivileged(login: &Login) -> Outcome {
+    Outcome::new(
+        Verdict::Ignore,
+        Level::Debug,
+        format!(
+            "not root at session close (service {}, pid {}): fairshared counts the session down when its process ends",
+            login.service.as_deref().unwrap_or("unknown"),
+            login.pid
+        ),
+    )
+}
+
 fn describe(e: &ClientError) -> String {
     match e {
         ClientError::NotRunning { path, .. } => format!(
@@ -429,5 +446,20 @@ mod tests {
             (Some(1001), Some(4242))
         );
         assert_eq!(v["session_id"], "7");
+    }
+
+    #[test]
+    fn close_without_root_asks_nothing_and_says_who_counts_it_down() {
+        let mut l = login("alice");
+        l.service = Some("systemd-user".into());
+        let o = close_unprivileged(&l);
+        assert_eq!(o.verdict, Verdict::Ignore);
+        assert_eq!(o.log.len(), 1);
+        assert_eq!(o.log[0].0, Level::Debug, "a logout is no news: {:?}", o.log);
+        assert!(
+            o.log[0].1.contains("systemd-user") && o.log[0].1.contains("4242"),
+            "{:?}",
+            o.log
+        );
     }
 }
