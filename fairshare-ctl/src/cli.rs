@@ -163,6 +163,32 @@ events lists them. Terminals closed with `mesg n` get no notices either.",
         after_help = "Examples:\n  fairshare-ctl notices off\n  fairshare-ctl notices on\n  sudo fairshare-ctl notices default --user alice"
     )]
     Notices(NoticesArgs),
+    /// A live view of every user's CPU, memory and limits (your own as a user)
+    #[command(
+        long_about = "A live view, refreshed every few seconds: one row per user with the CPUs they use now \
+(over the last interval) as a share of their allocation and of the host, memory used against their limit, \
+CPU throttling, OOM kills, sessions and where their allocation comes from (default, resize, root, or a lease \
+with the time left); above it the host's size and business and what fairshare has allocated and left free. \
+Root sees every user; anyone else sees their own row and the host. Fits an 80-column terminal.\n\n\
+Keys: q quit, s next sort, c/a/m/t/o/n sort by CPU/share of allocation/memory/throttling/OOM kills/name, \
+r reverse, + and - slower and faster, space refresh now."
+    )]
+    Top {
+        /// Seconds between refreshes [default: 2; with --once: 1]
+        #[arg(long, short = 'd', value_name = "SECONDS", value_parser = parse_interval)]
+        interval: Option<f64>,
+        /// Print one frame and exit (two samples one interval apart, so CPU figures are real); --json prints the figures as JSON and implies --once
+        #[arg(long)]
+        once: bool,
+        /// Sort by cpu (in use now), share (of the allocation), mem, throttle, oom or name
+        #[arg(long, value_enum, default_value = "cpu", hide_possible_values = true)]
+        sort: crate::top::model::SortKey,
+        /// Smallest first
+        #[arg(long)]
+        reverse: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Check a policy file or directory without a daemon (as fairshared --check)
     #[command(
         long_about = "Check a policy file or directory without a daemon and without root, as \
@@ -201,6 +227,7 @@ impl Command {
             Command::Metrics(_) => "metrics",
             Command::Events(_) => "events",
             Command::Notices(_) => "notices",
+            Command::Top { .. } => "top",
             Command::Check { .. } => "check",
         }
     }
@@ -215,6 +242,7 @@ impl Command {
             Command::Metrics(m) => Some(&m.conn),
             Command::Events(e) => Some(&e.conn),
             Command::Notices(n) => Some(&n.conn),
+            Command::Top { conn, .. } => Some(conn),
             Command::Resize(sizes) | Command::Set { sizes, .. } => Some(&sizes.conn),
             Command::Check { .. } => None,
         }
@@ -311,6 +339,16 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
     fairshare_proto::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let (lo, hi) = (crate::top::MIN_INTERVAL, crate::top::MAX_INTERVAL);
+    match s.trim().parse::<f64>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds from {lo} to {hi}, e.g. 2 or 0.5"
+        )),
+    }
+}
+
 fn parse<T: std::str::FromStr<Err = fairshare_proto::ValueError>>(s: &str) -> Result<T, String> {
     s.parse::<T>().map_err(|e| e.to_string())
 }
@@ -361,6 +399,37 @@ mod tests {
             }
         }
         assert!(Cli::try_parse_from(["fairshare-ctl", "status", "bob", "--user", "al"]).is_err());
+        let c = Cli::try_parse_from([
+            "fairshare-ctl",
+            "top",
+            "--once",
+            "-d",
+            "0.5",
+            "--sort",
+            "mem",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Top {
+                interval,
+                once,
+                sort,
+                reverse,
+                ..
+            } => {
+                assert_eq!(interval, Some(0.5));
+                assert!(once && !reverse);
+                assert_eq!(sort, crate::top::model::SortKey::Mem);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["fairshare-ctl", "top", "--sort", "colour"]).is_err());
+        for bad in ["0", "-1", "NaN", "inf", "soon", "0.1"] {
+            assert!(
+                Cli::try_parse_from(["fairshare-ctl", "top", "-d", bad]).is_err(),
+                "{bad}"
+            );
+        }
         let c = Cli::try_parse_from(["fairshare-ctl", "set", "bob", "--default"]).unwrap();
         assert!(matches!(c.command, Command::Set { default: true, .. }));
         assert!(

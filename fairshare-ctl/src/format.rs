@@ -211,6 +211,15 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
     if let Some(t) = u.tasks_current {
         usage.push(format!("{t} tasks"));
     }
+    if let Some(now) = cpu_now(s) {
+        let secs = s
+            .usage
+            .cpu_recent
+            .map_or(0, |r| r.window_nsec / 1_000_000_000);
+        usage.push(format!("CPU now {now} over the last {secs}s"));
+    } else if u.cpu_usage_nsec.is_some() {
+        usage.push("CPU now: not measured yet (ask again in a few seconds)".to_string());
+    }
     if let Some(c) = u.cpu_usage_nsec {
         usage.push(format!("CPU time {}", cpu_time(c)));
     }
@@ -249,6 +258,18 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
     out
 }
 
+/// CPUs kept busy over the daemon's recent window, and as a share of the
+/// allocation: `1.95 CPUs (98%)`.
+fn cpu_now(s: &StatusInfo) -> Option<String> {
+    let cpus = s.usage.cpu_recent?.cpus()?;
+    Some(
+        match s.allocated_cpu.map(|a| a.millis()).filter(|m| *m > 0) {
+            Some(m) => format!("{cpus:.2} CPUs ({:.0}%)", cpus * 100_000.0 / m as f64),
+            None => format!("{cpus:.2} CPUs"),
+        },
+    )
+}
+
 pub fn list(l: &UserList) -> String {
     let header = [
         "USER",
@@ -260,7 +281,7 @@ pub fn list(l: &UserList) -> String {
         "SESS",
         "MEM USED",
         "TASKS NOW",
-        "CPU TIME",
+        "CPU NOW",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for s in &l.users {
@@ -278,7 +299,7 @@ pub fn list(l: &UserList) -> String {
                 .memory_current
                 .map(|m| fairshare_proto::Bytes(m).human())),
             opt(s.usage.tasks_current.map(|t| t.to_string())),
-            opt(s.usage.cpu_usage_nsec.map(cpu_time)),
+            opt(cpu_now(s).map(|c| c.replace(" CPUs", ""))),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
@@ -307,7 +328,7 @@ pub fn list(l: &UserList) -> String {
 mod tests {
     use super::*;
     use fairshare_proto::units::{Bytes, Cpus, Tasks};
-    use fairshare_proto::wire::Usage;
+    use fairshare_proto::wire::{CpuRecent, Usage};
 
     fn info() -> StatusInfo {
         let l = Limits {
@@ -363,7 +384,20 @@ mod tests {
         );
         assert!(s.contains("maximum:    8 CPUs"), "{s}");
         assert!(s.contains("policy:     defaults + group students"), "{s}");
-        assert!(s.contains("memory 5M, 4 tasks, CPU time 3m12s"), "{s}");
+        assert!(
+            s.contains("memory 5M, 4 tasks, CPU now: not measured yet (ask again in a few seconds), CPU time 3m12s"),
+            "{s}"
+        );
+        let mut i = info();
+        i.usage.cpu_recent = Some(CpuRecent {
+            used_nsec: 45_000_000_000,
+            window_nsec: 30_000_000_000,
+        });
+        let s = status(&i, 1001);
+        assert!(
+            s.contains("4 tasks, CPU now 1.50 CPUs (50%) over the last 30s, CPU time 3m12s"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -460,7 +494,19 @@ mod tests {
         );
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("USER   UID   CPU  MEM"), "{t}");
+        assert!(lines[0].ends_with("TASKS NOW  CPU NOW"), "{t}");
         assert!(lines[1].starts_with("alice  1001  3    3G"), "{t}");
+        assert!(lines[1].ends_with("4          -"), "{t}");
+        let mut l = l;
+        l.users[0].usage.cpu_recent = Some(CpuRecent {
+            used_nsec: 9_000_000_000,
+            window_nsec: 30_000_000_000,
+        });
+        let t = list(&l);
+        assert!(
+            t.lines().nth(1).unwrap().ends_with("4          0.30 (10%)"),
+            "{t}"
+        );
         assert!(
             t.contains("host: 5 of 8 CPUs free, 13G of 16G memory free"),
             "{t}"

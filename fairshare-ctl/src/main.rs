@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use fairshare_ctl::cli::{Cli, Command, MetricsArgs, NoticesState};
 use fairshare_ctl::textfile;
-use fairshare_ctl::{events, format};
+use fairshare_ctl::{events, format, top};
 use fairshare_policy::Policy;
 use fairshare_proto::Client;
 use fairshare_proto::wire::{
@@ -30,6 +30,24 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             return check(policy);
+        }
+        Command::Top {
+            interval,
+            once,
+            sort,
+            reverse,
+            ..
+        } => {
+            let conn = cli.connection();
+            let opts = top::Options {
+                interval: *interval,
+                // JSON is for scripts: one frame
+                once: *once || conn.json,
+                sort: *sort,
+                reverse: *reverse,
+                json: conn.json,
+            };
+            return run_top(&conn, opts);
         }
         c @ Command::Status { .. } => Request::Status {
             user: c.status_user().map(|u| UserRef::Name(u.to_string())),
@@ -240,6 +258,39 @@ fn write_metrics(
             eprintln!("fairshare-ctl: cannot write the metrics: {e}");
             ExitCode::from(EXIT_REFUSED)
         }
+    }
+}
+
+/// `fairshare-ctl top`: root sees everyone (`list`), anyone else their own row.
+fn run_top(conn: &fairshare_ctl::cli::Connection, opts: top::Options) -> ExitCode {
+    let timeout = Duration::from_secs_f64(conn.timeout.clamp(0.05, 3600.0));
+    let everyone = nix::unistd::geteuid().is_root();
+    let sampler = top::Sampler::new(Client::new(&conn.socket, timeout), everyone);
+    let result = if opts.once {
+        top::once(&sampler, &opts).map(|text| print!("{text}"))
+    } else {
+        top::term::run(&sampler, opts, top_hint)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fairshare-ctl: {}", top_hint(&e));
+            ExitCode::from(match e {
+                top::Error::Daemon(_) => EXIT_UNREACHABLE,
+                top::Error::Refused(_) => EXIT_REFUSED,
+                top::Error::Terminal(_) => 1,
+            })
+        }
+    }
+}
+
+fn top_hint(e: &top::Error) -> String {
+    match e {
+        top::Error::Daemon(c) => format::unreachable(c, nix::unistd::geteuid().is_root()),
+        top::Error::Refused(why) => why.clone(),
+        top::Error::Terminal(io) => format!(
+            "cannot use this terminal for the live view ({io}); try: fairshare-ctl top --once"
+        ),
     }
 }
 

@@ -499,12 +499,31 @@ pub struct Usage {
     /// Total CPU time used by the slice since it started, in nanoseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_usage_nsec: Option<u64>,
+    /// CPU time used over a recent window the daemon measured (it samples
+    /// every tracked slice now and then); absent until it has two samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_recent: Option<CpuRecent>,
     /// How often the slice was held back by its CPU quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_throttled_periods: Option<u64>,
     /// Processes killed because the slice reached its memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_kills: Option<u64>,
+}
+
+/// CPU time a slice used over a recent window: `used_nsec / window_nsec` is
+/// how many CPUs it kept busy on average.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuRecent {
+    pub used_nsec: u64,
+    pub window_nsec: u64,
+}
+
+impl CpuRecent {
+    /// CPUs busy on average over the window (`None` for an empty window).
+    pub fn cpus(&self) -> Option<f64> {
+        (self.window_nsec > 0).then(|| self.used_nsec as f64 / self.window_nsec as f64)
+    }
 }
 
 /// One open session as the daemon knows it.

@@ -31,6 +31,7 @@
 pub mod admission;
 pub mod cgroup;
 pub mod cli;
+pub mod cpu_window;
 pub mod defaults;
 pub mod dropin;
 pub mod events;

@@ -508,6 +508,7 @@ async fn run(
         async move { service.catch_up().await }
     });
     tokio::spawn(follow_logind(service.clone(), stop_rx.clone()));
+    tokio::spawn(sample_cpu(service.clone(), stop_rx.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(watchdog(service.clone(), listening, period, stop_rx));
     }
@@ -522,6 +523,19 @@ async fn run(
         tracing::error!(error = %e, "could not save state at shutdown");
     }
     Ok(())
+}
+
+/// Samples the tracked users' CPU time now and then: `status` and `list`
+/// show CPU over a recent window.
+async fn sample_cpu(service: Arc<Service<Dbus>>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(fairshared::cpu_window::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => service.sample_cpu(),
+        }
+    }
 }
 
 /// The line `systemctl status` shows.

@@ -186,7 +186,7 @@ mod tests {
             "login_line=a b",
         ]);
         assert_eq!(c, Config::default());
-        assert_eq!(w.len(), 7, "{w:?}");
+        assert_eq!(w.len(), 8, "{w:?}");
         assert!(w[0].contains("fail=maybe"));
     }
 }

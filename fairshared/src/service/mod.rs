@@ -11,6 +11,7 @@
 //! | [`Tasks`] | session process watchers (by pid), lease timers (by uid) |
 //! | [`Counters`] | what the metrics count |
 //! | [`Notices`] | events: history, notices choices, event watchers (by uid) |
+//! | [`CpuWindow`] | recent samples of each slice's CPU time (CPU "now") |
 //!
 //! One file per concern of the requests: `status` (status, list), `resize`
 //! (resize, release, set_user), `reload`, `sessions` (open, close, processes
@@ -47,6 +48,7 @@ pub use self::metrics::{Counters, Refused};
 use crate::admission::Admission;
 pub use crate::admission::Peer;
 use crate::cgroup::Cgroups;
+use crate::cpu_window::CpuWindow;
 use crate::defaults::DropIns;
 use crate::dropin::Layout;
 use crate::events::hub::Notices;
@@ -142,6 +144,7 @@ pub struct Service<S: Systemd> {
     last_good: Option<PathBuf>,
     /// Events and notices (issue 14), with the per-user event watchers.
     notices: Arc<Notices>,
+    cpu_window: CpuWindow,
 }
 
 impl<S: Systemd> Service<S> {
@@ -175,6 +178,7 @@ impl<S: Systemd> Service<S> {
             policy_problem: RwLock::new(None),
             last_good: None,
             notices: Arc::new(Notices::new(notices_file, now())),
+            cpu_window: CpuWindow::default(),
         }
     }
 

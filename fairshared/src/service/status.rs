@@ -2,7 +2,7 @@
 
 use fairshare_policy::{Identity, UserPolicy};
 use fairshare_proto::wire::{
-    Capacity, Response, RootSetting, Source, StatusInfo, UserList, UserRef,
+    Capacity, Response, RootSetting, Source, StatusInfo, Usage, UserList, UserRef,
 };
 
 use super::{Reply, Service, ServiceError};
@@ -89,11 +89,37 @@ impl<S: Systemd> Service<S> {
                     expires_at: a.expires_at,
                 }),
             notice: entry.and_then(|e| e.notice.clone()),
-            usage: self.durable_usage(uid, self.cgroups.usage(uid)),
+            usage: self.durable_usage(uid, self.usage(uid)),
             capacity: None,
             warnings: Vec::new(),
             events: Vec::new(),
             terminal_notices: None,
+        }
+    }
+
+    /// What the user's slice uses now, with its CPU time over a recent
+    /// window.
+    fn usage(&self, uid: u32) -> Usage {
+        let mut usage = self.cgroups.usage(uid);
+        if let Some(n) = usage.cpu_usage_nsec {
+            usage.cpu_recent = self.cpu_window.observe(uid, tokio::time::Instant::now(), n);
+        }
+        usage
+    }
+
+    /// Samples every tracked user's CPU time, so that `status` and `list`
+    /// have a window to report (fairshared calls this every
+    /// [`crate::cpu_window::SAMPLE_EVERY`]). Users no longer tracked are
+    /// forgotten.
+    pub fn sample_cpu(&self) {
+        let mut uids: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
+        uids.sort_unstable();
+        self.cpu_window.retain(|u| uids.binary_search(&u).is_ok());
+        let now = tokio::time::Instant::now();
+        for uid in uids {
+            if let Some(n) = self.cgroups.cpu_nsec(uid) {
+                self.cpu_window.observe(uid, now, n);
+            }
         }
     }
 
