@@ -277,8 +277,8 @@ pub enum NoticesState {
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct NoticesArgs {
-    /// off, on, or default
-    #[arg(value_enum)]
+    /// off (no notices on your terminals), on, or default (the policy's choice)
+    #[arg(value_enum, hide_possible_values = true)]
     pub state: NoticesState,
     /// Another user's (root only)
     #[arg(long, value_name = "USER")]

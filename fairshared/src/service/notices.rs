@@ -56,10 +56,13 @@ impl<S: Systemd> Service<S> {
         what: &'static str,
     ) -> Result<Identity, ServiceError> {
         match user {
-            None => Ok(self.identities.by_uid(peer.uid, false).await?),
-            Some(r) => {
-                let id = self.identities.resolve(r).await?;
-                if id.uid != peer.uid && !peer.is_root() {
+            Some(r) if peer.is_root() => Ok(self.identities.resolve(r).await?),
+            // Permission first, as for `status`: a user is only ever looked
+            // up themselves, never the user they name.
+            Some(UserRef::Uid(uid)) if *uid != peer.uid => Err(ServiceError::NotYourEvents(what)),
+            _ => {
+                let id = self.identity_for(peer.uid, peer.behalf()).await?;
+                if user.is_some_and(|r| !crate::identity::names(r, &id)) {
                     return Err(ServiceError::NotYourEvents(what));
                 }
                 Ok(id)

@@ -117,7 +117,8 @@ impl<S: Systemd> Service<S> {
         self.cpu_window.retain(|u| uids.binary_search(&u).is_ok());
         let now = tokio::time::Instant::now();
         for uid in uids {
-            if let Some(n) = self.cgroups.cpu_nsec(uid) {
+            // never a walk of the user's processes here (see cpu_nsec_accounted)
+            if let Some(n) = self.cgroups.cpu_nsec_accounted(uid) {
                 self.cpu_window.observe(uid, now, n);
             }
         }

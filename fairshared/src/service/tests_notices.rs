@@ -190,6 +190,9 @@ async fn events_are_the_callers_own_unless_root() {
         r#"{"type":"events","user":"bob"}"#,
         r#"{"type":"events","user":1002}"#,
         r#"{"type":"notices","terminal":"off","user":"bob"}"#,
+        // refused before any look-up: no telling who exists
+        r#"{"type":"events","user":"nosuch"}"#,
+        r#"{"type":"notices","terminal":"on","user":123456}"#,
     ] {
         let Response::Error(e) = send(&s, 1001, line).await else {
             panic!("{line} allowed")
