@@ -138,19 +138,6 @@ impl Cgroups {
         }
     }
 
-    /// [`Cgroups::cpu_nsec`] where the host keeps the figure in one file
-    /// (cgroup v2, v1 cpuacct); `None` where it would take a walk of the
-    /// user's processes (v1 without cpuacct), whose size the user chooses:
-    /// what the periodic sampler reads, with no request to rate-limit it.
-    pub fn cpu_nsec_accounted(&self, uid: u32) -> Option<u64> {
-        match self.layout {
-            Layout::Unified => self.cpu_nsec(uid),
-            Layout::Hybrid | Layout::Legacy => ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
-                .iter()
-                .find_map(|c| read_u64(&self.v1(c, uid).join("cpuacct.usage"))),
-        }
-    }
-
     fn v1_cpu_nsec(&self, uid: u32) -> Option<u64> {
         ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
             .iter()

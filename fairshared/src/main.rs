@@ -533,7 +533,14 @@ async fn sample_cpu(service: Arc<Service<Dbus>>, mut stop: tokio::sync::watch::R
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tick.tick() => service.sample_cpu(),
+            _ = tick.tick() => {
+                // off the async workers: on v1 without cpuacct this walks
+                // every user's processes
+                let s = service.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || s.sample_cpu()).await {
+                    tracing::warn!(error = %e, "CPU sampling failed");
+                }
+            }
         }
     }
 }

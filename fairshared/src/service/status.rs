@@ -109,7 +109,9 @@ impl<S: Systemd> Service<S> {
 
     /// Samples every tracked user's CPU time, so that `status` and `list`
     /// have a window to report (fairshared calls this every
-    /// [`crate::cpu_window::SAMPLE_EVERY`]). Users no longer tracked are
+    /// [`crate::cpu_window::SAMPLE_EVERY`], on the blocking pool: where the
+    /// host keeps no per-cgroup CPU figure it is a walk of each user's
+    /// processes, whose size the user chooses). Users no longer tracked are
     /// forgotten.
     pub fn sample_cpu(&self) {
         let mut uids: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
@@ -117,8 +119,7 @@ impl<S: Systemd> Service<S> {
         self.cpu_window.retain(|u| uids.binary_search(&u).is_ok());
         let now = tokio::time::Instant::now();
         for uid in uids {
-            // never a walk of the user's processes here (see cpu_nsec_accounted)
-            if let Some(n) = self.cgroups.cpu_nsec_accounted(uid) {
+            if let Some(n) = self.cgroups.cpu_nsec(uid) {
                 self.cpu_window.observe(uid, now, n);
             }
         }
