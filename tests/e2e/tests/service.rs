@@ -236,7 +236,9 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
         o.stderr
     );
     let before = cursor(&h);
-    h.sh("systemctl reload fairshared").ok();
+    // systemctl reload fails visibly (issue 17.1), the daemon serves on
+    let o = h.sh("systemctl reload fairshared");
+    assert_ne!(o.code, 0, "systemctl reload accepted a bad policy: {o:?}");
     wait_for("the reload to be logged", Duration::from_secs(10), || {
         journal_since(&h, &before)
             .contains("policy not reloaded")
