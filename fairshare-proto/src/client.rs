@@ -66,11 +66,24 @@ impl Client {
         &self.path
     }
 
+    /// An I/O error on the connection: a timeout past the deadline, or the
+    /// error itself.
+    fn io_error(&self, source: io::Error) -> ClientError {
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                path: self.path.clone(),
+                timeout: self.timeout,
+            },
+            _ => ClientError::Io {
+                path: self.path.clone(),
+                source,
+            },
+        }
+    }
+
     /// Sends one request and waits for its answer, all within the timeout.
     pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        let mut line = serde_json::to_vec(request)
-            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
-        line.push(b'\n');
+        let line = encode(request)?;
         let raw = self.call_raw(&line)?;
         serde_json::from_slice(&raw).map_err(|e| {
             let shown = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
@@ -82,16 +95,7 @@ impl Client {
     pub fn call_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut stream = self.connect(deadline)?;
-        let io_err = |source: io::Error| match source.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
-                path: self.path.clone(),
-                timeout: self.timeout,
-            },
-            _ => ClientError::Io {
-                path: self.path.clone(),
-                source,
-            },
-        };
+        let io_err = |source: io::Error| self.io_error(source);
         let mut written = 0;
         while written < bytes.len() {
             stream
@@ -200,6 +204,14 @@ impl Client {
     }
 }
 
+/// One request as its wire line (JSON and a newline).
+fn encode(request: &Request) -> Result<Vec<u8>, ClientError> {
+    let mut line = serde_json::to_vec(request)
+        .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// The answers that follow the first one on a connection that stays open
 /// (`events` with `follow`): one per line, as they come, without a deadline.
 pub struct Follow {
@@ -212,21 +224,10 @@ impl Client {
     /// answer (within the timeout, as [`Client::call`]) and the answers that
     /// follow.
     pub fn follow(&self, request: &Request) -> Result<(Response, Follow), ClientError> {
-        let mut line = serde_json::to_vec(request)
-            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
-        line.push(b'\n');
+        let line = encode(request)?;
         let deadline = Instant::now() + self.timeout;
         let mut stream = self.connect(deadline)?;
-        let io_err = |source: io::Error| match source.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
-                path: self.path.clone(),
-                timeout: self.timeout,
-            },
-            _ => ClientError::Io {
-                path: self.path.clone(),
-                source,
-            },
-        };
+        let io_err = |source: io::Error| self.io_error(source);
         stream
             .set_write_timeout(Some(self.remaining(deadline)?))
             .map_err(io_err)?;

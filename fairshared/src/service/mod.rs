@@ -350,6 +350,29 @@ impl<S: Systemd> Service<S> {
         self.user_and_policy_for(uid, Behalf::Root).await
     }
 
+    /// The user a request from `peer` is about, with the policy in force: the
+    /// caller, or the one named. Root may name anyone; anyone else only
+    /// themselves (by uid or name), refused with `not_yours` before anyone
+    /// but the caller is looked up.
+    async fn subject(
+        &self,
+        peer: Peer,
+        user: Option<&fairshare_proto::wire::UserRef>,
+        not_yours: impl Fn() -> ServiceError,
+    ) -> Result<(Identity, Arc<Policy>), ServiceError> {
+        match user {
+            Some(r) if peer.is_root() => Ok((self.identities.resolve(r).await?, self.policy())),
+            Some(fairshare_proto::wire::UserRef::Uid(uid)) if *uid != peer.uid => Err(not_yours()),
+            _ => {
+                let mine = self.user_and_policy_for(peer.uid, peer.behalf()).await?;
+                if user.is_some_and(|r| !crate::identity::names(r, &mine.0)) {
+                    return Err(not_yours());
+                }
+                Ok(mine)
+            }
+        }
+    }
+
     /// [`Service::user_and_policy`] on behalf of `behalf`.
     async fn user_and_policy_for(
         &self,

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fairshare_policy::{Identity, Policy, UserPolicy};
+use fairshare_policy::{Policy, UserPolicy};
 use fairshare_proto::events::{Event, EventKind, LimitHit, MAX_PROCESSES, Notified};
 use fairshare_proto::units::format_duration;
 use fairshare_proto::wire::{
-    EventList, EventsQuery, Limits, NoticesChoice, Request, Response, Terminal, Usage, UserRef,
+    EventList, EventsQuery, Limits, NoticesChoice, Request, Response, Terminal, Usage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -47,33 +47,12 @@ impl<S: Systemd> Service<S> {
         self
     }
 
-    /// The user an `events` or `notices` request is about: the caller, or
-    /// (root) the one named.
-    async fn subject(
-        &self,
-        peer: Peer,
-        user: Option<&UserRef>,
-        what: &'static str,
-    ) -> Result<Identity, ServiceError> {
-        match user {
-            Some(r) if peer.is_root() => Ok(self.identities.resolve(r).await?),
-            // Permission first, as for `status`: a user is only ever looked
-            // up themselves, never the user they name.
-            Some(UserRef::Uid(uid)) if *uid != peer.uid => Err(ServiceError::NotYourEvents(what)),
-            _ => {
-                let id = self.identity_for(peer.uid, peer.behalf()).await?;
-                if user.is_some_and(|r| !crate::identity::names(r, &id)) {
-                    return Err(ServiceError::NotYourEvents(what));
-                }
-                Ok(id)
-            }
-        }
-    }
-
     /// `events`: a user's history, oldest first.
     pub(super) async fn events(&self, peer: Peer, q: EventsQuery) -> Reply {
-        let id = self
-            .subject(peer, q.user.as_ref(), "see the events of")
+        let (id, _) = self
+            .subject(peer, q.user.as_ref(), || {
+                ServiceError::NotYourEvents("see the events of")
+            })
             .await?;
         let default_on = self.policy().notices().terminal;
         Ok(Response::EventList(EventList {
@@ -86,8 +65,10 @@ impl<S: Systemd> Service<S> {
 
     /// `notices`: the user's choice about terminal notices, saved.
     pub(super) async fn set_notices(&self, peer: Peer, c: NoticesChoice) -> Reply {
-        let id = self
-            .subject(peer, c.user.as_ref(), "turn notices off or on for")
+        let (id, _) = self
+            .subject(peer, c.user.as_ref(), || {
+                ServiceError::NotYourEvents("turn notices off or on for")
+            })
             .await?;
         self.notices.set_choice(id.uid, c.terminal.choice());
         let default_on = self.policy().notices().terminal;

@@ -7,7 +7,6 @@ use fairshare_proto::wire::{
 
 use super::{Reply, Service, ServiceError};
 use crate::admission::Peer;
-use crate::identity::names;
 use crate::ledger::Entry;
 use crate::systemd::{Systemd, slice_name};
 
@@ -17,19 +16,9 @@ const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 impl<S: Systemd> Service<S> {
     /// The caller's allocation, or (root, or the caller by name) a named user's.
     pub(super) async fn status(&self, peer: Peer, user: Option<UserRef>) -> Reply {
-        let (id, policy) = match &user {
-            Some(r) if peer.is_root() => (self.identities.resolve(r).await?, self.policy()),
-            // Permission first: a user is only ever looked up themselves,
-            // never the user they name.
-            Some(UserRef::Uid(uid)) if *uid != peer.uid => return Err(ServiceError::NotYours),
-            _ => {
-                let mine = self.user_and_policy_for(peer.uid, peer.behalf()).await?;
-                if user.as_ref().is_some_and(|r| !names(r, &mine.0)) {
-                    return Err(ServiceError::NotYours);
-                }
-                mine
-            }
-        };
+        let (id, policy) = self
+            .subject(peer, user.as_ref(), || ServiceError::NotYours)
+            .await?;
         let up = policy.for_user(&id);
         let entry = self.store.read(|l| l.get(id.uid).cloned());
         let cap = self.store.read(|l| l.capacity(&policy.capacity(self.host)));
