@@ -25,6 +25,8 @@ PAMCONFIGDIR ?= /usr/share/pam-configs
 BASHCOMPDIR  ?= $(DATADIR)/bash-completion/completions
 ZSHCOMPDIR   ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR  ?= $(DATADIR)/fish/vendor_completions.d
+# Grafana dashboard and Prometheus alert rules (README "Watching a host or a fleet")
+MONITORDIR   ?= $(DATADIR)/fairshare/monitoring
 
 CARGO        ?= cargo
 CARGOFLAGS   ?= --locked
@@ -72,9 +74,13 @@ install:
 	install -D -m 644 $(GEN)/completions/zsh/_fairshared $(DESTDIR)$(ZSHCOMPDIR)/_fairshared
 	install -D -m 644 $(GEN)/completions/fish/fairshare-ctl.fish $(DESTDIR)$(FISHCOMPDIR)/fairshare-ctl.fish
 	install -D -m 644 $(GEN)/completions/fish/fairshared.fish $(DESTDIR)$(FISHCOMPDIR)/fairshared.fish
+	install -D -m 644 monitoring/grafana/fairshare-dashboard.json $(DESTDIR)$(MONITORDIR)/fairshare-dashboard.json
+	install -D -m 644 monitoring/prometheus/fairshare-alerts.yml $(DESTDIR)$(MONITORDIR)/fairshare-alerts.yml
 	@# The policy is the admin's: installed once, never overwritten.
 	@if [ -e $(POLICY) ]; then echo "keeping $(POLICY)"; else install -D -m 644 etc/policy.d/00-defaults.yaml $(POLICY); fi
 	@if [ -e $(METRICSCONF) ]; then echo "keeping $(METRICSCONF)"; else install -D -m 644 etc/default/fairshare-metrics $(METRICSCONF); fi
+	@# the policy default as systemd's drop-in for user slices (no DESTDIR: on this host)
+	@[ -n "$(DESTDIR)" ] || $(DESTDIR)$(SBINDIR)/fairshared --write-defaults
 	@[ -n "$(DESTDIR)" ] || printf '\nNext:\n  systemctl daemon-reload && systemctl enable --now fairshared.socket fairshared.service\n  pam-auth-update --enable fairshare    # Debian/Ubuntu; see README "Enable on a host" for others\n'
 
 uninstall:
@@ -83,6 +89,12 @@ uninstall:
 	  pam-auth-update --package --remove fairshare; fi
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 	  systemctl disable --now fairshared.service fairshared.socket fairshare-metrics.timer 2> /dev/null || true; fi
+	@# the policy default drop-ins and the runtime values fairshared set: slices get systemd's own
+	@# defaults back (without the binary, or under DESTDIR: every 40-fairshare.conf fairshared wrote)
+	@if [ -z "$(DESTDIR)" ] && [ -x $(SBINDIR)/fairshared ]; then $(SBINDIR)/fairshared --remove-defaults; \
+	else for f in $(DESTDIR)$(SYSCONFDIR)/systemd/system/user-*.slice.d/40-fairshare.conf; do \
+	  [ -f "$$f" ] && head -n 1 "$$f" | grep -q '^# Written by fairshared' || continue; \
+	  rm -f "$$f"; rmdir "$$(dirname "$$f")" 2> /dev/null || true; done; fi
 	rm -f $(DESTDIR)$(SBINDIR)/fairshared $(DESTDIR)$(BINDIR)/fairshare-ctl $(DESTDIR)$(PAMDIR)/pam_fairshare.so
 	rm -f $(DESTDIR)$(UNITDIR)/fairshared.service $(DESTDIR)$(UNITDIR)/fairshared.socket \
 	      $(DESTDIR)$(UNITDIR)/fairshare-metrics.service $(DESTDIR)$(UNITDIR)/fairshare-metrics.timer
@@ -93,6 +105,8 @@ uninstall:
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/fairshare-ctl $(DESTDIR)$(BASHCOMPDIR)/fairshared \
 	      $(DESTDIR)$(ZSHCOMPDIR)/_fairshare-ctl $(DESTDIR)$(ZSHCOMPDIR)/_fairshared \
 	      $(DESTDIR)$(FISHCOMPDIR)/fairshare-ctl.fish $(DESTDIR)$(FISHCOMPDIR)/fairshared.fish
+	rm -f $(DESTDIR)$(MONITORDIR)/fairshare-dashboard.json $(DESTDIR)$(MONITORDIR)/fairshare-alerts.yml
+	-rmdir $(DESTDIR)$(MONITORDIR) $(DESTDIR)$(DATADIR)/fairshare 2> /dev/null
 	@[ -n "$(DESTDIR)" ] || { grep -ls pam_fairshare /etc/pam.d/* && echo "^ still name pam_fairshare: remove those lines" || true; }
 	@[ -n "$(DESTDIR)" ] || [ ! -d /run/systemd/system ] || systemctl daemon-reload
 	@echo "kept: $(SYSCONFDIR)/fairshare (policy), $(SYSCONFDIR)/default/fairshare-metrics and /var/lib/fairshare (state); remove them by hand if you want them gone"

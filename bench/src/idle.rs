@@ -156,7 +156,7 @@ pub fn report_cost(v: Option<&IdleSamples>, r: &mut Report) {
         Some(cpu <= MAX_NS),
     ));
     r.note(format!(
-        "idle cost and idle memory: the installed fairshared.service right after a restart, left alone {:.0} s to settle, then {:.0} s without requests; CPU time summed over its threads from /proc/PID/task/*/schedstat (ns), wake-ups = context switches; /proc/PID/stat ticks agree: {:.0} ms. The watchdog (WatchdogSec=30s, pinged every 15 s) is the only timer. {} threads; peak RSS {}.",
+        "idle cost and idle memory: the installed fairshared.service right after a restart, left alone {:.0} s to settle, then {:.0} s without requests; CPU time summed over its threads from /proc/PID/task/*/schedstat (ns), wake-ups = context switches; /proc/PID/stat ticks agree: {:.0} ms. Its timers: the watchdog (WatchdogSec=30s, pinged every 15 s) and the CPU sampler behind CPU now in status and list (every 5 s: one read of each tracked slice's CPU time). {} threads; peak RSS {}.",
         v.settle_secs,
         v.secs,
         v.cpu_ticks_ms,

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use fairshare_policy::{Identity, Policy};
 use fairshare_proto::Client;
 use fairshare_proto::units::{Bytes, Cpus};
-use fairshare_proto::wire::{Limits, Request, ResizeArgs, Response, SessionOpen, UserRef};
+use fairshare_proto::wire::{Request, ResizeArgs, Response, SessionOpen, UserRef};
 use fairshared::cgroup::Cgroups;
 use fairshared::service::{Directory, Service};
 use fairshared::state::{Loaded, StateFile};
@@ -162,7 +162,11 @@ impl Counting {
 }
 
 impl Systemd for Counting {
-    async fn apply(&self, uid: u32, _limits: &Limits) -> std::result::Result<(), SystemdError> {
+    async fn set(
+        &self,
+        uid: u32,
+        _props: &[(&'static str, fairshared::systemd::PropertyValue)],
+    ) -> std::result::Result<(), SystemdError> {
         self.applies.fetch_add(1, Ordering::Relaxed);
         let i = uid.wrapping_sub(FIRST_UID) as usize;
         if let Some(word) = self.bits.get(i / 64) {
@@ -175,11 +179,18 @@ impl Systemd for Counting {
         }
         Ok(())
     }
-    async fn reset(&self, _uid: u32) -> std::result::Result<(), SystemdError> {
-        Ok(())
+    async fn slice_values(
+        &self,
+        _uid: u32,
+    ) -> std::result::Result<Option<fairshared::systemd::SliceValues>, SystemdError> {
+        Ok(None)
     }
-    async fn adopt(&self, uid: u32, pid: u32) -> std::result::Result<String, SystemdError> {
-        Ok(format!("fairshare-session-{uid}-{pid}.scope"))
+    async fn adopt(
+        &self,
+        uid: u32,
+        process: &fairshared::proc::Pinned,
+    ) -> std::result::Result<String, SystemdError> {
+        Ok(format!("fairshare-session-{uid}-{}.scope", process.pid()))
     }
     async fn in_logind_session(&self, _pid: u32) -> std::result::Result<bool, SystemdError> {
         Ok(true)

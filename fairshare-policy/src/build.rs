@@ -20,6 +20,7 @@ use crate::raw::{self, Node, Scalar};
 const MAX_FILE_SIZE: u64 = 1 << 20;
 
 mod cross;
+mod notices;
 mod shape;
 mod values;
 
@@ -118,7 +119,7 @@ fn read_limited(path: &Path) -> Result<String, String> {
 
 /// The top-level keys of a policy file.
 const TOP_KEYS: &[&str] = &[
-    "defaults", "max", "exempt", "capacity", "groups", "users", "leases",
+    "defaults", "max", "exempt", "capacity", "groups", "users", "leases", "notices",
 ];
 /// The keys of `defaults:` and `max:`.
 const LIMIT_KEYS: &[&str] = &["cpu", "mem", "mem_high", "tasks"];
@@ -175,6 +176,7 @@ struct Builder {
     max_lease: Option<Duration>,
     groups: IndexMap<String, Override>,
     users: IndexMap<String, Override>,
+    notices: Option<crate::policy::NoticeDefaults>,
 }
 
 impl Builder {
@@ -209,6 +211,7 @@ impl Builder {
                 "groups" => self.overrides_key(&top, Overrides::Groups, value),
                 "users" => self.overrides_key(&top, Overrides::Users, value),
                 "leases" => self.leases_key(&top, value),
+                "notices" => self.notices_key(&top, value),
                 other => self.unknown_key(&top, key, "", other, TOP_KEYS),
             }
         }

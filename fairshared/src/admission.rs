@@ -1,7 +1,10 @@
-//! Admission: whether a caller may send a request of this kind now, decided
-//! before the request is looked at. Root-only kinds are for root; every
-//! other caller is held to per-user rate limits (every request, and a much
-//! smaller allowance for those that change an allocation, see
+//! Admission: whether a caller may be heard now, decided before the request
+//! is looked at. Every connection of a non-root user takes one from their
+//! allowance of requests before a byte of it is read
+//! ([`Admission::admit_connection`]), so lines that fail to parse, silent
+//! connections and a flood of connections count as requests do. Then, by
+//! kind ([`Admission::admit`]): root-only kinds are for root, and requests
+//! that change an allocation take one from a much smaller allowance (see
 //! [`crate::ratelimit`]). Root (the PAM module, the admin) is never limited.
 
 use std::sync::{Mutex, PoisonError};
@@ -21,6 +24,20 @@ pub struct Peer {
 impl Peer {
     pub fn is_root(self) -> bool {
         self.uid == 0
+    }
+
+    /// Whether the peer is this very daemon (the watchdog's check).
+    pub fn is_this_daemon(self) -> bool {
+        self.pid
+            .is_some_and(|p| u32::try_from(p) == Ok(std::process::id()))
+    }
+
+    /// On whose behalf lookups for this peer's requests run.
+    pub fn behalf(self) -> crate::identity::Behalf {
+        match self.is_root() {
+            true => crate::identity::Behalf::Root,
+            false => crate::identity::Behalf::User,
+        }
     }
 }
 
@@ -45,7 +62,21 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Lets `peer` send a request of `kind` now, or says why not.
+    /// Lets a connection from `peer` be read, or says why not.
+    pub fn admit_connection(&self, peer: Peer) -> Result<(), Denied> {
+        if peer.is_root() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let verdict = {
+            let mut limiters = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
+            limiters.0.take(peer.uid, REQUESTS, now)
+        };
+        verdict.map_err(|wait| self.limited(peer, "any", wait))
+    }
+
+    /// Lets `peer` send a request of `kind` on a connection that was
+    /// admitted, or says why not.
     pub fn admit(&self, peer: Peer, kind: Kind) -> Result<(), Denied> {
         if peer.is_root() {
             return Ok(());
@@ -58,30 +89,30 @@ impl Admission {
             );
             return Err(Denied::RootOnly(kind));
         }
+        if !kind.changes_limits() {
+            return Ok(());
+        }
         let now = Instant::now();
         let verdict = {
             let mut limiters = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
-            let (all, changes) = &mut *limiters;
-            all.take(peer.uid, REQUESTS, now)
-                .and_then(|()| match kind.changes_limits() {
-                    true => changes.take(peer.uid, CHANGES, now),
-                    false => Ok(()),
-                })
+            limiters.1.take(peer.uid, CHANGES, now)
         };
-        verdict.map_err(|wait| {
-            if let Some(held) = self.log.allow() {
-                tracing::warn!(
-                    uid = peer.uid,
-                    request = kind.name(),
-                    more = held,
-                    "rate limited ({held} more refusals since the last warning)"
-                );
-            }
-            Denied::RateLimited {
-                uid: peer.uid,
-                wait,
-            }
-        })
+        verdict.map_err(|wait| self.limited(peer, kind.name(), wait))
+    }
+
+    fn limited(&self, peer: Peer, request: &str, wait: Duration) -> Denied {
+        if let Some(held) = self.log.allow() {
+            tracing::warn!(
+                uid = peer.uid,
+                request,
+                more = held,
+                "rate limited ({held} more refusals since the last warning)"
+            );
+        }
+        Denied::RateLimited {
+            uid: peer.uid,
+            wait,
+        }
     }
 }
 
@@ -107,6 +138,26 @@ mod tests {
         }
         for _ in 0..1000 {
             assert!(a.admit(peer(0), Kind::SetUser).is_ok());
+        }
+    }
+
+    #[test]
+    fn every_connection_counts_whatever_it_carries() {
+        let a = Admission::default();
+        let admitted = (0..300)
+            .filter(|_| a.admit_connection(peer(1001)).is_ok())
+            .count();
+        assert_eq!(admitted, REQUESTS.burst as usize);
+        let e = a.admit_connection(peer(1001)).unwrap_err();
+        assert!(e.to_string().contains("try again in"), "{e}");
+        // someone else, and root, are not held back
+        assert!(a.admit_connection(peer(1002)).is_ok());
+        for _ in 0..1000 {
+            assert!(a.admit_connection(peer(0)).is_ok());
+        }
+        // a status on an admitted connection takes nothing more
+        for _ in 0..1000 {
+            assert!(a.admit(peer(1003), Kind::Status).is_ok());
         }
     }
 

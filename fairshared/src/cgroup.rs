@@ -53,6 +53,11 @@ impl Cgroups {
         self.layout
     }
 
+    /// Where the hierarchy is mounted (normally `/sys/fs/cgroup`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn rel(uid: u32) -> String {
         format!("user.slice/user-{uid}.slice")
     }
@@ -82,6 +87,7 @@ impl Cgroups {
                 Usage {
                     memory_current: read_u64(&d.join("memory.current")),
                     tasks_current: read_u64(&d.join("pids.current")),
+                    cpu_recent: None,
                     cpu_usage_nsec: cpu_stat
                         .as_deref()
                         .and_then(|s| key(s, "usage_usec"))
@@ -93,14 +99,12 @@ impl Cgroups {
                 }
             }
             Layout::Hybrid | Layout::Legacy => {
-                let cpu_usage = ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
-                    .iter()
-                    .find_map(|c| read_u64(&self.v1(c, uid).join("cpuacct.usage")))
-                    .or_else(|| self.live_process_cpu(uid));
+                let cpu_usage = self.v1_cpu_nsec(uid);
                 Usage {
                     memory_current: read_u64(&self.v1("memory", uid).join("memory.usage_in_bytes")),
                     tasks_current: read_u64(&self.v1("pids", uid).join("pids.current")),
                     cpu_usage_nsec: cpu_usage,
+                    cpu_recent: None,
                     cpu_throttled_periods: ["cpu", "cpu,cpuacct", "cpuacct,cpu"]
                         .iter()
                         .find_map(|c| read(&self.v1(c, uid).join("cpu.stat")))
@@ -112,6 +116,33 @@ impl Cgroups {
                 }
             }
         }
+    }
+
+    /// The slice's CPU time alone (the daemon's sampler for CPU now): one
+    /// file read where the host accounts CPU per cgroup.
+    pub fn cpu_nsec(&self, uid: u32) -> Option<u64> {
+        match self.layout {
+            Layout::Unified => read(&self.root.join(Self::rel(uid)).join("cpu.stat"))
+                .as_deref()
+                .and_then(|s| key(s, "usage_usec"))
+                .map(|us| us.saturating_mul(1000)),
+            Layout::Hybrid | Layout::Legacy => {
+                if !["memory", "pids", "systemd"]
+                    .iter()
+                    .any(|c| self.v1(c, uid).is_dir())
+                {
+                    return None;
+                }
+                self.v1_cpu_nsec(uid)
+            }
+        }
+    }
+
+    fn v1_cpu_nsec(&self, uid: u32) -> Option<u64> {
+        ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
+            .iter()
+            .find_map(|c| read_u64(&self.v1(c, uid).join("cpuacct.usage")))
+            .or_else(|| self.live_process_cpu(uid))
     }
 
     /// CPU time of the slice's live processes, where the host keeps no
@@ -213,6 +244,8 @@ mod tests {
         assert_eq!(u.memory_current, Some(1 << 20));
         assert_eq!(u.tasks_current, Some(7));
         assert_eq!(u.cpu_usage_nsec, Some(2_500_000));
+        assert_eq!(c.cpu_nsec(1001), Some(2_500_000));
+        assert_eq!(c.cpu_nsec(1002), None);
         assert_eq!(u.cpu_throttled_periods, Some(3));
         assert_eq!(u.oom_kills, Some(1));
         assert_eq!(c.usage(1002), Usage::default());
@@ -243,6 +276,8 @@ mod tests {
         assert_eq!(u.memory_current, Some(4096));
         assert_eq!(u.tasks_current, Some(3));
         assert_eq!(u.cpu_usage_nsec, Some(123_456_789));
+        assert_eq!(c.cpu_nsec(1001), Some(123_456_789));
+        assert_eq!(c.cpu_nsec(1002), None);
         assert_eq!(u.cpu_throttled_periods, Some(2));
         assert_eq!(u.oom_kills, Some(2));
         // a user without a slice has no usage at all

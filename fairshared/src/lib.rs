@@ -15,7 +15,8 @@
 //!   by key: process watchers, lease timers).
 //! * [`systemd`]: the [`systemd::Systemd`] trait and its D-Bus
 //!   implementation (and, for tests, an in-memory fake).
-//! * [`server`]: the Unix socket and `SO_PEERCRED`.
+//! * [`server`]: the Unix socket and `SO_PEERCRED`; [`health`]: whether the
+//!   daemon still answers (the watchdog's check).
 //! * [`state`]: the ledger on disk, written atomically.
 //! * [`proc`]: processes (pid + start time, pidfds, where they sit);
 //!   [`cgroup`]: live usage from the cgroup files, v1 or v2; [`kernfs`]:
@@ -23,14 +24,22 @@
 //! * [`ratelimit`]: per-user token buckets against request floods.
 //! * [`users`], [`host`], [`nss_check`]: NSS lookups, the host's size, and
 //!   whether fairshared sees the users sshd sees.
+//! * `testhooks` (only with the cargo feature `test-hooks`, never in the
+//!   shipped daemon): a slow or wedged daemon for the end-to-end tests.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admission;
 pub mod cgroup;
 pub mod cli;
+pub mod cpu_window;
+pub mod defaults;
+pub mod dropin;
+pub mod events;
+pub mod health;
 pub mod host;
 pub mod identity;
 pub mod kernfs;
+pub mod lastgood;
 pub mod ledger;
 pub mod locks;
 pub mod nss_check;
@@ -42,4 +51,7 @@ pub mod state;
 pub mod store;
 pub mod systemd;
 pub mod tasks;
+#[cfg(feature = "test-hooks")]
+pub mod testhooks;
+pub mod tty;
 pub mod users;

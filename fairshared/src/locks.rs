@@ -1,6 +1,9 @@
-//! One async lock per user, held for the whole of a change to that user
-//! (ledger update, systemd call, save), so one user's requests are
-//! serialised while different users' run side by side.
+//! One async lock per user, held across a change to that user (ledger
+//! update and systemd call, in that order), so one user's requests are
+//! serialised while different users' run side by side. Not held across the
+//! save that follows (a slow disk must not hold up the user's next login),
+//! nor while a login's process is moved into the user's slice, which comes
+//! before it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};

@@ -2,18 +2,26 @@
 //! in the cgroup tree, and noticing without polling when it ends.
 //!
 //! A pid alone does not name a process for good: the kernel hands it out
-//! again once the process is gone. A [`ProcessRef`] adds the process's start
-//! time, and a [`Pidfd`] (Linux 5.3+) pins the pid while it is open and
-//! becomes readable when the process exits. Session processes that die
-//! without a `close_session` (a crashed sshd, `kill -9`) are counted down
-//! this way, so a user's session count cannot leak upward.
+//! again once the process is gone and reaped. A [`ProcessRef`] adds the
+//! process's start time. A [`Pidfd`] (Linux 5.3+) refers to one process
+//! whatever happens to its pid, and becomes readable when that process
+//! exits; it does not keep the pid from being reused after the process is
+//! reaped, but while its process has not exited the pid is still that
+//! process's. Session processes that die without a `close_session` (a
+//! crashed sshd, `kill -9`) are counted down this way, so a user's session
+//! count cannot leak upward.
+//!
+//! A process that fairshare moves into a user's slice is [`Pinned`] first
+//! and checked again right before the move ([`Pinned::still_same`]).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+pub use fairshare_proto::placement::Placement;
 
 use crate::kernfs::read;
 
@@ -27,13 +35,32 @@ pub struct ProcessRef {
 }
 
 impl ProcessRef {
-    /// The process now at `pid`, with a pidfd on it when it exists. The
-    /// pidfd is opened first: while it is open the pid cannot be reused, so
-    /// the start time read next is this process's own.
+    /// The process now at `pid`, with a pidfd on it when it is still
+    /// running. The pidfd is opened first and the start time read next; the
+    /// start time is the pidfd's process's only if that process had not
+    /// exited by then (afterwards its pid may belong to another one), so a
+    /// process that exits meanwhile comes back without either.
     pub fn pin(pid: u32) -> (ProcessRef, Option<Pidfd>) {
-        let fd = Pidfd::open(pid).ok();
+        let Ok(fd) = Pidfd::open(pid) else {
+            return (
+                ProcessRef {
+                    pid,
+                    start_time: None,
+                },
+                None,
+            );
+        };
         let start_time = start_time(pid);
-        (ProcessRef { pid, start_time }, fd)
+        if fd.has_exited() {
+            return (
+                ProcessRef {
+                    pid,
+                    start_time: None,
+                },
+                None,
+            );
+        }
+        (ProcessRef { pid, start_time }, Some(fd))
     }
 
     /// Whether the process at `pid` is still this one (the same start time,
@@ -50,14 +77,17 @@ impl ProcessRef {
     /// A pidfd on this process; `None` when it is gone or its pid now
     /// belongs to another process.
     pub fn pidfd(&self) -> Option<Pidfd> {
-        // With the pidfd open the pid cannot be reused under us, so the
-        // start time compared next is the pinned process's.
-        Pidfd::open(self.pid).ok().filter(|_| self.is_same())
+        // The start time is compared after the pidfd is opened, and the
+        // pidfd's process must not have exited by then: the start time read
+        // was its own.
+        Pidfd::open(self.pid)
+            .ok()
+            .filter(|fd| self.is_same() && !fd.has_exited())
     }
 }
 
-/// A pidfd: pins a process's pid while it is open, and becomes readable when
-/// the process exits.
+/// A pidfd: refers to one process (whatever later happens to its pid), and
+/// becomes readable when that process exits.
 #[derive(Debug)]
 pub struct Pidfd(OwnedFd);
 
@@ -76,6 +106,18 @@ impl Pidfd {
         Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
     }
 
+    /// Whether the process has exited (a zombie, or reaped). While it has
+    /// not, its pid is still its own.
+    pub fn has_exited(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) => false,
+            // readable (exited), or an error: not a process to act on
+            _ => true,
+        }
+    }
+
     /// Resolves when the process has exited.
     pub async fn exited(self) -> io::Result<()> {
         // SAFETY: the AsyncFd owns the fd (an OwnedFd), which stays open and
@@ -85,6 +127,82 @@ impl Pidfd {
         let _ready = afd.readable().await?;
         Ok(())
     }
+}
+
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// A process fairshare may move into a user's slice, pinned: its pid and
+/// start time, its owner (real uid) when pinned, and a pidfd on it.
+#[derive(Debug)]
+pub struct Pinned {
+    pub process: ProcessRef,
+    /// The real uid of the process when it was pinned.
+    pub owner: u32,
+    pidfd: Pidfd,
+}
+
+impl Pinned {
+    /// Pins the process now at `pid`; `None` when it is gone (or exits while
+    /// it is being looked at).
+    pub fn pin(pid: u32) -> Option<Pinned> {
+        let pidfd = Pidfd::open(pid).ok()?;
+        let start_time = start_time(pid)?;
+        let owner = real_uid(pid)?;
+        // Read while the pidfd's process had not exited: they are its own.
+        if pidfd.has_exited() {
+            return None;
+        }
+        Some(Pinned {
+            process: ProcessRef {
+                pid,
+                start_time: Some(start_time),
+            },
+            owner,
+            pidfd,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    /// The pidfd, for callers that can name the process by it (systemd ≥
+    /// 253 takes pidfds in `StartTransientUnit`).
+    pub fn pidfd(&self) -> &Pidfd {
+        &self.pidfd
+    }
+
+    /// Whether `pid` still names this very process, owned by the same user
+    /// and not exiting: called right before the pid is handed to systemd.
+    /// The pidfd's process has not exited, so the pid cannot have been
+    /// given to another process since it was pinned; start time and owner
+    /// are compared besides.
+    pub fn still_same(&self) -> bool {
+        let pid = self.process.pid;
+        start_time(pid) == self.process.start_time
+            && real_uid(pid) == Some(self.owner)
+            && alive(pid)
+            && !self.pidfd.has_exited()
+    }
+}
+
+/// The real uid of a process (the first field of `Uid:` in `/proc/PID/status`).
+pub fn real_uid(pid: u32) -> Option<u32> {
+    status_uid(&read(Path::new(&format!("/proc/{pid}/status")))?)
+}
+
+fn status_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A process's start time (field 22 of `/proc/PID/stat`, clock ticks after
@@ -124,42 +242,9 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// Where a process is, as far as fairshare cares.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Placement {
-    /// Inside `user-UID.slice` (a logind session scope, or an earlier adoption).
-    InUserSlice,
-    /// Somewhere else: the path systemd tracks it under.
-    Elsewhere(String),
-    /// The process is gone.
-    Gone,
-}
-
-/// Where `pid` is, judged from `/proc/PID/cgroup` (the systemd-tracked path:
-/// the v2 line, or `name=systemd` on v1).
-pub fn placement(pid: u32, uid: u32) -> Placement {
-    match read(Path::new(&format!("/proc/{pid}/cgroup"))) {
-        None => Placement::Gone,
-        Some(t) => placement_in(&t, uid),
-    }
-}
-
-fn placement_in(proc_cgroup: &str, uid: u32) -> Placement {
-    let slice = format!("/user-{uid}.slice");
-    let mut tracked = None;
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if ctrl == "name=systemd" || (ctrl.is_empty() && path != "/") {
-            if path.contains(&format!("{slice}/")) || path.ends_with(&slice) {
-                return Placement::InUserSlice;
-            }
-            tracked.get_or_insert_with(|| path.to_string());
-        }
-    }
-    Placement::Elsewhere(tracked.unwrap_or_else(|| "/".into()))
+/// Where process `pid` is in systemd's tree; `None` when it is gone.
+pub fn placement(pid: u32) -> Option<Placement> {
+    read(Path::new(&format!("/proc/{pid}/cgroup"))).and_then(|t| Placement::of_proc_cgroup(&t))
 }
 
 #[cfg(test)]
@@ -210,24 +295,53 @@ mod tests {
     }
 
     #[test]
-    fn placement_from_proc_cgroup() {
-        let v2_in = "0::/user.slice/user-1001.slice/session-3.scope\n";
-        assert_eq!(placement_in(v2_in, 1001), Placement::InUserSlice);
-        assert!(matches!(placement_in(v2_in, 1002), Placement::Elsewhere(_)));
-        let hybrid_out = "12:pids:/system.slice/cron.service\n1:name=systemd:/system.slice/cron.service\n0::/system.slice/cron.service\n";
+    fn placement_and_owner_of_a_live_process() {
+        let me = std::process::id();
+        assert!(placement(me).is_some());
+        assert_eq!(placement(u32::MAX), None);
+        assert_eq!(real_uid(me), Some(nix::unistd::getuid().as_raw()));
+        assert_eq!(real_uid(u32::MAX), None);
         assert_eq!(
-            placement_in(hybrid_out, 1001),
-            Placement::Elsewhere("/system.slice/cron.service".into())
+            status_uid("Name:\tx\nUid:\t1001\t0\t0\t0\nGid:\t5\n"),
+            Some(1001)
         );
-        let hybrid_in = "1:name=systemd:/user.slice/user-1001.slice/user@1001.service/app.slice/x.scope\n0::/\n";
-        assert_eq!(placement_in(hybrid_in, 1001), Placement::InUserSlice);
-        let adopted = "0::/user.slice/user-1001.slice\n";
-        assert_eq!(placement_in(adopted, 1001), Placement::InUserSlice);
-        assert!(matches!(
-            placement_in("0::/user.slice/user-10011.slice/x\n", 1001),
-            Placement::Elsewhere(_)
-        ));
-        assert_eq!(placement(u32::MAX, 1), Placement::Gone);
+        assert_eq!(status_uid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn a_pinned_process_is_still_the_same_until_it_exits() {
+        let mut child = Child::sleep("60");
+        let pid = child.0.id();
+        let p = Pinned::pin(pid).unwrap();
+        assert_eq!(p.pid(), pid);
+        assert_eq!(p.owner, nix::unistd::getuid().as_raw());
+        assert!(p.still_same());
+        // another process given the same pid would have another start time
+        // or owner: either is enough to refuse it
+        let other_start = Pinned {
+            process: ProcessRef {
+                pid,
+                start_time: p.process.start_time.map(|t| t + 1),
+            },
+            owner: p.owner,
+            pidfd: Pidfd::open(pid).unwrap(),
+        };
+        assert!(!other_start.still_same());
+        let other_owner = Pinned {
+            process: p.process,
+            owner: p.owner + 1,
+            pidfd: Pidfd::open(pid).unwrap(),
+        };
+        assert!(!other_owner.still_same());
+        // exited, not yet reaped: a zombie is never moved
+        child.0.kill().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(p.pidfd().has_exited());
+        assert!(!p.still_same());
+        child.0.wait().unwrap();
+        assert!(!p.still_same());
+        assert!(Pinned::pin(pid).is_none_or(|q| q.process != p.process));
+        assert!(Pinned::pin(u32::MAX).is_none());
     }
 
     #[test]

@@ -80,8 +80,9 @@ impl Store {
         self.lock().clone()
     }
 
-    /// Whether the ledger can be locked: the watchdog's health check. A
-    /// daemon wedged on its own lock stops pinging, and systemd restarts it.
+    /// Whether the ledger can be locked: part of the watchdog's check
+    /// ([`crate::health`]). A daemon wedged on its own lock stops pinging,
+    /// and systemd restarts it.
     pub async fn healthy(&self) -> bool {
         for _ in 0..20 {
             let busy = matches!(
@@ -116,7 +117,12 @@ impl Store {
         };
         let file = file.clone();
         let path = file.path().display().to_string();
-        match tokio::task::spawn_blocking(move || file.save(&bytes)).await {
+        let write = move || {
+            #[cfg(feature = "test-hooks")]
+            crate::testhooks::slow_save();
+            file.save(&bytes)
+        };
+        match tokio::task::spawn_blocking(write).await {
             Ok(Ok(())) => {
                 *saved = generation;
                 Ok(())

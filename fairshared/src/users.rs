@@ -54,6 +54,51 @@ pub fn group_exists(name: &str) -> bool {
     matches!(Group::from_name(name), Ok(Some(_)))
 }
 
+/// A group's members: its member list (NSS), and the local accounts
+/// (`/etc/passwd`) whose primary group it is.
+pub fn group_members(name: &str) -> Vec<String> {
+    let Ok(Some(g)) = Group::from_name(name) else {
+        return Vec::new();
+    };
+    let mut out = g.mem.clone();
+    let gid = g.gid.as_raw();
+    out.extend(
+        local_accounts()
+            .into_iter()
+            .filter(|a| a.2 == gid)
+            .map(|a| a.0),
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The uids of the local accounts below `below`.
+pub fn local_uids_below(below: u32) -> Vec<u32> {
+    local_accounts()
+        .into_iter()
+        .filter(|a| a.1 < below)
+        .map(|a| a.1)
+        .collect()
+}
+
+/// `(name, uid, gid)` of every account in `/etc/passwd`.
+fn local_accounts() -> Vec<(String, u32, u32)> {
+    let Ok(text) = std::fs::read_to_string("/etc/passwd") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?.to_string();
+            let _pw = f.next()?;
+            let uid = f.next()?.parse().ok()?;
+            let gid = f.next()?.parse().ok()?;
+            Some((name, uid, gid))
+        })
+        .collect()
+}
+
 fn identity(user: User) -> Identity {
     let mut gids = CString::new(user.name.as_bytes())
         .ok()

@@ -85,6 +85,8 @@ Description: fair CPU, memory and task limits for every user of a shared host
  servers) fair CPU, memory and task limits on their systemd slice at login,
  through a PAM session module and a small root daemon, fairshared. Users can
  resize their own allocation within the admin's policy with fairshare-ctl.
+ A Grafana dashboard and Prometheus alert rules for a fleet of hosts are in
+ /usr/share/fairshare/monitoring.
 CONTROL
 dpkg-deb --root-owner-group --build "$stage" "target/deb/" > /dev/null
 echo "target/deb/fairshare_${version}_${arch}.deb"

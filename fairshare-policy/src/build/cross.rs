@@ -58,6 +58,7 @@ impl Builder {
             max_lease: self.max_lease,
             groups: self.groups,
             users: self.users,
+            notices: self.notices.unwrap_or_default(),
         })
     }
 

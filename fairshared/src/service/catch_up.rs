@@ -18,46 +18,43 @@ impl<S: Systemd> Service<S> {
         self.store.replace(saved);
     }
 
+    /// Reads fairshare's drop-ins (what slices that start get), before the
+    /// first request is answered. Blocking: a few small files.
+    pub fn load_dropins(&self) {
+        if let Err(e) = self.dropins.load() {
+            tracing::error!(error = %e, "cannot read fairshare's drop-ins; writing them anew");
+        }
+    }
+
     /// [`Service::load`] and [`Service::catch_up`] in one.
     pub async fn restore(self: &Arc<Self>, saved: Ledger) {
         self.load(saved);
         self.catch_up().await;
     }
 
-    /// After start: brings the saved ledger in line with the current policy
-    /// and user database, writes every user's limits to systemd again (the
-    /// runtime drop-ins normally survive a daemon restart, but not a reboot
-    /// or `systemctl revert`), restarts lease timers, then reconciles with
-    /// logind. Runs while requests are already being answered.
+    /// After start: reads fairshare's drop-ins, brings the saved ledger in
+    /// line with the current policy and user database, writes the policy's
+    /// drop-ins and sets the running slices whose values differ from them
+    /// (after a reboot the runtime values of resizes are gone: they are set
+    /// again), restarts lease timers, then reconciles with logind. Runs
+    /// while requests are already being answered; `list` waits for it.
     pub async fn catch_up(self: &Arc<Self>) {
-        let policy = self.policy();
-        let uids: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
-        for uid in uids {
-            let _guard = self.locks.lock(uid).await;
-            let Ok(id) = self.identity(uid).await else {
-                tracing::warn!(
-                    uid,
-                    "dropping saved allocation: the user no longer exists; lifting the limits fairshare set"
-                );
-                self.drop_user(uid).await;
-                continue;
-            };
-            let up = policy.for_user(&id);
-            if up.exempt.is_some() {
-                tracing::warn!(uid, user = %id.name, "dropping saved allocation: the user is now exempt; lifting the limits fairshare set");
-                self.drop_user(uid).await;
-                continue;
+        let d = self.dropins.clone();
+        match tokio::task::spawn_blocking(move || d.load()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read fairshare's drop-ins; writing them anew")
             }
-            if let Some(c) = self.store.mutate(|l| l.repolicy(uid, &up)) {
-                tracing::info!(uid, user = %id.name, old = %c.old.map(|o| o.to_string()).unwrap_or_default(), new = %c.new, "policy changed while fairshared was stopped");
-            }
-            let Some(limits) = self.store.read(|l| l.get(uid).map(|e| e.limits)) else {
-                continue;
-            };
-            match self.systemd.apply(uid, &limits).await {
-                Ok(()) => self.store.mutate(|l| l.mark_applied(uid, limits)),
-                Err(e) => tracing::error!(uid, error = %e, "could not re-apply saved limits"),
-            }
+            Err(e) => tracing::error!(error = %e, "reading fairshare's drop-ins"),
+        }
+        self.check_running_slices().await;
+        let changed = self.refresh().await;
+        if !changed.is_empty() {
+            tracing::info!(
+                users = %super::reload::name_list(&changed),
+                "limits changed while fairshared was stopped (policy, users or groups), now in force: {}",
+                super::reload::name_list(&changed)
+            );
         }
         for (uid, at) in self.store.read(|l| l.leases()) {
             self.schedule_lease(uid, at);
@@ -66,6 +63,39 @@ impl<S: Systemd> Service<S> {
             tracing::error!(error = %e, "could not save state after start-up");
         }
         self.reconcile(None).await;
+        self.caught_up.send_replace(true);
+    }
+
+    /// Reads what every slice logind knows really carries, once at start: a
+    /// slice that started before the drop-ins were written or changed
+    /// (first install, a policy changed while fairshared was stopped, a
+    /// crash between a file and a call) is then set right by the refresh.
+    async fn check_running_slices(&self) {
+        let Ok(users) = self.systemd.logind_users().await else {
+            return;
+        };
+        for (uid, name) in users {
+            match self.systemd.slice_values(uid).await {
+                Ok(Some(actual)) => {
+                    let keys = self.dropins.observed(uid, actual);
+                    if !keys.is_empty() {
+                        tracing::info!(uid, user = %name, "the slice of {name} does not carry what the drop-ins say ({keys:?}); setting it");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "cannot read the limits on a running slice")
+                }
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the start-up catch-up; whether it is done.
+    pub(super) async fn wait_caught_up(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.caught_up.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Brings the ledger in line with the host: sessions whose process is gone
@@ -75,6 +105,7 @@ impl<S: Systemd> Service<S> {
     /// limits the pass to one user (when logind reports them).
     pub async fn reconcile(self: &Arc<Self>, only: Option<u32>) {
         self.check_tracked(only).await;
+        self.sweep_event_watchers(only);
         // Without logind's sessions, counting users with none would be wrong.
         let Some(mut added) = self.count_logind_sessions(only).await else {
             return;
@@ -193,7 +224,7 @@ impl<S: Systemd> Service<S> {
     /// True when it was counted (not for exempt or unknown users).
     async fn open_untracked(self: &Arc<Self>, open: SessionOpen) -> bool {
         let (uid, pid) = (open.uid, open.pid);
-        match self.session_open(open).await {
+        match self.session_open(None, open).await {
             Ok(Response::Success(s)) if s.allocation.is_some() => true,
             Ok(_) => false,
             Err(e) => {

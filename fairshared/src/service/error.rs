@@ -2,10 +2,7 @@
 //! wire's `error` answer. The texts are what users read (and scripts match):
 //! they say what happened and what to do.
 
-use std::time::Duration;
-
 use fairshare_policy::PolicyErrors;
-use fairshare_proto::units::format_duration;
 use fairshare_proto::wire::{Capacity, ErrorCode, ErrorReply, Limits, Response};
 
 use super::metrics::Refused;
@@ -26,6 +23,9 @@ pub enum ServiceError {
         "permission denied: only root can see another user's allocation; `fairshare-ctl status` shows your own"
     )]
     NotYours,
+    /// `events` or `notices` naming another user, from someone not root.
+    #[error("permission denied: only root can {0} another user's; leave out --user for your own")]
+    NotYourEvents(&'static str),
     /// A bad quantity or duration; the text names the field.
     #[error("{0}")]
     BadValue(String),
@@ -33,18 +33,10 @@ pub enum ServiceError {
     NothingToChange,
     #[error("{name} is not limited by fairshare ({reason}); there is nothing to resize")]
     Exempt { name: String, reason: String },
-    #[error(
-        "Request refused: a resize may last at most {} on this host (asked for {})",
-        format_duration(*max),
-        format_duration(*asked)
-    )]
-    LeaseTooLong { max: Duration, asked: Duration },
-    /// The ledger refused a resize: above the maximum, or no room on the host.
-    #[error(
-        "Request refused: {refusal} (you may have up to {max}; free on this host: {} CPUs, {})",
-        capacity.cpu_free,
-        capacity.mem_free.human()
-    )]
+    /// The ledger refused a resize: outside its bounds (the maximum, root's
+    /// setting, the minimum), no room on the host, or past the lease. The
+    /// text is the ledger's, written for whoever asked.
+    #[error("Request refused: {refusal}")]
     Refused {
         refusal: Refusal,
         max: Limits,
@@ -77,9 +69,9 @@ impl ServiceError {
     /// The code on the wire.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ServiceError::Denied(Denied::RootOnly(_)) | ServiceError::NotYours => {
-                ErrorCode::PermissionDenied
-            }
+            ServiceError::Denied(Denied::RootOnly(_))
+            | ServiceError::NotYours
+            | ServiceError::NotYourEvents(_) => ErrorCode::PermissionDenied,
             ServiceError::Denied(Denied::RateLimited { .. }) => ErrorCode::RateLimited,
             ServiceError::Identity(IdentityError::NoUid(_) | IdentityError::NoName(_)) => {
                 ErrorCode::UnknownUser
@@ -89,9 +81,11 @@ impl ServiceError {
             | ServiceError::PolicyTask(_) => ErrorCode::Internal,
             ServiceError::BadValue(_) | ServiceError::NothingToChange => ErrorCode::BadRequest,
             ServiceError::Exempt { .. } => ErrorCode::Exempt,
-            ServiceError::LeaseTooLong { .. } => ErrorCode::ExceedsMax,
             ServiceError::Refused { refusal, .. } => match refusal {
-                Refusal::ExceedsMax(_) => ErrorCode::ExceedsMax,
+                Refusal::Bounds { over, .. } if over.is_empty() => ErrorCode::BadRequest,
+                Refusal::Bounds { .. }
+                | Refusal::LeaseTooLong { .. }
+                | Refusal::LeaseRunning { .. } => ErrorCode::ExceedsMax,
                 Refusal::NoCapacity(_) => ErrorCode::NoCapacity,
             },
             ServiceError::Apply { .. } | ServiceError::Adopt { .. } => ErrorCode::Systemd,
@@ -105,11 +99,14 @@ impl ServiceError {
     pub fn refusal(&self) -> Option<Refused> {
         match self {
             ServiceError::Denied(Denied::RateLimited { .. }) => Some(Refused::RateLimited),
-            ServiceError::LeaseTooLong { .. } => Some(Refused::ExceedsMax),
-            ServiceError::Refused { refusal, .. } => Some(match refusal {
-                Refusal::ExceedsMax(_) => Refused::ExceedsMax,
-                Refusal::NoCapacity(_) => Refused::NoCapacity,
-            }),
+            ServiceError::Refused { refusal, .. } => match refusal {
+                // a value below the minimum is a bad value, not a refusal
+                Refusal::Bounds { over, .. } if over.is_empty() => None,
+                Refusal::Bounds { .. }
+                | Refusal::LeaseTooLong { .. }
+                | Refusal::LeaseRunning { .. } => Some(Refused::ExceedsMax),
+                Refusal::NoCapacity(_) => Some(Refused::NoCapacity),
+            },
             _ => None,
         }
     }
@@ -120,7 +117,12 @@ impl From<ServiceError> for Response {
     /// what would have been allowed.
     fn from(e: ServiceError) -> Response {
         let (max, capacity) = match &e {
-            ServiceError::Refused { max, capacity, .. } => (Some(*max), Some(*capacity)),
+            ServiceError::Refused {
+                refusal: Refusal::NoCapacity(_),
+                capacity,
+                ..
+            } => (None, Some(*capacity)),
+            ServiceError::Refused { max, .. } => (Some(*max), None),
             _ => (None, None),
         };
         Response::Error(ErrorReply {
@@ -134,6 +136,8 @@ impl From<ServiceError> for Response {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -143,10 +147,19 @@ mod tests {
                 uid: 1,
                 wait: Duration::from_secs(1),
             }),
-            ServiceError::LeaseTooLong {
+            refused(Refusal::LeaseTooLong {
                 max: Duration::from_secs(60),
                 asked: Duration::from_secs(120),
-            },
+            }),
+            refused(Refusal::LeaseRunning {
+                left: 60,
+                max: Duration::from_secs(120),
+            }),
+            refused(Refusal::Bounds {
+                over: vec!["cpu 9 is above your maximum of 8 CPUs".into()],
+                under: vec![],
+            }),
+            refused(Refusal::NoCapacity("x".into())),
         ];
         for e in refusals {
             assert!(e.refusal().is_some(), "{e}");
@@ -161,21 +174,62 @@ mod tests {
             ServiceError::Denied(Denied::RootOnly(fairshare_proto::wire::Kind::List)),
             ServiceError::Identity(IdentityError::NoUid(5)),
             ServiceError::NoPolicyPath,
+            refused(Refusal::Bounds {
+                over: vec![],
+                under: vec!["mem 1B is below the minimum of 64M".into()],
+            }),
         ] {
             assert_eq!(e.refusal(), None, "{e}");
         }
-        let r = Response::from(ServiceError::LeaseTooLong {
+        let r = Response::from(refused(Refusal::LeaseTooLong {
             max: Duration::from_secs(7200),
             asked: Duration::from_secs(3 * 3600),
-        });
+        }));
         let Response::Error(e) = r else {
             panic!("not an error: {r:?}")
         };
         assert_eq!(
             e.error,
-            "Request refused: a resize may last at most 2h on this host (asked for 3h)"
+            "Request refused: a resize above the default may last at most 2h on this host (asked for 3h)"
         );
         assert_eq!(e.code, ErrorCode::ExceedsMax);
-        assert_eq!((e.max, e.capacity), (None, None));
+        assert_eq!((e.max.is_some(), e.capacity), (true, None));
+    }
+
+    fn refused(refusal: Refusal) -> ServiceError {
+        use fairshare_proto::units::{Bytes, Cpus, Tasks};
+        let l = Limits {
+            cpu: Cpus::whole(1),
+            mem: Bytes(1 << 30),
+            mem_high: None,
+            tasks: Tasks(100),
+        };
+        ServiceError::Refused {
+            refusal,
+            max: l,
+            capacity: Capacity {
+                cpu_total: l.cpu,
+                mem_total: l.mem,
+                cpu_allocated: l.cpu,
+                mem_allocated: l.mem,
+                cpu_free: Cpus::default(),
+                mem_free: Bytes(0),
+            },
+        }
+    }
+
+    /// A capacity refusal shows one figure of what is free, labelled; a
+    /// bound's refusal shows none.
+    #[test]
+    fn a_capacity_refusal_has_one_free_figure() {
+        let e = refused(Refusal::NoCapacity(
+            "cpu 4 asked, 2 CPUs free for you (host capacity 8 CPUs = 2 x overcommit 4, minus 6 allocated to others)".into(),
+        ));
+        let text = e.to_string();
+        assert_eq!(text.matches("free").count(), 1, "{text}");
+        let Response::Error(r) = Response::from(e) else {
+            panic!("not an error")
+        };
+        assert_eq!((r.max, r.capacity.is_some()), (None, true));
     }
 }

@@ -55,6 +55,8 @@ pub struct Counters {
     pub(super) sessions_ended: AtomicU64,
     pub(super) adopted: AtomicU64,
     pub(super) leases_expired: AtomicU64,
+    /// `SetUnitProperties` calls on user slices.
+    pub(super) slice_writes: AtomicU64,
 }
 
 impl Counters {
@@ -173,6 +175,7 @@ impl<S: Systemd> Service<S> {
         per_user(&mut o, &users);
         host(&mut o, users.len(), &cap);
         counters(&mut o, &self.counters);
+        o.0.push_str(&self.notices.metrics());
         o.0
     }
 }
@@ -283,6 +286,11 @@ fn counters(o: &mut Out, c: &Counters) {
             "fairshare_leases_expired_total",
             "Leased resizes that ran out.",
             &c.leases_expired,
+        ),
+        (
+            "fairshare_slice_writes_total",
+            "SetUnitProperties calls on user slices (a login whose slice started from the right drop-in makes none).",
+            &c.slice_writes,
         ),
     ];
     for (name, help, n) in totals {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fairshare_policy::{Identity, UserPolicy};
+use fairshare_policy::Identity;
 use fairshare_proto::units::format_duration;
 use fairshare_proto::wire::{Resize, ResizeArgs, Response, Success, UserRef};
 
@@ -27,31 +27,9 @@ impl<S: Systemd> Service<S> {
         let resize = parsed.map_err(ServiceError::BadValue)?;
         let id = id?;
         match release {
-            true => self.release(id, Some(peer.uid)).await,
+            true => self.release(id, Actor::Root { force }, peer.uid).await,
             false => self.resize(id, resize, Actor::Root { force }).await,
         }
-    }
-
-    /// When a resize lapses: what was asked, capped by the policy for users.
-    fn lease_end(
-        &self,
-        up: &UserPolicy,
-        req: &Resize,
-        actor: Actor,
-    ) -> Result<Option<u64>, ServiceError> {
-        let max = self.policy().max_lease();
-        let above = req.cpu.is_some_and(|c| c > up.default.cpu)
-            || req.mem.is_some_and(|m| m > up.default.mem)
-            || req.tasks.is_some_and(|t| t > up.default.tasks);
-        let lasting = match (actor, req.duration, max) {
-            (Actor::User(_), Some(asked), Some(max)) if asked > max => {
-                return Err(ServiceError::LeaseTooLong { max, asked });
-            }
-            (_, Some(d), _) => Some(d),
-            (Actor::User(_), None, Some(m)) if above => Some(m),
-            _ => None,
-        };
-        Ok(lasting.map(|d| self.now().saturating_add(d.as_secs())))
     }
 
     pub(super) async fn resize(self: &Arc<Self>, id: Identity, req: Resize, actor: Actor) -> Reply {
@@ -66,9 +44,9 @@ impl<S: Systemd> Service<S> {
                 reason: ex.to_string(),
             });
         }
-        let expires = self.lease_end(&up, &req, actor)?;
-        let _guard = self.locks.lock(id.uid).await;
+        let guard = self.locks.lock(id.uid).await;
         let cap = policy.capacity(self.host);
+        let now = self.now();
         let ask = ResizeRequest {
             uid: id.uid,
             name: &id.name,
@@ -76,8 +54,8 @@ impl<S: Systemd> Service<S> {
             resize: req,
             actor,
             capacity: &cap,
-            now: self.now(),
-            expires_at: expires,
+            now,
+            max_lease: policy.max_lease(),
         };
         let result = self.store.mutate(|l| {
             let prev = l.get(id.uid).cloned();
@@ -86,7 +64,18 @@ impl<S: Systemd> Service<S> {
         let (prev, change) = match result {
             Ok(x) => x,
             Err(refusal) => {
-                tracing::info!(uid = id.uid, user = %id.name, reason = %refusal, "resize refused");
+                let by = match actor {
+                    Actor::User(_) => "by the user",
+                    Actor::Root { .. } => "by root",
+                };
+                tracing::info!(
+                    uid = id.uid,
+                    user = %id.name,
+                    reason = %refusal,
+                    "resize of {} (uid {}) asked {by} refused: {refusal}",
+                    id.name,
+                    id.uid
+                );
                 return Err(ServiceError::Refused {
                     refusal,
                     max: up.max,
@@ -94,38 +83,74 @@ impl<S: Systemd> Service<S> {
                 });
             }
         };
+        let undo = OnRefusal::Restore(prev);
         let by = match actor {
             Actor::User(u) => u,
             Actor::Root { .. } => 0,
         };
-        let undo = OnRefusal::Restore(prev);
-        self.commit(&id, &change, undo, by, "resize").await?;
-        if let Some(at) = expires {
-            self.schedule_lease(id.uid, at);
-        }
-        let capacity = self.store.read(|l| l.capacity(&cap));
-        let until = expires
-            .map(|at| {
-                let left = Duration::from_secs(at.saturating_sub(self.now()));
-                format!(" for {}", format_duration(left))
-            })
-            .unwrap_or_default();
+        let why = match actor {
+            Actor::User(_) => "resize",
+            Actor::Root { .. } => "set by root",
+        };
+        self.apply_change(&id, &change, undo, by, why).await?;
+        // armed with the lock held, so timers follow the ledger's order
+        self.rearm_lease(id.uid);
+        self.save_unlocked(guard).await?;
+        let (capacity, entry) = self
+            .store
+            .read(|l| (l.capacity(&cap), l.get(id.uid).cloned()));
+        let left = |at: u64| format_duration(Duration::from_secs(at.saturating_sub(now).max(1)));
+        let free = format!(
+            "free on this host now: {} CPUs, {}",
+            capacity.cpu_free,
+            capacity.mem_free.human()
+        );
+        let message = match actor {
+            Actor::User(_) => {
+                let grant = entry.as_ref().and_then(|e| e.grant.as_ref());
+                let until = match grant.and_then(|g| g.expires_at.map(|t| (t, g.since))) {
+                    Some((t, Some(since))) if since < now => format!(
+                        " for {} (the rest of the lease that began {} ago; resizing again does not extend it)",
+                        left(t),
+                        format_duration(Duration::from_secs(now - since))
+                    ),
+                    Some((t, _)) => format!(" for {}", left(t)),
+                    None => String::new(),
+                };
+                format!(
+                    "Resources allocated: {} on {}{until} (your maximum: {}; {free})",
+                    change.new,
+                    slice_name(id.uid),
+                    up.max,
+                )
+            }
+            Actor::Root { .. } => {
+                let admin = entry.as_ref().and_then(|e| e.admin.as_ref());
+                let until = match admin.and_then(|a| a.expires_at) {
+                    Some(t) => format!(" for {} (then back to the default)", left(t)),
+                    None => format!(" until `fairshare-ctl set {} --default`", id.name),
+                };
+                format!(
+                    "{}'s allocation set to {} on {}{until}; {}'s own resizes and releases stay at or below it ({free})",
+                    id.name,
+                    change.new,
+                    slice_name(id.uid),
+                    id.name,
+                )
+            }
+        };
         Ok(Response::Success(Success {
-            message: format!(
-                "Resources allocated: {} on {}{until} (max {}; free on this host now: {} CPUs, {})",
-                change.new,
-                slice_name(id.uid),
-                up.max,
-                capacity.cpu_free,
-                capacity.mem_free.human()
-            ),
+            message,
             allocation: Some(change.new),
             capacity: Some(capacity),
+            ..Success::default()
         }))
     }
 
-    /// Back to the policy default; `by_root`: root's uid when root asked.
-    pub(super) async fn release(&self, id: Identity, by_root: Option<u32>) -> Reply {
+    /// Drops the user's own resize (`Actor::User`: back to root's setting,
+    /// if any, else the default), or with root as `actor` root's setting
+    /// too (`set --default`). `by`: who asked.
+    pub(super) async fn release(self: &Arc<Self>, id: Identity, actor: Actor, by: u32) -> Reply {
         let policy = self.policy();
         let up = policy.for_user(&id);
         if let Some(ex) = &up.exempt {
@@ -134,21 +159,53 @@ impl<S: Systemd> Service<S> {
                 id.name
             )));
         }
-        let _guard = self.locks.lock(id.uid).await;
+        let guard = self.locks.lock(id.uid).await;
         let (prev, change) = self
             .store
-            .mutate(|l| (l.get(id.uid).cloned(), l.release(id.uid, &up)));
-        let by = by_root.unwrap_or(id.uid);
+            .mutate(|l| (l.get(id.uid).cloned(), l.release(id.uid, &up, actor)));
         let undo = OnRefusal::Restore(prev);
-        self.commit(&id, &change, undo, by, "release").await?;
-        Ok(Response::Success(Success {
-            message: format!(
+        let why = match actor {
+            Actor::User(_) => "release",
+            Actor::Root { .. } => "reset by root",
+        };
+        self.apply_change(&id, &change, undo, by, why).await?;
+        // armed with the lock held, so timers follow the ledger's order
+        self.rearm_lease(id.uid);
+        self.save_unlocked(guard).await?;
+        let admin = self
+            .store
+            .read(|l| l.get(id.uid).and_then(|e| e.admin.clone()));
+        let message = match (actor, admin) {
+            (Actor::User(_), Some(a)) => format!(
+                "Resources released: {} is back to root's setting for you: {}{}",
+                slice_name(id.uid),
+                change.new,
+                match a.expires_at {
+                    Some(t) => format!(
+                        " (for another {}, then the default)",
+                        format_duration(Duration::from_secs(t.saturating_sub(self.now()).max(1)))
+                    ),
+                    None => String::new(),
+                }
+            ),
+            (Actor::User(_), None) => format!(
                 "Resources released: {} is back to the default of {}",
                 slice_name(id.uid),
                 change.new
             ),
+            (Actor::Root { .. }, _) => format!(
+                "{}'s allocation is back to the policy default of {} on {} (root's setting and {}'s own resize, if any, ended)",
+                id.name,
+                change.new,
+                slice_name(id.uid),
+                id.name
+            ),
+        };
+        Ok(Response::Success(Success {
+            message,
             allocation: Some(change.new),
             capacity: Some(self.store.read(|l| l.capacity(&policy.capacity(self.host)))),
+            ..Success::default()
         }))
     }
 }

@@ -1,5 +1,19 @@
 //! Sessions: opened and closed by the PAM module, and ended when their
 //! process dies without a close.
+//!
+//! A session process outside every user's slice (a PAM stack without
+//! `pam_systemd`, like cron's) is moved into the user's slice before
+//! anything else waits on the user: before the user's lock, which the user's
+//! own resizes hold. The PAM module keeps the session from opening until the
+//! daemon answered, so the job the process starts afterwards, and its
+//! children, start inside the slice.
+//!
+//! What the module says about the session is checked against the kernel:
+//! the process is moved only when it is the one that asked (`SO_PEERCRED`)
+//! or the user's own, and only from outside every user's slice (never out
+//! of a logind session); a logind session id (`XDG_SESSION_ID`, which a user
+//! can set through `pam_env`) is believed only when the process's cgroup is
+//! that session's scope.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -7,16 +21,23 @@ use std::sync::atomic::Ordering;
 use fairshare_policy::Identity;
 use fairshare_proto::wire::{Response, SessionClose, SessionInfo, SessionOpen, Success};
 
-use super::{OnRefusal, Reply, Service, ServiceError};
+use super::{OnRefusal, Peer, Reply, Service, ServiceError};
 use crate::ledger::Change;
-use crate::proc::{self, Pidfd, Placement, ProcessRef};
+use crate::proc::{self, Pidfd, Pinned, Placement, ProcessRef};
 use crate::systemd::{Systemd, slice_name};
 
 impl<S: Systemd> Service<S> {
-    pub(super) async fn session_open(self: &Arc<Self>, s: SessionOpen) -> Reply {
+    /// A session opened. `peer`: who asked (`None`: the daemon itself, for
+    /// sessions found on the host).
+    pub(super) async fn session_open(
+        self: &Arc<Self>,
+        peer: Option<Peer>,
+        s: SessionOpen,
+    ) -> Reply {
         let (id, policy) = self.user_and_policy(s.uid).await?;
         let up = policy.for_user(&id);
         if let Some(ex) = &up.exempt {
+            self.lift_exempt(&id, &up).await;
             return Ok(Response::success(format!(
                 "{} is not limited ({ex})",
                 id.name
@@ -25,6 +46,16 @@ impl<S: Systemd> Service<S> {
         self.counters
             .sessions_opened
             .fetch_add(1, Ordering::Relaxed);
+        let place = proc::placement(s.pid);
+        let session_id = match peer {
+            Some(_) => confirmed_session(&id, s.pid, s.session_id.as_deref(), place.as_ref()),
+            // from logind's own list of sessions (catch_up)
+            None => s.session_id.clone(),
+        };
+        let s = SessionOpen { session_id, ..s };
+        // Into the slice first, before waiting for the user's lock: nothing
+        // the user does with their own requests can hold this up.
+        let adopted = self.adopt_stray(&id, &s, peer, place.as_ref()).await;
         let guard = self.locks.lock(id.uid).await;
         let (process, pidfd) = ProcessRef::pin(s.pid);
         let info = SessionInfo {
@@ -43,40 +74,54 @@ impl<S: Systemd> Service<S> {
         let committed = self
             .apply_change(&id, &change, OnRefusal::Keep, 0, &why)
             .await;
-        self.store.save_later();
         self.watch(id.uid, s.pid, pidfd);
+        self.events_started(id.uid);
         drop(guard);
-        // Limit the slice first, then put a stray session process into it.
-        let adopted = self.adopt_stray(&id, &s).await?;
+        self.store.save_later();
+        let adopted = adopted?;
         committed?;
         Ok(Response::Success(Success {
             message: format!("{}: {}{adopted}", id.name, change.new),
             allocation: Some(change.new),
             capacity: None,
+            login_line: self.login_line(id.uid, &policy, &up, &change.new),
         }))
     }
 
-    /// Moves a session process into the user's slice when it is outside it
-    /// and logind does not own it (a PAM stack without pam_systemd). A
-    /// logind session's process is logind's to place, even when its scope is
-    /// still being set up. Returns what to add to the answer.
-    async fn adopt_stray(&self, id: &Identity, s: &SessionOpen) -> Result<String, ServiceError> {
-        if s.session_id.is_some() {
-            // logind's session: not even worth a look at /proc
-            return Ok(String::new());
-        }
-        let Placement::Elsewhere(path) = proc::placement(s.pid, id.uid) else {
+    /// Moves a session process into the user's slice when it is outside
+    /// every user's slice (a PAM stack without pam_systemd), and only when it
+    /// is the process that asked or one of the user's (see [`may_adopt`]).
+    /// A process in a logind session, or in any user's slice, is never
+    /// moved. Returns what to add to the answer (where the process went, or
+    /// why it was left alone); an error only when systemd failed to move it.
+    async fn adopt_stray(
+        &self,
+        id: &Identity,
+        s: &SessionOpen,
+        peer: Option<Peer>,
+        place: Option<&Placement>,
+    ) -> Result<String, ServiceError> {
+        let Some(Placement::Outside(path)) = place else {
             return Ok(String::new());
         };
-        match self.systemd.in_logind_session(s.pid).await {
-            Ok(false) => {}
-            Ok(true) => return Ok(String::new()),
-            Err(e) => {
-                tracing::warn!(pid = s.pid, error = %e, "cannot ask logind about a session process; leaving it where it is");
-                return Ok(String::new());
+        let pinned = Pinned::pin(s.pid);
+        let asker = peer.and_then(|p| p.pid);
+        let pinned = match may_adopt(id.uid, s.pid, path, asker, pinned.as_ref().map(|p| p.owner)) {
+            Ok(true) => pinned,
+            Ok(false) => None,
+            // Deliberate, like leaving logind's sessions alone: counted, not moved.
+            Err(reason) => {
+                tracing::warn!(uid = id.uid, user = %id.name, pid = s.pid, from = %path, "not moving a session process: {reason}");
+                return Ok(format!("; pid {} left in {path}: {reason}", s.pid));
             }
-        }
-        match self.systemd.adopt(id.uid, s.pid).await {
+        };
+        // gone meanwhile: nothing to move (its watch counts the session down)
+        let Some(pinned) = pinned else {
+            return Ok(String::new());
+        };
+        #[cfg(feature = "test-hooks")]
+        crate::testhooks::before_adopt().await;
+        match self.systemd.adopt(id.uid, &pinned).await {
             Ok(scope) => {
                 self.counters.adopted.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, from = %path, scope = %scope, "adopted a session process outside logind into the user's slice");
@@ -109,15 +154,27 @@ impl<S: Systemd> Service<S> {
             ),
         };
         let up = policy.for_user(&id);
+        let place = proc::placement(s.pid);
+        let session_id = confirmed_session(&id, s.pid, s.session_id.as_deref(), place.as_ref());
         let _guard = self.locks.lock(id.uid).await;
         let change = self
             .store
-            .mutate(|l| l.close_session(id.uid, s.pid, s.session_id.as_deref(), &up));
+            .mutate(|l| l.close_session(id.uid, s.pid, session_id.as_deref(), &up));
         self.watchers.cancel(&s.pid);
         self.counters
             .sessions_closed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, last = change.is_some(), "session closed");
+        tracing::info!(
+            uid = id.uid,
+            user = %id.name,
+            pid = s.pid,
+            last = change.is_some(),
+            "session of {} (uid {}) closed: pid {}{}",
+            id.name,
+            id.uid,
+            s.pid,
+            if change.is_some() { ", the last one" } else { "" }
+        );
         let Some(c) = change else {
             self.store.save_later();
             let left = self
@@ -128,7 +185,9 @@ impl<S: Systemd> Service<S> {
                 id.name
             )));
         };
-        self.leases.cancel(&id.uid);
+        // the user's own lease ended with the resize; root's may go on
+        self.rearm_lease(id.uid);
+        self.events_stopped(id.uid);
         if up.exempt.is_some() {
             self.store.save_later();
             return Ok(Response::success(format!(
@@ -153,20 +212,8 @@ impl<S: Systemd> Service<S> {
     /// `close_session` (a crashed sshd, `kill -9`): watches `fd`, a pidfd on
     /// the session's process; `None`: it is gone already, count it down now.
     pub(super) fn watch(self: &Arc<Self>, uid: u32, pid: u32, fd: Option<Pidfd>) {
-        let this = Arc::downgrade(self);
-        self.watchers.spawn(pid, async move {
-            if let Some(fd) = fd
-                && let Err(e) = fd.exited().await
-            {
-                tracing::warn!(pid, error = %e, "cannot watch a session process");
-                return;
-            }
-            if let Some(service) = this.upgrade() {
-                // The watch is over: out of the table before the count-down.
-                service.watchers.cancel(&pid);
-                service.session_ended(uid, pid).await;
-            }
-        });
+        self.watchers
+            .spawn(pid, watcher(Arc::downgrade(self), uid, pid, fd));
     }
 
     /// A session process ended; forget its session (if still counted).
@@ -182,7 +229,7 @@ impl<S: Systemd> Service<S> {
         tracing::warn!(
             uid,
             pid,
-            "session process ended without closing its session; counting it down"
+            "session process {pid} of uid {uid} ended without closing its session; counting it down"
         );
         let close = SessionClose {
             uid,
@@ -191,6 +238,33 @@ impl<S: Systemd> Service<S> {
         };
         if let Err(e) = self.session_close(close).await {
             tracing::error!(uid, pid, error = %e, "could not count down an ended session");
+        }
+    }
+}
+
+/// The task that waits for a session process to end: one per session, so
+/// its size is what every session costs the daemon while it waits (10 000
+/// sessions: 10 000 of them). The count-down after the end is boxed: it is
+/// a large future (the whole close path), needed once, at the end. Written
+/// out as `impl Future + Send + 'static` so the bound is checked here.
+#[allow(clippy::manual_async_fn)]
+fn watcher<S: Systemd>(
+    this: std::sync::Weak<Service<S>>,
+    uid: u32,
+    pid: u32,
+    fd: Option<Pidfd>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        if let Some(fd) = fd
+            && let Err(e) = fd.exited().await
+        {
+            tracing::warn!(pid, error = %e, "cannot watch a session process");
+            return;
+        }
+        if let Some(service) = this.upgrade() {
+            // The watch is over: out of the table before the count-down.
+            service.watchers.cancel(&pid);
+            Box::pin(service.session_ended(uid, pid)).await;
         }
     }
 }
@@ -222,7 +296,152 @@ fn opened(s: &SessionOpen, id: &Identity, change: &Change) -> String {
         service = s.service.as_deref().unwrap_or(""),
         rhost = s.rhost.as_deref().unwrap_or(""),
         session_id = s.session_id.as_deref().unwrap_or(""),
-        "session opened"
+        "session opened for {} (uid {}): pid {}",
+        id.name,
+        id.uid,
+        s.pid
     );
     "session opened".to_string()
+}
+
+/// Whether fairshare may move `pid`, a session process of `uid` outside
+/// every user's slice (at `path`), into the user's slice: only when it is
+/// the process that asked (`asker`, from `SO_PEERCRED`: the PAM module's own
+/// process) or belongs to the user (`owner`, its real uid), and never
+/// systemd's own. `Ok(false)`: it is gone (`owner` unknown), nothing to do.
+fn may_adopt(
+    uid: u32,
+    pid: u32,
+    path: &str,
+    asker: Option<i32>,
+    owner: Option<u32>,
+) -> Result<bool, String> {
+    if pid <= 1 || path == "/init.scope" || path.starts_with("/init.scope/") {
+        return Err(format!("pid {pid} is systemd's own ({path})"));
+    }
+    if pid == std::process::id() {
+        return Err(format!("pid {pid} is fairshared itself"));
+    }
+    let Some(owner) = owner else {
+        return Ok(false);
+    };
+    let asked = asker.is_some_and(|a| u32::try_from(a) == Ok(pid));
+    if !asked && owner != uid {
+        return Err(format!(
+            "pid {pid} belongs to uid {owner} and is not the process that opened the session{}; fairshare moves only the session's own process or the user's",
+            asker.map(|a| format!(" (pid {a})")).unwrap_or_default()
+        ));
+    }
+    Ok(true)
+}
+
+/// The logind session `pid` is in, for a session of `id`: the session id
+/// of its cgroup (`user-UID.slice/session-ID.scope`), never only what the
+/// PAM environment says (`XDG_SESSION_ID`, which users can set through
+/// `pam_env` and `~/.pam_environment`). A claimed id the cgroup does not
+/// confirm is logged and dropped.
+fn confirmed_session(
+    id: &Identity,
+    pid: u32,
+    claimed: Option<&str>,
+    place: Option<&Placement>,
+) -> Option<String> {
+    let real = match place {
+        Some(Placement::Session { uid, id: sid }) if *uid == id.uid => Some(sid.clone()),
+        _ => None,
+    };
+    if let Some(claimed) = claimed
+        && real.as_deref() != Some(claimed)
+    {
+        let there = match place {
+            Some(Placement::Session { uid, id }) => format!("logind session {id} of uid {uid}"),
+            Some(Placement::UserSlice { uid }) => format!("user-{uid}.slice, in no session"),
+            Some(Placement::Outside(path)) => format!("{path}, in no session"),
+            None => "gone".to_string(),
+        };
+        tracing::warn!(
+            uid = id.uid,
+            user = %id.name,
+            pid,
+            claimed,
+            "ignoring session id {claimed:?} from the PAM environment: pid {pid} is in {there} \
+             (XDG_SESSION_ID can come from the user's ~/.pam_environment)"
+        );
+    }
+    real
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            uid: 1001,
+            name: "alice".into(),
+            groups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_asker_or_the_users_own_process_is_moved() {
+        let cron = "/system.slice/cron.service";
+        // the PAM module's own process (root) asked: moved
+        assert_eq!(may_adopt(1001, 500, cron, Some(500), Some(0)), Ok(true));
+        // one of the user's processes, whoever asked: moved
+        assert_eq!(may_adopt(1001, 500, cron, Some(77), Some(1001)), Ok(true));
+        assert_eq!(may_adopt(1001, 500, cron, None, Some(1001)), Ok(true));
+        // another process, not the user's: never
+        let e = may_adopt(1001, 500, cron, Some(77), Some(0)).unwrap_err();
+        assert!(
+            e.contains("belongs to uid 0") && e.contains("pid 77"),
+            "{e}"
+        );
+        assert!(may_adopt(1001, 500, cron, None, Some(1002)).is_err());
+        // systemd's own, and fairshared itself
+        assert!(may_adopt(1001, 1, "/init.scope", Some(1), Some(0)).is_err());
+        assert!(may_adopt(1001, 9, "/init.scope", Some(9), Some(1001)).is_err());
+        let me = std::process::id();
+        assert!(may_adopt(1001, me, cron, Some(me as i32), Some(0)).is_err());
+        // gone before it could be pinned
+        assert_eq!(may_adopt(1001, 500, cron, Some(500), None), Ok(false));
+    }
+
+    #[test]
+    fn a_session_id_is_what_the_cgroup_says() {
+        let in_session = |uid: u32, sid: &str| Placement::Session {
+            uid,
+            id: sid.into(),
+        };
+        let c = |claimed: Option<&str>, place: &Placement| {
+            confirmed_session(&alice(), 42, claimed, Some(place))
+        };
+        // confirmed
+        assert_eq!(c(Some("5"), &in_session(1001, "5")).as_deref(), Some("5"));
+        // pam_systemd did not run, but the process is in its session scope
+        assert_eq!(c(None, &in_session(1001, "5")).as_deref(), Some("5"));
+        // forged: another id, another user's session, or no session at all
+        assert_eq!(c(Some("4"), &in_session(1001, "5")).as_deref(), Some("5"));
+        assert_eq!(c(Some("5"), &in_session(1002, "5")), None);
+        assert_eq!(c(Some("5"), &Placement::UserSlice { uid: 1001 }), None);
+        assert_eq!(
+            c(
+                Some("5"),
+                &Placement::Outside("/system.slice/cron.service".into())
+            ),
+            None
+        );
+        assert_eq!(confirmed_session(&alice(), 42, Some("5"), None), None);
+    }
+
+    use crate::systemd::Fake;
+
+    #[test]
+    fn a_waiting_session_watcher_is_small() {
+        // What every tracked session costs while it waits (the task holds
+        // its future's largest state for its whole life).
+        let f = watcher::<Fake>(std::sync::Weak::new(), 1, 1, None);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 256, "a session watcher's future is {size} bytes");
+    }
 }

@@ -1,31 +1,34 @@
 //! `status` (one user) and `list` (every tracked user): read-only answers.
 
 use fairshare_policy::{Identity, UserPolicy};
-use fairshare_proto::wire::{Capacity, Response, Source, StatusInfo, UserList, UserRef};
+use fairshare_proto::wire::{
+    Capacity, Response, RootSetting, Source, StatusInfo, Usage, UserList, UserRef,
+};
 
 use super::{Reply, Service, ServiceError};
 use crate::admission::Peer;
 use crate::ledger::Entry;
 use crate::systemd::{Systemd, slice_name};
 
+/// How long `list` waits for the start-up catch-up.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl<S: Systemd> Service<S> {
     /// The caller's allocation, or (root, or the caller by name) a named user's.
     pub(super) async fn status(&self, peer: Peer, user: Option<UserRef>) -> Reply {
-        let (id, policy) = match &user {
-            None => self.user_and_policy(peer.uid).await?,
-            Some(r) => {
-                let id = self.identities.resolve(r).await?;
-                if id.uid != peer.uid && !peer.is_root() {
-                    return Err(ServiceError::NotYours);
-                }
-                (id, self.policy())
-            }
-        };
+        let (id, policy) = self
+            .subject(peer, user.as_ref(), || ServiceError::NotYours)
+            .await?;
         let up = policy.for_user(&id);
         let entry = self.store.read(|l| l.get(id.uid).cloned());
         let cap = self.store.read(|l| l.capacity(&policy.capacity(self.host)));
         let mut info = self.status_info(id.uid, &id.name, &up, entry.as_ref());
         info.capacity = Some(cap);
+        if peer.is_root() {
+            info.warnings = self.policy_problem().into_iter().collect();
+        }
+        info.events = self.notices.recent(id.uid, super::notices::STATUS_EVENTS);
+        info.terminal_notices = Some(self.notices.setting(id.uid, policy.notices().terminal));
         Ok(Response::StatusInfo(Box::new(info)))
     }
 
@@ -61,12 +64,53 @@ impl<S: Systemd> Service<S> {
             policy,
             sessions: entry.map_or(0, |e| e.sessions.len() as u32),
             session_list: entry.map(|e| e.sessions.clone()).unwrap_or_default(),
-            expires_at: entry
-                .and_then(|e| e.grant.as_ref())
-                .and_then(|g| g.expires_at),
+            expires_at: entry.and_then(|e| match &e.grant {
+                Some(g) => g.expires_at,
+                None => e.admin.as_ref().and_then(|a| a.expires_at),
+            }),
+            root_setting: entry
+                .and_then(|e| e.admin.as_ref())
+                .filter(|_| !exempt)
+                .map(|a| RootSetting {
+                    cpu: a.cpu,
+                    mem: a.mem,
+                    tasks: a.tasks,
+                    expires_at: a.expires_at,
+                }),
             notice: entry.and_then(|e| e.notice.clone()),
-            usage: self.cgroups.usage(uid),
+            usage: self.durable_usage(uid, self.usage(uid)),
             capacity: None,
+            warnings: Vec::new(),
+            events: Vec::new(),
+            terminal_notices: None,
+        }
+    }
+
+    /// What the user's slice uses now, with its CPU time over a recent
+    /// window.
+    fn usage(&self, uid: u32) -> Usage {
+        let mut usage = self.cgroups.usage(uid);
+        if let Some(n) = usage.cpu_usage_nsec {
+            usage.cpu_recent = self.cpu_window.observe(uid, tokio::time::Instant::now(), n);
+        }
+        usage
+    }
+
+    /// Samples every tracked user's CPU time, so that `status` and `list`
+    /// have a window to report (fairshared calls this every
+    /// [`crate::cpu_window::SAMPLE_EVERY`], on the blocking pool: where the
+    /// host keeps no per-cgroup CPU figure it is a walk of each user's
+    /// processes, whose size the user chooses). Users no longer tracked are
+    /// forgotten.
+    pub fn sample_cpu(&self) {
+        let mut uids: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
+        uids.sort_unstable();
+        self.cpu_window.retain(|u| uids.binary_search(&u).is_ok());
+        let now = tokio::time::Instant::now();
+        for uid in uids {
+            if let Some(n) = self.cgroups.cpu_nsec(uid) {
+                self.cpu_window.observe(uid, now, n);
+            }
         }
     }
 
@@ -93,8 +137,22 @@ impl<S: Systemd> Service<S> {
         (users, capacity)
     }
 
+    /// Every tracked user. Right after a start, waits for the catch-up
+    /// with logind (a few seconds at most), so that users it is about to
+    /// count are not missing; says so if it is still going on.
     pub(super) async fn list(&self) -> Response {
+        let caught_up = self.wait_caught_up(CATCH_UP_WAIT).await;
         let (users, capacity) = self.list_rows().await;
-        Response::UserList(UserList { users, capacity })
+        let mut warnings: Vec<String> = self.policy_problem().into_iter().collect();
+        if !caught_up {
+            warnings.push(
+                "fairshared is still catching up with logind after its start: users whose sessions it has not counted yet are missing; ask again in a moment".into(),
+            );
+        }
+        Response::UserList(UserList {
+            users,
+            capacity,
+            warnings,
+        })
     }
 }

@@ -3,13 +3,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use fairshare_proto::wire::Limits;
+use zbus::Fd;
 use zbus::Str;
 use zbus::zvariant::{OwnedVariant, Variant};
 use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
-use super::{LogindSession, Systemd, SystemdError, slice_name, slice_properties};
+use super::{LogindSession, PropertyValue, SliceValues, Systemd, SystemdError, slice_name};
+use crate::proc::Pinned;
 
 struct Bus {
     conn: zbus::Connection,
@@ -21,6 +22,9 @@ struct Bus {
 pub struct Dbus {
     bus: tokio::sync::Mutex<Option<Bus>>,
     timeout: Duration,
+    /// Whether systemd takes pidfds in `StartTransientUnit` (`PIDFDs`,
+    /// systemd 253 and later): asked once.
+    pidfds: tokio::sync::OnceCell<bool>,
 }
 
 impl Dbus {
@@ -30,6 +34,7 @@ impl Dbus {
         let d = Dbus {
             bus: tokio::sync::Mutex::new(None),
             timeout,
+            pidfds: tokio::sync::OnceCell::new(),
         };
         let _ = d.manager().await?;
         Ok(d)
@@ -118,6 +123,30 @@ impl Dbus {
     }
 }
 
+impl Dbus {
+    /// Whether systemd names processes by pidfd in `StartTransientUnit`
+    /// (the `PIDFDs` property, systemd 253 and later).
+    async fn takes_pidfds(&self) -> bool {
+        *self
+            .pidfds
+            .get_or_init(|| async {
+                let version = self
+                    .with_retry(|_, m| async move { m.version().await })
+                    .await;
+                let major = version.as_deref().ok().and_then(major_version);
+                tracing::debug!(?major, "systemd version");
+                major.is_some_and(|v| v >= 253)
+            })
+            .await
+    }
+}
+
+/// The major version in systemd's `Version` property (`252.39-1~deb12u2`).
+fn major_version(version: &str) -> Option<u32> {
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn bus_err(e: zbus::Error) -> SystemdError {
     SystemdError::Bus(e.to_string())
 }
@@ -143,14 +172,23 @@ fn refused(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
 }
 
 impl Systemd for Dbus {
-    async fn apply(&self, uid: u32, limits: &Limits) -> Result<(), SystemdError> {
+    async fn set(
+        &self,
+        uid: u32,
+        props: &[(&'static str, PropertyValue)],
+    ) -> Result<(), SystemdError> {
         let unit = slice_name(uid);
-        let props = slice_properties(limits);
         self.with_retry(|_, m| {
             let unit = unit.clone();
             let props: Vec<(String, OwnedVariant)> = props
                 .iter()
-                .map(|(k, v)| (k.to_string(), OwnedVariant::from(*v)))
+                .map(|(k, v)| {
+                    let v = match *v {
+                        PropertyValue::U64(n) => OwnedVariant::from(n),
+                        PropertyValue::U32(n) => OwnedVariant::from(n),
+                    };
+                    (k.to_string(), v)
+                })
                 .collect();
             async move { m.set_unit_properties(unit, true, props).await }
         })
@@ -158,28 +196,68 @@ impl Systemd for Dbus {
         .map_err(|e| refused("SetUnitProperties", &unit, e))
     }
 
-    async fn reset(&self, uid: u32) -> Result<(), SystemdError> {
+    async fn slice_values(&self, uid: u32) -> Result<Option<SliceValues>, SystemdError> {
         let unit = slice_name(uid);
-        self.with_retry(|_, m| {
+        self.with_retry(|c, m| {
             let unit = unit.clone();
-            let props: Vec<(String, OwnedVariant)> =
-                ["CPUQuotaPerSecUSec", "MemoryMax", "MemoryHigh", "TasksMax"]
-                    .iter()
-                    .map(|k| (k.to_string(), OwnedVariant::from(u64::MAX)))
-                    .collect();
-            async move { m.set_unit_properties(unit, true, props).await }
+            async move {
+                let path = match m.get_unit(unit).await {
+                    Ok(p) => p,
+                    // org.freedesktop.systemd1.NoSuchUnit: not loaded
+                    Err(zbus::Error::MethodError(..)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let props = zbus::fdo::PropertiesProxy::builder(&c)
+                    .destination("org.freedesktop.systemd1")
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?;
+                let all = props
+                    .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
+                        "org.freedesktop.systemd1.Slice",
+                    ))
+                    .await?;
+                let get = |k: &str| {
+                    all.get(k)
+                        .and_then(|v| u64::try_from(v).ok())
+                        .unwrap_or(u64::MAX)
+                };
+                Ok(Some([
+                    get("CPUQuotaPerSecUSec"),
+                    get("MemoryMax"),
+                    get("MemoryHigh"),
+                    get("TasksMax"),
+                ]))
+            }
         })
         .await
-        .map_err(|e| refused("SetUnitProperties", &unit, e))
+        .map_err(|e| refused("GetAll", &unit, e))
     }
 
-    async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {
+    async fn adopt(&self, uid: u32, process: &Pinned) -> Result<String, SystemdError> {
+        let pid = process.pid();
         let unit = format!("fairshare-session-{uid}-{pid}.scope");
         let slice = slice_name(uid);
+        let by_pidfd = self.takes_pidfds().await;
         let result = self
             .with_retry(|_, m| {
                 let (unit, slice) = (unit.clone(), slice.clone());
                 async move {
+                    // systemd 253+ takes the pidfd: no pid to be reused. Else the
+                    // pid, checked to be still the pinned process right before
+                    // the call.
+                    let who = match by_pidfd {
+                        true => (
+                            "PIDFDs".to_string(),
+                            OwnedVariant::try_from(Variant::from(vec![Fd::from(process.pidfd())]))?,
+                        ),
+                        false if process.still_same() => (
+                            "PIDs".to_string(),
+                            OwnedVariant::try_from(Variant::from(vec![pid]))?,
+                        ),
+                        false => return Ok(None),
+                    };
                     let props = vec![
                         ("Slice".to_string(), OwnedVariant::from(Str::from(slice))),
                         (
@@ -188,10 +266,7 @@ impl Systemd for Dbus {
                                 "fairshare: session of uid {uid} outside logind (pid {pid})"
                             ))),
                         ),
-                        (
-                            "PIDs".to_string(),
-                            OwnedVariant::try_from(Variant::from(vec![pid]))?,
-                        ),
+                        who,
                         (
                             "CollectMode".to_string(),
                             OwnedVariant::from(Str::from("inactive-or-failed")),
@@ -199,10 +274,20 @@ impl Systemd for Dbus {
                     ];
                     m.start_transient_unit(unit, "fail".into(), props, vec![])
                         .await
+                        .map(Some)
                 }
             })
             .await;
-        result.map_err(|e| refused("StartTransientUnit", &unit, e))?;
+        let started = result.map_err(|e| refused("StartTransientUnit", &unit, e))?;
+        if started.is_none() {
+            return Err(SystemdError::Refused {
+                call: "StartTransientUnit",
+                unit,
+                message: format!(
+                    "pid {pid} is no longer the process that opened the session (it exited, or changed owner); not moving it"
+                ),
+            });
+        }
         // The job that moves the process runs after the call returns, one
         // cgroup hierarchy after the other; the scope turns active once the
         // process is in all of them. The caller's next step (the login going
@@ -229,7 +314,7 @@ impl Systemd for Dbus {
                     _ => {}
                 }
             }
-            if crate::proc::placement(pid, uid) == crate::proc::Placement::Gone {
+            if crate::proc::placement(pid).is_none() {
                 return Ok(unit);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -337,5 +422,19 @@ impl Systemd for Dbus {
         })
         .await
         .map_err(|e| refused("ListSessions", "org.freedesktop.login1", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_versions() {
+        assert_eq!(major_version("252.39-1~deb12u2"), Some(252));
+        assert_eq!(major_version("253"), Some(253));
+        assert_eq!(major_version("257.4-3"), Some(257));
+        assert_eq!(major_version(""), None);
+        assert_eq!(major_version("v253"), None);
     }
 }

@@ -15,6 +15,7 @@ use std::future::Future;
 
 use fairshare_proto::wire::Limits;
 
+pub use crate::dropin::PropertyValue;
 pub use dbus::Dbus;
 #[cfg(any(test, feature = "fake-systemd"))]
 pub use fake::{Call, Fake};
@@ -39,25 +40,37 @@ pub enum SystemdError {
 
 /// What fairshared needs from systemd and logind.
 pub trait Systemd: Send + Sync + 'static {
-    /// Writes `limits` onto `user-UID.slice` as runtime properties. Works
-    /// whether or not the slice is active.
-    fn apply(
+    /// Writes `props` onto `user-UID.slice` as runtime properties, in one
+    /// `SetUnitProperties(runtime=true)` call (systemd writes one control
+    /// drop-in per property into `/run/systemd/system.control`). Works
+    /// whether or not the slice is active. The properties and values come
+    /// from [`crate::dropin::property`]: only the keys that differ from what
+    /// is in force, never an explicit `infinity` standing in for systemd's
+    /// own defaults (docs/design/defaults-from-systemd.md).
+    fn set(
         &self,
         uid: u32,
-        limits: &Limits,
+        props: &[(&'static str, PropertyValue)],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
 
-    /// Lifts every limit fairshare set on `user-UID.slice` (for users who
-    /// became exempt or no longer exist).
-    fn reset(&self, uid: u32) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// The values of fairshare's keys in force on `user-UID.slice` (`None`
+    /// when the slice is not loaded): the start-up check of running slices
+    /// against what the files say. Absolute amounts, `None` for no limit.
+    fn slice_values(
+        &self,
+        uid: u32,
+    ) -> impl Future<Output = Result<Option<SliceValues>, SystemdError>> + Send;
 
-    /// Moves `pid` (a session process outside any user slice) into a new
-    /// transient scope inside `user-UID.slice`, so it and its children are
-    /// limited. Returns the scope's name.
+    /// Moves `process` (a session process outside any user slice) into a
+    /// new transient scope inside `user-UID.slice`, so it and its children
+    /// are limited. Returns the scope's name. Names the process by its pidfd
+    /// where systemd takes one (253 and later); else by pid, checked right
+    /// before the call to be still the pinned process
+    /// ([`Pinned::still_same`](crate::proc::Pinned::still_same)).
     fn adopt(
         &self,
         uid: u32,
-        pid: u32,
+        process: &crate::proc::Pinned,
     ) -> impl Future<Output = Result<String, SystemdError>> + Send;
 
     /// Whether logind counts `pid` in one of its sessions (then it is logind's
@@ -84,6 +97,10 @@ pub trait Systemd: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<LogindSession>, SystemdError>> + Send;
 }
 
+/// The values of `CPUQuotaPerSecUSec`, `MemoryMax`, `MemoryHigh` and
+/// `TasksMax` on a slice, in that order (`u64::MAX`: no limit).
+pub type SliceValues = [u64; 4];
+
 /// One logind session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogindSession {
@@ -97,7 +114,8 @@ pub struct LogindSession {
     pub tty: String,
 }
 
-/// The properties written onto a user's slice.
+/// The four properties of `limits` as absolute values (the benchmarks'
+/// baseline: what a `SetUnitProperties` of a whole allocation sends).
 pub fn slice_properties(limits: &Limits) -> Vec<(&'static str, u64)> {
     vec![
         ("CPUQuotaPerSecUSec", limits.cpu.quota_usec_per_sec()),

@@ -89,6 +89,10 @@ impl TestHost for Container {
         ]
     }
 
+    fn ssh_options(&self) -> &[String] {
+        &self.ssh_args
+    }
+
     fn ssh_command(&self, user: &str, cmd: &str) -> Command {
         let mut c = Command::new("ssh");
         c.args(&self.ssh_args)

@@ -111,6 +111,10 @@ impl TestHost for Guest {
         v
     }
 
+    fn ssh_options(&self) -> &[String] {
+        &self.ssh_args
+    }
+
     fn ssh_command(&self, user: &str, cmd: &str) -> Command {
         let mut c = Command::new("ssh");
         c.args(&self.ssh_args)

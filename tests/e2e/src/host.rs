@@ -51,6 +51,10 @@ pub trait TestHost {
     fn root_argv(&self, cmd: &str) -> Vec<OsString>;
     /// An ssh login of `user` running `cmd` in their login shell.
     fn ssh_command(&self, user: &str, cmd: &str) -> Command;
+    /// The ssh options of a user's login (`-p PORT`, the harness's key, …),
+    /// for a login of another shape (`ssh -tt`, scp, sftp) to
+    /// `USER@127.0.0.1`.
+    fn ssh_options(&self) -> &[String];
     /// Shell commands that lift every limit set on the test users' slices.
     fn lift_limits_cmd(&self) -> String;
 

@@ -116,11 +116,8 @@ core_test!(
             let (status, stderr) = head.split_once('\n').unwrap();
             assert_eq!(status, format!("exit {code}"), "{args}: {head}");
             if *code == 1 {
+                // the reason names the maximum of the field asked for
                 assert!(stderr.contains(reason), "{args}: {stderr}");
-                assert!(
-                    stderr.contains("you may have up to 8 CPUs, 32G memory (soft 16G), 8192 tasks"),
-                    "{args}: {stderr}"
-                );
                 assert_eq!(
                     stderr.trim().lines().count(),
                     1,
@@ -425,7 +422,7 @@ fn allocations_and_limits_survive_a_daemon_restart_and_stop() {
     assert_eq!(o.code, 3);
     assert!(
         o.stderr.contains("fairshared is not running")
-            && o.stderr.contains("systemctl start fairshared"),
+            && o.stderr.contains("ask your admin to start it"),
         "{}",
         o.stderr
     );

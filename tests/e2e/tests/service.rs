@@ -104,11 +104,7 @@ fn socket_activation_starts_the_daemon_at_the_first_login() {
     let log = h
         .sh("journalctl --no-pager -o cat -n 200 | grep pam_fairshare | tail -5")
         .ok();
-    assert!(
-        !log.out().contains("WITHOUT fairshare limits"),
-        "{}",
-        log.out()
-    );
+    assert!(!log.out().contains("(fail=open)"), "{}", log.out());
 }
 
 #[test]
@@ -157,7 +153,7 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
             .count();
         let unlimited: Vec<&&str> = module
             .iter()
-            .filter(|l| l.contains("WITHOUT fairshare limits"))
+            .filter(|l| l.contains("(fail=open)"))
             .collect();
         assert!(
             unlimited.is_empty(),
@@ -258,7 +254,12 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
     let log = h
         .sh("journalctl -u fairshared --no-pager -o cat -n 20")
         .ok();
-    assert!(log.out().contains("(policy reloaded)"), "{}", log.out());
+    assert!(
+        log.out()
+            .contains("limits of testuser2 changed by the policy"),
+        "{}",
+        log.out()
+    );
 
     // a bad policy: every way of reloading refuses it, the old one stays
     h.write(
@@ -280,7 +281,9 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
         o.stderr
     );
     let before = cursor(&h);
-    h.sh("systemctl reload fairshared").ok();
+    // systemctl reload fails visibly (issue 17.1), the daemon serves on
+    let o = h.sh("systemctl reload fairshared");
+    assert_ne!(o.code, 0, "systemctl reload accepted a bad policy: {o:?}");
     wait_for("the reload to be logged", Duration::from_secs(10), || {
         journal_since(&h, &before)
             .contains("policy not reloaded")
@@ -322,7 +325,9 @@ fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
             == "active")
             .then_some(())
     });
-    assert!(h.unlimited(uid), "limited while fairshared was down?");
+    // fairshared down: the user manager's slice has the policy default from
+    // systemd's drop-ins already (issue 12)
+    assert_eq!(h.slice(uid).and_then(|l| l.cpu_quota_us), Some(200_000));
     h.start_daemon();
     h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let st = h.ctl(&format!("--json status --user {user}")).ok().json();
@@ -358,8 +363,9 @@ fn a_lease_expires_back_to_the_default_even_across_a_restart() {
     h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let st = h.ssh(user, "fairshare-ctl status").ok();
     assert!(
-        st.out()
-            .contains("note:       your resize to 5 CPUs, 10G memory expired"),
+        st.out().contains(
+            "note:       the resize to cpu 5, mem 10G reached its end; back to the default"
+        ),
         "{}",
         st.out()
     );
@@ -687,7 +693,8 @@ fn a_flood_of_logind_events_never_holds_up_a_login() {
     let unlimited: Vec<&str> = log
         .lines()
         .filter(|l| {
-            l.contains("pam_fairshare") && (l.contains("WITHOUT") || l.contains("did not answer"))
+            l.contains("pam_fairshare")
+                && (l.contains("(fail=open)") || l.contains("did not answer"))
         })
         .collect();
     assert!(
