@@ -156,8 +156,9 @@ core_test!(
     }
 );
 
-/// A busy loop's CPU share over 6 s, in % of one CPU: from its own
-/// process times, and from the slice's CPU time (`USAGE` prints it in
+/// A busy loop's CPU share over 6 s, in % of one CPU: prints the window's
+/// start and end (`date +%s%N`), the share from the loop's own process
+/// times, and from the slice's CPU time (`USAGE` prints it in
 /// microseconds, or nothing where the layout has no per-slice figure).
 const BUSY_SHARE: &str = r#"
 sh -c 'while :; do :; done' & P=$!
@@ -166,11 +167,79 @@ a=$(awk '{print $14+$15}' /proc/$P/stat); u0=$(USAGE); t0=$(date +%s%N)
 sleep 6
 b=$(awk '{print $14+$15}' /proc/$P/stat); u1=$(USAGE); t1=$(date +%s%N)
 kill $P
-echo $(( (b - a) * 1000000000 / $(getconf CLK_TCK) * 100 / (t1 - t0) )) ${u0:+$(( (u1 - u0) * 1000 * 100 / (t1 - t0) ))}
+echo $t0 $t1 $(( (b - a) * 1000000000 / $(getconf CLK_TCK) * 100 / (t1 - t0) )) ${u0:+$(( (u1 - u0) * 1000 * 100 / (t1 - t0) ))}
 "#;
 
+/// What [`BUSY_SHARE`] printed: the window, the loop's share, the slice's.
+fn busy_share(o: &Out) -> (u64, u64, u64, Option<u64>) {
+    let v: Vec<u64> = o
+        .out()
+        .split_whitespace()
+        .map(|s| s.parse().unwrap_or_else(|_| panic!("{o:?}")))
+        .collect();
+    assert!(v.len() >= 3, "{o:?}");
+    (v[0], v[1], v[2], v.get(3).copied())
+}
+
+/// An unlimited busy loop in a service of root's (no quota), its CPU time
+/// sampled twice a second: how much of a CPU the machine gives a loop
+/// meanwhile. On a machine shared with other work that is less than a
+/// whole CPU, and a loop under a quota cannot get more than that either.
+struct Reference<'a>(&'a dyn TestHost);
+
+const REFERENCE_LOG: &str = "/run/fs-e2e-reference.log";
+
+impl<'a> Reference<'a> {
+    fn start(h: &'a dyn TestHost) -> Reference<'a> {
+        let script = format!(
+            "sh -c 'while :; do :; done' & P=$!; echo hz $(getconf CLK_TCK) > {REFERENCE_LOG}; \
+             while :; do echo $(date +%s%N) $(awk '{{print $14+$15}}' /proc/$P/stat) >> {REFERENCE_LOG}; sleep 0.5; done"
+        );
+        h.sh(&format!(
+            "systemctl stop fs-e2e-reference.service 2>/dev/null; rm -f {REFERENCE_LOG}; \
+             systemd-run --quiet --collect --unit fs-e2e-reference sh -c {}",
+            quote(&script)
+        ))
+        .ok();
+        Reference(h)
+    }
+
+    /// The reference loop's share of a CPU between `t0` and `t1` (ns, the
+    /// host's clock), in %.
+    #[track_caller]
+    fn share(&self, t0: u64, t1: u64) -> u64 {
+        let log = self.0.read(REFERENCE_LOG).unwrap_or_default();
+        let hz: u64 = value_after(&log, "hz ");
+        let samples: Vec<(u64, u64)> = log
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+            })
+            .collect();
+        let first = samples.iter().find(|(t, _)| *t >= t0);
+        let last = samples.iter().rev().find(|(t, _)| *t <= t1);
+        match (first, last) {
+            (Some(&(a, ta)), Some(&(b, tb))) if b > a + 2_000_000_000 => {
+                (tb - ta) * 1_000_000_000 / hz * 100 / (b - a)
+            }
+            _ => panic!("the reference loop's samples do not cover {t0}..{t1}:\n{log}"),
+        }
+    }
+}
+
+impl Drop for Reference<'_> {
+    fn drop(&mut self) {
+        self.0
+            .sh("systemctl stop fs-e2e-reference.service 2>/dev/null; true");
+    }
+}
+
 // Half a CPU is half a CPU: a busy loop is held to the quota, throttled in
-// most periods; raised to 1.5 CPUs it rarely is.
+// most periods; raised to 1.5 CPUs it rarely is. What the loop gets is
+// compared with what an unlimited loop got at the same time (a reference in
+// a service of root's): on a machine busy with other work a loop gets less
+// than the quota, and the test says what it saw rather than flake.
 core_test!(a_busy_loop_is_throttled_to_the_quota, |h| {
     h.fresh_daemon(CORE_POLICY);
     let (user, uid) = TESTUSER3;
@@ -178,70 +247,89 @@ core_test!(a_busy_loop_is_throttled_to_the_quota, |h| {
     let busy = BUSY_SHARE.replace("USAGE", &h.layout().cpu_usage_cmd(uid));
     h.as_user(user, "fairshare-ctl resize --cpu 0.5").ok();
     h.expect_limits(uid, want(500, 8 * GIB, 4096).high(4 * GIB));
+    let reference = Reference::start(h);
     let before = h.cpu_stat(uid);
     let o = h.ssh(user, &busy).ok();
     let after = h.cpu_stat(uid);
-    let shares: Vec<u64> = o
-        .out()
-        .split_whitespace()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let (process, slice) = (shares[0], shares.get(1).copied());
+    let (t0, t1, process, slice) = busy_share(&o);
+    let free = reference.share(t0, t1);
     let half = after.throttled_since(&before);
     eprintln!(
-        "0.5 CPU quota on the {}: busy loop {process}%, slice {slice:?}% of a CPU; throttled in {:.0}% of the periods",
+        "0.5 CPU quota on the {}: busy loop {process}%, slice {slice:?}% of a CPU, an unlimited loop meanwhile {free}%; throttled in {:.0}% of the periods",
         h.name(),
         half * 100.0
     );
-    // The quota is the ceiling. The floor is low in the emulated guest,
-    // whose CPU shares a busy host.
-    let floor = if h.slowness() > 1 { 10 } else { 30 };
+    // the quota is the ceiling, whatever the machine does
     assert!(
-        (floor..=65).contains(&process),
+        process <= 65,
         "busy loop used {process}% of a CPU under a 0.5 CPU quota"
+    );
+    // and the loop got most of what it could: half a CPU, or what an
+    // unlimited loop got meanwhile if that was less
+    assert!(
+        process * 2 >= free.min(50),
+        "busy loop used {process}% of a CPU under a 0.5 CPU quota, an unlimited loop {free}%"
     );
     if let Some(slice) = slice {
         assert!(
-            (floor..=70).contains(&slice),
-            "the slice used {slice}% of a CPU under a 0.5 CPU quota"
+            slice <= 70 && slice + 5 >= process,
+            "the slice used {slice}% of a CPU under a 0.5 CPU quota, its busy loop {process}%"
         );
     }
-    // a loop that wants a whole CPU runs into half a CPU in most periods
-    assert!(
-        after.nr_throttled > before.nr_throttled && half > 0.5,
-        "throttled in only {:.0}% of the periods: {before:?} -> {after:?}",
-        half * 100.0
-    );
-    assert!(after.throttled_usec > before.throttled_usec);
+    // a loop that could have had a whole CPU runs into half a CPU in most
+    // periods; one that got less than the quota from a busy machine may not
+    if free >= 90 {
+        assert!(
+            half > 0.5 && after.throttled_usec > before.throttled_usec,
+            "throttled in only {:.0}% of the periods with a CPU free: {before:?} -> {after:?}",
+            half * 100.0
+        );
+    } else if free >= 60 {
+        assert!(
+            after.nr_throttled > before.nr_throttled,
+            "never throttled: {before:?} -> {after:?}"
+        );
+    }
 
     // Raised to 1.5 CPUs, one busy loop is rarely held back (the login's own
-    // processes may still add up to 1.5 CPUs now and then): the quota, not
-    // a slow, shared CPU, made the difference above.
+    // processes may still add up to 1.5 CPUs now and then) and gets about
+    // what an unlimited loop gets (at least half of it, whatever the
+    // scheduler does with the two).
     h.as_user(user, "fairshare-ctl resize --cpu 1.5").ok();
     h.expect_limits(uid, want(1500, 8 * GIB, 4096).high(4 * GIB));
     let before = h.cpu_stat(uid);
     let o = h.ssh(user, &busy).ok();
     let after = h.cpu_stat(uid);
+    let (t0, t1, process, slice) = busy_share(&o);
+    let free = reference.share(t0, t1);
+    drop(reference);
     let more = after.throttled_since(&before);
-    let process: u64 = o.out().split_whitespace().next().unwrap().parse().unwrap();
     eprintln!(
-        "1.5 CPU quota: busy loop, slice: {}% of a CPU; throttled in {:.0}% of the periods",
-        o.out(),
+        "1.5 CPU quota: busy loop {process}%, slice {slice:?}% of a CPU, an unlimited loop meanwhile {free}%; throttled in {:.0}% of the periods",
         more * 100.0
     );
     assert!(
-        more < half / 2.0,
-        "throttled in {:.0}% of the periods under a 1.5 CPU quota, {:.0}% under 0.5",
+        more < 0.1,
+        "throttled in {:.0}% of the periods under a 1.5 CPU quota ({:.0}% under 0.5)",
         more * 100.0,
         half * 100.0
     );
-    // more than half a second of CPU time in those 6 s
     assert!(
-        process > 9,
-        "the busy loop used {process}% of a CPU under 1.5 CPUs"
+        process * 2 >= free,
+        "the busy loop used {process}% of a CPU under 1.5 CPUs, an unlimited loop {free}%"
     );
-    if let (Some(a), Some(b)) = (before.usage_usec, after.usage_usec) {
-        assert!(b - a > 500_000, "the slice used {} µs of CPU", b - a);
+    if free >= 90 {
+        // a whole CPU free: more than the old quota allowed
+        assert!(
+            process > 65,
+            "the busy loop used {process}% of a CPU under 1.5 CPUs with a CPU free"
+        );
+    }
+    if let Some(slice) = slice {
+        assert!(
+            slice + 5 >= process,
+            "the slice used {slice}% of a CPU, its busy loop {process}%"
+        );
     }
 });
 

@@ -59,7 +59,8 @@ v2_test!(
         let start = Instant::now();
         let (events, current) = wait_for(
             "the slice to go above memory.high",
-            Duration::from_secs(120),
+            // 30 s on the machine itself, scaled for the emulation
+            g.patience(30),
             || {
                 let ev = g.keyed(uid, File::MemEvents);
                 let cur = g.value(uid, File::MemCurrent);
