@@ -41,21 +41,37 @@ fn systemds_33_percent(h: &dyn TestHost) -> u64 {
 }
 
 /// Waits until the slice carries systemd's own defaults: no CPU quota, no
-/// memory limit, 33% of the tasks, and no fairshare value in any file.
+/// memory limit, 33% of the tasks, and no fairshare value in any file. (On
+/// v1 a slice with no CPU limit may have no `cpu` cgroup at all: a missing
+/// file is no limit.)
 #[track_caller]
 fn expect_systemds_own(h: &dyn TestHost, uid: u32, tasks33: u64) {
-    let own = |l: &Limits| {
-        l.cpu_quota_us.is_none() && l.mem_max.is_none() && l.tasks_max == Some(tasks33)
+    let read = || {
+        let f = |file| h.slice_file(uid, file).and_then(|p| h.read(&p));
+        (f(File::CpuQuota), f(File::MemMax), f(File::TasksMax))
+    };
+    // no limit: v2 `max`, v1 -1 or the largest page-aligned value
+    let none = |t: &Option<String>| {
+        t.as_deref().is_none_or(|t| {
+            let first = t.split_whitespace().next().unwrap_or("max");
+            first == "max" || first == "-1" || first.parse::<u64>().is_ok_and(|v| v >= 1 << 62)
+        })
+    };
+    let own = |(cpu, mem, tasks): &(Option<String>, Option<String>, Option<String>)| {
+        none(cpu)
+            && mem.is_some()
+            && none(mem)
+            && tasks.as_deref().map(str::trim) == Some(&*tasks33.to_string())
     };
     let start = Instant::now();
-    let mut last = h.slice(uid);
-    while !last.as_ref().is_some_and(own) && start.elapsed() < h.patience(10) {
+    let mut last = read();
+    while !own(&last) && start.elapsed() < h.patience(10) {
         std::thread::sleep(Duration::from_millis(50));
-        last = h.slice(uid);
+        last = read();
     }
     assert!(
-        last.as_ref().is_some_and(own),
-        "user-{uid}.slice on the {}: want systemd's own defaults (no quota, no memory limit, {tasks33} tasks), got {last:?}",
+        own(&last),
+        "user-{uid}.slice on the {}: want systemd's own defaults (no quota, no memory limit, {tasks33} tasks), got (CPU quota, memory, tasks) {last:?}",
         h.name()
     );
     let inf = h.sh(&format!(

@@ -589,10 +589,16 @@ fn the_pam_module_survives_a_daemon_that_answers_garbage_slowly_or_half() {
             );
             report.push(format!("{mode}, {service}: {took:?}"));
         }
-        // every call reached the fake
+        // every call reached the fake (the module's lines above name its
+        // answer, never "not running"); the user manager that pam_systemd
+        // starts for a first session runs the module too (systemd-user's
+        // stack), so the fake may have seen more
         let log = fake();
         let conns = log.lines().filter(|l| l.starts_with("connection ")).count();
-        assert_eq!(conns, calls, "{mode}: connections to the fake:\n{log}");
+        assert!(
+            conns >= calls,
+            "{mode}: {calls} calls, connections to the fake:\n{log}"
+        );
         h.sh("systemctl stop fs-fake; rm -f /run/fairshare.sock")
             .ok();
     }

@@ -36,12 +36,6 @@ fn mem_limit_counter(t: &dyn TestHost, uid: u32) -> u64 {
     }
 }
 
-/// Seconds, scaled by how much slower the host runs code than the machine
-/// (emulation).
-fn secs(t: &dyn TestHost, n: u64) -> Duration {
-    t.patience(n)
-}
-
 const USER: &str = "testuser";
 const UID: u32 = 1001;
 
@@ -163,7 +157,7 @@ impl Drop for Tty {
 /// Waits until logind has a session of `user` on a terminal (where notices
 /// go).
 fn wait_terminal_session(t: &dyn TestHost, user: &str) {
-    wait_for("a logind session with a terminal", secs(t, 30), || {
+    wait_for("a logind session with a terminal", t.patience(30), || {
         let o = t.sh("loginctl list-sessions --no-legend");
         o.stdout
             .lines()
@@ -201,7 +195,7 @@ fn hog(name: &str) -> String {
 fn login_line(t: &dyn TestHost) {
     t.fresh_daemon(POLICY);
     let shell = Tty::open(t, USER, None, b"echo shell-$((6*7)); exit\n");
-    let text = shell.finish(secs(t, 60));
+    let text = shell.finish(t.patience(60));
     assert!(text.contains("shell-42"), "the shell ran:\n{text}");
     assert_eq!(count(&text, LINE), 1, "the line, once:\n{text}");
     // (the shell's prompt has escapes of its own: only fairshare's line counts)
@@ -221,7 +215,7 @@ fn login_line(t: &dyn TestHost) {
         "{o:?}"
     );
     let cmd = Tty::open(t, USER, Some("echo cmd-ok"), b"");
-    let text = cmd.finish(secs(t, 60));
+    let text = cmd.finish(t.patience(60));
     assert!(
         text.contains("cmd-ok") && !text.contains("fairshare:"),
         "{text}"
@@ -270,7 +264,7 @@ fn login_line(t: &dyn TestHost) {
 
     // ~/.hushlogin: sshd keeps it (as it keeps the motd)
     t.ssh(USER, "touch ~/.hushlogin").ok();
-    let hushed = Tty::open(t, USER, None, b"echo hushed-$((6*7)); exit\n").finish(secs(t, 60));
+    let hushed = Tty::open(t, USER, None, b"echo hushed-$((6*7)); exit\n").finish(t.patience(60));
     t.ssh(USER, "rm -f ~/.hushlogin").ok();
     assert!(hushed.contains("hushed-42"), "{hushed}");
     assert!(!hushed.contains("fairshare:"), "{hushed}");
@@ -281,7 +275,7 @@ fn login_line(t: &dyn TestHost) {
         "cp {pam} /root/common-session.e2e && sed -i 's/pam_fairshare.so.*/& login_line=off/' {pam} && grep -q 'pam_fairshare.so.*login_line=off' {pam}"
     ))
     .ok();
-    let off = Tty::open(t, USER, None, b"echo off-$((6*7)); exit\n").finish(secs(t, 60));
+    let off = Tty::open(t, USER, None, b"echo off-$((6*7)); exit\n").finish(t.patience(60));
     t.sh(&format!("mv /root/common-session.e2e {pam}")).ok();
     assert!(off.contains("off-42"), "{off}");
     assert!(!off.contains("fairshare:"), "login_line=off:\n{off}");
@@ -314,14 +308,14 @@ fn oom_notice(t: &dyn TestHost, name: &str, named: Option<&str>) {
     );
     let seen = tty.wait_for(
         "fairshare-ctl notices off stops these messages",
-        secs(t, 20),
+        t.patience(20),
     );
     let text = tty.text();
     let seen = seen.unwrap_or_else(|| panic!("no notice on the terminal:\n{text}"));
     let delay = seen.duration_since(killed);
     // the emulated guest runs everything ~14x slower; the container is the real test
     assert!(
-        delay < secs(t, 5),
+        delay < t.patience(5),
         "the notice came {delay:?} after the kill"
     );
     eprintln!("kill to notice: {delay:?}");
@@ -416,7 +410,7 @@ fn oom_notice(t: &dyn TestHost, name: &str, named: Option<&str>) {
         mem_limit_counter(t, UID) > c0,
         "the second hog was not held by the slice"
     );
-    let ev = wait_for("the second kill in events", secs(t, 20), || {
+    let ev = wait_for("the second kill in events", t.patience(20), || {
         let ev = events(t);
         (ev.len() == 2).then_some(ev)
     });

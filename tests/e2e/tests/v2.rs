@@ -3,8 +3,10 @@
 //! really is pure v2 and fairshared detects it, `memory.high` throttles, and
 //! `status` reports the v2 usage files. The core tests (login, resize,
 //! refusal, release, what stays under the slice, root and system accounts
-//! left alone, CPU throttling, the OOM kill) run there too: they are the
-//! `on_v2_guest` variants of the [`core_test!`]s in pam.rs and daemon.rs.
+//! left alone, CPU throttling, the OOM kill, the rules of leases and root's
+//! set, the policy default from systemd's drop-ins, reloads, notices) run
+//! there too: they are the `on_v2_guest` variants of the [`core_test!`]s in
+//! pam.rs, daemon.rs, rules.rs, defaults.rs and notices.rs.
 //! Every check reads the files of `/sys/fs/cgroup/user.slice/user-UID.slice/`
 //! and `/proc/PID/cgroup`.
 //!
