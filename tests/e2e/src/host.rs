@@ -37,6 +37,9 @@ fn logout_cmd() -> String {
     )
 }
 
+/// fairshared's drop-in with the policy default for every user's slice.
+pub const GLOBAL_DROPIN: &str = "/etc/systemd/system/user-.slice.d/40-fairshare.conf";
+
 /// A test host. Object safe: core tests take `&dyn TestHost`.
 pub trait TestHost {
     /// Names the host in failures ("container", "v2 guest").
@@ -323,14 +326,17 @@ pub trait TestHost {
 
     /// Stops fairshared, forgets all state and every limit set on the test
     /// users' slices, logs them out, installs `policy` and starts fairshared
-    /// again. One round trip: every command in the guest is slow.
+    /// again. One round trip: every command in the guest is slow. Returns
+    /// once fairshared has written the policy default's drop-in (it does so
+    /// right after it is ready: a login before that would get an earlier
+    /// test's default from systemd).
     fn fresh_daemon(&self, policy: &str) {
         self.sh_stdin(
             &format!(
                 "systemctl stop fairshared.service fairshared.socket 2>/dev/null; \
                  systemctl reset-failed fairshared.service 2>/dev/null; \
                  pkill -KILL -x fairshared; rm -rf /var/lib/fairshare/* /etc/fairshare/policy.d/*; \
-                 rm -f /run/fairshare.sock; {}; {}; \
+                 rm -f /run/fairshare.sock {GLOBAL_DROPIN}; {}; {}; \
                  mkdir -p /etc/fairshare/policy.d; cat > /etc/fairshare/policy.d/50-test.yaml",
                 self.lift_limits_cmd(),
                 logout_cmd()
@@ -340,6 +346,11 @@ pub trait TestHost {
         .ok();
         self.wait_logged_out();
         self.start_daemon();
+        wait_for(
+            &format!("fairshared to write {GLOBAL_DROPIN} on the {}", self.name()),
+            self.patience(10),
+            || self.read(GLOBAL_DROPIN).map(|_| ()),
+        );
     }
 
     /// Starts fairshared (the installed units) and waits for its socket.

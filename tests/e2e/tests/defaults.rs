@@ -36,7 +36,8 @@ fn systemds_33_percent(h: &dyn TestHost) -> u64 {
         )
         .ok();
     let n: u64 = o.out().lines().last().unwrap().parse().unwrap();
-    assert!(n > 8192 && n < u64::MAX, "{n}");
+    // not a figure of the policies here (it depends on the host's pid_max)
+    assert!(![4096, 8192].contains(&n) && n < u64::MAX, "{n}");
     n
 }
 
@@ -112,11 +113,27 @@ fn stop_daemon(h: &dyn TestHost) -> Undo<'_> {
 /// the next login starts a slice from the files.
 fn no_slices(h: &dyn TestHost) {
     h.logout_all();
-    h.sh("loginctl terminate-user root 2>/dev/null; true");
+    // Where root's commands are an ssh login themselves (the guest), root's
+    // slice stays: ending it would end the harness's own connection.
+    let root_cmds_log_in = h
+        .sh("cat /proc/self/cgroup")
+        .ok()
+        .stdout
+        .contains("/user-0.slice");
+    if !root_cmds_log_in {
+        h.sh("loginctl terminate-user root 2>/dev/null; true");
+    }
+    let root = (!root_cmds_log_in).then_some(0);
+    let slices: Vec<String> = root
+        .into_iter()
+        .chain(ALL_UIDS)
+        .map(|u| format!("user-{u}.slice"))
+        .collect();
     wait_for("user slices to stop", h.patience(20), || {
-        let o = h.sh(
-            "systemctl list-units --no-legend --state=active 'user-0.slice' 'user-100[1-4].slice' | wc -l",
-        );
+        let o = h.sh(&format!(
+            "systemctl list-units --no-legend --state=active {} | wc -l",
+            slices.join(" ")
+        ));
         (o.out() == "0").then_some(())
     });
 }

@@ -132,7 +132,10 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
     h.fresh_daemon(POLICY);
     let _end = Undo(
         &h,
-        format!("{TMUX} kill-server 2>/dev/null; pkill -KILL -U 1001,1002,1004; true"),
+        format!(
+            "{TMUX} kill-server 2>/dev/null; pkill -KILL -U {}; true",
+            host::uid_list()
+        ),
     );
     let (u1, uid1) = TESTUSER;
     let (u2, uid2) = TESTUSER2;
@@ -360,7 +363,7 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
 fn a_users_top_shows_only_their_row_and_the_host() {
     let h = Container::get();
     h.fresh_daemon(POLICY);
-    let _end = Undo(&h, "pkill -KILL -U 1001,1002; true".into());
+    let _end = Undo(&h, format!("pkill -KILL -U {}; true", host::uid_list()));
     let (u1, _) = TESTUSER;
     let (u2, _) = TESTUSER2;
     let _s2 = h.session(u2);
