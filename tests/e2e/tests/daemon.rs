@@ -562,7 +562,8 @@ fn refuses_to_start_on_a_bad_policy_and_check_names_file_line_and_field() {
     let before = h
         .sh("stat -c %Y /var/lib/fairshare/state.json 2>/dev/null || echo none")
         .ok()
-        .out();
+        .out()
+        .to_string();
     for (extra, held) in [
         ("", "/var/lib/fairshare"),
         (" --state-dir /tmp/second-state", "/etc/systemd/system"),
