@@ -327,16 +327,14 @@ pub trait TestHost {
     /// Stops fairshared, forgets all state and every limit set on the test
     /// users' slices, logs them out, installs `policy` and starts fairshared
     /// again. One round trip: every command in the guest is slow. Returns
-    /// once fairshared has written the policy default's drop-in (it does so
-    /// right after it is ready: a login before that would get an earlier
-    /// test's default from systemd).
+    /// once fairshared's policy default drop-in is there.
     fn fresh_daemon(&self, policy: &str) {
         self.sh_stdin(
             &format!(
                 "systemctl stop fairshared.service fairshared.socket 2>/dev/null; \
                  systemctl reset-failed fairshared.service 2>/dev/null; \
                  pkill -KILL -x fairshared; rm -rf /var/lib/fairshare/* /etc/fairshare/policy.d/*; \
-                 rm -f /run/fairshare.sock {GLOBAL_DROPIN}; {}; {}; \
+                 rm -f /run/fairshare.sock; {}; {}; \
                  mkdir -p /etc/fairshare/policy.d; cat > /etc/fairshare/policy.d/50-test.yaml",
                 self.lift_limits_cmd(),
                 logout_cmd()
