@@ -552,10 +552,11 @@ fn refuses_to_start_on_a_bad_policy_and_check_names_file_line_and_field() {
     assert_ne!(o.code, 0);
     assert!(
         o.stderr
-            .contains("already listening on /run/fairshare.sock"),
+            .contains("another fairshared is already running on this host"),
         "{}",
         o.stderr
     );
+    h.ctl("status").ok();
     // nor runs beside it from another socket (the original quick start's
     // command line), with or without a state directory of its own: two would
     // fight over the same users' slices and drop-ins
