@@ -60,10 +60,13 @@ impl<S: Systemd> Service<S> {
     /// expiry if that comes first: the expiry runs again then, and sets
     /// what the slice still lacks. Call with the user's lock held.
     pub(super) fn retry_lease(self: &Arc<Self>, uid: u32, wait: Duration) {
-        let soon = self.now() + wait.as_secs();
+        let now = self.now();
+        let soon = now + wait.as_secs();
+        // an expiry already due is what is being retried: not sooner
         let next = self
             .store
-            .read(|l| l.get(uid).and_then(|e| e.next_expiry()));
+            .read(|l| l.get(uid).and_then(|e| e.next_expiry()))
+            .filter(|n| *n > now);
         self.schedule_lease(uid, next.map_or(soon, |n| n.min(soon)));
     }
 

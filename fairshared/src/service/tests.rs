@@ -1547,6 +1547,18 @@ async fn a_lease_that_ran_out_while_stopped_ends_at_start() {
 #[tokio::test(start_paused = true)]
 async fn a_lease_whose_end_cannot_be_applied_is_tried_again() {
     let s = Arc::new(new_service(users(), parse(POLICY), None).with_clock(Clock::tokio()));
+    let keep = Proc::new();
+    success(
+        send(
+            &s,
+            0,
+            &format!(
+                r#"{{"type":"session_open","uid":1001,"pid":{}}}"#,
+                keep.pid()
+            ),
+        )
+        .await,
+    );
     success(
         send(
             &s,
