@@ -78,11 +78,6 @@ pub fn lock_file(path: &Path) -> io::Result<Option<Flock<File>>> {
 }
 
 impl StateFile {
-    /// The state directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Uses `dir`, creating it (mode 0700) if needed.
     pub fn open(dir: &Path) -> io::Result<StateFile> {
         fs::DirBuilder::new()
