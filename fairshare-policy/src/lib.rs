@@ -30,9 +30,11 @@
 //! generated from [`FIELDS`] by xtask.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod blockdev;
 mod build;
 mod error;
 mod explain;
+mod fair;
 mod policy;
 mod raw;
 
@@ -40,6 +42,10 @@ use fairshare_proto::units::Tasks;
 
 pub use error::{Origin, PolicyError, PolicyErrors};
 pub use explain::{FieldSource, Setting};
+pub use fair::{
+    BurstCeiling, Bursting, CgroupLayout, Contention, FairShare, Guarantees, IoLimits, IoTarget,
+    MemLow, Swap, Unenforced, WhenFull, grant_mem_low, unenforced_reason,
+};
 pub use policy::{CapacityLimit, Exemption, HostResources, Identity, MemHigh, Policy, UserPolicy};
 
 /// Where the daemon looks for its policy unless told otherwise.
