@@ -67,8 +67,8 @@ pub fn resolve(target: &IoTarget, sys_dev_block: &Path) -> Result<Disk, String> 
 /// partition belongs to.
 pub fn whole_disk(sys_dev_block: &Path, major: u32, minor: u32) -> Result<Disk, String> {
     let link = sys_dev_block.join(format!("{major}:{minor}"));
-    let dir = std::fs::canonicalize(&link)
-        .map_err(|_| format!("no {} in sysfs", link.display()))?;
+    let dir =
+        std::fs::canonicalize(&link).map_err(|_| format!("no {} in sysfs", link.display()))?;
     let disk_dir = match dir.join("partition").exists() {
         true => dir
             .parent()
@@ -82,7 +82,13 @@ pub fn whole_disk(sys_dev_block: &Path, major: u32, minor: u32) -> Result<Disk, 
         .trim()
         .split_once(':')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .ok_or_else(|| format!("{}/dev says `{}`, not MAJ:MIN", disk_dir.display(), dev.trim()))?;
+        .ok_or_else(|| {
+            format!(
+                "{}/dev says `{}`, not MAJ:MIN",
+                disk_dir.display(),
+                dev.trim()
+            )
+        })?;
     let name = disk_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -103,8 +109,9 @@ mod tests {
         // 254:0 as st_dev on x86_64 (stat -c %d /home printed 65024)
         assert_eq!(split_dev(65024), (254, 0));
         assert_eq!(split_dev(0x0803), (8, 3));
-        // a large minor: 259:65536
-        let dev = (259u64 & 0xfff) << 8 | (65536u64 & 0xff) | ((65536u64 & !0xff) << 12);
+        // a large minor, as glibc's makedev(259, 65536) encodes it
+        let (major, minor) = (259u64, 65536u64);
+        let dev = ((major & 0xfff) << 8) | ((minor & !0xff) << 12) | (minor & 0xff);
         assert_eq!(split_dev(dev), (259, 65536));
     }
 

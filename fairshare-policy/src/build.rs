@@ -192,10 +192,7 @@ struct Builder {
     tiers: IndexMap<String, Override>,
     bursting: fair::BurstingKeys,
     /// `capacity.mem_low`: total and what to do when it is full.
-    guarantees: (
-        Option<crate::fair::MemLow>,
-        Option<crate::fair::WhenFull>,
-    ),
+    guarantees: (Option<crate::fair::MemLow>, Option<crate::fair::WhenFull>),
 }
 
 impl Builder {
@@ -312,9 +309,12 @@ impl Builder {
     }
 
     fn capacity_key(&mut self, file: &File, node: &Spanned<Node>) {
-        let Some(entries) =
-            self.mapping(file, "capacity", node, "`cpu`, `mem`, `overcommit` and `mem_low`")
-        else {
+        let Some(entries) = self.mapping(
+            file,
+            "capacity",
+            node,
+            "`cpu`, `mem`, `overcommit` and `mem_low`",
+        ) else {
             return;
         };
         for (key, value) in entries {

@@ -138,10 +138,10 @@ impl Policy {
         out.push(TIER.to_string());
         let mut targets = std::collections::BTreeSet::new();
         let all = [&self.tiers, &self.groups, &self.users];
-        for p in [&self.defaults, &self.max]
-            .into_iter()
-            .chain(all.iter().flat_map(|m| m.values().flat_map(|o| [&o.defaults, &o.max])))
-        {
+        for p in [&self.defaults, &self.max].into_iter().chain(
+            all.iter()
+                .flat_map(|m| m.values().flat_map(|o| [&o.defaults, &o.max])),
+        ) {
             targets.extend(p.io.keys().map(|t| t.to_string()));
         }
         for side in ["defaults", "max"] {

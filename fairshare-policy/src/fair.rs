@@ -381,7 +381,10 @@ mod tests {
 
     #[test]
     fn io_targets() {
-        assert_eq!(IoTarget::parse("/home/"), Ok(IoTarget::Path("/home".into())));
+        assert_eq!(
+            IoTarget::parse("/home/"),
+            Ok(IoTarget::Path("/home".into()))
+        );
         assert_eq!(IoTarget::parse("/"), Ok(IoTarget::Path("/".into())));
         assert_eq!(
             IoTarget::parse("/dev/sda"),
@@ -398,7 +401,10 @@ mod tests {
         let wants = [(1, g(4)), (2, g(2)), (3, g(2))];
         // enough for all: everyone gets what they want
         assert_eq!(grant_mem_low(g(8), WhenFull::Scale, &wants), wants.to_vec());
-        assert_eq!(grant_mem_low(g(8), WhenFull::FirstCome, &wants), wants.to_vec());
+        assert_eq!(
+            grant_mem_low(g(8), WhenFull::FirstCome, &wants),
+            wants.to_vec()
+        );
         // 4G for 8G wanted: halved, or the first comer keeps theirs
         assert_eq!(
             grant_mem_low(g(4), WhenFull::Scale, &wants),

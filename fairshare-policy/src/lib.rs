@@ -117,3 +117,5 @@ pub const FIELDS: &[(&str, &str)] = &[
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fair;

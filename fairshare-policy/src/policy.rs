@@ -400,9 +400,15 @@ impl Policy {
     /// where it is set and why (for `--check` and `status`).
     pub fn unenforced(&self, layout: CgroupLayout) -> Vec<Unenforced> {
         let mut out = Vec::new();
-        let mut parts: Vec<(String, &Partial)> =
-            vec![("defaults.".into(), &self.defaults), ("max.".into(), &self.max)];
-        for (kind, map) in [("tiers", &self.tiers), ("groups", &self.groups), ("users", &self.users)] {
+        let mut parts: Vec<(String, &Partial)> = vec![
+            ("defaults.".into(), &self.defaults),
+            ("max.".into(), &self.max),
+        ];
+        for (kind, map) in [
+            ("tiers", &self.tiers),
+            ("groups", &self.groups),
+            ("users", &self.users),
+        ] {
             for (name, o) in map {
                 parts.push((format!("{kind}.{name}.defaults."), &o.defaults));
                 parts.push((format!("{kind}.{name}.max."), &o.max));
@@ -576,7 +582,8 @@ impl Policy {
             let of = match g.total {
                 MemLow::Percent(_) => format!(
                     " of {}",
-                    cap(self.capacity_mem.map(|m| m.to_string())).replace("host", "the host's memory")
+                    cap(self.capacity_mem.map(|m| m.to_string()))
+                        .replace("host", "the host's memory")
                 ),
                 MemLow::Size(_) => String::new(),
             };

@@ -58,7 +58,10 @@ impl Builder {
         }
         let bursting = self.bursting_checked();
         let guarantees = Guarantees {
-            total: self.guarantees.0.unwrap_or(crate::fair::DEFAULT_MEM_LOW_TOTAL),
+            total: self
+                .guarantees
+                .0
+                .unwrap_or(crate::fair::DEFAULT_MEM_LOW_TOTAL),
             when_full: self.guarantees.1.unwrap_or(crate::fair::WhenFull::Scale),
         };
         if !self.errors.is_empty() {
@@ -97,7 +100,11 @@ impl Builder {
                         true => "the policy has no `tiers:`; define it, e.g. `tiers: {batch: {defaults: {weight: 50}}}`".to_string(),
                         false => format!("the policy's tiers are {}", known.join(", ")),
                     };
-                    bad.push((origin.clone(), format!("{kind}.{name}.tier"), format!("unknown tier `{t}`; {list}")));
+                    bad.push((
+                        origin.clone(),
+                        format!("{kind}.{name}.tier"),
+                        format!("unknown tier `{t}`; {list}"),
+                    ));
                 }
             }
         }
@@ -261,10 +268,18 @@ impl Builder {
             };
             for f in IO_FIELDS {
                 let larger = match f {
-                    "read_bw" => matches!((&dio.read_bw, &mio.read_bw), (Some(a), Some(b)) if a.0 > b.0),
-                    "write_bw" => matches!((&dio.write_bw, &mio.write_bw), (Some(a), Some(b)) if a.0 > b.0),
-                    "read_iops" => matches!((&dio.read_iops, &mio.read_iops), (Some(a), Some(b)) if a.0 > b.0),
-                    _ => matches!((&dio.write_iops, &mio.write_iops), (Some(a), Some(b)) if a.0 > b.0),
+                    "read_bw" => {
+                        matches!((&dio.read_bw, &mio.read_bw), (Some(a), Some(b)) if a.0 > b.0)
+                    }
+                    "write_bw" => {
+                        matches!((&dio.write_bw, &mio.write_bw), (Some(a), Some(b)) if a.0 > b.0)
+                    }
+                    "read_iops" => {
+                        matches!((&dio.read_iops, &mio.read_iops), (Some(a), Some(b)) if a.0 > b.0)
+                    }
+                    _ => {
+                        matches!((&dio.write_iops, &mio.write_iops), (Some(a), Some(b)) if a.0 > b.0)
+                    }
                 };
                 if !larger {
                     continue;
@@ -287,8 +302,7 @@ impl Builder {
         }
         if let (Some((MemLow::Size(l), lorig)), Some((mem, morig))) = (&d.mem_low, &d.mem)
             && l > mem
-            && (over.is_none()
-                || sets(|p| p.mem.is_some() || p.mem_low.is_some(), |o| &o.defaults))
+            && (over.is_none() || sets(|p| p.mem.is_some() || p.mem_low.is_some(), |o| &o.defaults))
         {
             let (origin, field) =
                 match sets(|p| p.mem_low.is_some(), |o| &o.defaults) || over.is_none() {

@@ -86,8 +86,16 @@ impl Builder {
         true
     }
 
-    /// `mem_low: 1G` or `mem_low: 25%` (of mem).
+    /// `mem_low: 1G`, `mem_low: 25%` (of mem), or `0` (`none`): no
+    /// guarantee, to lift one an earlier level gave.
     fn mem_low(&mut self, o: Origin, field: &str, v: &Scalar) -> Option<MemLow> {
+        match v {
+            Scalar::UInt(0) => return Some(MemLow::Size(Bytes(0))),
+            Scalar::Str(s) if matches!(s.trim(), "0" | "none") => {
+                return Some(MemLow::Size(Bytes(0)));
+            }
+            _ => {}
+        }
         if let Scalar::Str(s) = v
             && let Some(p) = s.trim().strip_suffix('%')
         {
@@ -141,9 +149,12 @@ impl Builder {
                 }
             };
             let mut io = IoPartial::default();
-            let Some(limits) =
-                self.mapping(file, &sub, value, "read_bw, write_bw, read_iops and write_iops")
-            else {
+            let Some(limits) = self.mapping(
+                file,
+                &sub,
+                value,
+                "read_bw, write_bw, read_iops and write_iops",
+            ) else {
                 continue;
             };
             for (lkey, lvalue) in limits {
@@ -156,9 +167,15 @@ impl Builder {
                     continue;
                 };
                 match lkey.value.as_str() {
-                    "read_bw" => io.read_bw = self.ceiling::<Bandwidth>(o.clone(), &lf, v).map(|c| (c, o)),
-                    "write_bw" => io.write_bw = self.ceiling::<Bandwidth>(o.clone(), &lf, v).map(|c| (c, o)),
-                    "read_iops" => io.read_iops = self.ceiling::<Iops>(o.clone(), &lf, v).map(|c| (c, o)),
+                    "read_bw" => {
+                        io.read_bw = self.ceiling::<Bandwidth>(o.clone(), &lf, v).map(|c| (c, o))
+                    }
+                    "write_bw" => {
+                        io.write_bw = self.ceiling::<Bandwidth>(o.clone(), &lf, v).map(|c| (c, o))
+                    }
+                    "read_iops" => {
+                        io.read_iops = self.ceiling::<Iops>(o.clone(), &lf, v).map(|c| (c, o))
+                    }
                     _ => io.write_iops = self.ceiling::<Iops>(o.clone(), &lf, v).map(|c| (c, o)),
                 }
             }
@@ -191,7 +208,12 @@ impl Builder {
 
     /// `tier: NAME` of a group or user; checked against `tiers:` once every
     /// file is read.
-    pub(super) fn tier_name(&mut self, file: &File, field: &str, node: &Spanned<Node>) -> Option<(String, Origin)> {
+    pub(super) fn tier_name(
+        &mut self,
+        file: &File,
+        field: &str,
+        node: &Spanned<Node>,
+    ) -> Option<(String, Origin)> {
         let (v, o) = self.scalar(file, field, node)?;
         match v {
             Scalar::Str(s) if !s.trim().is_empty() && !s.contains(char::is_whitespace) => {
@@ -201,7 +223,10 @@ impl Builder {
                 self.err(
                     o,
                     field,
-                    format!("`{}` is not a tier name; name one of `tiers:`", other.shown()),
+                    format!(
+                        "`{}` is not a tier name; name one of `tiers:`",
+                        other.shown()
+                    ),
                 );
                 None
             }
@@ -210,8 +235,12 @@ impl Builder {
 
     /// `bursting: {enabled: true, busy_threshold: 90%, ...}`.
     pub(super) fn bursting_key(&mut self, file: &File, node: &Spanned<Node>) {
-        let Some(entries) = self.mapping(file, "bursting", node, "`enabled`, thresholds and durations")
-        else {
+        let Some(entries) = self.mapping(
+            file,
+            "bursting",
+            node,
+            "`enabled`, thresholds and durations",
+        ) else {
             return;
         };
         for (key, value) in entries {
@@ -279,7 +308,11 @@ impl Builder {
     /// `90%` as 0.9: above 0%, at most 100%.
     fn percent(&mut self, o: Origin, field: &str, v: &Scalar) -> Option<f64> {
         let text = v.shown();
-        match text.trim().strip_suffix('%').map(|p| p.trim().parse::<f64>()) {
+        match text
+            .trim()
+            .strip_suffix('%')
+            .map(|p| p.trim().parse::<f64>())
+        {
             Some(Ok(p)) if p > 0.0 && p <= 100.0 => Some(p / 100.0),
             _ => {
                 self.err(o, field, format!("`{text}` must be a percentage of the host's CPUs above 0% and at most 100%, e.g. 90%"));
