@@ -18,6 +18,7 @@
 //! * [`users`], [`host`]: NSS lookups and the host's size.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod burst;
 pub mod cgroup;
 pub mod cli;
 pub mod host;
