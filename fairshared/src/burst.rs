@@ -268,7 +268,7 @@ mod tests {
     /// Returns the decisions, one a second.
     fn run(
         b: &mut Burster,
-        quotas: &mut Vec<(u32, Cpus)>,
+        quotas: &mut [(u32, Cpus)],
         seconds: u32,
         other: f64,
         demand: impl Fn(u32) -> f64,
