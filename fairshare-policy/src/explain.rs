@@ -348,6 +348,11 @@ impl Policy {
                     Some(format!("{u} gets {} from {}", winner.value, winner.source))
                 })
                 .collect();
+            // groups naming different tiers is what tiers are for: only a
+            // user in several of them is worth a warning
+            if field == TIER && caught.is_empty() {
+                continue;
+            }
             let who = match caught.len() {
                 0 => "no user is in more than one of them now".to_string(),
                 n if n <= MAX_NAMED => caught.join(", "),

@@ -40,6 +40,7 @@ impl fmt::Display for MemLow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MemLow::Percent(p) => write!(f, "{p}%"),
+            MemLow::Size(s) if s.get() == 0 => f.write_str("0"),
             MemLow::Size(s) => write!(f, "{s}"),
         }
     }

@@ -128,6 +128,26 @@ impl Partial {
             && self.io.values().all(IoPartial::is_empty)
     }
 
+    /// Whether the value of `field` (as [`Partial::fair_settings`] names
+    /// it) lifts a limit rather than setting one.
+    pub(crate) fn lifts(&self, field: &str) -> bool {
+        if let Some(io) = field.strip_prefix("io.")
+            && let Some((target, f)) = io.rsplit_once('.')
+        {
+            return self
+                .io
+                .iter()
+                .find(|(t, _)| t.to_string() == target)
+                .and_then(|(_, l)| l.shown(f))
+                .is_some_and(|(v, _)| v == "max");
+        }
+        match field {
+            "mem_low" => matches!(&self.mem_low, Some((MemLow::Size(b), _)) if b.get() == 0),
+            "swap" => matches!(&self.swap, Some((Ceiling::Unlimited, _))),
+            _ => false,
+        }
+    }
+
     /// Every value set here with its field name relative to the part
     /// (`mem_low`, `io./home.write_bw`) and where it was set.
     pub(crate) fn fair_settings(&self) -> Vec<(String, Origin)> {
@@ -417,7 +437,11 @@ impl Policy {
         for (prefix, p) in parts {
             for (field, origin) in p.fair_settings() {
                 let key = field.rsplit('.').next().unwrap_or(&field);
-                // `swap: max` and `mem_low` of a limit nobody sets cost nothing
+                // lifting something (`mem_low: 0`, `swap: max`, `write_iops:
+                // max`) needs nothing enforced
+                if p.lifts(&field) {
+                    continue;
+                }
                 if let Some(why) = unenforced_reason(key, layout) {
                     out.push(Unenforced {
                         field: format!("{prefix}{field}"),
@@ -442,13 +466,27 @@ impl Policy {
                         .iter()
                         .any(|m| m.values().any(|o| pick(&o.defaults) || pick(&o.max)))
             };
+            // one line per reason, with every place that sets such a key
             let missing = self.unenforced(layout);
-            if !missing.is_empty() {
+            let mut reasons: Vec<(&str, &str, Vec<String>)> = Vec::new();
+            for m in &missing {
+                let key = m.field.rsplit('.').next().unwrap_or(&m.field);
+                let key = match key {
+                    "read_iops" | "write_iops" => "read_iops, write_iops",
+                    k => k,
+                };
+                let place = format!("{} ({})", m.origin, m.field);
+                match reasons.iter_mut().find(|(_, why, _)| *why == m.why) {
+                    Some((_, _, places)) => places.push(place),
+                    None => reasons.push((key, m.why, vec![place])),
+                }
+            }
+            for (key, why, places) in reasons {
                 out.push(format!(
-                    "on this host ({}), some keys are set but not enforced:",
-                    layout.name()
+                    "warning: {key} {why}; this host uses {}; set at {}",
+                    layout.name(),
+                    places.join(", ")
                 ));
-                out.extend(missing.iter().map(|m| m.to_string()));
             }
             if uses(|p| p.io_weight.is_some()) {
                 out.push(IO_WEIGHT_NOTE.to_string());

@@ -418,7 +418,7 @@ fn policy_page() -> String {
     let mut r = page(
         "FAIRSHARE-POLICY",
         "5",
-        "fairshare-policy - who gets which CPU, memory and task limits on this host",
+        "fairshare-policy - who gets which CPU, memory, task and IO limits and shares on this host",
     );
     section(&mut r, "SYNOPSIS");
     r.text([roman("/etc/fairshare/policy.d/*.yaml")]);
@@ -435,6 +435,15 @@ fn policy_page() -> String {
     r.control("nf", []);
     r.text([roman(
         "defaults: {cpu: 2, mem: 8G, mem_high: 90%}\nmax:      {cpu: 8, mem: 32G, tasks: 8192}\nexempt:   {groups: [admins]}\ngroups:\n  students:\n    defaults: {cpu: 1, mem: 4G}\n    max: {cpu: 2, mem: 8G}\nleases:   {max_duration: 8h}",
+    )]);
+    r.control("fi", []);
+    para(
+        &mut r,
+        "Fair share under contention: weights, a memory guarantee, swap and IO limits, named tiers, and bursting into idle CPU. Five tiers (critical, high, normal, low, scavenger) ship as an example policy in the fairshare sources, docs/examples/tiers.yaml.",
+    );
+    r.control("nf", []);
+    r.text([roman(
+        "defaults:\n  cpu: 1\n  mem: 1G\n  weight: 100\n  mem_low: 256M\n  io:\n    /home: {read_bw: 50M, write_bw: 50M, write_iops: 1000}\ntiers:\n  interactive:\n    defaults: {cpu: 2, mem: 4G, weight: 200, mem_low: 2G}\n    max: {cpu: 8, mem: 16G}\n  batch:\n    defaults: {cpu: 0.5, weight: 50, mem_low: 0, swap: 0}\ngroups:\n  staff: {tier: interactive}\n  students: {tier: batch, max: {cpu: 2}}\ncapacity:\n  mem_low: {total: 50%, when_full: scale}\nbursting: {enabled: true, up_to: max}",
     )]);
     r.control("fi", []);
     section(&mut r, "SEE ALSO");
