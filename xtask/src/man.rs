@@ -439,7 +439,7 @@ fn policy_page() -> String {
     r.control("fi", []);
     para(
         &mut r,
-        "Fair share under contention: weights, a memory guarantee, swap and IO limits, named tiers, and bursting into idle CPU. Five tiers (critical, high, normal, low, scavenger) ship as an example policy in the fairshare sources, docs/examples/tiers.yaml.",
+        "Fair share under contention: weights, a memory guarantee, swap and IO limits, named tiers, and bursting into idle CPU. Five tiers (critical, high, normal, low, scavenger) ship as an example policy in the fairshare sources, docs/examples/tiers.yaml. In this version fairshared --check and fairshare-ctl check read, validate and summarise these keys, and warn about those the host's cgroup layout cannot enforce; fairshared does not apply them to user slices yet.",
     );
     r.control("nf", []);
     r.text([roman(
