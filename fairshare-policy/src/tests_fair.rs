@@ -365,6 +365,22 @@ fn bad_fair_values_name_file_line_and_field() {
             "p.yaml:1: defaults.io./home.write_bw: default io./home.write_bw 50MB/s is above max io./home.write_bw 20MB/s",
         ),
         (
+            "defaults: {cpu: 1, mem: 1G}\nmax: {io: {/home: {write_bw: 20M}}}",
+            "p.yaml:2: max.io./home.write_bw: max io./home.write_bw 20MB/s is below the default (no limit, as defaults.io./home.write_bw is not set); set defaults.io./home.write_bw too, at most 20MB/s",
+        ),
+        (
+            "defaults: {cpu: 1, mem: 1G}\nmax: {swap: 1G}",
+            "p.yaml:2: max.swap: max swap 1G is below the default (no limit",
+        ),
+        (
+            "defaults: {cpu: 1, mem: 1G}\nmax: {weight: 50}",
+            "p.yaml:2: max.weight: max weight 50 is below the default (100, systemd's",
+        ),
+        (
+            "defaults: {cpu: 1, mem: 1G}\ngroups: {g: {max: {io_weight: 20}}}",
+            "p.yaml:2: groups.g.max.io_weight: max io_weight 20 is below the default (100, systemd's",
+        ),
+        (
             "defaults: {cpu: 1, mem: 1G}\nbursting: {enabled: 1}",
             "p.yaml:2: bursting.enabled: `1` is not true or false",
         ),

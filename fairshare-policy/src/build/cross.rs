@@ -3,6 +3,8 @@
 //! one, for the base and for every override on top of it.
 
 use crate::error::{Origin, PolicyErrors};
+use fairshare_proto::units::{Ceiling, Weight};
+
 use crate::fair::{Bursting, Guarantees, MemLow};
 use crate::policy::{IO_FIELDS, MemHigh, Override, Partial, Policy};
 use crate::{DEFAULT_OVERCOMMIT_CPU, DEFAULT_OVERCOMMIT_MEM, DEFAULT_UID_BELOW};
@@ -299,6 +301,66 @@ impl Builder {
                     io_sets(|o| &o.max),
                 );
             }
+        }
+        // a maximum below what an unset default means (weight 100, no
+        // guarantee, no swap or IO limit): the default would be above it
+        let mut implied: Vec<(String, String, Origin, &str)> = Vec::new();
+        if d.weight.is_none()
+            && let Some((mv, mo)) = &m.weight
+            && *mv < Weight::DEFAULT
+        {
+            implied.push((
+                "weight".into(),
+                mv.to_string(),
+                mo.clone(),
+                "100, systemd's",
+            ));
+        }
+        if d.io_weight.is_none()
+            && let Some((mv, mo)) = &m.io_weight
+            && *mv < Weight::DEFAULT
+        {
+            implied.push((
+                "io_weight".into(),
+                mv.to_string(),
+                mo.clone(),
+                "100, systemd's",
+            ));
+        }
+        if d.swap.is_none()
+            && let Some((mv @ Ceiling::Limit(_), mo)) = &m.swap
+        {
+            implied.push((
+                "swap".into(),
+                crate::fair::show_swap(mv),
+                mo.clone(),
+                "no limit",
+            ));
+        }
+        for (target, mio) in &m.io {
+            for f in IO_FIELDS {
+                let unset = d.io.get(target).is_none_or(|dio| dio.shown(f).is_none());
+                if let Some((mv, mo)) = mio.shown(f)
+                    && unset
+                    && mv != "max"
+                {
+                    implied.push((format!("io.{target}.{f}"), mv, mo, "no limit"));
+                }
+            }
+        }
+        for (field, mv, mo, default) in implied {
+            let sets_max =
+                over.is_none_or(|(_, o)| o.max.fair_settings().iter().any(|(f, _)| *f == field));
+            if !sets_max {
+                continue;
+            }
+            self.err(
+                mo,
+                &format!("{prefix}max.{field}"),
+                format!(
+                    "max {field} {mv} is below the default ({default}, as defaults.{field} is not set); set defaults.{field} too, at most {mv}"
+                ),
+            );
         }
         if let (Some((MemLow::Size(l), lorig)), Some((mem, morig))) = (&d.mem_low, &d.mem)
             && l > mem
