@@ -572,10 +572,74 @@ impl Policy {
 
     /// A short human summary, for `fairshared --check`, with what this
     /// host's cgroup layout (found at `/sys/fs/cgroup`) cannot enforce.
+    /// and where each IO limit goes on this host's disks.
     pub fn summary(&self) -> Vec<String> {
-        self.summary_on(Some(CgroupLayout::detect(std::path::Path::new(
+        let mut out = self.summary_on(Some(CgroupLayout::detect(std::path::Path::new(
             "/sys/fs/cgroup",
-        ))))
+        ))));
+        out.extend(
+            self.io_findings(|t| {
+                crate::blockdev::resolve(t, std::path::Path::new("/sys/dev/block"))
+            }),
+        );
+        out
+    }
+
+    /// Every IO target the policy names (anywhere), resolved to its disk by
+    /// `resolve` ([`crate::blockdev::resolve`] on a real host): where each
+    /// limit goes, a warning for a target that has no disk, and a note for
+    /// targets sharing one (their limits are merged, the lower of each
+    /// kind winning).
+    pub fn io_findings(
+        &self,
+        resolve: impl Fn(&IoTarget) -> Result<crate::blockdev::Disk, String>,
+    ) -> Vec<String> {
+        let mut targets: Vec<(&IoTarget, &Origin)> = Vec::new();
+        let all = [&self.tiers, &self.groups, &self.users];
+        for p in [&self.defaults, &self.max].into_iter().chain(
+            all.iter()
+                .flat_map(|m| m.values().flat_map(|o| [&o.defaults, &o.max])),
+        ) {
+            for (t, io) in &p.io {
+                let origin = [&io.read_bw, &io.write_bw]
+                    .iter()
+                    .find_map(|v| v.as_ref().map(|v| &v.1))
+                    .or_else(|| {
+                        [&io.read_iops, &io.write_iops]
+                            .iter()
+                            .find_map(|v| v.as_ref().map(|v| &v.1))
+                    });
+                if let Some(o) = origin
+                    && !targets.iter().any(|(seen, _)| *seen == t)
+                {
+                    targets.push((t, o));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut disks: Vec<(crate::blockdev::Disk, Vec<&IoTarget>)> = Vec::new();
+        for (t, origin) in targets {
+            match resolve(t) {
+                Ok(disk) => {
+                    out.push(format!("io {t}: on disk {disk}"));
+                    match disks.iter_mut().find(|(d, _)| *d == disk) {
+                        Some((_, ts)) => ts.push(t),
+                        None => disks.push((disk, vec![t])),
+                    }
+                }
+                Err(e) => out.push(format!(
+                    "warning: {origin}: io {t}: {e}; the limits for {t} are not applied on this host"
+                )),
+            }
+        }
+        for (disk, ts) in disks.iter().filter(|(_, ts)| ts.len() > 1) {
+            let names: Vec<String> = ts.iter().map(|t| t.to_string()).collect();
+            out.push(format!(
+                "note: io {} are all on disk {disk}: a user's limits for them are merged, the lower of each kind applying to the whole disk",
+                names.join(", ")
+            ));
+        }
+        out
     }
 
     fn summary_lines(&self) -> Vec<String> {

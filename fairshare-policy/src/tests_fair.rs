@@ -575,6 +575,49 @@ groups:
 }
 
 #[test]
+fn check_says_which_disk_each_io_target_is_on() {
+    let p = one("\
+defaults:
+  cpu: 1
+  mem: 1G
+  io:
+    /home: {write_bw: 20M}
+    /tmp: {read_iops: 100}
+groups:
+  g:
+    defaults:
+      io:
+        /scratch: {write_bw: 5M}
+")
+    .unwrap();
+    let vda = crate::blockdev::Disk {
+        major: 254,
+        minor: 0,
+        name: "vda".into(),
+    };
+    let out = p.io_findings(|t| match t.to_string().as_str() {
+        "/home" | "/tmp" => Ok(vda.clone()),
+        other => Err(format!("{other} is on device 0:45, which is not a disk")),
+    });
+    assert_eq!(
+        out,
+        vec![
+            "io /home: on disk vda (254:0)",
+            "io /tmp: on disk vda (254:0)",
+            "warning: p.yaml:11: io /scratch: /scratch is on device 0:45, which is not a disk; the limits for /scratch are not applied on this host",
+            "note: io /home, /tmp are all on disk vda (254:0): a user's limits for them are merged, the lower of each kind applying to the whole disk",
+        ]
+    );
+    // with the real resolver: /proc has no disk
+    let p = one("defaults: {cpu: 1, mem: 1G, io: {/proc: {write_bw: 1M}}}\n").unwrap();
+    let s = p.summary().join("\n");
+    assert!(
+        s.contains("warning: p.yaml:1: io /proc: /proc is on device"),
+        "{s}"
+    );
+}
+
+#[test]
 fn five_tiers_example_loads_as_is() {
     let text = include_str!("../../docs/examples/tiers.yaml");
     let p = load(&[("docs/examples/tiers.yaml", text)]).unwrap();
