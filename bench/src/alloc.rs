@@ -9,11 +9,50 @@ use std::time::{Duration, Instant};
 
 use fairshare_proto::Client;
 use fairshare_proto::wire::{Limits, Request, Response, SessionClose, SessionOpen};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use zbus::zvariant::OwnedVariant;
 use zbus_systemd::systemd1::ManagerProxy;
 
-use crate::{Result, fail, write_json};
+use crate::report::{Report, Row, Samples};
+use crate::{Result, fail};
+
+/// `alloc`: the daemon's session open against a bare SetUnitProperties.
+#[derive(Serialize, Deserialize)]
+pub struct AllocSamples {
+    pub user: String,
+    pub uid: u32,
+    pub slice: String,
+    pub limits: String,
+    pub n: usize,
+    pub daemon_ns: Vec<f64>,
+    pub bare_ns: Vec<f64>,
+    /// SetUnitProperties calls on the slice seen on the system bus during
+    /// the timed runs, less the bare calls: the daemon's, for `n` opens and
+    /// closes (a first session writes the slice at open, a last close puts
+    /// it back).
+    pub daemon_set_calls: u64,
+}
+
+impl Samples for AllocSamples {
+    const FILE: &'static str = "alloc.json";
+}
+
+/// `probe`: the parts of a login, each timed alone (microseconds).
+#[derive(Serialize, Deserialize)]
+pub struct ProbeSamples {
+    pub user: String,
+    pub lookup_us: f64,
+    pub lookup_passwd_only_us: f64,
+    pub usage_no_slice_us: f64,
+    pub usage_slice_us: f64,
+    pub spawn_blocking_us: f64,
+    pub save_median_us: f64,
+    pub save_p99_us: f64,
+}
+
+impl Samples for ProbeSamples {
+    const FILE: &'static str = "probe.json";
+}
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -83,7 +122,7 @@ fn daemon_open(client: &Client, uid: u32, user: &str) -> Result<(f64, Limits)> {
     }
 }
 
-pub fn run(user: &str, n: usize, socket: &Path, out: &Path) -> Result<()> {
+pub fn run(user: &str, n: usize, socket: &Path, dir: &Path) -> Result<()> {
     let uid = uid_of(user)?;
     let client = Client::new(socket, Duration::from_secs(5));
     let rt = runtime()?;
@@ -103,6 +142,8 @@ pub fn run(user: &str, n: usize, socket: &Path, out: &Path) -> Result<()> {
         bare()?;
     }
     let (mut daemon_ns, mut bare_ns) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let bus = crate::busmon::BusMonitor::start()?;
+    let mark = bus.sync()?;
     for i in 0..n {
         if i % 4 == 0 || i % 4 == 3 {
             daemon_ns.push(daemon_open(&client, uid, user)?.0);
@@ -112,23 +153,30 @@ pub fn run(user: &str, n: usize, socket: &Path, out: &Path) -> Result<()> {
             daemon_ns.push(daemon_open(&client, uid, user)?.0);
         }
     }
-    write_json(
-        out,
-        &json!({
-            "user": user,
-            "uid": uid,
-            "slice": slice,
-            "limits": limits.to_string(),
-            "n": n,
-            "daemon_ns": daemon_ns,
-            "bare_ns": bare_ns,
-        }),
-    )
+    let seen = bus.sync()?.since(&mark);
+    let on_slice = seen
+        .seen
+        .iter()
+        .filter(|x| x.member == "SetUnitProperties" && x.unit == slice)
+        .count() as u64;
+    AllocSamples {
+        user: user.into(),
+        uid,
+        slice,
+        limits: limits.to_string(),
+        n,
+        daemon_ns,
+        bare_ns,
+        daemon_set_calls: on_slice.saturating_sub(n as u64),
+    }
+    .save(dir)
 }
 
 /// Times fairshared's user lookup (`users::by_uid`: passwd entry, group
 /// list, group names) against the passwd entry alone.
-pub fn probe(dir: &Path, user: &str, n: usize, out: Option<&Path>) -> Result<()> {
+/// `state_dir`: where the state saves are timed; `results`: where the
+/// samples go (none: only printed).
+pub fn probe(state_dir: &Path, user: &str, n: usize, results: Option<&Path>) -> Result<()> {
     let uid = uid_of(user)?;
     let time = |f: &dyn Fn() -> bool| -> Result<f64> {
         let t = Instant::now();
@@ -148,15 +196,15 @@ pub fn probe(dir: &Path, user: &str, n: usize, out: Option<&Path>) -> Result<()>
     })?;
     println!("{user}: by_uid (passwd + groups) {full:.1} us, passwd only {passwd:.1} us");
     let cg = fairshared::cgroup::Cgroups::detect("/sys/fs/cgroup");
-    let mut usage_us = Vec::new();
-    for u in [0, uid] {
+    let usage_us = |u: u32| -> Result<f64> {
         let usage = time(&|| {
             std::hint::black_box(cg.usage(u));
             true
         })?;
         println!("cgroup usage of uid {u}: {usage:.1} us");
-        usage_us.push(usage);
-    }
+        Ok(usage)
+    };
+    let (usage_no_slice_us, usage_slice_us) = (usage_us(0)?, usage_us(uid)?);
     let rt = runtime()?;
     let hop = rt.block_on(async {
         let t = Instant::now();
@@ -166,7 +214,7 @@ pub fn probe(dir: &Path, user: &str, n: usize, out: Option<&Path>) -> Result<()>
         t.elapsed().as_nanos() as f64 / n as f64 / 1e3
     });
     println!("spawn_blocking round trip: {hop:.1} us");
-    let probe = dir.join("fairshare-bench-probe");
+    let probe = state_dir.join("fairshare-bench-probe");
     let state = fairshared::state::StateFile::open(&probe)?;
     let bytes = vec![b' '; 300];
     let mut saves = Vec::new();
@@ -182,22 +230,60 @@ pub fn probe(dir: &Path, user: &str, n: usize, out: Option<&Path>) -> Result<()>
     );
     println!(
         "state save in {}: median {save_med:.1} us, p99 {save_p99:.1} us",
-        dir.display()
+        state_dir.display()
     );
-    if let Some(out) = out {
-        write_json(
-            out,
-            &json!({
-                "user": user,
-                "lookup_us": full,
-                "lookup_passwd_only_us": passwd,
-                "usage_no_slice_us": usage_us.first(),
-                "usage_slice_us": usage_us.get(1),
-                "spawn_blocking_us": hop,
-                "save_median_us": save_med,
-                "save_p99_us": save_p99,
-            }),
-        )?;
+    if let Some(results) = results {
+        ProbeSamples {
+            user: user.into(),
+            lookup_us: full,
+            lookup_passwd_only_us: passwd,
+            usage_no_slice_us,
+            usage_slice_us,
+            spawn_blocking_us: hop,
+            save_median_us: save_med,
+            save_p99_us: save_p99,
+        }
+        .save(results)?;
+    }
+    Ok(())
+}
+
+pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
+    const FIGURE: &str =
+        "one allocation: session_open of a first session vs bare SetUnitProperties";
+    const TARGET: &str = "≤ 1.3× the bare call";
+    match AllocSamples::load(dir)? {
+        Some(v) => {
+            let mut row = Row::paired(FIGURE, &v.daemon_ns, &v.bare_ns, TARGET, 1.3);
+            // the floor is one SetUnitProperties: an open that made none
+            // measured another path
+            let per_open = v.daemon_set_calls as f64 / v.n.max(1) as f64;
+            if v.daemon_set_calls < v.n as u64 {
+                row.verdict =
+                    format!("NOT THIS PATH ({per_open:.2} SetUnitProperties per open+close)");
+            }
+            r.row(row);
+            r.note(format!(
+                "one allocation: `session_open` over /run/fairshare.sock with fairshare's own client (as pam_fairshare sends it; the user's first session, so the daemon writes the slice) against a bare `SetUnitProperties(user-{}.slice, runtime, CPUQuotaPerSecUSec+MemoryMax+MemoryHigh+TasksMax)` from zbus on the container's system bus with the same values ({}); {} each, interleaved; a `session_close` (untimed) follows each open. SetUnitProperties calls on the slice from the daemon, seen on the system bus: {per_open:.2} per open+close (the first session's apply and the last close's reset make 2).",
+                v.uid,
+                v.limits,
+                v.daemon_ns.len()
+            ));
+        }
+        None => r.row(Row::missing(FIGURE, TARGET)),
+    }
+    if let Some(v) = ProbeSamples::load(dir)? {
+        let us = |x: f64| format!("{x:.0} µs");
+        r.note(format!(
+            "parts of a login in fairshared, measured alone in the container (`fairshare-bench probe`): the user lookup as fairshared does it (passwd, group list, group names; nss-systemd makes the group list a varlink call into PID 1) {} (passwd entry alone {}); the usage reads of `status` {} for a user with a slice, {} without one; a hop to the blocking pool {}; one state save (write, fsync, rename, fsync dir) median {}, p99 {}.",
+            us(v.lookup_us),
+            us(v.lookup_passwd_only_us),
+            us(v.usage_slice_us),
+            us(v.usage_no_slice_us),
+            us(v.spawn_blocking_us),
+            us(v.save_median_us),
+            us(v.save_p99_us),
+        ));
     }
     Ok(())
 }

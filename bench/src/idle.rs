@@ -8,9 +8,31 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use crate::{Result, fail, write_json};
+use crate::report::{Report, Row, Samples, mib};
+use crate::{Result, fail};
+
+/// `idle`: the daemon's CPU, wake-ups and memory over a window without
+/// requests.
+#[derive(Serialize, Deserialize)]
+pub struct IdleSamples {
+    pub unit: String,
+    pub pid: u32,
+    pub settle_secs: f64,
+    pub secs: f64,
+    pub cpu_ns: u64,
+    pub cpu_ticks_ms: f64,
+    pub context_switches: u64,
+    pub threads: usize,
+    pub threads_gone: usize,
+    pub rss_kib: Option<u64>,
+    pub hwm_kib: Option<u64>,
+}
+
+impl Samples for IdleSamples {
+    const FILE: &'static str = "idle.json";
+}
 
 fn main_pid(unit: &str) -> Result<u32> {
     let o = Command::new("systemctl")
@@ -67,7 +89,7 @@ pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-pub fn run(unit: &str, settle: f64, secs: f64, out: &Path) -> Result<()> {
+pub fn run(unit: &str, settle: f64, secs: f64, dir: &Path) -> Result<()> {
     let pid = main_pid(unit)?;
     std::thread::sleep(Duration::from_secs_f64(settle));
     let (a, ta) = (snapshot(pid)?, ticks(pid)?);
@@ -87,20 +109,58 @@ pub fn run(unit: &str, settle: f64, secs: f64, out: &Path) -> Result<()> {
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    write_json(
-        out,
-        &json!({
-            "unit": unit,
-            "pid": pid,
-            "settle_secs": settle,
-            "secs": secs,
-            "cpu_ns": cpu_ns,
-            "cpu_ticks_ms": (tb.saturating_sub(ta)) as f64 * 1000.0 / tick_hz,
-            "context_switches": switches,
-            "threads": b.len(),
-            "threads_gone": gone,
-            "rss_kib": status_kib(pid, "VmRSS:"),
-            "hwm_kib": status_kib(pid, "VmHWM:"),
-        }),
-    )
+    IdleSamples {
+        unit: unit.into(),
+        pid,
+        settle_secs: settle,
+        secs,
+        cpu_ns,
+        cpu_ticks_ms: (tb.saturating_sub(ta)) as f64 * 1000.0 / tick_hz,
+        context_switches: switches,
+        threads: b.len(),
+        threads_gone: gone,
+        rss_kib: status_kib(pid, "VmRSS:"),
+        hwm_kib: status_kib(pid, "VmHWM:"),
+    }
+    .save(dir)
+}
+
+/// The daemon's memory at rest.
+pub fn report_rss(v: Option<&IdleSamples>, r: &mut Report) {
+    const MAX_KIB: f64 = 10.0 * 1024.0;
+    let rss = v.and_then(|v| v.rss_kib).map(|k| k as f64);
+    r.row(Row::single(
+        "daemon memory: RSS idle (real fairshared)",
+        mib(rss),
+        "≤ 10 MiB",
+        rss.map(|k| k <= MAX_KIB),
+    ));
+}
+
+/// The daemon's CPU time at rest.
+pub fn report_cost(v: Option<&IdleSamples>, r: &mut Report) {
+    const TARGET: &str = "≤ 10 ms";
+    const MAX_NS: f64 = 10e6;
+    let Some(v) = v else {
+        r.row(Row::missing("idle cost", TARGET));
+        return;
+    };
+    let cpu = v.cpu_ns as f64;
+    r.row(Row::single(
+        &format!(
+            "idle cost: daemon CPU time over {:.0} s, no requests",
+            v.secs
+        ),
+        format!("{:.3} ms ({} wake-ups)", cpu / 1e6, v.context_switches),
+        TARGET,
+        Some(cpu <= MAX_NS),
+    ));
+    r.note(format!(
+        "idle cost and idle memory: the installed fairshared.service right after a restart, left alone {:.0} s to settle, then {:.0} s without requests; CPU time summed over its threads from /proc/PID/task/*/schedstat (ns), wake-ups = context switches; /proc/PID/stat ticks agree: {:.0} ms. Its timers: the watchdog (WatchdogSec=30s, pinged every 15 s) and the CPU sampler behind CPU now in status and list (every 5 s: one read of each tracked slice's CPU time). {} threads; peak RSS {}.",
+        v.settle_secs,
+        v.secs,
+        v.cpu_ticks_ms,
+        v.threads,
+        mib(v.hwm_kib.map(|k| k as f64))
+    ));
 }

@@ -1,13 +1,26 @@
-//! Timing whole commands: pamtester with and without the module, and ssh.
+//! Timing whole commands: ssh logins with and without the module.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use crate::{Result, fail, write_json};
+use crate::report::{Report, Row};
+use crate::{Result, fail};
+
+/// One timed ssh login (`time-cmd`), a line of `ssh.jsonl`.
+#[derive(Serialize, Deserialize)]
+pub struct SshRun {
+    pub arm: String,
+    pub ns: f64,
+    pub ok: bool,
+}
+
+impl SshRun {
+    pub const FILE: &'static str = "ssh.jsonl";
+}
 
 /// Runs `cmd` once; `(nanoseconds, succeeded)`.
 fn timed(cmd: &[String]) -> Result<(u128, bool)> {
@@ -25,83 +38,115 @@ fn timed(cmd: &[String]) -> Result<(u128, bool)> {
     Ok((t.elapsed().as_nanos(), status.success()))
 }
 
-fn pamtester(service: &str, user: &str) -> Vec<String> {
-    ["pamtester", service, user, "open_session", "close_session"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-
-/// `n` logins through each of two PAM services, interleaved (ABBA) so drift
-/// on a noisy machine falls on both alike. Iteration `i` logs in
-/// `users[i % len]` with both. script/bench passes one lingering user; a user
-/// without lingering logging in dozens of times a second would hit systemd's
-/// start limit for user-runtime-dir@UID.service (5 in 10 s), so give several.
-pub fn pam_loop(
-    users: &[String],
-    with: &str,
-    without: &str,
-    n: usize,
-    warmup: usize,
-    out: &Path,
-) -> Result<()> {
-    if users.is_empty() {
-        return fail("no users");
-    }
-    for i in 0..warmup {
-        let u = &users[i % users.len()];
-        timed(&pamtester(with, u))?;
-        timed(&pamtester(without, u))?;
-    }
-    let (mut with_ns, mut without_ns, mut failures) = (Vec::new(), Vec::new(), 0u32);
-    for i in 0..n {
-        let u = &users[(warmup + i) % users.len()];
-        let (a, b) = (pamtester(with, u), pamtester(without, u));
-        let order = if i % 4 == 0 || i % 4 == 3 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for w in order {
-            let (ns, ok) = timed(if w { &a } else { &b })?;
-            if !ok {
-                failures += 1;
-            }
-            if w {
-                with_ns.push(ns as f64);
-            } else {
-                without_ns.push(ns as f64);
-            }
-        }
-    }
-    write_json(
-        out,
-        &json!({
-            "users": users.len(),
-            "with_service": with,
-            "without_service": without,
-            "n": n,
-            "failures": failures,
-            "with_ns": with_ns,
-            "without_ns": without_ns,
-        }),
-    )?;
-    if failures > 0 {
-        eprintln!("pam-loop: {failures} pamtester runs failed");
-    }
-    Ok(())
-}
-
-/// Runs `cmd` `n` times, appending `{"arm","ns","ok"}` lines to `out`.
-pub fn time_cmd(n: usize, arm: &str, out: &Path, cmd: &[String]) -> Result<()> {
+/// Runs `cmd` `n` times, appending one [`SshRun`] line per run to
+/// `dir/ssh.jsonl`.
+pub fn time_cmd(n: usize, arm: &str, dir: &Path, cmd: &[String]) -> Result<()> {
+    let out = dir.join(SshRun::FILE);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out)
+        .open(&out)
         .map_err(|e| format!("opening {}: {e}", out.display()))?;
     for _ in 0..n {
         let (ns, ok) = timed(cmd)?;
-        writeln!(f, "{}", json!({"arm": arm, "ns": ns as f64, "ok": ok}))?;
+        let run = SshRun {
+            arm: arm.into(),
+            ns: ns as f64,
+            ok,
+        };
+        writeln!(f, "{}", serde_json::to_string(&run)?)?;
     }
     Ok(())
+}
+
+pub fn report_ssh(dir: &Path, r: &mut Report) -> Result<()> {
+    const FIGURE: &str = "ssh login, `ssh user@127.0.0.1 true`";
+    const TARGET: &str = "≤ 1.02×; 0 failed runs";
+    const MAX_RATIO: f64 = 1.02;
+    let path = dir.join(SshRun::FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return fail(format!("reading {}: {e}", path.display())),
+    };
+    let mut runs = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let run: SshRun =
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        runs.push(run);
+    }
+    if runs.is_empty() {
+        r.row(Row::missing("ssh login", TARGET));
+        return Ok(());
+    }
+    let arm = |name: &str| -> Vec<f64> {
+        runs.iter()
+            .filter(|x| x.arm == name)
+            .map(|x| x.ns)
+            .collect()
+    };
+    // warm-up runs (arm `warmup`) are in the file too, outside the figure
+    let failed = runs.iter().filter(|x| x.arm != "warmup" && !x.ok).count();
+    let mut row = Row::paired(FIGURE, &arm("with"), &arm("without"), TARGET, MAX_RATIO);
+    if failed > 0 {
+        row.verdict = format!("MISSED ({failed} failed runs)");
+    }
+    r.row(row);
+    r.note(format!(
+        "ssh login: from the host to the container's sshd, public key, users in turn over the 100 bench users; blocks of runs alternate between the PAM configuration with the module (`pam-auth-update --enable fairshare`) and without it (`--remove fairshare`); after every switch script/bench checks that /etc/pam.d/common-session (which sshd's stack includes) has, or lacks, the pam_fairshare.so session line, and aborts otherwise. Failed runs: {failed}."
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn verdict_with(runs: &[(&str, f64, bool)]) -> String {
+        let dir = std::env::temp_dir().join(format!(
+            "fairshare-bench-ssh-test-{}-{}",
+            std::process::id(),
+            runs.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines: Vec<String> = runs
+            .iter()
+            .map(|(arm, ns, ok)| {
+                serde_json::to_string(&SshRun {
+                    arm: arm.to_string(),
+                    ns: *ns,
+                    ok: *ok,
+                })
+                .unwrap()
+            })
+            .collect();
+        std::fs::write(dir.join(SshRun::FILE), lines.join("\n")).unwrap();
+        let mut r = Report::default();
+        report_ssh(&dir, &mut r).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        r.rows.remove(0).verdict
+    }
+
+    #[test]
+    fn ssh_needs_every_run_to_succeed() {
+        let clean = [("with", 100.0, true), ("without", 100.0, true)];
+        assert_eq!(verdict_with(&clean), "met");
+        let failed = [
+            ("with", 100.0, true),
+            ("without", 100.0, true),
+            ("with", 100.0, false),
+        ];
+        assert_eq!(verdict_with(&failed), "MISSED (1 failed runs)");
+        // a failed warm-up run is not part of the figure
+        let warmup = [
+            ("warmup", 100.0, false),
+            ("with", 100.0, true),
+            ("without", 100.0, true),
+            ("with", 101.0, true),
+        ];
+        assert_eq!(verdict_with(&warmup), "met");
+        let slow = [("with", 103.0, true), ("without", 100.0, true)];
+        assert_eq!(verdict_with(&slow), "MISSED");
+    }
 }

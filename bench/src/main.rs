@@ -3,20 +3,33 @@
 //! `script/bench` boots the test host, installs fairshare and calls the
 //! subcommands below, inside the container (where the daemon's socket and
 //! the container's system bus are) or on the host (ssh, the memory figure).
-//! Every measuring subcommand writes one JSON file of raw samples; `report`
-//! turns them into the table and `bench/RESULTS.md`. Every figure is compared
-//! with a floor measured in the same run, interleaved with it where possible,
-//! because the machines this runs on are noisy.
+//! Every measuring subcommand writes one JSON file of raw samples into the
+//! results directory (`--dir`), a serde struct its module owns; `report`
+//! reads them back into the table and `bench/RESULTS.md`. Every figure is
+//! compared with a floor measured in the same run, interleaved with it where
+//! possible, because the machines this runs on are noisy. Where a figure
+//! depends on the path a login takes through fairshared, it checks the path
+//! from outside the daemon (`busmon`: the calls that reach systemd, seen on
+//! the system bus).
+//!
+//! Adding a figure: a module with a subcommand that measures, a serde struct
+//! for its samples implementing `report::Samples` (its file in the results
+//! directory), and a `report` function that reads the struct back into rows
+//! and notes, called from `report::collect`; then a step in script/bench.
 
 mod alloc;
+mod busmon;
 mod idle;
+mod login;
 mod loops;
 mod memory;
 mod pam;
 mod report;
+mod startup;
 mod stats;
 mod storm;
 mod throughput;
+mod view;
 
 use std::path::PathBuf;
 
@@ -31,7 +44,7 @@ pub fn fail<T>(msg: impl Into<String>) -> Result<T> {
 }
 
 /// Writes `value` as pretty JSON to `path`.
-pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(())
@@ -50,11 +63,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Login overhead: `pamtester SVC USER open_session close_session`, the
-    /// stack with the module and without, interleaved.
+    /// stack with the module and without, interleaved, for a first login and
+    /// for an additional session.
     PamLoop {
-        /// Users to log in, in turn (comma-separated).
-        #[arg(long, value_delimiter = ',', required = true)]
-        users: Vec<String>,
+        /// Users with no other session (no user manager either), in turn
+        /// (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        first: Vec<String>,
+        /// Users with another session fairshared counts (e.g. lingering,
+        /// their user manager running), in turn (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        additional: Vec<String>,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
         #[arg(long, default_value = "bench-with")]
         with: String,
         #[arg(long, default_value = "bench-without")]
@@ -63,19 +84,21 @@ enum Cmd {
         n: usize,
         #[arg(long, default_value_t = 10)]
         warmup: usize,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// Runs a command N times and appends one JSON line per run (`arm`, `ns`,
-    /// `ok`) to OUT: the ssh figure, one block per PAM configuration.
+    /// `ok`) to DIR/ssh.jsonl: the ssh figure, one block per PAM configuration.
     #[command(name = "time-cmd")]
     Timed {
         #[arg(short, long)]
         n: usize,
         #[arg(long)]
         arm: String,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
@@ -88,11 +111,13 @@ enum Cmd {
         n: usize,
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
-    /// Login storm: SESSIONS concurrent PAM sessions for USERS users (module
-    /// stack SERVICE), against the same SetUnitProperties calls made directly.
+    /// Login storm: SESSIONS concurrent PAM sessions for USERS users, a
+    /// login's stack with the module against the same stack without it, and
+    /// the module alone against the SetUnitProperties calls made directly.
     Storm {
         /// Users are PREFIX001, PREFIX002, … with uids FIRST_UID, FIRST_UID+1, …
         #[arg(long, default_value = "benchuser")]
@@ -103,17 +128,31 @@ enum Cmd {
         users: u32,
         #[arg(long, default_value_t = 200)]
         sessions: u32,
+        /// A login's stack with the module, and the same without it.
+        #[arg(long, default_value = "bench-with")]
+        with: String,
+        #[arg(long, default_value = "bench-without")]
+        without: String,
+        /// A stack with only the module.
         #[arg(long, default_value = "bench-storm")]
-        service: String,
+        module: String,
         /// A PAM service without the module, timed for context ("" = none).
         #[arg(long, default_value = "bench-null")]
         null_service: String,
+        /// fairshared's units, stopped during the arm without the module.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "fairshared.socket,fairshared.service"
+        )]
+        daemon_units: Vec<String>,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// One PAM session, driven over stdin/stdout by `storm` (internal).
     #[command(hide = true)]
@@ -126,8 +165,9 @@ enum Cmd {
         #[arg(long)]
         session_id: Option<String>,
     },
-    /// Request throughput: CLIENTS concurrent clients sending REQUEST to the
-    /// daemon, against a trivial echo server on a Unix socket.
+    /// Request throughput: CLIENTS concurrent clients asking the daemon for
+    /// the `status` of USER (a limited user with a live slice) and for root's
+    /// own, against a trivial echo server on a Unix socket.
     Throughput {
         #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -139,10 +179,38 @@ enum Cmd {
         secs: f64,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        #[arg(long, default_value = r#"{"type":"status"}"#)]
-        request: String,
+        /// The limited user whose status is asked.
+        #[arg(long, default_value = "benchuser100")]
+        user: String,
+        /// A running unit in USER's slice; its main process becomes USER's
+        /// session for the measurement.
+        #[arg(long, default_value = "fairshare-bench-hold-2100.service")]
+        hold_unit: String,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
+    },
+    /// Start-up of the real daemon: USERS bench users tracked, UNIT stopped
+    /// and started again; to the first answer, and to every user's slice
+    /// written again (seen on the system bus).
+    Startup {
+        #[arg(long, default_value = "fairshared.service")]
+        unit: String,
+        /// Users are PREFIX001, … with uids FIRST_UID, …; each needs a
+        /// running fairshare-bench-hold-UID.service in their slice.
+        #[arg(long, default_value = "benchuser")]
+        prefix: String,
+        #[arg(long, default_value_t = 2001)]
+        first_uid: u32,
+        #[arg(long, default_value_t = 100)]
+        users: u32,
+        #[arg(long, default_value_t = 5)]
+        restarts: usize,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The results directory.
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// The echo floor: answers each connection's line with itself (internal).
     #[command(hide = true)]
@@ -158,18 +226,27 @@ enum Cmd {
         settle: f64,
         #[arg(long, default_value_t = 60.0)]
         secs: f64,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
-    /// Memory at USERS users: fairshared's server and service with the FAKE
-    /// systemd backend, in a child process, driven through its socket.
+    /// Memory and start-up with many users: fairshared's server and service
+    /// with a FAKE systemd backend, in a child process, driven through its
+    /// socket; SESSIONS users with a live session each, then SET users with
+    /// a root-set allocation each.
     Memory {
         #[arg(long, default_value_t = 10_000)]
-        users: u32,
+        sessions: u32,
+        #[arg(long, default_value_t = 100_000)]
+        set: u32,
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Starts on the saved state, per scale.
+        #[arg(long, default_value_t = 3)]
+        restarts: usize,
+        /// The results directory.
         #[arg(long)]
-        out: PathBuf,
+        dir: PathBuf,
     },
     /// The daemon half of `memory` (internal).
     #[command(hide = true)]
@@ -180,19 +257,23 @@ enum Cmd {
         state: PathBuf,
         #[arg(long)]
         users: u32,
+        /// No state saves while running; the ledger saved once at SIGTERM.
+        #[arg(long)]
+        save_at_stop: bool,
     },
     /// Costs of the parts of a login in fairshared: one user lookup as it
     /// does it (NSS: passwd, group list, group names) against the passwd
-    /// entry alone, and one state save (write, fsync, rename, fsync dir) in DIR.
+    /// entry alone, and one state save (write, fsync, rename, fsync dir) in STATE_DIR.
     Probe {
         #[arg(long, default_value = "/var/lib/fairshare")]
-        dir: PathBuf,
+        state_dir: PathBuf,
         #[arg(long)]
         user: String,
         #[arg(short, long, default_value_t = 1000)]
         n: usize,
+        /// The results directory (none: only print).
         #[arg(long)]
-        out: Option<PathBuf>,
+        dir: Option<PathBuf>,
     },
     /// Prints the table from a results directory and writes RESULTS.md.
     Report {
@@ -210,40 +291,57 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::PamLoop {
-            users,
+            first,
+            additional,
+            socket,
             with,
             without,
             n,
             warmup,
-            out,
-        } => loops::pam_loop(&users, &with, &without, n, warmup, &out),
-        Cmd::Timed { n, arm, out, cmd } => loops::time_cmd(n, &arm, &out, &cmd),
+            dir,
+        } => login::run(&login::Setup {
+            first,
+            additional,
+            with,
+            without,
+            n,
+            warmup,
+            socket,
+            dir,
+        }),
+        Cmd::Timed { n, arm, dir, cmd } => loops::time_cmd(n, &arm, &dir, &cmd),
         Cmd::Alloc {
             user,
             n,
             socket,
-            out,
-        } => alloc::run(&user, n, &socket, &out),
+            dir,
+        } => alloc::run(&user, n, &socket, &dir),
         Cmd::Storm {
             prefix,
             first_uid,
             users,
             sessions,
-            service,
+            with,
+            without,
+            module,
             null_service,
+            daemon_units,
             rounds,
             socket,
-            out,
+            dir,
         } => storm::run(&storm::Setup {
+            daemon_units,
             prefix,
             first_uid,
             users,
             sessions,
-            service,
+            with_service: with,
+            without_service: without,
+            module_service: module,
             null_service: Some(null_service).filter(|s| !s.is_empty()),
             rounds,
             socket,
-            out,
+            dir,
         }),
         Cmd::PamSession {
             service,
@@ -256,35 +354,70 @@ fn main() -> std::process::ExitCode {
             clients,
             secs,
             rounds,
-            request,
-            out,
+            user,
+            hold_unit,
+            dir,
         } => throughput::run(&throughput::Setup {
             socket,
             echo_socket,
             clients,
             secs,
             rounds,
-            request,
-            out,
+            user,
+            hold_unit,
+            dir,
         }),
         Cmd::EchoServer { socket } => throughput::echo_server(&socket),
+        Cmd::Startup {
+            unit,
+            prefix,
+            first_uid,
+            users,
+            restarts,
+            socket,
+            dir,
+        } => startup::run(&startup::Setup {
+            unit,
+            prefix,
+            first_uid,
+            users,
+            restarts,
+            socket,
+            dir,
+        }),
         Cmd::Idle {
             unit,
             settle,
             secs,
-            out,
-        } => idle::run(&unit, settle, secs, &out),
+            dir,
+        } => idle::run(&unit, settle, secs, &dir),
         Cmd::Memory {
-            users,
+            sessions,
+            set,
             clients,
-            out,
-        } => memory::run(users, clients, &out),
+            restarts,
+            dir,
+        } => memory::run(
+            &memory::Setup {
+                sessions,
+                set,
+                clients,
+                restarts,
+            },
+            &dir,
+        ),
         Cmd::MemoryDaemon {
             socket,
             state,
             users,
-        } => memory::daemon(&socket, &state, users),
-        Cmd::Probe { dir, user, n, out } => alloc::probe(&dir, &user, n, out.as_deref()),
+            save_at_stop,
+        } => memory::daemon(&socket, &state, users, save_at_stop),
+        Cmd::Probe {
+            state_dir,
+            user,
+            n,
+            dir,
+        } => alloc::probe(&state_dir, &user, n, dir.as_deref()),
         Cmd::Report { dir, md, command } => report::run(&dir, md.as_deref(), &command),
     };
     match result {

@@ -4,11 +4,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fairshare_ctl::cli::{Cli, Command};
-use fairshare_ctl::format;
+use fairshare_ctl::cli::{Cli, Command, MetricsArgs, NoticesState};
+use fairshare_ctl::textfile;
+use fairshare_ctl::{events, format, top};
 use fairshare_policy::Policy;
-use fairshare_proto::wire::{Request, ResizeArgs, Response, UserRef};
-use fairshare_proto::{Client, ClientError};
+use fairshare_proto::Client;
+use fairshare_proto::wire::{
+    ErrorCode, EventsQuery, NoticesChoice, Request, ResizeArgs, Response, Terminal, UserRef,
+};
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 3;
@@ -28,8 +31,26 @@ fn main() -> ExitCode {
             }
             return check(policy);
         }
-        Command::Status { user, .. } => Request::Status {
-            user: user.as_ref().map(|u| UserRef::Name(u.clone())),
+        Command::Top {
+            interval,
+            once,
+            sort,
+            reverse,
+            ..
+        } => {
+            let conn = cli.connection();
+            let opts = top::Options {
+                interval: *interval,
+                // JSON is for scripts: one frame
+                once: *once || conn.json,
+                sort: *sort,
+                reverse: *reverse,
+                json: conn.json,
+            };
+            return run_top(&conn, opts);
+        }
+        c @ Command::Status { .. } => Request::Status {
+            user: c.status_user().map(|u| UserRef::Name(u.to_string())),
         },
         Command::Resize(s) => {
             if s.cpu.is_none() && s.mem.is_none() && s.tasks.is_none() {
@@ -44,6 +65,19 @@ fn main() -> ExitCode {
         Command::Reload(_) => Request::Reload,
         Command::Metrics(_) => Request::Metrics,
         Command::List(_) => Request::List,
+        Command::Events(e) => Request::Events(EventsQuery {
+            user: e.user.as_ref().map(|u| UserRef::Name(u.clone())),
+            since: e.since.map(|d| events::now().saturating_sub(d.as_secs())),
+            follow: e.follow,
+        }),
+        Command::Notices(n) => Request::Notices(NoticesChoice {
+            terminal: match n.state {
+                NoticesState::Off => Terminal::Off,
+                NoticesState::On => Terminal::On,
+                NoticesState::Default => Terminal::Default,
+            },
+            user: n.user.as_ref().map(|u| UserRef::Name(u.clone())),
+        }),
         Command::Set {
             user,
             sizes,
@@ -67,10 +101,18 @@ fn main() -> ExitCode {
     let conn = cli.connection();
     let timeout = Duration::from_secs_f64(conn.timeout.clamp(0.05, 3600.0));
     let client = Client::new(&conn.socket, timeout);
+    let root = nix::unistd::geteuid().is_root();
+    if let Request::Events(EventsQuery { follow: true, .. }) = &request {
+        return follow(&client, &request, conn.json, root);
+    }
     let response = match client.call(&request) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("fairshare-ctl: {}", unreachable_hint(&e));
+            let text = format::unreachable(&e, root);
+            match conn.json {
+                true => println!("{}", format::error_json(&text)),
+                false => eprintln!("fairshare-ctl: {text}"),
+            }
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
@@ -81,6 +123,12 @@ fn main() -> ExitCode {
         }
     }
     match response {
+        Response::Error(e) if e.code == ErrorCode::PermissionDenied && root_only(&request) => {
+            if !conn.json {
+                eprintln!("fairshare-ctl: {}", format::root_only(cli.command.name()));
+            }
+            ExitCode::from(EXIT_REFUSED)
+        }
         Response::Error(e) => {
             eprintln!("fairshare-ctl: {}", e.error);
             ExitCode::from(EXIT_REFUSED)
@@ -91,37 +139,158 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Response::StatusInfo(s) => {
-            print!("{}", format::status(&s));
+            print!("{}", format::status(&s, nix::unistd::getuid().as_raw()));
             ExitCode::SUCCESS
         }
         Response::UserList(l) => {
             print!("{}", format::list(&l));
             ExitCode::SUCCESS
         }
-        Response::Metrics { text } => {
-            print!("{text}");
+        Response::EventList(l) => {
+            print!("{}", events::list(&l));
             ExitCode::SUCCESS
+        }
+        Response::Event(l) => {
+            println!("{}", events::followed(&l));
+            ExitCode::SUCCESS
+        }
+        Response::Metrics { text } => match &cli.command {
+            Command::Metrics(MetricsArgs {
+                output: Some(path),
+                per_user,
+                group,
+                ..
+            }) => write_metrics(path, &text, *per_user, group.as_deref()),
+            _ => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+        },
+    }
+}
+
+/// Whether only root may send this request (its refusal then names the
+/// subcommand, not the wire request).
+fn root_only(r: &Request) -> bool {
+    r.kind().root_only()
+}
+
+/// `events --follow`: the history, then each new event as it comes, until
+/// fairshared hangs up (it stops) or the user presses Ctrl-C. With `json`,
+/// one JSON object per line.
+fn follow(client: &Client, request: &Request, json: bool, root: bool) -> ExitCode {
+    use std::io::Write as _;
+    let (first, rest) = match client.follow(request) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("fairshare-ctl: {}", format::unreachable(&e, root));
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let show = |r: &Response| {
+        let text = match (json, r) {
+            (true, r) => serde_json::to_string(r).unwrap_or_default() + "\n",
+            (false, Response::EventList(l)) => events::list(l),
+            (false, Response::Event(l)) => events::followed(l) + "\n",
+            (false, other) => format!("{other:?}\n"),
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).and_then(|()| out.flush())
+    };
+    if let Response::Error(e) = &first {
+        eprintln!("fairshare-ctl: {}", e.error);
+        return ExitCode::from(EXIT_REFUSED);
+    }
+    if show(&first).is_err() {
+        return ExitCode::SUCCESS;
+    }
+    for r in rest {
+        match r {
+            Ok(r) => {
+                if show(&r).is_err() {
+                    // stdout closed (a pipe to head): done
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(e) => {
+                eprintln!("fairshare-ctl: {e}");
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+        }
+    }
+    eprintln!("fairshare-ctl: fairshared closed the connection (stopped or restarted)");
+    ExitCode::from(EXIT_UNREACHABLE)
+}
+
+/// `metrics --output FILE`: the host-wide series (every user's too with
+/// `per_user`), readable by `group` when given, else by all.
+fn write_metrics(
+    path: &std::path::Path,
+    text: &str,
+    per_user: bool,
+    group: Option<&str>,
+) -> ExitCode {
+    let gid = match group.map(|g| (g, nix::unistd::Group::from_name(g))) {
+        None => None,
+        Some((_, Ok(Some(g)))) => Some(g.gid),
+        Some((g, Ok(None))) => {
+            eprintln!(
+                "fairshare-ctl: there is no group {g:?} on this host; name the group node_exporter runs as (--group)"
+            );
+            return ExitCode::from(2);
+        }
+        Some((g, Err(e))) => {
+            eprintln!("fairshare-ctl: cannot look up the group {g:?}: {e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    let text = match per_user {
+        true => text.to_string(),
+        false => textfile::host_wide(text),
+    };
+    let access = textfile::FileAccess {
+        gid,
+        mode: if gid.is_some() { 0o640 } else { 0o644 },
+    };
+    match textfile::write(path, text.as_bytes(), access) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fairshare-ctl: cannot write the metrics: {e}");
+            ExitCode::from(EXIT_REFUSED)
         }
     }
 }
 
-/// One line saying what went wrong and what to do about it.
-fn unreachable_hint(e: &ClientError) -> String {
-    match e {
-        ClientError::NotRunning { path, .. } => format!(
-            "fairshared is not running (nothing listens on {}); start it with: sudo systemctl start fairshared",
-            path.display()
-        ),
-        ClientError::Connect { path, source }
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            format!(
-                "permission denied connecting to {}; the socket should be mode 0666 (is fairshared.socket installed as shipped?)",
-                path.display()
-            )
+/// `fairshare-ctl top`: root sees everyone (`list`), anyone else their own row.
+fn run_top(conn: &fairshare_ctl::cli::Connection, opts: top::Options) -> ExitCode {
+    let timeout = Duration::from_secs_f64(conn.timeout.clamp(0.05, 3600.0));
+    let everyone = nix::unistd::geteuid().is_root();
+    let sampler = top::Sampler::new(Client::new(&conn.socket, timeout), everyone);
+    let result = if opts.once {
+        top::once(&sampler, &opts).map(|text| print!("{text}"))
+    } else {
+        top::term::run(&sampler, opts, top_hint)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fairshare-ctl: {}", top_hint(&e));
+            ExitCode::from(match e {
+                top::Error::Daemon(_) => EXIT_UNREACHABLE,
+                top::Error::Refused(_) => EXIT_REFUSED,
+                top::Error::Terminal(_) => 1,
+            })
         }
-        ClientError::Timeout { .. } => format!("{e}; check it with: systemctl status fairshared"),
-        other => other.to_string(),
+    }
+}
+
+fn top_hint(e: &top::Error) -> String {
+    match e {
+        top::Error::Daemon(c) => format::unreachable(c, nix::unistd::geteuid().is_root()),
+        top::Error::Refused(why) => why.clone(),
+        top::Error::Terminal(io) => format!(
+            "cannot use this terminal for the live view ({io}); try: fairshare-ctl top --once"
+        ),
     }
 }
 

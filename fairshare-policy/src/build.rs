@@ -21,6 +21,7 @@ const MAX_FILE_SIZE: u64 = 1 << 20;
 
 mod cross;
 mod fair;
+mod notices;
 mod shape;
 mod values;
 
@@ -119,7 +120,8 @@ fn read_limited(path: &Path) -> Result<String, String> {
 
 /// The top-level keys of a policy file.
 const TOP_KEYS: &[&str] = &[
-    "defaults", "max", "exempt", "capacity", "groups", "users", "leases", "tiers", "bursting",
+    "defaults", "max", "exempt", "capacity", "groups", "users", "leases", "notices", "tiers",
+    "bursting",
 ];
 /// The keys of `defaults:` and `max:`.
 const LIMIT_KEYS: &[&str] = &[
@@ -193,6 +195,7 @@ struct Builder {
     bursting: fair::BurstingKeys,
     /// `capacity.mem_low`: total and what to do when it is full.
     guarantees: (Option<crate::fair::MemLow>, Option<crate::fair::WhenFull>),
+    notices: Option<crate::policy::NoticeDefaults>,
 }
 
 impl Builder {
@@ -229,6 +232,7 @@ impl Builder {
                 "leases" => self.leases_key(&top, value),
                 "tiers" => self.overrides_key(&top, Overrides::Tiers, value),
                 "bursting" => self.bursting_key(&top, value),
+                "notices" => self.notices_key(&top, value),
                 other => self.unknown_key(&top, key, "", other, TOP_KEYS),
             }
         }

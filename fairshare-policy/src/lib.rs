@@ -46,7 +46,9 @@ pub use fair::{
     BurstCeiling, Bursting, CgroupLayout, Contention, FairShare, Guarantees, IoLimits, IoTarget,
     MemLow, Swap, Unenforced, WhenFull, grant_mem_low, unenforced_reason,
 };
-pub use policy::{CapacityLimit, Exemption, HostResources, Identity, MemHigh, Policy, UserPolicy};
+pub use policy::{
+    CapacityLimit, Exemption, HostResources, Identity, MemHigh, NoticeDefaults, Policy, UserPolicy,
+};
 
 /// Where the daemon looks for its policy unless told otherwise.
 pub const DEFAULT_POLICY: &str = "/etc/fairshare/policy.d/";
@@ -167,7 +169,15 @@ pub const FIELDS: &[(&str, &str)] = &[
     ),
     (
         "leases.max_duration",
-        "The longest a resize above the default may last (30m, 8h, 2d). Resizes above the default without --for get this duration; longer ones are refused. Default: no limit.",
+        "The longest a user may hold more than their default in one go (30m, 8h, 2d): a user's resize above the default ends at most this long after the allocation first went above it. A resize without --for gets the rest of that time; resizing again during it keeps its end (it is not renewed by asking again) and a longer --for is refused; after a release, a new resize starts a new lease. Root's set is not capped. Default: no limit.",
+    ),
+    (
+        "notices.terminal",
+        "true or false: whether users get a notice on their terminals when the kernel kills one of their processes at their memory limit, or their CPU limit holds them back most of a minute (once per burst; each names the limit and the fairshare-ctl resize that lifts it). Each user may turn theirs off or on (fairshare-ctl notices off|on); this is the default for those who did not. Default: true.",
+    ),
+    (
+        "notices.login_line",
+        "true or false: whether an interactive login (ssh, login) shows one line with the user's limits and how far they may resize them, e.g. \"fairshare: 2 CPUs, 8G memory, 4096 tasks on this host (you may resize up to 8 CPUs, 32G: fairshare-ctl resize)\". The PAM module's login_line= argument can turn it off on a host too. Default: true.",
     ),
 ];
 

@@ -202,6 +202,33 @@ pub struct Policy {
     pub(crate) tiers: IndexMap<String, Override>,
     pub(crate) bursting: Bursting,
     pub(crate) guarantees: Guarantees,
+    pub(crate) notices: NoticeDefaults,
+}
+
+/// What fairshare tells users unless they choose otherwise (`notices:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoticeDefaults {
+    /// Live notices on the user's terminals after an OOM kill or sustained
+    /// throttling (each user may turn theirs off or on).
+    pub terminal: bool,
+    /// The line an interactive login shows.
+    pub login_line: bool,
+}
+
+impl Default for NoticeDefaults {
+    fn default() -> NoticeDefaults {
+        NoticeDefaults {
+            terminal: true,
+            login_line: true,
+        }
+    }
+}
+
+impl Policy {
+    /// What users are told by default (`notices:`).
+    pub fn notices(&self) -> NoticeDefaults {
+        self.notices
+    }
 }
 
 /// Who a user is, as far as the policy cares.
@@ -529,6 +556,17 @@ impl Policy {
         out
     }
 
+    /// `exempt.uid_below`: accounts below it are system accounts, exempt.
+    pub fn exempt_uid_below(&self) -> u32 {
+        self.uid_below
+    }
+
+    /// The policy default for a user no group or user rule names: what every
+    /// user slice gets from systemd's drop-in.
+    pub fn plain_default(&self) -> Limits {
+        resolve(&self.defaults, &self.max).default
+    }
+
     /// Whether any rule depends on a user's groups (`exempt.groups`,
     /// `groups`). When none does, a user's groups need not be looked up.
     pub fn uses_groups(&self) -> bool {
@@ -752,6 +790,15 @@ impl Policy {
             out.push(format!(
                 "leases:   at most {}",
                 fairshare_proto::units::format_duration(l)
+            ));
+        }
+        let n = self.notices;
+        if n != NoticeDefaults::default() {
+            let on = |b: bool| if b { "on" } else { "off" };
+            out.push(format!(
+                "notices:  terminal {}, login line {}",
+                on(n.terminal),
+                on(n.login_line)
             ));
         }
         out

@@ -446,6 +446,45 @@ mod props {
 }
 
 #[test]
+fn notices_default_on_and_can_be_turned_off() {
+    let p = one("defaults: {cpu: 2, mem: 8G}\n").unwrap();
+    assert_eq!(p.notices(), crate::NoticeDefaults::default());
+    assert!(p.notices().terminal && p.notices().login_line);
+    assert!(!p.summary().join("\n").contains("notices"));
+    let p = one("defaults: {cpu: 2, mem: 8G}\nnotices: {terminal: false}\n").unwrap();
+    assert!(!p.notices().terminal);
+    assert!(p.notices().login_line);
+    assert!(
+        p.summary()
+            .join("\n")
+            .contains("notices:  terminal off, login line on")
+    );
+    // a later file overrides one field of an earlier one
+    let p = load(&[
+        (
+            "a.yaml",
+            "defaults: {cpu: 2, mem: 8G}\nnotices: {terminal: false}\n",
+        ),
+        ("b.yaml", "notices: {login_line: false}\n"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (p.notices().terminal, p.notices().login_line),
+        (false, false)
+    );
+    let e = errors("defaults: {cpu: 2, mem: 8G}\nnotices:\n  terminal: maybe\n  login: no\n");
+    assert!(
+        e.iter()
+            .any(|e| e.contains(":3: notices.terminal: `maybe` is not true or false")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.contains(":4:") && e.contains("login")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn group_rules_are_known() {
     let p = |t: &str| Policy::from_sources(&[("p.yaml".into(), t.into())]).unwrap();
     let base = "defaults: {cpu: 2, mem: 8G}\nmax: {cpu: 8, mem: 32G}\n";

@@ -66,11 +66,24 @@ impl Client {
         &self.path
     }
 
+    /// An I/O error on the connection: a timeout past the deadline, or the
+    /// error itself.
+    fn io_error(&self, source: io::Error) -> ClientError {
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                path: self.path.clone(),
+                timeout: self.timeout,
+            },
+            _ => ClientError::Io {
+                path: self.path.clone(),
+                source,
+            },
+        }
+    }
+
     /// Sends one request and waits for its answer, all within the timeout.
     pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        let mut line = serde_json::to_vec(request)
-            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
-        line.push(b'\n');
+        let line = encode(request)?;
         let raw = self.call_raw(&line)?;
         serde_json::from_slice(&raw).map_err(|e| {
             let shown = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
@@ -82,16 +95,7 @@ impl Client {
     pub fn call_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut stream = self.connect(deadline)?;
-        let io_err = |source: io::Error| match source.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
-                path: self.path.clone(),
-                timeout: self.timeout,
-            },
-            _ => ClientError::Io {
-                path: self.path.clone(),
-                source,
-            },
-        };
+        let io_err = |source: io::Error| self.io_error(source);
         let mut written = 0;
         while written < bytes.len() {
             stream
@@ -200,6 +204,87 @@ impl Client {
     }
 }
 
+/// One request as its wire line (JSON and a newline).
+fn encode(request: &Request) -> Result<Vec<u8>, ClientError> {
+    let mut line = serde_json::to_vec(request)
+        .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The answers that follow the first one on a connection that stays open
+/// (`events` with `follow`): one per line, as they come, without a deadline.
+pub struct Follow {
+    reader: std::io::BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl Client {
+    /// Sends one request that keeps its connection open: returns the first
+    /// answer (within the timeout, as [`Client::call`]) and the answers that
+    /// follow.
+    pub fn follow(&self, request: &Request) -> Result<(Response, Follow), ClientError> {
+        let line = encode(request)?;
+        let deadline = Instant::now() + self.timeout;
+        let mut stream = self.connect(deadline)?;
+        let io_err = |source: io::Error| self.io_error(source);
+        stream
+            .set_write_timeout(Some(self.remaining(deadline)?))
+            .map_err(io_err)?;
+        stream.write_all(&line).map_err(io_err)?;
+        stream
+            .set_read_timeout(Some(self.remaining(deadline)?))
+            .map_err(io_err)?;
+        let mut follow = Follow {
+            reader: std::io::BufReader::new(stream),
+            path: self.path.clone(),
+        };
+        let first = match follow.next() {
+            Some(r) => r.map_err(|e| match e {
+                ClientError::Io { source, .. } => io_err(source),
+                other => other,
+            })?,
+            None => {
+                return Err(ClientError::Protocol(
+                    "connection closed without an answer".into(),
+                ));
+            }
+        };
+        follow
+            .reader
+            .get_ref()
+            .set_read_timeout(None)
+            .map_err(io_err)?;
+        Ok((first, follow))
+    }
+}
+
+impl Iterator for Follow {
+    type Item = Result<Response, ClientError>;
+
+    /// The next answer; `None` when the daemon closed the connection.
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        let mut raw = Vec::with_capacity(512);
+        let limit = MAX_RESPONSE as u64 + 1;
+        let read = (&mut self.reader).take(limit).read_until(b'\n', &mut raw);
+        match read {
+            Ok(0) => None,
+            Ok(_) if raw.len() as u64 >= limit => {
+                Some(Err(ClientError::Protocol("answer too long".into())))
+            }
+            Ok(_) => Some(serde_json::from_slice(&raw).map_err(|e| {
+                let shown = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
+                ClientError::Protocol(format!("{e}: {shown}"))
+            })),
+            Err(source) => Some(Err(ClientError::Io {
+                path: self.path.clone(),
+                source,
+            })),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +293,32 @@ mod tests {
 
     fn sock(dir: &tempfile::TempDir) -> PathBuf {
         dir.path().join("s.sock")
+    }
+
+    #[test]
+    fn follow_reads_answers_until_the_daemon_hangs_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(sock(&dir)).unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+            let mut w = &s;
+            w.write_all(b"{\"type\":\"success\",\"message\":\"one\"}\n")
+                .unwrap();
+            // later answers come after the first one's deadline
+            std::thread::sleep(Duration::from_millis(400));
+            w.write_all(b"{\"type\":\"success\",\"message\":\"two\"}\nnot json\n")
+                .unwrap();
+            line
+        });
+        let c = Client::new(sock(&dir), Duration::from_millis(200));
+        let (first, mut rest) = c.follow(&Request::Release).unwrap();
+        assert_eq!(first, Response::success("one"));
+        assert_eq!(rest.next().unwrap().unwrap(), Response::success("two"));
+        assert!(matches!(rest.next(), Some(Err(ClientError::Protocol(_)))));
+        assert!(rest.next().is_none());
+        assert!(server.join().unwrap().contains("release"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::events::Event;
 use crate::units::{Bytes, Cpus, Quantity, Tasks, ValueError, parse_duration};
 
 /// Where the daemon listens unless told otherwise.
@@ -79,6 +80,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_false")]
         force: bool,
     },
+    /// The caller's history of events (OOM kills, throttling); root may name
+    /// another user. With `follow`, the connection stays open and each new
+    /// event follows as an [`Response::Event`] line.
+    Events(EventsQuery),
+    /// Turn the caller's terminal notices off or on, or back to the policy's
+    /// default; root may name another user. Saved.
+    Notices(NoticesChoice),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -86,19 +94,119 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl Request {
-    /// The name of the request type as it appears on the wire.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of request this is.
+    pub fn kind(&self) -> Kind {
         match self {
-            Request::RequestResources(_) => "request_resources",
-            Request::Release => "release",
-            Request::Status { .. } => "status",
-            Request::SessionOpen(_) => "session_open",
-            Request::SessionClose(_) => "session_close",
-            Request::List => "list",
-            Request::SetUser { .. } => "set_user",
-            Request::Reload => "reload",
-            Request::Metrics => "metrics",
+            Request::RequestResources(_) => Kind::RequestResources,
+            Request::Release => Kind::Release,
+            Request::Status { .. } => Kind::Status,
+            Request::SessionOpen(_) => Kind::SessionOpen,
+            Request::SessionClose(_) => Kind::SessionClose,
+            Request::List => Kind::List,
+            Request::SetUser { .. } => Kind::SetUser,
+            Request::Reload => Kind::Reload,
+            Request::Metrics => Kind::Metrics,
+            Request::Events(_) => Kind::Events,
+            Request::Notices(_) => Kind::Notices,
         }
+    }
+}
+
+/// Every kind of [`Request`], and what the daemon must know of each before
+/// it looks inside: its wire name, whether only root may send it, and
+/// whether it is sent to change an allocation. Adding a request means adding
+/// it here; the daemon's authorization, rate limits, metrics and dispatch
+/// all read this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    RequestResources,
+    Release,
+    Status,
+    SessionOpen,
+    SessionClose,
+    List,
+    SetUser,
+    Reload,
+    Metrics,
+    Events,
+    Notices,
+}
+
+impl Kind {
+    /// Every kind, in the order the metrics list them.
+    pub const ALL: [Kind; 11] = [
+        Kind::RequestResources,
+        Kind::Release,
+        Kind::Status,
+        Kind::SessionOpen,
+        Kind::SessionClose,
+        Kind::List,
+        Kind::SetUser,
+        Kind::Reload,
+        Kind::Metrics,
+        Kind::Events,
+        Kind::Notices,
+    ];
+
+    /// The request type's name on the wire (its `"type"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::RequestResources => "request_resources",
+            Kind::Release => "release",
+            Kind::Status => "status",
+            Kind::SessionOpen => "session_open",
+            Kind::SessionClose => "session_close",
+            Kind::List => "list",
+            Kind::SetUser => "set_user",
+            Kind::Reload => "reload",
+            Kind::Metrics => "metrics",
+            Kind::Events => "events",
+            Kind::Notices => "notices",
+        }
+    }
+
+    /// Only root may send it: session bookkeeping (the PAM module), acting
+    /// on other users, and running the daemon.
+    pub fn root_only(self) -> bool {
+        match self {
+            Kind::SessionOpen
+            | Kind::SessionClose
+            | Kind::List
+            | Kind::SetUser
+            | Kind::Reload
+            | Kind::Metrics => true,
+            Kind::RequestResources
+            | Kind::Release
+            | Kind::Status
+            | Kind::Events
+            | Kind::Notices => false,
+        }
+    }
+
+    /// It is sent to change an allocation, so it reaches systemd: held to the
+    /// smaller of the per-user rate limits.
+    pub fn changes_limits(self) -> bool {
+        match self {
+            Kind::RequestResources | Kind::Release | Kind::SetUser | Kind::Reload => true,
+            Kind::Status
+            | Kind::SessionOpen
+            | Kind::SessionClose
+            | Kind::List
+            | Kind::Metrics
+            | Kind::Events
+            | Kind::Notices => false,
+        }
+    }
+
+    /// Its place in [`Kind::ALL`] (for tables indexed by kind).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -251,6 +359,10 @@ pub enum Response {
     Metrics {
         text: String,
     },
+    /// The answer to `events`.
+    EventList(EventList),
+    /// One new event, sent on an `events` connection with `follow`.
+    Event(EventLine),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -262,6 +374,12 @@ pub struct Success {
     /// Host capacity after the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// `session_open`: the line an interactive login shows (the PAM module
+    /// passes it to the login program), e.g. `fairshare: 2 CPUs, 8G memory,
+    /// 4096 tasks on this host (you may resize up to 8 CPUs, 32G:
+    /// fairshare-ctl resize)`. Absent when the policy turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_line: Option<String>,
 }
 
 /// Why a request was refused, with what would have been allowed.
@@ -301,6 +419,9 @@ pub enum ErrorCode {
     InvalidPolicy,
     /// Too many requests from this user; try again a little later.
     RateLimited,
+    /// fairshared could not be reached (written by the client, never sent
+    /// by the daemon).
+    Unreachable,
     #[default]
     Internal,
 }
@@ -378,12 +499,31 @@ pub struct Usage {
     /// Total CPU time used by the slice since it started, in nanoseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_usage_nsec: Option<u64>,
+    /// CPU time used over a recent window the daemon measured (it samples
+    /// every tracked slice now and then); absent until it has two samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_recent: Option<CpuRecent>,
     /// How often the slice was held back by its CPU quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_throttled_periods: Option<u64>,
     /// Processes killed because the slice reached its memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_kills: Option<u64>,
+}
+
+/// CPU time a slice used over a recent window: `used_nsec / window_nsec` is
+/// how many CPUs it kept busy on average.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuRecent {
+    pub used_nsec: u64,
+    pub window_nsec: u64,
+}
+
+impl CpuRecent {
+    /// CPUs busy on average over the window (`None` for an empty window).
+    pub fn cpus(&self) -> Option<f64> {
+        (self.window_nsec > 0).then(|| self.used_nsec as f64 / self.window_nsec as f64)
+    }
 }
 
 /// One open session as the daemon knows it.
@@ -437,16 +577,153 @@ pub struct StatusInfo {
     /// Something the user should know, e.g. that their resize expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// Root's setting for this user (`fairshare-ctl set`), when one is in
+    /// force: binding on the user's own resizes and releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_setting: Option<RootSetting>,
     #[serde(default)]
     pub usage: Usage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// What root should know about the daemon itself (a broken policy file
+    /// it does not run on). Only in root's answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// `status`: the user's last events, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+    /// `status`: whether the user's terminals get notices, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_notices: Option<NoticesSetting>,
+}
+
+/// Root's setting for a user: the fields root named (the others come from
+/// the user's own resize or the default), and when it ends.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RootSetting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Tasks>,
+    /// Unix time it ends (root's `--for`); `None` until root resets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl fmt::Display for RootSetting {
+    /// `cpu 0.5 CPUs, mem 2G`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(c) = self.cpu {
+            parts.push(format!("cpu {c} CPUs"));
+        }
+        if let Some(m) = self.mem {
+            parts.push(format!("mem {m}"));
+        }
+        if let Some(t) = self.tasks {
+            parts.push(format!("tasks {t}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// What `events` asks for.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsQuery {
+    /// Another user's (root only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserRef>,
+    /// Only events at or after this Unix time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Keep the connection open and send each new event as it happens.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub follow: bool,
+}
+
+/// Terminal notices: off, on, or as the policy says.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Terminal {
+    Off,
+    On,
+    Default,
+}
+
+impl Terminal {
+    /// The user's own choice (`None`: the policy's default).
+    pub fn choice(self) -> Option<bool> {
+        match self {
+            Terminal::Off => Some(false),
+            Terminal::On => Some(true),
+            Terminal::Default => None,
+        }
+    }
+}
+
+/// What `notices` asks for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NoticesChoice {
+    pub terminal: Terminal,
+    /// Another user's (root only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserRef>,
+}
+
+/// Whether a user's terminals get notices, and whose choice that is.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoticesSetting {
+    pub enabled: bool,
+    /// `user` (`fairshare-ctl notices off|on`) or `policy` (its default).
+    pub source: NoticesSource,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticesSource {
+    User,
+    Policy,
+}
+
+impl fmt::Display for NoticesSetting {
+    /// `on (the policy's default)`, `off (your choice)`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.enabled { "on" } else { "off" };
+        match self.source {
+            NoticesSource::User => write!(f, "{state} (set with fairshare-ctl notices)"),
+            NoticesSource::Policy => write!(f, "{state} (the policy's default)"),
+        }
+    }
+}
+
+/// The answer to `events`: a user's history, oldest first.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct EventList {
+    pub uid: u32,
+    pub user: String,
+    pub events: Vec<Event>,
+    pub terminal_notices: NoticesSetting,
+}
+
+/// One event as it happens (`events` with `follow`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct EventLine {
+    pub uid: u32,
+    pub user: String,
+    pub event: Event,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct UserList {
     pub users: Vec<StatusInfo>,
     pub capacity: Capacity,
+    /// What root should know: a broken policy file fairshared does not run
+    /// on, or that it is still catching up with logind after a start (users
+    /// may be missing from the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Response {
@@ -483,7 +760,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     }
     serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
-        if msg.starts_with("unknown variant") {
+        // the request types are the variants listed with request_resources;
+        // an unknown value inside a request (`"terminal":"loud"`) is malformed
+        if msg.starts_with("unknown variant") && msg.contains("`request_resources`") {
             format!(
                 "unknown request type: {msg}",
                 msg = msg.replace("unknown variant", "got")
@@ -596,8 +875,12 @@ mod tests {
             session_list: vec![],
             expires_at: None,
             notice: None,
+            root_setting: None,
             usage: Usage::default(),
             capacity: None,
+            warnings: Vec::new(),
+            events: vec![],
+            terminal_notices: None,
         };
         let v = serde_json::to_value(Response::StatusInfo(Box::new(status.clone()))).unwrap();
         assert_eq!(v["type"], "status_info");
@@ -674,6 +957,108 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn kinds_are_named_as_on_the_wire() {
+        let one_of_each = [
+            Request::RequestResources(ResizeArgs::default()),
+            Request::Release,
+            Request::Status { user: None },
+            Request::SessionOpen(SessionOpen::default()),
+            Request::SessionClose(SessionClose::default()),
+            Request::List,
+            Request::SetUser {
+                user: UserRef::Uid(1),
+                args: ResizeArgs::default(),
+                release: false,
+                force: false,
+            },
+            Request::Reload,
+            Request::Metrics,
+            Request::Events(EventsQuery::default()),
+            Request::Notices(NoticesChoice {
+                terminal: Terminal::Off,
+                user: None,
+            }),
+        ];
+        let kinds: Vec<Kind> = one_of_each.iter().map(Request::kind).collect();
+        assert_eq!(kinds, Kind::ALL, "Kind::ALL lists every request once");
+        for (req, kind) in one_of_each.iter().zip(Kind::ALL) {
+            let v = serde_json::to_value(req).unwrap();
+            assert_eq!(v["type"], kind.name(), "{kind:?}");
+            assert_eq!(Kind::ALL[kind.index()], kind);
+            // and a request typed by that name parses back to this kind
+            let line = serde_json::to_string(req).unwrap();
+            assert_eq!(parse_request(line.as_bytes()).unwrap().kind(), kind);
+        }
+        let root_only: Vec<&str> = Kind::ALL
+            .iter()
+            .filter(|k| k.root_only())
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(
+            root_only,
+            [
+                "session_open",
+                "session_close",
+                "list",
+                "set_user",
+                "reload",
+                "metrics"
+            ]
+        );
+        // what a user may send to change their own allocation
+        let user_changes: Vec<&str> = Kind::ALL
+            .iter()
+            .filter(|k| k.changes_limits() && !k.root_only())
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(user_changes, ["request_resources", "release"]);
+    }
+
+    #[test]
+    fn events_and_notices_on_the_wire() {
+        assert_eq!(
+            parse_request(br#"{"type":"events"}"#).unwrap(),
+            Request::Events(EventsQuery::default())
+        );
+        let r =
+            parse_request(br#"{"type":"events","user":"bob","since":5,"follow":true}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Events(EventsQuery {
+                user: Some(UserRef::Name("bob".into())),
+                since: Some(5),
+                follow: true
+            })
+        );
+        let r = parse_request(br#"{"type":"notices","terminal":"off"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Notices(NoticesChoice {
+                terminal: Terminal::Off,
+                user: None
+            })
+        );
+        assert_eq!(Terminal::Default.choice(), None);
+        assert_eq!(Terminal::On.choice(), Some(true));
+        let e = parse_request(br#"{"type":"notices","terminal":"loud"}"#).unwrap_err();
+        assert!(e.starts_with("malformed request"), "{e}");
+        // the login line is an addition to success: old answers still read
+        let old: Response = serde_json::from_str(r#"{"type":"success","message":"m"}"#).unwrap();
+        assert_eq!(old, Response::success("m"));
+        let with = Response::Success(Success {
+            login_line: Some("fairshare: 2 CPUs".into()),
+            ..Success::default()
+        });
+        let v = serde_json::to_value(&with).unwrap();
+        assert_eq!(v["login_line"], "fairshare: 2 CPUs");
+        let s = NoticesSetting {
+            enabled: false,
+            source: NoticesSource::User,
+        };
+        assert_eq!(s.to_string(), "off (set with fairshare-ctl notices)");
     }
 
     mod props {

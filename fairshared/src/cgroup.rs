@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use fairshare_proto::wire::Usage;
 
+use crate::kernfs::{key, read, read_u64};
+
 /// The cgroup layout of this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -51,6 +53,11 @@ impl Cgroups {
         self.layout
     }
 
+    /// Where the hierarchy is mounted (normally `/sys/fs/cgroup`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn rel(uid: u32) -> String {
         format!("user.slice/user-{uid}.slice")
     }
@@ -80,6 +87,7 @@ impl Cgroups {
                 Usage {
                     memory_current: read_u64(&d.join("memory.current")),
                     tasks_current: read_u64(&d.join("pids.current")),
+                    cpu_recent: None,
                     cpu_usage_nsec: cpu_stat
                         .as_deref()
                         .and_then(|s| key(s, "usage_usec"))
@@ -91,14 +99,12 @@ impl Cgroups {
                 }
             }
             Layout::Hybrid | Layout::Legacy => {
-                let cpu_usage = ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
-                    .iter()
-                    .find_map(|c| read_u64(&self.v1(c, uid).join("cpuacct.usage")))
-                    .or_else(|| self.live_process_cpu(uid));
+                let cpu_usage = self.v1_cpu_nsec(uid);
                 Usage {
                     memory_current: read_u64(&self.v1("memory", uid).join("memory.usage_in_bytes")),
                     tasks_current: read_u64(&self.v1("pids", uid).join("pids.current")),
                     cpu_usage_nsec: cpu_usage,
+                    cpu_recent: None,
                     cpu_throttled_periods: ["cpu", "cpu,cpuacct", "cpuacct,cpu"]
                         .iter()
                         .find_map(|c| read(&self.v1(c, uid).join("cpu.stat")))
@@ -110,6 +116,33 @@ impl Cgroups {
                 }
             }
         }
+    }
+
+    /// The slice's CPU time alone (the daemon's sampler for CPU now): one
+    /// file read where the host accounts CPU per cgroup.
+    pub fn cpu_nsec(&self, uid: u32) -> Option<u64> {
+        match self.layout {
+            Layout::Unified => read(&self.root.join(Self::rel(uid)).join("cpu.stat"))
+                .as_deref()
+                .and_then(|s| key(s, "usage_usec"))
+                .map(|us| us.saturating_mul(1000)),
+            Layout::Hybrid | Layout::Legacy => {
+                if !["memory", "pids", "systemd"]
+                    .iter()
+                    .any(|c| self.v1(c, uid).is_dir())
+                {
+                    return None;
+                }
+                self.v1_cpu_nsec(uid)
+            }
+        }
+    }
+
+    fn v1_cpu_nsec(&self, uid: u32) -> Option<u64> {
+        ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
+            .iter()
+            .find_map(|c| read_u64(&self.v1(c, uid).join("cpuacct.usage")))
+            .or_else(|| self.live_process_cpu(uid))
     }
 
     /// CPU time of the slice's live processes, where the host keeps no
@@ -126,10 +159,7 @@ impl Cgroups {
             .unwrap_or(100) as u64;
         let mut total_ticks = 0u64;
         for pid in procs_below(&dir) {
-            let Some(stat) = read(Path::new(&format!("/proc/{pid}/stat"))) else {
-                continue;
-            };
-            total_ticks = total_ticks.saturating_add(stat_cpu_ticks(&stat).unwrap_or(0));
+            total_ticks = total_ticks.saturating_add(crate::proc::cpu_ticks(pid).unwrap_or(0));
         }
         Some(total_ticks.saturating_mul(1_000_000_000 / ticks))
     }
@@ -180,110 +210,6 @@ fn procs_below(dir: &Path) -> Vec<u32> {
     out
 }
 
-/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command
-/// name may hold spaces and parentheses, so fields are counted after the last `)`.
-fn stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Reads a small kernel file (cgroup, /proc). These report a size of 0, so
-/// `fs::read_to_string` would stat the file and then read it in growing
-/// steps from 32 bytes: a dozen syscalls where two reads into a page do.
-fn read(p: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(p).ok()?;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(len * 2, 0);
-        }
-        match f.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).ok()
-}
-
-fn read_u64(p: &Path) -> Option<u64> {
-    read(p)?.trim().parse().ok()
-}
-
-/// The value of `key` in a flat-keyed cgroup file (`key value` per line).
-fn key(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next()? == key).then(|| it.next()?.parse().ok())?
-    })
-}
-
-/// Where a process is, as far as fairshare cares.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Placement {
-    /// Inside `user-UID.slice` (a logind session scope, or an earlier adoption).
-    InUserSlice,
-    /// Somewhere else: the path systemd tracks it under.
-    Elsewhere(String),
-    /// The process is gone.
-    Gone,
-}
-
-/// Where `pid` is, judged from `/proc/PID/cgroup` (the systemd-tracked path:
-/// the v2 line, or `name=systemd` on v1).
-pub fn placement(pid: u32, uid: u32) -> Placement {
-    match read(Path::new(&format!("/proc/{pid}/cgroup"))) {
-        None => Placement::Gone,
-        Some(t) => placement_in(&t, uid),
-    }
-}
-
-fn placement_in(proc_cgroup: &str, uid: u32) -> Placement {
-    let slice = format!("/user-{uid}.slice");
-    let mut tracked = None;
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if ctrl == "name=systemd" || (ctrl.is_empty() && path != "/") {
-            if path.contains(&format!("{slice}/")) || path.ends_with(&slice) {
-                return Placement::InUserSlice;
-            }
-            tracked.get_or_insert_with(|| path.to_string());
-        }
-    }
-    Placement::Elsewhere(tracked.unwrap_or_else(|| "/".into()))
-}
-
-/// A process's start time (field 22 of `/proc/PID/stat`, clock ticks after
-/// boot): with the pid, it names one process for good.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = read(Path::new(&format!("/proc/{pid}/stat")))?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether a process is still alive (and not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match read(Path::new(&format!("/proc/{pid}/stat"))) {
-        None => false,
-        Some(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
-            state.as_deref() != Some("Z")
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,29 +218,6 @@ mod tests {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
-    }
-
-    #[test]
-    fn reads_kernel_files_of_any_size() {
-        let t = tempfile::tempdir().unwrap();
-        let long: String = (0..3000).map(|i| format!("{i}\n")).collect();
-        assert!(long.len() > 3 * 4096);
-        write(t.path(), "long", &long);
-        write(t.path(), "short", "42\n");
-        assert_eq!(read(&t.path().join("long")).as_deref(), Some(long.as_str()));
-        assert_eq!(read_u64(&t.path().join("short")), Some(42));
-        assert_eq!(read(&t.path().join("missing")), None);
-        // a real /proc file, whose size reads as 0
-        let own = read(Path::new("/proc/self/stat")).unwrap();
-        assert!(
-            own.starts_with(&format!("{} (", std::process::id())),
-            "{own}"
-        );
-        assert_eq!(
-            start_time(std::process::id()),
-            start_time(std::process::id())
-        );
-        assert!(start_time(std::process::id()).is_some());
     }
 
     #[test]
@@ -341,6 +244,8 @@ mod tests {
         assert_eq!(u.memory_current, Some(1 << 20));
         assert_eq!(u.tasks_current, Some(7));
         assert_eq!(u.cpu_usage_nsec, Some(2_500_000));
+        assert_eq!(c.cpu_nsec(1001), Some(2_500_000));
+        assert_eq!(c.cpu_nsec(1002), None);
         assert_eq!(u.cpu_throttled_periods, Some(3));
         assert_eq!(u.oom_kills, Some(1));
         assert_eq!(c.usage(1002), Usage::default());
@@ -371,6 +276,8 @@ mod tests {
         assert_eq!(u.memory_current, Some(4096));
         assert_eq!(u.tasks_current, Some(3));
         assert_eq!(u.cpu_usage_nsec, Some(123_456_789));
+        assert_eq!(c.cpu_nsec(1001), Some(123_456_789));
+        assert_eq!(c.cpu_nsec(1002), None);
         assert_eq!(u.cpu_throttled_periods, Some(2));
         assert_eq!(u.oom_kills, Some(2));
         // a user without a slice has no usage at all
@@ -400,42 +307,5 @@ mod tests {
         assert!(x > 0);
         let u = Cgroups::detect(r).usage(1001);
         assert!(u.cpu_usage_nsec.unwrap() > 0, "{u:?}");
-    }
-
-    #[test]
-    fn stat_fields_after_the_command_name() {
-        let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0";
-        assert_eq!(stat_cpu_ticks(stat), Some(12));
-    }
-
-    #[test]
-    fn placement_from_proc_cgroup() {
-        let v2_in = "0::/user.slice/user-1001.slice/session-3.scope\n";
-        assert_eq!(placement_in(v2_in, 1001), Placement::InUserSlice);
-        assert!(matches!(placement_in(v2_in, 1002), Placement::Elsewhere(_)));
-        let hybrid_out = "12:pids:/system.slice/cron.service\n1:name=systemd:/system.slice/cron.service\n0::/system.slice/cron.service\n";
-        assert_eq!(
-            placement_in(hybrid_out, 1001),
-            Placement::Elsewhere("/system.slice/cron.service".into())
-        );
-        let hybrid_in = "1:name=systemd:/user.slice/user-1001.slice/user@1001.service/app.slice/x.scope\n0::/\n";
-        assert_eq!(placement_in(hybrid_in, 1001), Placement::InUserSlice);
-        let adopted = "0::/user.slice/user-1001.slice\n";
-        assert_eq!(placement_in(adopted, 1001), Placement::InUserSlice);
-        assert!(matches!(
-            placement_in("0::/user.slice/user-10011.slice/x\n", 1001),
-            Placement::Elsewhere(_)
-        ));
-        assert_eq!(placement(u32::MAX, 1), Placement::Gone);
-    }
-
-    #[test]
-    fn liveness() {
-        assert!(alive(std::process::id()));
-        assert!(!alive(u32::MAX));
-        let me = start_time(std::process::id()).unwrap();
-        assert!(me > 0);
-        assert_eq!(start_time(std::process::id()), Some(me));
-        assert_eq!(start_time(u32::MAX), None);
     }
 }

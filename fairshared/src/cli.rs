@@ -39,9 +39,29 @@ pub struct Args {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
-    /// Check the policy, print what it means and exit (non-zero on error)
-    #[arg(long)]
+    /// Check the policy, print what it means and what systemd's drop-ins
+    /// for user slices do to it, and exit (78 on error)
+    #[arg(long, conflicts_with_all = ["write_defaults", "remove_defaults", "reload"])]
     pub check: bool,
+
+    /// Write the policy default as systemd drop-ins for user slices
+    /// (/etc/systemd/system/user-.slice.d/40-fairshare.conf, and one per user
+    /// whose default differs or who is exempt) and exit; a bad policy
+    /// changes no file (78). Run by the package and `make install`
+    #[arg(long, conflicts_with_all = ["remove_defaults", "reload"])]
+    pub write_defaults: bool,
+
+    /// Remove every drop-in fairshared wrote and the runtime values it set
+    /// on user slices, then `systemctl daemon-reload`: slices get systemd's
+    /// own defaults back. Run at uninstall
+    #[arg(long, conflicts_with = "reload")]
+    pub remove_defaults: bool,
+
+    /// Ask the running daemon to reload its policy and wait for the answer:
+    /// exits non-zero with the errors on stderr when the policy is refused
+    /// (the old one stays in force). The unit's ExecReload=
+    #[arg(long)]
+    pub reload: bool,
 }
 
 impl Args {

@@ -4,30 +4,148 @@
 //! the user's slice must be set to; the caller applies it to systemd and, if
 //! that fails, puts the previous entry back with [`Ledger::restore`].
 //!
-//! A user has an entry while they have an open session or a resize in force.
-//! The sum of all entries' limits is what the host has handed out; resizes
-//! that would push it past the host's capacity are refused, logins never are.
+//! A user has an entry while they have an open session, a resize in force or
+//! a setting of root's. The sum of all entries' limits is what the host has
+//! handed out; resizes that would push it past the host's capacity are
+//! refused, logins never are.
+//!
+//! ## Layers
+//!
+//! A user's limits are built field by field (cpu, mem, tasks) from three
+//! layers, the first that has the field wins:
+//!
+//! 1. the user's own resize ([`Entry::grant`]): the fields they asked for;
+//! 2. root's setting ([`Entry::admin`], `fairshare-ctl set`): the fields root
+//!    named. It is binding: while it is in force the user's own resizes may
+//!    go below it but never above it, and `release` and the last logout go
+//!    back to it, not to the policy default. Root's `set --default` or the
+//!    end of its `--for` ends it;
+//! 3. the policy default.
+//!
+//! ## Leases
+//!
+//! With `leases.max_duration` set, a user's own resize that puts any field
+//! above their base (root's setting, else the default) is a lease: it lapses
+//! back to the base no later than `max_duration` after the allocation first
+//! went above the base. Resizing again during a lease keeps that end (asking
+//! for a longer `--for` is refused); `release` (or the lease's end) hands the
+//! capacity back, after which a new resize starts a new lease and is checked
+//! against the host's free capacity afresh. So `max_duration` caps the
+//! continuous time above the default, whatever sequence of requests a user
+//! sends.
+//!
+//! ## Bounds
+//!
+//! A resize (the user's or root's) gives no field less than [`MIN_CPU`],
+//! [`MIN_MEM`] and [`MIN_TASKS`], or the user's policy default where that is
+//! smaller: below that a login cannot even start a shell. A user's fields
+//! stay at or below their policy maximum, or root's setting for fields root
+//! set; only the fields a request names are checked.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use fairshare_policy::{CapacityLimit, UserPolicy};
-use fairshare_proto::units::{Bytes, Cpus, Tasks};
+use fairshare_proto::units::{Bytes, Cpus, Tasks, format_duration};
 use fairshare_proto::wire::{Capacity, Limits, Resize, SessionInfo, Source};
 use serde::{Deserialize, Serialize};
 
-/// A resize in force: set by the user themselves or by root.
+/// The least CPU a resize or set may give (unless the user's default is less).
+pub const MIN_CPU: Cpus = Cpus::from_millis(100);
+/// The least memory a resize or set may give (unless the user's default is less).
+pub const MIN_MEM: Bytes = Bytes(64 << 20);
+/// The fewest tasks a resize or set may give (unless the user's default is fewer).
+pub const MIN_TASKS: Tasks = Tasks(32);
+
+/// Some of a user's limits, set by the user themselves (their resize) or by
+/// root (a set). Fields left out come from the layer below.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
-    pub cpu: Cpus,
-    pub mem: Bytes,
-    pub tasks: Tasks,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Tasks>,
     /// uid of whoever made it (the user, or 0 for root).
     pub by: u32,
-    /// Unix time it was made.
+    /// Unix time it was last changed.
     pub at: u64,
-    /// Unix time it lapses back to the default, if it has a lease.
+    /// Unix time it lapses, if it has a lease (or root gave a `--for`).
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// Unix time the current lease began: when the user's allocation went
+    /// above their base (root's setting, else the default) and has stayed
+    /// above it since. A lease ends at most `max_duration` after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+impl Grant {
+    fn empty(by: u32, at: u64) -> Grant {
+        Grant {
+            cpu: None,
+            mem: None,
+            tasks: None,
+            by,
+            at,
+            expires_at: None,
+            since: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.mem.is_none() && self.tasks.is_none()
+    }
+
+    /// Takes the fields `r` asks for.
+    fn merge(&mut self, r: &Resize) {
+        self.cpu = r.cpu.or(self.cpu);
+        self.mem = r.mem.or(self.mem);
+        self.tasks = r.tasks.or(self.tasks);
+    }
+
+    /// Leaves out the fields `other` has (root's set takes them over).
+    fn without(mut self, other: &Grant) -> Option<Grant> {
+        if other.cpu.is_some() {
+            self.cpu = None;
+        }
+        if other.mem.is_some() {
+            self.mem = None;
+        }
+        if other.tasks.is_some() {
+            self.tasks = None;
+        }
+        (!self.is_empty()).then_some(self)
+    }
+
+    /// Whether any field it has is above the same field of `base`.
+    fn above(&self, base: &Limits) -> bool {
+        self.cpu.is_some_and(|c| c > base.cpu)
+            || self.mem.is_some_and(|m| m > base.mem)
+            || self.tasks.is_some_and(|t| t > base.tasks)
+    }
+
+    /// `cpu 0.5 CPUs, mem 2G`: the fields it has, for messages.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = self.cpu {
+            parts.push(format!("cpu {c}"));
+        }
+        if let Some(m) = self.mem {
+            parts.push(format!("mem {m}"));
+        }
+        if let Some(t) = self.tasks {
+            parts.push(format!("tasks {t}"));
+        }
+        parts.join(", ")
+    }
+
+    fn quantities_positive(&self) -> bool {
+        self.cpu.is_none_or(|c| c.millis() > 0)
+            && self.mem.is_none_or(|m| m.get() > 0)
+            && self.tasks.is_none_or(|t| t.get() > 0)
+    }
 }
 
 /// One user's line in the ledger.
@@ -36,9 +154,14 @@ pub struct Entry {
     pub name: String,
     #[serde(default)]
     pub sessions: Vec<SessionInfo>,
+    /// The user's own resize: the fields they asked for.
     #[serde(default)]
     pub grant: Option<Grant>,
-    /// The limits this user should have now (grant, or policy default).
+    /// Root's setting (`fairshare-ctl set`), binding on the user's own
+    /// resizes and releases until root resets it or its `--for` ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Grant>,
+    /// The limits this user should have now (from the layers above).
     pub limits: Limits,
     /// The limits last written to systemd successfully.
     #[serde(default)]
@@ -49,13 +172,67 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn source(&self, uid: u32) -> Source {
-        match &self.grant {
-            None => Source::Default,
-            Some(g) if g.by == uid => Source::Resize,
-            Some(_) => Source::Admin,
+    fn new(name: &str, limits: Limits) -> Entry {
+        Entry {
+            name: name.to_string(),
+            sessions: Vec::new(),
+            grant: None,
+            admin: None,
+            limits,
+            applied: None,
+            notice: None,
         }
     }
+
+    pub fn source(&self, _uid: u32) -> Source {
+        match (&self.grant, &self.admin) {
+            (Some(_), _) => Source::Resize,
+            (None, Some(_)) => Source::Admin,
+            (None, None) => Source::Default,
+        }
+    }
+
+    /// When the allocation next changes by itself: the user's lease, or
+    /// the end of root's setting, whichever comes first.
+    pub fn next_expiry(&self) -> Option<u64> {
+        let user = self.grant.as_ref().and_then(|g| g.expires_at);
+        let root = self.admin.as_ref().and_then(|g| g.expires_at);
+        match (user, root) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the entry still has a reason to be in the ledger.
+    fn needed(&self) -> bool {
+        !self.sessions.is_empty() || self.grant.is_some() || self.admin.is_some()
+    }
+
+    /// What the user falls back to without their own resize: root's
+    /// setting over the policy default.
+    fn base(&self, up: &UserPolicy) -> Limits {
+        compose(up, None, self.admin.as_ref())
+    }
+}
+
+/// The limits the layers give, field by field: the user's resize, root's
+/// setting, the policy default.
+fn compose(up: &UserPolicy, grant: Option<&Grant>, admin: Option<&Grant>) -> Limits {
+    let pick = |f: &dyn Fn(&Grant) -> Option<u64>, default: u64| {
+        grant
+            .and_then(f)
+            .or_else(|| admin.and_then(f))
+            .unwrap_or(default)
+    };
+    let d = up.default;
+    let cpu = Cpus::from_millis(pick(&|g| g.cpu.map(Cpus::millis), d.cpu.millis()));
+    let mem = Bytes(pick(&|g| g.mem.map(Bytes::get), d.mem.get()));
+    let tasks = Tasks(pick(&|g| g.tasks.map(Tasks::get), d.tasks.get()));
+    if (cpu, mem, tasks) == (d.cpu, d.mem, d.tasks) {
+        // exactly the default, soft limit included
+        return d;
+    }
+    up.limits(cpu, mem, tasks)
 }
 
 /// What a change asks of systemd.
@@ -83,19 +260,61 @@ impl Change {
     }
 }
 
-/// Why a resize was refused.
+/// Why a resize was refused. Each text names the field, the bound and,
+/// for root's setting, until when; it is written for whoever asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// Above the user's policy maximum; says which fields.
-    ExceedsMax(Vec<String>),
+    /// Above the user's maximum or root's setting, and/or below the
+    /// minimum; one reason per field.
+    Bounds {
+        over: Vec<String>,
+        under: Vec<String>,
+    },
     /// The host has not enough free capacity for the increase.
     NoCapacity(String),
+    /// A `--for` longer than `leases.max_duration`.
+    LeaseTooLong { max: Duration, asked: Duration },
+    /// A `--for` past the end of the lease in progress, which a resize
+    /// during it cannot extend.
+    LeaseRunning {
+        /// Seconds left of the lease in progress.
+        left: u64,
+        max: Duration,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    /// What the asker is told after "Request refused: ".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Bounds { over, under } => {
+                let all: Vec<&str> = under.iter().chain(over).map(String::as_str).collect();
+                f.write_str(&all.join("; "))
+            }
+            Refusal::NoCapacity(short) => {
+                write!(f, "not enough capacity on this host: {short}")
+            }
+            Refusal::LeaseTooLong { max, asked } => write!(
+                f,
+                "a resize above the default may last at most {} on this host (asked for {})",
+                format_duration(*max),
+                format_duration(*asked)
+            ),
+            Refusal::LeaseRunning { left, max } => write!(
+                f,
+                "the resize above the default in force ends in {}: a lease lasts at most {} in one go on this host, and resizing again does not extend it; resize without --for to keep that end, or `fairshare-ctl release` first and then resize to start a new lease",
+                format_duration(Duration::from_secs((*left).max(1))),
+                format_duration(*max)
+            ),
+        }
+    }
 }
 
 /// Who asked for a change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Actor {
-    /// The user, for themselves: bound by their maximum and capacity.
+    /// The user, for themselves: bound by their maximum, root's setting,
+    /// the lease and capacity.
     User(u32),
     /// Root: may exceed the maximum; `force` also skips the capacity check.
     Root { force: bool },
@@ -111,9 +330,74 @@ impl Actor {
     }
 }
 
+/// A resize as the ledger decides it: who, under which policy, what they
+/// ask, who asks, and the host's capacity.
+#[derive(Clone, Copy, Debug)]
+pub struct ResizeRequest<'a> {
+    pub uid: u32,
+    pub name: &'a str,
+    /// The user's policy (default and maximum).
+    pub policy: &'a UserPolicy,
+    /// What is asked (fields left out keep their value), and for how long.
+    pub resize: Resize,
+    pub actor: Actor,
+    pub capacity: &'a CapacityLimit,
+    /// Unix time now.
+    pub now: u64,
+    /// `leases.max_duration`, if the policy sets one.
+    pub max_lease: Option<Duration>,
+}
+
+/// Why a saved ledger was not taken.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(String);
+
+/// The ledger as stored, checked on the way in ([`Ledger`]'s `try_from`).
+#[derive(Deserialize)]
+struct Stored {
+    users: BTreeMap<u32, Entry>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Stored")]
 pub struct Ledger {
     users: BTreeMap<u32, Entry>,
+}
+
+impl TryFrom<Stored> for Ledger {
+    type Error = Invalid;
+
+    /// Refuses zero quantities (no limit fairshare writes is ever zero:
+    /// such a file was not written by fairshared), and moves a setting of
+    /// root's saved by an older fairshared in `grant` to `admin`.
+    fn try_from(s: Stored) -> Result<Ledger, Invalid> {
+        let mut users = s.users;
+        for (uid, e) in users.iter_mut() {
+            let limits_ok = |l: &Limits| {
+                l.cpu.millis() > 0
+                    && l.mem.get() > 0
+                    && l.tasks.get() > 0
+                    && l.mem_high.is_none_or(|h| h.get() > 0)
+            };
+            if !limits_ok(&e.limits) || e.applied.as_ref().is_some_and(|a| !limits_ok(a)) {
+                return Err(Invalid(format!(
+                    "user {uid}: a limit of 0 (cpu, mem or tasks); fairshared never writes one"
+                )));
+            }
+            for g in [&e.grant, &e.admin].into_iter().flatten() {
+                if !g.quantities_positive() {
+                    return Err(Invalid(format!(
+                        "user {uid}: a resize of 0 (cpu, mem or tasks); fairshared never accepts one"
+                    )));
+                }
+            }
+            if e.grant.as_ref().is_some_and(|g| g.by != *uid) && e.admin.is_none() {
+                e.admin = e.grant.take();
+            }
+        }
+        Ok(Ledger { users })
+    }
 }
 
 impl Ledger {
@@ -183,67 +467,62 @@ impl Ledger {
         self.users.get(&uid).map_or(up.default, |e| e.limits)
     }
 
-    /// A resize (or, for root, a set). Fields left out keep their current value.
-    #[allow(clippy::too_many_arguments)]
-    pub fn resize(
-        &mut self,
-        uid: u32,
-        name: &str,
-        up: &UserPolicy,
-        req: Resize,
-        actor: Actor,
-        cap: &CapacityLimit,
-        now: u64,
-        expires_at: Option<u64>,
-    ) -> Result<Change, Refusal> {
-        let current = self.effective(uid, up);
-        let cpu = req.cpu.unwrap_or(current.cpu);
-        let mem = req.mem.unwrap_or(current.mem);
-        let tasks = req.tasks.unwrap_or(current.tasks);
-        if let Actor::User(_) = actor {
-            let mut over = Vec::new();
-            if cpu > up.max.cpu {
-                over.push(format!(
-                    "cpu {cpu} is above your maximum of {} CPUs",
-                    up.max.cpu
-                ));
+    /// A resize (the user's own) or a set (root's). Fields left out keep
+    /// their value. See the module's notes for the bounds and leases.
+    pub fn resize(&mut self, req: ResizeRequest<'_>) -> Result<Change, Refusal> {
+        let ResizeRequest {
+            uid,
+            name,
+            policy: up,
+            resize,
+            actor,
+            capacity: cap,
+            now,
+            max_lease,
+        } = req;
+        let entry = self.users.get(&uid);
+        let old_grant = entry.and_then(|e| e.grant.clone());
+        let old_admin = entry.and_then(|e| e.admin.clone());
+        check_bounds(up, old_admin.as_ref(), &resize, actor, name, now)?;
+        let (grant, admin) = match actor {
+            Actor::User(_) => {
+                let base = compose(up, None, old_admin.as_ref());
+                let mut g = old_grant
+                    .clone()
+                    .unwrap_or_else(|| Grant::empty(actor.uid(), now));
+                g.merge(&resize);
+                g.by = actor.uid();
+                g.at = now;
+                let was_above = old_grant.as_ref().is_some_and(|o| o.above(&base));
+                let lease = lease(&g, was_above, &base, resize.duration, max_lease, now)?;
+                g.since = lease.since;
+                g.expires_at = lease.expires_at;
+                (Some(g), old_admin)
             }
-            if mem > up.max.mem {
-                over.push(format!("mem {mem} is above your maximum of {}", up.max.mem));
+            Actor::Root { .. } => {
+                let mut a = old_admin.unwrap_or_else(|| Grant::empty(0, now));
+                a.merge(&resize);
+                a.by = 0;
+                a.at = now;
+                a.expires_at = resize.duration.map(|d| now.saturating_add(d.as_secs()));
+                a.since = None;
+                // Root's set takes over the fields it names.
+                let g = old_grant.and_then(|g| g.without(&a));
+                (g, Some(a))
             }
-            if tasks > up.max.tasks {
-                over.push(format!(
-                    "tasks {tasks} is above your maximum of {}",
-                    up.max.tasks
-                ));
-            }
-            if !over.is_empty() {
-                return Err(Refusal::ExceedsMax(over));
-            }
-        }
-        if !matches!(actor, Actor::Root { force: true }) {
-            self.check_capacity(uid, cpu, mem, cap)?;
-        }
-        let new = up.limits(cpu, mem, tasks);
-        let grant = Grant {
-            cpu,
-            mem,
-            tasks,
-            by: actor.uid(),
-            at: now,
-            expires_at,
         };
+        let new = compose(up, grant.as_ref(), admin.as_ref());
+        if !matches!(actor, Actor::Root { force: true }) {
+            self.check_capacity(uid, name, actor, new.cpu, new.mem, cap)?;
+        }
         let old = self.users.get(&uid).map(|e| e.limits);
-        let entry = self.users.entry(uid).or_insert_with(|| Entry {
-            name: name.to_string(),
-            sessions: Vec::new(),
-            grant: None,
-            limits: new,
-            applied: None,
-            notice: None,
-        });
+        let entry = self
+            .users
+            .entry(uid)
+            .or_insert_with(|| Entry::new(name, new));
         entry.name = name.to_string();
-        entry.grant = Some(grant);
+        entry.grant = grant;
+        entry.admin = admin;
         entry.limits = new;
         entry.notice = None;
         Ok(Change {
@@ -258,6 +537,8 @@ impl Ledger {
     fn check_capacity(
         &self,
         uid: u32,
+        name: &str,
+        actor: Actor,
         cpu: Cpus,
         mem: Bytes,
         cap: &CapacityLimit,
@@ -271,16 +552,20 @@ impl Ledger {
         let (others_cpu, others_mem) = self.allocated(Some(uid));
         let free_cpu = cap.cpu.saturating_sub(others_cpu);
         let free_mem = cap.mem.saturating_sub(others_mem);
+        let whom = match actor {
+            Actor::User(_) => "you".to_string(),
+            Actor::Root { .. } => name.to_string(),
+        };
         let mut short = Vec::new();
         if cpu > cur_cpu && cpu > free_cpu {
             short.push(format!(
-                "cpu {cpu} asked, {free_cpu} free for you (host capacity {} CPUs = {} x overcommit {}; {others_cpu} allocated to others)",
+                "cpu {cpu} asked, {free_cpu} CPUs free for {whom} (host capacity {} CPUs = {} x overcommit {}, minus {others_cpu} allocated to others)",
                 cap.cpu, cap.base_cpu, cap.overcommit_cpu
             ));
         }
         if mem > cur_mem && mem > free_mem {
             short.push(format!(
-                "mem {mem} asked, {} free for you (host capacity {} = {} x overcommit {}; {} allocated to others)",
+                "mem {mem} asked, {} free for {whom} (host capacity {} = {} x overcommit {}, minus {} allocated to others)",
                 free_mem.human(),
                 cap.mem.human(),
                 cap.base_mem.human(),
@@ -288,73 +573,109 @@ impl Ledger {
                 others_mem.human()
             ));
         }
+        if let Actor::Root { force: false } = actor
+            && !short.is_empty()
+        {
+            short.push("--force sets it anyway".to_string());
+        }
         match short.is_empty() {
             true => Ok(()),
             false => Err(Refusal::NoCapacity(short.join("; "))),
         }
     }
 
-    /// Drops a user's resize: back to the policy default, and out of the
-    /// ledger entirely when they have no session open.
-    pub fn release(&mut self, uid: u32, up: &UserPolicy) -> Change {
+    /// Drops a user's own resize (`Actor::User`): back to root's setting if
+    /// there is one, else the policy default. Root's release (`set
+    /// --default`) drops root's setting too. Out of the ledger entirely when
+    /// nothing is left to keep.
+    pub fn release(&mut self, uid: u32, up: &UserPolicy, actor: Actor) -> Change {
         let old = self.users.get(&uid).map(|e| e.limits);
-        let keep = match self.users.get_mut(&uid) {
+        let new = match self.users.get_mut(&uid) {
             Some(e) => {
                 e.grant = None;
-                e.limits = up.default;
-                !e.sessions.is_empty()
+                if let Actor::Root { .. } = actor {
+                    e.admin = None;
+                }
+                e.limits = e.base(up);
+                let new = e.limits;
+                if !e.needed() {
+                    self.users.remove(&uid);
+                }
+                new
             }
-            None => false,
+            None => up.default,
         };
-        if !keep {
-            self.users.remove(&uid);
-        }
         Change {
             uid,
             old,
-            new: up.default,
+            new,
             force: false,
         }
     }
 
-    /// A leased resize ran out: back to the default, with a notice. Does
-    /// nothing (`None`) if the grant has changed since the lease was set.
-    pub fn expire(
-        &mut self,
-        uid: u32,
-        expires_at: u64,
-        up: &UserPolicy,
-        notice: String,
-    ) -> Option<Change> {
+    /// Ends what has run out by `now`: the user's lease (back to root's
+    /// setting or the default) and root's setting (with the user's fields
+    /// under it), leaving a note for `status`. `None` when nothing was due.
+    pub fn expire_due(&mut self, uid: u32, now: u64, up: &UserPolicy) -> Option<Change> {
         let entry = self.users.get_mut(&uid)?;
-        if entry.grant.as_ref().and_then(|g| g.expires_at) != Some(expires_at) {
+        let due = |g: &Option<Grant>| {
+            g.as_ref()
+                .and_then(|g| g.expires_at)
+                .is_some_and(|t| t <= now)
+        };
+        let (user_due, root_due) = (due(&entry.grant), due(&entry.admin));
+        if !user_due && !root_due {
             return None;
         }
         let old = Some(entry.limits);
-        entry.grant = None;
-        entry.limits = up.default;
-        entry.notice = Some(notice);
-        if entry.sessions.is_empty() {
+        let mut notes = Vec::new();
+        if user_due && let Some(g) = entry.grant.take() {
+            notes.push(format!("the resize to {} reached its end", g.describe()));
+        }
+        if root_due && let Some(a) = entry.admin.take() {
+            notes.push(format!(
+                "root's setting of {} reached its end",
+                a.describe()
+            ));
+            entry.grant = entry.grant.take().and_then(|g| g.without(&a));
+        }
+        entry.limits = entry.base(up);
+        if let Some(g) = &entry.grant {
+            entry.limits = compose(up, Some(g), entry.admin.as_ref());
+        }
+        let back = match (&entry.grant, &entry.admin) {
+            (None, None) => "the default",
+            (None, Some(_)) => "root's setting",
+            (Some(_), _) => "the resize still in force",
+        };
+        entry.notice = Some(format!(
+            "{}; back to {back}: {}",
+            notes.join("; "),
+            entry.limits
+        ));
+        let new = entry.limits;
+        if !entry.needed() {
             self.users.remove(&uid);
         }
         Some(Change {
             uid,
             old,
-            new: up.default,
+            new,
             force: false,
         })
     }
 
-    /// Every lease in force: `(uid, expires_at)`.
+    /// Every user whose allocation changes by itself later: `(uid, when)`,
+    /// the earliest of their lease and the end of root's setting.
     pub fn leases(&self) -> Vec<(u32, u64)> {
         self.users
             .iter()
-            .filter_map(|(u, e)| Some((*u, e.grant.as_ref()?.expires_at?)))
+            .filter_map(|(u, e)| Some((*u, e.next_expiry()?)))
             .collect()
     }
 
     /// A session opened. The first one gives the user their allocation (the
-    /// default, or a resize still in force). Never refused.
+    /// default, root's setting, or a resize still in force). Never refused.
     pub fn open_session(
         &mut self,
         uid: u32,
@@ -363,14 +684,10 @@ impl Ledger {
         s: SessionInfo,
     ) -> Change {
         let old = self.users.get(&uid).map(|e| e.limits);
-        let entry = self.users.entry(uid).or_insert_with(|| Entry {
-            name: name.to_string(),
-            sessions: Vec::new(),
-            grant: None,
-            limits: up.default,
-            applied: None,
-            notice: None,
-        });
+        let entry = self
+            .users
+            .entry(uid)
+            .or_insert_with(|| Entry::new(name, up.default));
         entry.name = name.to_string();
         // A pid can only hold one session; a reused pid replaces a stale record.
         entry.sessions.retain(|x| x.pid != s.pid);
@@ -385,8 +702,9 @@ impl Ledger {
     }
 
     /// A session closed. Returns the change when it was the user's last
-    /// session: their resize ends and the slice goes back to the default.
-    /// `None` when the session was unknown or others remain.
+    /// session: their own resize ends and the slice goes back to root's
+    /// setting, if any, else the default. `None` when the session was
+    /// unknown or others remain.
     pub fn close_session(
         &mut self,
         uid: u32,
@@ -404,30 +722,87 @@ impl Ledger {
             return None;
         }
         let old = Some(entry.limits);
-        self.users.remove(&uid);
+        entry.grant = None;
+        entry.limits = entry.base(up);
+        let new = entry.limits;
+        if !entry.needed() {
+            self.users.remove(&uid);
+        }
         Some(Change {
             uid,
             old,
-            new: up.default,
+            new,
             force: false,
         })
     }
 
-    /// Re-derives a user's limits after the policy changed: a resize beyond a
-    /// lowered maximum is clamped. Returns the change if their limits moved.
-    pub fn repolicy(&mut self, uid: u32, up: &UserPolicy) -> Option<Change> {
+    /// Re-derives a user's limits after the policy changed: the fields of a
+    /// resize beyond a lowered maximum are clamped (with a note for
+    /// `status`), and with `max_lease` (at `now`) a resize above the default
+    /// ends no later than the lease allows. Returns the change if their
+    /// limits moved.
+    pub fn repolicy(
+        &mut self,
+        uid: u32,
+        up: &UserPolicy,
+        now: u64,
+        max_lease: Option<Duration>,
+    ) -> Option<Change> {
         let entry = self.users.get_mut(&uid)?;
         let old = entry.limits;
-        let new = match &mut entry.grant {
-            None => up.default,
-            Some(g) => {
-                g.cpu = g.cpu.min(up.max.cpu);
-                g.mem = g.mem.min(up.max.mem);
-                g.tasks = g.tasks.min(up.max.tasks);
-                up.limits(g.cpu, g.mem, g.tasks)
+        let base = entry.base(up);
+        if let Some(g) = &mut entry.grant {
+            let ceiling = |f: fn(&Limits) -> u64, a: Option<u64>| a.unwrap_or(f(&up.max));
+            let admin = entry.admin.as_ref();
+            let mut clamped = Vec::new();
+            if let Some(c) = g.cpu {
+                let top = Cpus::from_millis(ceiling(
+                    |l| l.cpu.millis(),
+                    admin.and_then(|a| a.cpu).map(Cpus::millis),
+                ));
+                if c > top {
+                    g.cpu = Some(top);
+                    clamped.push(format!("cpu {c} -> {top}"));
+                }
             }
-        };
-        entry.limits = new;
+            if let Some(m) = g.mem {
+                let top = Bytes(ceiling(
+                    |l| l.mem.get(),
+                    admin.and_then(|a| a.mem).map(Bytes::get),
+                ));
+                if m > top {
+                    g.mem = Some(top);
+                    clamped.push(format!("mem {m} -> {top}"));
+                }
+            }
+            if let Some(t) = g.tasks {
+                let top = Tasks(ceiling(
+                    |l| l.tasks.get(),
+                    admin.and_then(|a| a.tasks).map(Tasks::get),
+                ));
+                if t > top {
+                    g.tasks = Some(top);
+                    clamped.push(format!("tasks {t} -> {top}"));
+                }
+            }
+            if !clamped.is_empty() {
+                entry.notice = Some(format!(
+                    "the resize was clamped to the maximum of the policy now in force ({})",
+                    clamped.join(", ")
+                ));
+            }
+            match (g.above(&base), max_lease) {
+                (true, Some(max)) => {
+                    let since = *g.since.get_or_insert(now);
+                    let end = since.saturating_add(max.as_secs());
+                    g.expires_at = Some(g.expires_at.map_or(end, |e| e.min(end)));
+                }
+                (true, None) => {}
+                (false, _) => g.since = None,
+            }
+        }
+        entry.limits = compose(up, entry.grant.as_ref(), entry.admin.as_ref());
+        let new = entry.limits;
         (old != new).then_some(Change {
             uid,
             old: Some(old),
@@ -440,6 +815,161 @@ impl Ledger {
     /// became exempt.
     pub fn remove(&mut self, uid: u32) -> Option<Entry> {
         self.users.remove(&uid)
+    }
+}
+
+/// When a user's resize (`g`, already merged) lapses, and since when the
+/// lease in progress runs.
+struct Lease {
+    expires_at: Option<u64>,
+    since: Option<u64>,
+}
+
+fn lease(
+    g: &Grant,
+    was_above: bool,
+    base: &Limits,
+    asked: Option<Duration>,
+    max: Option<Duration>,
+    now: u64,
+) -> Result<Lease, Refusal> {
+    if let (Some(asked), Some(max)) = (asked, max)
+        && asked > max
+    {
+        return Err(Refusal::LeaseTooLong { max, asked });
+    }
+    let at = |d: Duration| now.saturating_add(d.as_secs());
+    let (Some(max), true) = (max, g.above(base)) else {
+        // No lease needed: only the one asked for, if any.
+        return Ok(Lease {
+            expires_at: asked.map(at),
+            since: None,
+        });
+    };
+    // The lease in progress continues; otherwise one starts now.
+    let since = match (was_above, g.since) {
+        (true, Some(s)) if s <= now => s,
+        _ => now,
+    };
+    let end = since.saturating_add(max.as_secs());
+    match asked.map(at) {
+        Some(t) if t > end => Err(Refusal::LeaseRunning {
+            left: end.saturating_sub(now),
+            max,
+        }),
+        Some(t) => Ok(Lease {
+            expires_at: Some(t),
+            since: Some(since),
+        }),
+        None => Ok(Lease {
+            expires_at: Some(end),
+            since: Some(since),
+        }),
+    }
+}
+
+/// Refuses fields of a request outside their bounds, naming every one: the
+/// minimum for everyone; for a user, their maximum or root's setting. Only
+/// the fields the request names are checked.
+fn check_bounds(
+    up: &UserPolicy,
+    admin: Option<&Grant>,
+    r: &Resize,
+    actor: Actor,
+    name: &str,
+    now: u64,
+) -> Result<(), Refusal> {
+    let ctx = BoundsCtx {
+        user: matches!(actor, Actor::User(_)),
+        name,
+        root_until: admin.and_then(|a| a.expires_at),
+        now,
+    };
+    let (d, m) = (&up.default, &up.max);
+    let a = |f: fn(&Grant) -> Option<u64>| admin.and_then(f);
+    let mut out = (Vec::new(), Vec::new());
+    ctx.field(
+        "cpu",
+        " CPUs",
+        r.cpu,
+        [MIN_CPU, d.cpu, m.cpu],
+        a(|g| g.cpu.map(Cpus::millis)).map(Cpus::from_millis),
+        &mut out,
+    );
+    ctx.field(
+        "mem",
+        "",
+        r.mem,
+        [MIN_MEM, d.mem, m.mem],
+        a(|g| g.mem.map(Bytes::get)).map(Bytes),
+        &mut out,
+    );
+    ctx.field(
+        "tasks",
+        "",
+        r.tasks,
+        [MIN_TASKS, d.tasks, m.tasks],
+        a(|g| g.tasks.map(Tasks::get)).map(Tasks),
+        &mut out,
+    );
+    let (over, under) = out;
+    match over.is_empty() && under.is_empty() {
+        true => Ok(()),
+        false => Err(Refusal::Bounds { over, under }),
+    }
+}
+
+/// Who asks about whom, for the texts of [`check_bounds`].
+struct BoundsCtx<'a> {
+    user: bool,
+    name: &'a str,
+    root_until: Option<u64>,
+    now: u64,
+}
+
+impl BoundsCtx<'_> {
+    /// Checks one field: `asked` against `[minimum, default, maximum]` and
+    /// root's setting; pushes the reasons to `(over, under)`.
+    fn field<T: PartialOrd + Copy + std::fmt::Display>(
+        &self,
+        field: &str,
+        unit: &str,
+        asked: Option<T>,
+        [min, default, max]: [T; 3],
+        root: Option<T>,
+        (over, under): &mut (Vec<String>, Vec<String>),
+    ) {
+        let Some(v) = asked else { return };
+        let floor = if default < min { default } else { min };
+        if v < floor {
+            let whose = match self.user {
+                true => "your".to_string(),
+                false => format!("{}'s", self.name),
+            };
+            under.push(format!(
+                "{field} {v} is below the minimum of {floor}{unit} (no resize gives less than {MIN_CPU} CPU, {MIN_MEM} memory or {MIN_TASKS} tasks, or {whose} default where that is less)"
+            ));
+        }
+        if !self.user {
+            return;
+        }
+        match root {
+            Some(top) if v > top => over.push(format!(
+                "{field} {v} is above root's setting of {top}{unit} for you, which binds your own resizes {}; ask your admin to change it",
+                match self.root_until {
+                    Some(t) => format!(
+                        "for another {}",
+                        format_duration(Duration::from_secs(t.saturating_sub(self.now).max(1)))
+                    ),
+                    None => "until root resets it".to_string(),
+                }
+            )),
+            Some(_) => {}
+            None if v > max => {
+                over.push(format!("{field} {v} is above your maximum of {max}{unit}"))
+            }
+            None => {}
+        }
     }
 }
 
@@ -469,6 +999,27 @@ mod tests {
         })
     }
 
+    /// A resize asked at time 0, without `leases.max_duration`.
+    fn ask<'a>(
+        uid: u32,
+        name: &'a str,
+        up: &'a UserPolicy,
+        resize: Resize,
+        actor: Actor,
+        capacity: &'a CapacityLimit,
+    ) -> ResizeRequest<'a> {
+        ResizeRequest {
+            uid,
+            name,
+            policy: up,
+            resize,
+            actor,
+            capacity,
+            now: 0,
+            max_lease: None,
+        }
+    }
+
     fn resize(cpu: u64, mem_g: u64) -> Resize {
         Resize {
             cpu: Some(Cpus::whole(cpu)),
@@ -491,16 +1042,10 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         let c = l
-            .resize(
-                1001,
-                "alice",
-                &u,
-                resize(3, 3),
-                Actor::User(1001),
-                &cap(&p),
-                10,
-                None,
-            )
+            .resize(ResizeRequest {
+                now: 10,
+                ..ask(1001, "alice", &u, resize(3, 3), Actor::User(1001), &cap(&p))
+            })
             .unwrap();
         assert_eq!(c.old, None);
         assert_eq!(c.new.cpu, Cpus::whole(3));
@@ -508,7 +1053,7 @@ mod tests {
         assert_eq!(c.new.tasks, Tasks(4096));
         assert_eq!(l.get(1001).unwrap().source(1001), Source::Resize);
         assert_eq!(l.allocated(None), (Cpus::whole(3), Bytes(3 << 30)));
-        let c = l.release(1001, &u);
+        let c = l.release(1001, &u, Actor::User(1001));
         assert_eq!(c.new, u.default);
         assert!(l.get(1001).is_none());
         assert_eq!(l.allocated(None), (Cpus::default(), Bytes::default()));
@@ -524,16 +1069,7 @@ mod tests {
             ..Resize::default()
         };
         let c = l
-            .resize(
-                1001,
-                "a",
-                &u,
-                only_cpu,
-                Actor::User(1001),
-                &cap(&p),
-                0,
-                None,
-            )
+            .resize(ask(1001, "a", &u, only_cpu, Actor::User(1001), &cap(&p)))
             .unwrap();
         assert_eq!(c.new.mem, u.default.mem);
         assert_eq!(c.new.cpu, Cpus::whole(4));
@@ -551,13 +1087,14 @@ mod tests {
             duration: None,
         };
         let e = l
-            .resize(1001, "a", &u, req, Actor::User(1001), &cap(&p), 0, None)
+            .resize(ask(1001, "a", &u, req, Actor::User(1001), &cap(&p)))
             .unwrap_err();
-        let Refusal::ExceedsMax(reasons) = e else {
+        let Refusal::Bounds { over, under } = e else {
             panic!("wrong refusal")
         };
-        assert_eq!(reasons.len(), 3, "{reasons:?}");
-        assert!(reasons[0].contains("maximum of 8 CPUs"), "{reasons:?}");
+        assert!(under.is_empty(), "{under:?}");
+        assert_eq!(over.len(), 3, "{over:?}");
+        assert!(over[0].contains("maximum of 8 CPUs"), "{over:?}");
         assert!(l.is_empty());
     }
 
@@ -567,43 +1104,37 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         let c = l
-            .resize(
+            .resize(ask(
                 1001,
                 "a",
                 &u,
                 resize(8, 40),
                 Actor::Root { force: false },
                 &cap(&p),
-                0,
-                None,
-            )
+            ))
             .unwrap();
         assert_eq!(c.new.mem, Bytes(40 << 30));
         assert_eq!(l.get(1001).unwrap().source(1001), Source::Admin);
         let e = l
-            .resize(
+            .resize(ask(
                 1002,
                 "b",
                 &up(&p, 1002),
                 resize(1, 30),
                 Actor::Root { force: false },
                 &cap(&p),
-                0,
-                None,
-            )
+            ))
             .unwrap_err();
         assert!(matches!(e, Refusal::NoCapacity(_)));
         assert!(
-            l.resize(
+            l.resize(ask(
                 1002,
                 "b",
                 &up(&p, 1002),
                 resize(1, 30),
                 Actor::Root { force: true },
-                &cap(&p),
-                0,
-                None
-            )
+                &cap(&p)
+            ))
             .is_ok()
         );
     }
@@ -614,70 +1145,60 @@ mod tests {
         let mut l = Ledger::new();
         let a = up(&p, 1001);
         let b = up(&p, 1002);
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &a,
             resize(6, 8),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let e = l
-            .resize(
+            .resize(ask(
                 1002,
                 "b",
                 &b,
                 resize(4, 8),
                 Actor::User(1002),
                 &cap(&p),
-                0,
-                None,
-            )
+            ))
             .unwrap_err();
         let Refusal::NoCapacity(msg) = e else {
             panic!("wrong refusal")
         };
-        assert!(msg.contains("cpu 4 asked, 2 free for you"), "{msg}");
+        assert!(msg.contains("cpu 4 asked, 2 CPUs free for you"), "{msg}");
         assert!(msg.contains("6 allocated to others"), "{msg}");
         assert!(l.get(1002).is_none());
         // exactly what is free fits
-        l.resize(
+        l.resize(ask(
             1002,
             "b",
             &b,
             resize(2, 8),
             Actor::User(1002),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         // shrinking is always allowed, even when the host is full
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &a,
             resize(1, 8),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         // a user's own allocation counts as theirs to reuse
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &a,
             resize(6, 8),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let c = l.capacity(&cap(&p));
         assert_eq!(c.cpu_allocated, Cpus::whole(8));
@@ -694,16 +1215,14 @@ mod tests {
         let c = l.open_session(1001, "a", &u, session(200));
         assert!(!c.force);
         assert_eq!(l.get(1001).unwrap().sessions.len(), 2);
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(4, 4),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         assert_eq!(l.close_session(1001, 100, None, &u), None);
         assert_eq!(l.get(1001).unwrap().limits.cpu, Cpus::whole(4));
@@ -720,18 +1239,16 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         l.open_session(1001, "a", &u, session(100));
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(4, 4),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
-        let c = l.release(1001, &u);
+        let c = l.release(1001, &u, Actor::User(1001));
         assert_eq!(c.new, u.default);
         let e = l.get(1001).unwrap();
         assert_eq!(e.grant, None);
@@ -743,16 +1260,14 @@ mod tests {
         let p = policy(P);
         let mut l = Ledger::new();
         let u = up(&p, 1001);
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(5, 5),
             Actor::Root { force: false },
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let c = l.open_session(1001, "a", &u, session(1));
         assert_eq!(c.new.cpu, Cpus::whole(5));
@@ -764,16 +1279,14 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         let before = l.get(1001).cloned();
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(3, 3),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         l.restore(1001, before);
         assert!(l.is_empty());
@@ -784,22 +1297,25 @@ mod tests {
         let p = policy(P);
         let mut l = Ledger::new();
         let u = up(&p, 1001);
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(6, 20),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         let p2 = policy("defaults: {cpu: 1, mem: 4G}\nmax: {cpu: 4, mem: 16G}\n");
-        let c = l.repolicy(1001, &up(&p2, 1001)).unwrap();
+        let c = l.repolicy(1001, &up(&p2, 1001), 0, None).unwrap();
         assert_eq!(c.new.cpu, Cpus::whole(4));
         assert_eq!(c.new.mem, Bytes(16 << 30));
-        assert_eq!(l.repolicy(1001, &up(&p2, 1001)), None);
+        let note = l.get(1001).unwrap().notice.clone().unwrap();
+        assert!(
+            note.contains("clamped") && note.contains("cpu 6 -> 4"),
+            "{note}"
+        );
+        assert_eq!(l.repolicy(1001, &up(&p2, 1001), 0, None), None);
     }
 
     #[test]
@@ -808,37 +1324,36 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         l.open_session(1001, "a", &u, session(1));
-        l.resize(
-            1001,
-            "a",
-            &u,
-            resize(6, 8),
-            Actor::User(1001),
-            &cap(&p),
-            0,
-            Some(100),
-        )
+        l.resize(ResizeRequest {
+            resize: Resize {
+                duration: Some(Duration::from_secs(100)),
+                ..resize(6, 8)
+            },
+            ..ask(1001, "a", &u, resize(6, 8), Actor::User(1001), &cap(&p))
+        })
         .unwrap();
         assert_eq!(l.leases(), vec![(1001, 100)]);
-        assert_eq!(l.expire(1001, 99, &u, "x".into()), None);
-        let c = l.expire(1001, 100, &u, "expired".into()).unwrap();
+        assert_eq!(l.expire_due(1001, 99, &u), None);
+        let c = l.expire_due(1001, 100, &u).unwrap();
         assert_eq!(c.new, u.default);
         let e = l.get(1001).unwrap();
-        assert_eq!(e.notice.as_deref(), Some("expired"));
+        let note = e.notice.clone().unwrap();
+        assert!(
+            note.contains("reached its end") && note.contains("back to the default"),
+            "{note}"
+        );
         assert_eq!(e.grant, None);
-        assert_eq!(l.expire(1001, 100, &u, "again".into()), None);
+        assert_eq!(l.expire_due(1001, 100, &u), None);
         assert!(l.leases().is_empty());
         // a new resize clears the notice
-        l.resize(
+        l.resize(ask(
             1001,
             "a",
             &u,
             resize(3, 8),
             Actor::User(1001),
             &cap(&p),
-            0,
-            None,
-        )
+        ))
         .unwrap();
         assert_eq!(l.get(1001).unwrap().notice, None);
     }
@@ -849,19 +1364,543 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         l.open_session(1001, "a", &u, session(100));
-        l.resize(
+        l.resize(ResizeRequest {
+            now: 7,
+            max_lease: Some(Duration::from_secs(99)),
+            ..ask(1001, "a", &u, resize(3, 9), Actor::User(1001), &cap(&p))
+        })
+        .unwrap();
+        l.resize(ask(
             1001,
             "a",
             &u,
-            resize(3, 3),
-            Actor::User(1001),
+            resize(1, 1),
+            Actor::Root { force: false },
             &cap(&p),
-            7,
-            Some(99),
-        )
+        ))
         .unwrap();
         let text = serde_json::to_string(&l).unwrap();
         let back: Ledger = serde_json::from_str(&text).unwrap();
         assert_eq!(back, l);
+    }
+
+    /// A policy with a maximum below root's generous settings and a lease.
+    const P2: &str = "defaults: {cpu: 1, mem: 2G}\nmax: {cpu: 2, mem: 4G}\ncapacity: {cpu: 64, mem: 256G, overcommit: 1}\nleases: {max_duration: 2h}\n";
+    const H2: u64 = 7200;
+
+    fn only(cpu: Option<u64>, mem_g: Option<u64>, tasks: Option<u64>) -> Resize {
+        Resize {
+            cpu: cpu.map(Cpus::whole),
+            mem: mem_g.map(|g| Bytes(g << 30)),
+            tasks: tasks.map(Tasks),
+            duration: None,
+        }
+    }
+
+    /// Asks at `now` under a policy with `max_lease`.
+    fn at<'a>(
+        now: u64,
+        up: &'a UserPolicy,
+        cap: &'a CapacityLimit,
+        resize: Resize,
+        actor: Actor,
+    ) -> ResizeRequest<'a> {
+        ResizeRequest {
+            now,
+            max_lease: Some(Duration::from_secs(H2)),
+            ..ask(1001, "alice", up, resize, actor, cap)
+        }
+    }
+
+    fn for_secs(mut r: Resize, secs: u64) -> Resize {
+        r.duration = Some(Duration::from_secs(secs));
+        r
+    }
+
+    /// Issue 11.1: a partial resize used to copy the leased fields into a
+    /// new grant without an end (`{"tasks":100}` kept a leased 8 CPUs for
+    /// ever). The lease in progress keeps its end whatever the user asks.
+    #[test]
+    fn a_partial_resize_during_a_lease_keeps_its_end() {
+        let p = policy(P2);
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        l.resize(at(0, &u, &c, only(Some(2), None, None), Actor::User(1001)))
+            .unwrap();
+        assert_eq!(l.leases(), vec![(1001, H2)]);
+        for (now, r) in [
+            (100, only(None, None, Some(100))),
+            (200, only(None, Some(1), None)),
+            (300, only(None, None, Some(4096))),
+        ] {
+            l.resize(at(now, &u, &c, r, Actor::User(1001))).unwrap();
+            let g = l.get(1001).unwrap().grant.clone().unwrap();
+            assert_eq!(g.cpu, Some(Cpus::whole(2)));
+            assert_eq!(g.expires_at, Some(H2), "at {now}");
+        }
+        // tasks 100 is above the default of 4096? no: below; cpu 2 is what's above
+        let c2 = l.expire_due(1001, H2, &u).unwrap();
+        assert_eq!(c2.new.cpu, Cpus::whole(1));
+        assert!(l.get(1001).is_none());
+    }
+
+    /// Issue 17.11, decided: a lease caps the continuous time above the
+    /// default. Asking again keeps its end; a longer --for is refused with
+    /// when it ends; after a release a new resize starts a new lease.
+    #[test]
+    fn asking_again_does_not_renew_a_lease_but_a_release_ends_it() {
+        let p = policy(P2);
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        l.resize(at(0, &u, &c, only(Some(2), None, None), Actor::User(1001)))
+            .unwrap();
+        // the same request an hour later: same end, not a new 2h
+        l.resize(at(
+            3600,
+            &u,
+            &c,
+            only(Some(2), None, None),
+            Actor::User(1001),
+        ))
+        .unwrap();
+        assert_eq!(l.leases(), vec![(1001, H2)]);
+        let e = l
+            .resize(at(
+                3600,
+                &u,
+                &c,
+                for_secs(only(Some(2), Some(3), None), H2),
+                Actor::User(1001),
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(e, Refusal::LeaseRunning { left: 3600, .. }),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("ends in 1h")
+                && text.contains("at most 2h in one go")
+                && text.contains("fairshare-ctl release"),
+            "{text}"
+        );
+        // a shorter --for is fine
+        l.resize(at(
+            3600,
+            &u,
+            &c,
+            for_secs(only(Some(2), None, None), 600),
+            Actor::User(1001),
+        ))
+        .unwrap();
+        assert_eq!(l.leases(), vec![(1001, 4200)]);
+        // and asking again without --for goes back to the lease's own end
+        l.resize(at(
+            3700,
+            &u,
+            &c,
+            only(None, Some(3), None),
+            Actor::User(1001),
+        ))
+        .unwrap();
+        assert_eq!(l.leases(), vec![(1001, H2)]);
+        // at or below the default: no lease at all
+        l.resize(at(
+            3800,
+            &u,
+            &c,
+            only(Some(1), Some(2), None),
+            Actor::User(1001),
+        ))
+        .unwrap();
+        assert_eq!(l.leases(), vec![]);
+        // above again: a new lease from now
+        l.resize(at(
+            3900,
+            &u,
+            &c,
+            only(Some(2), None, None),
+            Actor::User(1001),
+        ))
+        .unwrap();
+        assert_eq!(l.leases(), vec![(1001, 3900 + H2)]);
+        l.release(1001, &u, Actor::User(1001));
+        l.resize(at(
+            4000,
+            &u,
+            &c,
+            only(Some(2), None, None),
+            Actor::User(1001),
+        ))
+        .unwrap();
+        assert_eq!(l.leases(), vec![(1001, 4000 + H2)]);
+        // a --for beyond max_duration is refused as before
+        let e = l
+            .resize(at(
+                4000,
+                &u,
+                &c,
+                for_secs(only(Some(2), None, None), H2 + 1),
+                Actor::User(1001),
+            ))
+            .unwrap_err();
+        assert!(matches!(e, Refusal::LeaseTooLong { .. }), "{e:?}");
+    }
+
+    /// Issue 11.2: root's set binds the user's own resizes and releases, per
+    /// field, until root resets it; the last logout keeps it.
+    #[test]
+    fn roots_setting_binds_the_users_resizes_releases_and_logouts() {
+        let p = policy(P2);
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        l.open_session(1001, "alice", &u, session(10));
+        let half = Resize {
+            cpu: Some(Cpus::from_millis(500)),
+            ..Resize::default()
+        };
+        l.resize(at(0, &u, &c, half, Actor::Root { force: false }))
+            .unwrap();
+        let e = l
+            .resize(at(10, &u, &c, only(Some(1), None, None), Actor::User(1001)))
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cpu 1 is above root's setting of 0.5 CPUs for you")
+                && text.contains("until root resets it"),
+            "{text}"
+        );
+        // below root's setting, and other fields within the maximum: fine
+        let quarter = Resize {
+            cpu: Some(Cpus::from_millis(250)),
+            mem: Some(Bytes(4 << 30)),
+            ..Resize::default()
+        };
+        l.resize(at(20, &u, &c, quarter, Actor::User(1001)))
+            .unwrap();
+        assert_eq!(l.get(1001).unwrap().limits.cpu, Cpus::from_millis(250));
+        // release: back to root's 0.5, not the default of 1
+        let ch = l.release(1001, &u, Actor::User(1001));
+        assert_eq!(ch.new.cpu, Cpus::from_millis(500));
+        assert_eq!(ch.new.mem, u.default.mem);
+        // the last logout and a new login: still root's 0.5
+        let ch = l.close_session(1001, 10, None, &u).unwrap();
+        assert_eq!(ch.new.cpu, Cpus::from_millis(500));
+        let ch = l.open_session(1001, "alice", &u, session(11));
+        assert_eq!(ch.new.cpu, Cpus::from_millis(500));
+        // root's --default ends it
+        let ch = l.release(1001, &u, Actor::Root { force: false });
+        assert_eq!(ch.new, u.default);
+        assert_eq!(l.get(1001).unwrap().admin, None);
+        l.resize(at(30, &u, &c, only(Some(2), None, None), Actor::User(1001)))
+            .unwrap();
+    }
+
+    /// Issue 11.2: root's `--for` ends root's setting and the user's own
+    /// fields under it; the user's other fields keep their lease.
+    #[test]
+    fn roots_setting_ends_with_its_for() {
+        let p = policy(P2);
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        l.open_session(1001, "alice", &u, session(10));
+        l.resize(at(
+            0,
+            &u,
+            &c,
+            for_secs(only(Some(4), None, None), 600),
+            Actor::Root { force: false },
+        ))
+        .unwrap();
+        // under root's 4 CPUs (above the maximum of 2): 3 is fine, 5 is not
+        let e = l
+            .resize(at(10, &u, &c, only(Some(5), None, None), Actor::User(1001)))
+            .unwrap_err();
+        assert!(e.to_string().contains("for another 9m50s"), "{e}");
+        l.resize(at(
+            10,
+            &u,
+            &c,
+            only(Some(3), Some(4), None),
+            Actor::User(1001),
+        ))
+        .unwrap();
+        assert_eq!(l.get(1001).unwrap().limits.cpu, Cpus::whole(3));
+        // mem 4G is above the default: leased; cpu 3 is under root's 4: not above its base
+        assert_eq!(
+            l.get(1001).unwrap().grant.as_ref().unwrap().expires_at,
+            Some(10 + H2)
+        );
+        assert_eq!(l.leases(), vec![(1001, 600)]);
+        let ch = l.expire_due(1001, 600, &u).unwrap();
+        assert_eq!(ch.new.cpu, u.default.cpu, "cpu back to the default");
+        assert_eq!(
+            ch.new.mem,
+            Bytes(4 << 30),
+            "the user's own mem stays, leased"
+        );
+        let note = l.get(1001).unwrap().notice.clone().unwrap();
+        assert!(
+            note.contains("root's setting of cpu 4 reached its end"),
+            "{note}"
+        );
+        assert_eq!(l.leases(), vec![(1001, 10 + H2)]);
+    }
+
+    /// Issue 17.7: only the fields a request names are checked: root's
+    /// cpu 3 above the user's maximum does not block their own mem resize.
+    #[test]
+    fn only_the_fields_asked_for_are_checked() {
+        let p = policy(P2);
+        let (u, c) = (up(&p, 1003), cap(&p));
+        let mut l = Ledger::new();
+        l.resize(at(
+            0,
+            &u,
+            &c,
+            only(Some(3), None, None),
+            Actor::Root { force: false },
+        ))
+        .unwrap();
+        l.resize(at(10, &u, &c, only(None, Some(3), None), Actor::User(1001)))
+            .unwrap();
+        let e = l.get(1001).unwrap();
+        assert_eq!(
+            (e.limits.cpu, e.limits.mem),
+            (Cpus::whole(3), Bytes(3 << 30))
+        );
+        // the user's own asking above their maximum, in a field root did not set
+        let e = l
+            .resize(at(20, &u, &c, only(None, Some(5), None), Actor::User(1001)))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("mem 5G is above your maximum of 4G"),
+            "{e}"
+        );
+    }
+
+    /// Issue 11.3: a documented lower bound, named in the refusal, for
+    /// users and root alike; a default below it is still reachable.
+    #[test]
+    fn resizes_have_a_lower_bound() {
+        let p = policy(P);
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        for (r, want) in [
+            (
+                Resize {
+                    mem: Some(Bytes(1)),
+                    ..Resize::default()
+                },
+                "mem 1B is below the minimum of 64M",
+            ),
+            (
+                Resize {
+                    tasks: Some(Tasks(1)),
+                    ..Resize::default()
+                },
+                "tasks 1 is below the minimum of 32",
+            ),
+            (
+                Resize {
+                    cpu: Some(Cpus::from_millis(10)),
+                    ..Resize::default()
+                },
+                "cpu 0.01 is below the minimum of 0.1 CPUs",
+            ),
+        ] {
+            for actor in [Actor::User(1001), Actor::Root { force: true }] {
+                let e = l.resize(ask(1001, "alice", &u, r, actor, &c)).unwrap_err();
+                assert!(
+                    matches!(&e, Refusal::Bounds { over, .. } if over.is_empty()),
+                    "{e:?}"
+                );
+                assert!(e.to_string().contains(want), "{e}");
+            }
+        }
+        assert!(l.is_empty());
+        // exactly the minimum is fine
+        l.resize(ask(
+            1001,
+            "alice",
+            &u,
+            Resize {
+                mem: Some(MIN_MEM),
+                tasks: Some(MIN_TASKS),
+                cpu: Some(MIN_CPU),
+                duration: None,
+            },
+            Actor::User(1001),
+            &c,
+        ))
+        .unwrap();
+        // a default below the minimum can be asked for, not less
+        let small = policy("defaults: {cpu: 0.05, mem: 16M, tasks: 8}\n");
+        let su = up(&small, 1002);
+        let r = Resize {
+            cpu: Some(Cpus::from_millis(50)),
+            mem: Some(Bytes(16 << 20)),
+            tasks: Some(Tasks(8)),
+            duration: None,
+        };
+        l.resize(ask(1002, "b", &su, r, Actor::User(1002), &c))
+            .unwrap();
+        let e = l
+            .resize(ask(
+                1002,
+                "b",
+                &su,
+                only(None, None, Some(7)),
+                Actor::User(1002),
+                &c,
+            ))
+            .unwrap_err();
+        assert!(e.to_string().contains("below the minimum of 8"), "{e}");
+    }
+
+    /// Issue 11.3: a saved ledger with a zero quantity is refused at load
+    /// (the state file is then moved aside like any corrupt one); an older
+    /// file's setting of root's moves to `admin`.
+    #[test]
+    fn a_saved_ledger_with_zero_quantities_is_refused() {
+        let good = r#"{"users":{"1001":{"name":"a","limits":{"cpu":2,"mem":"8G","tasks":4096},"grant":{"cpu":2,"mem":"8G","tasks":4096,"by":0,"at":1}}}}"#;
+        let l: Ledger = serde_json::from_str(good).unwrap();
+        let e = l.get(1001).unwrap();
+        assert_eq!(
+            (e.grant.is_none(), e.admin.as_ref().map(|a| a.by)),
+            (true, Some(0))
+        );
+        for bad in [
+            good.replace(r#""limits":{"cpu":2"#, r#""limits":{"cpu":0"#),
+            good.replace(
+                r#""mem":"8G","tasks":4096},"grant""#,
+                r#""mem":"0B","tasks":4096},"grant""#,
+            ),
+            good.replace(r#""tasks":4096,"by""#, r#""tasks":0,"by""#),
+            good.replace(r#""grant":{"cpu":2"#, r#""grant":{"cpu":0"#),
+            good.replace(
+                r#""tasks":4096},"grant""#,
+                r#""tasks":4096},"applied":{"cpu":1,"mem":0,"tasks":1},"grant""#,
+            ),
+        ] {
+            assert_ne!(bad, good);
+            let e = serde_json::from_str::<Ledger>(&bad).unwrap_err();
+            assert!(e.to_string().contains("user 1001"), "{e}");
+        }
+    }
+
+    /// A reload that sets `leases.max_duration` gives a resize held above
+    /// the default an end.
+    #[test]
+    fn a_new_max_duration_bounds_resizes_in_force() {
+        let p = policy(P);
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        l.resize(ask(1001, "a", &u, resize(6, 8), Actor::User(1001), &c))
+            .unwrap();
+        assert!(l.leases().is_empty());
+        l.repolicy(1001, &u, 50, Some(Duration::from_secs(60)));
+        assert_eq!(l.leases(), vec![(1001, 110)]);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            Resize {
+                cpu: Option<u64>,
+                mem: Option<u64>,
+                tasks: Option<u64>,
+                secs: Option<u64>,
+            },
+            Release,
+            Login,
+            Logout,
+            Wait(u64),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (
+                    proptest::option::of(100u64..3000),
+                    proptest::option::of(1u64..5),
+                    proptest::option::of(32u64..9000),
+                    proptest::option::of(1u64..10_000),
+                )
+                    .prop_map(|(cpu, mem, tasks, secs)| Step::Resize { cpu, mem, tasks, secs }),
+                1 => Just(Step::Release),
+                1 => Just(Step::Login),
+                1 => Just(Step::Logout),
+                2 => (1u64..4000).prop_map(Step::Wait),
+            ]
+        }
+
+        proptest! {
+            /// Issue 11.1: whatever a user sends, with max_duration set, an
+            /// allocation above their default always has an end within
+            /// max_duration of now, and of when it first went above the
+            /// default; and it does end then.
+            #[test]
+            fn above_the_default_always_ends_within_the_lease(steps in proptest::collection::vec(step(), 1..40)) {
+                let p = policy(P2);
+                let (u, c) = (up(&p, 1001), cap(&p));
+                let max = H2;
+                let mut l = Ledger::new();
+                let mut now = 1000u64;
+                let mut above_since: Option<u64> = None;
+                let mut pid = 1;
+                for s in steps {
+                    match s {
+                        Step::Resize { cpu, mem, tasks, secs } => {
+                            let r = Resize {
+                                cpu: cpu.map(Cpus::from_millis),
+                                mem: mem.map(|g| Bytes(g << 30)),
+                                tasks: tasks.map(Tasks),
+                                duration: secs.map(Duration::from_secs),
+                            };
+                            let _ = l.resize(at(now, &u, &c, r, Actor::User(1001)));
+                        }
+                        Step::Release => {
+                            l.release(1001, &u, Actor::User(1001));
+                        }
+                        Step::Login => {
+                            pid += 1;
+                            l.open_session(1001, "alice", &u, session(pid));
+                        }
+                        Step::Logout => {
+                            let pids: Vec<u32> = l.get(1001).map(|e| e.sessions.iter().map(|s| s.pid).collect()).unwrap_or_default();
+                            if let Some(p0) = pids.first() {
+                                l.close_session(1001, *p0, None, &u);
+                            }
+                        }
+                        Step::Wait(d) => {
+                            // the timer fires at each expiry on the way
+                            let end = now + d;
+                            while let Some(t) = l.get(1001).and_then(|e| e.next_expiry()).filter(|t| *t <= end) {
+                                now = now.max(t);
+                                l.expire_due(1001, now, &u);
+                            }
+                            now = end;
+                        }
+                    }
+                    let limits = l.effective(1001, &u);
+                    let d = u.default;
+                    let above = limits.cpu > d.cpu || limits.mem > d.mem || limits.tasks > d.tasks;
+                    if above {
+                        let since = *above_since.get_or_insert(now);
+                        let g = l.get(1001).and_then(|e| e.grant.clone());
+                        let end = g.as_ref().and_then(|g| g.expires_at);
+                        prop_assert!(end.is_some(), "above the default without an end: {g:?}");
+                        let end = end.unwrap_or(0);
+                        prop_assert!(end > now - 1 && end <= now + max, "end {end}, now {now}");
+                        prop_assert!(end <= since + max, "end {end} beyond {since} + {max}");
+                    } else {
+                        above_since = None;
+                    }
+                }
+            }
+        }
     }
 }

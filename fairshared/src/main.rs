@@ -11,17 +11,24 @@ use clap::Parser;
 use fairshare_policy::Policy;
 use fairshared::cgroup::Cgroups;
 use fairshared::cli::Args;
+use fairshared::defaults::{self, DropIns};
+use fairshared::dropin::Layout;
+use fairshared::lastgood;
 use fairshared::server::{self, SocketGuard};
 use fairshared::service::{Nss, Service};
 use fairshared::state::{Loaded, StateFile};
 use fairshared::systemd::Dbus;
-use fairshared::{host, users};
+use fairshared::{health, host, users};
 use sd_notify::NotifyState;
 use tracing_subscriber::prelude::*;
 
 /// Exit status for a bad policy (sysexits EX_CONFIG); the unit file tells
 /// systemd not to restart in a loop on it.
 const EXIT_CONFIG: u8 = 78;
+
+/// Threads of the blocking pool (user lookups, state saves); lookups for
+/// non-root users' requests take at most `identity::USER_LOOKUPS` of them.
+const BLOCKING_THREADS: usize = 16;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,21 +60,57 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
+    if args.reload {
+        return reload(&args);
+    }
+    if args.remove_defaults {
+        return remove_defaults();
+    }
     let policy_path = args.policy_path();
+    let mut problem = None;
     let policy = match Policy::load(&policy_path) {
         Ok(p) => p,
         Err(errors) => {
             eprintln!("fairshared: the policy has errors:\n{errors}");
-            if !args.check {
-                eprintln!(
-                    "fairshared: not starting; fix the policy and check it with: fairshared --check {}",
-                    policy_path.display()
-                );
+            let kept = lastgood::load(&args.state_dir);
+            if args.check {
+                if let Some(Ok(_)) = kept {
+                    eprintln!(
+                        "fairshared: a running fairshared keeps the last policy that loaded ({}); fix these errors, then `systemctl reload fairshared`",
+                        lastgood::dir(&args.state_dir).display()
+                    );
+                }
+                return ExitCode::from(EXIT_CONFIG);
             }
-            return ExitCode::from(EXIT_CONFIG);
+            if args.write_defaults {
+                eprintln!("fairshared: no drop-in was changed; fix the policy first");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            match kept {
+                Some(Ok(p)) => {
+                    let msg = format!(
+                        "the policy at {} has errors; fairshared runs on the last policy that loaded ({}, kept {}) until it is fixed: `fairshared --check` shows the errors, then `systemctl reload fairshared`",
+                        policy_path.display(),
+                        lastgood::dir(&args.state_dir).display(),
+                        lastgood::saved_at(&args.state_dir)
+                            .map(humantime_ago)
+                            .unwrap_or_else(|| "at an unknown time".into()),
+                    );
+                    eprintln!("fairshared: {msg}");
+                    problem = Some(msg);
+                    p
+                }
+                _ => {
+                    eprintln!(
+                        "fairshared: not starting (no policy ever loaded on this host to fall back on); fix the policy and check it with: fairshared --check {}",
+                        policy_path.display()
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
         }
     };
     if args.check {
@@ -77,6 +120,10 @@ fn main() -> ExitCode {
         eprintln!("fairshared: must run as root (it sets limits on user slices through systemd)");
         return ExitCode::FAILURE;
     }
+    if args.write_defaults {
+        return write_defaults(&policy);
+    }
+    fairshared::nss_check::warn_if_network_nss_unreachable();
     raise_file_limit();
     host::keep_heap_small();
     // Taken before any thread starts: the activated socket, if any.
@@ -89,7 +136,7 @@ fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(16)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {
@@ -99,7 +146,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, policy, activated)) {
+    match runtime.block_on(run(args, policy, problem, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -109,8 +156,151 @@ fn main() -> ExitCode {
     }
 }
 
+/// `2 h ago`, for messages.
+fn humantime_ago(t: std::time::SystemTime) -> String {
+    match t.elapsed() {
+        Ok(d) => format!(
+            "{} ago",
+            fairshare_proto::units::format_duration(Duration::from_secs(d.as_secs()))
+        ),
+        Err(_) => "just now".into(),
+    }
+}
+
+/// `--reload`: asks the running daemon to reload, and says what it
+/// answered: on stdout and exit 0, or the errors on stderr and exit 1
+/// (`systemctl reload` then fails and `systemctl status` shows them).
+fn reload(args: &Args) -> ExitCode {
+    use fairshare_proto::client::Client;
+    use fairshare_proto::wire::{Request, Response};
+    let client = Client::new(args.socket_path(), Duration::from_secs(80));
+    match client.call(&Request::Reload) {
+        Ok(Response::Success(s)) => {
+            println!("{}", s.message);
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error(e)) => {
+            for line in e.error.split("; ") {
+                eprintln!("fairshared: {line}");
+            }
+            ExitCode::FAILURE
+        }
+        Ok(other) => {
+            eprintln!("fairshared: unexpected answer to reload: {other:?}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("fairshared: cannot ask the daemon to reload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--write-defaults`: G and every user file the policy names, no D-Bus.
+fn write_defaults(policy: &Policy) -> ExitCode {
+    let layout = Layout::system();
+    let drops = DropIns::new(Some(layout.clone()));
+    if let Err(e) = drops.load() {
+        eprintln!("fairshared: cannot read the drop-ins under /etc/systemd/system: {e}");
+        return ExitCode::FAILURE;
+    }
+    let plan = defaults::plan(policy, &Nss, &drops.own_files());
+    match drops.write_all(&plan.global, &plan.global_why, &plan.users) {
+        Ok(w) => {
+            for f in &w.written {
+                println!("wrote {}", f.display());
+            }
+            for f in &w.removed {
+                println!("removed {}", f.display());
+            }
+            for f in &w.foreign {
+                println!(
+                    "left {} (not written by fairshared; see fairshared --check)",
+                    f.display()
+                );
+            }
+            if w.written.is_empty() && w.removed.is_empty() {
+                println!("the drop-ins already say what this policy says; nothing written");
+            }
+            println!(
+                "new user slices get these values as they start; running ones get them from the daemon (fairshare-ctl reload)"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fairshared: writing the drop-ins: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--remove-defaults`: every drop-in of fairshared's and the runtime values
+/// of managed keys go, then one daemon-reload gives running slices
+/// systemd's own defaults.
+fn remove_defaults() -> ExitCode {
+    use fairshared::dropin::Key;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("fairshared: --remove-defaults must run as root");
+        return ExitCode::FAILURE;
+    }
+    let layout = Layout::system();
+    let mut failed = false;
+    match layout.remove_all() {
+        Ok(removed) => {
+            for f in removed {
+                println!("removed {}", f.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("fairshared: removing drop-ins: {e}");
+            failed = true;
+        }
+    }
+    match layout.users_with_control_files() {
+        Ok(users) => {
+            for (uid, _) in users {
+                match layout.remove_control_files(uid, Key::ALL) {
+                    Ok(n) => println!("removed {n} runtime value(s) of user-{uid}.slice"),
+                    Err(e) => {
+                        eprintln!("fairshared: removing runtime values of user-{uid}.slice: {e}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("fairshared: listing runtime values: {e}");
+            failed = true;
+        }
+    }
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        match std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status()
+        {
+            Ok(s) if s.success() => {
+                println!(
+                    "systemctl daemon-reload: running user slices are back to systemd's own defaults"
+                )
+            }
+            Ok(s) => {
+                eprintln!("fairshared: systemctl daemon-reload failed ({s}); run it by hand");
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("fairshared: cannot run systemctl daemon-reload: {e}; run it by hand");
+                failed = true;
+            }
+        }
+    }
+    match failed {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    }
+}
+
 /// `--check`: the policy loaded; say what it means and warn about names that
-/// do not exist here.
+/// do not exist here; then what systemd's drop-ins for user slices do.
 fn check(policy: &Policy) -> ExitCode {
     for f in policy.files() {
         println!("loaded {}", f.display());
@@ -131,8 +321,53 @@ fn check(policy: &Policy) -> ExitCode {
     }) {
         println!("{line}");
     }
+    for line in check_dropins(policy, &Layout::system()) {
+        println!("{line}");
+    }
     println!("policy OK");
     ExitCode::SUCCESS
+}
+
+/// What `--check` says about systemd's drop-ins: the default in force
+/// against what this policy would write, and every file of someone else's
+/// that sets a limit fairshare manages.
+fn check_dropins(policy: &Policy, layout: &Layout) -> Vec<String> {
+    use fairshared::dropin::{Entry, OnDisk, Settings};
+    let mut out = Vec::new();
+    let would = Settings::from_limits(&policy.plain_default());
+    let show = |s: &Settings| {
+        s.iter()
+            .map(|(k, v)| format!("{k}={}", v.render(k)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let g = layout.global_file();
+    match layout.read_global() {
+        Ok(OnDisk::Ours(Entry::Limits(s))) if s == would => {
+            out.push(format!("drop-in: {} says what this policy says ({})", g.display(), show(&s)))
+        }
+        Ok(OnDisk::Ours(Entry::Limits(s))) => out.push(format!(
+            "drop-in: the default in force for new user slices is {} ({}); this policy would write {}: run `fairshare-ctl reload` (or `fairshared --write-defaults` while the daemon is stopped)",
+            show(&s),
+            g.display(),
+            show(&would)
+        )),
+        Ok(OnDisk::Missing) => out.push(format!(
+            "warning: {} is missing: a login while fairshared is down gets no fairshare limit; this policy would write {}: start fairshared or run `fairshared --write-defaults`",
+            g.display(),
+            show(&would)
+        )),
+        Ok(_) => out.push(format!(
+            "warning: {} is not fairshare's (see below)",
+            g.display()
+        )),
+        Err(e) => out.push(format!("warning: cannot read {}: {e}", g.display())),
+    }
+    match layout.foreign() {
+        Ok(found) => out.extend(found.iter().map(|f| f.to_string())),
+        Err(e) => out.push(format!("warning: cannot read systemd's drop-ins: {e}")),
+    }
+    out
 }
 
 /// Every connection is a file descriptor: allow plenty (up to the hard limit),
@@ -183,6 +418,7 @@ fn activated_socket() -> Result<Option<std::os::unix::net::UnixListener>, String
 async fn run(
     args: Args,
     policy: Policy,
+    problem: Option<String>,
     activated: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), String> {
     let socket_path = args.socket_path();
@@ -230,16 +466,40 @@ async fn run(
     );
     let service = Arc::new(
         Service::new(systemd, Arc::new(Nss), policy, host, cgroups, Some(state))
-            .with_policy_path(args.policy_path()),
+            .with_policy_path(args.policy_path())
+            .with_dropins(Layout::system())
+            .with_last_good(args.state_dir.clone())
+            .with_kernel_log(std::path::Path::new(fairshared::events::kernel_log::DEVICE)),
     );
+    match &problem {
+        Some(p) => {
+            tracing::error!("{p}");
+        }
+        None => service.keep_last_good().await,
+    }
+    service.set_policy_problem(problem.clone());
     if let Some(ledger) = saved {
         tracing::info!(users = ledger.len(), "restoring saved allocations");
         service.load(ledger);
     }
+    service.load_dropins();
 
+    #[cfg(feature = "test-hooks")]
+    {
+        fairshared::testhooks::announce();
+        fairshared::testhooks::wedge_on_sigusr1(BLOCKING_THREADS);
+    }
+    // Where the watchdog's status request goes: the socket we listen on.
+    let listening = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(std::path::Path::to_path_buf));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, service.clone(), stop_rx.clone()));
-    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(status_line(&service)),
+    ]);
     tracing::info!("ready");
     // Checking the saved ledger against the host and logind takes D-Bus
     // round trips; requests are answered meanwhile (per-user locks keep order).
@@ -248,8 +508,9 @@ async fn run(
         async move { service.catch_up().await }
     });
     tokio::spawn(follow_logind(service.clone(), stop_rx.clone()));
+    tokio::spawn(sample_cpu(service.clone(), stop_rx.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {
-        tokio::spawn(watchdog(service.clone(), period, stop_rx));
+        tokio::spawn(watchdog(service.clone(), listening, period, stop_rx));
     }
 
     signals(&service).await?;
@@ -264,22 +525,62 @@ async fn run(
     Ok(())
 }
 
-/// Pings systemd's watchdog at half its period, but only while the service
-/// can still take its own lock: a wedged daemon is restarted.
-async fn watchdog(
-    service: Arc<Service<Dbus>>,
-    period: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(period / 2);
+/// Samples the tracked users' CPU time now and then: `status` and `list`
+/// show CPU over a recent window.
+async fn sample_cpu(service: Arc<Service<Dbus>>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(fairshared::cpu_window::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => {
-                if service.healthy().await {
-                    notify(&[NotifyState::Watchdog]);
-                } else {
-                    tracing::error!("ledger lock held too long; not pinging the watchdog");
+                // off the async workers: on v1 without cpuacct this walks
+                // every user's processes
+                let s = service.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || s.sample_cpu()).await {
+                    tracing::warn!(error = %e, "CPU sampling failed");
+                }
+            }
+        }
+    }
+}
+
+/// The line `systemctl status` shows.
+fn status_line(service: &Service<Dbus>) -> &'static str {
+    match service.policy_problem() {
+        Some(_) => {
+            "serving with the LAST GOOD policy: the policy on disk has errors (fairshared --check)"
+        }
+        None => "serving",
+    }
+}
+
+/// Pings systemd's watchdog four times a period, each time after the daemon
+/// proved it still answers ([`health::check`]: a status request over its own
+/// socket, a task on the blocking pool, the ledger's lock), each part within
+/// a quarter period. A daemon wedged anywhere a login passes misses every
+/// ping of a period, and systemd restarts it.
+async fn watchdog(
+    service: Arc<Service<Dbus>>,
+    socket: Option<std::path::PathBuf>,
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let quarter = period / 4;
+    if socket.is_none() {
+        tracing::warn!(
+            "the listening socket has no path; the watchdog checks without a status request"
+        );
+    }
+    let mut tick = tokio::time::interval(quarter);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                match health::check(&service, socket.as_deref(), quarter).await {
+                    Ok(()) => notify(&[NotifyState::Watchdog]),
+                    Err(e) => tracing::error!("not pinging the watchdog: {e}"),
                 }
             }
         }
@@ -349,7 +650,7 @@ async fn signals(service: &Arc<Service<Dbus>>) -> Result<(), String> {
             _ = hup.recv() => {
                 notify(&[NotifyState::Reloading]);
                 let _ = service.reload_from_disk().await;
-                notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+                notify(&[NotifyState::Ready, NotifyState::Status(status_line(service))]);
             }
         }
     }

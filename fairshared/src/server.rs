@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fairshare_proto::wire::{ErrorCode, MAX_REQUEST_LINE, Response, parse_request};
+use fairshare_proto::wire::{ErrorCode, MAX_REQUEST_LINE, Request, Response, parse_request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::service::{Peer, Service};
+use crate::admission::Peer;
+use crate::service::Service;
 use crate::systemd::Systemd;
 
 /// How long a client may take to send its request.
@@ -178,6 +179,7 @@ pub async fn serve<S: Systemd>(
         }
     }
     drop(listener);
+    service.stop_followers();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(20), drain)
         .await
@@ -220,10 +222,20 @@ async fn connection<S: Systemd>(
         let _ = answer(&mut stream, &r).await;
         return;
     };
+    if let Some(r) = service.admit_connection(peer) {
+        let _ = answer(&mut stream, &r).await;
+        return;
+    }
     let response = match read_request(&mut stream).await {
         Ok(line) => match parse_request(&line) {
             Ok(req) => {
-                tracing::debug!(uid = peer.uid, request = req.kind(), "request");
+                tracing::debug!(uid = peer.uid, request = req.kind().name(), "request");
+                // `events --follow` keeps the connection (and its slot)
+                if let Request::Events(q) = &req
+                    && q.follow
+                {
+                    return service.follow_events(peer, q.clone(), stream).await;
+                }
                 service.handle(peer, req).await
             }
             Err(e) => Response::error(ErrorCode::BadRequest, e),

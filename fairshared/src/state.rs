@@ -162,6 +162,9 @@ mod tests {
             &b"{\"version\":1,\"ledg"[..],
             b"",
             b"{\"version\":99,\"ledger\":{\"users\":{}}}",
+            // a limit of zero: never written by fairshared (issue 11.3)
+            br#"{"version":1,"ledger":{"users":{"1001":{"name":"a","limits":{"cpu":2,"mem":"0B","tasks":4096}}}}}"#,
+            br#"{"version":1,"ledger":{"users":{"1001":{"name":"a","limits":{"cpu":2,"mem":"8G","tasks":4096},"grant":{"cpu":2,"mem":"8G","tasks":0,"by":1001,"at":1}}}}}"#,
         ] {
             fs::write(s.path(), junk).unwrap();
             match s.load().unwrap() {

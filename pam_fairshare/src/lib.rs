@@ -20,12 +20,13 @@ pub mod session;
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use pam::constants::{PAM_ERROR_MSG, PamFlag, PamResultCode};
+use pam::constants::{PAM_ERROR_MSG, PAM_SILENT, PAM_TEXT_INFO, PamFlag, PamResultCode};
 use pam::conv::Conv;
 use pam::items::{RHost, Service, Tty, User};
 use pam::module::{PamHandle, PamHooks};
 
 use config::Fail;
+use fairshare_proto::placement::Placement;
 use session::{Level, Login, Outcome, Verdict};
 
 unsafe extern "C" {
@@ -91,6 +92,38 @@ fn args(raw: &[&CStr]) -> (config::Config, Vec<String>) {
     config::parse(raw.iter().filter_map(|a| a.to_str().ok()))
 }
 
+/// Passes fairshared's login line to the login program (`PAM_TEXT_INFO`)
+/// when this session shows it (see `fairshare_proto::login`): sshd keeps it
+/// from commands, scp, sftp and `~/.hushlogin` users itself; login(1) says
+/// `PAM_SILENT` for `~/.hushlogin`.
+fn login_line(pamh: &PamHandle, cfg: &config::Config, login: &Login, silent: bool, line: &str) {
+    let session = fairshare_proto::login::Session {
+        service: login.service.as_deref(),
+        tty: login.tty.as_deref(),
+        silent,
+    };
+    match fairshare_proto::login::show(&session, &cfg.login_line) {
+        Ok(()) => {
+            if let Ok(Some(conv)) = pamh.get_item::<Conv>()
+                && let Err(e) = conv.send(PAM_TEXT_INFO, line)
+                && cfg.debug
+            {
+                log(
+                    pamh,
+                    Level::Debug,
+                    &format!("the login program did not take the login line: {e:?}"),
+                );
+            }
+        }
+        Err(quiet) if cfg.debug => log(
+            pamh,
+            Level::Debug,
+            &format!("login line not shown: {quiet:?}"),
+        ),
+        Err(_) => {}
+    }
+}
+
 /// Logs an outcome, tells the user if refused, and gives the PAM code.
 fn finish(pamh: &PamHandle, debug: bool, outcome: Outcome) -> PamResultCode {
     for (level, msg) in &outcome.log {
@@ -114,6 +147,7 @@ fn finish(pamh: &PamHandle, debug: bool, outcome: Outcome) -> PamResultCode {
 fn guarded(
     pamh: &mut PamHandle,
     raw_args: &[&CStr],
+    flags: PamFlag,
     hook: fn(&config::Config, &Login) -> Outcome,
 ) -> PamResultCode {
     let (cfg, warnings) = args(raw_args);
@@ -123,6 +157,9 @@ fn guarded(
     let result = catch_unwind(AssertUnwindSafe(|| {
         let l = login(pamh);
         let outcome = hook(&cfg, &l);
+        if let (Verdict::Success, Some(line)) = (&outcome.verdict, &outcome.login_line) {
+            login_line(pamh, &cfg, &l, flags & PAM_SILENT != 0, line);
+        }
         finish(pamh, cfg.debug, outcome)
     }));
     match result {
@@ -144,15 +181,19 @@ fn guarded(
 pub struct PamFairshare;
 
 impl PamHooks for PamFairshare {
-    fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        guarded(pamh, &args, |c, l| {
-            session::open(c, l, &session::nss_lookup)
+    fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
+        guarded(pamh, &args, flags, |c, l| {
+            session::open(c, l, &session::nss_lookup, &Placement::of_self)
         })
     }
 
-    fn sm_close_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        guarded(pamh, &args, |c, l| {
-            session::close(c, l, &session::nss_lookup)
+    fn sm_close_session(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
+        guarded(pamh, &args, flags, |c, l| {
+            if nix::unistd::geteuid().is_root() {
+                session::close(c, l, &session::nss_lookup)
+            } else {
+                session::close_unprivileged(l)
+            }
         })
     }
     // auth, account, password and setcred keep the trait's default: PAM_IGNORE.

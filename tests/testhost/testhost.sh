@@ -80,7 +80,7 @@ FS_BOOT_TIMEOUT=${FS_BOOT_TIMEOUT:-90}
 # Packages of the container root.  Changing this list triggers a rebuild of the cached root
 # (the list is recorded in a stamp file inside the root).
 ROOT_PKGS=(systemd systemd-sysv dbus libpam-systemd libnss-systemd openssh-server openssh-client
-           pamtester procps iproute2 netcat-openbsd psmisc)
+           pamtester procps iproute2 netcat-openbsd psmisc cron tmux)
 HOST_PKGS=(systemd-container debootstrap openssh-client)
 # Units that only add noise or boot time inside a test container.
 MASK_UNITS=(apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer

@@ -23,7 +23,9 @@
 #                       first.  --fresh: always stop it and boot a fresh image.
 #   down                power the guest off (ssh), then end qemu by PID if it does not stop
 #   test [ARGS...]      up --fresh, the v2 end-to-end tests (cargo test -p fairshare-e2e
-#                       --test v2; ARGS go to the test binary), down (V2_KEEP=1: stay up)
+#                       --test v2, then with V2_NOTICES=1 the v2:: half of --test notices,
+#                       not yet verified on the guest; ARGS go to both test binaries), down
+#                       (V2_KEEP=1: stay up)
 #   ssh USER [CMD...]   ssh to USER in the guest (harness key, BatchMode); exit code propagated
 #   ssh-args [--mux]    print the ssh options, one per line (--mux: share one connection;
 #                       used for root's commands by the tests)
@@ -496,6 +498,14 @@ cmd_test() {
   log "== v2 end-to-end tests"
   ( cd "$REPO" && FAIRSHARE_V2VM="$SELF" cargo test --locked --release -p fairshare-e2e --test v2 \
       -- --test-threads=1 "$@" ) || rc=$?
+  # issue 14's notices: the v2 half of tests/e2e/tests/notices.rs (ARGS, when given, filter it
+  # too). Only with V2_NOTICES=1 until it has passed once on the guest: it has never run there
+  # (issue 14 stays open until it does and script/test runs it).
+  if [ "${V2_NOTICES:-}" = 1 ]; then
+    [ $# -gt 0 ] || set -- v2::
+    ( cd "$REPO" && FAIRSHARE_V2VM="$SELF" cargo test --locked --release -p fairshare-e2e --test notices \
+        -- --test-threads=1 "$@" ) || rc=$?
+  fi
   log "   tests: $(since "$t")s, exit $rc"
   log "total $(since "$T0")s"
   return $rc

@@ -4,6 +4,7 @@
 //! cargo run -p xtask -- man DIR          # fairshared.8 fairshare-ctl.1 (and one page per subcommand) pam_fairshare.8 fairshare-policy.5
 //! cargo run -p xtask -- completions DIR  # bash, zsh and fish completions
 //! cargo run -p xtask -- check DIR        # both, then lint the pages and drive the completions in bash, zsh and fish
+//! cargo run -p xtask -- msrv             # does any dependency need a newer Rust than rust-version?
 //! ```
 //!
 //! Everything is generated from the code: the clap definitions of the two
@@ -15,6 +16,7 @@
 mod check;
 mod completions;
 mod man;
+mod msrv;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,12 +27,16 @@ fn main() -> ExitCode {
         [cmd, dir] if cmd == "man" => man::generate(Path::new(dir)),
         [cmd, dir] if cmd == "completions" => completions::generate(Path::new(dir)),
         [cmd, dir] if cmd == "check" => check::run(Path::new(dir)),
-        _ => Err("usage: xtask man DIR | xtask completions DIR | xtask check DIR".to_string()),
+        [cmd] if cmd == "msrv" => msrv::check().map(|l| l.into_iter().map(PathBuf::from).collect()),
+        _ => Err(
+            "usage: xtask man DIR | xtask completions DIR | xtask check DIR | xtask msrv"
+                .to_string(),
+        ),
     };
     match result {
-        Ok(files) => {
-            for f in files {
-                println!("{}", f.display());
+        Ok(lines) => {
+            for l in lines {
+                println!("{}", l.display());
             }
             ExitCode::SUCCESS
         }

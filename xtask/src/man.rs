@@ -182,28 +182,54 @@ fn without_preamble(text: &str) -> String {
 
 fn fairshared_page() -> Result<String, String> {
     clap_page(fairshared::cli::command(), "FAIRSHARED", "8", |r| {
+        section(r, "THE POLICY DEFAULT FROM SYSTEMD");
+        para(
+            r,
+            "fairshared writes the policy default as a drop-in that systemd itself applies to every user slice as it starts: /etc/systemd/system/user-.slice.d/40-fairshare.conf (CPUQuota=, MemoryMax=, MemoryHigh= when the policy sets a soft limit, TasksMax=). A user whose default differs (a group or user override) gets their own /etc/systemd/system/user-UID.slice.d/40-fairshare.conf with every value; root, nobody (65534), system accounts and exempt users get a comment-only file of that name, which masks the default so that systemd's own defaults apply (its TasksMax=33%, no CPU or memory limit). So a login is limited even while fairshared is stopped, crashed or not installed any more, and after a reboot before fairshared starts. Each file starts with # Written by fairshared; a file of that name that does not is an admin's, and is left alone.",
+        );
+        para(
+            r,
+            "The files are written at start, after every reload that loads, and for a user fairshared resolves for the first time (after answering their login); by fairshared --write-defaults (the package and make install) without a daemon. A login whose slice started from the right file makes no call to systemd: fairshared counts the session. Resizes, leases and root's sets are runtime values on top (SetUnitProperties, /run/systemd/system.control); the last logout sets back only the values that differ from the user's default, and removes their runtime files, so that what the files say is what is in force. fairshared never writes an explicit infinity: lifting a user's limits gives back systemd's own defaults.",
+        );
+        para(
+            r,
+            "A user whose own default fairshared has never seen (a member of an LDAP group the policy names, logging in for the first time while fairshared is down) gets the plain default until fairshared is back. fairshared --check shows which drop-ins of others (a hand-written user-.slice.d/50-limits.conf, a persistent systemctl set-property) change what fairshare sets, and whether the default in force matches the policy. fairshared --remove-defaults (the package's removal and make uninstall) removes every file of fairshared's and the runtime values it set, then runs systemctl daemon-reload.",
+        );
         section(r, "RELOADING THE POLICY");
         para(
             r,
-            "fairshared reads its policy again, from the path it was started with, on SIGHUP (which systemctl reload fairshared sends) and when root runs fairshare-ctl reload. A policy with errors is refused and the old one stays in force: fairshare-ctl reload prints every error and exits 1; after SIGHUP, and so after systemctl reload, which itself reports success, the errors are only in the journal (journalctl -u fairshared). Check a changed policy first with fairshared --check or fairshare-ctl check.",
+            "fairshared reads its policy again, from the path it was started with, on systemctl reload fairshared (which runs fairshared --reload and waits for the answer), on fairshare-ctl reload, and on SIGHUP. A policy with errors is refused: the old one stays in force and so do the drop-ins; systemctl reload and fairshare-ctl reload exit non-zero with every error, which systemctl status shows too. Check a changed policy first with fairshared --check or fairshare-ctl check.",
         );
         para(
             r,
-            "A policy that loads is applied at once to every user fairshared tracks (users with a session or an allocation): a user without a resize gets the new default, a resize above a lowered maximum is cut down to it, and a user who became exempt has their limits lifted. fairshare-ctl reload answers how many users' limits changed.",
+            "A policy that loads is put in force at once: its drop-ins are written, every running slice whose values change is set (one call per user, the changed values only, no daemon-reload), every user logind knows is looked at again (a user no longer exempt is counted and limited, a user now exempt gets systemd's own defaults back), and resizes above a lowered maximum are cut down to it. The answer and the journal name the users whose limits changed. User and group lookups are made afresh at a reload.",
         );
         para(
             r,
-            "A policy with errors at start stops fairshared with exit status 78, which the shipped fairshared.service tells systemd not to restart on: fix the policy, then systemctl restart fairshared.",
+            "Every policy that loads is kept as /var/lib/fairshare/policy.last-good/. A policy with errors at start makes fairshared serve with that one, saying so in the journal, in systemctl status, in fairshare-ctl list and status (root) and in fairshared --check, so that the socket never fails and logins are answered; after fixing the file, one systemctl reload (or restart) puts it in force. Only when no policy ever loaded on the host does fairshared exit with status 78, which the shipped unit tells systemd not to restart on.",
+        );
+        para(
+            r,
+            "Right after a start, fairshare-ctl list waits (at most 5 s) until fairshared has counted the sessions opened while it was away, and says so if it is still catching up.",
         );
         section(r, "LEASES");
         para(
             r,
-            "A resize can be given a lifetime (fairshare-ctl resize --for 4h; duration in the request). When it runs out, the user's slice goes back to the policy default and fairshare-ctl status says so. With leases.max_duration in the policy, a user's own resize above their default lasts at most that long: one without --for gets that duration, a longer --for is refused. Root's fairshare-ctl set is not capped, and without --for lasts until it is released. A new resize replaces the lease of the one before it.",
+            "A resize can be given a lifetime (fairshare-ctl resize --for 4h; duration in the request). When it runs out, the user's slice goes back to the policy default (or root's setting) and fairshare-ctl status says so. With leases.max_duration in the policy, a user's own resize that puts any field above their default is a lease: it ends at most max_duration after the allocation first went above the default, whatever the user sends meanwhile. A resize without --for gets the rest of that time; resizing again during a lease, even of another field, keeps its end (a lease is not renewed by asking again), and a --for past its end or longer than max_duration is refused, saying how long is left. A new lease starts only from the default: after fairshare-ctl release (which hands the capacity back to the pool, so the next resize is checked against what is free then) or the lease's end. max_duration thus caps the continuous time above the default. A reload that sets or shortens it gives resizes already above the default an end within it.",
+        );
+        para(
+            r,
+            "Root's fairshare-ctl set is not capped by max_duration; with --for it ends then, without it lasts until fairshare-ctl set USER --default. While it is in force it binds the user: for the fields root named, the user's own resizes may go below root's value but not above it, and their release and last logout go back to root's value, not the policy default. When it ends, the user's own resizes of those fields end too.",
+        );
+        para(
+            r,
+            "No resize or set gives less than 0.1 CPU, 64M memory or 32 tasks, or the user's policy default where that is less; the refusal names the minimum. A state file with a limit of zero is treated as unreadable (see FILES).",
         );
         para(
             r,
             "Expiry times are saved in the state file, so a lease runs out on time across restarts of fairshared; one that ran out while it was stopped ends when it starts. Any resize, leased or not, also ends with fairshare-ctl release and with the user's last logout.",
         );
+        notices_section(r);
         section(r, "FILES");
         item(
             r,
@@ -218,28 +244,53 @@ fn fairshared_page() -> Result<String, String> {
         item(
             r,
             "/var/lib/fairshare/state.json",
-            "Allocations, sessions and leases (mode 0600). A resize is saved before it is answered, a login right after. Each save writes state.json.tmp, flushes it and renames it over state.json, so a crash leaves the old file or the new one. At start fairshared answers from the saved ledger at once and, in the background, applies every user's limits again, restarts lease timers and checks sessions against logind. A file that cannot be read is moved aside as state.json.corrupt-TIME and the ledger is rebuilt from logind and the policy. When the state cannot be saved (disk full, read-only), a change is still applied and the answer says it was not saved.",
+            "Allocations, sessions and leases (mode 0600). A resize is saved before it is answered, a login right after. Each save writes state.json.tmp, flushes it and renames it over state.json, so a crash leaves the old file or the new one. At start fairshared answers from the saved ledger at once and, in the background, checks every running slice against the drop-ins and the ledger (setting what differs, e.g. resizes after a reboot), restarts lease timers and checks sessions against logind. A file that cannot be read is moved aside as state.json.corrupt-TIME and the ledger is rebuilt from logind and the policy. When the state cannot be saved (disk full, read-only), a change is still applied and the answer says it was not saved.",
+        );
+        item(
+            r,
+            "/var/lib/fairshare/policy.last-good/",
+            "A copy of the last policy that loaded, what fairshared runs on when the policy on disk has errors at start.",
+        );
+        item(
+            r,
+            "/etc/systemd/system/user-.slice.d/40-fairshare.conf",
+            "The policy default, applied by systemd to every user slice as it starts (see THE POLICY DEFAULT FROM SYSTEMD).",
+        );
+        item(
+            r,
+            "/etc/systemd/system/user-UID.slice.d/40-fairshare.conf",
+            "One user's own default, or a comment-only file for a user fairshare does not limit.",
         );
         item(
             r,
             "/run/systemd/system.control/user-UID.slice.d/",
-            "The limits in force, as systemd runtime drop-ins written through SetUnitProperties. They stay when fairshared stops or restarts, and go at reboot.",
+            "Resizes, leases and root's sets in force, as systemd runtime drop-ins written through SetUnitProperties. They stay when fairshared stops or restarts, and go at reboot.",
+        );
+        item(
+            r,
+            "/var/lib/fairshare/notices.json",
+            "Each user's recent events (the last 32, for a week) and their notices choice (mode 0600), written like state.json a few seconds after a change and at stop. One that cannot be read is moved aside as notices.json.corrupt-TIME.",
+        );
+        item(
+            r,
+            "/dev/kmsg",
+            "The kernel log, read only for the pid and name of processes an OOM killed; without it (a container), notices say \"a process was killed\".",
         );
         section(r, "EXIT STATUS");
         item(
             r,
             "0",
-            "Stopped by SIGTERM or SIGINT (the limits stay in force), or --check found the policy valid.",
+            "Stopped by SIGTERM or SIGINT (the limits stay in force); --check found the policy valid; --write-defaults, --remove-defaults or --reload did what they were asked.",
         );
         item(
             r,
             "78",
-            "The policy has errors (at start, or with --check); each is printed with its file, line and field.",
+            "The policy has errors (with --check or --write-defaults, which then changes no file; at start only when no policy ever loaded here); each is printed with its file, line and field.",
         );
         item(
             r,
             "1",
-            "Any other reason it could not run: not root, the socket in use, no D-Bus system bus, the state directory unusable.",
+            "Any other reason it could not run: not root, the socket in use, no D-Bus system bus, the state directory unusable; with --reload, the daemon refused the policy (its errors on stderr) or could not be asked.",
         );
         section(r, "ENVIRONMENT");
         item(
@@ -255,11 +306,12 @@ fn fairshared_page() -> Result<String, String> {
                 "fairshared policy.yaml /tmp/fairshare.sock",
                 "fairshared --check /etc/fairshare/policy.d",
                 "systemctl reload fairshared",
+                "fairshared --write-defaults",
             ],
         );
         para(
             r,
-            "The first uses /etc/fairshare/policy.d/ and /run/fairshare.sock (or the socket systemd passes); the second is the original quick start; the third checks a policy and exits; the last re-reads the policy of a running daemon.",
+            "The first uses /etc/fairshare/policy.d/ and /run/fairshare.sock (or the socket systemd passes); the second is the original quick start; the third checks a policy (and the drop-ins of others) and exits; the fourth re-reads the policy of a running daemon and fails with its errors; the last writes the policy default drop-ins without a daemon.",
         );
         section(r, "SEE ALSO");
         r.text([roman(
@@ -273,8 +325,19 @@ fn ctl_page(cmd: &clap::Command) -> Result<String, String> {
         section(r, "LEASES");
         para(
             r,
-            "fairshare-ctl resize --for DURATION (30m, 4h, 2d) makes a resize last that long; then the slice goes back to the policy default and fairshare-ctl status says so. The policy may cap how long a resize above the default lasts (leases.max_duration): a resize without --for then gets that duration, and a longer --for is refused. Any resize also ends with fairshare-ctl release and at the user's last logout. See fairshared(8).",
+            "fairshare-ctl resize --for DURATION (30m, 4h, 2d) makes a resize last that long; then the slice goes back to the policy default and fairshare-ctl status says so. The policy may cap how long you hold more than your default in one go (leases.max_duration): a resize without --for gets the rest of that time, resizing again during the lease keeps its end (it is not renewed by asking again), and a --for past its end is refused. fairshare-ctl release ends it; a resize after that starts a new lease. Any resize also ends at your last logout. See fairshared(8).",
         );
+        section(r, "ROOT'S SETTING");
+        para(
+            r,
+            "sudo fairshare-ctl set USER sets the fields it names for USER, beyond their maximum if need be, and binds them: while it is in force, USER's own resizes of those fields may go lower but not higher, and their release and last logout go back to root's value, not the policy default. set USER --for DURATION ends it then; set USER --default ends it at once. fairshare-ctl status shows it (root's set) and its end. Only the fields a resize names are checked against the maximum, so a user whose cpu root set above their maximum can still resize their memory.",
+        );
+        section(r, "LIMITS");
+        para(
+            r,
+            "No resize or set gives less than 0.1 CPU, 64M memory or 32 tasks, or the user's policy default where that is less: below that a login cannot start a shell. The refusal names the minimum.",
+        );
+        notices_section(r);
         section(r, "EXIT STATUS");
         item(r, "0", "Done.");
         item(
@@ -286,7 +349,7 @@ fn ctl_page(cmd: &clap::Command) -> Result<String, String> {
         item(
             r,
             "3",
-            "fairshared is unreachable or did not answer in time.",
+            "fairshared is unreachable or did not answer in time. Root is given the systemctl command to start or check it, a user is told to ask their admin; with --json the error is printed on standard output as JSON ({\"type\":\"error\",\"code\":\"unreachable\",...}).",
         );
         item(
             r,
@@ -307,8 +370,13 @@ fn ctl_page(cmd: &clap::Command) -> Result<String, String> {
                 "fairshare-ctl resize --cpu 4 --mem 16G",
                 "fairshare-ctl resize --cpu 8 --for 4h",
                 "fairshare-ctl release",
+                "fairshare-ctl events --since 1d",
+                "fairshare-ctl notices off",
                 "sudo fairshare-ctl list",
+                "sudo fairshare-ctl status alice",
                 "sudo fairshare-ctl set alice --cpu 8 --mem 32G",
+                "sudo fairshare-ctl set alice --cpu 0.5 --for 2h",
+                "sudo fairshare-ctl set alice --default",
                 "fairshare-ctl check /etc/fairshare/policy.d",
             ],
         );
@@ -367,7 +435,7 @@ fn pam_page() -> String {
     section(&mut r, "DESCRIPTION");
     para(
         &mut r,
-        "At session open, pam_fairshare tells fairshared(8) that the user opened a session (uid, the session process, service, tty, remote host and, when pam_systemd ran before it, logind's session id); fairshared then applies the user's allocation to their slice, user-UID.slice. At session close it says the session ended; the last one releases the allocation. The other PAM entry points do nothing (PAM_IGNORE).",
+        "At session open, pam_fairshare tells fairshared(8) that the user opened a session (uid, the session process, service, tty, remote host and, when pam_systemd ran before it, logind's session id); fairshared counts it and makes sure the user's slice, user-UID.slice, has the user's allocation: a slice that started with the right values from systemd's drop-ins (see fairshared(8)) needs no change, so such a login costs one round trip and no call to systemd. At session close it says the session ended; the last one puts back the values that differ from the user's default. The other PAM entry points do nothing (PAM_IGNORE).",
     );
     para(
         &mut r,
@@ -384,6 +452,20 @@ fn pam_page() -> String {
     para(
         &mut r,
         "Unknown or malformed arguments are logged and ignored.",
+    );
+    section(&mut r, "THE LOGIN LINE");
+    para(
+        &mut r,
+        "fairshared answers each session open with a line for an interactive login, which the module passes to the login program as PAM_TEXT_INFO (no extra round trip):",
+    );
+    r.control("nf", []);
+    r.text([roman(
+        "fairshare: 2 CPUs, 8G memory, 4096 tasks on this host (you may resize up to 8 CPUs, 32G: fairshare-ctl resize)",
+    )]);
+    r.control("fi", []);
+    para(
+        &mut r,
+        "sshd opens the session before it knows what follows and shows such text only where it shows the message of the day: an interactive shell, not ssh host cmd, scp, sftp or rsync, and not for users with ~/.hushlogin. login(1) passes PAM_SILENT for ~/.hushlogin, and nothing is sent then. Only the services named by login_line= (sshd and login by default) show it: su would print it even for su -c cmd, into the command's output. The policy's notices.login_line: false turns it off for the host.",
     );
     section(&mut r, "RETURN VALUES");
     item(
@@ -412,6 +494,24 @@ fn pam_page() -> String {
         "fairshared(8), fairshare-ctl(1), fairshare-policy(5), pam(8), pam_systemd(8)",
     )]);
     r.render()
+}
+
+/// The NOTICES section of fairshared(8) and fairshare-ctl(1).
+fn notices_section(r: &mut Roff) {
+    section(r, "NOTICES");
+    para(
+        r,
+        "When the kernel kills a process because the user's slice reached its memory limit, or the CPU limit holds the user's processes back for most of a minute (or reclaim above the soft limit stalls them), fairshared records an event and writes a notice to the terminals of the user's logind sessions (ssh -t logins), once per burst, naming the limit and the resize that would lift it:",
+    );
+    r.control("nf", []);
+    r.text([roman(
+        "fairshare: process 4242 (make) was killed: your processes reached their memory limit of 8G.\n  You may raise it up to 32G: fairshare-ctl resize --mem 16G\n  (fairshare-ctl events lists what happened; fairshare-ctl notices off stops these messages)",
+    )]);
+    r.control("fi", []);
+    para(
+        r,
+        "fairshare-ctl events lists a user's events (root: --user NAME), fairshare-ctl status the last five; fairshare-ctl notices off|on|default sets whether the user's terminals get notices (saved; the policy's notices.terminal is the default). Terminals with mesg n never get one. Process names are shown escaped (an escape character as backslash-x1b): whoever runs a process chooses its name. Each event is also a journal entry with the fields FAIRSHARE_EVENT (oom_kill, cpu_throttled, memory_stall), UID, USER, LIMIT, COUNT, PIDS, NAMES, SHARE_PCT, NOTIFIED and TERMINALS (journalctl FAIRSHARE_EVENT=oom_kill), and is counted in the metrics (fairshare_events_total, fairshare_notices_total).",
+    );
 }
 
 fn policy_page() -> String {

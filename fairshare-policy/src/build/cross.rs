@@ -86,6 +86,7 @@ impl Builder {
             tiers: self.tiers,
             bursting,
             guarantees,
+            notices: self.notices.unwrap_or_default(),
         })
     }
 

@@ -1,24 +1,43 @@
-//! Sessions: opened and closed by the PAM module, ended when their process
-//! dies, and caught up with logind when fairshared starts or logind reports a
-//! user coming or going.
+//! Sessions: opened and closed by the PAM module, and ended when their
+//! process dies without a close.
+//!
+//! A session process outside every user's slice (a PAM stack without
+//! `pam_systemd`, like cron's) is moved into the user's slice before
+//! anything else waits on the user: before the user's lock, which the user's
+//! own resizes hold. The PAM module keeps the session from opening until the
+//! daemon answered, so the job the process starts afterwards, and its
+//! children, start inside the slice.
+//!
+//! What the module says about the session is checked against the kernel:
+//! the process is moved only when it is the one that asked (`SO_PEERCRED`)
+//! or the user's own, and only from outside every user's slice (never out
+//! of a logind session); a logind session id (`XDG_SESSION_ID`, which a user
+//! can set through `pam_env`) is believed only when the process's cgroup is
+//! that session's scope.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fairshare_policy::Identity;
-use fairshare_proto::wire::{ErrorCode, Response, SessionClose, SessionInfo, SessionOpen, Success};
+use fairshare_proto::wire::{Response, SessionClose, SessionInfo, SessionOpen, Success};
 
-use super::{Reply, Service, fail, lock, now};
-use crate::cgroup::{self, Placement};
-use crate::ledger::Ledger;
-use crate::pidwatch;
+use super::{OnRefusal, Peer, Reply, Service, ServiceError};
+use crate::ledger::Change;
+use crate::proc::{self, Pidfd, Pinned, Placement, ProcessRef};
 use crate::systemd::{Systemd, slice_name};
 
 impl<S: Systemd> Service<S> {
-    pub(super) async fn session_open(self: &Arc<Self>, s: SessionOpen) -> Reply {
+    /// A session opened. `peer`: who asked (`None`: the daemon itself, for
+    /// sessions found on the host).
+    pub(super) async fn session_open(
+        self: &Arc<Self>,
+        peer: Option<Peer>,
+        s: SessionOpen,
+    ) -> Reply {
         let (id, policy) = self.user_and_policy(s.uid).await?;
         let up = policy.for_user(&id);
         if let Some(ex) = &up.exempt {
+            self.lift_exempt(&id, &up).await;
             return Ok(Response::success(format!(
                 "{} is not limited ({ex})",
                 id.name
@@ -27,106 +46,96 @@ impl<S: Systemd> Service<S> {
         self.counters
             .sessions_opened
             .fetch_add(1, Ordering::Relaxed);
-        let _guard = self.lock_user(id.uid).await;
-        // The pidfd first: while it is open the pid cannot be reused, so the
-        // start time read next is the session process's own.
-        let pidfd = pidwatch::open(s.pid).ok();
+        let place = proc::placement(s.pid);
+        let session_id = match peer {
+            Some(_) => confirmed_session(&id, s.pid, s.session_id.as_deref(), place.as_ref()),
+            // from logind's own list of sessions (catch_up)
+            None => s.session_id.clone(),
+        };
+        let s = SessionOpen { session_id, ..s };
+        // Into the slice first, before waiting for the user's lock: nothing
+        // the user does with their own requests can hold this up.
+        let adopted = self.adopt_stray(&id, &s, peer, place.as_ref()).await;
+        let guard = self.locks.lock(id.uid).await;
+        let (process, pidfd) = ProcessRef::pin(s.pid);
         let info = SessionInfo {
             pid: s.pid,
             service: s.service.clone(),
             tty: s.tty.clone(),
             rhost: s.rhost.clone(),
             session_id: s.session_id.clone(),
-            opened_at: now(),
-            start_time: cgroup::start_time(s.pid),
+            opened_at: self.now(),
+            start_time: process.start_time,
         };
-        let (prev, change) = self.mutate(|l| {
-            (
-                l.get(id.uid).cloned(),
-                l.open_session(id.uid, &id.name, &up, info),
-            )
-        });
-        // One journal line per login: apply_change logs an allocation change
-        // (a user's first session), so that line says which session caused
-        // it; each line costs a login tens of microseconds.
-        let committed = if change.alters_allocation() {
-            let why = format!(
-                "session opened: pid {}, {} from {}{}",
-                s.pid,
-                s.service.as_deref().unwrap_or("?"),
-                s.rhost
-                    .as_deref()
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or("local"),
-                s.session_id
-                    .as_deref()
-                    .map(|sid| format!(", logind session {sid}"))
-                    .unwrap_or_default(),
-            );
-            self.apply_change(&id, prev, &change, false, 0, &why).await
-        } else {
-            tracing::info!(
-                uid = id.uid,
-                user = %id.name,
-                pid = s.pid,
-                service = s.service.as_deref().unwrap_or(""),
-                rhost = s.rhost.as_deref().unwrap_or(""),
-                session_id = s.session_id.as_deref().unwrap_or(""),
-                "session opened"
-            );
-            self.apply_change(&id, prev, &change, false, 0, "session opened")
-                .await
-        };
-        self.save_later();
-        self.watch_fd(id.uid, s.pid, pidfd);
-        drop(_guard);
-        // Limit the slice first, then put a stray session process into it:
-        // only one outside the user's slice that logind does not own (a PAM
-        // stack without pam_systemd). A logind session's process is logind's
-        // to place, even when its scope is still being set up.
-        let placement = match s.session_id {
-            // logind's session: not even worth a look at /proc
-            Some(_) => None,
-            None => Some(cgroup::placement(s.pid, id.uid)),
-        };
-        let stray = match placement {
-            Some(Placement::Elsewhere(path)) => match self.systemd.in_logind_session(s.pid).await {
-                Ok(false) => Some(path),
-                Ok(true) => None,
-                Err(e) => {
-                    tracing::warn!(pid = s.pid, error = %e, "cannot ask logind about a session process; leaving it where it is");
-                    None
-                }
-            },
-            _ => None,
-        };
-        let adopted = match stray {
-            Some(path) => match self.systemd.adopt(id.uid, s.pid).await {
-                Ok(scope) => {
-                    self.counters.adopted.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, from = %path, scope = %scope, "adopted a session process outside logind into the user's slice");
-                    format!("; pid {} moved from {path} into {scope}", s.pid)
-                }
-                Err(e) => {
-                    tracing::error!(uid = id.uid, pid = s.pid, error = %e, "could not adopt session process");
-                    return Err(fail(
-                        ErrorCode::Systemd,
-                        format!(
-                            "session counted, but pid {} could not be moved into {}: {e}",
-                            s.pid,
-                            slice_name(id.uid)
-                        ),
-                    ));
-                }
-            },
-            None => String::new(),
-        };
+        let change = self
+            .store
+            .mutate(|l| l.open_session(id.uid, &id.name, &up, info));
+        let why = opened(&s, &id, &change);
+        let committed = self
+            .apply_change(&id, &change, OnRefusal::Keep, 0, &why)
+            .await;
+        self.watch(id.uid, s.pid, pidfd);
+        self.events_started(id.uid);
+        drop(guard);
+        self.store.save_later();
+        let adopted = adopted?;
         committed?;
         Ok(Response::Success(Success {
             message: format!("{}: {}{adopted}", id.name, change.new),
             allocation: Some(change.new),
             capacity: None,
+            login_line: self.login_line(id.uid, &policy, &up, &change.new),
         }))
+    }
+
+    /// Moves a session process into the user's slice when it is outside
+    /// every user's slice (a PAM stack without pam_systemd), and only when it
+    /// is the process that asked or one of the user's (see [`may_adopt`]).
+    /// A process in a logind session, or in any user's slice, is never
+    /// moved. Returns what to add to the answer (where the process went, or
+    /// why it was left alone); an error only when systemd failed to move it.
+    async fn adopt_stray(
+        &self,
+        id: &Identity,
+        s: &SessionOpen,
+        peer: Option<Peer>,
+        place: Option<&Placement>,
+    ) -> Result<String, ServiceError> {
+        let Some(Placement::Outside(path)) = place else {
+            return Ok(String::new());
+        };
+        let pinned = Pinned::pin(s.pid);
+        let asker = peer.and_then(|p| p.pid);
+        let pinned = match may_adopt(id.uid, s.pid, path, asker, pinned.as_ref().map(|p| p.owner)) {
+            Ok(true) => pinned,
+            Ok(false) => None,
+            // Deliberate, like leaving logind's sessions alone: counted, not moved.
+            Err(reason) => {
+                tracing::warn!(uid = id.uid, user = %id.name, pid = s.pid, from = %path, "not moving a session process: {reason}");
+                return Ok(format!("; pid {} left in {path}: {reason}", s.pid));
+            }
+        };
+        // gone meanwhile: nothing to move (its watch counts the session down)
+        let Some(pinned) = pinned else {
+            return Ok(String::new());
+        };
+        #[cfg(feature = "test-hooks")]
+        crate::testhooks::before_adopt().await;
+        match self.systemd.adopt(id.uid, &pinned).await {
+            Ok(scope) => {
+                self.counters.adopted.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, from = %path, scope = %scope, "adopted a session process outside logind into the user's slice");
+                Ok(format!("; pid {} moved from {path} into {scope}", s.pid))
+            }
+            Err(e) => {
+                tracing::error!(uid = id.uid, pid = s.pid, error = %e, "could not adopt session process");
+                Err(ServiceError::Adopt {
+                    uid: id.uid,
+                    pid: s.pid,
+                    source: e,
+                })
+            }
+        }
     }
 
     pub(super) async fn session_close(self: &Arc<Self>, s: SessionClose) -> Reply {
@@ -136,6 +145,7 @@ impl<S: Systemd> Service<S> {
                 Identity {
                     uid: s.uid,
                     name: self
+                        .store
                         .read(|l| l.get(s.uid).map(|e| e.name.clone()))
                         .unwrap_or_else(|| s.uid.to_string()),
                     groups: Vec::new(),
@@ -144,42 +154,51 @@ impl<S: Systemd> Service<S> {
             ),
         };
         let up = policy.for_user(&id);
-        let _guard = self.lock_user(id.uid).await;
-        let (prev, change) = self.mutate(|l| {
-            (
-                l.get(id.uid).cloned(),
-                l.close_session(id.uid, s.pid, s.session_id.as_deref(), &up),
-            )
-        });
-        if let Some(w) = lock(&self.watchers).remove(&s.pid) {
-            w.abort();
-        }
+        let place = proc::placement(s.pid);
+        let session_id = confirmed_session(&id, s.pid, s.session_id.as_deref(), place.as_ref());
+        let _guard = self.locks.lock(id.uid).await;
+        let change = self
+            .store
+            .mutate(|l| l.close_session(id.uid, s.pid, session_id.as_deref(), &up));
+        self.watchers.cancel(&s.pid);
         self.counters
             .sessions_closed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(uid = id.uid, user = %id.name, pid = s.pid, last = change.is_some(), "session closed");
+        tracing::info!(
+            uid = id.uid,
+            user = %id.name,
+            pid = s.pid,
+            last = change.is_some(),
+            "session of {} (uid {}) closed: pid {}{}",
+            id.name,
+            id.uid,
+            s.pid,
+            if change.is_some() { ", the last one" } else { "" }
+        );
         let Some(c) = change else {
-            self.save_later();
-            let left = self.read(|l| l.get(id.uid).map_or(0, |e| e.sessions.len()));
+            self.store.save_later();
+            let left = self
+                .store
+                .read(|l| l.get(id.uid).map_or(0, |e| e.sessions.len()));
             return Ok(Response::success(format!(
                 "{}: session closed, {left} still open",
                 id.name
             )));
         };
-        if let Some(t) = lock(&self.leases).remove(&id.uid) {
-            t.abort();
-        }
+        // the user's own lease ended with the resize; root's may go on
+        self.rearm_lease(id.uid);
+        self.events_stopped(id.uid);
         if up.exempt.is_some() {
-            self.save_later();
+            self.store.save_later();
             return Ok(Response::success(format!(
                 "{}: last session closed",
                 id.name
             )));
         }
         let committed = self
-            .apply_change(&id, prev, &c, false, 0, "last session closed")
+            .apply_change(&id, &c, OnRefusal::Keep, 0, "last session closed")
             .await;
-        self.save_later();
+        self.store.save_later();
         committed?;
         Ok(Response::success(format!(
             "{}: last session closed; {} back to the default of {}",
@@ -190,39 +209,16 @@ impl<S: Systemd> Service<S> {
     }
 
     /// Counts a session down when its process ends, even without a
-    /// `close_session` (a crashed sshd, `kill -9`).
-    pub(super) fn watch(self: &Arc<Self>, uid: u32, pid: u32, start_time: Option<u64>) {
-        let fd = pidwatch::open(pid).ok();
-        // With the pidfd open, the pid cannot be reused under us; compare
-        // start times to be sure it is still the process that opened the session.
-        let same = fd.is_some() && (start_time.is_none() || cgroup::start_time(pid) == start_time);
-        self.watch_fd(uid, pid, fd.filter(|_| same));
-    }
-
-    /// Watches the process behind `fd`, a pidfd known to be the session's
-    /// process; `None`: it is gone already, count the session down now.
-    fn watch_fd(self: &Arc<Self>, uid: u32, pid: u32, fd: Option<std::os::fd::OwnedFd>) {
-        let this = Arc::downgrade(self);
-        let task = tokio::spawn(async move {
-            if let Some(fd) = fd
-                && let Err(e) = pidwatch::exited(fd).await
-            {
-                tracing::warn!(pid, error = %e, "cannot watch a session process");
-                return;
-            }
-            if let Some(service) = this.upgrade() {
-                service.session_ended(uid, pid).await;
-            }
-        });
-        if let Some(old) = lock(&self.watchers).insert(pid, task.abort_handle()) {
-            old.abort();
-        }
+    /// `close_session` (a crashed sshd, `kill -9`): watches `fd`, a pidfd on
+    /// the session's process; `None`: it is gone already, count it down now.
+    pub(super) fn watch(self: &Arc<Self>, uid: u32, pid: u32, fd: Option<Pidfd>) {
+        self.watchers
+            .spawn(pid, watcher(Arc::downgrade(self), uid, pid, fd));
     }
 
     /// A session process ended; forget its session (if still counted).
-    async fn session_ended(self: &Arc<Self>, uid: u32, pid: u32) {
-        lock(&self.watchers).remove(&pid);
-        let counted = self.read(|l| {
+    pub(super) async fn session_ended(self: &Arc<Self>, uid: u32, pid: u32) {
+        let counted = self.store.read(|l| {
             l.get(uid)
                 .is_some_and(|e| e.sessions.iter().any(|s| s.pid == pid))
         });
@@ -233,7 +229,7 @@ impl<S: Systemd> Service<S> {
         tracing::warn!(
             uid,
             pid,
-            "session process ended without closing its session; counting it down"
+            "session process {pid} of uid {uid} ended without closing its session; counting it down"
         );
         let close = SessionClose {
             uid,
@@ -241,175 +237,211 @@ impl<S: Systemd> Service<S> {
             session_id: None,
         };
         if let Err(e) = self.session_close(close).await {
-            tracing::error!(uid, pid, error = ?e, "could not count down an ended session");
+            tracing::error!(uid, pid, error = %e, "could not count down an ended session");
         }
     }
+}
 
-    /// Puts a saved ledger in place at once, so requests see it from the first
-    /// moment; [`Service::catch_up`] then checks it against the host.
-    pub fn load(&self, saved: Ledger) {
-        *lock(&self.ledger) = saved;
-        self.generation.fetch_add(1, Ordering::SeqCst);
+/// The task that waits for a session process to end: one per session, so
+/// its size is what every session costs the daemon while it waits (10 000
+/// sessions: 10 000 of them). The count-down after the end is boxed: it is
+/// a large future (the whole close path), needed once, at the end. Written
+/// out as `impl Future + Send + 'static` so the bound is checked here.
+#[allow(clippy::manual_async_fn)]
+fn watcher<S: Systemd>(
+    this: std::sync::Weak<Service<S>>,
+    uid: u32,
+    pid: u32,
+    fd: Option<Pidfd>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        if let Some(fd) = fd
+            && let Err(e) = fd.exited().await
+        {
+            tracing::warn!(pid, error = %e, "cannot watch a session process");
+            return;
+        }
+        if let Some(service) = this.upgrade() {
+            // The watch is over: out of the table before the count-down.
+            service.watchers.cancel(&pid);
+            Box::pin(service.session_ended(uid, pid)).await;
+        }
     }
+}
 
-    /// [`Service::load`] and [`Service::catch_up`] in one.
-    pub async fn restore(self: &Arc<Self>, saved: Ledger) {
-        self.load(saved);
-        self.catch_up().await;
+/// Why the allocation changes, for the journal: one line per login. When the
+/// allocation changes (a user's first session), `apply_change` logs it and
+/// this says which session caused it; otherwise the "session opened" line is
+/// logged here. Each line costs a login tens of microseconds.
+fn opened(s: &SessionOpen, id: &Identity, change: &Change) -> String {
+    if change.alters_allocation() {
+        return format!(
+            "session opened: pid {}, {} from {}{}",
+            s.pid,
+            s.service.as_deref().unwrap_or("?"),
+            s.rhost
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .unwrap_or("local"),
+            s.session_id
+                .as_deref()
+                .map(|sid| format!(", logind session {sid}"))
+                .unwrap_or_default(),
+        );
     }
+    tracing::info!(
+        uid = id.uid,
+        user = %id.name,
+        pid = s.pid,
+        service = s.service.as_deref().unwrap_or(""),
+        rhost = s.rhost.as_deref().unwrap_or(""),
+        session_id = s.session_id.as_deref().unwrap_or(""),
+        "session opened for {} (uid {}): pid {}",
+        id.name,
+        id.uid,
+        s.pid
+    );
+    "session opened".to_string()
+}
 
-    /// After start: brings the saved ledger in line with the current policy
-    /// and user database, writes every user's limits to systemd again (the
-    /// runtime drop-ins normally survive a daemon restart, but not a reboot
-    /// or `systemctl revert`), restarts lease timers, then reconciles with
-    /// logind. Runs while requests are already being answered.
-    pub async fn catch_up(self: &Arc<Self>) {
-        let policy = self.policy();
-        let uids: Vec<u32> = self.read(|l| l.entries().map(|(u, _)| *u).collect());
-        for uid in uids {
-            let _guard = self.lock_user(uid).await;
-            let id = match self.identity(uid).await {
-                Ok(id) => id,
-                Err(_) => {
-                    tracing::warn!(
-                        uid,
-                        "dropping saved allocation: the user no longer exists; lifting the limits fairshare set"
-                    );
-                    self.mutate(|l| l.remove(uid));
-                    if let Err(e) = self.systemd.reset(uid).await {
-                        tracing::error!(uid, error = %e, "could not lift limits");
-                    }
-                    continue;
-                }
-            };
-            let up = policy.for_user(&id);
-            if up.exempt.is_some() {
-                tracing::warn!(uid, user = %id.name, "dropping saved allocation: the user is now exempt; lifting the limits fairshare set");
-                self.mutate(|l| l.remove(uid));
-                if let Err(e) = self.systemd.reset(uid).await {
-                    tracing::error!(uid, error = %e, "could not lift limits");
-                }
-                continue;
-            }
-            if let Some(c) = self.mutate(|l| l.repolicy(uid, &up)) {
-                tracing::info!(uid, user = %id.name, old = %c.old.map(|o| o.to_string()).unwrap_or_default(), new = %c.new, "policy changed while fairshared was stopped");
-            }
-            let Some(limits) = self.read(|l| l.get(uid).map(|e| e.limits)) else {
-                continue;
-            };
-            match self.systemd.apply(uid, &limits).await {
-                Ok(()) => self.mutate(|l| l.mark_applied(uid, limits)),
-                Err(e) => tracing::error!(uid, error = %e, "could not re-apply saved limits"),
-            }
-        }
-        for (uid, at) in self.read(|l| l.leases()) {
-            self.schedule_lease(uid, at);
-        }
-        if let Err(e) = self.persist().await {
-            tracing::error!(error = %e, "could not save state after start-up");
-        }
-        self.reconcile(None).await;
+/// Whether fairshare may move `pid`, a session process of `uid` outside
+/// every user's slice (at `path`), into the user's slice: only when it is
+/// the process that asked (`asker`, from `SO_PEERCRED`: the PAM module's own
+/// process) or belongs to the user (`owner`, its real uid), and never
+/// systemd's own. `Ok(false)`: it is gone (`owner` unknown), nothing to do.
+fn may_adopt(
+    uid: u32,
+    pid: u32,
+    path: &str,
+    asker: Option<i32>,
+    owner: Option<u32>,
+) -> Result<bool, String> {
+    if pid <= 1 || path == "/init.scope" || path.starts_with("/init.scope/") {
+        return Err(format!("pid {pid} is systemd's own ({path})"));
     }
+    if pid == std::process::id() {
+        return Err(format!("pid {pid} is fairshared itself"));
+    }
+    let Some(owner) = owner else {
+        return Ok(false);
+    };
+    let asked = asker.is_some_and(|a| u32::try_from(a) == Ok(pid));
+    if !asked && owner != uid {
+        return Err(format!(
+            "pid {pid} belongs to uid {owner} and is not the process that opened the session{}; fairshare moves only the session's own process or the user's",
+            asker.map(|a| format!(" (pid {a})")).unwrap_or_default()
+        ));
+    }
+    Ok(true)
+}
 
-    /// Brings the ledger in line with the host: sessions whose process is gone
-    /// are counted down; sessions logind knows but the ledger does not (opened
-    /// while fairshared was away) are counted and their users limited; so are
-    /// users with only a user manager running (lingering users). `only`
-    /// limits the pass to one user (when logind reports them).
-    pub async fn reconcile(self: &Arc<Self>, only: Option<u32>) {
-        let tracked: Vec<(u32, u32, Option<u64>)> = self.read(|l| {
-            l.entries()
-                .filter(|(uid, _)| only.is_none_or(|o| o == **uid))
-                .flat_map(|(uid, e)| e.sessions.iter().map(move |s| (*uid, s.pid, s.start_time)))
-                .collect()
-        });
-        for (uid, pid, start) in tracked {
-            let same = cgroup::alive(pid) && (start.is_none() || cgroup::start_time(pid) == start);
-            if !same {
-                self.session_ended(uid, pid).await;
-            } else if !lock(&self.watchers).contains_key(&pid) {
-                self.watch(uid, pid, start);
-            }
-        }
-        let sessions = match self.systemd.logind_sessions(only).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list logind sessions; only sessions opened through PAM are counted");
-                return;
-            }
+/// The logind session `pid` is in, for a session of `id`: the session id
+/// of its cgroup (`user-UID.slice/session-ID.scope`), never only what the
+/// PAM environment says (`XDG_SESSION_ID`, which users can set through
+/// `pam_env` and `~/.pam_environment`). A claimed id the cgroup does not
+/// confirm is logged and dropped.
+fn confirmed_session(
+    id: &Identity,
+    pid: u32,
+    claimed: Option<&str>,
+    place: Option<&Placement>,
+) -> Option<String> {
+    let real = match place {
+        Some(Placement::Session { uid, id: sid }) if *uid == id.uid => Some(sid.clone()),
+        _ => None,
+    };
+    if let Some(claimed) = claimed
+        && real.as_deref() != Some(claimed)
+    {
+        let there = match place {
+            Some(Placement::Session { uid, id }) => format!("logind session {id} of uid {uid}"),
+            Some(Placement::UserSlice { uid }) => format!("user-{uid}.slice, in no session"),
+            Some(Placement::Outside(path)) => format!("{path}, in no session"),
+            None => "gone".to_string(),
         };
-        let mut added = 0;
-        for s in sessions {
-            let known = self.read(|l| {
-                l.get(s.uid).is_some_and(|e| {
-                    e.sessions.iter().any(|x| {
-                        x.pid == s.leader || x.session_id.as_deref() == Some(s.id.as_str())
-                    })
-                })
-            });
-            if known || s.leader == 0 || !cgroup::alive(s.leader) {
-                continue;
-            }
-            let open = SessionOpen {
-                uid: s.uid,
-                pid: s.leader,
-                user: Some(s.user.clone()),
-                service: Some(s.service).filter(|x| !x.is_empty()),
-                tty: Some(s.tty).filter(|x| !x.is_empty()),
-                rhost: Some(s.rhost).filter(|x| !x.is_empty()),
-                session_id: Some(s.id.clone()),
-            };
-            if self.open_untracked(open).await {
-                added += 1;
-            }
-        }
-        match self.systemd.logind_users().await {
-            Ok(users) => {
-                for (uid, name) in users {
-                    if only.is_some_and(|o| o != uid) {
-                        continue;
-                    }
-                    if self.read(|l| l.get(uid).is_some_and(|e| !e.sessions.is_empty())) {
-                        continue;
-                    }
-                    // A user logind knows with no session counted: lingering,
-                    // or their user manager started while we were away.
-                    let Ok(Some(pid)) = self.systemd.user_manager_pid(uid).await else {
-                        continue;
-                    };
-                    let open = SessionOpen {
-                        uid,
-                        pid,
-                        user: Some(name),
-                        service: Some("systemd-user".into()),
-                        ..SessionOpen::default()
-                    };
-                    if self.open_untracked(open).await {
-                        added += 1;
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list logind users"),
-        }
-        if added > 0 {
-            tracing::info!(
-                sessions = added,
-                "counted sessions opened while fairshared was away"
-            );
+        tracing::warn!(
+            uid = id.uid,
+            user = %id.name,
+            pid,
+            claimed,
+            "ignoring session id {claimed:?} from the PAM environment: pid {pid} is in {there} \
+             (XDG_SESSION_ID can come from the user's ~/.pam_environment)"
+        );
+    }
+    real
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            uid: 1001,
+            name: "alice".into(),
+            groups: Vec::new(),
         }
     }
 
-    /// Opens a session found on the host rather than announced by PAM.
-    /// True when it was counted (not for exempt or unknown users).
-    async fn open_untracked(self: &Arc<Self>, open: SessionOpen) -> bool {
-        let (uid, pid) = (open.uid, open.pid);
-        match self.session_open(open).await {
-            Ok(Response::Success(s)) if s.allocation.is_some() => true,
-            Ok(_) => false,
-            Err(e) => {
-                tracing::debug!(uid, pid, answer = ?e, "session not counted");
-                false
-            }
-        }
+    #[test]
+    fn only_the_asker_or_the_users_own_process_is_moved() {
+        let cron = "/system.slice/cron.service";
+        // the PAM module's own process (root) asked: moved
+        assert_eq!(may_adopt(1001, 500, cron, Some(500), Some(0)), Ok(true));
+        // one of the user's processes, whoever asked: moved
+        assert_eq!(may_adopt(1001, 500, cron, Some(77), Some(1001)), Ok(true));
+        assert_eq!(may_adopt(1001, 500, cron, None, Some(1001)), Ok(true));
+        // another process, not the user's: never
+        let e = may_adopt(1001, 500, cron, Some(77), Some(0)).unwrap_err();
+        assert!(
+            e.contains("belongs to uid 0") && e.contains("pid 77"),
+            "{e}"
+        );
+        assert!(may_adopt(1001, 500, cron, None, Some(1002)).is_err());
+        // systemd's own, and fairshared itself
+        assert!(may_adopt(1001, 1, "/init.scope", Some(1), Some(0)).is_err());
+        assert!(may_adopt(1001, 9, "/init.scope", Some(9), Some(1001)).is_err());
+        let me = std::process::id();
+        assert!(may_adopt(1001, me, cron, Some(me as i32), Some(0)).is_err());
+        // gone before it could be pinned
+        assert_eq!(may_adopt(1001, 500, cron, Some(500), None), Ok(false));
+    }
+
+    #[test]
+    fn a_session_id_is_what_the_cgroup_says() {
+        let in_session = |uid: u32, sid: &str| Placement::Session {
+            uid,
+            id: sid.into(),
+        };
+        let c = |claimed: Option<&str>, place: &Placement| {
+            confirmed_session(&alice(), 42, claimed, Some(place))
+        };
+        // confirmed
+        assert_eq!(c(Some("5"), &in_session(1001, "5")).as_deref(), Some("5"));
+        // pam_systemd did not run, but the process is in its session scope
+        assert_eq!(c(None, &in_session(1001, "5")).as_deref(), Some("5"));
+        // forged: another id, another user's session, or no session at all
+        assert_eq!(c(Some("4"), &in_session(1001, "5")).as_deref(), Some("5"));
+        assert_eq!(c(Some("5"), &in_session(1002, "5")), None);
+        assert_eq!(c(Some("5"), &Placement::UserSlice { uid: 1001 }), None);
+        assert_eq!(
+            c(
+                Some("5"),
+                &Placement::Outside("/system.slice/cron.service".into())
+            ),
+            None
+        );
+        assert_eq!(confirmed_session(&alice(), 42, Some("5"), None), None);
+    }
+
+    use crate::systemd::Fake;
+
+    #[test]
+    fn a_waiting_session_watcher_is_small() {
+        // What every tracked session costs while it waits (the task holds
+        // its future's largest state for its whole life).
+        let f = watcher::<Fake>(std::sync::Weak::new(), 1, 1, None);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 256, "a session watcher's future is {size} bytes");
     }
 }

@@ -97,13 +97,8 @@ fn beyond_max_is_refused_with_the_reason_and_nothing_changes() {
     ] {
         let o = h.ssh(user, &format!("fairshare-ctl resize {args}"));
         assert_eq!(o.code, 1, "{o:?}");
+        // the reason names the maximum of the field asked for
         assert!(o.stderr.contains(reason), "{}", o.stderr);
-        assert!(
-            o.stderr
-                .contains("you may have up to 8 CPUs, 32G memory, 8192 tasks"),
-            "{}",
-            o.stderr
-        );
         assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
         assert_eq!(h.slice(uid), before);
     }
@@ -304,7 +299,7 @@ fn allocations_and_limits_survive_a_daemon_restart_and_stop() {
     assert_eq!(o.code, 3);
     assert!(
         o.stderr.contains("fairshared is not running")
-            && o.stderr.contains("systemctl start fairshared"),
+            && o.stderr.contains("ask your admin to start it"),
         "{}",
         o.stderr
     );

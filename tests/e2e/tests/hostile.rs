@@ -433,13 +433,18 @@ fn the_pam_module_survives_a_daemon_that_answers_garbage_slowly_or_half() {
     h.fresh_daemon(POLICY);
     h.write(
         "/etc/pam.d/fairshare-badd",
+        // pam_systemd: pamtester's process is in a logind session of the user, so
+        // fail= decides (a process outside every slice is refused whatever fail=
+        // says when fairshared fails: sessions.rs tests that)
         "auth required pam_permit.so\naccount required pam_unix.so\nsession required pam_unix.so\n\
-         session required pam_fairshare.so timeout_ms=500\n",
+         session optional pam_systemd.so\n\
+         session required pam_fairshare.so timeout_ms=500 adopt_timeout_ms=500\n",
     );
     h.write(
         "/etc/pam.d/fairshare-badd-closed",
         "auth required pam_permit.so\naccount required pam_unix.so\nsession required pam_unix.so\n\
-         session required pam_fairshare.so timeout_ms=500 fail=closed\n",
+         session optional pam_systemd.so\n\
+         session required pam_fairshare.so timeout_ms=500 adopt_timeout_ms=500 fail=closed\n",
     );
     h.sh("systemctl stop fairshared.socket fairshared.service; rm -f /run/fairshare.sock")
         .ok();

@@ -1,110 +1,16 @@
-//! Every call fairshared makes to systemd and logind, behind one trait.
-//!
-//! [`Dbus`] is the real thing: zbus on the system bus, with zbus_systemd's
-//! generated proxies. [`Fake`] records calls in memory, so the ledger and the
-//! request handling are tested without a bus. End-to-end tests always run
-//! against a real systemd.
+//! [`Dbus`]: systemd and logind over the system bus.
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use fairshare_proto::wire::Limits;
+use zbus::Fd;
 use zbus::Str;
 use zbus::zvariant::{OwnedVariant, Variant};
 use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
-/// The unit fairshare limits for a user: logind puts every session scope and
-/// `user@UID.service` there.
-pub fn slice_name(uid: u32) -> String {
-    format!("user-{uid}.slice")
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SystemdError {
-    #[error("cannot reach systemd on the system bus: {0}")]
-    Bus(String),
-    #[error("systemd refused {call} on {unit}: {message}")]
-    Refused {
-        call: &'static str,
-        unit: String,
-        message: String,
-    },
-}
-
-/// What fairshared needs from systemd and logind.
-pub trait Systemd: Send + Sync + 'static {
-    /// Writes `limits` onto `user-UID.slice` as runtime properties. Works
-    /// whether or not the slice is active.
-    fn apply(
-        &self,
-        uid: u32,
-        limits: &Limits,
-    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
-
-    /// Lifts every limit fairshare set on `user-UID.slice` (for users who
-    /// became exempt or no longer exist).
-    fn reset(&self, uid: u32) -> impl Future<Output = Result<(), SystemdError>> + Send;
-
-    /// Moves `pid` (a session process outside any user slice) into a new
-    /// transient scope inside `user-UID.slice`, so it and its children are
-    /// limited. Returns the scope's name.
-    fn adopt(
-        &self,
-        uid: u32,
-        pid: u32,
-    ) -> impl Future<Output = Result<String, SystemdError>> + Send;
-
-    /// Whether logind counts `pid` in one of its sessions (then it is logind's
-    /// to place, never ours to move).
-    fn in_logind_session(
-        &self,
-        pid: u32,
-    ) -> impl Future<Output = Result<bool, SystemdError>> + Send;
-
-    /// Every user logind currently knows (logged in, or lingering): `(uid, name)`.
-    fn logind_users(&self)
-    -> impl Future<Output = Result<Vec<(u32, String)>, SystemdError>> + Send;
-
-    /// The main pid of `user@UID.service`, when it runs.
-    fn user_manager_pid(
-        &self,
-        uid: u32,
-    ) -> impl Future<Output = Result<Option<u32>, SystemdError>> + Send;
-
-    /// Every session logind currently knows (only those of `only`, if given).
-    fn logind_sessions(
-        &self,
-        only: Option<u32>,
-    ) -> impl Future<Output = Result<Vec<LogindSession>, SystemdError>> + Send;
-}
-
-/// One logind session.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogindSession {
-    pub id: String,
-    pub uid: u32,
-    pub user: String,
-    /// The process that registered the session (for sshd, the PAM caller).
-    pub leader: u32,
-    pub service: String,
-    pub rhost: String,
-    pub tty: String,
-}
-
-/// The properties written onto a user's slice.
-pub fn slice_properties(limits: &Limits) -> Vec<(&'static str, u64)> {
-    vec![
-        ("CPUQuotaPerSecUSec", limits.cpu.quota_usec_per_sec()),
-        ("MemoryMax", limits.mem.get()),
-        // u64::MAX is systemd's "infinity": clears a soft limit set earlier.
-        ("MemoryHigh", limits.mem_high.map_or(u64::MAX, |h| h.get())),
-        ("TasksMax", limits.tasks.get()),
-    ]
-}
-
-// ---------------------------------------------------------------- D-Bus
+use super::{LogindSession, PropertyValue, SliceValues, Systemd, SystemdError, slice_name};
+use crate::proc::Pinned;
 
 struct Bus {
     conn: zbus::Connection,
@@ -116,6 +22,9 @@ struct Bus {
 pub struct Dbus {
     bus: tokio::sync::Mutex<Option<Bus>>,
     timeout: Duration,
+    /// Whether systemd takes pidfds in `StartTransientUnit` (`PIDFDs`,
+    /// systemd 253 and later): asked once.
+    pidfds: tokio::sync::OnceCell<bool>,
 }
 
 impl Dbus {
@@ -125,6 +34,7 @@ impl Dbus {
         let d = Dbus {
             bus: tokio::sync::Mutex::new(None),
             timeout,
+            pidfds: tokio::sync::OnceCell::new(),
         };
         let _ = d.manager().await?;
         Ok(d)
@@ -213,6 +123,30 @@ impl Dbus {
     }
 }
 
+impl Dbus {
+    /// Whether systemd names processes by pidfd in `StartTransientUnit`
+    /// (the `PIDFDs` property, systemd 253 and later).
+    async fn takes_pidfds(&self) -> bool {
+        *self
+            .pidfds
+            .get_or_init(|| async {
+                let version = self
+                    .with_retry(|_, m| async move { m.version().await })
+                    .await;
+                let major = version.as_deref().ok().and_then(major_version);
+                tracing::debug!(?major, "systemd version");
+                major.is_some_and(|v| v >= 253)
+            })
+            .await
+    }
+}
+
+/// The major version in systemd's `Version` property (`252.39-1~deb12u2`).
+fn major_version(version: &str) -> Option<u32> {
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn bus_err(e: zbus::Error) -> SystemdError {
     SystemdError::Bus(e.to_string())
 }
@@ -238,14 +172,23 @@ fn refused(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
 }
 
 impl Systemd for Dbus {
-    async fn apply(&self, uid: u32, limits: &Limits) -> Result<(), SystemdError> {
+    async fn set(
+        &self,
+        uid: u32,
+        props: &[(&'static str, PropertyValue)],
+    ) -> Result<(), SystemdError> {
         let unit = slice_name(uid);
-        let props = slice_properties(limits);
         self.with_retry(|_, m| {
             let unit = unit.clone();
             let props: Vec<(String, OwnedVariant)> = props
                 .iter()
-                .map(|(k, v)| (k.to_string(), OwnedVariant::from(*v)))
+                .map(|(k, v)| {
+                    let v = match *v {
+                        PropertyValue::U64(n) => OwnedVariant::from(n),
+                        PropertyValue::U32(n) => OwnedVariant::from(n),
+                    };
+                    (k.to_string(), v)
+                })
                 .collect();
             async move { m.set_unit_properties(unit, true, props).await }
         })
@@ -253,28 +196,68 @@ impl Systemd for Dbus {
         .map_err(|e| refused("SetUnitProperties", &unit, e))
     }
 
-    async fn reset(&self, uid: u32) -> Result<(), SystemdError> {
+    async fn slice_values(&self, uid: u32) -> Result<Option<SliceValues>, SystemdError> {
         let unit = slice_name(uid);
-        self.with_retry(|_, m| {
+        self.with_retry(|c, m| {
             let unit = unit.clone();
-            let props: Vec<(String, OwnedVariant)> =
-                ["CPUQuotaPerSecUSec", "MemoryMax", "MemoryHigh", "TasksMax"]
-                    .iter()
-                    .map(|k| (k.to_string(), OwnedVariant::from(u64::MAX)))
-                    .collect();
-            async move { m.set_unit_properties(unit, true, props).await }
+            async move {
+                let path = match m.get_unit(unit).await {
+                    Ok(p) => p,
+                    // org.freedesktop.systemd1.NoSuchUnit: not loaded
+                    Err(zbus::Error::MethodError(..)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let props = zbus::fdo::PropertiesProxy::builder(&c)
+                    .destination("org.freedesktop.systemd1")
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?;
+                let all = props
+                    .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
+                        "org.freedesktop.systemd1.Slice",
+                    ))
+                    .await?;
+                let get = |k: &str| {
+                    all.get(k)
+                        .and_then(|v| u64::try_from(v).ok())
+                        .unwrap_or(u64::MAX)
+                };
+                Ok(Some([
+                    get("CPUQuotaPerSecUSec"),
+                    get("MemoryMax"),
+                    get("MemoryHigh"),
+                    get("TasksMax"),
+                ]))
+            }
         })
         .await
-        .map_err(|e| refused("SetUnitProperties", &unit, e))
+        .map_err(|e| refused("GetAll", &unit, e))
     }
 
-    async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {
+    async fn adopt(&self, uid: u32, process: &Pinned) -> Result<String, SystemdError> {
+        let pid = process.pid();
         let unit = format!("fairshare-session-{uid}-{pid}.scope");
         let slice = slice_name(uid);
+        let by_pidfd = self.takes_pidfds().await;
         let result = self
             .with_retry(|_, m| {
                 let (unit, slice) = (unit.clone(), slice.clone());
                 async move {
+                    // systemd 253+ takes the pidfd: no pid to be reused. Else the
+                    // pid, checked to be still the pinned process right before
+                    // the call.
+                    let who = match by_pidfd {
+                        true => (
+                            "PIDFDs".to_string(),
+                            OwnedVariant::try_from(Variant::from(vec![Fd::from(process.pidfd())]))?,
+                        ),
+                        false if process.still_same() => (
+                            "PIDs".to_string(),
+                            OwnedVariant::try_from(Variant::from(vec![pid]))?,
+                        ),
+                        false => return Ok(None),
+                    };
                     let props = vec![
                         ("Slice".to_string(), OwnedVariant::from(Str::from(slice))),
                         (
@@ -283,10 +266,7 @@ impl Systemd for Dbus {
                                 "fairshare: session of uid {uid} outside logind (pid {pid})"
                             ))),
                         ),
-                        (
-                            "PIDs".to_string(),
-                            OwnedVariant::try_from(Variant::from(vec![pid]))?,
-                        ),
+                        who,
                         (
                             "CollectMode".to_string(),
                             OwnedVariant::from(Str::from("inactive-or-failed")),
@@ -294,10 +274,20 @@ impl Systemd for Dbus {
                     ];
                     m.start_transient_unit(unit, "fail".into(), props, vec![])
                         .await
+                        .map(Some)
                 }
             })
             .await;
-        result.map_err(|e| refused("StartTransientUnit", &unit, e))?;
+        let started = result.map_err(|e| refused("StartTransientUnit", &unit, e))?;
+        if started.is_none() {
+            return Err(SystemdError::Refused {
+                call: "StartTransientUnit",
+                unit,
+                message: format!(
+                    "pid {pid} is no longer the process that opened the session (it exited, or changed owner); not moving it"
+                ),
+            });
+        }
         // The job that moves the process runs after the call returns, one
         // cgroup hierarchy after the other; the scope turns active once the
         // process is in all of them. The caller's next step (the login going
@@ -324,7 +314,7 @@ impl Systemd for Dbus {
                     _ => {}
                 }
             }
-            if crate::cgroup::placement(pid, uid) == crate::cgroup::Placement::Gone {
+            if crate::proc::placement(pid).is_none() {
                 return Ok(unit);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -435,115 +425,16 @@ impl Systemd for Dbus {
     }
 }
 
-// ---------------------------------------------------------------- fake
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// One recorded call to the fake.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Call {
-    Apply(u32, Limits),
-    Reset(u32),
-    Adopt(u32, u32),
-}
-
-/// An in-memory systemd for unit tests (and the memory benchmark).
-#[derive(Default)]
-pub struct Fake {
-    pub calls: Mutex<Vec<Call>>,
-    /// Make the next `apply` calls fail.
-    pub fail_apply: std::sync::atomic::AtomicBool,
-    /// Delay every call (to test that users do not queue behind each other).
-    pub delay: Mutex<Option<Duration>>,
-    pub sessions: Mutex<Vec<LogindSession>>,
-    /// Users logind knows, and the pids of their user managers.
-    pub users: Mutex<Vec<(u32, String)>>,
-    pub managers: Mutex<Vec<(u32, u32)>>,
-    in_flight: std::sync::atomic::AtomicUsize,
-    /// The most `apply` calls ever running at once.
-    pub max_in_flight: std::sync::atomic::AtomicUsize,
-}
-
-impl Fake {
-    pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// The last limits applied to a user's slice.
-    pub fn applied(&self, uid: u32) -> Option<Limits> {
-        self.calls().into_iter().rev().find_map(|c| match c {
-            Call::Apply(u, l) if u == uid => Some(l),
-            _ => None,
-        })
-    }
-
-    async fn pause(&self) {
-        let d = self.delay.lock().ok().and_then(|d| *d);
-        if let Some(d) = d {
-            tokio::time::sleep(d).await;
-        }
-    }
-
-    fn record(&self, c: Call) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.push(c);
-        }
-    }
-}
-
-impl Systemd for Fake {
-    async fn apply(&self, uid: u32, limits: &Limits) -> Result<(), SystemdError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
-        self.max_in_flight.fetch_max(now, SeqCst);
-        self.pause().await;
-        self.in_flight.fetch_sub(1, SeqCst);
-        if self.fail_apply.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(SystemdError::Refused {
-                call: "SetUnitProperties",
-                unit: slice_name(uid),
-                message: "injected failure".into(),
-            });
-        }
-        self.record(Call::Apply(uid, *limits));
-        Ok(())
-    }
-
-    async fn reset(&self, uid: u32) -> Result<(), SystemdError> {
-        self.pause().await;
-        self.record(Call::Reset(uid));
-        Ok(())
-    }
-
-    async fn adopt(&self, uid: u32, pid: u32) -> Result<String, SystemdError> {
-        self.pause().await;
-        self.record(Call::Adopt(uid, pid));
-        Ok(format!("fairshare-session-{uid}-{pid}.scope"))
-    }
-
-    async fn in_logind_session(&self, pid: u32) -> Result<bool, SystemdError> {
-        Ok(self
-            .sessions
-            .lock()
-            .map(|s| s.iter().any(|x| x.leader == pid))
-            .unwrap_or(false))
-    }
-
-    async fn logind_users(&self) -> Result<Vec<(u32, String)>, SystemdError> {
-        Ok(self.users.lock().map(|u| u.clone()).unwrap_or_default())
-    }
-
-    async fn user_manager_pid(&self, uid: u32) -> Result<Option<u32>, SystemdError> {
-        Ok(self
-            .managers
-            .lock()
-            .ok()
-            .and_then(|m| m.iter().find(|(u, _)| *u == uid).map(|(_, p)| *p)))
-    }
-
-    async fn logind_sessions(&self, only: Option<u32>) -> Result<Vec<LogindSession>, SystemdError> {
-        let all = self.sessions.lock().map(|u| u.clone()).unwrap_or_default();
-        Ok(all
-            .into_iter()
-            .filter(|s| only.is_none_or(|o| o == s.uid))
-            .collect())
+    #[test]
+    fn systemd_versions() {
+        assert_eq!(major_version("252.39-1~deb12u2"), Some(252));
+        assert_eq!(major_version("253"), Some(253));
+        assert_eq!(major_version("257.4-3"), Some(257));
+        assert_eq!(major_version(""), None);
+        assert_eq!(major_version("v253"), None);
     }
 }

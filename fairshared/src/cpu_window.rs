@@ -1,0 +1,144 @@
+//! CPU "now" for `status` and `list`: the growth of each slice's CPU time
+//! over a recent window, from samples the daemon takes every
+//! [`SAMPLE_EVERY`] (and whenever it reads a slice's usage for an answer).
+//!
+//! Bounded: at most `WINDOW / SAMPLE_EVERY + 2` samples per user, and only
+//! for users the ledger tracks (the others are dropped at each sampling).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use fairshare_proto::wire::CpuRecent;
+use tokio::time::Instant;
+
+/// How far back the window reaches.
+pub const WINDOW: Duration = Duration::from_secs(30);
+/// How often the daemon samples every tracked slice.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// The shortest window worth reporting (a shorter one is mostly noise).
+const SHORTEST: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub struct CpuWindow {
+    samples: Mutex<BTreeMap<u32, VecDeque<(Instant, u64)>>>,
+}
+
+impl CpuWindow {
+    /// Records `nsec` (the slice's CPU time read at `at`) and answers the
+    /// CPU time used since the oldest sample within [`WINDOW`] that is at
+    /// least a second old. A reading below the last one (the slice was
+    /// stopped and made anew) starts over.
+    pub fn observe(&self, uid: u32, at: Instant, nsec: u64) -> Option<CpuRecent> {
+        let mut all = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        let q = all.entry(uid).or_default();
+        if q.back().is_some_and(|&(t, n)| n > nsec || t > at) {
+            q.clear();
+        }
+        // Drop what is older than the window, but keep one sample at or
+        // just inside its edge.
+        while q.len() >= 2 && q[1].0 + WINDOW <= at {
+            q.pop_front();
+        }
+        if q.front().is_some_and(|&(t, _)| t + WINDOW < at) {
+            q.pop_front();
+        }
+        let recent = q
+            .iter()
+            .find(|&&(t, _)| at.duration_since(t) >= SHORTEST)
+            .map(|&(t, n)| CpuRecent {
+                used_nsec: nsec - n,
+                window_nsec: at.duration_since(t).as_nanos() as u64,
+            });
+        // A sample at most every SAMPLE_EVERY / 2: answers read often (top
+        // at 1 s) do not grow the queue.
+        if q.back()
+            .is_none_or(|&(t, _)| at.duration_since(t) >= SAMPLE_EVERY / 2)
+        {
+            q.push_back((at, nsec));
+        }
+        recent
+    }
+
+    /// Forgets users no longer tracked.
+    pub fn retain(&self, keep: impl Fn(u32) -> bool) {
+        let mut all = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        all.retain(|uid, _| keep(*uid));
+    }
+
+    #[cfg(test)]
+    fn len(&self, uid: u32) -> usize {
+        let all = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        all.get(&uid).map_or(0, VecDeque::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn first_reading_has_no_window() {
+        let w = CpuWindow::default();
+        assert_eq!(w.observe(1001, Instant::now(), 5 * S), None);
+    }
+
+    #[test]
+    fn share_over_the_window() {
+        let w = CpuWindow::default();
+        let t0 = Instant::now();
+        // two CPUs busy: 2 s of CPU time each second
+        for i in 0..=20u64 {
+            let r = w.observe(1001, t0 + Duration::from_secs(i), 100 * S + 2 * i * S);
+            if i >= 1 {
+                let r = r.unwrap();
+                assert!((r.cpus().unwrap() - 2.0).abs() < 1e-9, "{r:?}");
+            }
+        }
+        // the window reaches back at most WINDOW
+        let t = t0 + Duration::from_secs(100);
+        w.observe(1001, t - Duration::from_secs(40), 200 * S);
+        w.observe(1001, t - Duration::from_secs(20), 210 * S);
+        let r = w.observe(1001, t, 230 * S).unwrap();
+        assert_eq!(r.used_nsec, 20 * S);
+        assert_eq!(r.window_nsec, 20 * S);
+        assert!(w.len(1001) <= (WINDOW.as_secs() / (SAMPLE_EVERY.as_secs() / 2)) as usize + 2);
+    }
+
+    #[test]
+    fn a_recent_only_sample_is_not_a_window() {
+        let w = CpuWindow::default();
+        let t0 = Instant::now();
+        w.observe(1001, t0, S);
+        assert_eq!(
+            w.observe(1001, t0 + Duration::from_millis(300), 2 * S),
+            None
+        );
+    }
+
+    #[test]
+    fn a_slice_made_anew_starts_over() {
+        let w = CpuWindow::default();
+        let t0 = Instant::now();
+        w.observe(1001, t0, 50 * S);
+        assert_eq!(w.observe(1001, t0 + Duration::from_secs(10), S), None);
+        let r = w
+            .observe(1001, t0 + Duration::from_secs(20), 6 * S)
+            .unwrap();
+        assert_eq!(r.used_nsec, 5 * S);
+    }
+
+    #[test]
+    fn queue_stays_small_when_read_often() {
+        let w = CpuWindow::default();
+        let t0 = Instant::now();
+        for i in 0..10_000u64 {
+            w.observe(1001, t0 + Duration::from_millis(100 * i), i * S / 10);
+        }
+        assert!(w.len(1001) <= 14, "{}", w.len(1001));
+        w.retain(|u| u != 1001);
+        assert_eq!(w.len(1001), 0);
+    }
+}

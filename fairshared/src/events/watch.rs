@@ -1,0 +1,629 @@
+//! A logged-in user's watcher: one task per user, from their first session
+//! to their last (the service keeps them in a [`crate::tasks::Tasks`] table),
+//! waiting on their slice's cgroup event files and reporting what it finds:
+//! OOM kills caused by the slice's memory limit, and sustained throttling.
+//!
+//! | wakes on | cgroup v2 | v1 (hybrid, legacy) |
+//! |---|---|---|
+//! | memory | `memory.events`, epoll `EPOLLPRI` (edge; re-armed by reading it) | an eventfd on `memory.oom_control` (`cgroup.event_control`) |
+//! | CPU and memory stalls | PSI triggers on `cpu.pressure`, `memory.pressure` | a PSI trigger on the `unified` tree's `cpu.pressure` (hybrid) |
+//! | neither possible | a sample every [`FALLBACK_SAMPLE`] | the same |
+//!
+//! Nothing is polled in a loop while nothing happens: an idle user costs no
+//! wake-ups at all. After a memory wake-up the watcher pauses
+//! [`DEBOUNCE`] (page cache at the limit makes `memory.events` change
+//! hundreds of times a second); a throttled slice is sampled every
+//! [`throttle::SAMPLE_EVERY`] while it is hot. Kills that come within
+//! [`GATHER`] of each other are one report. The decisions are the pure
+//! parts' ([`oom`], [`throttle`]); see `docs/design/notices.md` for the
+//! measurements behind them.
+//!
+//! The watcher ends itself when the slice goes away (v1: the eventfd fires
+//! at removal; v2: a PSI fd reports it, or a file cannot be read any more).
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fairshare_proto::events::EventKind;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
+
+use super::counters::{
+    self, CpuThrottling, MemoryEvents, PSI_STALL_US, PSI_WINDOW_US, Paths, Pressure,
+};
+use super::oom::{SliceOoms, V1Firing, V1SliceOoms};
+use super::throttle::{self, Detector, Sample};
+use crate::cgroup::Layout;
+use crate::kernfs;
+
+/// Kills this close together are reported as one.
+pub const GATHER: Duration = Duration::from_secs(1);
+/// While an OOM waits for its kill, the counters are read again this soon.
+pub const REREAD: Duration = Duration::from_millis(300);
+/// The pause after handling a memory wake-up.
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
+/// How often a slice is sampled when nothing can wake the watcher (no PSI,
+/// or no poll support on the event files).
+pub const FALLBACK_SAMPLE: Duration = Duration::from_secs(30);
+/// How long a new watcher waits for its user's slice to appear.
+pub const SLICE_WAIT: Duration = Duration::from_secs(30);
+
+/// What a watcher reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Processes killed because the slice reached its memory limit.
+    OomKills {
+        count: u64,
+        /// The slice's cgroup (its inode), to tell one slice from the next.
+        slice: u64,
+    },
+    /// The slice was held back for most of the last window.
+    Throttled {
+        kind: EventKind,
+        percent: u8,
+        window_secs: u32,
+    },
+}
+
+/// Why a watcher ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The slice did not appear within [`SLICE_WAIT`].
+    NoSlice,
+    /// The slice went away.
+    SliceGone,
+}
+
+/// The directory whose existence says the slice is there (and whose inode
+/// names it).
+pub fn slice_dir(paths: &Paths) -> Option<PathBuf> {
+    match paths.layout {
+        Layout::Unified => paths
+            .memory_events
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf),
+        Layout::Hybrid | Layout::Legacy => paths.v1_memory.clone(),
+    }
+}
+
+/// The inode of the slice's cgroup directory (`None`: not there).
+pub fn slice_id(paths: &Paths) -> Option<u64> {
+    std::fs::metadata(slice_dir(paths)?).ok().map(|m| m.ino())
+}
+
+/// Watches `paths` until the slice goes away, calling `report` with what it
+/// finds. Cancel the task to stop it earlier.
+pub async fn watch<F, Fut>(paths: Paths, report: F) -> End
+where
+    F: Fn(Found) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(dir) = slice_dir(&paths) else {
+        return End::NoSlice;
+    };
+    let start = Instant::now();
+    let slice = loop {
+        if let Ok(m) = std::fs::metadata(&dir) {
+            break m.ino();
+        }
+        if start.elapsed() >= SLICE_WAIT {
+            return End::NoSlice;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut w = Watcher::open(paths, dir, slice);
+    w.run(&report).await
+}
+
+/// A PSI trigger (or any kernfs file) the watcher waits on.
+type Pollable = AsyncFd<File>;
+
+enum MemoryWake {
+    /// v2: `memory.events`, kept open.
+    Events(Pollable),
+    /// v1: the eventfd, and the `memory.oom_control` it was registered for
+    /// (kept open while the registration lasts).
+    EventFd(AsyncFd<OwnedFd>, #[allow(dead_code)] File),
+    /// Nothing wakes the watcher: counters are read at each sample.
+    None,
+}
+
+struct Watcher {
+    paths: Paths,
+    dir: PathBuf,
+    slice: u64,
+    memory: MemoryWake,
+    psi_cpu: Option<Pollable>,
+    psi_memory: Option<Pollable>,
+    v2: Option<SliceOoms>,
+    v1: V1SliceOoms,
+    cpu: Detector,
+    stall: Option<Detector>,
+}
+
+/// Registers an open kernfs file for `EPOLLPRI` (kernfs files and PSI
+/// triggers support poll; a regular file does not, and is refused).
+fn pollable(file: File) -> io::Result<Pollable> {
+    // SAFETY: the AsyncFd owns the File, whose fd stays open and the same
+    // for as long as the AsyncFd lives.
+    unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Opens a PSI trigger on `path`: wake when the slice's tasks were stalled
+/// 1 s out of 10 s.
+fn psi_trigger(path: &Path) -> io::Result<Pollable> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    // The kernel overwrites the last byte written with a NUL: send one.
+    let mut trigger = counters::psi_trigger(PSI_STALL_US, PSI_WINDOW_US).into_bytes();
+    trigger.push(0);
+    f.write_all(&trigger)?;
+    pollable(f)
+}
+
+/// An eventfd registered for OOM notifications of the v1 memory cgroup `dir`.
+fn oom_eventfd(dir: &Path) -> io::Result<(AsyncFd<OwnedFd>, File)> {
+    let control = File::open(dir.join("memory.oom_control"))?;
+    // SAFETY: eventfd takes a count and flags and returns a new fd or -1.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd; nobody else owns it.
+    let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+    OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.event_control"))?
+        .write_all(format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()).as_bytes())?;
+    // SAFETY: the AsyncFd owns the OwnedFd, open for as long as it lives.
+    let afd = unsafe { AsyncFd::register_with_interest(efd, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    Ok((afd, control))
+}
+
+/// Reads an open kernfs file again from its start (which also re-arms its
+/// poll notification).
+fn reread(f: &File) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    buf.truncate(n);
+    String::from_utf8(buf).ok()
+}
+
+/// Waits for a pollable file to wake; `true` when it reports an error or a
+/// hang-up (its cgroup may be gone). Never resolves for `None`.
+async fn woken(fd: Option<&Pollable>) -> bool {
+    let Some(fd) = fd else {
+        return std::future::pending().await;
+    };
+    match fd.ready(Interest::PRIORITY).await {
+        Ok(mut guard) => {
+            let r = guard.ready();
+            guard.clear_ready();
+            r.is_error() || r.is_read_closed()
+        }
+        Err(_) => true,
+    }
+}
+
+impl Watcher {
+    fn open(paths: Paths, dir: PathBuf, slice: u64) -> Watcher {
+        let memory = match paths.layout {
+            Layout::Unified => paths
+                .memory_events
+                .as_ref()
+                .and_then(|p| File::open(p).ok())
+                .and_then(|f| pollable(f).ok())
+                .map_or(MemoryWake::None, MemoryWake::Events),
+            Layout::Hybrid | Layout::Legacy => match oom_eventfd(&dir) {
+                Ok((afd, control)) => MemoryWake::EventFd(afd, control),
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "no OOM eventfd; sampling instead");
+                    MemoryWake::None
+                }
+            },
+        };
+        let trigger = |p: &Option<PathBuf>| {
+            p.as_deref().and_then(|p| match psi_trigger(p) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::debug!(path = %p.display(), error = %e, "no PSI trigger; sampling instead");
+                    None
+                }
+            })
+        };
+        let psi_cpu = trigger(&paths.cpu_pressure);
+        let psi_memory = trigger(&paths.memory_pressure);
+        let mut w = Watcher {
+            v2: None,
+            v1: V1SliceOoms::new(None),
+            cpu: Detector::new(throttle::CPU),
+            stall: paths
+                .memory_pressure
+                .as_ref()
+                .map(|_| Detector::new(throttle::MEMORY)),
+            paths,
+            dir,
+            slice,
+            memory,
+            psi_cpu,
+            psi_memory,
+        };
+        match w.paths.layout {
+            Layout::Unified => {
+                let (sub, local) = w.memory_events();
+                w.v2 = Some(SliceOoms::new(sub, local));
+            }
+            Layout::Hybrid | Layout::Legacy => w.v1 = V1SliceOoms::new(w.failcnt()),
+        }
+        // the first sample, at login
+        w.sample();
+        w
+    }
+
+    /// v2: the subtree and local memory events (zeros where unreadable).
+    fn memory_events(&self) -> (MemoryEvents, MemoryEvents) {
+        let sub = match &self.memory {
+            MemoryWake::Events(fd) => reread(fd.get_ref()),
+            _ => self.paths.memory_events.as_deref().and_then(kernfs::read),
+        };
+        let local = self
+            .paths
+            .memory_events_local
+            .as_deref()
+            .and_then(kernfs::read);
+        (
+            MemoryEvents::parse(sub.as_deref().unwrap_or("")),
+            MemoryEvents::parse(local.as_deref().unwrap_or("")),
+        )
+    }
+
+    /// v1: `memory.failcnt` of the slice (`None`: gone).
+    fn failcnt(&self) -> Option<u64> {
+        kernfs::read_u64(&self.dir.join("memory.failcnt"))
+    }
+
+    fn gone(&self) -> bool {
+        !self.dir.is_dir()
+    }
+
+    /// Samples the throttling counters; a finding to report, if any.
+    fn sample(&mut self) -> Vec<Found> {
+        let now = Instant::now().into_std();
+        let mut out = Vec::new();
+        let stat = self
+            .paths
+            .cpu_stat
+            .iter()
+            .find_map(|p| kernfs::read(p))
+            .as_deref()
+            .and_then(CpuThrottling::parse);
+        if let Some(t) = stat {
+            let period = self
+                .paths
+                .cpu_period
+                .iter()
+                .find_map(|p| kernfs::read(p))
+                .as_deref()
+                .and_then(counters::cpu_period_us)
+                .unwrap_or(counters::DEFAULT_CPU_PERIOD_US);
+            if let Some(f) = self.cpu.push(Sample::cpu(now, t.throttled, period)) {
+                out.push(Found::Throttled {
+                    kind: EventKind::CpuThrottled,
+                    percent: f.percent(),
+                    window_secs: f.window.as_secs() as u32,
+                });
+            }
+        }
+        if let Some(det) = self.stall.as_mut() {
+            let pressure = self
+                .paths
+                .memory_pressure
+                .as_deref()
+                .and_then(kernfs::read)
+                .as_deref()
+                .and_then(Pressure::parse);
+            let high = self
+                .paths
+                .memory_events_local
+                .as_deref()
+                .and_then(kernfs::read)
+                .map(|t| MemoryEvents::parse(&t).high);
+            if let (Some(p), Some(h)) = (pressure, high)
+                && let Some(f) = det.push(Sample::memory(now, p.some_us, h))
+            {
+                out.push(Found::Throttled {
+                    kind: EventKind::MemoryStall,
+                    percent: f.percent(),
+                    window_secs: f.window.as_secs() as u32,
+                });
+            }
+        }
+        out
+    }
+
+    /// When to sample next without a wake-up: soon while something is
+    /// going on, now and then when nothing can wake the watcher, else never.
+    fn next_sample(&self) -> Option<Instant> {
+        let hot = self.cpu.hot() || self.stall.as_ref().is_some_and(Detector::hot);
+        let blind = self.psi_cpu.is_none()
+            || matches!(self.memory, MemoryWake::None)
+            || (self.stall.is_some() && self.psi_memory.is_none());
+        if hot {
+            Some(Instant::now() + throttle::SAMPLE_EVERY)
+        } else if blind {
+            Some(Instant::now() + FALLBACK_SAMPLE)
+        } else {
+            None
+        }
+    }
+
+    /// v2: reads the memory events until the OOMs they show have their
+    /// kills (or waited long enough); the kills of the slice's own OOMs,
+    /// gathered over [`GATHER`].
+    async fn v2_kills(&mut self) -> u64 {
+        let mut kills = 0;
+        let mut gather_until: Option<Instant> = None;
+        loop {
+            let (sub, local) = self.memory_events();
+            let now = Instant::now();
+            if let Some(o) = self.v2.as_mut() {
+                kills += o.update(sub, local, now.into_std());
+            }
+            if kills > 0 && gather_until.is_none() {
+                gather_until = Some(now + GATHER);
+            }
+            let waiting = self.v2.as_ref().is_some_and(SliceOoms::waiting);
+            let gathering = gather_until.is_some_and(|t| now < t);
+            if !waiting && !gathering {
+                return kills;
+            }
+            tokio::time::sleep(REREAD).await;
+        }
+    }
+
+    /// v1: the eventfd fired `count` times; the kills at the slice's own
+    /// limit, gathered over [`GATHER`], or `None` when the slice is gone.
+    async fn v1_kills(&mut self, count: u64) -> Option<u64> {
+        let mut kills = match self.v1.fired(count, self.failcnt()) {
+            V1Firing::Kills(n) => n,
+            V1Firing::Ancestor => return Some(0),
+            V1Firing::Removed => return None,
+        };
+        tokio::time::sleep(GATHER).await;
+        if let Some(more) = self.read_eventfd() {
+            match self.v1.fired(more, self.failcnt()) {
+                V1Firing::Kills(n) => kills += n,
+                V1Firing::Ancestor => {}
+                // report what was found; the next wait sees the removal
+                V1Firing::Removed => {}
+            }
+        }
+        Some(kills)
+    }
+
+    /// The eventfd's count, if it fired (resets it).
+    fn read_eventfd(&self) -> Option<u64> {
+        let MemoryWake::EventFd(afd, _) = &self.memory else {
+            return None;
+        };
+        let mut buf = [0u8; 8];
+        match nix::unistd::read(afd.get_ref(), &mut buf) {
+            Ok(8) => Some(u64::from_ne_bytes(buf)),
+            _ => None,
+        }
+    }
+
+    /// Waits for the memory wake-up; `Some(count)` for the v1 eventfd's
+    /// count (1 for a v2 wake), `None` if it reports an error.
+    async fn memory_woken(&self) -> Option<u64> {
+        match &self.memory {
+            MemoryWake::None => std::future::pending().await,
+            MemoryWake::Events(fd) => (!woken(Some(fd)).await).then_some(1),
+            MemoryWake::EventFd(afd, _) => loop {
+                let Ok(mut guard) = afd.readable().await else {
+                    return None;
+                };
+                let mut buf = [0u8; 8];
+                match nix::unistd::read(afd.get_ref(), &mut buf) {
+                    Ok(8) => return Some(u64::from_ne_bytes(buf)),
+                    Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                    _ => return None,
+                }
+            },
+        }
+    }
+
+    async fn run<F, Fut>(&mut self, report: &F) -> End
+    where
+        F: Fn(Found) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut next = self.next_sample();
+        loop {
+            let mut found = Vec::new();
+            tokio::select! {
+                count = self.memory_woken() => {
+                    let kills = match (&self.memory, count) {
+                        (MemoryWake::EventFd(..), Some(c)) => match self.v1_kills(c).await {
+                            Some(k) => k,
+                            None => return End::SliceGone,
+                        },
+                        (MemoryWake::EventFd(..), None) => return End::SliceGone,
+                        (_, _) => {
+                            if self.gone() {
+                                return End::SliceGone;
+                            }
+                            self.v2_kills().await
+                        }
+                    };
+                    if kills > 0 {
+                        report(Found::OomKills { count: kills, slice: self.slice }).await;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                }
+                problem = woken(self.psi_cpu.as_ref()) => {
+                    if problem {
+                        if self.gone() {
+                            return End::SliceGone;
+                        }
+                        self.psi_cpu = None;
+                    }
+                    found = self.sample();
+                }
+                problem = woken(self.psi_memory.as_ref()) => {
+                    if problem {
+                        if self.gone() {
+                            return End::SliceGone;
+                        }
+                        self.psi_memory = None;
+                    }
+                    found = self.sample();
+                }
+                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                    if self.gone() {
+                        return End::SliceGone;
+                    }
+                    if matches!(self.memory, MemoryWake::None) {
+                        match self.paths.layout {
+                            Layout::Unified => {
+                                let kills = self.v2_kills().await;
+                                if kills > 0 {
+                                    found.push(Found::OomKills { count: kills, slice: self.slice });
+                                }
+                            }
+                            // v1 without the eventfd cannot tell a kill
+                            // (failcnt moves at the limit, kill or not)
+                            Layout::Hybrid | Layout::Legacy => {}
+                        }
+                    }
+                    found.extend(self.sample());
+                }
+            }
+            for f in found {
+                report(f).await;
+            }
+            next = self.next_sample();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::Layout;
+    use std::sync::{Arc, Mutex};
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    const SLICE: &str = "user.slice/user-1001.slice";
+
+    fn v2_files(root: &Path, throttled: u64, oom: u64, kills: u64) {
+        write(
+            root,
+            &format!("{SLICE}/cpu.stat"),
+            &format!("usage_usec 1\nnr_periods {throttled}\nnr_throttled {throttled}\n"),
+        );
+        write(root, &format!("{SLICE}/cpu.max"), "50000 100000\n");
+        write(
+            root,
+            &format!("{SLICE}/memory.events"),
+            &format!("low 0\nhigh 0\nmax 0\noom {oom}\noom_kill {kills}\n"),
+        );
+        write(
+            root,
+            &format!("{SLICE}/memory.events.local"),
+            &format!("low 0\nhigh 0\nmax 0\noom {oom}\noom_kill 0\n"),
+        );
+    }
+
+    /// Plain files cannot be polled or carry PSI triggers: the watcher falls
+    /// back to sampling, and the same decisions come out of it.
+    #[tokio::test(start_paused = true)]
+    async fn a_slice_that_cannot_be_polled_is_sampled() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        v2_files(&root, 0, 0, 0);
+        let paths = Paths::for_user(&root, Layout::Unified, 1001);
+        let seen: Arc<Mutex<Vec<Found>>> = Arc::default();
+        let s = seen.clone();
+        let task = tokio::spawn(watch(paths.clone(), move |f| {
+            let s = s.clone();
+            async move { s.lock().unwrap().push(f) }
+        }));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // an OOM at the slice's limit and its kill
+        v2_files(&root, 0, 1, 1);
+        tokio::time::sleep(FALLBACK_SAMPLE + Duration::from_secs(2)).await;
+        let id = slice_id(&paths).unwrap();
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [Found::OomKills {
+                count: 1,
+                slice: id
+            }]
+        );
+        // held at the quota: every 100 ms period throttled from now on
+        let mut throttled = 0;
+        for _ in 0..30 {
+            throttled += 100; // 10 s of periods
+            v2_files(&root, throttled, 1, 1);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let got = seen.lock().unwrap().clone();
+        let throttles: Vec<&Found> = got
+            .iter()
+            .filter(|f| matches!(f, Found::Throttled { .. }))
+            .collect();
+        assert_eq!(
+            throttles.len(),
+            1,
+            "one finding for the whole burst: {got:?}"
+        );
+        assert!(matches!(
+            throttles[0],
+            Found::Throttled { kind: EventKind::CpuThrottled, percent, window_secs: 60 } if *percent >= 50
+        ));
+        // the slice goes away: the watcher ends
+        std::fs::remove_dir_all(root.join(SLICE)).unwrap();
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(task.is_finished());
+        assert_eq!(task.await.unwrap(), End::SliceGone);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_slice_no_watcher() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths::for_user(t.path(), Layout::Unified, 1001);
+        let end = watch(paths, |_| async {}).await;
+        assert_eq!(end, End::NoSlice);
+    }
+
+    #[test]
+    fn slice_dirs_per_layout() {
+        let root = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            slice_dir(&Paths::for_user(root, Layout::Unified, 7)).unwrap(),
+            Path::new("/sys/fs/cgroup/user.slice/user-7.slice")
+        );
+        assert_eq!(
+            slice_dir(&Paths::for_user(root, Layout::Hybrid, 7)).unwrap(),
+            Path::new("/sys/fs/cgroup/memory/user.slice/user-7.slice")
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! The policy default from systemd's own drop-ins (issue 12,
+//! docs/design/defaults-from-systemd.md): each user's slice is kept equal to
+//! what fairshare's files say plus their runtime values, with one
+//! `SetUnitProperties` of only the keys that differ, and none at all for a
+//! login whose slice started from the right files.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fairshare_policy::{Identity, UserPolicy};
+use fairshare_proto::wire::Limits;
+
+use super::Service;
+use crate::defaults::{self, Base, Values, properties, values_of};
+use crate::dropin::Key;
+use crate::systemd::{Systemd, SystemdError};
+
+/// When the files of a change are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Files {
+    /// In the background, after the answer (logins, logouts, resizes: a
+    /// write with fsync costs milliseconds).
+    Later,
+}
+
+impl<S: Systemd> Service<S> {
+    /// What a user's file and slice should say: their base (policy
+    /// default, or exempt) and the values in force (`alloc`, or the base's).
+    pub(super) fn target(&self, up: &UserPolicy, alloc: Option<&Limits>) -> (Base, Values) {
+        let own = self.dropins.own();
+        match &up.exempt {
+            Some(_) => (Base::Exempt, own),
+            None => (
+                Base::of(&up.default),
+                values_of(alloc.unwrap_or(&up.default), &own),
+            ),
+        }
+    }
+
+    /// Makes the user's slice carry `target` and their own file say `base`:
+    /// one `SetUnitProperties` with the keys that differ from what is in
+    /// force (none when the slice already has them), then the file and the
+    /// runtime control files that only repeat it (see
+    /// [`crate::defaults`]). Returns the keys set. Call with the user's lock.
+    pub(super) async fn put_on_slice(
+        self: &Arc<Self>,
+        uid: u32,
+        base: Base,
+        why: impl FnOnce() -> String,
+        target: &Values,
+        files: Files,
+    ) -> Result<Vec<Key>, SystemdError> {
+        let keys = self.dropins.differing(uid, target);
+        if !keys.is_empty() {
+            self.systemd.set(uid, &properties(&keys)).await?;
+            self.counters.slice_writes.fetch_add(1, Ordering::Relaxed);
+            self.dropins.did_set(uid, &keys);
+        }
+        if !self.dropins.file_is(uid, &base) {
+            self.dropins.want(uid, base, why());
+        }
+        if self.dropins.unsettled(uid) {
+            match files {
+                Files::Later => self.settle_later(uid),
+            }
+        }
+        Ok(keys.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Writes the user's pending file and unlinks the runtime control files
+    /// that only repeat the files. Call with the user's lock.
+    pub(super) async fn settle(&self, uid: u32) {
+        let d = self.dropins.clone();
+        match tokio::task::spawn_blocking(move || d.settle(uid)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(uid, error = %e, "could not write the user's drop-in or remove their runtime control files")
+            }
+            Err(e) => tracing::error!(uid, error = %e, "writing the user's drop-in"),
+        }
+    }
+
+    /// [`Service::settle`] after the answer, under the user's lock.
+    fn settle_later(self: &Arc<Self>, uid: u32) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if let Some(s) = this.upgrade() {
+                let _guard = s.locks.lock(uid).await;
+                s.settle(uid).await;
+            }
+        });
+    }
+
+    /// An exempt user logs in: their slice gets systemd's own defaults (a
+    /// user of an exempt group never seen before started with the policy
+    /// default). Nothing to do, and no lock taken, when their file and
+    /// slice already say so.
+    pub(super) async fn lift_exempt(self: &Arc<Self>, id: &Identity, up: &UserPolicy) {
+        let own = self.dropins.own();
+        if self.dropins.file_is(id.uid, &Base::Exempt)
+            && self.dropins.differing(id.uid, &own).is_empty()
+        {
+            return;
+        }
+        let _guard = self.locks.lock(id.uid).await;
+        let why = || match &up.exempt {
+            Some(ex) => format!("{}: {ex}", id.name),
+            None => id.name.clone(),
+        };
+        match self
+            .put_on_slice(id.uid, Base::Exempt, why, &own, Files::Later)
+            .await
+        {
+            Ok(keys) if !keys.is_empty() => {
+                tracing::info!(uid = id.uid, user = %id.name, "{} is exempt: their slice is back to systemd's own defaults", id.name)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(uid = id.uid, user = %id.name, error = %e, "could not lift the limits of an exempt user")
+            }
+        }
+    }
+
+    /// Puts the policy in force on disk and on every running slice: plans G
+    /// and every own file, sets the running slices whose values change (one
+    /// call each, only the keys that change), writes the files, then
+    /// removes the runtime control files that only repeat them. Users whose
+    /// slice does not run get the files alone. Re-evaluates the ledger on
+    /// the way: resizes clamped to a lowered maximum, users who became
+    /// exempt or no longer exist let go. Returns the names of the users
+    /// whose limits changed.
+    pub(super) async fn refresh(self: &Arc<Self>) -> Vec<String> {
+        let policy = self.policy();
+        let tracked: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
+        let logind: Vec<u32> = match self.systemd.logind_users().await {
+            Ok(u) => u.into_iter().map(|(uid, _)| uid).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list logind's users; only tracked users' slices are set");
+                Vec::new()
+            }
+        };
+        let known = self.dropins.known_uids();
+        let running: BTreeSet<u32> = tracked
+            .iter()
+            .chain(&logind)
+            .copied()
+            .chain(
+                known
+                    .iter()
+                    .copied()
+                    .filter(|u| self.dropins.has_runtime(*u)),
+            )
+            .collect();
+        let extra: Vec<u32> = running.iter().chain(&known).copied().collect();
+        let dir = self.identities.directory();
+        let plan = {
+            let policy = policy.clone();
+            match tokio::task::spawn_blocking(move || defaults::plan(&policy, &*dir, &extra)).await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not plan the policy's drop-ins");
+                    return Vec::new();
+                }
+            }
+        };
+        let own = self.dropins.own();
+        let mut changed = Vec::new();
+        for uid in &running {
+            let uid = *uid;
+            let _guard = self.locks.lock(uid).await;
+            let tracked_here = self.store.read(|l| l.get(uid).is_some());
+            let mut name = self
+                .store
+                .read(|l| l.get(uid).map(|e| e.name.clone()))
+                .unwrap_or_else(|| uid.to_string());
+            let alloc = match self.identities.by_uid(uid, policy.uses_groups()).await {
+                Ok(id) => {
+                    name.clone_from(&id.name);
+                    let up = policy.for_user(&id);
+                    if let Some(ex) = &up.exempt {
+                        if tracked_here {
+                            tracing::info!(uid, user = %id.name, reason = %ex, "{} is now exempt; lifting their limits", id.name);
+                            self.store.mutate(|l| l.remove(uid));
+                            self.events_stopped(uid);
+                            changed.push(name.clone());
+                        }
+                        None
+                    } else {
+                        let now = self.now();
+                        let repolicied = self
+                            .store
+                            .mutate(|l| l.repolicy(uid, &up, now, policy.max_lease()));
+                        // a new leases.max_duration may have given a resize an end
+                        self.rearm_lease(uid);
+                        if let Some(c) = repolicied {
+                            tracing::info!(uid, user = %id.name, old = %c.old.map(|o| o.to_string()).unwrap_or_default(), new = %c.new, "limits of {} changed by the policy: {} -> {}", id.name, c.old.map(|o| o.to_string()).unwrap_or_default(), c.new);
+                            changed.push(name.clone());
+                        }
+                        Some(self.store.read(|l| l.effective(uid, &up)))
+                    }
+                }
+                Err(_) => {
+                    if tracked_here {
+                        tracing::warn!(
+                            uid,
+                            "uid {uid} no longer exists: dropping its allocation; its slice goes back to the policy default"
+                        );
+                        self.store.mutate(|l| l.remove(uid));
+                        self.events_stopped(uid);
+                        changed.push(name.clone());
+                    }
+                    None
+                }
+            };
+            let target = match (&plan.base(uid), alloc) {
+                (_, Some(a)) => values_of(&a, &own),
+                (Base::Limits(s), None) => defaults::values_of_settings(s, &own),
+                (Base::Exempt, None) => own.clone(),
+                (Base::Global, None) => defaults::values_of_settings(&plan.global, &own),
+            };
+            let keys = self.dropins.differing(uid, &target);
+            if keys.is_empty() {
+                continue;
+            }
+            match self.systemd.set(uid, &properties(&keys)).await {
+                Ok(()) => {
+                    self.counters.slice_writes.fetch_add(1, Ordering::Relaxed);
+                    self.dropins.did_set(uid, &keys);
+                    if let Some(a) = alloc {
+                        self.store.mutate(|l| l.mark_applied(uid, a));
+                    }
+                    if !changed.contains(&name) {
+                        changed.push(name);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(uid, error = %e, "could not set the policy on a running slice")
+                }
+            }
+        }
+        let d = self.dropins.clone();
+        let p = plan.clone();
+        // Serving with the last good policy: the drop-ins stay as they are
+        // until the file is fixed.
+        let broken = self.policy_problem().is_some();
+        match tokio::task::spawn_blocking(move || match broken {
+            false => d.write_all(&p.global, &p.global_why, &p.users).map(Some),
+            true => Ok(None),
+        })
+        .await
+        {
+            Ok(Ok(None)) => tracing::warn!(
+                "the policy on disk has errors: fairshare's drop-ins are left as they are"
+            ),
+            Ok(Ok(Some(w))) => {
+                for f in &w.foreign {
+                    tracing::warn!(path = %f.display(), "{} is not fairshare's: left as it is (see fairshared --check)", f.display());
+                }
+                if !w.written.is_empty() || !w.removed.is_empty() {
+                    tracing::info!(
+                        written = w.written.len(),
+                        removed = w.removed.len(),
+                        "policy defaults written to systemd's drop-ins"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not write the policy default drop-ins")
+            }
+            Err(e) => tracing::error!(error = %e, "writing the policy default drop-ins"),
+        }
+        let mut all: BTreeSet<u32> = running;
+        all.extend(self.dropins.known_uids());
+        for uid in all {
+            if self.dropins.unsettled(uid) {
+                let _guard = self.locks.lock(uid).await;
+                self.settle(uid).await;
+            }
+        }
+        changed.sort();
+        changed.dedup();
+        changed
+    }
+}

@@ -1,0 +1,158 @@
+//! `status` (one user) and `list` (every tracked user): read-only answers.
+
+use fairshare_policy::{Identity, UserPolicy};
+use fairshare_proto::wire::{
+    Capacity, Response, RootSetting, Source, StatusInfo, Usage, UserList, UserRef,
+};
+
+use super::{Reply, Service, ServiceError};
+use crate::admission::Peer;
+use crate::ledger::Entry;
+use crate::systemd::{Systemd, slice_name};
+
+/// How long `list` waits for the start-up catch-up.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl<S: Systemd> Service<S> {
+    /// The caller's allocation, or (root, or the caller by name) a named user's.
+    pub(super) async fn status(&self, peer: Peer, user: Option<UserRef>) -> Reply {
+        let (id, policy) = self
+            .subject(peer, user.as_ref(), || ServiceError::NotYours)
+            .await?;
+        let up = policy.for_user(&id);
+        let entry = self.store.read(|l| l.get(id.uid).cloned());
+        let cap = self.store.read(|l| l.capacity(&policy.capacity(self.host)));
+        let mut info = self.status_info(id.uid, &id.name, &up, entry.as_ref());
+        info.capacity = Some(cap);
+        if peer.is_root() {
+            info.warnings = self.policy_problem().into_iter().collect();
+        }
+        info.events = self.notices.recent(id.uid, super::notices::STATUS_EVENTS);
+        info.terminal_notices = Some(self.notices.setting(id.uid, policy.notices().terminal));
+        Ok(Response::StatusInfo(Box::new(info)))
+    }
+
+    fn status_info(
+        &self,
+        uid: u32,
+        name: &str,
+        up: &UserPolicy,
+        entry: Option<&Entry>,
+    ) -> StatusInfo {
+        let exempt = up.exempt.is_some();
+        let limits = entry.map_or(up.default, |e| e.limits);
+        let policy = match &up.exempt {
+            Some(ex) => vec![format!("exempt: {ex}")],
+            None => up.sources.clone(),
+        };
+        StatusInfo {
+            allocated_cpu: (!exempt).then_some(limits.cpu),
+            allocated_mem: (!exempt).then_some(limits.mem),
+            allocated_tasks: (!exempt).then_some(limits.tasks),
+            allocated_mem_high: if exempt { None } else { limits.mem_high },
+            uid,
+            user: name.to_string(),
+            slice: slice_name(uid),
+            source: match (exempt, entry) {
+                (true, _) => Source::Exempt,
+                (false, Some(e)) => e.source(uid),
+                (false, None) => Source::Default,
+            },
+            active: entry.is_some_and(|e| e.applied.is_some()),
+            default: (!exempt).then_some(up.default),
+            max: (!exempt).then_some(up.max),
+            policy,
+            sessions: entry.map_or(0, |e| e.sessions.len() as u32),
+            session_list: entry.map(|e| e.sessions.clone()).unwrap_or_default(),
+            expires_at: entry.and_then(|e| match &e.grant {
+                Some(g) => g.expires_at,
+                None => e.admin.as_ref().and_then(|a| a.expires_at),
+            }),
+            root_setting: entry
+                .and_then(|e| e.admin.as_ref())
+                .filter(|_| !exempt)
+                .map(|a| RootSetting {
+                    cpu: a.cpu,
+                    mem: a.mem,
+                    tasks: a.tasks,
+                    expires_at: a.expires_at,
+                }),
+            notice: entry.and_then(|e| e.notice.clone()),
+            usage: self.durable_usage(uid, self.usage(uid)),
+            capacity: None,
+            warnings: Vec::new(),
+            events: Vec::new(),
+            terminal_notices: None,
+        }
+    }
+
+    /// What the user's slice uses now, with its CPU time over a recent
+    /// window.
+    fn usage(&self, uid: u32) -> Usage {
+        let mut usage = self.cgroups.usage(uid);
+        if let Some(n) = usage.cpu_usage_nsec {
+            usage.cpu_recent = self.cpu_window.observe(uid, tokio::time::Instant::now(), n);
+        }
+        usage
+    }
+
+    /// Samples every tracked user's CPU time, so that `status` and `list`
+    /// have a window to report (fairshared calls this every
+    /// [`crate::cpu_window::SAMPLE_EVERY`], on the blocking pool: where the
+    /// host keeps no per-cgroup CPU figure it is a walk of each user's
+    /// processes, whose size the user chooses). Users no longer tracked are
+    /// forgotten.
+    pub fn sample_cpu(&self) {
+        let mut uids: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
+        uids.sort_unstable();
+        self.cpu_window.retain(|u| uids.binary_search(&u).is_ok());
+        let now = tokio::time::Instant::now();
+        for uid in uids {
+            if let Some(n) = self.cgroups.cpu_nsec(uid) {
+                self.cpu_window.observe(uid, now, n);
+            }
+        }
+    }
+
+    /// Every tracked user, with their usage.
+    pub(super) async fn list_rows(&self) -> (Vec<StatusInfo>, Capacity) {
+        let policy = self.policy();
+        let entries: Vec<(u32, Entry)> = self
+            .store
+            .read(|l| l.entries().map(|(u, e)| (*u, e.clone())).collect());
+        let mut users = Vec::with_capacity(entries.len());
+        for (uid, e) in entries {
+            let id = match self.identities.by_uid(uid, policy.uses_groups()).await {
+                Ok(id) => id,
+                Err(_) => Identity {
+                    uid,
+                    name: e.name.clone(),
+                    groups: Vec::new(),
+                },
+            };
+            let up = policy.for_user(&id);
+            users.push(self.status_info(uid, &id.name, &up, Some(&e)));
+        }
+        let capacity = self.store.read(|l| l.capacity(&policy.capacity(self.host)));
+        (users, capacity)
+    }
+
+    /// Every tracked user. Right after a start, waits for the catch-up
+    /// with logind (a few seconds at most), so that users it is about to
+    /// count are not missing; says so if it is still going on.
+    pub(super) async fn list(&self) -> Response {
+        let caught_up = self.wait_caught_up(CATCH_UP_WAIT).await;
+        let (users, capacity) = self.list_rows().await;
+        let mut warnings: Vec<String> = self.policy_problem().into_iter().collect();
+        if !caught_up {
+            warnings.push(
+                "fairshared is still catching up with logind after its start: users whose sessions it has not counted yet are missing; ask again in a moment".into(),
+            );
+        }
+        Response::UserList(UserList {
+            users,
+            capacity,
+            warnings,
+        })
+    }
+}

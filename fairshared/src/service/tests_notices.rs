@@ -1,0 +1,310 @@
+//! The service's side of issue 14 on the fake systemd: the login line in
+//! `session_open`'s answer, the `events` and `notices` requests, status,
+//! watchers per user, and what becomes of an event found.
+
+use std::sync::Arc;
+
+use fairshare_policy::{HostResources, Identity, Policy};
+use fairshare_proto::events::{EventKind, Notified};
+use fairshare_proto::units::{Bytes, Cpus};
+use fairshare_proto::wire::{ErrorCode, NoticesSource, Response, parse_request};
+
+use super::*;
+use crate::events::watch::Found;
+use crate::systemd::{Fake, LogindSession};
+use crate::users::LookupError;
+
+struct Table(Vec<Identity>);
+
+impl Directory for Table {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
+        Ok(self.0.iter().find(|i| i.uid == uid).cloned())
+    }
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
+        Ok(self.0.iter().find(|i| i.name == name).cloned())
+    }
+}
+
+fn service(policy: &str) -> Arc<Service<Fake>> {
+    let ids = ["root", "alice", "bob"]
+        .iter()
+        .zip([0, 1001, 1002])
+        .map(|(n, u)| Identity {
+            uid: u,
+            name: n.to_string(),
+            groups: vec![n.to_string()],
+        })
+        .collect();
+    Arc::new(Service::new(
+        Fake::default(),
+        Arc::new(Table(ids)),
+        Policy::from_sources(&[("p.yaml".into(), policy.into())]).unwrap(),
+        HostResources {
+            cpus: Cpus::whole(16),
+            mem: Bytes(64 << 30),
+        },
+        Cgroups::detect("/nonexistent-cgroup-root"),
+        None,
+    ))
+}
+
+const POLICY: &str = "defaults: {cpu: 2, mem: 8G}\nmax: {cpu: 8, mem: 32G}\n";
+
+async fn send(s: &Arc<Service<Fake>>, uid: u32, line: &str) -> Response {
+    s.handle(
+        Peer { uid, pid: None },
+        parse_request(line.as_bytes()).unwrap(),
+    )
+    .await
+}
+
+fn open_line(uid: u32) -> String {
+    format!(
+        r#"{{"type":"session_open","uid":{uid},"pid":{},"service":"sshd","tty":"ssh"}}"#,
+        std::process::id()
+    )
+}
+
+#[tokio::test]
+async fn the_login_line_comes_with_the_answer_to_session_open() {
+    let s = service(POLICY);
+    let Response::Success(ok) = send(&s, 0, &open_line(1001)).await else {
+        panic!("not a success")
+    };
+    assert_eq!(
+        ok.login_line.as_deref(),
+        Some(
+            "fairshare: 2 CPUs, 8G memory, 4096 tasks on this host (you may resize up to 8 CPUs, 32G: fairshare-ctl resize)"
+        )
+    );
+    // a resize with a lease says how long it has left
+    let r = send(
+        &s,
+        1001,
+        r#"{"type":"request_resources","cpu":4,"duration":"2h"}"#,
+    )
+    .await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    let Response::Success(ok) = send(&s, 0, &open_line(1001)).await else {
+        panic!("not a success")
+    };
+    let line = ok.login_line.unwrap();
+    assert!(
+        line.starts_with("fairshare: 4 CPUs, 8G memory, 4096 tasks on this host (resized, 1h59m")
+            || line
+                .starts_with("fairshare: 4 CPUs, 8G memory, 4096 tasks on this host (resized, 2h"),
+        "{line}"
+    );
+    // exempt users get none, nor does anyone when the policy says so
+    let Response::Success(ok) = send(&s, 0, &open_line(0)).await else {
+        panic!("not a success")
+    };
+    assert_eq!(ok.login_line, None);
+    let quiet = service(&format!("{POLICY}notices: {{login_line: false}}\n"));
+    let Response::Success(ok) = send(&quiet, 0, &open_line(1002)).await else {
+        panic!("not a success")
+    };
+    assert_eq!(ok.login_line, None);
+    assert!(ok.allocation.is_some());
+}
+
+#[tokio::test]
+async fn watchers_start_at_the_first_session_and_stop_at_the_last() {
+    let s = service(POLICY);
+    assert!(!s.notices.watchers.contains(&1001));
+    send(&s, 0, &open_line(1001)).await;
+    assert!(s.notices.watchers.contains(&1001));
+    let close = format!(
+        r#"{{"type":"session_close","uid":1001,"pid":{}}}"#,
+        std::process::id()
+    );
+    let r = send(&s, 0, &close).await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    assert!(!s.notices.watchers.contains(&1001));
+    // the sweep (start-up, logind) starts watchers for users with sessions
+    // and stops those of users without
+    send(&s, 0, &open_line(1002)).await;
+    s.events_stopped(1002);
+    s.events_started(1001);
+    s.sweep_event_watchers(None);
+    assert!(s.notices.watchers.contains(&1002));
+    s.sweep_event_watchers(Some(1001));
+    assert!(!s.notices.watchers.contains(&1001));
+}
+
+#[tokio::test]
+async fn a_follower_gets_the_list_then_each_new_event_of_its_user() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let s = service(POLICY);
+    let (client, server) = tokio::net::UnixStream::pair().unwrap();
+    let q = fairshare_proto::wire::EventsQuery {
+        follow: true,
+        ..Default::default()
+    };
+    let task = tokio::spawn({
+        let s = s.clone();
+        async move {
+            s.follow_events(
+                Peer {
+                    uid: 1001,
+                    pid: None,
+                },
+                q,
+                server,
+            )
+            .await
+        }
+    });
+    let mut lines = BufReader::new(client).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    assert!(first.contains(r#""type":"event_list""#), "{first}");
+    s.event_found(1002, Found::OomKills { count: 1, slice: 1 })
+        .await;
+    s.event_found(1001, Found::OomKills { count: 3, slice: 1 })
+        .await;
+    let next = lines.next_line().await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&next).unwrap();
+    assert_eq!(v["type"], "event");
+    assert_eq!(v["uid"], 1001, "only the follower's own: {next}");
+    assert_eq!(v["event"]["count"], 3);
+    // the daemon stops: followers hang up
+    s.stop_followers();
+    assert_eq!(lines.next_line().await.unwrap(), None);
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn events_are_the_callers_own_unless_root() {
+    let s = service(POLICY);
+    let Response::EventList(l) = send(&s, 1001, r#"{"type":"events"}"#).await else {
+        panic!("not an event list")
+    };
+    assert_eq!((l.uid, l.user.as_str()), (1001, "alice"));
+    assert!(l.events.is_empty());
+    assert_eq!(l.terminal_notices.source, NoticesSource::Policy);
+    assert!(l.terminal_notices.enabled);
+    for line in [
+        r#"{"type":"events","user":"bob"}"#,
+        r#"{"type":"events","user":1002}"#,
+        r#"{"type":"notices","terminal":"off","user":"bob"}"#,
+        // refused before any look-up: no telling who exists
+        r#"{"type":"events","user":"nosuch"}"#,
+        r#"{"type":"notices","terminal":"on","user":123456}"#,
+    ] {
+        let Response::Error(e) = send(&s, 1001, line).await else {
+            panic!("{line} allowed")
+        };
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{line}");
+        assert!(e.error.contains("leave out --user"), "{}", e.error);
+    }
+    let Response::EventList(l) = send(&s, 0, r#"{"type":"events","user":"bob"}"#).await else {
+        panic!("root may")
+    };
+    assert_eq!(l.uid, 1002);
+    let Response::Error(e) = send(&s, 0, r#"{"type":"events","user":"nosuch"}"#).await else {
+        panic!("no such user")
+    };
+    assert_eq!(e.code, ErrorCode::UnknownUser);
+}
+
+#[tokio::test]
+async fn an_event_is_recorded_told_or_not_and_shown_in_status() {
+    let s = service(POLICY);
+    send(&s, 0, &open_line(1001)).await;
+    // no terminal: recorded, not told
+    s.event_found(1001, Found::OomKills { count: 2, slice: 9 })
+        .await;
+    // notices off (saved choice): recorded as off, even with a terminal
+    let r = send(&s, 1001, r#"{"type":"notices","terminal":"off"}"#).await;
+    let Response::Success(ok) = r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        ok.message.contains("off (set with fairshare-ctl notices)"),
+        "{}",
+        ok.message
+    );
+    s.systemd().sessions.lock().unwrap().push(LogindSession {
+        id: "3".into(),
+        uid: 1001,
+        user: "alice".into(),
+        leader: 1,
+        tty: "pts/9999".into(),
+        ..LogindSession::default()
+    });
+    s.event_found(
+        1001,
+        Found::Throttled {
+            kind: EventKind::CpuThrottled,
+            percent: 93,
+            window_secs: 60,
+        },
+    )
+    .await;
+    let st = match send(&s, 1001, r#"{"type":"status"}"#).await {
+        Response::StatusInfo(st) => st,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(st.events.len(), 2);
+    let (kill, busy) = (&st.events[0], &st.events[1]);
+    assert_eq!(kill.kind, EventKind::OomKill);
+    assert_eq!((kill.count, kill.notified), (2, Notified::NoTerminal));
+    assert_eq!(kill.limit.mem, Some(Bytes(8 << 30)));
+    assert!(kill.processes.is_empty(), "no kernel log here");
+    assert_eq!(busy.kind, EventKind::CpuThrottled);
+    assert_eq!(busy.limit.cpu, Some(Cpus::whole(2)));
+    assert_eq!((busy.share_pct, busy.notified), (Some(93), Notified::Off));
+    let t = st.terminal_notices.unwrap();
+    assert!(!t.enabled);
+    assert_eq!(t.source, NoticesSource::User);
+    // back to the policy's default; events still listed, `since` filters
+    send(&s, 1001, r#"{"type":"notices","terminal":"default"}"#).await;
+    let Response::EventList(l) = send(&s, 1001, r#"{"type":"events"}"#).await else {
+        panic!("not an event list")
+    };
+    assert_eq!(l.events.len(), 2);
+    assert_eq!(l.terminal_notices.source, NoticesSource::Policy);
+    let since = format!(r#"{{"type":"events","since":{}}}"#, now() + 60);
+    let Response::EventList(l) = send(&s, 1001, &since).await else {
+        panic!("not an event list")
+    };
+    assert!(l.events.is_empty());
+    // the metrics count them
+    let Response::Metrics { text } = send(&s, 0, r#"{"type":"metrics"}"#).await else {
+        panic!("no metrics")
+    };
+    assert!(
+        text.contains("fairshare_events_total{kind=\"oom_kill\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fairshare_events_total{kind=\"cpu_throttled\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fairshare_notices_total{outcome=\"off\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("fairshare_event_watchers 1"), "{text}");
+}
+
+#[tokio::test]
+async fn the_policy_can_turn_terminal_notices_off_by_default() {
+    let s = service(&format!("{POLICY}notices: {{terminal: false}}\n"));
+    s.event_found(1001, Found::OomKills { count: 1, slice: 1 })
+        .await;
+    let Response::EventList(l) = send(&s, 1001, r#"{"type":"events"}"#).await else {
+        panic!("not an event list")
+    };
+    assert_eq!(l.events[0].notified, Notified::Off);
+    assert!(!l.terminal_notices.enabled);
+    send(&s, 1001, r#"{"type":"notices","terminal":"on"}"#).await;
+    let Response::EventList(l) = send(&s, 1001, r#"{"type":"events"}"#).await else {
+        panic!("not an event list")
+    };
+    assert!(l.terminal_notices.enabled);
+    assert_eq!(l.terminal_notices.source, NoticesSource::User);
+}
