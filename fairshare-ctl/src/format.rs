@@ -130,6 +130,10 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
             mem,
             mem_high: s.allocated_mem_high,
             tasks,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         };
         let from = match s.source {
             Source::Default => "policy default".to_string(),
@@ -336,6 +340,10 @@ mod tests {
             mem: Bytes(3 << 30),
             mem_high: None,
             tasks: Tasks(4096),
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         };
         StatusInfo {
             allocated_cpu: Some(l.cpu),

@@ -298,12 +298,14 @@ pub struct UserPolicy {
 impl UserPolicy {
     /// Limits for a given size, with the soft limit scaled to it.
     pub fn limits(&self, cpu: Cpus, mem: Bytes, tasks: Tasks) -> Limits {
-        Limits {
+        let mut l = Limits::new(
             cpu,
             mem,
-            mem_high: self.mem_high_ratio.map(|r| mem.scale(r).floor_mib()),
+            self.mem_high_ratio.map(|r| mem.scale(r).floor_mib()),
             tasks,
-        }
+        );
+        with_fair(&mut l, &self.fair(mem));
+        l
     }
 
     /// The fair-share settings at a given hard limit: a guarantee written as
@@ -316,6 +318,16 @@ impl UserPolicy {
         };
         f
     }
+}
+
+/// Carries the fair-share settings systemd applies per slice in `limits`
+/// (weights, guarantee, swap); IO limits and bursting stay in
+/// [`FairShare`].
+pub fn with_fair(limits: &mut Limits, f: &FairShare) {
+    limits.weight = f.weight;
+    limits.io_weight = f.io_weight;
+    limits.mem_low = f.mem_low.filter(|l| l.get() > 0);
+    limits.swap = f.swap.and_then(|s| s.limit());
 }
 
 /// The host's own size, read by the daemon.
@@ -391,14 +403,18 @@ impl Policy {
         let fair_default = resolve_fair(&d, r.default.mem, burst);
         let mut fair_max = resolve_fair(&m, r.max.mem, false);
         raise_to(&mut fair_max, &fair_default);
+        let mut default = r.default;
+        with_fair(&mut default, &fair_default);
+        let mut max = r.max;
+        with_fair(&mut max, &fair_max);
         UserPolicy {
             exempt: self.exemption(who),
             mem_low_ratio: match d.mem_low.as_ref().map(|v| v.0) {
                 Some(MemLow::Percent(p)) => Some(p / 100.0),
                 _ => None,
             },
-            default: r.default,
-            max: r.max,
+            default,
+            max,
             mem_high_ratio: r.ratio,
             fair_default,
             fair_max,
@@ -564,7 +580,10 @@ impl Policy {
     /// The policy default for a user no group or user rule names: what every
     /// user slice gets from systemd's drop-in.
     pub fn plain_default(&self) -> Limits {
-        resolve(&self.defaults, &self.max).default
+        let mut l = resolve(&self.defaults, &self.max).default;
+        let fair = resolve_fair(&self.defaults, l.mem, self.bursting.enabled);
+        with_fair(&mut l, &fair);
+        l
     }
 
     /// Whether any rule depends on a user's groups (`exempt.groups`,
@@ -943,12 +962,20 @@ fn resolve(d: &Partial, m: &Partial) -> Resolved {
             mem: dmem,
             mem_high: high(dmem),
             tasks: dtasks,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         },
         max: Limits {
             cpu: mcpu,
             mem: mmem,
             mem_high: high(mmem),
             tasks: mtasks,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         },
         ratio,
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::events::Event;
-use crate::units::{Bytes, Cpus, Quantity, Tasks, ValueError, parse_duration};
+use crate::units::{Bytes, Cpus, Quantity, Tasks, ValueError, Weight, parse_duration};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/fairshare.sock";
@@ -435,6 +435,59 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_high: Option<Bytes>,
     pub tasks: Tasks,
+    /// `CPUWeight=` (v1: `cpu.shares`), when the policy sets one (issue 15);
+    /// unset is systemd's default, 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Weight>,
+    /// `IOWeight=`, when the policy sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_weight: Option<Weight>,
+    /// `MemoryLow=`: memory protected from other users' pressure, when the
+    /// policy gives a guarantee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_low: Option<Bytes>,
+    /// `MemorySwapMax=` (`0`: no swap), when the policy limits swap; unset
+    /// is systemd's default, no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Bytes>,
+}
+
+impl Limits {
+    /// The ceilings alone, with systemd's defaults for the fair-share
+    /// settings (weights 100, no guarantee, swap unlimited).
+    pub fn new(cpu: Cpus, mem: Bytes, mem_high: Option<Bytes>, tasks: Tasks) -> Limits {
+        Limits {
+            cpu,
+            mem,
+            mem_high,
+            tasks,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
+        }
+    }
+
+    /// The fair-share settings, for people: `weight 200, IO weight 100,
+    /// 1G guaranteed, no swap` (empty when none is set).
+    pub fn fair_parts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(w) = self.weight {
+            out.push(format!("weight {w}"));
+        }
+        if let Some(w) = self.io_weight {
+            out.push(format!("IO weight {w}"));
+        }
+        if let Some(l) = self.mem_low {
+            out.push(format!("{} guaranteed", l.human()));
+        }
+        match self.swap {
+            Some(s) if s.get() == 0 => out.push("no swap".into()),
+            Some(s) => out.push(format!("swap {}", s.human())),
+            None => {}
+        }
+        out
+    }
 }
 
 impl fmt::Display for Limits {
@@ -449,7 +502,11 @@ impl fmt::Display for Limits {
         if let Some(h) = self.mem_high {
             write!(f, " (soft {})", h.human())?;
         }
-        write!(f, ", {} tasks", self.tasks)
+        write!(f, ", {} tasks", self.tasks)?;
+        for p in self.fair_parts() {
+            write!(f, ", {p}")?;
+        }
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use fairshare_policy::{Identity, Policy};
 use fairshare_proto::wire::Limits;
 
-use crate::dropin::{Entry, Key, Layout, OnDisk, Outcome, PropertyValue, Settings, Value};
+use crate::dropin::{Entry, Key, Layout, OnDisk, Outcome, PropertyValue, Settings, Value, normal};
 use crate::identity::Directory;
 
 /// Values of the managed keys (`None`: no limit, systemd's built-in
@@ -60,17 +60,12 @@ fn overlay(settings: Option<&Settings>, own: &Values) -> Values {
         .iter()
         .map(|k| {
             let v = match settings.and_then(|s| s.get(*k)) {
-                Some(v) => limit(v),
+                Some(v) => normal(*k, Some(v)),
                 None => own.get(k).copied().flatten(),
             };
             (*k, v)
         })
         .collect()
-}
-
-/// `infinity` is no limit.
-fn limit(v: Value) -> Option<Value> {
-    (v != Value::Infinity).then_some(v)
 }
 
 /// The values of an allocation on a slice.
@@ -248,12 +243,12 @@ impl DropIns {
     /// next sync sets it right. Shares (`33%`) cannot be compared with an
     /// absolute value and are taken as they are. Returns the keys that
     /// differed.
-    pub fn observed(&self, uid: u32, actual: [u64; 4]) -> Vec<Key> {
+    pub fn observed(&self, uid: u32, actual: crate::systemd::SliceValues) -> Vec<Key> {
         let mut m = self.lock();
         let now = Self::in_force_of(&m, uid);
         let mut differ = Vec::new();
         for (k, n) in Key::ALL.iter().zip(actual) {
-            let real = (n != u64::MAX).then_some(Value::Amount(n));
+            let real = normal(*k, Some(Value::Amount(n)));
             match now.get(k).copied().flatten() {
                 Some(Value::Share(_)) => continue,
                 model if model == real => continue,
@@ -442,7 +437,7 @@ impl DropIns {
 fn own_values(l: &Layout) -> io::Result<Values> {
     let mut out: Values = Key::ALL.iter().map(|k| (*k, None)).collect();
     for (k, a) in l.systemd_own(u32::MAX - 1)? {
-        out.insert(k, a.value.and_then(limit));
+        out.insert(k, normal(k, a.value));
     }
     Ok(out)
 }

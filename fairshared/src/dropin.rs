@@ -87,15 +87,21 @@ const MAX_FILE: u64 = 64 * 1024;
 
 // ---------------------------------------------------------------- keys
 
-/// A slice setting fairshare manages. Adding one (issue 15: CPUWeight,
-/// IOWeight, MemoryLow, MemorySwapMax, IO bandwidth) is a variant here, a
-/// `Spec` constant, an arm in [`Key::spec`] and an entry in `SPECS`.
+/// A slice setting fairshare manages. Adding one is a variant here, a
+/// `Spec` constant, an arm in [`Key::spec`] and an entry in `SPECS`. The
+/// fair-share keys of issue 15 (CPUWeight, IOWeight, MemoryLow,
+/// MemorySwapMax) follow the four ceilings; IO bandwidth limits, per disk,
+/// are not managed here yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     CpuQuota,
     MemoryMax,
     MemoryHigh,
     TasksMax,
+    CpuWeight,
+    IoWeight,
+    MemoryLow,
+    MemorySwapMax,
 }
 
 /// How a key's values are written and read.
@@ -109,6 +115,9 @@ pub enum Kind {
     Size,
     /// A count, a percentage of the host's task limit, or `infinity`.
     Count,
+    /// `CPUWeight=`, `IOWeight=`: 1 to 10000 (systemd's `idle` is not a
+    /// value fairshare writes, and is not read as one).
+    Weight,
 }
 
 /// Everything about one key: its names in unit files, on D-Bus and in the
@@ -129,6 +138,11 @@ pub struct Spec {
     pub control_files: &'static [&'static str],
     /// The policy field that sets it, for messages.
     pub policy_field: &'static str,
+    /// The D-Bus value of "not set": systemd's built-in default
+    /// (`u64::MAX`, infinity or an unset weight; `0` for `MemoryLow`).
+    pub unset: u64,
+    /// Whether `0` is a value (no swap, no guarantee).
+    pub zero: bool,
 }
 
 const CPU_QUOTA: Spec = Spec {
@@ -139,6 +153,8 @@ const CPU_QUOTA: Spec = Spec {
     scale_property: None,
     control_files: &["50-CPUQuota.conf"],
     policy_field: "defaults.cpu",
+    unset: u64::MAX,
+    zero: false,
 };
 const MEMORY_MAX: Spec = Spec {
     key: Key::MemoryMax,
@@ -148,6 +164,8 @@ const MEMORY_MAX: Spec = Spec {
     scale_property: Some("MemoryMaxScale"),
     control_files: &["50-MemoryMax.conf", "50-MemoryMaxScale.conf"],
     policy_field: "defaults.mem",
+    unset: u64::MAX,
+    zero: false,
 };
 const MEMORY_HIGH: Spec = Spec {
     key: Key::MemoryHigh,
@@ -157,6 +175,8 @@ const MEMORY_HIGH: Spec = Spec {
     scale_property: Some("MemoryHighScale"),
     control_files: &["50-MemoryHigh.conf", "50-MemoryHighScale.conf"],
     policy_field: "defaults.mem_high",
+    unset: u64::MAX,
+    zero: false,
 };
 const TASKS_MAX: Spec = Spec {
     key: Key::TasksMax,
@@ -166,8 +186,63 @@ const TASKS_MAX: Spec = Spec {
     scale_property: Some("TasksMaxScale"),
     control_files: &["50-TasksMax.conf", "50-TasksMaxScale.conf"],
     policy_field: "defaults.tasks",
+    unset: u64::MAX,
+    zero: false,
 };
-const SPECS: &[Spec] = &[CPU_QUOTA, MEMORY_MAX, MEMORY_HIGH, TASKS_MAX];
+const CPU_WEIGHT: Spec = Spec {
+    key: Key::CpuWeight,
+    name: "CPUWeight",
+    kind: Kind::Weight,
+    property: "CPUWeight",
+    scale_property: None,
+    control_files: &["50-CPUWeight.conf"],
+    policy_field: "defaults.weight",
+    unset: u64::MAX,
+    zero: false,
+};
+const IO_WEIGHT: Spec = Spec {
+    key: Key::IoWeight,
+    name: "IOWeight",
+    kind: Kind::Weight,
+    property: "IOWeight",
+    scale_property: None,
+    control_files: &["50-IOWeight.conf"],
+    policy_field: "defaults.io_weight",
+    unset: u64::MAX,
+    zero: false,
+};
+const MEMORY_LOW: Spec = Spec {
+    key: Key::MemoryLow,
+    name: "MemoryLow",
+    kind: Kind::Size,
+    property: "MemoryLow",
+    scale_property: Some("MemoryLowScale"),
+    control_files: &["50-MemoryLow.conf", "50-MemoryLowScale.conf"],
+    policy_field: "defaults.mem_low",
+    unset: 0,
+    zero: true,
+};
+const MEMORY_SWAP_MAX: Spec = Spec {
+    key: Key::MemorySwapMax,
+    name: "MemorySwapMax",
+    kind: Kind::Size,
+    property: "MemorySwapMax",
+    scale_property: Some("MemorySwapMaxScale"),
+    control_files: &["50-MemorySwapMax.conf", "50-MemorySwapMaxScale.conf"],
+    policy_field: "defaults.swap",
+    unset: u64::MAX,
+    zero: true,
+};
+const SPECS: &[Spec] = &[
+    CPU_QUOTA,
+    MEMORY_MAX,
+    MEMORY_HIGH,
+    TASKS_MAX,
+    CPU_WEIGHT,
+    IO_WEIGHT,
+    MEMORY_LOW,
+    MEMORY_SWAP_MAX,
+];
 
 impl Key {
     /// Every key fairshare manages, in the order files list them.
@@ -176,6 +251,10 @@ impl Key {
         Key::MemoryMax,
         Key::MemoryHigh,
         Key::TasksMax,
+        Key::CpuWeight,
+        Key::IoWeight,
+        Key::MemoryLow,
+        Key::MemorySwapMax,
     ];
 
     pub fn spec(self) -> &'static Spec {
@@ -184,6 +263,10 @@ impl Key {
             Key::MemoryMax => &MEMORY_MAX,
             Key::MemoryHigh => &MEMORY_HIGH,
             Key::TasksMax => &TASKS_MAX,
+            Key::CpuWeight => &CPU_WEIGHT,
+            Key::IoWeight => &IO_WEIGHT,
+            Key::MemoryLow => &MEMORY_LOW,
+            Key::MemorySwapMax => &MEMORY_SWAP_MAX,
         }
     }
 
@@ -195,6 +278,15 @@ impl Key {
     pub fn from_name(name: &str) -> Option<Key> {
         SPECS.iter().find(|s| s.name == name).map(|s| s.key)
     }
+}
+
+/// One value per key, in [`Key::ALL`] order.
+pub fn per_key(f: impl Fn(Key) -> u64) -> [u64; Key::ALL.len()] {
+    let mut out = [0; Key::ALL.len()];
+    for (o, k) in out.iter_mut().zip(Key::ALL) {
+        *o = f(*k);
+    }
+    out
 }
 
 impl fmt::Display for Key {
@@ -249,6 +341,10 @@ impl Value {
                 // 1% of one CPU is 10 ms per second.
                 Ok(Some(Value::Amount(u64::from(p) * 100)))
             }
+            Kind::Weight => match raw.parse::<u64>() {
+                Ok(n @ 1..=10_000) => Ok(Some(Value::Amount(n))),
+                _ => Err(bad()),
+            },
             Kind::Size | Kind::Count => {
                 if raw == "infinity" {
                     return Ok(Some(Value::Infinity));
@@ -266,6 +362,7 @@ impl Value {
                 }
                 .ok_or_else(bad)?;
                 match n {
+                    0 if key.spec().zero => Ok(Some(Value::Amount(0))),
                     0 | u64::MAX => Err(bad()),
                     n => Ok(Some(Value::Amount(n))),
                 }
@@ -283,6 +380,8 @@ impl Value {
                 fmt_share(usec / 100)
             }
             (Kind::Quota, Value::Share(p)) => fmt_share(u64::from(p)),
+            // never written: an unset weight is the empty assignment
+            (Kind::Weight, Value::Infinity) => String::new(),
             (_, Value::Infinity) => "infinity".into(),
             (_, Value::Amount(n)) => n.to_string(),
             (_, Value::Share(p)) => fmt_share(u64::from(p)),
@@ -370,6 +469,17 @@ fn parse_size(s: &str) -> Option<u64> {
     Some(v)
 }
 
+/// A value as the model holds it: `None` for systemd's built-in default,
+/// however it is written (`infinity`, an empty assignment, or the default
+/// amount itself, as `MemoryLow=0`).
+pub fn normal(key: Key, v: Option<Value>) -> Option<Value> {
+    match v {
+        None | Some(Value::Infinity) => None,
+        Some(Value::Amount(n)) if n == key.spec().unset => None,
+        v => v,
+    }
+}
+
 /// A value to send with `SetUnitProperties`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PropertyValue {
@@ -390,7 +500,8 @@ pub enum PropertyValue {
 pub fn property(key: Key, value: Option<Value>) -> (&'static str, PropertyValue) {
     let spec = key.spec();
     match value {
-        None | Some(Value::Infinity) => (spec.property, PropertyValue::U64(u64::MAX)),
+        None => (spec.property, PropertyValue::U64(spec.unset)),
+        Some(Value::Infinity) => (spec.property, PropertyValue::U64(u64::MAX)),
         Some(Value::Amount(n)) => (spec.property, PropertyValue::U64(n)),
         Some(Value::Share(p)) => match spec.scale_property {
             Some(scale) => (
@@ -426,6 +537,21 @@ impl Settings {
             s.insert(Key::MemoryHigh, Value::Amount(h.get()));
         }
         s.insert(Key::TasksMax, Value::Amount(limits.tasks.get()));
+        // The fair-share settings only where the policy sets them, so that
+        // systemd's own defaults (weight 100, no guarantee, swap unlimited)
+        // apply otherwise.
+        if let Some(w) = limits.weight {
+            s.insert(Key::CpuWeight, Value::Amount(w.get()));
+        }
+        if let Some(w) = limits.io_weight {
+            s.insert(Key::IoWeight, Value::Amount(w.get()));
+        }
+        if let Some(l) = limits.mem_low.filter(|l| l.get() > 0) {
+            s.insert(Key::MemoryLow, Value::Amount(l.get()));
+        }
+        if let Some(sw) = limits.swap {
+            s.insert(Key::MemorySwapMax, Value::Amount(sw.get()));
+        }
         Settings(s)
     }
 
@@ -918,7 +1044,7 @@ impl Layout {
                 continue;
             };
             for a in slice_assignments(&path, &text) {
-                out.insert(a.key, a.value.filter(|v| *v != Value::Infinity));
+                out.insert(a.key, normal(a.key, a.value));
             }
         }
         out

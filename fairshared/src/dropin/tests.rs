@@ -11,6 +11,10 @@ fn limits(cpu_millis: u64, mem: u64, mem_high: Option<u64>, tasks: u64) -> Limit
         mem: Bytes(mem),
         mem_high: mem_high.map(Bytes),
         tasks: Tasks(tasks),
+        weight: None,
+        io_weight: None,
+        mem_low: None,
+        swap: None,
     }
 }
 
@@ -170,7 +174,7 @@ fn parses_sections_comments_and_continued_lines() {
     // leaves them out.
     let a = slice_assignments(
         Path::new("/x.conf"),
-        "[Service]\nTasksMax=5\n[Slice]\nTasksMax=bogus\nTasksMax=7\nCPUWeight=20\n",
+        "[Service]\nTasksMax=5\n[Slice]\nTasksMax=bogus\nTasksMax=7\nCPUWeight=idle\n",
     );
     assert_eq!(a.len(), 1);
     assert_eq!(
@@ -196,10 +200,23 @@ fn sets_a_running_slice_as_a_reload_would() {
         property(Key::TasksMax, Some(Value::Amount(4096))),
         ("TasksMax", U64(4096))
     );
-    // Nothing set by anyone: systemd's built-in default, no limit.
+    // Nothing set by anyone: systemd's built-in default, no limit (no
+    // guarantee for MemoryLow, whose default is 0, not infinity).
     for k in Key::ALL {
-        assert_eq!(property(*k, None).1, U64(u64::MAX), "{k}");
+        let unset = match k {
+            Key::MemoryLow => 0,
+            _ => u64::MAX,
+        };
+        assert_eq!(property(*k, None).1, U64(unset), "{k}");
     }
+    assert_eq!(
+        property(Key::CpuWeight, Some(Value::Amount(200))),
+        ("CPUWeight", U64(200))
+    );
+    assert_eq!(
+        property(Key::MemorySwapMax, Some(Value::Amount(0))),
+        ("MemorySwapMax", U64(0))
+    );
     assert_eq!(
         property(Key::CpuQuota, Some(Value::Amount(2_000_000))),
         ("CPUQuotaPerSecUSec", U64(2_000_000))
@@ -218,7 +235,8 @@ fn every_key_has_its_row() {
         assert!(k.spec().control_files.iter().all(|f| NAME < *f));
     }
     assert_eq!(SPECS.len(), Key::ALL.len());
-    assert_eq!(Key::from_name("CPUWeight"), None);
+    assert_eq!(Key::from_name("CPUWeight"), Some(Key::CpuWeight));
+    assert_eq!(Key::from_name("StartupCPUWeight"), None);
 }
 
 proptest! {
@@ -399,16 +417,20 @@ fn control_files_of_managed_keys_are_found_and_removed() {
         "50-MemoryMaxScale.conf",
         "50-TasksMaxScale.conf",
         "50-CPUWeight.conf",
+        "50-StartupCPUWeight.conf",
     ] {
         put(&d.join(f), "[Slice]\n");
     }
     assert_eq!(
         l.control_keys(1001),
-        [Key::CpuQuota, Key::MemoryMax, Key::TasksMax]
+        [Key::CpuQuota, Key::MemoryMax, Key::TasksMax, Key::CpuWeight]
     );
     assert_eq!(
         l.users_with_control_files().unwrap(),
-        [(1001, vec![Key::CpuQuota, Key::MemoryMax, Key::TasksMax])]
+        [(
+            1001,
+            vec![Key::CpuQuota, Key::MemoryMax, Key::TasksMax, Key::CpuWeight]
+        )]
     );
     // Both files that can set MemoryMax go.
     assert_eq!(
@@ -416,11 +438,14 @@ fn control_files_of_managed_keys_are_found_and_removed() {
             .unwrap(),
         2
     );
-    assert_eq!(l.control_keys(1001), [Key::CpuQuota, Key::TasksMax]);
-    assert_eq!(l.remove_control_files(1001, Key::ALL).unwrap(), 2);
+    assert_eq!(
+        l.control_keys(1001),
+        [Key::CpuQuota, Key::TasksMax, Key::CpuWeight]
+    );
+    assert_eq!(l.remove_control_files(1001, Key::ALL).unwrap(), 3);
     // Not ours: stays, and so does its directory.
-    assert!(d.join("50-CPUWeight.conf").exists());
-    fs::remove_file(d.join("50-CPUWeight.conf")).unwrap();
+    assert!(d.join("50-StartupCPUWeight.conf").exists());
+    fs::remove_file(d.join("50-StartupCPUWeight.conf")).unwrap();
     put(&d.join("50-TasksMax.conf"), "[Slice]\n");
     l.remove_control_files(1001, Key::ALL).unwrap();
     assert!(!d.exists());

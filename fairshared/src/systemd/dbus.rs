@@ -218,17 +218,12 @@ impl Systemd for Dbus {
                         "org.freedesktop.systemd1.Slice",
                     ))
                     .await?;
-                let get = |k: &str| {
-                    all.get(k)
+                let get = |k: crate::dropin::Key| {
+                    all.get(k.spec().property)
                         .and_then(|v| u64::try_from(v).ok())
-                        .unwrap_or(u64::MAX)
+                        .unwrap_or(k.spec().unset)
                 };
-                Ok(Some([
-                    get("CPUQuotaPerSecUSec"),
-                    get("MemoryMax"),
-                    get("MemoryHigh"),
-                    get("TasksMax"),
-                ]))
+                Ok(Some(crate::dropin::per_key(get)))
             }
         })
         .await

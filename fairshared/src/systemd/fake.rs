@@ -19,7 +19,7 @@ use fairshare_proto::units::{Bytes, Cpus, Tasks};
 use fairshare_proto::wire::Limits;
 
 use super::{LogindSession, PropertyValue, SliceValues, Systemd, SystemdError, slice_name};
-use crate::dropin::{Key, Layout, Value, write_atomic};
+use crate::dropin::{Key, Layout, Value, normal, write_atomic};
 
 /// One recorded call to the fake.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +163,10 @@ impl Fake {
             mem: Bytes(amount(Key::MemoryMax)?),
             mem_high: amount(Key::MemoryHigh).map(Bytes),
             tasks: Tasks(amount(Key::TasksMax)?),
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         })
     }
 
@@ -186,8 +190,7 @@ fn decode(name: &str, v: PropertyValue) -> Option<(Key, Option<Value>)> {
         let spec = k.spec();
         if spec.property == name {
             return Some(match v {
-                PropertyValue::U64(u64::MAX) => (*k, None),
-                PropertyValue::U64(n) => (*k, Some(Value::Amount(n))),
+                PropertyValue::U64(n) => (*k, normal(*k, Some(Value::Amount(n)))),
                 PropertyValue::U32(n) => (*k, Some(Value::Amount(u64::from(n)))),
             });
         }
@@ -250,7 +253,13 @@ impl Systemd for Fake {
                     "# This is a drop-in unit file extension, created via \"systemctl set-property\"\n\
                      # or an equivalent operation. Do not edit.\n[Slice]\n{}={}\n",
                     key.name(),
-                    value.map_or_else(|| Value::Infinity.render(key), |v| v.render(key))
+                    value.map_or_else(
+                        || match spec.unset {
+                            u64::MAX => Value::Infinity.render(key),
+                            n => n.to_string(),
+                        },
+                        |v| v.render(key)
+                    )
                 );
                 let _ = write_atomic(&l.control_dir(uid), file, &text);
             }
@@ -271,14 +280,9 @@ impl Systemd for Fake {
             Some(Value::Amount(n)) => n,
             // what a share comes to on this made-up host: 10 000 tasks
             Some(Value::Share(p)) => u64::from(p),
-            _ => u64::MAX,
+            _ => k.spec().unset,
         };
-        Ok(Some([
-            n(Key::CpuQuota),
-            n(Key::MemoryMax),
-            n(Key::MemoryHigh),
-            n(Key::TasksMax),
-        ]))
+        Ok(Some(crate::dropin::per_key(n)))
     }
 
     async fn adopt(&self, uid: u32, process: &crate::proc::Pinned) -> Result<String, SystemdError> {

@@ -97,9 +97,11 @@ pub trait Systemd: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<LogindSession>, SystemdError>> + Send;
 }
 
-/// The values of `CPUQuotaPerSecUSec`, `MemoryMax`, `MemoryHigh` and
-/// `TasksMax` on a slice, in that order (`u64::MAX`: no limit).
-pub type SliceValues = [u64; 4];
+/// The values of the managed keys' properties on a slice, in
+/// [`Key::ALL`](crate::dropin::Key::ALL) order (`CPUQuotaPerSecUSec`,
+/// `MemoryMax`, `MemoryHigh`, `TasksMax`, `CPUWeight`, `IOWeight`,
+/// `MemoryLow`, `MemorySwapMax`); a key's `Spec::unset` when not set.
+pub type SliceValues = [u64; crate::dropin::Key::ALL.len()];
 
 /// One logind session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

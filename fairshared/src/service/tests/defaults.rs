@@ -111,6 +111,14 @@ fn amount(n: u64) -> Option<Value> {
 }
 
 /// cpu (CPUs), mem (GiB), tasks as the values on a slice.
+/// The fair-share keys, unset unless a test's policy sets them.
+const FAIR_KEYS: &[Key] = &[
+    Key::CpuWeight,
+    Key::IoWeight,
+    Key::MemoryLow,
+    Key::MemorySwapMax,
+];
+
 fn limited(cpu: u64, mem_g: u64, tasks: u64) -> crate::defaults::Values {
     [
         (Key::CpuQuota, amount(cpu * 1_000_000)),
@@ -119,6 +127,7 @@ fn limited(cpu: u64, mem_g: u64, tasks: u64) -> crate::defaults::Values {
         (Key::TasksMax, amount(tasks)),
     ]
     .into_iter()
+    .chain(FAIR_KEYS.iter().map(|k| (*k, None)))
     .collect()
 }
 
@@ -131,6 +140,7 @@ fn systemds_own() -> crate::defaults::Values {
         (Key::TasksMax, Some(Value::Share(3300))),
     ]
     .into_iter()
+    .chain(FAIR_KEYS.iter().map(|k| (*k, None)))
     .collect()
 }
 
@@ -562,4 +572,78 @@ async fn a_slice_that_started_before_the_files_were_written_is_set_at_start() {
     assert!(control_files(&s, 1001).is_empty());
     s.systemd().daemon_reload();
     assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+}
+
+const FAIR: &str = "\
+defaults: {cpu: 2, mem: 8G, tasks: 500, weight: 200, mem_low: 1G, swap: 0}
+max: {cpu: 8, mem: 32G, weight: 400}
+capacity: {cpu: 16, mem: 64G, overcommit: 1}
+users:
+  bob:
+    defaults: {weight: 100, io_weight: 300, swap: max}
+";
+
+/// Issue 15: the fair-share keys go the way of the ceilings: in the policy
+/// default's drop-in, in a user's own, and on running slices by one call of
+/// the keys that change (a weight alone), never a stray "infinity" for a
+/// guarantee (MemoryLow's unset value is 0).
+#[tokio::test]
+async fn weights_guarantee_and_swap_go_into_the_dropins_and_onto_running_slices() {
+    let (s, _, d) = site(FAIR);
+    s.catch_up().await;
+    let g = std::fs::read_to_string(layout(&s).global_file()).unwrap();
+    for line in [
+        "CPUWeight=200\n",
+        "MemoryLow=1073741824\n",
+        "MemorySwapMax=0\n",
+    ] {
+        assert!(g.contains(line), "{line} in {g}");
+    }
+    assert!(!g.contains("IOWeight"), "{g}");
+    // bob's own file: his weights, and no swap limit
+    let u = std::fs::read_to_string(layout(&s).user_file(1002)).unwrap();
+    assert!(
+        u.contains("CPUWeight=100\n") && u.contains("IOWeight=300\n"),
+        "{u}"
+    );
+    assert!(!u.contains("MemorySwapMax"), "{u}");
+    // slices that start get them from the files: no call at login
+    s.systemd().start_slice(1001);
+    s.systemd().start_slice(1002);
+    let (a, b) = (Proc::new(), Proc::new());
+    open(&s, 1001, &a).await;
+    open(&s, 1002, &b).await;
+    assert_eq!(s.systemd().sets(1001) + s.systemd().sets(1002), 0);
+    let alice = s.systemd().in_force(1001);
+    assert_eq!(alice[&Key::CpuWeight], amount(200));
+    assert_eq!(alice[&Key::MemoryLow], amount(1 << 30));
+    assert_eq!(alice[&Key::MemorySwapMax], amount(0));
+    let bob = s.systemd().in_force(1002);
+    assert_eq!(bob[&Key::IoWeight], amount(300));
+    assert_eq!(bob[&Key::MemorySwapMax], None);
+    // a changed weight reaches the running slice as one property
+    std::fs::write(
+        d.path().join("p.yaml"),
+        FAIR.replace("weight: 200,", "weight: 300,"),
+    )
+    .unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(s.systemd().sets(1001), 1);
+    assert_eq!(
+        last_set(&s),
+        [("CPUWeight".to_string(), PropertyValue::U64(300))]
+    );
+    assert_eq!(s.systemd().in_force(1001)[&Key::CpuWeight], amount(300));
+    // a policy without the guarantee puts MemoryLow back to 0, not infinity
+    std::fs::write(d.path().join("p.yaml"), FAIR.replace(" mem_low: 1G,", "")).unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    let props = last_set(&s);
+    assert!(
+        props.contains(&("MemoryLow".to_string(), PropertyValue::U64(0))),
+        "{props:?}"
+    );
+    // memory and disk agree
+    let before = s.systemd().in_force(1001);
+    s.systemd().daemon_reload();
+    assert_eq!(s.systemd().in_force(1001), before);
 }
