@@ -143,6 +143,12 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
         };
         let _ = writeln!(out, "  allocation: {l} ({from})");
     }
+    if !s.fair.is_empty() {
+        let _ = writeln!(out, "  fair share: {}", s.fair.join(", "));
+    }
+    for u in &s.unenforced {
+        let _ = writeln!(out, "  not enforced here: {u}");
+    }
     if let Some(r) = &s.root_setting {
         let until = match r.expires_at {
             Some(t) => format!("ends {}", when(t)),
@@ -346,6 +352,8 @@ mod tests {
             swap: None,
         };
         StatusInfo {
+            fair: Vec::new(),
+            unenforced: Vec::new(),
             allocated_cpu: Some(l.cpu),
             allocated_mem: Some(l.mem),
             allocated_tasks: Some(l.tasks),

@@ -614,6 +614,14 @@ pub struct StatusInfo {
     pub allocated_tasks: Option<Tasks>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_mem_high: Option<Bytes>,
+    /// The allocation's fair-share settings, for people (`weight 200`,
+    /// `256M guaranteed`, `no swap`; issue 15).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fair: Vec<String>,
+    /// Settings of this user's that this host's cgroup layout cannot enforce,
+    /// each with why (`mem_low 256M: has no effect on cgroup v1 ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unenforced: Vec<String>,
     pub uid: u32,
     pub user: String,
     pub slice: String,
@@ -916,6 +924,8 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"], "no");
         let status = StatusInfo {
+            fair: Vec::new(),
+            unenforced: Vec::new(),
             allocated_cpu: Some(Cpus::whole(4)),
             allocated_mem: Some(Bytes(16 << 30)),
             allocated_tasks: Some(Tasks(4096)),

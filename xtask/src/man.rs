@@ -539,7 +539,7 @@ fn policy_page() -> String {
     r.control("fi", []);
     para(
         &mut r,
-        "Fair share under contention: weights, a memory guarantee, swap and IO limits, named tiers, and bursting into idle CPU. Five tiers (critical, high, normal, low, scavenger) ship as an example policy in the fairshare sources, docs/examples/tiers.yaml. In this version fairshared --check and fairshare-ctl check read, validate and summarise these keys, and warn about those the host's cgroup layout cannot enforce; fairshared does not apply them to user slices yet.",
+        "Fair share under contention: weights, a memory guarantee, swap and IO limits, named tiers, and bursting into idle CPU. Five tiers (critical, high, normal, low, scavenger) ship as an example policy in the fairshare sources, docs/examples/tiers.yaml. fairshared --check and fairshare-ctl check read, validate and summarise these keys, and warn about those the host's cgroup layout cannot enforce. In this version fairshared applies weight, io_weight, mem_low and swap to user slices (systemd drop-ins and running slices, like the ceilings); io limits, resizes of these keys, the capacity.mem_low total and bursting are not applied yet.",
     );
     r.control("nf", []);
     r.text([roman(
