@@ -3,9 +3,11 @@
 //! [`Limits`](fairshare_proto::wire::Limits), bursting into idle CPU, and
 //! what each cgroup layout can enforce.
 //!
-//! [`FairShare`] is what the daemon applies next to a user's `Limits`; it is
-//! kept apart from the wire type until the daemon carries it (phase B of
-//! issue 15), when it is merged into `Limits`.
+//! [`FairShare`] is what the policy resolves for a user; the settings
+//! systemd applies per slice (weights, guarantee, swap) are copied into the
+//! wire type's `Limits` (`with_fair` in policy.rs), which the daemon
+//! writes into drop-ins and onto slices. IO limits and bursting stay here
+//! (not applied yet).
 
 use std::collections::BTreeMap;
 use std::fmt;
