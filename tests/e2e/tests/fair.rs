@@ -1,7 +1,7 @@
 //! Fair share under contention (issue 15): CPU weights from the policy reach
 //! the drop-ins and the kernel, and the kernel splits the CPUs by them.
 //! Asserted on the cgroup files (`cpu.shares`) and on the CPU time the two
-//! slices really used (`cpuacct.usage`), never on what fairshared reports.
+//! slices really used (`cpu.stat`, `cpuacct.usage`), never on what fairshared reports.
 //!
 //! Run in the container (hybrid cgroups) by script/test. Self-contained: it
 //! uses only `Host` and its plain helpers.
@@ -45,15 +45,30 @@ fn expect_shares(h: &Host, uid: u32, want: u64) {
     assert_eq!(shares(h, uid), Some(want), "cpu.shares of user-{uid}.slice");
 }
 
-/// CPU time of a user's slice, in ns, from the kernel's accounting.
+/// CPU time of a user's slice, in ns, from the kernel's accounting:
+/// `usage_usec` of the v2 `cpu.stat` (the hybrid layout's `unified`
+/// hierarchy keeps it for every cgroup), else v1 `cpuacct.usage`.
 fn usage(h: &Host, uid: u32) -> u64 {
+    let s = format!("user.slice/user-{uid}.slice");
+    for f in [
+        format!("/sys/fs/cgroup/unified/{s}/cpu.stat"),
+        format!("/sys/fs/cgroup/{s}/cpu.stat"),
+    ] {
+        if let Some(v) = h.read(&f).and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        }) {
+            return v * 1000;
+        }
+    }
     for dir in ["cpu,cpuacct", "cpuacct"] {
-        let f = format!("/sys/fs/cgroup/{dir}/user.slice/user-{uid}.slice/cpuacct.usage");
-        if let Some(v) = h.read(&f).and_then(|s| s.trim().parse().ok()) {
+        let f = format!("/sys/fs/cgroup/{dir}/{s}/cpuacct.usage");
+        if let Some(v) = h.read(&f).and_then(|t| t.trim().parse().ok()) {
             return v;
         }
     }
-    panic!("no cpuacct.usage for user-{uid}.slice");
+    panic!("no cpu.stat or cpuacct.usage for user-{uid}.slice");
 }
 
 /// CPU time A and B used over 10 s while both run 4 busy threads.
