@@ -189,6 +189,13 @@ impl<S: Systemd> Service<S> {
                         None
                     } else {
                         let now = self.now();
+                        // a lease that ran out (while fairshared was stopped,
+                        // or just now) ends here, before the slice is compared
+                        if let Some(c) = self.store.mutate(|l| l.expire_due(uid, now, &up)) {
+                            self.counters.leases_expired.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(uid, user = %id.name, old = %c.old.map(|o| o.to_string()).unwrap_or_default(), new = %c.new, "a lease of {} has run out: {} -> {}", id.name, c.old.map(|o| o.to_string()).unwrap_or_default(), c.new);
+                            changed.push(name.clone());
+                        }
                         let repolicied = self
                             .store
                             .mutate(|l| l.repolicy(uid, &up, now, policy.max_lease()));

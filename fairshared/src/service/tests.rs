@@ -1429,3 +1429,115 @@ async fn a_users_status_about_someone_else_is_refused_before_anyone_else_is_look
 /// Issue 12 and the reload parts of issue 17: the policy default from
 /// systemd's drop-ins.
 mod defaults;
+
+/// A user database that fails every lookup while `down` (NSS unreachable).
+struct Flaky {
+    table: Arc<Table>,
+    down: std::sync::atomic::AtomicBool,
+    /// Lookups refused.
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+impl Directory for Flaky {
+    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(LookupError {
+                what: format!("uid {uid}"),
+                source: nix::Error::EAGAIN,
+            });
+        }
+        self.table.by_uid(uid)
+    }
+    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
+        self.table.by_name(name)
+    }
+}
+
+/// The user database down at the lease's end: the lease ends once it
+/// answers again, not never.
+#[tokio::test(start_paused = true)]
+async fn a_lease_ends_even_when_the_user_lookup_fails_at_its_end() {
+    let dir = Arc::new(Flaky {
+        table: users(),
+        down: false.into(),
+        refused: 0.into(),
+    });
+    let s = Arc::new(new_service(dir.clone(), parse(POLICY), None).with_clock(Clock::tokio()));
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":4,"duration":"60s"}"#,
+        )
+        .await,
+    );
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(4));
+    dir.down.store(true, Ordering::SeqCst);
+    s.identities.forget();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    wait_until(|| dir.refused.load(Ordering::SeqCst) > 0).await;
+    // the refused lookup's answer reaches the expiry, and time goes on
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        s.systemd().applied(1001).unwrap().cpu,
+        Cpus::whole(4),
+        "nothing to go on while the lookup fails"
+    );
+    dir.down.store(false, Ordering::SeqCst);
+    // tried again within a few seconds
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(s.ledger().get(1001).is_none_or(|e| e.grant.is_none()));
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+}
+
+/// A lease that ran out while fairshared was stopped ends in the start-up
+/// catch-up itself: the slice is back at the default when it is done.
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_ran_out_while_stopped_ends_at_start() {
+    let clock = Clock::tokio();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(
+        new_service(
+            users(),
+            parse(POLICY),
+            Some(StateFile::open(dir.path()).unwrap()),
+        )
+        .with_clock(clock),
+    );
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":5,"duration":"60s"}"#,
+        )
+        .await,
+    );
+    s.flush().await.unwrap();
+    drop(s);
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let saved = match StateFile::open(dir.path()).unwrap().load().unwrap() {
+        crate::state::Loaded::Ledger(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let s2 = Arc::new(
+        new_service(
+            users(),
+            parse(POLICY),
+            Some(StateFile::open(dir.path()).unwrap()),
+        )
+        .with_clock(clock),
+    );
+    s2.load(saved);
+    s2.catch_up().await;
+    assert!(
+        s2.ledger().get(1001).is_none_or(|e| e.grant.is_none()),
+        "{:?}",
+        s2.ledger().get(1001)
+    );
+    assert_eq!(s2.counters.leases_expired.load(Ordering::Relaxed), 1);
+}
