@@ -44,7 +44,15 @@ pub fn split_dev(dev: u64) -> (u32, u32) {
 /// `/sys/dev/block`. The error says why no limit can apply there.
 pub fn resolve(target: &IoTarget, sys_dev_block: &Path) -> Result<Disk, String> {
     let path = target.path();
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot look at {target}: {e}"))?;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        // fairshared's sandbox (PrivateDevices=yes) has no disk nodes in
+        // /dev: the kernel's name is enough (/dev/sdb is sysfs's sdb)
+        Err(_) if matches!(target, IoTarget::Device(_)) => {
+            return by_name(target, sys_dev_block);
+        }
+        Err(e) => return Err(format!("cannot look at {target}: {e}")),
+    };
     let dev = match target {
         IoTarget::Device(_) if meta.file_type().is_block_device() => meta.rdev(),
         IoTarget::Device(_) => {
@@ -61,6 +69,32 @@ pub fn resolve(target: &IoTarget, sys_dev_block: &Path) -> Result<Disk, String> 
         ),
         IoTarget::Device(_) => format!("{target} ({major}:{minor}): {e}"),
     })
+}
+
+/// The disk of a device node that is not there to look at, by its kernel
+/// name (`/dev/sdb` → `/sys/class/block/sdb/dev`, beside `sys_dev_block`).
+fn by_name(target: &IoTarget, sys_dev_block: &Path) -> Result<Disk, String> {
+    let name = target
+        .path()
+        .strip_prefix("/dev")
+        .ok()
+        .filter(|n| n.components().count() == 1)
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            format!("cannot look at {target}: name a disk as /dev/NAME (e.g. /dev/sdb), or a directory on it")
+        })?;
+    let class = sys_dev_block
+        .join("../../class/block")
+        .join(name)
+        .join("dev");
+    let dev = std::fs::read_to_string(&class)
+        .map_err(|_| format!("{target}: no block device {name} on this host"))?;
+    let (major, minor) = dev
+        .trim()
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| format!("{} says `{}`, not MAJ:MIN", class.display(), dev.trim()))?;
+    whole_disk(sys_dev_block, major, minor)
 }
 
 /// The whole disk of block device `major:minor`: itself, or the disk a
@@ -137,6 +171,19 @@ mod tests {
         assert_eq!(whole_disk(&block, 254, 1), Ok(vda.clone()));
         assert_eq!(whole_disk(&block, 254, 0), Ok(vda.clone()));
         assert_eq!(vda.to_string(), "vda (254:0)");
+        // a device node that is not there (fairshared's PrivateDevices):
+        // found by its kernel name
+        let class = t.path().join("class/block");
+        std::fs::create_dir_all(&class).unwrap();
+        std::os::unix::fs::symlink(devices.join("vda1"), class.join("vda1")).unwrap();
+        assert_eq!(
+            resolve(&IoTarget::Device("/dev/vda1".into()), &block),
+            Ok(vda.clone())
+        );
+        let e = resolve(&IoTarget::Device("/dev/nosuch".into()), &block).unwrap_err();
+        assert!(e.contains("no block device nosuch"), "{e}");
+        let e = resolve(&IoTarget::Device("/dev/disk/by-id/x".into()), &block).unwrap_err();
+        assert!(e.contains("/dev/NAME"), "{e}");
         // tmpfs and friends: an anonymous device, not in /sys/dev/block
         let e = whole_disk(&block, 0, 45).unwrap_err();
         assert!(e.contains("0:45"), "{e}");

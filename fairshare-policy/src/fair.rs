@@ -6,8 +6,9 @@
 //! [`FairShare`] is what the policy resolves for a user; the settings
 //! systemd applies per slice (weights, guarantee, swap) are copied into the
 //! wire type's `Limits` (`with_fair` in policy.rs), which the daemon
-//! writes into drop-ins and onto slices. IO limits and bursting stay here
-//! (not applied yet).
+//! writes into drop-ins and onto slices. IO limits stay here: the daemon
+//! takes them per disk ([`io_devices`]) from the user's policy (they are not
+//! resized). Bursting is decided but not applied yet.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -112,6 +113,79 @@ impl fmt::Display for IoLimits {
         }
         f.write_str(&parts.join(", "))
     }
+}
+
+/// A user's IO limits as systemd takes them: for each of the four kinds,
+/// `(device or path, value)` per disk (bytes a second, or operations a
+/// second), for `IO{Read,Write}{Bandwidth,IOPS}Max=`. Made by
+/// [`io_devices`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IoDevices {
+    pub read_bw: Vec<(String, u64)>,
+    pub write_bw: Vec<(String, u64)>,
+    pub read_iops: Vec<(String, u64)>,
+    pub write_iops: Vec<(String, u64)>,
+}
+
+impl IoDevices {
+    pub fn is_empty(&self) -> bool {
+        self.read_bw.is_empty()
+            && self.write_bw.is_empty()
+            && self.read_iops.is_empty()
+            && self.write_iops.is_empty()
+    }
+}
+
+/// The IO limits of `io` per disk: each target resolved to its disk by
+/// `resolve` (`None`: no disk, the target's limits do not apply; `--check`
+/// says so), targets on one disk merged with [`IoLimits::tightest`] (systemd
+/// keeps one entry per disk, the last written), each disk named by its
+/// first target in policy order (systemd resolves a device node or a path
+/// to the disk again when it applies the limit). `max` (no limit) is left
+/// out: it is systemd's default.
+pub fn io_devices<D: PartialEq>(
+    io: &BTreeMap<IoTarget, IoLimits>,
+    resolve: impl Fn(&IoTarget) -> Option<D>,
+) -> IoDevices {
+    let mut disks: Vec<(D, String, IoLimits)> = Vec::new();
+    for (target, limits) in io {
+        let Some(disk) = resolve(target) else {
+            continue;
+        };
+        match disks.iter_mut().find(|(d, _, _)| *d == disk) {
+            Some((_, _, l)) => *l = l.tightest(limits),
+            None => disks.push((disk, target.to_string(), limits.clone())),
+        }
+    }
+    let mut out = IoDevices::default();
+    for (_, name, l) in disks {
+        let put = |list: &mut Vec<(String, u64)>, v: Option<u64>| {
+            if let Some(v) = v {
+                list.push((name.clone(), v));
+            }
+        };
+        put(
+            &mut out.read_bw,
+            l.read_bw
+                .and_then(Ceiling::limit)
+                .map(Bandwidth::bytes_per_sec),
+        );
+        put(
+            &mut out.write_bw,
+            l.write_bw
+                .and_then(Ceiling::limit)
+                .map(Bandwidth::bytes_per_sec),
+        );
+        put(
+            &mut out.read_iops,
+            l.read_iops.and_then(Ceiling::limit).map(Iops::get),
+        );
+        put(
+            &mut out.write_iops,
+            l.write_iops.and_then(Ceiling::limit).map(Iops::get),
+        );
+    }
+    out
 }
 
 /// Where an IO limit applies: a block device node (`/dev/sda`), or a path
@@ -396,6 +470,60 @@ mod tests {
         assert!(IoTarget::parse("home").is_err());
         assert!(IoTarget::parse("/home/../etc").is_err());
         assert!(IoTarget::parse("/my disk").is_err());
+    }
+
+    #[test]
+    fn io_limits_per_disk_merged_and_named_by_their_first_target() {
+        let bw = |m: u64| Some(Ceiling::Limit(Bandwidth::new(m * 1_000_000).unwrap()));
+        let mut io = BTreeMap::new();
+        io.insert(
+            IoTarget::Path("/home".into()),
+            IoLimits {
+                read_bw: bw(50),
+                write_bw: bw(20),
+                ..IoLimits::default()
+            },
+        );
+        io.insert(
+            IoTarget::Path("/tmp".into()),
+            IoLimits {
+                write_bw: bw(10),
+                read_iops: Some(Ceiling::Limit(Iops::new(500).unwrap())),
+                write_iops: Some(Ceiling::Unlimited),
+                ..IoLimits::default()
+            },
+        );
+        io.insert(
+            IoTarget::Device("/dev/sdb".into()),
+            IoLimits {
+                read_bw: bw(5),
+                ..IoLimits::default()
+            },
+        );
+        io.insert(
+            IoTarget::Path("/net".into()),
+            IoLimits {
+                read_bw: bw(1),
+                ..IoLimits::default()
+            },
+        );
+        // /home and /tmp on one disk, /dev/sdb another, /net on none
+        let disk = |t: &IoTarget| match t.to_string().as_str() {
+            "/home" | "/tmp" => Some(1),
+            "/dev/sdb" => Some(2),
+            _ => None,
+        };
+        let d = io_devices(&io, disk);
+        assert_eq!(
+            d.read_bw,
+            vec![("/dev/sdb".into(), 5_000_000), ("/home".into(), 50_000_000)]
+        );
+        // the lower of the two on the shared disk
+        assert_eq!(d.write_bw, vec![("/home".into(), 10_000_000)]);
+        assert_eq!(d.read_iops, vec![("/home".into(), 500)]);
+        // max is systemd's default: not listed
+        assert!(d.write_iops.is_empty());
+        assert!(io_devices(&io, |_| None::<u8>).is_empty());
     }
 
     #[test]

@@ -43,8 +43,8 @@ use fairshare_proto::units::Tasks;
 pub use error::{Origin, PolicyError, PolicyErrors};
 pub use explain::{FieldSource, Setting};
 pub use fair::{
-    BurstCeiling, Bursting, CgroupLayout, Contention, FairShare, Guarantees, IoLimits, IoTarget,
-    MemLow, Swap, Unenforced, WhenFull, grant_mem_low, unenforced_reason,
+    BurstCeiling, Bursting, CgroupLayout, Contention, FairShare, Guarantees, IoDevices, IoLimits,
+    IoTarget, MemLow, Swap, Unenforced, WhenFull, grant_mem_low, io_devices, unenforced_reason,
 };
 pub use policy::{
     CapacityLimit, Exemption, HostResources, Identity, MemHigh, NoticeDefaults, Policy, UserPolicy,

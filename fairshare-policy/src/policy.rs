@@ -454,6 +454,19 @@ impl Policy {
         self.guarantees.total.at(base).min(base)
     }
 
+    /// Whether any part of the policy names a memory guarantee (`mem_low`
+    /// in `defaults`, `max`, a tier, group or user).
+    pub fn gives_guarantees(&self) -> bool {
+        std::iter::once(&self.defaults)
+            .chain(std::iter::once(&self.max))
+            .chain(
+                [&self.tiers, &self.groups, &self.users]
+                    .into_iter()
+                    .flat_map(|m| m.values().flat_map(|o| [&o.defaults, &o.max])),
+            )
+            .any(|p| p.mem_low.is_some())
+    }
+
     /// The policy's tier names, in the order written.
     pub fn tier_names(&self) -> impl Iterator<Item = &String> {
         self.tiers.keys()
@@ -584,6 +597,14 @@ impl Policy {
         let fair = resolve_fair(&self.defaults, l.mem, self.bursting.enabled);
         with_fair(&mut l, &fair);
         l
+    }
+
+    /// The fair-share settings of the policy default for a user no group or
+    /// user rule names (its IO limits go into systemd's drop-in for every
+    /// user slice).
+    pub fn plain_fair(&self) -> FairShare {
+        let l = resolve(&self.defaults, &self.max).default;
+        resolve_fair(&self.defaults, l.mem, self.bursting.enabled)
     }
 
     /// Whether any rule depends on a user's groups (`exempt.groups`,
@@ -729,15 +750,7 @@ impl Policy {
             self.overcommit_mem
         ));
         let g = &self.guarantees;
-        let uses_low = std::iter::once(&self.defaults)
-            .chain(std::iter::once(&self.max))
-            .chain(
-                [&self.tiers, &self.groups, &self.users]
-                    .into_iter()
-                    .flat_map(|m| m.values().flat_map(|o| [&o.defaults, &o.max])),
-            )
-            .any(|p| p.mem_low.is_some());
-        if uses_low {
+        if self.gives_guarantees() {
             let of = match g.total {
                 MemLow::Percent(_) => format!(
                     " of {}",

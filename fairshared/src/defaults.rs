@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use fairshare_policy::{Identity, Policy};
+use fairshare_policy::{Identity, IoDevices, Policy};
 use fairshare_proto::wire::Limits;
 
 use crate::dropin::{Entry, Key, Layout, OnDisk, Outcome, PropertyValue, Settings, Value, normal};
@@ -47,9 +47,9 @@ pub enum Base {
 }
 
 impl Base {
-    /// The base for a user's policy default.
-    pub fn of(default: &Limits) -> Base {
-        Base::Limits(Settings::from_limits(default))
+    /// The base for a user's policy default and IO limits.
+    pub fn of(default: &Limits, io: &IoDevices) -> Base {
+        Base::Limits(Settings::from_limits(default).with_io(io))
     }
 }
 
@@ -68,9 +68,9 @@ fn overlay(settings: Option<&Settings>, own: &Values) -> Values {
         .collect()
 }
 
-/// The values of an allocation on a slice.
-pub fn values_of(limits: &Limits, own: &Values) -> Values {
-    overlay(Some(&Settings::from_limits(limits)), own)
+/// The values of an allocation, with the user's IO limits, on a slice.
+pub fn values_of(limits: &Limits, io: &IoDevices, own: &Values) -> Values {
+    overlay(Some(&Settings::from_limits(limits).with_io(io)), own)
 }
 
 #[derive(Default)]
@@ -476,7 +476,7 @@ pub fn base_for(policy: &Policy, id: &Identity) -> (Base, String) {
     match &up.exempt {
         Some(ex) => (Base::Exempt, format!("{}: {ex}", id.name)),
         None => (
-            Base::of(&up.default),
+            Base::of(&up.default, &crate::iodisk::io_of(&up.fair_default)),
             format!("{}: {}", id.name, up.sources.join(", ")),
         ),
     }
@@ -488,7 +488,8 @@ pub fn base_for(policy: &Policy, id: &Identity) -> (Base, String) {
 /// with a file already, users seen): each looked up in `dir`, and left out
 /// when their file would equal G or they no longer exist. Blocking (NSS).
 pub fn plan(policy: &Policy, dir: &dyn Directory, extra: &[u32]) -> Plan {
-    let global = Settings::from_limits(&policy.plain_default());
+    let global = Settings::from_limits(&policy.plain_default())
+        .with_io(&crate::iodisk::io_of(&policy.plain_fair()));
     let files: Vec<String> = policy
         .files()
         .iter()

@@ -544,7 +544,7 @@ fn policy_page() -> String {
     r.control("fi", []);
     para(
         &mut r,
-        "Fair share under contention: weights, a memory guarantee, swap and IO limits, named tiers, and bursting into idle CPU. Five tiers (critical, high, normal, low, scavenger) ship as an example policy in the fairshare sources, docs/examples/tiers.yaml. fairshared --check and fairshare-ctl check read, validate and summarise these keys, and warn about those the host's cgroup layout cannot enforce. In this version fairshared applies weight, io_weight, mem_low and swap to user slices (systemd drop-ins and running slices, like the ceilings); io limits, resizes of these keys, the capacity.mem_low total and bursting are not applied yet.",
+        "Fair share under contention: weights, a memory guarantee, swap and IO limits, named tiers, and bursting into idle CPU. Five tiers (critical, high, normal, low, scavenger) ship as an example policy in the fairshare sources, docs/examples/tiers.yaml. fairshared --check and fairshare-ctl check read, validate and summarise these keys, and warn about those the host's cgroup layout cannot enforce. In this version fairshared applies weight, io_weight, mem_low, swap and the io limits (per disk: IOReadBandwidthMax, IOWriteBandwidthMax, IOReadIOPSMax, IOWriteIOPSMax) to user slices (systemd drop-ins and running slices, like the ceilings); io limits are not resized. While the policy gives any mem_low, user.slice gets MemoryLow = capacity.mem_low (on cgroup v2 a user's guarantee counts only as far as its parents' does). Resizes of the other fair-share keys, keeping the sum of users' mem_low within capacity.mem_low (scale, first_come), and bursting are not applied yet.",
     );
     r.control("nf", []);
     r.text([roman(

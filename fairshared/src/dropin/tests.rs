@@ -202,12 +202,18 @@ fn sets_a_running_slice_as_a_reload_would() {
     );
     // Nothing set by anyone: systemd's built-in default, no limit (no
     // guarantee for MemoryLow, whose default is 0, not infinity).
+    // (an IO limit's: the empty list, which the D-Bus call sends as an
+    // empty a(st))
     for k in Key::ALL {
         let unset = match k {
-            Key::MemoryLow => 0,
-            _ => u64::MAX,
+            Key::MemoryLow => U64(0),
+            Key::IoReadBandwidthMax
+            | Key::IoWriteBandwidthMax
+            | Key::IoReadIopsMax
+            | Key::IoWriteIopsMax => Devices(0),
+            _ => U64(u64::MAX),
         };
-        assert_eq!(property(*k, None).1, U64(unset), "{k}");
+        assert_eq!(property(*k, None).1, unset, "{k}");
     }
     assert_eq!(
         property(Key::CpuWeight, Some(Value::Amount(200))),
@@ -767,4 +773,66 @@ fn check_is_quiet_on_a_host_with_only_fairshare_and_systemd() {
     l.write_user(0, &Entry::Exempt, "root").unwrap();
     let f = l.foreign().unwrap();
     assert!(f.iter().all(|x| !x.is_warning()), "{f:?}");
+}
+
+/// IO limits: one `PATH VALUE` line per disk, read back into the same list
+/// (whatever the order), an empty assignment resetting it and `infinity`
+/// taking one disk out, as systemd reads them; a list is one value.
+#[test]
+fn io_limits_are_lists_per_disk_written_and_read_back() {
+    let s = Settings::from_limits(&limits(2000, 8 << 30, None, 4096)).with_io(
+        &fairshare_policy::IoDevices {
+            write_bw: vec![("/home".into(), 20_000_000), ("/dev/vdb".into(), 5_000_000)],
+            read_iops: vec![("/home".into(), 500)],
+            ..Default::default()
+        },
+    );
+    let text = Entry::Limits(s.clone()).render("test");
+    assert!(
+        text.contains(
+            "IOWriteBandwidthMax=/dev/vdb 5000000\nIOWriteBandwidthMax=/home 20000000\nIOReadIOPSMax=/home 500\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("IOReadBandwidthMax"), "{text}");
+    assert_eq!(recognise(&text), OnDisk::Ours(Entry::Limits(s.clone())));
+    // systemd's control file: a reset, then the disks, in its own order
+    let control = "[Slice]\nIOWriteBandwidthMax=\nIOWriteBandwidthMax=/home 20M\nIOWriteBandwidthMax=/dev/vdb 5000000\n";
+    let a = slice_assignments(Path::new("/x"), control);
+    let v = a
+        .iter()
+        .fold(None, |old, a| accumulate(a.key, old, a.value));
+    assert_eq!(v, s.get(Key::IoWriteBandwidthMax));
+    // a later line for one disk replaces its value; infinity takes it out;
+    // an empty assignment empties the list
+    let more = "[Slice]\nIOWriteBandwidthMax=/home 1M\nIOWriteBandwidthMax=/dev/vdb infinity\n";
+    let v2 = slice_assignments(Path::new("/x"), more)
+        .iter()
+        .fold(v, |old, a| accumulate(a.key, old, a.value));
+    assert_eq!(
+        v2.map(|v| v.render(Key::IoWriteBandwidthMax)).as_deref(),
+        Some("/home 1000000")
+    );
+    assert_eq!(
+        accumulate(Key::IoWriteBandwidthMax, v2, None),
+        None,
+        "an empty assignment"
+    );
+    // rejected as systemd rejects them
+    for bad in ["home 1M", "/home", "/home 0", "/home 1X", "/home 1 2"] {
+        assert!(Value::parse(Key::IoReadIopsMax, bad).is_err(), "{bad}");
+    }
+    // on D-Bus: the list's number, its entries sent as a(st)
+    let (name, value) = property(Key::IoReadIopsMax, s.get(Key::IoReadIopsMax));
+    assert_eq!(name, "IOReadIOPSMax");
+    let PropertyValue::Devices(id) = value else {
+        panic!("{value:?}")
+    };
+    assert_eq!(&*devices::get(id), &[("/home".to_string(), 500)]);
+    // the same list is the same value, however it was made
+    assert_eq!(
+        devices::intern(vec![("/b".into(), 1), ("/a".into(), 2)]),
+        devices::intern(vec![("/a".into(), 2), ("/b".into(), 1)])
+    );
+    assert_eq!(devices::intern(Vec::new()), 0);
 }

@@ -53,6 +53,20 @@ pub trait Systemd: Send + Sync + 'static {
         props: &[(&'static str, PropertyValue)],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
 
+    /// Writes `props` onto another unit (`user.slice`: the memory
+    /// guarantee of all users together) as runtime properties.
+    fn set_unit(
+        &self,
+        unit: &str,
+        props: &[(&'static str, PropertyValue)],
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
+
+    /// `MemoryLow` in force on a slice (`None`: not loaded).
+    fn memory_low(
+        &self,
+        unit: &str,
+    ) -> impl Future<Output = Result<Option<u64>, SystemdError>> + Send;
+
     /// The values of fairshare's keys in force on `user-UID.slice` (`None`
     /// when the slice is not loaded): the start-up check of running slices
     /// against what the files say. Absolute amounts, `None` for no limit.

@@ -172,3 +172,186 @@ core_test!(
         h.logout_all();
     }
 );
+
+/// IO limits on `/home` (issue 15): 50 MB/s read, 20 MB/s write, 400 write
+/// operations a second; systemd reads the suffixes as powers of 1000.
+const IO_POLICY: &str = "\
+defaults:
+  cpu: 2
+  mem: 8G
+  io:
+    /home: {read_bw: 50M, write_bw: 20M, write_iops: 400}
+max: {cpu: 8, mem: 32G}
+capacity: {cpu: 64, mem: 256G}
+";
+
+/// `MAJ:MIN` of the whole disk `/home` is on, as the kernel keys IO limits
+/// (a partition's disk).
+fn home_disk(h: &dyn TestHost) -> String {
+    let o = h
+        .sh(
+            "d=$(stat -c '%Hd:%Ld' /home); p=$(readlink -f /sys/dev/block/$d); \
+             [ -e \"$p/partition\" ] && p=$(dirname \"$p\"); cat \"$p/dev\"",
+        )
+        .ok();
+    o.out().to_string()
+}
+
+/// The IO limits of `uid`'s slice on `disk`, as the kernel has them: v1
+/// `blkio.throttle.{read,write}_bps_device` (`DISK BYTES` lines; v1 has
+/// no IOPS limit from systemd), v2 the disk's `io.max` line.
+fn io_files(h: &dyn TestHost, uid: u32, disk: &str) -> String {
+    let s = slice_path(uid);
+    match h.layout() {
+        Layout::Hybrid => {
+            let read = |f: &str| {
+                let t = h
+                    .read(&format!("/sys/fs/cgroup/blkio{s}/{f}"))
+                    .unwrap_or_else(|| panic!("no blkio {f} for user-{uid}.slice"));
+                t.lines()
+                    .find(|l| l.starts_with(&format!("{disk} ")))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            format!(
+                "read_bps {} write_bps {}",
+                read("blkio.throttle.read_bps_device"),
+                read("blkio.throttle.write_bps_device")
+            )
+        }
+        Layout::Unified => h
+            .read(&format!("/sys/fs/cgroup{s}/io.max"))
+            .unwrap_or_else(|| panic!("no io.max for user-{uid}.slice"))
+            .lines()
+            .find(|l| l.starts_with(&format!("{disk} ")))
+            .unwrap_or("")
+            .to_string(),
+    }
+}
+
+/// What [`io_files`] shows for [`IO_POLICY`] (`None`: no limit).
+fn io_want(h: &dyn TestHost, disk: &str, on: bool) -> String {
+    match (h.layout(), on) {
+        (Layout::Hybrid, true) => {
+            format!("read_bps {disk} 50000000 write_bps {disk} 20000000")
+        }
+        (Layout::Hybrid, false) => "read_bps  write_bps ".into(),
+        (Layout::Unified, true) => {
+            format!("{disk} rbps=50000000 wbps=20000000 riops=max wiops=400")
+        }
+        // systemd removes the disk's line (or leaves it all max)
+        (Layout::Unified, false) => String::new(),
+    }
+}
+
+#[track_caller]
+fn expect_io(h: &dyn TestHost, uid: u32, disk: &str, on: bool) {
+    let want = io_want(h, disk, on);
+    let ok = |got: &str| {
+        got == want
+            || (!on
+                && h.layout() == Layout::Unified
+                && got == format!("{disk} rbps=max wbps=max riops=max wiops=max"))
+    };
+    let start = Instant::now();
+    let mut got = io_files(h, uid, disk);
+    while !ok(&got) && start.elapsed() < h.patience(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        got = io_files(h, uid, disk);
+    }
+    assert!(
+        ok(&got),
+        "IO limits of user-{uid}.slice on the {}: want {want:?}, got {got:?}",
+        h.name()
+    );
+}
+
+// The policy's IO limits for a path reach the kernel's files for the disk
+// the path is on, from the policy default's drop-in; a reload without them
+// takes them off the running slice (systemd's default: no limit).
+core_test!(io_limits_of_a_path_reach_the_kernel_for_its_disk, |h| {
+    h.fresh_daemon(IO_POLICY);
+    let disk = home_disk(h);
+    assert!(disk.contains(':'), "the disk of /home: {disk:?}");
+    let g = h.read(host::GLOBAL_DROPIN).unwrap();
+    for line in [
+        "IOReadBandwidthMax=/home 50000000\n",
+        "IOWriteBandwidthMax=/home 20000000\n",
+        "IOWriteIOPSMax=/home 400\n",
+    ] {
+        assert!(g.contains(line), "{line} in {}:\n{g}", host::GLOBAL_DROPIN);
+    }
+    let (user, uid) = TESTUSER;
+    let _s = h.session(user);
+    expect_io(h, uid, &disk, true);
+    // the policy without them: the running slice loses them at the reload
+    h.write("/etc/fairshare/policy.d/50-test.yaml", CORE_POLICY_NO_HIGH);
+    let o = h.sh("systemctl reload fairshared 2>&1").ok();
+    assert!(o.out().is_empty(), "{}", o.out());
+    expect_io(h, uid, &disk, false);
+    let g = h.read(host::GLOBAL_DROPIN).unwrap();
+    assert!(!g.contains("IO"), "{g}");
+});
+
+// A direct-I/O write under the 20 MB/s limit runs at 20 MB/s (±25%).
+v2_test!(a_direct_write_runs_at_the_write_limit, |g| {
+    g.fresh_daemon(IO_POLICY);
+    let o = g
+        .ssh(
+            TESTUSER.0,
+            "dd if=/dev/zero of=$HOME/fs-e2e-io bs=1M count=100 oflag=direct 2>&1; rm -f $HOME/fs-e2e-io",
+        )
+        .ok();
+    // "104857600 bytes (105 MB, 100 MiB) copied, 5.2 s, 20.0 MB/s"
+    let line = o
+        .out()
+        .lines()
+        .find(|l| l.contains("copied"))
+        .unwrap_or_else(|| panic!("no dd summary in: {}", o.out()));
+    let bytes: f64 = line
+        .split_whitespace()
+        .next()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let secs: f64 = line
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" s"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let rate = bytes / secs / 1e6;
+    eprintln!("v2 guest: direct write under a 20 MB/s limit: {rate:.1} MB/s ({line})");
+    assert!(
+        (15.0..=25.0).contains(&rate),
+        "a direct write under IOWriteBandwidthMax 20M ran at {rate:.1} MB/s: {line}"
+    );
+    g.logout_all();
+});
+
+/// Guarantees: 256M each, out of a total of half of 2G.
+const LOW_POLICY: &str = "\
+defaults: {cpu: 2, mem: 1G, mem_low: 256M}
+max: {cpu: 8, mem: 2G}
+capacity: {cpu: 64, mem: 2G}
+";
+
+// A user's memory guarantee counts on v2 only as far as its parents' do:
+// user.slice carries the total of the guarantees (capacity.mem_low, half of
+// capacity.mem by default), the user's slice their own.
+v2_test!(user_slice_carries_the_total_of_the_guarantees, |g| {
+    g.fresh_daemon(LOW_POLICY);
+    let (user, uid) = TESTUSER;
+    let _s = g.session(user);
+    let low = |path: &str| {
+        g.read(path)
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no number in {path}"))
+    };
+    wait_for("user.slice's memory.low", g.patience(10), || {
+        (low("/sys/fs/cgroup/user.slice/memory.low") == GIB).then_some(())
+    });
+    assert_eq!(
+        low(&format!("/sys/fs/cgroup{}/memory.low", slice_path(uid))),
+        256 * MIB
+    );
+    g.logout_all();
+});

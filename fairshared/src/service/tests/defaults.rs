@@ -117,6 +117,10 @@ const FAIR_KEYS: &[Key] = &[
     Key::IoWeight,
     Key::MemoryLow,
     Key::MemorySwapMax,
+    Key::IoReadBandwidthMax,
+    Key::IoWriteBandwidthMax,
+    Key::IoReadIopsMax,
+    Key::IoWriteIopsMax,
 ];
 
 fn limited(cpu: u64, mem_g: u64, tasks: u64) -> crate::defaults::Values {
@@ -646,4 +650,101 @@ async fn weights_guarantee_and_swap_go_into_the_dropins_and_onto_running_slices(
     let before = s.systemd().in_force(1001);
     s.systemd().daemon_reload();
     assert_eq!(s.systemd().in_force(1001), before);
+}
+
+/// IO limits (issue 15): the policy default's drop-in lists them per disk
+/// (two targets on one disk merged, the lower of each kind), a login at the
+/// default makes no D-Bus call, and a reload that drops them sets the
+/// running slice back to systemd's default, the empty list, in one call of
+/// only those keys.
+#[tokio::test]
+async fn io_limits_reach_the_default_drop_in_and_lifting_them_gives_back_the_empty_list() {
+    crate::iodisk::pretend("/fs-test-io", 254, 0, "vda");
+    crate::iodisk::pretend("/fs-test-io2", 254, 0, "vda");
+    let with_io = SITE.replace(
+        "defaults: {cpu: 2, mem: 8G, tasks: 500}",
+        "defaults: {cpu: 2, mem: 8G, tasks: 500, io: {/fs-test-io: {write_bw: 20M}, /fs-test-io2: {write_bw: 10M, read_iops: 300}}}",
+    );
+    let (s, _, d) = site(&with_io);
+    s.catch_up().await;
+    let g = std::fs::read_to_string(layout(&s).global_file()).unwrap();
+    assert!(
+        g.contains("IOWriteBandwidthMax=/fs-test-io 10000000\n")
+            && g.contains("IOReadIOPSMax=/fs-test-io 300\n")
+            && !g.contains("fs-test-io2"),
+        "{g}"
+    );
+    s.systemd().start_slice(1001);
+    let p = Proc::new();
+    open(&s, 1001, &p).await;
+    assert_eq!(s.systemd().sets(1001), 0, "{:?}", s.systemd().calls());
+    let io = s.systemd().in_force(1001)[&Key::IoWriteBandwidthMax];
+    assert_eq!(
+        io.map(|v| v.render(Key::IoWriteBandwidthMax)).as_deref(),
+        Some("/fs-test-io 10000000")
+    );
+    std::fs::write(d.path().join("p.yaml"), SITE).unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(s.systemd().sets(1001), 1);
+    let mut props = last_set(&s);
+    props.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        props,
+        vec![
+            ("IOReadIOPSMax".to_string(), PropertyValue::Devices(0)),
+            ("IOWriteBandwidthMax".to_string(), PropertyValue::Devices(0)),
+        ]
+    );
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+    let g = std::fs::read_to_string(layout(&s).global_file()).unwrap();
+    assert!(!g.contains("IO"), "{g}");
+}
+
+/// The calls that set `user.slice`.
+fn user_slice_sets(s: &Service<Fake>) -> Vec<Vec<(String, PropertyValue)>> {
+    s.systemd()
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::SetUnit(u, p) if u == "user.slice" => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Memory guarantees (issue 15): while the policy gives any, `user.slice`
+/// carries their total, `capacity.mem_low` (on v2 a user's `memory.low`
+/// counts only as far as its parents' do), in its drop-in and on the running
+/// slice, set once; a policy without guarantees takes both back.
+#[tokio::test]
+async fn user_slice_carries_the_total_of_the_guarantees_while_the_policy_gives_any() {
+    let with_low = SITE.replace(
+        "defaults: {cpu: 2, mem: 8G, tasks: 500}",
+        "defaults: {cpu: 2, mem: 8G, tasks: 500, mem_low: 1G}",
+    );
+    let (s, _, d) = site(&with_low);
+    s.catch_up().await;
+    // half of capacity.mem (64G), the default total
+    let total = 32u64 << 30;
+    assert_eq!(
+        user_slice_sets(&s),
+        vec![vec![("MemoryLow".to_string(), PropertyValue::U64(total))]]
+    );
+    let f = layout(&s).user_slice_file();
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert!(text.contains(&format!("MemoryLow={total}\n")), "{text}");
+    // a reload that changes nothing about it makes no call
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(user_slice_sets(&s).len(), 1);
+    // no guarantees any more: the file goes, the slice gets systemd's 0
+    std::fs::write(d.path().join("p.yaml"), SITE).unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(
+        user_slice_sets(&s).last(),
+        Some(&vec![("MemoryLow".to_string(), PropertyValue::U64(0))])
+    );
+    assert!(!f.exists());
+    // and a policy that never gave any leaves user.slice alone
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(user_slice_sets(&s).len(), 2);
 }
