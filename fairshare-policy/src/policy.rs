@@ -342,6 +342,9 @@ pub struct HostResources {
 pub struct CapacityLimit {
     pub cpu: Cpus,
     pub mem: Bytes,
+    /// The memory guarantees that may be handed out in total
+    /// (`capacity.mem_low`, [`Policy::mem_low_capacity`]).
+    pub mem_low: Bytes,
     /// The figures before overcommit, and the factors, for messages.
     pub base_cpu: Cpus,
     pub base_mem: Bytes,
@@ -558,6 +561,7 @@ impl Policy {
         CapacityLimit {
             cpu: base_cpu.scale(self.overcommit_cpu),
             mem: base_mem.scale(self.overcommit_mem),
+            mem_low: self.mem_low_capacity(host),
             base_cpu,
             base_mem,
             overcommit_cpu: self.overcommit_cpu,

@@ -219,6 +219,18 @@ pub struct ResizeArgs {
     pub mem: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Value>,
+    /// `CPUWeight` (issue 15); the four fair-share fields are optional on
+    /// the wire: older clients leave them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_weight: Option<Value>,
+    /// `MemoryLow`: a size, `0` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_low: Option<Value>,
+    /// `MemorySwapMax`: a size, `0` for no swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Value>,
     /// How long the resize lasts (`"4h"`, or seconds); back to the default after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<Value>,
@@ -231,12 +243,24 @@ pub struct Resize {
     pub mem: Option<Bytes>,
     pub tasks: Option<Tasks>,
     pub duration: Option<Duration>,
+    pub weight: Option<Weight>,
+    pub io_weight: Option<Weight>,
+    /// `0`: no guarantee.
+    pub mem_low: Option<Bytes>,
+    /// `0`: no swap.
+    pub swap: Option<Bytes>,
 }
 
 impl Resize {
     /// True when no quantity is asked for.
     pub fn is_empty(&self) -> bool {
-        self.cpu.is_none() && self.mem.is_none() && self.tasks.is_none()
+        self.cpu.is_none()
+            && self.mem.is_none()
+            && self.tasks.is_none()
+            && self.weight.is_none()
+            && self.io_weight.is_none()
+            && self.mem_low.is_none()
+            && self.swap.is_none()
     }
 }
 
@@ -248,7 +272,28 @@ impl ResizeArgs {
             mem: mem.map(|m| to_value(serde_json::to_value(m))),
             tasks: tasks.map(|t| to_value(serde_json::to_value(t))),
             duration: None,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         }
+    }
+
+    /// The same resize, with the fair-share fields.
+    pub fn fair(
+        mut self,
+        weight: Option<Weight>,
+        io_weight: Option<Weight>,
+        mem_low: Option<Bytes>,
+        swap: Option<Bytes>,
+    ) -> ResizeArgs {
+        let to_value = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
+        self.weight = weight.map(|w| to_value(serde_json::to_value(w)));
+        self.io_weight = io_weight.map(|w| to_value(serde_json::to_value(w)));
+        // sizes as numbers of bytes: `0` (none) is one
+        self.mem_low = mem_low.map(|b| Value::from(b.get()));
+        self.swap = swap.map(|b| Value::from(b.get()));
+        self
     }
 
     /// The same resize, lasting `d`.
@@ -286,6 +331,10 @@ impl ResizeArgs {
             mem: field("mem", &self.mem)?,
             tasks: field("tasks", &self.tasks)?,
             duration,
+            weight: field("weight", &self.weight)?,
+            io_weight: field("io_weight", &self.io_weight)?,
+            mem_low: size_or_zero("mem_low", &self.mem_low)?,
+            swap: size_or_zero("swap", &self.swap)?,
         })
     }
 }
@@ -309,6 +358,15 @@ fn field<T: Quantity>(name: &str, v: &Option<Value>) -> Result<Option<T>, String
         }),
     };
     parsed.map(Some).map_err(|e| format!("{name}: {e}"))
+}
+
+/// A size where `0` means none (`mem_low`, `swap`).
+fn size_or_zero(name: &str, v: &Option<Value>) -> Result<Option<Bytes>, String> {
+    match v {
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(Some(Bytes(0))),
+        Some(Value::String(s)) if s.trim() == "0" => Ok(Some(Bytes(0))),
+        other => field(name, other),
+    }
 }
 
 fn short_json(v: &Value) -> String {

@@ -355,3 +355,47 @@ v2_test!(user_slice_carries_the_total_of_the_guarantees, |g| {
     );
     g.logout_all();
 });
+
+/// Resizable fair-share keys: weight up to 400, guarantees up to 1G each
+/// out of 1G in total.
+const RESIZE_POLICY: &str = "\
+defaults: {cpu: 2, mem: 1G, weight: 100, mem_low: 128M}
+max: {cpu: 8, mem: 2G, weight: 400, mem_low: 1G}
+capacity: {cpu: 64, mem: 4G, mem_low: {total: 1G}}
+";
+
+// A user raises their weight and guarantee within their maximum and the
+// kernel's files follow; a second user's guarantee beyond what is left of
+// the total is refused, saying how much is free.
+core_test!(
+    a_resize_of_weight_and_guarantee_reaches_the_kernel_within_the_total,
+    |h| {
+        h.fresh_daemon(RESIZE_POLICY);
+        let (user, uid) = TESTUSER;
+        let _s = h.session(user);
+        expect_weight(h, uid, 100);
+        h.as_user(user, "fairshare-ctl resize --weight 300 --mem-low 768M")
+            .ok();
+        expect_weight(h, uid, 300);
+        if h.layout() == Layout::Unified {
+            let f = format!("/sys/fs/cgroup{}/memory.low", slice_path(uid));
+            wait_for("memory.low 768M", h.patience(10), || {
+                (h.read(&f).and_then(|t| t.trim().parse::<u64>().ok()) == Some(768 * MIB))
+                    .then_some(())
+            });
+        }
+        let e = h.as_user(TESTUSER2.0, "fairshare-ctl resize --mem-low 512M");
+        assert_eq!(e.code, 1, "{e:?}");
+        assert!(
+            e.stderr.contains("mem_low 512M asked, 256M free for you"),
+            "{}",
+            e.stderr
+        );
+        let o = h.as_user(user, "fairshare-ctl resize --weight 500");
+        assert_eq!(o.code, 1, "{o:?}");
+        assert!(o.stderr.contains("maximum of 400"), "{}", o.stderr);
+        expect_weight(h, uid, 300);
+        h.as_user(user, "fairshare-ctl release").ok();
+        expect_weight(h, uid, 100);
+    }
+);

@@ -748,3 +748,30 @@ async fn user_slice_carries_the_total_of_the_guarantees_while_the_policy_gives_a
     success(send(&s, 0, r#"{"type":"reload"}"#).await);
     assert_eq!(user_slice_sets(&s).len(), 2);
 }
+
+/// A user's resize of a fair-share field (issue 15) reaches their running
+/// slice in one call of that key alone; an old client's request (no such
+/// fields) still resizes the ceilings; release takes it back.
+#[tokio::test]
+async fn a_resize_of_the_weight_sets_only_cpuweight_on_the_slice() {
+    let with_weight = SITE.replace(
+        "max: {cpu: 8, mem: 32G}",
+        "max: {cpu: 8, mem: 32G, weight: 400}",
+    );
+    let (s, _, _d) = site(&with_weight);
+    s.catch_up().await;
+    s.systemd().start_slice(1001);
+    let p = Proc::new();
+    open(&s, 1001, &p).await;
+    success(send(&s, 1001, r#"{"type":"request_resources","weight":300}"#).await);
+    assert_eq!(
+        last_set(&s),
+        vec![("CPUWeight".to_string(), PropertyValue::U64(300))]
+    );
+    let e = error(send(&s, 1001, r#"{"type":"request_resources","weight":500}"#).await);
+    assert!(e.error.contains("maximum of 400"), "{}", e.error);
+    success(send(&s, 1001, r#"{"type":"request_resources","cpu":3}"#).await);
+    assert_eq!(s.systemd().in_force(1001)[&Key::CpuWeight], amount(300));
+    success(send(&s, 1001, r#"{"type":"release"}"#).await);
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+}
