@@ -268,7 +268,8 @@ fn expect_io(h: &dyn TestHost, uid: u32, disk: &str, on: bool) {
 
 // The policy's IO limits for a path reach the kernel's files for the disk
 // the path is on, from the policy default's drop-in; a reload without them
-// takes them off the running slice (systemd's default: no limit).
+// takes them off the running slice (systemd's default: no limit), a reload
+// with them puts them back on it.
 core_test!(io_limits_of_a_path_reach_the_kernel_for_its_disk, |h| {
     h.fresh_daemon(IO_POLICY);
     let disk = home_disk(h);
@@ -291,6 +292,11 @@ core_test!(io_limits_of_a_path_reach_the_kernel_for_its_disk, |h| {
     expect_io(h, uid, &disk, false);
     let g = h.read(host::GLOBAL_DROPIN).unwrap();
     assert!(!g.contains("IO"), "{g}");
+    // and back: the running slice gets them from SetUnitProperties (a(st))
+    h.write("/etc/fairshare/policy.d/50-test.yaml", IO_POLICY);
+    let o = h.sh("systemctl reload fairshared 2>&1").ok();
+    assert!(o.out().is_empty(), "{}", o.out());
+    expect_io(h, uid, &disk, true);
 });
 
 // A direct-I/O write under the 20 MB/s limit runs at 20 MB/s (±25%).
