@@ -945,6 +945,39 @@ impl Ledger {
                     clamped.push(format!("tasks {t} -> {top}"));
                 }
             }
+            // the fair-share fields, against the policy's max (systemd's
+            // defaults where it sets none) or root's setting
+            let m = FairOf::limits(&up.max);
+            if let Some(w) = g.weight {
+                let top = admin.and_then(|a| a.weight).map_or(m.weight, Weight::get);
+                if w.get() > top {
+                    g.weight = Weight::new(top);
+                    clamped.push(format!("weight {w} -> {top}"));
+                }
+            }
+            if let Some(w) = g.io_weight {
+                let top = admin
+                    .and_then(|a| a.io_weight)
+                    .map_or(m.io_weight, Weight::get);
+                if w.get() > top {
+                    g.io_weight = Weight::new(top);
+                    clamped.push(format!("io_weight {w} -> {top}"));
+                }
+            }
+            if let Some(l) = g.mem_low {
+                let top = admin.and_then(|a| a.mem_low).map_or(m.mem_low, Bytes::get);
+                if l.get() > top {
+                    g.mem_low = Some(Bytes(top));
+                    clamped.push(format!("mem_low {l} -> {}", Bytes(top)));
+                }
+            }
+            if let Some(sw) = g.swap {
+                let top = admin.and_then(|a| a.swap).map_or(m.swap, Bytes::get);
+                if sw.get() > top {
+                    g.swap = Some(Bytes(top));
+                    clamped.push(format!("swap {sw} -> {}", Bytes(top)));
+                }
+            }
             if !clamped.is_empty() {
                 entry.notice = Some(format!(
                     "the resize was clamped to the maximum of the policy now in force ({})",
@@ -1371,6 +1404,39 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(ch.new.mem_low, Some(Bytes(1 << 30)));
+    }
+
+    /// A reload that lowers the maximum clamps a resized weight or
+    /// guarantee (a user keeps no more than the policy now allows).
+    #[test]
+    fn a_lowered_maximum_clamps_resized_fair_share_fields() {
+        let text = "defaults: {cpu: 1, mem: 4G}\nmax: {cpu: 2, mem: 8G, weight: 400, mem_low: 2G}\ncapacity: {cpu: 8, mem: 64G, overcommit: 1}\n";
+        let p = policy(text);
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        l.resize(ask(
+            1001,
+            "a",
+            &u,
+            Resize {
+                weight: Weight::new(400),
+                mem_low: Some(Bytes(2 << 30)),
+                ..Resize::default()
+            },
+            Actor::User(1001),
+            &c,
+        ))
+        .unwrap();
+        let p2 = policy(&text.replace("weight: 400, mem_low: 2G", "weight: 150, mem_low: 1G"));
+        let u2 = up(&p2, 1001);
+        let ch = l.repolicy(1001, &u2, 0, None).unwrap();
+        assert_eq!(ch.new.weight, Weight::new(150));
+        assert_eq!(ch.new.mem_low, Some(Bytes(1 << 30)));
+        let n = l.get(1001).unwrap().notice.clone().unwrap();
+        assert!(
+            n.contains("weight 400 -> 150") && n.contains("mem_low"),
+            "{n}"
+        );
     }
 
     /// State saved before the fair-share fields existed still loads.
