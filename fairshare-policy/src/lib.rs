@@ -133,7 +133,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ),
     (
         "capacity.mem_low",
-        "The memory guarantees (mem_low) handed out in total, never overcommitted: a size, or a percentage of capacity.mem (default 50%); or {total: SIZE-OR-PERCENT, when_full: scale|first_come}. When logged-in users want more than the total, scale (the default) shrinks every guarantee in proportion, and first_come keeps the guarantees of those who logged in first (a newcomer gets what is left, possibly nothing; a resize beyond what is free is refused with how much is). Logins are never refused. Example: mem_low: {total: 64G, when_full: first_come}.",
+        "The memory guarantees (mem_low) handed out in total, never overcommitted: a size, or a percentage of capacity.mem (default 50%); or {total: SIZE-OR-PERCENT, when_full: scale|first_come}. When logged-in users want more than the total, scale (the default) shrinks every guarantee in proportion, and first_come keeps the guarantees of those who logged in first (a newcomer gets what is left, possibly nothing; a resize beyond what is free is refused with how much is). Logins are never refused. In this version the refusal of a resize is applied (in either mode); scaling or capping at logins and reloads is not yet: the kernel shares user.slice's MemoryLow (this total) among users in proportion to what each uses below its own. Example: mem_low: {total: 64G, when_full: first_come}.",
     ),
     (
         "tiers.NAME.defaults, tiers.NAME.max",
