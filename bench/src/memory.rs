@@ -179,6 +179,16 @@ impl Systemd for Counting {
         }
         Ok(())
     }
+    async fn set_unit(
+        &self,
+        _unit: &str,
+        _props: &[(&'static str, fairshared::systemd::PropertyValue)],
+    ) -> std::result::Result<(), SystemdError> {
+        Ok(())
+    }
+    async fn memory_low(&self, _unit: &str) -> std::result::Result<Option<u64>, SystemdError> {
+        Ok(None)
+    }
     async fn slice_values(
         &self,
         _uid: u32,

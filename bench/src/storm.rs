@@ -217,6 +217,10 @@ fn scrambled() -> Limits {
         mem: Bytes(Bytes::GIB),
         mem_high: None,
         tasks: Tasks(1111),
+        weight: None,
+        io_weight: None,
+        mem_low: None,
+        swap: None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use fairshare_proto::units::{Bytes, Cpus, Tasks};
+use fairshare_proto::units::{Bytes, Cpus, Tasks, Weight};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -328,11 +328,30 @@ pub struct Sizes {
     /// Tasks (processes and threads), e.g. 4096
     #[arg(long, value_name = "N", value_parser = parse::<Tasks>)]
     pub tasks: Option<Tasks>,
+    /// CPU weight (CPUWeight, 1-10000; 100 is systemd's default): your share of contended CPU
+    #[arg(long, value_name = "N", value_parser = parse::<Weight>)]
+    pub weight: Option<Weight>,
+    /// IO weight (IOWeight, 1-10000): your share of contended disk time (BFQ or io.cost only)
+    #[arg(long, value_name = "N", value_parser = parse::<Weight>)]
+    pub io_weight: Option<Weight>,
+    /// Memory guarantee (MemoryLow), e.g. 1G; 0 for none. Within your maximum and what is free of the host's total for guarantees (cgroup v2 only)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_or_zero)]
+    pub mem_low: Option<Bytes>,
+    /// Swap (MemorySwapMax), e.g. 2G; 0 for none (cgroup v2 only)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_or_zero)]
+    pub swap: Option<Bytes>,
     /// How long the resize lasts, e.g. 30m, 4h, 2d; then back to the default (within a lease: at most what is left of it)
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_lease)]
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub conn: Conn,
+}
+
+fn parse_size_or_zero(s: &str) -> Result<Bytes, String> {
+    match s.trim() {
+        "0" => Ok(Bytes(0)),
+        s => parse::<Bytes>(s),
+    }
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {

@@ -130,6 +130,10 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
             mem,
             mem_high: s.allocated_mem_high,
             tasks,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         };
         let from = match s.source {
             Source::Default => "policy default".to_string(),
@@ -138,6 +142,12 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
             Source::Exempt => "exempt".to_string(),
         };
         let _ = writeln!(out, "  allocation: {l} ({from})");
+    }
+    if !s.fair.is_empty() {
+        let _ = writeln!(out, "  fair share: {}", s.fair.join(", "));
+    }
+    for u in &s.unenforced {
+        let _ = writeln!(out, "  not enforced here: {u}");
     }
     if let Some(r) = &s.root_setting {
         let until = match r.expires_at {
@@ -336,8 +346,14 @@ mod tests {
             mem: Bytes(3 << 30),
             mem_high: None,
             tasks: Tasks(4096),
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         };
         StatusInfo {
+            fair: Vec::new(),
+            unenforced: Vec::new(),
             allocated_cpu: Some(l.cpu),
             allocated_mem: Some(l.mem),
             allocated_tasks: Some(l.tasks),

@@ -53,13 +53,24 @@ fn main() -> ExitCode {
             user: c.status_user().map(|u| UserRef::Name(u.to_string())),
         },
         Command::Resize(s) => {
-            if s.cpu.is_none() && s.mem.is_none() && s.tasks.is_none() {
+            if s.cpu.is_none()
+                && s.mem.is_none()
+                && s.tasks.is_none()
+                && s.weight.is_none()
+                && s.io_weight.is_none()
+                && s.mem_low.is_none()
+                && s.swap.is_none()
+            {
                 eprintln!(
-                    "fairshare-ctl: say what to resize: --cpu N, --mem SIZE and/or --tasks N"
+                    "fairshare-ctl: say what to resize: --cpu N, --mem SIZE, --tasks N, --weight N, --io-weight N, --mem-low SIZE and/or --swap SIZE"
                 );
                 return ExitCode::from(2);
             }
-            Request::RequestResources(ResizeArgs::new(s.cpu, s.mem, s.tasks).lasting(s.duration))
+            Request::RequestResources(
+                ResizeArgs::new(s.cpu, s.mem, s.tasks)
+                    .fair(s.weight, s.io_weight, s.mem_low, s.swap)
+                    .lasting(s.duration),
+            )
         }
         Command::Release(_) => Request::Release,
         Command::Reload(_) => Request::Reload,
@@ -84,15 +95,25 @@ fn main() -> ExitCode {
             default,
             force,
         } => {
-            if !default && sizes.cpu.is_none() && sizes.mem.is_none() && sizes.tasks.is_none() {
+            if !default
+                && sizes.cpu.is_none()
+                && sizes.mem.is_none()
+                && sizes.tasks.is_none()
+                && sizes.weight.is_none()
+                && sizes.io_weight.is_none()
+                && sizes.mem_low.is_none()
+                && sizes.swap.is_none()
+            {
                 eprintln!(
-                    "fairshare-ctl: say what to set: --cpu N, --mem SIZE, --tasks N, or --default"
+                    "fairshare-ctl: say what to set: --cpu N, --mem SIZE, --tasks N, --weight N, --io-weight N, --mem-low SIZE, --swap SIZE, or --default"
                 );
                 return ExitCode::from(2);
             }
             Request::SetUser {
                 user: UserRef::Name(user.clone()),
-                args: ResizeArgs::new(sizes.cpu, sizes.mem, sizes.tasks).lasting(sizes.duration),
+                args: ResizeArgs::new(sizes.cpu, sizes.mem, sizes.tasks)
+                    .fair(sizes.weight, sizes.io_weight, sizes.mem_low, sizes.swap)
+                    .lasting(sizes.duration),
                 release: *default,
                 force: *force,
             }

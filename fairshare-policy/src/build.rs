@@ -20,6 +20,7 @@ use crate::raw::{self, Node, Scalar};
 const MAX_FILE_SIZE: u64 = 1 << 20;
 
 mod cross;
+mod fair;
 mod notices;
 mod shape;
 mod values;
@@ -119,10 +120,22 @@ fn read_limited(path: &Path) -> Result<String, String> {
 
 /// The top-level keys of a policy file.
 const TOP_KEYS: &[&str] = &[
-    "defaults", "max", "exempt", "capacity", "groups", "users", "leases", "notices",
+    "defaults", "max", "exempt", "capacity", "groups", "users", "leases", "notices", "tiers",
+    "bursting",
 ];
 /// The keys of `defaults:` and `max:`.
-const LIMIT_KEYS: &[&str] = &["cpu", "mem", "mem_high", "tasks"];
+const LIMIT_KEYS: &[&str] = &[
+    "cpu",
+    "mem",
+    "mem_high",
+    "tasks",
+    "weight",
+    "io_weight",
+    "mem_low",
+    "swap",
+    "io",
+    "burst",
+];
 
 /// The file being read, for the origin of each value.
 struct File {
@@ -138,10 +151,11 @@ impl File {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Overrides {
     Groups,
     Users,
+    Tiers,
 }
 
 impl Overrides {
@@ -149,6 +163,7 @@ impl Overrides {
         match self {
             Overrides::Groups => "groups",
             Overrides::Users => "users",
+            Overrides::Tiers => "tiers",
         }
     }
 }
@@ -176,6 +191,10 @@ struct Builder {
     max_lease: Option<Duration>,
     groups: IndexMap<String, Override>,
     users: IndexMap<String, Override>,
+    tiers: IndexMap<String, Override>,
+    bursting: fair::BurstingKeys,
+    /// `capacity.mem_low`: total and what to do when it is full.
+    guarantees: (Option<crate::fair::MemLow>, Option<crate::fair::WhenFull>),
     notices: Option<crate::policy::NoticeDefaults>,
 }
 
@@ -211,6 +230,8 @@ impl Builder {
                 "groups" => self.overrides_key(&top, Overrides::Groups, value),
                 "users" => self.overrides_key(&top, Overrides::Users, value),
                 "leases" => self.leases_key(&top, value),
+                "tiers" => self.overrides_key(&top, Overrides::Tiers, value),
+                "bursting" => self.bursting_key(&top, value),
                 "notices" => self.notices_key(&top, value),
                 other => self.unknown_key(&top, key, "", other, TOP_KEYS),
             }
@@ -231,7 +252,19 @@ impl Builder {
                 "the soft limit is set under `defaults` (it scales with every resize); remove it from `max`",
             );
         }
+        self.no_burst_in_max(&p, "max");
         self.max.overlay(&p);
+    }
+
+    /// `burst` says whether a user may burst at all: a default, not a maximum.
+    fn no_burst_in_max(&mut self, p: &Partial, path: &str) {
+        if let Some((_, o)) = &p.burst {
+            self.err(
+                o.clone(),
+                &format!("{path}.burst"),
+                "whether a user may burst is set under `defaults`; remove it from `max`",
+            );
+        }
     }
 
     fn exempt_key(&mut self, file: &File, node: &Spanned<Node>) {
@@ -280,8 +313,12 @@ impl Builder {
     }
 
     fn capacity_key(&mut self, file: &File, node: &Spanned<Node>) {
-        let Some(entries) = self.mapping(file, "capacity", node, "`cpu`, `mem` and `overcommit`")
-        else {
+        let Some(entries) = self.mapping(
+            file,
+            "capacity",
+            node,
+            "`cpu`, `mem`, `overcommit` and `mem_low`",
+        ) else {
             return;
         };
         for (key, value) in entries {
@@ -298,9 +335,14 @@ impl Builder {
                     }
                 }
                 "overcommit" => self.overcommit(file, &field, value),
-                other => {
-                    self.unknown_key(file, key, "capacity", other, &["cpu", "mem", "overcommit"])
-                }
+                "mem_low" => self.guarantees_key(file, &field, value),
+                other => self.unknown_key(
+                    file,
+                    key,
+                    "capacity",
+                    other,
+                    &["cpu", "mem", "overcommit", "mem_low"],
+                ),
             }
         }
     }
@@ -334,11 +376,17 @@ impl Builder {
         }
     }
 
-    /// `groups:` or `users:`: overrides of `defaults` and `max` per name.
+    /// `groups:`, `users:` or `tiers:`: overrides of `defaults` and `max`
+    /// per name; groups and users may name a `tier`.
     fn overrides_key(&mut self, file: &File, kind: Overrides, node: &Spanned<Node>) {
         let what = match kind {
-            Overrides::Groups => "group names to `defaults:` and `max:`",
-            Overrides::Users => "user names to `defaults:` and `max:`",
+            Overrides::Groups => "group names to `tier:`, `defaults:` and `max:`",
+            Overrides::Users => "user names to `tier:`, `defaults:` and `max:`",
+            Overrides::Tiers => "tier names to `defaults:` and `max:`",
+        };
+        let known: &[&str] = match kind {
+            Overrides::Tiers => &["defaults", "max"],
+            _ => &["tier", "defaults", "max"],
         };
         let Some(entries) = self.mapping(file, kind.key(), node, what) else {
             return;
@@ -352,33 +400,47 @@ impl Builder {
             }
             let mut defaults = Partial::default();
             let mut max = Partial::default();
-            if let Some(parts) = self.mapping(file, &field, value, "`defaults:` and `max:`") {
+            let mut tier = None;
+            let expected = match kind {
+                Overrides::Tiers => "`defaults:` and `max:`",
+                _ => "`tier:`, `defaults:` and `max:`",
+            };
+            if let Some(parts) = self.mapping(file, &field, value, expected) {
                 for (pkey, pvalue) in parts {
                     let sub = join(&field, &pkey.value);
                     match pkey.value.as_str() {
                         "defaults" => defaults.overlay(&self.limits(file, &sub, pvalue)),
                         "max" => {
-                            max.overlay(&self.limits(file, &sub, pvalue));
-                            if let Some((_, o)) = &max.mem_high {
+                            let m = self.limits(file, &sub, pvalue);
+                            if let Some((_, o)) = &m.mem_high {
                                 self.err(
                                     o.clone(),
                                     &format!("{sub}.mem_high"),
                                     "the soft limit is set under `defaults`; remove it from `max`",
                                 );
                             }
+                            self.no_burst_in_max(&m, &sub);
+                            max.overlay(&m);
                         }
-                        other => self.unknown_key(file, pkey, &field, other, &["defaults", "max"]),
+                        "tier" if kind != Overrides::Tiers => {
+                            tier = self.tier_name(file, &sub, pvalue);
+                        }
+                        other => self.unknown_key(file, pkey, &field, other, known),
                     }
                 }
             }
             let target = match kind {
                 Overrides::Groups => &mut self.groups,
                 Overrides::Users => &mut self.users,
+                Overrides::Tiers => &mut self.tiers,
             };
             let entry = target.entry(name).or_default();
             entry.origin.get_or_insert(origin);
             entry.defaults.overlay(&defaults);
             entry.max.overlay(&max);
+            if tier.is_some() {
+                entry.tier = tier;
+            }
         }
     }
 
@@ -408,8 +470,8 @@ impl Builder {
         }
     }
 
-    /// `cpu`, `mem`, `mem_high` and `tasks` under `path` (`defaults`,
-    /// `groups.NAME.max`, ...).
+    /// `cpu`, `mem`, `mem_high`, `tasks` and the fair-share keys under
+    /// `path` (`defaults`, `groups.NAME.max`, `tiers.NAME.defaults`, ...).
     fn limits(&mut self, file: &File, path: &str, node: &Spanned<Node>) -> Partial {
         let mut p = Partial::default();
         let Some(entries) = self.mapping(file, path, node, "limits such as {cpu: 2, mem: 8G}")
@@ -420,6 +482,9 @@ impl Builder {
             let field = join(path, &key.value);
             if !LIMIT_KEYS.contains(&key.value.as_str()) {
                 self.unknown_key(file, key, path, &key.value, LIMIT_KEYS);
+                continue;
+            }
+            if self.fair_key(file, &field, &key.value, value, &mut p) {
                 continue;
             }
             let Some((v, o)) = self.scalar(file, &field, value) else {

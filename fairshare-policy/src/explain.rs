@@ -13,16 +13,30 @@ use crate::error::Origin;
 use crate::policy::{MemHigh, Override, Partial, Policy};
 use crate::{Identity, policy::Exemption};
 
-/// The fields an override can set, as named in the policy.
-const FIELDS: [&str; 7] = [
+/// The fields an override can set, as named in the policy; besides these,
+/// `tier` and the IO limits of every target the policy names
+/// (`defaults.io./home.write_bw`).
+const FIELDS: [&str; 16] = [
     "defaults.cpu",
     "defaults.mem",
     "defaults.mem_high",
     "defaults.tasks",
+    "defaults.weight",
+    "defaults.io_weight",
+    "defaults.mem_low",
+    "defaults.swap",
+    "defaults.burst",
     "max.cpu",
     "max.mem",
     "max.tasks",
+    "max.weight",
+    "max.io_weight",
+    "max.mem_low",
+    "max.swap",
 ];
+
+/// The pseudo-field naming a group's or user's tier.
+const TIER: &str = "tier";
 
 /// One setting of a field: who set it, to what, where.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,8 +51,8 @@ pub struct Setting {
 /// Where one field of a user's limits came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldSource {
-    /// `defaults.cpu`, `max.mem`, ...
-    pub field: &'static str,
+    /// `defaults.cpu`, `max.mem`, `defaults.io./home.write_bw`, `tier`, ...
+    pub field: String,
     /// The setting in force.
     pub winner: Setting,
     /// Groups of this user that set the field to another value, earlier in
@@ -48,7 +62,35 @@ pub struct FieldSource {
 
 /// What one partial sets for `field`, shown as written.
 fn value_of(p: &Partial, field: &str) -> Option<(String, Origin)> {
-    let name = field.rsplit('.').next().unwrap_or(field);
+    let rel = field
+        .strip_prefix("defaults.")
+        .or_else(|| field.strip_prefix("max."))
+        .unwrap_or(field);
+    if let Some(io) = rel.strip_prefix("io.") {
+        let (target, f) = io.rsplit_once('.')?;
+        return p
+            .io
+            .iter()
+            .find(|(t, _)| t.to_string() == target)
+            .and_then(|(_, l)| l.shown(f));
+    }
+    fn s<T: std::fmt::Display>(v: &Option<(T, Origin)>) -> Option<(String, Origin)> {
+        v.as_ref().map(|(v, o)| (v.to_string(), o.clone()))
+    }
+    let name = rel;
+    match name {
+        "weight" => return s(&p.weight),
+        "io_weight" => return s(&p.io_weight),
+        "mem_low" => return s(&p.mem_low),
+        "swap" => {
+            return p
+                .swap
+                .as_ref()
+                .map(|(v, o)| (crate::fair::show_swap(v), o.clone()));
+        }
+        "burst" => return s(&p.burst),
+        _ => {}
+    }
     match name {
         "cpu" => p.cpu.as_ref().map(|(v, o)| (v.to_string(), o.clone())),
         "mem" => p.mem.as_ref().map(|(v, o)| (v.to_string(), o.clone())),
@@ -70,6 +112,14 @@ fn part<'a>(o: &'a Override, field: &str) -> &'a Partial {
     }
 }
 
+/// What a group, user or tier sets for `field` (its tier included).
+fn setting_of(o: &Override, field: &str) -> Option<(String, Origin)> {
+    match field {
+        TIER => o.tier.clone(),
+        _ => value_of(part(o, field), field),
+    }
+}
+
 impl Policy {
     /// The group overrides that apply to this user, in the order applied.
     pub(crate) fn matching_groups<'a>(
@@ -81,27 +131,67 @@ impl Policy {
             .filter(|(name, _)| who.groups.iter().any(|g| g == *name))
     }
 
+    /// Every field the policy can set for someone: the fixed ones, `tier`,
+    /// and the IO limits of each target named anywhere.
+    fn field_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = FIELDS.iter().map(|f| f.to_string()).collect();
+        out.push(TIER.to_string());
+        let mut targets = std::collections::BTreeSet::new();
+        let all = [&self.tiers, &self.groups, &self.users];
+        for p in [&self.defaults, &self.max].into_iter().chain(
+            all.iter()
+                .flat_map(|m| m.values().flat_map(|o| [&o.defaults, &o.max])),
+        ) {
+            targets.extend(p.io.keys().map(|t| t.to_string()));
+        }
+        for side in ["defaults", "max"] {
+            for t in &targets {
+                for f in crate::policy::IO_FIELDS {
+                    out.push(format!("{side}.io.{t}.{f}"));
+                }
+            }
+        }
+        out
+    }
+
     /// Where each field of this user's limits comes from, in the order of
-    /// [`FIELDS`](crate::FIELDS): the base (`defaults`/`max`), then each of
-    /// their groups in policy order, then their own `users:` entry. Fields
-    /// that nothing sets (a `max` left to follow the default) are left out.
+    /// [`FIELDS`](crate::FIELDS): the base (`defaults`/`max`), then their
+    /// tier, then each of their groups in policy order, then their own
+    /// `users:` entry. Fields that nothing sets (a `max` left to follow the
+    /// default) are left out.
     pub fn explain(&self, who: &Identity) -> Vec<FieldSource> {
         let mut out = Vec::new();
-        for field in FIELDS {
+        let tier = self
+            .tier_of(who)
+            .and_then(|(name, _)| self.tiers.get(name.as_str()).map(|t| (name.clone(), t)));
+        for field in self.field_names() {
+            let field = field.as_str();
             let base = match field.starts_with("max.") {
                 true => ("max", &self.max),
                 false => ("defaults", &self.defaults),
             };
-            let mut winner: Option<Setting> =
-                value_of(base.1, field).map(|(value, origin)| Setting {
+            let mut winner: Option<Setting> = match field {
+                TIER => None,
+                _ => value_of(base.1, field).map(|(value, origin)| Setting {
                     source: base.0.to_string(),
                     value,
                     origin,
+                }),
+            };
+            if let Some((name, t)) = &tier
+                && field != TIER
+                && let Some((value, origin)) = setting_of(t, field)
+            {
+                winner = Some(Setting {
+                    source: format!("tier {name}"),
+                    value,
+                    origin,
                 });
+            }
             let mut overridden: Vec<Setting> = Vec::new();
             let mut groups_setting: Vec<Setting> = Vec::new();
             for (name, o) in self.matching_groups(who) {
-                if let Some((value, origin)) = value_of(part(o, field), field) {
+                if let Some((value, origin)) = setting_of(o, field) {
                     let s = Setting {
                         source: format!("group {name}"),
                         value,
@@ -112,7 +202,7 @@ impl Policy {
                 }
             }
             if let Some(o) = self.users.get(&who.name)
-                && let Some((value, origin)) = value_of(part(o, field), field)
+                && let Some((value, origin)) = setting_of(o, field)
             {
                 winner = Some(Setting {
                     source: format!("user {}", who.name),
@@ -127,7 +217,7 @@ impl Policy {
                 }
             }
             out.push(FieldSource {
-                field,
+                field: field.to_string(),
                 winner,
                 overridden,
             });
@@ -141,6 +231,9 @@ impl Policy {
     pub(crate) fn sources(&self, who: &Identity) -> Vec<String> {
         let groups: Vec<&String> = self.matching_groups(who).map(|(n, _)| n).collect();
         let mut sources = vec!["defaults".to_string()];
+        if let Some((tier, by)) = self.tier_of(who) {
+            sources.push(format!("tier {tier} (from {by})"));
+        }
         if groups.len() < 2 {
             sources.extend(groups.iter().map(|g| format!("group {g}")));
         } else {
@@ -210,11 +303,12 @@ impl Policy {
             }
         }
         let mut out = Vec::new();
-        for field in FIELDS {
+        for field in self.field_names() {
+            let field = field.as_str();
             let setters: Vec<(&String, String, Origin)> = self
                 .groups
                 .iter()
-                .filter_map(|(n, o)| value_of(part(o, field), field).map(|(v, orig)| (n, v, orig)))
+                .filter_map(|(n, o)| setting_of(o, field).map(|(v, orig)| (n, v, orig)))
                 .collect();
             let mut values: Vec<&String> = setters.iter().map(|(_, v, _)| v).collect();
             values.sort();
@@ -254,6 +348,11 @@ impl Policy {
                     Some(format!("{u} gets {} from {}", winner.value, winner.source))
                 })
                 .collect();
+            // groups naming different tiers is what tiers are for: only a
+            // user in several of them is worth a warning
+            if field == TIER && caught.is_empty() {
+                continue;
+            }
             let who = match caught.len() {
                 0 => "no user is in more than one of them now".to_string(),
                 n if n <= MAX_NAMED => caught.join(", "),

@@ -1,6 +1,6 @@
 //! Types and code shared by every part of fairshare.
 //!
-//! * [`units`]: CPU counts, memory sizes and task counts, parsed the same way
+//! * [`units`]: CPU counts, memory sizes, task counts, weights and IO rates, parsed the same way
 //!   in policy files, on the wire and on the command line.
 //! * [`wire`]: the newline-delimited JSON protocol spoken on
 //!   `/run/fairshare.sock`.
@@ -27,5 +27,5 @@ pub mod units;
 pub mod wire;
 
 pub use client::{Client, ClientError};
-pub use units::{Bytes, Cpus, Tasks, ValueError};
+pub use units::{Bandwidth, Bytes, Ceiling, Cpus, Iops, Tasks, ValueError, Weight};
 pub use wire::{Request, Response};

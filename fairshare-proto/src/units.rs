@@ -1,7 +1,7 @@
-//! CPU counts, memory sizes and task counts: parsing, validation and display.
+//! CPU counts, memory sizes, task counts, weights, IO rates: parsing,
+//! validation and display.
 //!
-//! These are the only three kinds of quantity fairshare deals in, and they are
-//! parsed the same way everywhere: in policy files, on the wire and on the
+//! Each kind of quantity is parsed the same way everywhere: in policy files, on the wire and on the
 //! command line. Every parse error says what was wrong and what would be
 //! accepted, so it can be shown to a person as it is.
 //!
@@ -11,6 +11,11 @@
 //!   `KiB` spellings), all powers of 1024, case-insensitive, with decimals
 //!   (`1.5G`). A bare number is a count of bytes.
 //! * [`Tasks`] is a positive whole number.
+//! * [`Weight`] is a CPU or IO weight, 1 to 10000 (default 100).
+//! * [`Bandwidth`] is bytes per second; `K`, `M`, `G`, `T` are powers of
+//!   1000 here, as systemd and `dd` count them (`Ki`, `Mi`... of 1024).
+//! * [`Iops`] is a positive whole number of IO operations per second.
+//! * [`Ceiling`] is one of these, or `max`: explicitly no limit.
 //!
 //! * [`parse_duration`] and [`format_duration`] read and show the length of
 //!   a lease (`4h`, `1h30m`).
@@ -19,20 +24,29 @@
 //! errors. Each quantity has its own file; this one holds what they share:
 //! the error type, the [`Quantity`] trait and the serde visitor.
 
+mod bandwidth;
 mod bytes;
+mod ceiling;
 mod cpus;
 mod duration;
+mod iops;
 mod tasks;
+mod weight;
+mod whole;
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, Visitor};
 
+pub use bandwidth::Bandwidth;
 pub use bytes::Bytes;
+pub use ceiling::Ceiling;
 pub use cpus::Cpus;
 pub use duration::{format_duration, parse_duration};
+pub use iops::Iops;
 pub use tasks::Tasks;
+pub use weight::Weight;
 
 /// Why a quantity could not be parsed. The message is meant for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +64,10 @@ pub enum ValueError {
         "`{input}` has an unknown unit `{unit}`; use B, K, M, G or T (powers of 1024), e.g. 512M or 1.5G"
     )]
     UnknownUnit { input: String, unit: String },
+    #[error(
+        "`{input}` has an unknown unit `{unit}`; use K, M, G or T (powers of 1000, as systemd and dd count rates) or Ki, Mi, Gi, Ti (powers of 1024), optionally followed by B/s, e.g. 50M or 500MB/s"
+    )]
+    UnknownRateUnit { input: String, unit: String },
     #[error("`{input}` is too large (at most {max})")]
     TooLarge { input: String, max: String },
     #[error("`{input}` is too small (at least {min})")]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::events::Event;
-use crate::units::{Bytes, Cpus, Quantity, Tasks, ValueError, parse_duration};
+use crate::units::{Bytes, Cpus, Quantity, Tasks, ValueError, Weight, parse_duration};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/fairshare.sock";
@@ -219,6 +219,18 @@ pub struct ResizeArgs {
     pub mem: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Value>,
+    /// `CPUWeight` (issue 15); the four fair-share fields are optional on
+    /// the wire: older clients leave them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_weight: Option<Value>,
+    /// `MemoryLow`: a size, `0` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_low: Option<Value>,
+    /// `MemorySwapMax`: a size, `0` for no swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Value>,
     /// How long the resize lasts (`"4h"`, or seconds); back to the default after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<Value>,
@@ -231,12 +243,24 @@ pub struct Resize {
     pub mem: Option<Bytes>,
     pub tasks: Option<Tasks>,
     pub duration: Option<Duration>,
+    pub weight: Option<Weight>,
+    pub io_weight: Option<Weight>,
+    /// `0`: no guarantee.
+    pub mem_low: Option<Bytes>,
+    /// `0`: no swap.
+    pub swap: Option<Bytes>,
 }
 
 impl Resize {
     /// True when no quantity is asked for.
     pub fn is_empty(&self) -> bool {
-        self.cpu.is_none() && self.mem.is_none() && self.tasks.is_none()
+        self.cpu.is_none()
+            && self.mem.is_none()
+            && self.tasks.is_none()
+            && self.weight.is_none()
+            && self.io_weight.is_none()
+            && self.mem_low.is_none()
+            && self.swap.is_none()
     }
 }
 
@@ -248,7 +272,28 @@ impl ResizeArgs {
             mem: mem.map(|m| to_value(serde_json::to_value(m))),
             tasks: tasks.map(|t| to_value(serde_json::to_value(t))),
             duration: None,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         }
+    }
+
+    /// The same resize, with the fair-share fields.
+    pub fn fair(
+        mut self,
+        weight: Option<Weight>,
+        io_weight: Option<Weight>,
+        mem_low: Option<Bytes>,
+        swap: Option<Bytes>,
+    ) -> ResizeArgs {
+        let to_value = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
+        self.weight = weight.map(|w| to_value(serde_json::to_value(w)));
+        self.io_weight = io_weight.map(|w| to_value(serde_json::to_value(w)));
+        // sizes as numbers of bytes: `0` (none) is one
+        self.mem_low = mem_low.map(|b| Value::from(b.get()));
+        self.swap = swap.map(|b| Value::from(b.get()));
+        self
     }
 
     /// The same resize, lasting `d`.
@@ -286,6 +331,10 @@ impl ResizeArgs {
             mem: field("mem", &self.mem)?,
             tasks: field("tasks", &self.tasks)?,
             duration,
+            weight: field("weight", &self.weight)?,
+            io_weight: field("io_weight", &self.io_weight)?,
+            mem_low: size_or_zero("mem_low", &self.mem_low)?,
+            swap: size_or_zero("swap", &self.swap)?,
         })
     }
 }
@@ -309,6 +358,15 @@ fn field<T: Quantity>(name: &str, v: &Option<Value>) -> Result<Option<T>, String
         }),
     };
     parsed.map(Some).map_err(|e| format!("{name}: {e}"))
+}
+
+/// A size where `0` means none (`mem_low`, `swap`).
+fn size_or_zero(name: &str, v: &Option<Value>) -> Result<Option<Bytes>, String> {
+    match v {
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(Some(Bytes(0))),
+        Some(Value::String(s)) if s.trim() == "0" => Ok(Some(Bytes(0))),
+        other => field(name, other),
+    }
 }
 
 fn short_json(v: &Value) -> String {
@@ -435,6 +493,59 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_high: Option<Bytes>,
     pub tasks: Tasks,
+    /// `CPUWeight=` (v1: `cpu.shares`), when the policy sets one (issue 15);
+    /// unset is systemd's default, 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Weight>,
+    /// `IOWeight=`, when the policy sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_weight: Option<Weight>,
+    /// `MemoryLow=`: memory protected from other users' pressure, when the
+    /// policy gives a guarantee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_low: Option<Bytes>,
+    /// `MemorySwapMax=` (`0`: no swap), when the policy limits swap; unset
+    /// is systemd's default, no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Bytes>,
+}
+
+impl Limits {
+    /// The ceilings alone, with systemd's defaults for the fair-share
+    /// settings (weights 100, no guarantee, swap unlimited).
+    pub fn new(cpu: Cpus, mem: Bytes, mem_high: Option<Bytes>, tasks: Tasks) -> Limits {
+        Limits {
+            cpu,
+            mem,
+            mem_high,
+            tasks,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
+        }
+    }
+
+    /// The fair-share settings, for people: `weight 200, IO weight 100,
+    /// 1G guaranteed, no swap` (empty when none is set).
+    pub fn fair_parts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(w) = self.weight {
+            out.push(format!("weight {w}"));
+        }
+        if let Some(w) = self.io_weight {
+            out.push(format!("IO weight {w}"));
+        }
+        if let Some(l) = self.mem_low {
+            out.push(format!("{} guaranteed", l.human()));
+        }
+        match self.swap {
+            Some(s) if s.get() == 0 => out.push("no swap".into()),
+            Some(s) => out.push(format!("swap {}", s.human())),
+            None => {}
+        }
+        out
+    }
 }
 
 impl fmt::Display for Limits {
@@ -449,7 +560,11 @@ impl fmt::Display for Limits {
         if let Some(h) = self.mem_high {
             write!(f, " (soft {})", h.human())?;
         }
-        write!(f, ", {} tasks", self.tasks)
+        write!(f, ", {} tasks", self.tasks)?;
+        for p in self.fair_parts() {
+            write!(f, ", {p}")?;
+        }
+        Ok(())
     }
 }
 
@@ -557,6 +672,14 @@ pub struct StatusInfo {
     pub allocated_tasks: Option<Tasks>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_mem_high: Option<Bytes>,
+    /// The allocation's fair-share settings, for people (`weight 200`,
+    /// `256M guaranteed`, `no swap`; issue 15).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fair: Vec<String>,
+    /// Settings of this user's that this host's cgroup layout cannot enforce,
+    /// each with why (`mem_low 256M: has no effect on cgroup v1 ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unenforced: Vec<String>,
     pub uid: u32,
     pub user: String,
     pub slice: String,
@@ -859,6 +982,8 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"], "no");
         let status = StatusInfo {
+            fair: Vec::new(),
+            unenforced: Vec::new(),
             allocated_cpu: Some(Cpus::whole(4)),
             allocated_mem: Some(Bytes(16 << 30)),
             allocated_tasks: Some(Tasks(4096)),

@@ -25,10 +25,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use fairshare_policy::{Identity, Policy};
+use fairshare_policy::{Identity, IoDevices, Policy};
 use fairshare_proto::wire::Limits;
 
-use crate::dropin::{Entry, Key, Layout, OnDisk, Outcome, PropertyValue, Settings, Value};
+use crate::dropin::{Entry, Key, Layout, OnDisk, Outcome, PropertyValue, Settings, Value, normal};
 use crate::identity::Directory;
 
 /// Values of the managed keys (`None`: no limit, systemd's built-in
@@ -47,9 +47,9 @@ pub enum Base {
 }
 
 impl Base {
-    /// The base for a user's policy default.
-    pub fn of(default: &Limits) -> Base {
-        Base::Limits(Settings::from_limits(default))
+    /// The base for a user's policy default and IO limits.
+    pub fn of(default: &Limits, io: &IoDevices) -> Base {
+        Base::Limits(Settings::from_limits(default).with_io(io))
     }
 }
 
@@ -60,7 +60,7 @@ fn overlay(settings: Option<&Settings>, own: &Values) -> Values {
         .iter()
         .map(|k| {
             let v = match settings.and_then(|s| s.get(*k)) {
-                Some(v) => limit(v),
+                Some(v) => normal(*k, Some(v)),
                 None => own.get(k).copied().flatten(),
             };
             (*k, v)
@@ -68,14 +68,9 @@ fn overlay(settings: Option<&Settings>, own: &Values) -> Values {
         .collect()
 }
 
-/// `infinity` is no limit.
-fn limit(v: Value) -> Option<Value> {
-    (v != Value::Infinity).then_some(v)
-}
-
-/// The values of an allocation on a slice.
-pub fn values_of(limits: &Limits, own: &Values) -> Values {
-    overlay(Some(&Settings::from_limits(limits)), own)
+/// The values of an allocation, with the user's IO limits, on a slice.
+pub fn values_of(limits: &Limits, io: &IoDevices, own: &Values) -> Values {
+    overlay(Some(&Settings::from_limits(limits).with_io(io)), own)
 }
 
 #[derive(Default)]
@@ -248,12 +243,12 @@ impl DropIns {
     /// next sync sets it right. Shares (`33%`) cannot be compared with an
     /// absolute value and are taken as they are. Returns the keys that
     /// differed.
-    pub fn observed(&self, uid: u32, actual: [u64; 4]) -> Vec<Key> {
+    pub fn observed(&self, uid: u32, actual: crate::systemd::SliceValues) -> Vec<Key> {
         let mut m = self.lock();
         let now = Self::in_force_of(&m, uid);
         let mut differ = Vec::new();
         for (k, n) in Key::ALL.iter().zip(actual) {
-            let real = (n != u64::MAX).then_some(Value::Amount(n));
+            let real = normal(*k, Some(Value::Amount(n)));
             match now.get(k).copied().flatten() {
                 Some(Value::Share(_)) => continue,
                 model if model == real => continue,
@@ -463,7 +458,7 @@ impl DropIns {
 fn own_values(l: &Layout) -> io::Result<Values> {
     let mut out: Values = Key::ALL.iter().map(|k| (*k, None)).collect();
     for (k, a) in l.systemd_own(u32::MAX - 1)? {
-        out.insert(k, a.value.and_then(limit));
+        out.insert(k, normal(k, a.value));
     }
     Ok(out)
 }
@@ -502,7 +497,7 @@ pub fn base_for(policy: &Policy, id: &Identity) -> (Base, String) {
     match &up.exempt {
         Some(ex) => (Base::Exempt, format!("{}: {ex}", id.name)),
         None => (
-            Base::of(&up.default),
+            Base::of(&up.default, &crate::iodisk::io_of(&up.fair_default)),
             format!("{}: {}", id.name, up.sources.join(", ")),
         ),
     }
@@ -514,7 +509,8 @@ pub fn base_for(policy: &Policy, id: &Identity) -> (Base, String) {
 /// with a file already, users seen): each looked up in `dir`, and left out
 /// when their file would equal G or they no longer exist. Blocking (NSS).
 pub fn plan(policy: &Policy, dir: &dyn Directory, extra: &[u32]) -> Plan {
-    let global = Settings::from_limits(&policy.plain_default());
+    let global = Settings::from_limits(&policy.plain_default())
+        .with_io(&crate::iodisk::io_of(&policy.plain_fair()));
     let files: Vec<String> = policy
         .files()
         .iter()

@@ -87,15 +87,25 @@ const MAX_FILE: u64 = 64 * 1024;
 
 // ---------------------------------------------------------------- keys
 
-/// A slice setting fairshare manages. Adding one (issue 15: CPUWeight,
-/// IOWeight, MemoryLow, MemorySwapMax, IO bandwidth) is a variant here, a
-/// `Spec` constant, an arm in [`Key::spec`] and an entry in `SPECS`.
+/// A slice setting fairshare manages. Adding one is a variant here, a
+/// `Spec` constant, an arm in [`Key::spec`] and an entry in `SPECS`. The
+/// fair-share keys of issue 15 (CPUWeight, IOWeight, MemoryLow,
+/// MemorySwapMax) follow the four ceilings, then the IO limits, whose value is
+/// a list of `(device or path, value)` per disk ([`Kind::Devices`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     CpuQuota,
     MemoryMax,
     MemoryHigh,
     TasksMax,
+    CpuWeight,
+    IoWeight,
+    MemoryLow,
+    MemorySwapMax,
+    IoReadBandwidthMax,
+    IoWriteBandwidthMax,
+    IoReadIopsMax,
+    IoWriteIopsMax,
 }
 
 /// How a key's values are written and read.
@@ -109,6 +119,14 @@ pub enum Kind {
     Size,
     /// A count, a percentage of the host's task limit, or `infinity`.
     Count,
+    /// `CPUWeight=`, `IOWeight=`: 1 to 10000 (systemd's `idle` is not a
+    /// value fairshare writes, and is not read as one).
+    Weight,
+    /// `IOReadBandwidthMax=` and the other IO limits: one `PATH VALUE` line
+    /// per disk, each adding to the list (an empty assignment empties it).
+    /// The value held is a list id of [`devices`]: `0` is the empty list,
+    /// systemd's default. On D-Bus `a(st)`.
+    Devices,
 }
 
 /// Everything about one key: its names in unit files, on D-Bus and in the
@@ -129,6 +147,11 @@ pub struct Spec {
     pub control_files: &'static [&'static str],
     /// The policy field that sets it, for messages.
     pub policy_field: &'static str,
+    /// The D-Bus value of "not set": systemd's built-in default
+    /// (`u64::MAX`, infinity or an unset weight; `0` for `MemoryLow`).
+    pub unset: u64,
+    /// Whether `0` is a value (no swap, no guarantee).
+    pub zero: bool,
 }
 
 const CPU_QUOTA: Spec = Spec {
@@ -139,6 +162,8 @@ const CPU_QUOTA: Spec = Spec {
     scale_property: None,
     control_files: &["50-CPUQuota.conf"],
     policy_field: "defaults.cpu",
+    unset: u64::MAX,
+    zero: false,
 };
 const MEMORY_MAX: Spec = Spec {
     key: Key::MemoryMax,
@@ -148,6 +173,8 @@ const MEMORY_MAX: Spec = Spec {
     scale_property: Some("MemoryMaxScale"),
     control_files: &["50-MemoryMax.conf", "50-MemoryMaxScale.conf"],
     policy_field: "defaults.mem",
+    unset: u64::MAX,
+    zero: false,
 };
 const MEMORY_HIGH: Spec = Spec {
     key: Key::MemoryHigh,
@@ -157,6 +184,8 @@ const MEMORY_HIGH: Spec = Spec {
     scale_property: Some("MemoryHighScale"),
     control_files: &["50-MemoryHigh.conf", "50-MemoryHighScale.conf"],
     policy_field: "defaults.mem_high",
+    unset: u64::MAX,
+    zero: false,
 };
 const TASKS_MAX: Spec = Spec {
     key: Key::TasksMax,
@@ -166,8 +195,100 @@ const TASKS_MAX: Spec = Spec {
     scale_property: Some("TasksMaxScale"),
     control_files: &["50-TasksMax.conf", "50-TasksMaxScale.conf"],
     policy_field: "defaults.tasks",
+    unset: u64::MAX,
+    zero: false,
 };
-const SPECS: &[Spec] = &[CPU_QUOTA, MEMORY_MAX, MEMORY_HIGH, TASKS_MAX];
+const CPU_WEIGHT: Spec = Spec {
+    key: Key::CpuWeight,
+    name: "CPUWeight",
+    kind: Kind::Weight,
+    property: "CPUWeight",
+    scale_property: None,
+    control_files: &["50-CPUWeight.conf"],
+    policy_field: "defaults.weight",
+    unset: u64::MAX,
+    zero: false,
+};
+const IO_WEIGHT: Spec = Spec {
+    key: Key::IoWeight,
+    name: "IOWeight",
+    kind: Kind::Weight,
+    property: "IOWeight",
+    scale_property: None,
+    control_files: &["50-IOWeight.conf"],
+    policy_field: "defaults.io_weight",
+    unset: u64::MAX,
+    zero: false,
+};
+const MEMORY_LOW: Spec = Spec {
+    key: Key::MemoryLow,
+    name: "MemoryLow",
+    kind: Kind::Size,
+    property: "MemoryLow",
+    scale_property: Some("MemoryLowScale"),
+    control_files: &["50-MemoryLow.conf", "50-MemoryLowScale.conf"],
+    policy_field: "defaults.mem_low",
+    unset: 0,
+    zero: true,
+};
+const MEMORY_SWAP_MAX: Spec = Spec {
+    key: Key::MemorySwapMax,
+    name: "MemorySwapMax",
+    kind: Kind::Size,
+    property: "MemorySwapMax",
+    scale_property: Some("MemorySwapMaxScale"),
+    control_files: &["50-MemorySwapMax.conf", "50-MemorySwapMaxScale.conf"],
+    policy_field: "defaults.swap",
+    unset: u64::MAX,
+    zero: true,
+};
+const fn io_spec(key: Key, name: &'static str, files: &'static [&'static str]) -> Spec {
+    Spec {
+        key,
+        name,
+        kind: Kind::Devices,
+        property: name,
+        scale_property: None,
+        control_files: files,
+        policy_field: "defaults.io",
+        unset: 0,
+        zero: false,
+    }
+}
+const IO_READ_BW: Spec = io_spec(
+    Key::IoReadBandwidthMax,
+    "IOReadBandwidthMax",
+    &["50-IOReadBandwidthMax.conf"],
+);
+const IO_WRITE_BW: Spec = io_spec(
+    Key::IoWriteBandwidthMax,
+    "IOWriteBandwidthMax",
+    &["50-IOWriteBandwidthMax.conf"],
+);
+const IO_READ_IOPS: Spec = io_spec(
+    Key::IoReadIopsMax,
+    "IOReadIOPSMax",
+    &["50-IOReadIOPSMax.conf"],
+);
+const IO_WRITE_IOPS: Spec = io_spec(
+    Key::IoWriteIopsMax,
+    "IOWriteIOPSMax",
+    &["50-IOWriteIOPSMax.conf"],
+);
+const SPECS: &[Spec] = &[
+    CPU_QUOTA,
+    MEMORY_MAX,
+    MEMORY_HIGH,
+    TASKS_MAX,
+    CPU_WEIGHT,
+    IO_WEIGHT,
+    MEMORY_LOW,
+    MEMORY_SWAP_MAX,
+    IO_READ_BW,
+    IO_WRITE_BW,
+    IO_READ_IOPS,
+    IO_WRITE_IOPS,
+];
 
 impl Key {
     /// Every key fairshare manages, in the order files list them.
@@ -176,6 +297,14 @@ impl Key {
         Key::MemoryMax,
         Key::MemoryHigh,
         Key::TasksMax,
+        Key::CpuWeight,
+        Key::IoWeight,
+        Key::MemoryLow,
+        Key::MemorySwapMax,
+        Key::IoReadBandwidthMax,
+        Key::IoWriteBandwidthMax,
+        Key::IoReadIopsMax,
+        Key::IoWriteIopsMax,
     ];
 
     pub fn spec(self) -> &'static Spec {
@@ -184,6 +313,14 @@ impl Key {
             Key::MemoryMax => &MEMORY_MAX,
             Key::MemoryHigh => &MEMORY_HIGH,
             Key::TasksMax => &TASKS_MAX,
+            Key::CpuWeight => &CPU_WEIGHT,
+            Key::IoWeight => &IO_WEIGHT,
+            Key::MemoryLow => &MEMORY_LOW,
+            Key::MemorySwapMax => &MEMORY_SWAP_MAX,
+            Key::IoReadBandwidthMax => &IO_READ_BW,
+            Key::IoWriteBandwidthMax => &IO_WRITE_BW,
+            Key::IoReadIopsMax => &IO_READ_IOPS,
+            Key::IoWriteIopsMax => &IO_WRITE_IOPS,
         }
     }
 
@@ -195,6 +332,15 @@ impl Key {
     pub fn from_name(name: &str) -> Option<Key> {
         SPECS.iter().find(|s| s.name == name).map(|s| s.key)
     }
+}
+
+/// One value per key, in [`Key::ALL`] order.
+pub fn per_key(f: impl Fn(Key) -> u64) -> [u64; Key::ALL.len()] {
+    let mut out = [0; Key::ALL.len()];
+    for (o, k) in out.iter_mut().zip(Key::ALL) {
+        *o = f(*k);
+    }
+    out
 }
 
 impl fmt::Display for Key {
@@ -249,6 +395,28 @@ impl Value {
                 // 1% of one CPU is 10 ms per second.
                 Ok(Some(Value::Amount(u64::from(p) * 100)))
             }
+            Kind::Weight => match raw.parse::<u64>() {
+                Ok(n @ 1..=10_000) => Ok(Some(Value::Amount(n))),
+                _ => Err(bad()),
+            },
+            Kind::Devices => {
+                let mut words = raw.split_whitespace();
+                let (Some(path), Some(value), None) = (words.next(), words.next(), words.next())
+                else {
+                    return Err(bad());
+                };
+                if !path.starts_with('/') {
+                    return Err(bad());
+                }
+                let n = match value {
+                    "infinity" | "max" => u64::MAX,
+                    v => parse_rate(v).filter(|n| *n > 0).ok_or_else(bad)?,
+                };
+                Ok(Some(Value::Amount(devices::intern(vec![(
+                    path.to_string(),
+                    n,
+                )]))))
+            }
             Kind::Size | Kind::Count => {
                 if raw == "infinity" {
                     return Ok(Some(Value::Infinity));
@@ -266,6 +434,7 @@ impl Value {
                 }
                 .ok_or_else(bad)?;
                 match n {
+                    0 if key.spec().zero => Ok(Some(Value::Amount(0))),
                     0 | u64::MAX => Err(bad()),
                     n => Ok(Some(Value::Amount(n))),
                 }
@@ -283,11 +452,130 @@ impl Value {
                 fmt_share(usec / 100)
             }
             (Kind::Quota, Value::Share(p)) => fmt_share(u64::from(p)),
+            // never written: an unset weight is the empty assignment
+            (Kind::Weight, Value::Infinity) => String::new(),
+            // for people: the lines are `render_lines`
+            (Kind::Devices, Value::Amount(id)) => devices::get(id)
+                .iter()
+                .map(|(p, v)| format!("{p} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             (_, Value::Infinity) => "infinity".into(),
             (_, Value::Amount(n)) => n.to_string(),
             (_, Value::Share(p)) => fmt_share(u64::from(p)),
         }
     }
+}
+
+impl Value {
+    /// The `Key=value` lines that set this value in a unit file: one, or for
+    /// an IO limit one per disk (none for the empty list).
+    pub fn render_lines(self, key: Key) -> Vec<String> {
+        match (key.spec().kind, self) {
+            (Kind::Devices, Value::Amount(id)) => devices::get(id)
+                .iter()
+                .map(|(p, v)| format!("{}={p} {v}", key.name()))
+                .collect(),
+            (Kind::Devices, _) => Vec::new(),
+            _ => vec![format!("{}={}", key.name(), self.render(key))],
+        }
+    }
+}
+
+/// A key's value after one more assignment of it in a file: the new value,
+/// except for an IO limit, where a `PATH VALUE` line adds to (or, for a disk
+/// already listed, replaces in) the list so far, and `infinity` takes a disk
+/// out of it. `None`: systemd's default (an empty assignment resets).
+pub fn accumulate(key: Key, old: Option<Value>, new: Option<Value>) -> Option<Value> {
+    if key.spec().kind != Kind::Devices {
+        return new;
+    }
+    let Some(Value::Amount(new)) = new else {
+        return None;
+    };
+    let mut list: Vec<(String, u64)> = match old {
+        Some(Value::Amount(id)) => devices::get(id).to_vec(),
+        _ => Vec::new(),
+    };
+    list.extend(devices::get(new).iter().cloned());
+    let list = devices::merged(list);
+    normal(
+        key,
+        Some(Value::Amount(devices::intern(
+            list.into_iter().filter(|(_, v)| *v != u64::MAX).collect(),
+        ))),
+    )
+}
+
+/// The lists of `(device or path, value)` behind the values of the IO keys
+/// ([`Kind::Devices`]). A [`Value`] is a small copyable thing compared with
+/// `==`; a list is held here once and a value names it by a number (`0`: the
+/// empty list), so that equal lists have equal numbers. The lists come from
+/// the policy, fairshare's files and systemd's answers: a handful per
+/// policy, never from a user's request.
+pub mod devices {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    type List = Arc<[(String, u64)]>;
+
+    /// Every list seen, the list of number `n` at `n - 1`.
+    static LISTS: Mutex<Vec<List>> = Mutex::new(Vec::new());
+
+    /// One entry per device, a later one replacing an earlier one (as
+    /// systemd applies them), in path order (systemd answers in its own).
+    pub fn merged(list: Vec<(String, u64)>) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for (p, v) in list {
+            match out.iter_mut().find(|(q, _)| *q == p) {
+                Some(e) => e.1 = v,
+                None => out.push((p, v)),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The number of `list` (merged first).
+    pub fn intern(list: Vec<(String, u64)>) -> u64 {
+        let list = merged(list);
+        if list.is_empty() {
+            return 0;
+        }
+        let mut all = LISTS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = all.iter().position(|l| **l == *list) {
+            return i as u64 + 1;
+        }
+        all.push(list.into());
+        all.len() as u64
+    }
+
+    /// The list of number `id` (empty for `0` or a number never given).
+    pub fn get(id: u64) -> List {
+        let all = LISTS.lock().unwrap_or_else(PoisonError::into_inner);
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| all.get(i).cloned())
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+}
+
+/// A rate as systemd reads an IO limit (`parse_size(…, 1000)`): a number
+/// with an optional K, M, G, T, P or E suffix, powers of 1000.
+fn parse_rate(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let mult: u64 = match suffix {
+        "" | "B" => 1,
+        "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// `33%`, `12.5%`, `5‰`, `3‱` → hundredths of a percent.
@@ -370,11 +658,26 @@ fn parse_size(s: &str) -> Option<u64> {
     Some(v)
 }
 
+/// A value as the model holds it: `None` for systemd's built-in default,
+/// however it is written (`infinity`, an empty assignment, or the default
+/// amount itself, as `MemoryLow=0`).
+pub fn normal(key: Key, v: Option<Value>) -> Option<Value> {
+    match v {
+        None | Some(Value::Infinity) => None,
+        Some(Value::Amount(n)) if n == key.spec().unset => None,
+        v => v,
+    }
+}
+
 /// A value to send with `SetUnitProperties`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PropertyValue {
     U64(u64),
     U32(u32),
+    /// An IO limit's list ([`devices`]; `0`: empty, systemd's default). Sent
+    /// as an empty `a(st)`, which resets the kind on every disk, then the
+    /// list: systemd only adds to or changes the disks a list names.
+    Devices(u64),
 }
 
 /// The D-Bus property and value that put `key` to `value` on a running slice
@@ -389,8 +692,16 @@ pub enum PropertyValue {
 /// wrong one.
 pub fn property(key: Key, value: Option<Value>) -> (&'static str, PropertyValue) {
     let spec = key.spec();
+    if spec.kind == Kind::Devices {
+        let id = match value {
+            Some(Value::Amount(id)) => id,
+            _ => 0,
+        };
+        return (spec.property, PropertyValue::Devices(id));
+    }
     match value {
-        None | Some(Value::Infinity) => (spec.property, PropertyValue::U64(u64::MAX)),
+        None => (spec.property, PropertyValue::U64(spec.unset)),
+        Some(Value::Infinity) => (spec.property, PropertyValue::U64(u64::MAX)),
         Some(Value::Amount(n)) => (spec.property, PropertyValue::U64(n)),
         Some(Value::Share(p)) => match spec.scale_property {
             Some(scale) => (
@@ -426,7 +737,55 @@ impl Settings {
             s.insert(Key::MemoryHigh, Value::Amount(h.get()));
         }
         s.insert(Key::TasksMax, Value::Amount(limits.tasks.get()));
+        // The fair-share settings only where the policy sets them, so that
+        // systemd's own defaults (weight 100, no guarantee, swap unlimited)
+        // apply otherwise.
+        if let Some(w) = limits.weight {
+            s.insert(Key::CpuWeight, Value::Amount(w.get()));
+        }
+        if let Some(w) = limits.io_weight {
+            s.insert(Key::IoWeight, Value::Amount(w.get()));
+        }
+        if let Some(l) = limits.mem_low.filter(|l| l.get() > 0) {
+            s.insert(Key::MemoryLow, Value::Amount(l.get()));
+        }
+        if let Some(sw) = limits.swap {
+            s.insert(Key::MemorySwapMax, Value::Amount(sw.get()));
+        }
         Settings(s)
+    }
+
+    /// With the IO limits of `io` (systemd's default, none, for a kind it
+    /// leaves empty).
+    pub fn with_io(mut self, io: &fairshare_policy::IoDevices) -> Settings {
+        for (key, list) in [
+            (Key::IoReadBandwidthMax, &io.read_bw),
+            (Key::IoWriteBandwidthMax, &io.write_bw),
+            (Key::IoReadIopsMax, &io.read_iops),
+            (Key::IoWriteIopsMax, &io.write_iops),
+        ] {
+            match devices::intern(list.clone()) {
+                0 => {
+                    self.0.remove(&key);
+                }
+                id => {
+                    self.0.insert(key, Value::Amount(id));
+                }
+            }
+        }
+        self
+    }
+
+    /// With the IO limits of `other` (those of the user's base, for an
+    /// allocation: IO limits are not resized).
+    pub fn io_from(mut self, other: &Settings) -> Settings {
+        for k in Key::ALL.iter().filter(|k| k.spec().kind == Kind::Devices) {
+            match other.get(*k) {
+                Some(v) => self.0.insert(*k, v),
+                None => self.0.remove(k),
+            };
+        }
+        self
     }
 
     pub fn get(&self, key: Key) -> Option<Value> {
@@ -482,7 +841,10 @@ impl Entry {
                      [Slice]\n",
                 );
                 for (k, v) in s.iter() {
-                    out.push_str(&format!("{}={}\n", k.name(), v.render(k)));
+                    for line in v.render_lines(k) {
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
                 }
             }
             Entry::Exempt => out.push_str(
@@ -666,7 +1028,10 @@ fn recognise(text: &str) -> OnDisk {
             return OnDisk::Foreign;
         };
         match Value::parse(key, &l.value) {
-            Ok(Some(v)) => s.set(key, v),
+            Ok(Some(v)) => match accumulate(key, s.get(key), Some(v)) {
+                Some(v) => s.set(key, v),
+                None => return OnDisk::Foreign,
+            },
             _ => return OnDisk::Foreign,
         }
     }
@@ -802,6 +1167,36 @@ impl Layout {
     }
 
     /// `/etc/systemd/system/user-.slice.d`
+    /// `user.slice`'s drop-in: the total of the memory guarantees, which
+    /// bounds every user's (cgroup v2 bounds a `memory.low` by its
+    /// parents').
+    pub fn user_slice_file(&self) -> PathBuf {
+        self.at(CONFIG).join("user.slice.d").join(NAME)
+    }
+
+    /// Writes `user.slice`'s drop-in with `MemoryLow=low`, or (`None`)
+    /// removes fairshare's. Returns whether fairshare's file was there
+    /// before.
+    pub fn write_user_slice(&self, low: Option<u64>) -> io::Result<bool> {
+        let path = self.user_slice_file();
+        let had = matches!(read(&path)?, OnDisk::Ours(_));
+        match low {
+            Some(n) => {
+                let mut s = Settings::default();
+                s.set(Key::MemoryLow, Value::Amount(n));
+                let text = Entry::Limits(s).render(
+                    "the total of the users' memory guarantees, capacity.mem_low of the policy",
+                );
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                write_atomic(&dir, NAME, &text)?;
+            }
+            None => {
+                remove_ours(&path, false)?;
+            }
+        }
+        Ok(had)
+    }
+
     pub fn global_dir(&self) -> PathBuf {
         self.at(CONFIG).join("user-.slice.d")
     }
@@ -877,6 +1272,9 @@ impl Layout {
         if remove_ours(&self.global_file(), false)? == Outcome::Removed {
             removed.push(self.global_file());
         }
+        if remove_ours(&self.user_slice_file(), false)? == Outcome::Removed {
+            removed.push(self.user_slice_file());
+        }
         for (uid, _) in self.user_entries()? {
             if self.remove_user(uid)? == Outcome::Removed {
                 removed.push(self.user_file(uid));
@@ -918,7 +1316,8 @@ impl Layout {
                 continue;
             };
             for a in slice_assignments(&path, &text) {
-                out.insert(a.key, a.value.filter(|v| *v != Value::Infinity));
+                let old = out.get(&a.key).copied().flatten();
+                out.insert(a.key, normal(a.key, accumulate(a.key, old, a.value)));
             }
         }
         out
@@ -1030,7 +1429,8 @@ impl Layout {
             let Some(text) = read_small(&path)? else {
                 continue;
             };
-            for a in slice_assignments(&path, &text) {
+            for mut a in slice_assignments(&path, &text) {
+                a.value = accumulate(a.key, out.get(&a.key).and_then(|o| o.value), a.value);
                 match a.value {
                     None => {
                         out.remove(&a.key);

@@ -46,7 +46,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fairshare_policy::{CapacityLimit, UserPolicy};
-use fairshare_proto::units::{Bytes, Cpus, Tasks, format_duration};
+use fairshare_proto::units::{Bytes, Cpus, Tasks, Weight, format_duration};
 use fairshare_proto::wire::{Capacity, Limits, Resize, SessionInfo, Source};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,17 @@ pub struct Grant {
     pub mem: Option<Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Tasks>,
+    /// The fair-share fields (issue 15): `CPUWeight`, `IOWeight`,
+    /// `MemoryLow` (`0`: none), `MemorySwapMax` (`0`: no swap). Absent in
+    /// state saved by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Weight>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_weight: Option<Weight>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_low: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Bytes>,
     /// uid of whoever made it (the user, or 0 for root).
     pub by: u32,
     /// Unix time it was last changed.
@@ -87,6 +98,10 @@ impl Grant {
             cpu: None,
             mem: None,
             tasks: None,
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
             by,
             at,
             expires_at: None,
@@ -95,7 +110,13 @@ impl Grant {
     }
 
     fn is_empty(&self) -> bool {
-        self.cpu.is_none() && self.mem.is_none() && self.tasks.is_none()
+        self.cpu.is_none()
+            && self.mem.is_none()
+            && self.tasks.is_none()
+            && self.weight.is_none()
+            && self.io_weight.is_none()
+            && self.mem_low.is_none()
+            && self.swap.is_none()
     }
 
     /// Takes the fields `r` asks for.
@@ -103,6 +124,10 @@ impl Grant {
         self.cpu = r.cpu.or(self.cpu);
         self.mem = r.mem.or(self.mem);
         self.tasks = r.tasks.or(self.tasks);
+        self.weight = r.weight.or(self.weight);
+        self.io_weight = r.io_weight.or(self.io_weight);
+        self.mem_low = r.mem_low.or(self.mem_low);
+        self.swap = r.swap.or(self.swap);
     }
 
     /// Leaves out the fields `other` has (root's set takes them over).
@@ -116,14 +141,32 @@ impl Grant {
         if other.tasks.is_some() {
             self.tasks = None;
         }
+        if other.weight.is_some() {
+            self.weight = None;
+        }
+        if other.io_weight.is_some() {
+            self.io_weight = None;
+        }
+        if other.mem_low.is_some() {
+            self.mem_low = None;
+        }
+        if other.swap.is_some() {
+            self.swap = None;
+        }
         (!self.is_empty()).then_some(self)
     }
 
-    /// Whether any field it has is above the same field of `base`.
+    /// Whether any field it has is above the same field of `base` (more
+    /// CPU, memory, tasks, weight, guarantee or swap).
     fn above(&self, base: &Limits) -> bool {
+        let fair = FairOf::limits(base);
         self.cpu.is_some_and(|c| c > base.cpu)
             || self.mem.is_some_and(|m| m > base.mem)
             || self.tasks.is_some_and(|t| t > base.tasks)
+            || self.weight.is_some_and(|w| w.get() > fair.weight)
+            || self.io_weight.is_some_and(|w| w.get() > fair.io_weight)
+            || self.mem_low.is_some_and(|l| l.get() > fair.mem_low)
+            || self.swap.is_some_and(|w| w.get() > fair.swap)
     }
 
     /// `cpu 0.5 CPUs, mem 2G`: the fields it has, for messages.
@@ -137,6 +180,18 @@ impl Grant {
         }
         if let Some(t) = self.tasks {
             parts.push(format!("tasks {t}"));
+        }
+        if let Some(w) = self.weight {
+            parts.push(format!("weight {w}"));
+        }
+        if let Some(w) = self.io_weight {
+            parts.push(format!("io_weight {w}"));
+        }
+        if let Some(l) = self.mem_low {
+            parts.push(format!("mem_low {l}"));
+        }
+        if let Some(w) = self.swap {
+            parts.push(format!("swap {w}"));
         }
         parts.join(", ")
     }
@@ -200,6 +255,10 @@ impl Entry {
             top.cpu = a.cpu.unwrap_or(top.cpu);
             top.mem = a.mem.unwrap_or(top.mem);
             top.tasks = a.tasks.unwrap_or(top.tasks);
+            top.weight = a.weight.or(top.weight);
+            top.io_weight = a.io_weight.or(top.io_weight);
+            top.mem_low = a.mem_low.or(top.mem_low);
+            top.swap = a.swap.or(top.swap);
         }
         top
     }
@@ -240,11 +299,47 @@ fn compose(up: &UserPolicy, grant: Option<&Grant>, admin: Option<&Grant>) -> Lim
     let cpu = Cpus::from_millis(pick(&|g| g.cpu.map(Cpus::millis), d.cpu.millis()));
     let mem = Bytes(pick(&|g| g.mem.map(Bytes::get), d.mem.get()));
     let tasks = Tasks(pick(&|g| g.tasks.map(Tasks::get), d.tasks.get()));
-    if (cpu, mem, tasks) == (d.cpu, d.mem, d.tasks) {
+    let mut l = match (cpu, mem, tasks) == (d.cpu, d.mem, d.tasks) {
         // exactly the default, soft limit included
-        return d;
+        true => d,
+        false => up.limits(cpu, mem, tasks),
+    };
+    let fair = |f: &dyn Fn(&Grant) -> Option<u64>| grant.and_then(f).or_else(|| admin.and_then(f));
+    if let Some(w) = fair(&|g| g.weight.map(Weight::get)) {
+        l.weight = Weight::new(w);
     }
-    up.limits(cpu, mem, tasks)
+    if let Some(w) = fair(&|g| g.io_weight.map(Weight::get)) {
+        l.io_weight = Weight::new(w);
+    }
+    if let Some(b) = fair(&|g| g.mem_low.map(Bytes::get)) {
+        // no guarantee above the hard limit
+        l.mem_low = Some(Bytes(b.min(l.mem.get()))).filter(|b| b.get() > 0);
+    }
+    if let Some(b) = fair(&|g| g.swap.map(Bytes::get)) {
+        l.swap = Some(Bytes(b));
+    }
+    l
+}
+
+/// The fair-share fields of some limits as numbers, with systemd's
+/// defaults for those left unset (weights 100, no guarantee, swap
+/// unlimited), for comparisons.
+struct FairOf {
+    weight: u64,
+    io_weight: u64,
+    mem_low: u64,
+    swap: u64,
+}
+
+impl FairOf {
+    fn limits(l: &Limits) -> FairOf {
+        FairOf {
+            weight: l.weight.map_or(100, Weight::get),
+            io_weight: l.io_weight.map_or(100, Weight::get),
+            mem_low: l.mem_low.map_or(0, Bytes::get),
+            swap: l.swap.map_or(u64::MAX, Bytes::get),
+        }
+    }
 }
 
 /// What a change asks of systemd.
@@ -526,6 +621,7 @@ impl Ledger {
         let new = compose(up, grant.as_ref(), admin.as_ref());
         if !matches!(actor, Actor::Root { force: true }) {
             self.check_capacity(uid, name, actor, new.cpu, new.mem, cap)?;
+            self.check_guarantee(uid, name, actor, new.mem_low, cap)?;
         }
         let old = self.users.get(&uid).map(|e| e.limits);
         let entry = self
@@ -594,6 +690,58 @@ impl Ledger {
             true => Ok(()),
             false => Err(Refusal::NoCapacity(short.join("; "))),
         }
+    }
+
+    /// Refuses a larger memory guarantee than what is free of
+    /// `capacity.mem_low` (the total `user.slice` carries) for this user.
+    fn check_guarantee(
+        &self,
+        uid: u32,
+        name: &str,
+        actor: Actor,
+        mem_low: Option<Bytes>,
+        cap: &CapacityLimit,
+    ) -> Result<(), Refusal> {
+        let asked = mem_low.unwrap_or_default();
+        let current = self
+            .users
+            .get(&uid)
+            .and_then(|e| e.limits.mem_low)
+            .unwrap_or_default();
+        if asked <= current {
+            return Ok(());
+        }
+        let others = self.guaranteed(Some(uid));
+        let free = cap.mem_low.saturating_sub(others);
+        if asked <= free {
+            return Ok(());
+        }
+        let whom = match actor {
+            Actor::User(_) => "you".to_string(),
+            Actor::Root { .. } => name.to_string(),
+        };
+        let mut why = format!(
+            "mem_low {} asked, {} free for {whom} (capacity.mem_low {}, minus {} guaranteed to others)",
+            asked.human(),
+            free.human(),
+            cap.mem_low.human(),
+            others.human()
+        );
+        if let Actor::Root { force: false } = actor {
+            why.push_str("; --force sets it anyway");
+        }
+        Err(Refusal::NoCapacity(why))
+    }
+
+    /// The memory guarantees handed out in total, optionally leaving one
+    /// user out.
+    pub fn guaranteed(&self, except: Option<u32>) -> Bytes {
+        self.users
+            .iter()
+            .filter(|(uid, _)| Some(**uid) != except)
+            .fold(Bytes::default(), |t, (_, e)| {
+                t.saturating_add(e.limits.mem_low.unwrap_or_default())
+            })
     }
 
     /// Drops a user's own resize (`Actor::User`): back to root's setting if
@@ -797,6 +945,39 @@ impl Ledger {
                     clamped.push(format!("tasks {t} -> {top}"));
                 }
             }
+            // the fair-share fields, against the policy's max (systemd's
+            // defaults where it sets none) or root's setting
+            let m = FairOf::limits(&up.max);
+            if let Some(w) = g.weight {
+                let top = admin.and_then(|a| a.weight).map_or(m.weight, Weight::get);
+                if w.get() > top {
+                    g.weight = Weight::new(top);
+                    clamped.push(format!("weight {w} -> {top}"));
+                }
+            }
+            if let Some(w) = g.io_weight {
+                let top = admin
+                    .and_then(|a| a.io_weight)
+                    .map_or(m.io_weight, Weight::get);
+                if w.get() > top {
+                    g.io_weight = Weight::new(top);
+                    clamped.push(format!("io_weight {w} -> {top}"));
+                }
+            }
+            if let Some(l) = g.mem_low {
+                let top = admin.and_then(|a| a.mem_low).map_or(m.mem_low, Bytes::get);
+                if l.get() > top {
+                    g.mem_low = Some(Bytes(top));
+                    clamped.push(format!("mem_low {l} -> {}", Bytes(top)));
+                }
+            }
+            if let Some(sw) = g.swap {
+                let top = admin.and_then(|a| a.swap).map_or(m.swap, Bytes::get);
+                if sw.get() > top {
+                    g.swap = Some(Bytes(top));
+                    clamped.push(format!("swap {sw} -> {}", Bytes(top)));
+                }
+            }
             if !clamped.is_empty() {
                 entry.notice = Some(format!(
                     "the resize was clamped to the maximum of the policy now in force ({})",
@@ -922,6 +1103,42 @@ fn check_bounds(
         r.tasks,
         [MIN_TASKS, d.tasks, m.tasks],
         a(|g| g.tasks.map(Tasks::get)).map(Tasks),
+        &mut out,
+    );
+    // the fair-share fields: no minimum but the type's (a weight of at
+    // least 1; no guarantee, no swap); a user's maximum, or root's setting
+    let (df, mf) = (FairOf::limits(d), FairOf::limits(m));
+    let fair = |f: fn(&Grant) -> Option<u64>| admin.and_then(f);
+    ctx.field(
+        "weight",
+        "",
+        r.weight.map(Weight::get),
+        [1, df.weight, mf.weight],
+        fair(|g| g.weight.map(Weight::get)),
+        &mut out,
+    );
+    ctx.field(
+        "io_weight",
+        "",
+        r.io_weight.map(Weight::get),
+        [1, df.io_weight, mf.io_weight],
+        fair(|g| g.io_weight.map(Weight::get)),
+        &mut out,
+    );
+    ctx.field(
+        "mem_low",
+        "",
+        r.mem_low,
+        [Bytes(0), Bytes(df.mem_low), Bytes(mf.mem_low)],
+        fair(|g| g.mem_low.map(Bytes::get)).map(Bytes),
+        &mut out,
+    );
+    ctx.field(
+        "swap",
+        "",
+        r.swap.map(Bytes::get),
+        [0, df.swap, mf.swap],
+        fair(|g| g.swap.map(Bytes::get)),
         &mut out,
     );
     let (over, under) = out;
@@ -1071,6 +1288,169 @@ mod tests {
         assert_eq!(l.allocated(None), (Cpus::default(), Bytes::default()));
     }
 
+    /// Issue 15: users resize weight, io_weight, mem_low and swap within
+    /// their maximum; a guarantee beyond what is free of capacity.mem_low
+    /// is refused saying how much is; release gives the policy's back.
+    #[test]
+    fn fair_share_fields_resize_within_max_and_guarantees_within_the_total() {
+        // capacity.mem_low: 2G in total
+        let p = policy(
+            "defaults: {cpu: 1, mem: 4G, weight: 100, mem_low: 512M, swap: 1G}\n\
+             max: {cpu: 2, mem: 8G, weight: 400, io_weight: 200, mem_low: 2G, swap: 4G}\n\
+             capacity: {cpu: 8, mem: 64G, overcommit: 1, mem_low: {total: 2G}}\n",
+        );
+        let (u, c) = (up(&p, 1001), cap(&p));
+        assert_eq!(c.mem_low, Bytes(2 << 30));
+        let mut l = Ledger::new();
+        let fair = |w: Option<u64>, low: Option<u64>, swap: Option<u64>| Resize {
+            weight: w.and_then(Weight::new),
+            mem_low: low.map(|m| Bytes(m << 20)),
+            swap: swap.map(|m| Bytes(m << 20)),
+            ..Resize::default()
+        };
+        let ch = l
+            .resize(ask(
+                1001,
+                "a",
+                &u,
+                fair(Some(300), Some(1024), Some(0)),
+                Actor::User(1001),
+                &c,
+            ))
+            .unwrap();
+        assert_eq!(ch.new.weight, Weight::new(300));
+        assert_eq!(ch.new.mem_low, Some(Bytes(1 << 30)));
+        assert_eq!(ch.new.swap, Some(Bytes(0)));
+        // the ceilings and io_weight are the policy's still
+        assert_eq!((ch.new.cpu, ch.new.mem), (u.default.cpu, u.default.mem));
+        assert_eq!(ch.new.io_weight, None);
+        // above the maximum: refused, naming each field
+        let e = l
+            .resize(ask(
+                1001,
+                "a",
+                &u,
+                fair(Some(500), None, Some(8192)),
+                Actor::User(1001),
+                &c,
+            ))
+            .unwrap_err();
+        let t = format!("{e:?}");
+        assert!(
+            t.contains("weight 500") && t.contains("maximum of 400"),
+            "{t}"
+        );
+        assert!(t.contains("swap"), "{t}");
+        assert_eq!(l.get(1001).unwrap().limits.weight, Weight::new(300));
+        // another user's guarantee: 1G is free of the 2G
+        let u2 = up(&p, 1002);
+        let e = l
+            .resize(ask(
+                1002,
+                "b",
+                &u2,
+                fair(None, Some(1536), None),
+                Actor::User(1002),
+                &c,
+            ))
+            .unwrap_err();
+        let Refusal::NoCapacity(why) = e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            why.contains("mem_low 1.5G asked, 1G free for you")
+                && why.contains("capacity.mem_low 2G")
+                && why.contains("1G guaranteed to others"),
+            "{why}"
+        );
+        l.resize(ask(
+            1002,
+            "b",
+            &u2,
+            fair(None, Some(1024), None),
+            Actor::User(1002),
+            &c,
+        ))
+        .unwrap();
+        assert_eq!(l.guaranteed(None), Bytes(2 << 30));
+        // lowering is always fine, even with nothing free
+        l.resize(ask(
+            1001,
+            "a",
+            &u,
+            fair(None, Some(0), None),
+            Actor::User(1001),
+            &c,
+        ))
+        .unwrap();
+        assert_eq!(l.get(1001).unwrap().limits.mem_low, None);
+        // release: the policy's values again
+        let ch = l.release(1002, &u2, Actor::User(1002));
+        assert_eq!(ch.new, u2.default);
+        assert_eq!(ch.new.mem_low, Some(Bytes(512 << 20)));
+        // a guarantee is never above the hard limit
+        let ch = l
+            .resize(ask(
+                1003,
+                "c",
+                &up(&p, 1003),
+                Resize {
+                    mem: Some(Bytes(1 << 30)),
+                    mem_low: Some(Bytes(2 << 30)),
+                    ..Resize::default()
+                },
+                Actor::User(1003),
+                &c,
+            ))
+            .unwrap();
+        assert_eq!(ch.new.mem_low, Some(Bytes(1 << 30)));
+    }
+
+    /// A reload that lowers the maximum clamps a resized weight or
+    /// guarantee (a user keeps no more than the policy now allows).
+    #[test]
+    fn a_lowered_maximum_clamps_resized_fair_share_fields() {
+        let text = "defaults: {cpu: 1, mem: 4G}\nmax: {cpu: 2, mem: 8G, weight: 400, mem_low: 2G}\ncapacity: {cpu: 8, mem: 64G, overcommit: 1}\n";
+        let p = policy(text);
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        l.resize(ask(
+            1001,
+            "a",
+            &u,
+            Resize {
+                weight: Weight::new(400),
+                mem_low: Some(Bytes(2 << 30)),
+                ..Resize::default()
+            },
+            Actor::User(1001),
+            &c,
+        ))
+        .unwrap();
+        let p2 = policy(&text.replace("weight: 400, mem_low: 2G", "weight: 150, mem_low: 1G"));
+        let u2 = up(&p2, 1001);
+        let ch = l.repolicy(1001, &u2, 0, None).unwrap();
+        assert_eq!(ch.new.weight, Weight::new(150));
+        assert_eq!(ch.new.mem_low, Some(Bytes(1 << 30)));
+        let n = l.get(1001).unwrap().notice.clone().unwrap();
+        assert!(
+            n.contains("weight 400 -> 150") && n.contains("mem_low"),
+            "{n}"
+        );
+    }
+
+    /// State saved before the fair-share fields existed still loads.
+    #[test]
+    fn a_grant_without_fair_share_fields_loads() {
+        let g: Grant = serde_json::from_str(r#"{"cpu":2000,"by":1001,"at":5}"#).unwrap();
+        assert_eq!((g.weight, g.mem_low, g.swap), (None, None, None));
+        let back = serde_json::to_string(&g).unwrap();
+        assert!(
+            !back.contains("weight") && !back.contains("mem_low"),
+            "{back}"
+        );
+    }
+
     #[test]
     fn partial_resize_keeps_other_fields() {
         let p = policy(P);
@@ -1097,6 +1477,7 @@ mod tests {
             mem: Some(Bytes(64 << 30)),
             tasks: Some(Tasks(5000)),
             duration: None,
+            ..Resize::default()
         };
         let e = l
             .resize(ask(1001, "a", &u, req, Actor::User(1001), &cap(&p)))
@@ -1406,6 +1787,7 @@ mod tests {
             mem: mem_g.map(|g| Bytes(g << 30)),
             tasks: tasks.map(Tasks),
             duration: None,
+            ..Resize::default()
         }
     }
 
@@ -1741,6 +2123,7 @@ mod tests {
                 tasks: Some(MIN_TASKS),
                 cpu: Some(MIN_CPU),
                 duration: None,
+                ..Resize::default()
             },
             Actor::User(1001),
             &c,
@@ -1754,6 +2137,7 @@ mod tests {
             mem: Some(Bytes(16 << 20)),
             tasks: Some(Tasks(8)),
             duration: None,
+            ..Resize::default()
         };
         l.resize(ask(1002, "b", &su, r, Actor::User(1002), &c))
             .unwrap();
@@ -1871,6 +2255,7 @@ mod tests {
                                 mem: mem.map(|g| Bytes(g << 30)),
                                 tasks: tasks.map(Tasks),
                                 duration: secs.map(Duration::from_secs),
+                                ..Resize::default()
                             };
                             let _ = l.resize(at(now, &u, &c, r, Actor::User(1001)));
                         }

@@ -22,6 +22,7 @@
 //!   [`cgroup`]: live usage from the cgroup files, v1 or v2; [`kernfs`]:
 //!   reading their small files.
 //! * [`ratelimit`]: per-user token buckets against request floods.
+//! * [`iodisk`]: the disks behind the policy's IO limits.
 //! * [`users`], [`host`], [`nss_check`]: NSS lookups, the host's size, and
 //!   whether fairshared sees the users sshd sees.
 //! * `testhooks` (only with the cargo feature `test-hooks`, never in the
@@ -29,6 +30,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admission;
+pub mod burst;
 pub mod cgroup;
 pub mod cli;
 pub mod cpu_window;
@@ -38,6 +40,7 @@ pub mod events;
 pub mod health;
 pub mod host;
 pub mod identity;
+pub mod iodisk;
 pub mod kernfs;
 pub mod lastgood;
 pub mod ledger;

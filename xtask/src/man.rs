@@ -523,7 +523,7 @@ fn policy_page() -> String {
     let mut r = page(
         "FAIRSHARE-POLICY",
         "5",
-        "fairshare-policy - who gets which CPU, memory and task limits on this host",
+        "fairshare-policy - who gets which CPU, memory, task and IO limits and shares on this host",
     );
     section(&mut r, "SYNOPSIS");
     r.text([roman("/etc/fairshare/policy.d/*.yaml")]);
@@ -540,6 +540,15 @@ fn policy_page() -> String {
     r.control("nf", []);
     r.text([roman(
         "defaults: {cpu: 2, mem: 8G, mem_high: 90%}\nmax:      {cpu: 8, mem: 32G, tasks: 8192}\nexempt:   {groups: [admins]}\ngroups:\n  students:\n    defaults: {cpu: 1, mem: 4G}\n    max: {cpu: 2, mem: 8G}\nleases:   {max_duration: 8h}",
+    )]);
+    r.control("fi", []);
+    para(
+        &mut r,
+        "Fair share under contention: weights, a memory guarantee, swap and IO limits, named tiers, and bursting into idle CPU. Five tiers (critical, high, normal, low, scavenger) ship as an example policy in the fairshare sources, docs/examples/tiers.yaml. fairshared --check and fairshare-ctl check read, validate and summarise these keys, and warn about those the host's cgroup layout cannot enforce. In this version fairshared applies weight, io_weight, mem_low, swap and the io limits (per disk: IOReadBandwidthMax, IOWriteBandwidthMax, IOReadIOPSMax, IOWriteIOPSMax) to user slices (systemd drop-ins and running slices, like the ceilings); io limits are not resized. While the policy gives any mem_low, user.slice gets MemoryLow = capacity.mem_low (on cgroup v2 a user's guarantee counts only as far as its parents' does). Users resize weight, io_weight, mem_low and swap within max (fairshare-ctl resize --weight, --io-weight, --mem-low, --swap); a larger mem_low is refused when the guarantees handed out would exceed capacity.mem_low. Keeping that sum within capacity.mem_low at logins (scale, first_come) and bursting are not applied yet.",
+    );
+    r.control("nf", []);
+    r.text([roman(
+        "defaults:\n  cpu: 1\n  mem: 1G\n  weight: 100\n  mem_low: 256M\n  io:\n    /home: {read_bw: 50M, write_bw: 50M, write_iops: 1000}\ntiers:\n  interactive:\n    defaults: {cpu: 2, mem: 4G, weight: 200, mem_low: 2G}\n    max: {cpu: 8, mem: 16G}\n  batch:\n    defaults: {cpu: 0.5, weight: 50, mem_low: 0, swap: 0}\ngroups:\n  staff: {tier: interactive}\n  students: {tier: batch, max: {cpu: 2}}\ncapacity:\n  mem_low: {total: 50%, when_full: scale}\nbursting: {enabled: true, up_to: max}",
     )]);
     r.control("fi", []);
     section(&mut r, "SEE ALSO");

@@ -346,6 +346,8 @@ mod tests {
         usage: Usage,
     ) -> StatusInfo {
         StatusInfo {
+            fair: Vec::new(),
+            unenforced: Vec::new(),
             allocated_cpu: Some(Cpus::from_millis(cpu_millis)),
             allocated_mem: Some(Bytes(mem)),
             allocated_tasks: Some(Tasks(4096)),

@@ -11,6 +11,10 @@ fn limits(cpu_millis: u64, mem: u64, mem_high: Option<u64>, tasks: u64) -> Limit
         mem: Bytes(mem),
         mem_high: mem_high.map(Bytes),
         tasks: Tasks(tasks),
+        weight: None,
+        io_weight: None,
+        mem_low: None,
+        swap: None,
     }
 }
 
@@ -170,7 +174,7 @@ fn parses_sections_comments_and_continued_lines() {
     // leaves them out.
     let a = slice_assignments(
         Path::new("/x.conf"),
-        "[Service]\nTasksMax=5\n[Slice]\nTasksMax=bogus\nTasksMax=7\nCPUWeight=20\n",
+        "[Service]\nTasksMax=5\n[Slice]\nTasksMax=bogus\nTasksMax=7\nCPUWeight=idle\n",
     );
     assert_eq!(a.len(), 1);
     assert_eq!(
@@ -196,10 +200,29 @@ fn sets_a_running_slice_as_a_reload_would() {
         property(Key::TasksMax, Some(Value::Amount(4096))),
         ("TasksMax", U64(4096))
     );
-    // Nothing set by anyone: systemd's built-in default, no limit.
+    // Nothing set by anyone: systemd's built-in default, no limit (no
+    // guarantee for MemoryLow, whose default is 0, not infinity).
+    // (an IO limit's: the empty list, which the D-Bus call sends as an
+    // empty a(st))
     for k in Key::ALL {
-        assert_eq!(property(*k, None).1, U64(u64::MAX), "{k}");
+        let unset = match k {
+            Key::MemoryLow => U64(0),
+            Key::IoReadBandwidthMax
+            | Key::IoWriteBandwidthMax
+            | Key::IoReadIopsMax
+            | Key::IoWriteIopsMax => Devices(0),
+            _ => U64(u64::MAX),
+        };
+        assert_eq!(property(*k, None).1, unset, "{k}");
     }
+    assert_eq!(
+        property(Key::CpuWeight, Some(Value::Amount(200))),
+        ("CPUWeight", U64(200))
+    );
+    assert_eq!(
+        property(Key::MemorySwapMax, Some(Value::Amount(0))),
+        ("MemorySwapMax", U64(0))
+    );
     assert_eq!(
         property(Key::CpuQuota, Some(Value::Amount(2_000_000))),
         ("CPUQuotaPerSecUSec", U64(2_000_000))
@@ -218,7 +241,8 @@ fn every_key_has_its_row() {
         assert!(k.spec().control_files.iter().all(|f| NAME < *f));
     }
     assert_eq!(SPECS.len(), Key::ALL.len());
-    assert_eq!(Key::from_name("CPUWeight"), None);
+    assert_eq!(Key::from_name("CPUWeight"), Some(Key::CpuWeight));
+    assert_eq!(Key::from_name("StartupCPUWeight"), None);
 }
 
 proptest! {
@@ -399,16 +423,20 @@ fn control_files_of_managed_keys_are_found_and_removed() {
         "50-MemoryMaxScale.conf",
         "50-TasksMaxScale.conf",
         "50-CPUWeight.conf",
+        "50-StartupCPUWeight.conf",
     ] {
         put(&d.join(f), "[Slice]\n");
     }
     assert_eq!(
         l.control_keys(1001),
-        [Key::CpuQuota, Key::MemoryMax, Key::TasksMax]
+        [Key::CpuQuota, Key::MemoryMax, Key::TasksMax, Key::CpuWeight]
     );
     assert_eq!(
         l.users_with_control_files().unwrap(),
-        [(1001, vec![Key::CpuQuota, Key::MemoryMax, Key::TasksMax])]
+        [(
+            1001,
+            vec![Key::CpuQuota, Key::MemoryMax, Key::TasksMax, Key::CpuWeight]
+        )]
     );
     // Both files that can set MemoryMax go.
     assert_eq!(
@@ -416,11 +444,14 @@ fn control_files_of_managed_keys_are_found_and_removed() {
             .unwrap(),
         2
     );
-    assert_eq!(l.control_keys(1001), [Key::CpuQuota, Key::TasksMax]);
-    assert_eq!(l.remove_control_files(1001, Key::ALL).unwrap(), 2);
+    assert_eq!(
+        l.control_keys(1001),
+        [Key::CpuQuota, Key::TasksMax, Key::CpuWeight]
+    );
+    assert_eq!(l.remove_control_files(1001, Key::ALL).unwrap(), 3);
     // Not ours: stays, and so does its directory.
-    assert!(d.join("50-CPUWeight.conf").exists());
-    fs::remove_file(d.join("50-CPUWeight.conf")).unwrap();
+    assert!(d.join("50-StartupCPUWeight.conf").exists());
+    fs::remove_file(d.join("50-StartupCPUWeight.conf")).unwrap();
     put(&d.join("50-TasksMax.conf"), "[Slice]\n");
     l.remove_control_files(1001, Key::ALL).unwrap();
     assert!(!d.exists());
@@ -742,4 +773,66 @@ fn check_is_quiet_on_a_host_with_only_fairshare_and_systemd() {
     l.write_user(0, &Entry::Exempt, "root").unwrap();
     let f = l.foreign().unwrap();
     assert!(f.iter().all(|x| !x.is_warning()), "{f:?}");
+}
+
+/// IO limits: one `PATH VALUE` line per disk, read back into the same list
+/// (whatever the order), an empty assignment resetting it and `infinity`
+/// taking one disk out, as systemd reads them; a list is one value.
+#[test]
+fn io_limits_are_lists_per_disk_written_and_read_back() {
+    let s = Settings::from_limits(&limits(2000, 8 << 30, None, 4096)).with_io(
+        &fairshare_policy::IoDevices {
+            write_bw: vec![("/home".into(), 20_000_000), ("/dev/vdb".into(), 5_000_000)],
+            read_iops: vec![("/home".into(), 500)],
+            ..Default::default()
+        },
+    );
+    let text = Entry::Limits(s.clone()).render("test");
+    assert!(
+        text.contains(
+            "IOWriteBandwidthMax=/dev/vdb 5000000\nIOWriteBandwidthMax=/home 20000000\nIOReadIOPSMax=/home 500\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("IOReadBandwidthMax"), "{text}");
+    assert_eq!(recognise(&text), OnDisk::Ours(Entry::Limits(s.clone())));
+    // systemd's control file: a reset, then the disks, in its own order
+    let control = "[Slice]\nIOWriteBandwidthMax=\nIOWriteBandwidthMax=/home 20M\nIOWriteBandwidthMax=/dev/vdb 5000000\n";
+    let a = slice_assignments(Path::new("/x"), control);
+    let v = a
+        .iter()
+        .fold(None, |old, a| accumulate(a.key, old, a.value));
+    assert_eq!(v, s.get(Key::IoWriteBandwidthMax));
+    // a later line for one disk replaces its value; infinity takes it out;
+    // an empty assignment empties the list
+    let more = "[Slice]\nIOWriteBandwidthMax=/home 1M\nIOWriteBandwidthMax=/dev/vdb infinity\n";
+    let v2 = slice_assignments(Path::new("/x"), more)
+        .iter()
+        .fold(v, |old, a| accumulate(a.key, old, a.value));
+    assert_eq!(
+        v2.map(|v| v.render(Key::IoWriteBandwidthMax)).as_deref(),
+        Some("/home 1000000")
+    );
+    assert_eq!(
+        accumulate(Key::IoWriteBandwidthMax, v2, None),
+        None,
+        "an empty assignment"
+    );
+    // rejected as systemd rejects them
+    for bad in ["home 1M", "/home", "/home 0", "/home 1X", "/home 1 2"] {
+        assert!(Value::parse(Key::IoReadIopsMax, bad).is_err(), "{bad}");
+    }
+    // on D-Bus: the list's number, its entries sent as a(st)
+    let (name, value) = property(Key::IoReadIopsMax, s.get(Key::IoReadIopsMax));
+    assert_eq!(name, "IOReadIOPSMax");
+    let PropertyValue::Devices(id) = value else {
+        panic!("{value:?}")
+    };
+    assert_eq!(&*devices::get(id), &[("/home".to_string(), 500)]);
+    // the same list is the same value, however it was made
+    assert_eq!(
+        devices::intern(vec![("/b".into(), 1), ("/a".into(), 2)]),
+        devices::intern(vec![("/a".into(), 2), ("/b".into(), 1)])
+    );
+    assert_eq!(devices::intern(Vec::new()), 0);
 }

@@ -213,6 +213,10 @@ mod tests {
             mem: Bytes(mem_g << 30),
             mem_high: None,
             tasks: Tasks(tasks),
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         }
     }
 
@@ -364,12 +368,20 @@ mod tests {
                 mem: Bytes(384 << 20),
                 mem_high: None,
                 tasks: Tasks(100),
+                weight: None,
+                io_weight: None,
+                mem_low: None,
+                swap: None,
             },
             max: Limits {
                 cpu: Cpus::from_millis(1500),
                 mem: Bytes(1 << 30),
                 mem_high: None,
                 tasks: Tasks(100),
+                weight: None,
+                io_weight: None,
+                mem_low: None,
+                swap: None,
             },
         };
         assert_eq!(

@@ -32,10 +32,13 @@ impl<S: Systemd> Service<S> {
         let own = self.dropins.own();
         match &up.exempt {
             Some(_) => (Base::Exempt, own),
-            None => (
-                Base::of(&up.default),
-                values_of(alloc.unwrap_or(&up.default), &own),
-            ),
+            None => {
+                let io = crate::iodisk::io_of(&up.fair_default);
+                (
+                    Base::of(&up.default, &io),
+                    values_of(alloc.unwrap_or(&up.default), &io, &own),
+                )
+            }
         }
     }
 
@@ -93,6 +96,63 @@ impl<S: Systemd> Service<S> {
         });
     }
 
+    /// `user.slice` carries the total of the memory guarantees
+    /// (`capacity.mem_low`) while the policy gives any: on cgroup v2 a
+    /// user's `memory.low` counts only as far as its parents' do
+    /// (docs/design/fair-share.md, 1b). In its drop-in (for the next boot)
+    /// and on the running slice, set only when it differs. A policy that
+    /// no longer gives guarantees removes fairshare's drop-in and puts the
+    /// running slice back to systemd's default, 0; `user.slice` is left
+    /// alone when fairshare never set it.
+    pub(super) async fn guarantee_user_slice(&self, policy: &fairshare_policy::Policy) {
+        let want = policy
+            .gives_guarantees()
+            .then(|| policy.mem_low_capacity(self.host).get())
+            .filter(|b| *b > 0);
+        let had = match self.dropins.layout().cloned() {
+            Some(l) => match tokio::task::spawn_blocking(move || l.write_user_slice(want)).await {
+                Ok(Ok(had)) => had,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not write user.slice's drop-in with the total of the memory guarantees");
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "writing user.slice's drop-in");
+                    false
+                }
+            },
+            None => false,
+        };
+        if want.is_none() && !had {
+            return;
+        }
+        let target = want.unwrap_or(0);
+        match self.systemd.memory_low("user.slice").await {
+            Ok(Some(n)) if n == target => {}
+            Ok(_) => match self
+                .systemd
+                .set_unit(
+                    "user.slice",
+                    &[("MemoryLow", crate::dropin::PropertyValue::U64(target))],
+                )
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(
+                        memory_low = target,
+                        "user.slice: MemoryLow={target} (the total of the users' memory guarantees)"
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not set MemoryLow on user.slice; users' memory guarantees are not honoured on cgroup v2 until it is set (fairshare-ctl reload tries again)")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read user.slice's MemoryLow")
+            }
+        }
+    }
+
     /// An exempt user logs in: their slice gets systemd's own defaults (a
     /// user of an exempt group never seen before started with the policy
     /// default). Nothing to do, and no lock taken, when their file and
@@ -133,6 +193,7 @@ impl<S: Systemd> Service<S> {
     /// whose limits changed.
     pub(super) async fn refresh(self: &Arc<Self>) -> Vec<String> {
         let policy = self.policy();
+        self.guarantee_user_slice(&policy).await;
         let tracked: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
         let logind: Vec<u32> = match self.systemd.logind_users().await {
             Ok(u) => u.into_iter().map(|(uid, _)| uid).collect(),
@@ -229,7 +290,16 @@ impl<S: Systemd> Service<S> {
                 }
             };
             let target = match (&plan.base(uid), alloc) {
-                (_, Some(a)) => values_of(&a, &own),
+                // an allocation keeps the IO limits of the user's base
+                (Base::Limits(s), Some(a)) => defaults::values_of_settings(
+                    &crate::dropin::Settings::from_limits(&a).io_from(s),
+                    &own,
+                ),
+                (Base::Global, Some(a)) => defaults::values_of_settings(
+                    &crate::dropin::Settings::from_limits(&a).io_from(&plan.global),
+                    &own,
+                ),
+                (Base::Exempt, Some(a)) => values_of(&a, &Default::default(), &own),
                 (Base::Limits(s), None) => defaults::values_of_settings(s, &own),
                 (Base::Exempt, None) => own.clone(),
                 (Base::Global, None) => defaults::values_of_settings(&plan.global, &own),

@@ -214,6 +214,10 @@ mod tests {
             mem: Bytes(1 << 30),
             mem_high: None,
             tasks: Tasks(100),
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         };
         ServiceError::Refused {
             refusal,

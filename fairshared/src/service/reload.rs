@@ -95,6 +95,8 @@ impl<S: Systemd> Service<S> {
         *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
         // group memberships may have changed too (`gpasswd`, then reload)
         self.identities.forget();
+        // and the disks behind IO limits (a file system mounted since)
+        crate::iodisk::forget();
         let changed = self.refresh().await;
         if let Err(e) = self.store.save().await {
             tracing::error!(error = %e, "could not save state after reload");

@@ -2,7 +2,7 @@
 
 use fairshare_policy::{Identity, UserPolicy};
 use fairshare_proto::wire::{
-    Capacity, Response, RootSetting, Source, StatusInfo, Usage, UserList, UserRef,
+    Capacity, Limits, Response, RootSetting, Source, StatusInfo, Usage, UserList, UserRef,
 };
 
 use super::{Reply, Service, ServiceError};
@@ -55,6 +55,14 @@ impl<S: Systemd> Service<S> {
             allocated_mem: (!exempt).then_some(limits.mem),
             allocated_tasks: (!exempt).then_some(limits.tasks),
             allocated_mem_high: if exempt { None } else { limits.mem_high },
+            fair: match exempt {
+                true => Vec::new(),
+                false => limits.fair_parts(),
+            },
+            unenforced: match exempt {
+                true => Vec::new(),
+                false => unenforced(&limits, self.cgroups.layout()),
+            },
             uid,
             user: name.to_string(),
             slice: slice_name(uid),
@@ -166,5 +174,66 @@ impl<S: Systemd> Service<S> {
             capacity,
             warnings,
         })
+    }
+}
+
+/// The fair-share settings of `limits` that the host's cgroup layout cannot
+/// enforce, each with why (issue 15: nothing pretends).
+pub(crate) fn unenforced(limits: &Limits, layout: crate::cgroup::Layout) -> Vec<String> {
+    use fairshare_policy::{CgroupLayout, unenforced_reason};
+    let layout = match layout {
+        crate::cgroup::Layout::Unified => CgroupLayout::Unified,
+        crate::cgroup::Layout::Hybrid => CgroupLayout::Hybrid,
+        crate::cgroup::Layout::Legacy => CgroupLayout::Legacy,
+    };
+    let mut out = Vec::new();
+    if let Some(l) = limits.mem_low {
+        out.extend(
+            unenforced_reason("mem_low", layout).map(|why| format!("mem_low {}: {why}", l.human())),
+        );
+    }
+    if let Some(sw) = limits.swap {
+        out.extend(
+            unenforced_reason("swap", layout).map(|why| format!("swap {}: {why}", sw.human())),
+        );
+    }
+    if let Some(w) = limits.io_weight {
+        out.push(format!(
+            "io_weight {w}: only on disks using the BFQ scheduler (/sys/block/DISK/queue/scheduler) or, on cgroup v2, with io.cost enabled; with mq-deadline or none it is set but not enforced"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod fair_tests {
+    use fairshare_proto::units::{Bytes, Cpus, Tasks, Weight};
+
+    use super::*;
+    use crate::cgroup::Layout;
+
+    #[test]
+    fn status_says_which_fair_share_settings_the_layout_cannot_enforce() {
+        let mut l = Limits::new(Cpus::whole(2), Bytes(8 << 30), None, Tasks(100));
+        assert!(unenforced(&l, Layout::Hybrid).is_empty());
+        l.weight = Weight::new(200);
+        l.mem_low = Some(Bytes(256 << 20));
+        l.swap = Some(Bytes(0));
+        // weights are enforced everywhere; a guarantee and swap only on v2
+        let v1 = unenforced(&l, Layout::Hybrid);
+        assert_eq!(v1.len(), 2, "{v1:?}");
+        assert!(
+            v1[0].starts_with("mem_low 256M: has no effect on cgroup v1"),
+            "{v1:?}"
+        );
+        assert!(v1[1].starts_with("swap 0"), "{v1:?}");
+        assert!(unenforced(&l, Layout::Unified).is_empty());
+        // an IO weight depends on the disk's scheduler on every layout
+        l.io_weight = Weight::new(300);
+        assert!(unenforced(&l, Layout::Unified)[0].contains("BFQ"));
+        assert_eq!(
+            l.fair_parts(),
+            ["weight 200", "IO weight 300", "256M guaranteed", "no swap"]
+        );
     }
 }

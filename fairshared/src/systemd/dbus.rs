@@ -167,6 +167,11 @@ fn major_version(version: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// An IO limit's list as D-Bus `a(st)`.
+fn devices_variant(list: Vec<(String, u64)>) -> Result<OwnedVariant, zbus::Error> {
+    OwnedVariant::try_from(Variant::from(list))
+}
+
 fn bus_err(e: zbus::Error) -> SystemdError {
     SystemdError::Bus(e.to_string())
 }
@@ -197,20 +202,68 @@ impl Systemd for Dbus {
         uid: u32,
         props: &[(&'static str, PropertyValue)],
     ) -> Result<(), SystemdError> {
-        let unit = slice_name(uid);
+        self.set_unit(&slice_name(uid), props).await
+    }
+
+    async fn memory_low(&self, unit: &str) -> Result<Option<u64>, SystemdError> {
+        let unit = unit.to_string();
+        self.with_retry(|c, m| {
+            let unit = unit.clone();
+            async move {
+                let path = match m.get_unit(unit).await {
+                    Ok(p) => p,
+                    Err(zbus::Error::MethodError(..)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let props = zbus::fdo::PropertiesProxy::builder(&c)
+                    .destination("org.freedesktop.systemd1")
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?;
+                let v = props
+                    .get(
+                        zbus::names::InterfaceName::from_static_str_unchecked(
+                            "org.freedesktop.systemd1.Slice",
+                        ),
+                        "MemoryLow",
+                    )
+                    .await?;
+                Ok(u64::try_from(&v).ok())
+            }
+        })
+        .await
+        .map_err(|e| refused("Get", &unit, e))
+    }
+
+    async fn set_unit(
+        &self,
+        unit: &str,
+        props: &[(&'static str, PropertyValue)],
+    ) -> Result<(), SystemdError> {
+        let unit = unit.to_string();
         self.with_retry(|_, m| {
             let unit = unit.clone();
-            let props: Vec<(String, OwnedVariant)> = props
-                .iter()
-                .map(|(k, v)| {
-                    let v = match *v {
-                        PropertyValue::U64(n) => OwnedVariant::from(n),
-                        PropertyValue::U32(n) => OwnedVariant::from(n),
-                    };
-                    (k.to_string(), v)
-                })
-                .collect();
-            async move { m.set_unit_properties(unit, true, props).await }
+            async move {
+                let mut list: Vec<(String, OwnedVariant)> = Vec::new();
+                for (k, v) in props {
+                    match *v {
+                        PropertyValue::U64(n) => list.push((k.to_string(), OwnedVariant::from(n))),
+                        PropertyValue::U32(n) => list.push((k.to_string(), OwnedVariant::from(n))),
+                        // an IO limit: the empty list resets the kind on every
+                        // disk, then the list sets the disks it names
+                        PropertyValue::Devices(id) => {
+                            let none: Vec<(String, u64)> = Vec::new();
+                            list.push((k.to_string(), devices_variant(none)?));
+                            let entries = crate::dropin::devices::get(id).to_vec();
+                            if !entries.is_empty() {
+                                list.push((k.to_string(), devices_variant(entries)?));
+                            }
+                        }
+                    }
+                }
+                m.set_unit_properties(unit, true, list).await
+            }
         })
         .await
         .map_err(|e| refused("SetUnitProperties", &unit, e))
@@ -238,17 +291,24 @@ impl Systemd for Dbus {
                         "org.freedesktop.systemd1.Slice",
                     ))
                     .await?;
-                let get = |k: &str| {
-                    all.get(k)
-                        .and_then(|v| u64::try_from(v).ok())
-                        .unwrap_or(u64::MAX)
+                let get = |k: crate::dropin::Key| {
+                    let v = all.get(k.spec().property);
+                    match k.spec().kind {
+                        // a(st): the disks with a limit of this kind
+                        crate::dropin::Kind::Devices => v
+                            .and_then(|v| Vec::<(String, u64)>::try_from(v.clone()).ok())
+                            .map(|l| {
+                                crate::dropin::devices::intern(
+                                    l.into_iter().filter(|(_, n)| *n != u64::MAX).collect(),
+                                )
+                            })
+                            .unwrap_or(k.spec().unset),
+                        _ => v
+                            .and_then(|v| u64::try_from(v).ok())
+                            .unwrap_or(k.spec().unset),
+                    }
                 };
-                Ok(Some([
-                    get("CPUQuotaPerSecUSec"),
-                    get("MemoryMax"),
-                    get("MemoryHigh"),
-                    get("TasksMax"),
-                ]))
+                Ok(Some(crate::dropin::per_key(get)))
             }
         })
         .await

@@ -19,13 +19,15 @@ use fairshare_proto::units::{Bytes, Cpus, Tasks};
 use fairshare_proto::wire::Limits;
 
 use super::{LogindSession, PropertyValue, SliceValues, Systemd, SystemdError, slice_name};
-use crate::dropin::{Key, Layout, Value, write_atomic};
+use crate::dropin::{Key, Layout, Value, normal, write_atomic};
 
 /// One recorded call to the fake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     /// `SetUnitProperties(user-UID.slice, runtime=true, props)`.
     Set(u32, Vec<(String, PropertyValue)>),
+    /// `SetUnitProperties(unit, runtime=true, props)` of another unit.
+    SetUnit(String, Vec<(String, PropertyValue)>),
     Adopt(u32, u32),
 }
 
@@ -51,6 +53,8 @@ pub struct Fake {
     root: Option<PathBuf>,
     /// Running slices and the values in force on them.
     live: Mutex<HashMap<u32, Values>>,
+    /// `MemoryLow` of other units (`user.slice`), as set.
+    pub memory_lows: Mutex<HashMap<String, u64>>,
     /// A temporary root that goes with the fake (tests).
     #[cfg(test)]
     _dir: Option<tempfile::TempDir>,
@@ -163,6 +167,10 @@ impl Fake {
             mem: Bytes(amount(Key::MemoryMax)?),
             mem_high: amount(Key::MemoryHigh).map(Bytes),
             tasks: Tasks(amount(Key::TasksMax)?),
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
         })
     }
 
@@ -186,15 +194,16 @@ fn decode(name: &str, v: PropertyValue) -> Option<(Key, Option<Value>)> {
         let spec = k.spec();
         if spec.property == name {
             return Some(match v {
-                PropertyValue::U64(u64::MAX) => (*k, None),
-                PropertyValue::U64(n) => (*k, Some(Value::Amount(n))),
+                PropertyValue::U64(n) | PropertyValue::Devices(n) => {
+                    (*k, normal(*k, Some(Value::Amount(n))))
+                }
                 PropertyValue::U32(n) => (*k, Some(Value::Amount(u64::from(n)))),
             });
         }
         if spec.scale_property == Some(name) {
             let p = match v {
                 PropertyValue::U32(n) => u64::from(n),
-                PropertyValue::U64(n) => n,
+                PropertyValue::U64(n) | PropertyValue::Devices(n) => n,
             };
             let share = (p * 10_000).div_ceil(u64::from(u32::MAX));
             return Some((*k, Some(Value::Share(u32::try_from(share).ok()?))));
@@ -246,11 +255,28 @@ impl Systemd for Fake {
                         .copied()
                         .unwrap_or(spec.control_files[0])
                 };
+                let lines = match (spec.kind, value) {
+                    // as systemd writes a list: a reset, then each disk
+                    (crate::dropin::Kind::Devices, v) => {
+                        let mut l = vec![format!("{}=", key.name())];
+                        l.extend(v.map(|v| v.render_lines(key)).unwrap_or_default());
+                        l.join("\n")
+                    }
+                    (_, v) => format!(
+                        "{}={}",
+                        key.name(),
+                        v.map_or_else(
+                            || match spec.unset {
+                                u64::MAX => Value::Infinity.render(key),
+                                n => n.to_string(),
+                            },
+                            |v| v.render(key)
+                        )
+                    ),
+                };
                 let text = format!(
                     "# This is a drop-in unit file extension, created via \"systemctl set-property\"\n\
-                     # or an equivalent operation. Do not edit.\n[Slice]\n{}={}\n",
-                    key.name(),
-                    value.map_or_else(|| Value::Infinity.render(key), |v| v.render(key))
+                     # or an equivalent operation. Do not edit.\n[Slice]\n{lines}\n"
                 );
                 let _ = write_atomic(&l.control_dir(uid), file, &text);
             }
@@ -263,6 +289,35 @@ impl Systemd for Fake {
         Ok(())
     }
 
+    async fn set_unit(
+        &self,
+        unit: &str,
+        props: &[(&'static str, PropertyValue)],
+    ) -> Result<(), SystemdError> {
+        self.record(Call::SetUnit(
+            unit.to_string(),
+            props.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ));
+        for (k, v) in props {
+            if let (&"MemoryLow", PropertyValue::U64(n)) = (k, v)
+                && let Ok(mut m) = self.memory_lows.lock()
+            {
+                m.insert(unit.to_string(), *n);
+            }
+        }
+        Ok(())
+    }
+
+    async fn memory_low(&self, unit: &str) -> Result<Option<u64>, SystemdError> {
+        Ok(Some(
+            self.memory_lows
+                .lock()
+                .ok()
+                .and_then(|m| m.get(unit).copied())
+                .unwrap_or(0),
+        ))
+    }
+
     async fn slice_values(&self, uid: u32) -> Result<Option<SliceValues>, SystemdError> {
         let Some(v) = self.live.lock().ok().and_then(|l| l.get(&uid).cloned()) else {
             return Ok(None);
@@ -271,14 +326,9 @@ impl Systemd for Fake {
             Some(Value::Amount(n)) => n,
             // what a share comes to on this made-up host: 10 000 tasks
             Some(Value::Share(p)) => u64::from(p),
-            _ => u64::MAX,
+            _ => k.spec().unset,
         };
-        Ok(Some([
-            n(Key::CpuQuota),
-            n(Key::MemoryMax),
-            n(Key::MemoryHigh),
-            n(Key::TasksMax),
-        ]))
+        Ok(Some(crate::dropin::per_key(n)))
     }
 
     async fn adopt(&self, uid: u32, process: &crate::proc::Pinned) -> Result<String, SystemdError> {

@@ -53,6 +53,20 @@ pub trait Systemd: Send + Sync + 'static {
         props: &[(&'static str, PropertyValue)],
     ) -> impl Future<Output = Result<(), SystemdError>> + Send;
 
+    /// Writes `props` onto another unit (`user.slice`: the memory
+    /// guarantee of all users together) as runtime properties.
+    fn set_unit(
+        &self,
+        unit: &str,
+        props: &[(&'static str, PropertyValue)],
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
+
+    /// `MemoryLow` in force on a slice (`None`: not loaded).
+    fn memory_low(
+        &self,
+        unit: &str,
+    ) -> impl Future<Output = Result<Option<u64>, SystemdError>> + Send;
+
     /// The values of fairshare's keys in force on `user-UID.slice` (`None`
     /// when the slice is not loaded): the start-up check of running slices
     /// against what the files say. Absolute amounts, `None` for no limit.
@@ -97,9 +111,11 @@ pub trait Systemd: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<LogindSession>, SystemdError>> + Send;
 }
 
-/// The values of `CPUQuotaPerSecUSec`, `MemoryMax`, `MemoryHigh` and
-/// `TasksMax` on a slice, in that order (`u64::MAX`: no limit).
-pub type SliceValues = [u64; 4];
+/// The values of the managed keys' properties on a slice, in
+/// [`Key::ALL`](crate::dropin::Key::ALL) order (`CPUQuotaPerSecUSec`,
+/// `MemoryMax`, `MemoryHigh`, `TasksMax`, `CPUWeight`, `IOWeight`,
+/// `MemoryLow`, `MemorySwapMax`); a key's `Spec::unset` when not set.
+pub type SliceValues = [u64; crate::dropin::Key::ALL.len()];
 
 /// One logind session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

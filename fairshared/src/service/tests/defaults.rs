@@ -111,6 +111,18 @@ fn amount(n: u64) -> Option<Value> {
 }
 
 /// cpu (CPUs), mem (GiB), tasks as the values on a slice.
+/// The fair-share keys, unset unless a test's policy sets them.
+const FAIR_KEYS: &[Key] = &[
+    Key::CpuWeight,
+    Key::IoWeight,
+    Key::MemoryLow,
+    Key::MemorySwapMax,
+    Key::IoReadBandwidthMax,
+    Key::IoWriteBandwidthMax,
+    Key::IoReadIopsMax,
+    Key::IoWriteIopsMax,
+];
+
 fn limited(cpu: u64, mem_g: u64, tasks: u64) -> crate::defaults::Values {
     [
         (Key::CpuQuota, amount(cpu * 1_000_000)),
@@ -119,6 +131,7 @@ fn limited(cpu: u64, mem_g: u64, tasks: u64) -> crate::defaults::Values {
         (Key::TasksMax, amount(tasks)),
     ]
     .into_iter()
+    .chain(FAIR_KEYS.iter().map(|k| (*k, None)))
     .collect()
 }
 
@@ -131,6 +144,7 @@ fn systemds_own() -> crate::defaults::Values {
         (Key::TasksMax, Some(Value::Share(3300))),
     ]
     .into_iter()
+    .chain(FAIR_KEYS.iter().map(|k| (*k, None)))
     .collect()
 }
 
@@ -595,5 +609,203 @@ async fn a_slice_that_started_before_the_files_were_written_is_set_at_start() {
     files_settle(&s).await;
     assert!(control_files(&s, 1001).is_empty());
     s.systemd().daemon_reload();
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+}
+
+const FAIR: &str = "\
+defaults: {cpu: 2, mem: 8G, tasks: 500, weight: 200, mem_low: 1G, swap: 0}
+max: {cpu: 8, mem: 32G, weight: 400}
+capacity: {cpu: 16, mem: 64G, overcommit: 1}
+users:
+  bob:
+    defaults: {weight: 100, io_weight: 300, swap: max}
+";
+
+/// Issue 15: the fair-share keys go the way of the ceilings: in the policy
+/// default's drop-in, in a user's own, and on running slices by one call of
+/// the keys that change (a weight alone), never a stray "infinity" for a
+/// guarantee (MemoryLow's unset value is 0).
+#[tokio::test]
+async fn weights_guarantee_and_swap_go_into_the_dropins_and_onto_running_slices() {
+    let (s, _, d) = site(FAIR);
+    s.catch_up().await;
+    let g = std::fs::read_to_string(layout(&s).global_file()).unwrap();
+    for line in [
+        "CPUWeight=200\n",
+        "MemoryLow=1073741824\n",
+        "MemorySwapMax=0\n",
+    ] {
+        assert!(g.contains(line), "{line} in {g}");
+    }
+    assert!(!g.contains("IOWeight"), "{g}");
+    // bob's own file: his weights, and no swap limit
+    let u = std::fs::read_to_string(layout(&s).user_file(1002)).unwrap();
+    assert!(
+        u.contains("CPUWeight=100\n") && u.contains("IOWeight=300\n"),
+        "{u}"
+    );
+    assert!(!u.contains("MemorySwapMax"), "{u}");
+    // slices that start get them from the files: no call at login
+    s.systemd().start_slice(1001);
+    s.systemd().start_slice(1002);
+    let (a, b) = (Proc::new(), Proc::new());
+    open(&s, 1001, &a).await;
+    open(&s, 1002, &b).await;
+    assert_eq!(s.systemd().sets(1001) + s.systemd().sets(1002), 0);
+    let alice = s.systemd().in_force(1001);
+    assert_eq!(alice[&Key::CpuWeight], amount(200));
+    assert_eq!(alice[&Key::MemoryLow], amount(1 << 30));
+    assert_eq!(alice[&Key::MemorySwapMax], amount(0));
+    let bob = s.systemd().in_force(1002);
+    assert_eq!(bob[&Key::IoWeight], amount(300));
+    assert_eq!(bob[&Key::MemorySwapMax], None);
+    // a changed weight reaches the running slice as one property
+    std::fs::write(
+        d.path().join("p.yaml"),
+        FAIR.replace("weight: 200,", "weight: 300,"),
+    )
+    .unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(s.systemd().sets(1001), 1);
+    assert_eq!(
+        last_set(&s),
+        [("CPUWeight".to_string(), PropertyValue::U64(300))]
+    );
+    assert_eq!(s.systemd().in_force(1001)[&Key::CpuWeight], amount(300));
+    // a policy without the guarantee puts MemoryLow back to 0, not infinity
+    std::fs::write(d.path().join("p.yaml"), FAIR.replace(" mem_low: 1G,", "")).unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    let props = last_set(&s);
+    assert!(
+        props.contains(&("MemoryLow".to_string(), PropertyValue::U64(0))),
+        "{props:?}"
+    );
+    // memory and disk agree
+    let before = s.systemd().in_force(1001);
+    s.systemd().daemon_reload();
+    assert_eq!(s.systemd().in_force(1001), before);
+}
+
+/// IO limits (issue 15): the policy default's drop-in lists them per disk
+/// (two targets on one disk merged, the lower of each kind), a login at the
+/// default makes no D-Bus call, and a reload that drops them sets the
+/// running slice back to systemd's default, the empty list, in one call of
+/// only those keys.
+#[tokio::test]
+async fn io_limits_reach_the_default_drop_in_and_lifting_them_gives_back_the_empty_list() {
+    crate::iodisk::pretend("/fs-test-io", 254, 0, "vda");
+    crate::iodisk::pretend("/fs-test-io2", 254, 0, "vda");
+    let with_io = SITE.replace(
+        "defaults: {cpu: 2, mem: 8G, tasks: 500}",
+        "defaults: {cpu: 2, mem: 8G, tasks: 500, io: {/fs-test-io: {write_bw: 20M}, /fs-test-io2: {write_bw: 10M, read_iops: 300}}}",
+    );
+    let (s, _, d) = site(&with_io);
+    s.catch_up().await;
+    let g = std::fs::read_to_string(layout(&s).global_file()).unwrap();
+    assert!(
+        g.contains("IOWriteBandwidthMax=/fs-test-io 10000000\n")
+            && g.contains("IOReadIOPSMax=/fs-test-io 300\n")
+            && !g.contains("fs-test-io2"),
+        "{g}"
+    );
+    s.systemd().start_slice(1001);
+    let p = Proc::new();
+    open(&s, 1001, &p).await;
+    assert_eq!(s.systemd().sets(1001), 0, "{:?}", s.systemd().calls());
+    let io = s.systemd().in_force(1001)[&Key::IoWriteBandwidthMax];
+    assert_eq!(
+        io.map(|v| v.render(Key::IoWriteBandwidthMax)).as_deref(),
+        Some("/fs-test-io 10000000")
+    );
+    std::fs::write(d.path().join("p.yaml"), SITE).unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(s.systemd().sets(1001), 1);
+    let mut props = last_set(&s);
+    props.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        props,
+        vec![
+            ("IOReadIOPSMax".to_string(), PropertyValue::Devices(0)),
+            ("IOWriteBandwidthMax".to_string(), PropertyValue::Devices(0)),
+        ]
+    );
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+    let g = std::fs::read_to_string(layout(&s).global_file()).unwrap();
+    assert!(!g.contains("IO"), "{g}");
+}
+
+/// The calls that set `user.slice`.
+fn user_slice_sets(s: &Service<Fake>) -> Vec<Vec<(String, PropertyValue)>> {
+    s.systemd()
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::SetUnit(u, p) if u == "user.slice" => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Memory guarantees (issue 15): while the policy gives any, `user.slice`
+/// carries their total, `capacity.mem_low` (on v2 a user's `memory.low`
+/// counts only as far as its parents' do), in its drop-in and on the running
+/// slice, set once; a policy without guarantees takes both back.
+#[tokio::test]
+async fn user_slice_carries_the_total_of_the_guarantees_while_the_policy_gives_any() {
+    let with_low = SITE.replace(
+        "defaults: {cpu: 2, mem: 8G, tasks: 500}",
+        "defaults: {cpu: 2, mem: 8G, tasks: 500, mem_low: 1G}",
+    );
+    let (s, _, d) = site(&with_low);
+    s.catch_up().await;
+    // half of capacity.mem (64G), the default total
+    let total = 32u64 << 30;
+    assert_eq!(
+        user_slice_sets(&s),
+        vec![vec![("MemoryLow".to_string(), PropertyValue::U64(total))]]
+    );
+    let f = layout(&s).user_slice_file();
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert!(text.contains(&format!("MemoryLow={total}\n")), "{text}");
+    // a reload that changes nothing about it makes no call
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(user_slice_sets(&s).len(), 1);
+    // no guarantees any more: the file goes, the slice gets systemd's 0
+    std::fs::write(d.path().join("p.yaml"), SITE).unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(
+        user_slice_sets(&s).last(),
+        Some(&vec![("MemoryLow".to_string(), PropertyValue::U64(0))])
+    );
+    assert!(!f.exists());
+    // and a policy that never gave any leaves user.slice alone
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(user_slice_sets(&s).len(), 2);
+}
+
+/// A user's resize of a fair-share field (issue 15) reaches their running
+/// slice in one call of that key alone; an old client's request (no such
+/// fields) still resizes the ceilings; release takes it back.
+#[tokio::test]
+async fn a_resize_of_the_weight_sets_only_cpuweight_on_the_slice() {
+    let with_weight = SITE.replace(
+        "max: {cpu: 8, mem: 32G}",
+        "max: {cpu: 8, mem: 32G, weight: 400}",
+    );
+    let (s, _, _d) = site(&with_weight);
+    s.catch_up().await;
+    s.systemd().start_slice(1001);
+    let p = Proc::new();
+    open(&s, 1001, &p).await;
+    success(send(&s, 1001, r#"{"type":"request_resources","weight":300}"#).await);
+    assert_eq!(
+        last_set(&s),
+        vec![("CPUWeight".to_string(), PropertyValue::U64(300))]
+    );
+    let e = error(send(&s, 1001, r#"{"type":"request_resources","weight":500}"#).await);
+    assert!(e.error.contains("maximum of 400"), "{}", e.error);
+    success(send(&s, 1001, r#"{"type":"request_resources","cpu":3}"#).await);
+    assert_eq!(s.systemd().in_force(1001)[&Key::CpuWeight], amount(300));
+    success(send(&s, 1001, r#"{"type":"release"}"#).await);
     assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
 }
