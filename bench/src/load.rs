@@ -1,0 +1,348 @@
+//! The daemon's CPU with many users tracked (issues 14 and 16): USERS bench
+//! users each get a session (the main process of their hold service, opened
+//! through the socket as the PAM module opens one), so fairshared tracks and
+//! limits them and watches each slice's event files; then, interleaved
+//! (ABBA) over ROUNDS, windows of SECS seconds:
+//!
+//! - **idle**: no requests; what runs is fairshared's own: the event
+//!   watchers, the 5 s CPU sampler, the watchdog;
+//! - **top**: CLIENTS clients each asking what `fairshare-ctl top` asks as
+//!   root (`list`) once a second, as `top` does at a 1 s refresh.
+//!
+//! CPU time is the daemon's, summed over its threads from
+//! `/proc/PID/task/*/schedstat`, per window; the figure is per minute.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fairshare_proto::Client;
+use fairshare_proto::wire::{Request, Response, SessionClose, SessionOpen};
+use serde::{Deserialize, Serialize};
+
+use crate::idle::{IdleSamples, main_pid, snapshot};
+use crate::report::{Report, Row, Samples};
+use crate::stats::median;
+use crate::view::{Host, status};
+use crate::{Result, fail};
+
+/// One window.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Window {
+    pub top: bool,
+    pub secs: f64,
+    pub cpu_ns: u64,
+    pub context_switches: u64,
+    /// `list` requests answered (top windows).
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// `load`: idle and `top` windows with USERS tracked.
+#[derive(Serialize, Deserialize)]
+pub struct LoadSamples {
+    pub unit: String,
+    pub users: u32,
+    /// Users whose status said, before the first window: a session counted,
+    /// an allocation, a live slice.
+    pub users_tracked: u32,
+    pub clients: usize,
+    pub interval_secs: f64,
+    /// Open file descriptors of the daemon before the sessions and after
+    /// (the event watchers hold one or more per slice), and its eventfds and
+    /// inotify watches after.
+    pub fds_before: usize,
+    pub fds_after: usize,
+    pub eventfds_after: usize,
+    pub inotify_watches_after: usize,
+    pub settle_secs: f64,
+    pub windows: Vec<Window>,
+}
+
+impl Samples for LoadSamples {
+    const FILE: &'static str = "load.json";
+}
+
+pub struct Setup {
+    pub unit: String,
+    pub prefix: String,
+    pub first_uid: u32,
+    pub users: u32,
+    pub clients: usize,
+    pub interval: f64,
+    pub secs: f64,
+    pub rounds: usize,
+    pub settle: f64,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+}
+
+const SESSION_ID: &str = "bench-load";
+
+/// (open fds, eventfds, inotify watches) of `pid`.
+fn fds(pid: u32) -> (usize, usize, usize) {
+    let (mut n, mut efd, mut wd) = (0, 0, 0);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, 0, 0);
+    };
+    for e in dir.flatten() {
+        n += 1;
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        let t = target.to_string_lossy();
+        if t.contains("[eventfd]") {
+            efd += 1;
+        } else if t.contains("inotify") {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            wd += info.lines().filter(|l| l.starts_with("inotify wd:")).count();
+        }
+    }
+    (n, efd, wd)
+}
+
+fn cpu(pid: u32) -> Result<(u64, u64)> {
+    let s = snapshot(pid)?;
+    Ok(s.values().fold((0, 0), |(c, w), (ns, sw)| (c + ns, w + sw)))
+}
+
+/// One window: `clients` clients asking `list` every `interval` (0: none).
+fn window(s: &Setup, pid: u32, top: bool) -> Result<Window> {
+    let stop = AtomicBool::new(false);
+    let ok = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let (c0, w0) = cpu(pid)?;
+    let t0 = Instant::now();
+    std::thread::scope(|sc| {
+        if top {
+            for k in 0..s.clients {
+                let (stop, ok, errors) = (&stop, &ok, &errors);
+                sc.spawn(move || {
+                    let client = Client::new(&s.socket, Duration::from_secs(5));
+                    // the clients' ticks spread over the interval, as
+                    // independent `top`s would be
+                    let offset = s.interval * k as f64 / s.clients as f64;
+                    let mut next = t0 + Duration::from_secs_f64(offset);
+                    loop {
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        match client.call(&Request::List) {
+                            Ok(Response::UserList(_)) => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => errors.fetch_add(1, Ordering::Relaxed),
+                        };
+                        next += Duration::from_secs_f64(s.interval);
+                    }
+                });
+            }
+        }
+        std::thread::sleep(Duration::from_secs_f64(s.secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let (c1, w1) = cpu(pid)?;
+    Ok(Window {
+        top,
+        secs,
+        cpu_ns: c1.saturating_sub(c0),
+        context_switches: w1.saturating_sub(w0),
+        requests: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+pub fn run(s: &Setup) -> Result<()> {
+    let pid = main_pid(&s.unit)?;
+    let client = Client::new(&s.socket, Duration::from_secs(10));
+    let host = Host::connect()?;
+    let (fds_before, _, _) = fds(pid);
+    let mut opened = Vec::new();
+    let result = (|| {
+        for i in 0..s.users {
+            let uid = s.first_uid + i;
+            let user = format!("{}{:03}", s.prefix, i + 1);
+            let hold = format!("fairshare-bench-hold-{uid}.service");
+            let p = host.main_pid(&hold)?;
+            if p == 0 {
+                return fail(format!("{hold} has no main process"));
+            }
+            let open = Request::SessionOpen(SessionOpen {
+                uid,
+                pid: p,
+                user: Some(user.clone()),
+                service: Some("fairshare-bench".into()),
+                session_id: Some(format!("{SESSION_ID}-{uid}")),
+                ..SessionOpen::default()
+            });
+            match client.call(&open)? {
+                Response::Success(x) if x.allocation.is_some() => opened.push((uid, p)),
+                other => return fail(format!("session_open for {user}: {other:?}")),
+            }
+        }
+        std::thread::sleep(Duration::from_secs_f64(s.settle));
+        let mut tracked = 0;
+        for i in 0..s.users {
+            let st = status(&client, &format!("{}{:03}", s.prefix, i + 1))?;
+            if st.sessions >= 1 && st.allocated_cpu.is_some() && st.active {
+                tracked += 1;
+            }
+        }
+        let (fds_after, eventfds_after, inotify_watches_after) = fds(pid);
+        let mut windows = Vec::new();
+        for r in 0..s.rounds {
+            // ABBA: idle first in even rounds
+            let order = if r % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for top in order {
+                windows.push(window(s, pid, top)?);
+            }
+        }
+        if main_pid(&s.unit)? != pid {
+            return fail(format!("{} restarted during the measurement", s.unit));
+        }
+        Ok(LoadSamples {
+            unit: s.unit.clone(),
+            users: s.users,
+            users_tracked: tracked,
+            clients: s.clients,
+            interval_secs: s.interval,
+            fds_before,
+            fds_after,
+            eventfds_after,
+            inotify_watches_after,
+            settle_secs: s.settle,
+            windows,
+        })
+    })();
+    for (uid, p) in opened {
+        let close = Request::SessionClose(SessionClose {
+            uid,
+            pid: p,
+            session_id: Some(format!("{SESSION_ID}-{uid}")),
+        });
+        if let Err(e) = client.call(&close) {
+            eprintln!("load: session_close for uid {uid}: {e}");
+        }
+    }
+    result?.save(&s.dir)
+}
+
+/// Target of issue 14 (as the idle figure's).
+const IDLE_MAX_NS_PER_MIN: f64 = 10e6;
+
+fn per_min(w: &Window) -> f64 {
+    w.cpu_ns as f64 * 60.0 / w.secs.max(1e-9)
+}
+
+pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
+    let idle0 = IdleSamples::load(dir)?;
+    let Some(v) = LoadSamples::load(dir)? else {
+        r.row(Row::missing(
+            "idle CPU per minute, 100 tracked users, event watching and CPU sampler on",
+            "≤ 10 ms per minute",
+        ));
+        r.row(Row::missing(
+            "`top`: 10 clients at 1 s refresh, daemon CPU per minute",
+            "reported",
+        ));
+        return Ok(());
+    };
+    let idle: Vec<f64> = v.windows.iter().filter(|w| !w.top).map(per_min).collect();
+    let top: Vec<f64> = v.windows.iter().filter(|w| w.top).map(per_min).collect();
+    let (mi, mt) = (median(&idle), median(&top));
+    let all_tracked = v.users_tracked == v.users;
+    let errors: u64 = v.windows.iter().map(|w| w.errors).sum();
+    let requests: u64 = v.windows.iter().map(|w| w.requests).sum();
+    let top_secs: f64 = v.windows.iter().filter(|w| w.top).map(|w| w.secs).sum();
+    let base0 = idle0
+        .as_ref()
+        .map(|i| i.cpu_ns as f64 * 60.0 / i.secs.max(1e-9));
+    let ms = |x: Option<f64>| x.map_or("—".into(), |x| format!("{:.2} ms", x / 1e6));
+    let mut row = Row::single(
+        &format!(
+            "idle CPU per minute, {} tracked users (a session each), event watching and 5 s CPU sampler on, no requests (windows={})",
+            v.users,
+            idle.len()
+        ),
+        ms(mi),
+        "≤ 10 ms per minute",
+        mi.map(|m| m <= IDLE_MAX_NS_PER_MIN && all_tracked),
+    );
+    if !all_tracked {
+        row.verdict = format!(
+            "NOT THIS PATH (only {} of {} users tracked)",
+            v.users_tracked, v.users
+        );
+    }
+    row.baseline = format!("{} (no bench user logged in, same run)", ms(base0));
+    row.ratio = mi
+        .zip(base0)
+        .filter(|(_, b)| *b > 0.0)
+        .map_or("—".into(), |(m, b)| format!("{:.2}×", m / b));
+    r.row(row);
+    let mut row = Row::single(
+        &format!(
+            "`top`: {} root clients asking `list` every {:.0} s (what `fairshare-ctl top` asks at a 1 s refresh), {} tracked users, daemon CPU per minute (windows={})",
+            v.clients,
+            v.interval_secs,
+            v.users,
+            top.len()
+        ),
+        ms(mt),
+        "reported (issue 16: a cost the daemon shrugs off; 1 % of a CPU = 600 ms per minute)",
+        None,
+    );
+    row.baseline = format!("{} idle, same users, interleaved", ms(mi));
+    row.ratio = mt
+        .zip(mi)
+        .filter(|(_, b)| *b > 0.0)
+        .map_or("—".into(), |(m, b)| format!("{:.1}×", m / b));
+    row.verdict = if errors > 0 {
+        format!("MISSED ({errors} failed requests)")
+    } else if !all_tracked {
+        format!(
+            "NOT THIS PATH (only {} of {} users tracked)",
+            v.users_tracked, v.users
+        )
+    } else {
+        "reported".into()
+    };
+    r.row(row);
+    let per_req = mt
+        .zip(mi)
+        .map(|(t, i)| (t - i) / (v.clients as f64 * 60.0 / v.interval_secs));
+    r.note(format!(
+        "idle CPU with users tracked, and `top`'s cost: {users} bench users each get a session (their hold service's main process, opened through the socket as the PAM module opens one), then {settle:.0} s to settle; status said {tracked} of {users} users have a session counted, an allocation and a live slice (the path measured: tracked users, not the empty daemon of the plain idle figure). The daemon held {fb} open file descriptors before the sessions and {fa} after ({efd} eventfds, {wd} inotify watches: the event watchers on each slice's memory and CPU files). Then windows of {secs:.0} s, interleaved (ABBA): idle (no requests; the event watchers, the 5 s CPU sampler and the watchdog run) and `top` ({clients} clients, each sending `list` as root, what `fairshare-ctl top` sends every refresh, once per {iv:.0} s, their ticks spread over the second; {requests} answered in {top_secs:.0} s, {errors} failed). CPU time summed over the daemon's threads from /proc/PID/task/*/schedstat, per window, scaled to a minute. Idle windows: {idle_list}; top windows: {top_list}. Extra CPU per `list` request at {users} users: {per_req}.",
+        users = v.users,
+        settle = v.settle_secs,
+        tracked = v.users_tracked,
+        fb = v.fds_before,
+        fa = v.fds_after,
+        efd = v.eventfds_after,
+        wd = v.inotify_watches_after,
+        secs = v.windows.first().map_or(0.0, |w| w.secs),
+        clients = v.clients,
+        iv = v.interval_secs,
+        idle_list = idle
+            .iter()
+            .map(|x| format!("{:.2} ms", x / 1e6))
+            .collect::<Vec<_>>()
+            .join(", "),
+        top_list = top
+            .iter()
+            .map(|x| format!("{:.2} ms", x / 1e6))
+            .collect::<Vec<_>>()
+            .join(", "),
+        per_req = per_req.map_or("—".into(), |x| format!("{:.0} µs", x / 1e3)),
+    ));
+    Ok(())
+}
