@@ -97,7 +97,10 @@ fn fds(pid: u32) -> (usize, usize, usize) {
                 e.file_name().to_string_lossy()
             ))
             .unwrap_or_default();
-            wd += info.lines().filter(|l| l.starts_with("inotify wd:")).count();
+            wd += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
         }
     }
     (n, efd, wd)

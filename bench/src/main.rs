@@ -483,10 +483,12 @@ fn main() -> std::process::ExitCode {
             ssh_args,
         } => users
             .iter()
-            .map(|u| match u.split_once(':').map(|(n, i)| (n, i.parse::<u32>())) {
-                Some((n, Ok(uid))) => Ok((n.to_string(), uid)),
-                _ => fail(format!("--users wants NAME:UID, not `{u}`")),
-            })
+            .map(
+                |u| match u.split_once(':').map(|(n, i)| (n, i.parse::<u32>())) {
+                    Some((n, Ok(uid))) => Ok((n.to_string(), uid)),
+                    _ => fail(format!("--users wants NAME:UID, not `{u}`")),
+                },
+            )
             .collect::<Result<Vec<_>>>()
             .and_then(|users| {
                 oom::run(&oom::Setup {

@@ -274,12 +274,10 @@ pub fn run(s: &Setup) -> Result<()> {
             let kill_ns = kills.lock().ok().and_then(|k| k.get(uid).copied());
             eprintln!(
                 "oom-notice: {user}: killed {hog_killed}, kill to notice {}",
-                kill_ns
-                    .zip(notice_ns)
-                    .map_or("—".into(), |(k, n)| format!(
-                        "{:.1} ms",
-                        n.saturating_sub(k) as f64 / 1e6
-                    ))
+                kill_ns.zip(notice_ns).map_or("—".into(), |(k, n)| format!(
+                    "{:.1} ms",
+                    n.saturating_sub(k) as f64 / 1e6
+                ))
             );
             samples.push(Kill {
                 user: user.clone(),
@@ -328,7 +326,8 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
         TARGET,
         m.map(|m| m <= 5e9),
     );
-    row.p99 = crate::report::ms(delays.iter().copied().reduce(f64::max)).replace(" ms", " ms (max)");
+    row.p99 =
+        crate::report::ms(delays.iter().copied().reduce(f64::max)).replace(" ms", " ms (max)");
     if complete < v.kills.len() {
         row.verdict = format!(
             "MISSED ({} of {} kills without kernel kill, counter move or notice naming the limit)",
