@@ -16,7 +16,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/fairshare";
 applied to their systemd slice (user-UID.slice) when they log in (through pam_fairshare), \
 and lets users resize their own allocation within the policy (fairshare-ctl). \
 It must run as root; limits it set stay in force when it stops.",
-    after_help = "Examples:\n  fairshared                                 # /etc/fairshare/policy.d/, /run/fairshare.sock\n  fairshared policy.yaml /tmp/fairshare.sock # as in the original quick start\n  fairshared --check /etc/fairshare/policy.d # validate a policy and exit\n\nEnvironment:\n  RUST_LOG   log filter, e.g. debug or fairshared=trace (default info)"
+    after_help = "Examples:\n  fairshared                                 # /etc/fairshare/policy.d/, /run/fairshare.sock\n  fairshared policy.yaml /tmp/fairshare.sock # the original quick start (one fairshared per host)\n  fairshared --check /etc/fairshare/policy.d # validate a policy and exit\n\nEnvironment:\n  RUST_LOG   log filter, e.g. debug or fairshared=trace (default info)"
 )]
 pub struct Args {
     /// Policy file, or directory of *.yaml files merged in name order

@@ -192,6 +192,18 @@ impl Entry {
         }
     }
 
+    /// How far the user may resize themselves: the policy's max, or root's
+    /// setting where root set one (it binds the user's resizes).
+    pub fn user_ceiling(&self, up: &UserPolicy) -> Limits {
+        let mut top = up.max;
+        if let Some(a) = &self.admin {
+            top.cpu = a.cpu.unwrap_or(top.cpu);
+            top.mem = a.mem.unwrap_or(top.mem);
+            top.tasks = a.tasks.unwrap_or(top.tasks);
+        }
+        top
+    }
+
     /// When the allocation next changes by itself: the user's lease, or
     /// the end of root's setting, whichever comes first.
     pub fn next_expiry(&self) -> Option<u64> {

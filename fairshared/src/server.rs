@@ -213,9 +213,9 @@ async fn connection<S: Systemd>(
             );
         }
         let r = Response::error(
-            ErrorCode::BadRequest,
+            ErrorCode::RateLimited,
             format!(
-                "too many open connections from uid {} (at most {PER_USER_CONNECTIONS})",
+                "too many open connections from uid {} (at most {PER_USER_CONNECTIONS}): close some (a `fairshare-ctl top` or `events --follow` left running?) and try again",
                 peer.uid
             ),
         );

@@ -11,6 +11,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::Ledger;
@@ -43,7 +45,31 @@ pub enum Loaded {
     },
 }
 
+/// An exclusive `flock` on the directory `dir` itself (no file is made),
+/// held until the value is dropped or the process ends. `Ok(None)`: another
+/// process holds it.
+pub fn lock_dir(dir: &Path) -> io::Result<Option<Flock<File>>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", dir.display())))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(io::Error::other(format!(
+            "cannot lock {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
 impl StateFile {
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Uses `dir`, creating it (mode 0700) if needed.
     pub fn open(dir: &Path) -> io::Result<StateFile> {
         fs::DirBuilder::new()
@@ -142,6 +168,17 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_is_locked_by_one_holder_at_a_time() {
+        let t = tempfile::tempdir().unwrap();
+        let held = lock_dir(t.path()).unwrap();
+        assert!(held.is_some());
+        assert!(lock_dir(t.path()).unwrap().is_none(), "held elsewhere");
+        drop(held);
+        assert!(lock_dir(t.path()).unwrap().is_some(), "free again");
+        assert!(lock_dir(&t.path().join("missing")).is_err());
+    }
 
     #[test]
     fn save_and_load_round_trip() {

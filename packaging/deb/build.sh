@@ -79,7 +79,7 @@ Maintainer: $maintainer
 Section: admin
 Priority: optional
 Installed-Size: $size
-Depends: libc6, libpam0g, libpam-runtime, systemd, init-system-helpers (>= 1.54~)
+Depends: libc6, libpam0g, libpam-runtime, systemd, libpam-systemd, dbus | dbus-system-bus, init-system-helpers (>= 1.54~)
 Description: fair CPU, memory and task limits for every user of a shared host
  fairshare gives every user of a shared Linux host (login nodes, build and lab
  servers) fair CPU, memory and task limits on their systemd slice at login,

@@ -311,7 +311,7 @@ fn fairshared_page() -> Result<String, String> {
         );
         para(
             r,
-            "The first uses /etc/fairshare/policy.d/ and /run/fairshare.sock (or the socket systemd passes); the second is the original quick start; the third checks a policy (and the drop-ins of others) and exits; the fourth re-reads the policy of a running daemon and fails with its errors; the last writes the policy default drop-ins without a daemon.",
+            "The first uses /etc/fairshare/policy.d/ and /run/fairshare.sock (or the socket systemd passes); the second is the original quick start (it refuses to start while another fairshared runs on the host: one per host, since each manages every user slice); the third checks a policy (and the drop-ins of others) and exits; the fourth re-reads the policy of a running daemon and fails with its errors; the last writes the policy default drop-ins without a daemon.",
         );
         section(r, "SEE ALSO");
         r.text([roman(

@@ -42,9 +42,16 @@ pub enum ServiceError {
         max: Limits,
         capacity: Capacity,
     },
-    #[error("could not apply limits to {}: {source}", slice_name(*uid))]
+    #[error(
+        "could not apply limits to {}: {source}; the limits in force before stay (try again; if it keeps failing, root can see why with `journalctl -u fairshared`)",
+        slice_name(*uid)
+    )]
     Apply { uid: u32, source: SystemdError },
-    #[error("session counted, but pid {pid} could not be moved into {}: {source}", slice_name(*uid))]
+    #[error(
+        "session counted, but pid {pid} could not be moved into {}: {source} (root: `journalctl -u fairshared` and `systemctl status {}`)",
+        slice_name(*uid),
+        slice_name(*uid)
+    )]
     Adopt {
         uid: u32,
         pid: u32,
@@ -54,9 +61,13 @@ pub enum ServiceError {
         "the limits were applied, but the state could not be saved: {0}; the change will be forgotten if fairshared restarts (free space or fix permissions in the state directory)"
     )]
     Save(#[from] SaveError),
-    #[error("no policy path to reload from")]
+    #[error(
+        "this fairshared was started without a policy path, so there is nothing to reload from (start it with --policy DIR_OR_FILE, as the packaged unit does)"
+    )]
     NoPolicyPath,
-    #[error("loading the policy: {0}")]
+    #[error(
+        "loading the policy failed inside fairshared ({0}); the old policy stays in force (`journalctl -u fairshared` for more)"
+    )]
     PolicyTask(tokio::task::JoinError),
     #[error(
         "policy not reloaded, the old one stays in force: {}",

@@ -102,9 +102,13 @@ impl<S: Systemd> Service<S> {
             .read(|l| l.get(uid).and_then(|e| e.grant.as_ref()?.expires_at))
             .filter(|t| *t > now)
             .map(|t| format_duration(Duration::from_secs(t - now)));
+        let max = self
+            .store
+            .read(|l| l.get(uid).map(|e| e.user_ceiling(up)))
+            .unwrap_or(up.max);
         let a = Allowance {
             allocation: *limits,
-            max: up.max,
+            max,
         };
         Some(notice::login_line(&a, left.as_deref()))
     }
@@ -175,7 +179,8 @@ impl<S: Systemd> Service<S> {
         let allowance = match (limits, &up) {
             (Some(allocation), Some(u)) => Some(Allowance {
                 allocation,
-                max: u.max,
+                // root's setting binds the user's resizes: no remedy above it
+                max: entry.as_ref().map_or(u.max, |e| e.user_ceiling(u)),
             }),
             _ => None,
         };

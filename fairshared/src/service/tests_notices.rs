@@ -308,3 +308,31 @@ async fn the_policy_can_turn_terminal_notices_off_by_default() {
     assert!(l.terminal_notices.enabled);
     assert_eq!(l.terminal_notices.source, NoticesSource::User);
 }
+
+/// Root's setting binds the user's resizes: the login line offers no resize
+/// above it.
+#[tokio::test]
+async fn the_login_line_offers_nothing_above_roots_setting() {
+    let s = service(POLICY);
+    let r = send(&s, 0, r#"{"type":"set_user","user":"alice","cpu":1}"#).await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    let Response::Success(ok) = send(&s, 0, &open_line(1001)).await else {
+        panic!("not a success")
+    };
+    assert_eq!(
+        ok.login_line.as_deref(),
+        Some(
+            "fairshare: 1 CPU, 8G memory, 4096 tasks on this host (you may resize up to 32G: fairshare-ctl resize)"
+        )
+    );
+    // root's setting at the top of every field: nothing left to offer
+    let r = send(&s, 0, r#"{"type":"set_user","user":"alice","mem":"8G"}"#).await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    let Response::Success(ok) = send(&s, 0, &open_line(1001)).await else {
+        panic!("not a success")
+    };
+    assert_eq!(
+        ok.login_line.as_deref(),
+        Some("fairshare: 1 CPU, 8G memory, 4096 tasks on this host (the most you may have here)")
+    );
+}

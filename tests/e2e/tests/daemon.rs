@@ -341,9 +341,43 @@ fn refuses_to_start_on_a_bad_policy_and_check_names_file_line_and_field() {
     assert_ne!(o.code, 0);
     assert!(
         o.stderr
-            .contains("already listening on /run/fairshare.sock"),
+            .contains("another fairshared is already running on this host"),
         "{}",
         o.stderr
+    );
+    h.ctl("status").ok();
+    // nor runs beside it from another socket (the original quick start's
+    // command line), with or without a state directory of its own: two would
+    // fight over the same users' slices and drop-ins
+    let before = h
+        .sh("stat -c %Y /var/lib/fairshare/state.json 2>/dev/null || echo none")
+        .ok()
+        .out()
+        .to_string();
+    for (extra, held) in [
+        ("", "/var/lib/fairshare"),
+        (" --state-dir /tmp/second-state", "/etc/systemd/system"),
+    ] {
+        let o = h.sh(&format!(
+            "timeout 5 fairshared /etc/fairshare/policy.d /tmp/second.sock{extra}"
+        ));
+        assert_ne!(o.code, 0, "{o:?}");
+        assert_ne!(o.code, 124, "it ran: {o:?}");
+        assert!(
+            o.stderr.contains(&format!(
+                "another fairshared is already running on this host (it holds {held};"
+            )),
+            "{}",
+            o.stderr
+        );
+        assert!(!h.path("/tmp/second.sock").exists());
+    }
+    h.sh("rm -rf /tmp/second-state").ok();
+    assert_eq!(
+        h.sh("stat -c %Y /var/lib/fairshare/state.json 2>/dev/null || echo none")
+            .ok()
+            .out(),
+        before
     );
     h.wait_socket();
 }
