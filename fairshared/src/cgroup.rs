@@ -298,14 +298,27 @@ mod tests {
             "systemd/user.slice/user-1001.slice/session-1.scope/cgroup.procs",
             &format!("{me}\n"),
         );
-        // burn a little CPU so the figure is above zero
-        let start = std::time::Instant::now();
+        // Burn 5 clock ticks of CPU past what the process had used, so the
+        // figure must hold them; it is this process's own CPU time (the
+        // only process in the slice), read between two readings of it.
+        let tick_ns = 1_000_000_000
+            / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .unwrap()
+                .unwrap() as u64;
+        let ticks = || crate::proc::cpu_ticks(me).unwrap();
+        let burnt = ticks() + 5;
         let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(50) {
+        while ticks() < burnt {
             x = x.wrapping_add(1);
         }
         assert!(x > 0);
+        let before = ticks();
         let u = Cgroups::detect(r).usage(1001);
-        assert!(u.cpu_usage_nsec.unwrap() > 0, "{u:?}");
+        let after = ticks();
+        let nsec = u.cpu_usage_nsec.unwrap();
+        assert!(
+            before * tick_ns <= nsec && nsec <= after * tick_ns,
+            "cpu_usage_nsec {nsec}: this process had used {before} then {after} ticks of {tick_ns} ns; {u:?}"
+        );
     }
 }

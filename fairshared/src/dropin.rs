@@ -80,7 +80,7 @@ const RUNTIME_CONTROL: &str = "/run/systemd/system.control";
 /// `systemctl set-property` without `--runtime`. fairshare never writes here.
 const PERSISTENT_CONTROL: &str = "/etc/systemd/system.control";
 /// Where fairshare's own drop-ins go.
-pub const CONFIG: &str = "/etc/systemd/system";
+const CONFIG: &str = "/etc/systemd/system";
 
 /// Files larger than this are not drop-ins fairshare reads (a few lines).
 const MAX_FILE: u64 = 64 * 1024;

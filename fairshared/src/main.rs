@@ -415,31 +415,24 @@ fn activated_socket() -> Result<Option<std::os::unix::net::UnixListener>, String
     Ok(Some(listener))
 }
 
+/// Where fairshared takes its one-per-host lock (the unit's
+/// `RuntimeDirectory=`; made by fairshared when run by hand).
+const HOST_LOCK: &str = "/run/fairshared/lock";
+
 /// One fairshared per host, for as long as this one runs: a second (the
-/// original quick start's command line on a host where the installed one
-/// runs) would overwrite the state and fight over the drop-ins and slices.
-/// Locks the state directory, then systemd's unit directory, where every
-/// fairshared writes its drop-ins.
-fn one_per_host(state: &StateFile) -> Result<Vec<nix::fcntl::Flock<std::fs::File>>, String> {
-    let units = std::path::Path::new(fairshared::dropin::CONFIG);
-    let mut held = Vec::new();
-    for dir in [state.dir(), units] {
-        match fairshared::state::lock_dir(dir) {
-            Ok(Some(lock)) => held.push(lock),
-            Ok(None) => {
-                return Err(format!(
-                    "another fairshared is already running on this host (it holds {}; the installed one? `systemctl status fairshared`): stop it first; two would fight over the same users' slices",
-                    dir.display()
-                ));
-            }
-            // never kept from running by a unit directory it cannot open
-            Err(e) if dir == units => {
-                tracing::warn!(error = %e, "cannot make sure no other fairshared runs: {e}")
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+/// original quick start's command line, or a policy tried out with another
+/// --state-dir, on a host where the installed one runs) would overwrite the
+/// state or fight over the drop-ins and the users' slices.
+fn one_per_host() -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    match fairshared::state::lock_file(std::path::Path::new(HOST_LOCK)) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(format!(
+            "another fairshared is already running on this host (it holds {HOST_LOCK}; the installed one? `systemctl status fairshared`): stop it first; two would fight over the same users' slices"
+        )),
+        Err(e) => Err(format!(
+            "{e}; fairshared takes {HOST_LOCK} so that only one runs on a host"
+        )),
     }
-    Ok(held)
 }
 
 async fn run(
@@ -448,8 +441,8 @@ async fn run(
     problem: Option<String>,
     activated: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), String> {
+    let _single = one_per_host()?;
     let state = StateFile::open(&args.state_dir).map_err(|e| e.to_string())?;
-    let _single = one_per_host(&state)?;
     let socket_path = args.socket_path();
     // Our own socket is removed at exit; an activated one belongs to systemd,
     // which keeps it (and the connections queued on it) across restarts.

@@ -45,31 +45,39 @@ pub enum Loaded {
     },
 }
 
-/// An exclusive `flock` on the directory `dir` itself (no file is made),
-/// held until the value is dropped or the process ends. `Ok(None)`: another
-/// process holds it.
-pub fn lock_dir(dir: &Path) -> io::Result<Option<Flock<File>>> {
+/// An exclusive `flock` on the file at `path` (created, mode 0600, in a
+/// directory created with mode 0700 if missing), held until the value is
+/// dropped or the process ends. `Ok(None)`: another process holds it. Only
+/// root can open the file, so no user can hold it to keep fairshared out.
+pub fn lock_file(path: &Path) -> io::Result<Option<Flock<File>>> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+            })?;
+    }
     let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", dir.display())))?;
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(Some(lock)),
         Err((_, Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, e)) => Err(io::Error::other(format!(
             "cannot lock {}: {e}",
-            dir.display()
+            path.display()
         ))),
     }
 }
 
 impl StateFile {
-    /// The state directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Uses `dir`, creating it (mode 0700) if needed.
     pub fn open(dir: &Path) -> io::Result<StateFile> {
         fs::DirBuilder::new()
@@ -170,14 +178,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_directory_is_locked_by_one_holder_at_a_time() {
+    fn a_lock_file_has_one_holder_at_a_time() {
+        use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
-        let held = lock_dir(t.path()).unwrap();
+        let path = t.path().join("run/lock");
+        let held = lock_file(&path).unwrap();
         assert!(held.is_some());
-        assert!(lock_dir(t.path()).unwrap().is_none(), "held elsewhere");
+        assert!(lock_file(&path).unwrap().is_none(), "held elsewhere");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&t.path().join("run")), 0o700);
         drop(held);
-        assert!(lock_dir(t.path()).unwrap().is_some(), "free again");
-        assert!(lock_dir(&t.path().join("missing")).is_err());
+        assert!(lock_file(&path).unwrap().is_some(), "free again");
     }
 
     #[test]

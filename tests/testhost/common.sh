@@ -69,3 +69,22 @@ ensure_user() {    # NAME UID [extra useradd options...]
     in_chroot useradd -m -u "$uid" -s /bin/bash "$@" "$name"
   fi
 }
+
+# The test users of both hosts, NAME:UID[:GROUP|:system]; tests/e2e/src/lib.rs knows the same
+# list (a unit test there compares the two).
+TEST_USERS=(testuser:1001 testuser2:1002 student1:1003:students testuser3:1004 svcuser:990:system)
+test_user_names() { local s; for s in "${TEST_USERS[@]}"; do printf '%s\n' "${s%%:*}"; done; }
+
+# The group students (1100) and the test users, in $CHROOT_ROOT.
+ensure_test_users() {
+  local spec name uid extra
+  ensure_group students 1100
+  for spec in "${TEST_USERS[@]}"; do
+    IFS=: read -r name uid extra <<< "$spec"
+    case "$extra" in
+      "") ensure_user "$name" "$uid" ;;
+      system) ensure_user "$name" "$uid" --system -d "/home/$name" ;;
+      *) ensure_user "$name" "$uid" -G "$extra"; in_chroot usermod -a -G "$extra" "$name" ;;
+    esac
+  done
+}

@@ -340,19 +340,13 @@ account  required pam_unix.so
 session  required pam_unix.so
 EOF
 
-  # users and groups
-  ensure_group students 1100
-  ensure_user testuser 1001
-  ensure_user testuser2 1002
-  ensure_user student1 1003 -G students
-  in_chroot usermod -a -G students student1
-  ensure_user testuser3 1004
-  ensure_user svcuser 990 --system -d /home/svcuser
+  # users and groups (common.sh: the same on both test hosts)
+  ensure_test_users
 
   # harness ssh key (client side stays on the host), authorized for root and all test users
   ensure_key
   local u pub; pub=$(cat "$SSH_KEY.pub")
-  for u in root testuser testuser2 student1 testuser3 svcuser; do
+  for u in root $(test_user_names); do
     in_chroot /bin/sh -c 'set -e
       h=$(getent passwd "$1" | cut -d: -f6); g=$(id -g "$1")
       [ -L "$h/.ssh" ] && rm -f "$h/.ssh"

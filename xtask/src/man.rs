@@ -248,6 +248,11 @@ fn fairshared_page() -> Result<String, String> {
         );
         item(
             r,
+            "/run/fairshared/lock",
+            "Held (flock) by the running fairshared: a second one started on the same host refuses to run, since each manages every user slice. Mode 0600, in the unit's RuntimeDirectory.",
+        );
+        item(
+            r,
             "/var/lib/fairshare/policy.last-good/",
             "A copy of the last policy that loaded, what fairshared runs on when the policy on disk has errors at start.",
         );

@@ -56,8 +56,12 @@ impl<S: Systemd> Service<S> {
                 super::reload::name_list(&changed)
             );
         }
-        for (uid, at) in self.store.read(|l| l.leases()) {
-            self.schedule_lease(uid, at);
+        // under each user's lock, from the ledger as it is then (the refresh
+        // armed them already, unless it stopped early; requests answered
+        // meanwhile may have changed them)
+        for (uid, _) in self.store.read(|l| l.leases()) {
+            let _guard = self.locks.lock(uid).await;
+            self.rearm_lease(uid);
         }
         if let Err(e) = self.store.save().await {
             tracing::error!(error = %e, "could not save state after start-up");

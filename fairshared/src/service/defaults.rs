@@ -14,6 +14,7 @@ use fairshare_proto::wire::Limits;
 use super::Service;
 use crate::defaults::{self, Base, Values, properties, values_of};
 use crate::dropin::Key;
+use crate::identity::IdentityError;
 use crate::systemd::{Systemd, SystemdError};
 
 /// When the files of a change are written.
@@ -208,6 +209,12 @@ impl<S: Systemd> Service<S> {
                         Some(self.store.read(|l| l.effective(uid, &up)))
                     }
                 }
+                Err(e @ (IdentityError::Lookup(_) | IdentityError::Task(_))) => {
+                    // NSS down: nobody is dropped for that; their slice
+                    // stays as it is until the next refresh
+                    tracing::warn!(uid, error = %e, "cannot look up uid {uid} ({e}); their slice is left as it is");
+                    continue;
+                }
                 Err(_) => {
                     if tracked_here {
                         tracing::warn!(
@@ -243,7 +250,11 @@ impl<S: Systemd> Service<S> {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(uid, error = %e, "could not set the policy on a running slice")
+                    tracing::error!(uid, error = %e, "could not set the policy on a running slice");
+                    // a tracked user's limits are set again soon
+                    if alloc.is_some() {
+                        self.retry_lease(uid, super::leases::RETRY);
+                    }
                 }
             }
         }

@@ -21,8 +21,10 @@ use crate::identity::IdentityError;
 use crate::ledger::Change;
 use crate::systemd::Systemd;
 
-/// How soon an expiry whose user lookup failed is tried again.
-const LOOKUP_RETRY: Duration = Duration::from_secs(5);
+/// How soon an expiry whose user lookup or apply failed is tried again.
+pub(super) const RETRY: Duration = Duration::from_secs(5);
+/// How soon, when the user database says the user does not exist.
+const GONE_RETRY: Duration = Duration::from_secs(60);
 
 impl<S: Systemd> Service<S> {
     /// Arms (or re-arms) the lease timer of `uid` for `expires_at` (Unix time).
@@ -54,6 +56,20 @@ impl<S: Systemd> Service<S> {
         }
     }
 
+    /// Arms the timer of `uid` for `wait` from now, or for their next
+    /// expiry if that comes first: the expiry runs again then, and sets
+    /// what the slice still lacks. Call with the user's lock held.
+    pub(super) fn retry_lease(self: &Arc<Self>, uid: u32, wait: Duration) {
+        let now = self.now();
+        let soon = now + wait.as_secs();
+        // an expiry already due is what is being retried: not sooner
+        let next = self
+            .store
+            .read(|l| l.get(uid).and_then(|e| e.next_expiry()))
+            .filter(|n| *n > now);
+        self.schedule_lease(uid, next.map_or(soon, |n| n.min(soon)));
+    }
+
     /// Ends what is due of `uid`'s leases, and makes sure their slice
     /// carries what the ledger says (a no-op without a D-Bus call when it
     /// does). Then arms the timer for what is left.
@@ -61,19 +77,16 @@ impl<S: Systemd> Service<S> {
         let guard = self.locks.lock(uid).await;
         let id = match self.identity(uid).await {
             Ok(id) => id,
-            Err(ServiceError::Identity(IdentityError::NoUid(_))) => {
-                // gone from the user database: the next refresh (reload,
-                // restart) lets their allocation go
-                tracing::warn!(
-                    uid,
-                    "a lease of uid {uid} ended, but uid {uid} no longer exists; its allocation goes at the next reload"
-                );
-                self.leases.cancel(&uid);
-                return;
-            }
             Err(e) => {
-                tracing::warn!(uid, error = %e, "a lease of uid {uid} ended, but the user lookup failed ({e}); trying again in {}s", LOOKUP_RETRY.as_secs());
-                self.schedule_lease(uid, self.now() + LOOKUP_RETRY.as_secs());
+                // gone from the user database, or NSS down (sssd offline may
+                // say either): tried again, never given up; a reload or
+                // restart lets a user who is really gone go
+                let wait = match e {
+                    ServiceError::Identity(IdentityError::NoUid(_)) => GONE_RETRY,
+                    _ => RETRY,
+                };
+                tracing::warn!(uid, error = %e, "a lease of uid {uid} is due, but the user lookup failed ({e}); trying again in {}s", wait.as_secs());
+                self.retry_lease(uid, wait);
                 return;
             }
         };
@@ -83,12 +96,12 @@ impl<S: Systemd> Service<S> {
         if change.is_some() {
             self.counters.leases_expired.fetch_add(1, Ordering::Relaxed);
         }
-        // The change, or what the ledger says and the slice was last given
-        // otherwise (an apply that failed): set again.
+        // The change, or what the ledger says and the slice was not given
+        // (an apply that failed, or never ran): set again.
         let pending = change.clone().or_else(|| {
             self.store.read(|l| {
                 l.get(uid)
-                    .filter(|e| e.applied.is_some_and(|a| a != e.limits))
+                    .filter(|e| e.applied != Some(e.limits))
                     .map(|e| Change {
                         uid,
                         old: e.applied,
@@ -97,22 +110,29 @@ impl<S: Systemd> Service<S> {
                     })
             })
         });
+        let mut failed = false;
         if let Some(change) = &pending
             && let Err(e) = self
                 .apply_change(&id, change, OnRefusal::Keep, 0, "lease expired")
                 .await
         {
+            failed = true;
             tracing::error!(
                 uid,
                 user = %id.name,
                 error = %e,
-                "could not apply the limits of {} (uid {uid}) after a lease expired: {e}",
-                id.name
+                "could not apply the limits of {} (uid {uid}) after a lease expired: {e}; trying again in {}s",
+                id.name,
+                RETRY.as_secs()
             );
         }
         // What is left (the other layer's end, or a timer that woke early),
-        // armed with the lock held, so timers follow the ledger's order.
-        self.rearm_lease(uid);
+        // armed with the lock held, so timers follow the ledger's order; a
+        // failed apply is tried again soon.
+        match failed {
+            true => self.retry_lease(uid, RETRY),
+            false => self.rearm_lease(uid),
+        }
         if pending.is_some()
             && let Err(e) = self.save_unlocked(guard).await
         {

@@ -1541,3 +1541,46 @@ async fn a_lease_that_ran_out_while_stopped_ends_at_start() {
     );
     assert_eq!(s2.counters.leases_expired.load(Ordering::Relaxed), 1);
 }
+
+/// systemd failing at the lease's end: the expiry is tried again until the
+/// slice is back at the default, not left at the lease's limits.
+#[tokio::test(start_paused = true)]
+async fn a_lease_whose_end_cannot_be_applied_is_tried_again() {
+    let s = Arc::new(new_service(users(), parse(POLICY), None).with_clock(Clock::tokio()));
+    let keep = Proc::new();
+    success(
+        send(
+            &s,
+            0,
+            &format!(
+                r#"{{"type":"session_open","uid":1001,"pid":{}}}"#,
+                keep.pid()
+            ),
+        )
+        .await,
+    );
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":4,"duration":"60s"}"#,
+        )
+        .await,
+    );
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(4));
+    s.systemd().fail_apply.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        s.systemd().applied(1001).unwrap().cpu,
+        Cpus::whole(4),
+        "systemd refuses every call"
+    );
+    s.systemd().fail_apply.store(false, Ordering::SeqCst);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
+}

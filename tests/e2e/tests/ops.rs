@@ -16,7 +16,7 @@ const VICTIMS: [&str; 2] = [
 ];
 
 /// `stat` of a file inside: `owner:group mode type`.
-fn stat(h: &Host, path: &str) -> String {
+fn stat(h: &Container, path: &str) -> String {
     h.sh(&format!("stat -c '%U:%G %a %F' {path}"))
         .ok()
         .out()
@@ -27,7 +27,7 @@ fn stat(h: &Host, path: &str) -> String {
 /// `prometheus` account, node-exporter/ to root; the account has planted
 /// symlinks to root's files under the file's name and under the fixed
 /// temporary name fairshare-metrics.service used to write through.
-fn plant(h: &Host) {
+fn plant(h: &Container) {
     h.sh("getent group prometheus >/dev/null || groupadd --system prometheus; \
           getent passwd prometheus >/dev/null || useradd --system -g prometheus -d /var/lib/prometheus -s /usr/sbin/nologin prometheus")
         .ok();
@@ -54,7 +54,7 @@ fn plant(h: &Host) {
 }
 
 /// Files of the writer's own left in the directory (`.NAME.RANDOM.tmp`).
-fn leftovers(h: &Host) -> Vec<String> {
+fn leftovers(h: &Container) -> Vec<String> {
     h.sh(&format!("ls -A {TEXTFILE_DIR}"))
         .ok()
         .stdout
@@ -69,7 +69,7 @@ fn leftovers(h: &Host) -> Vec<String> {
 }
 
 #[track_caller]
-fn victims_untouched(h: &Host) {
+fn victims_untouched(h: &Container) {
     for v in VICTIMS {
         assert_eq!(h.read(v).as_deref(), Some("root only\n"), "{v} was written");
         assert_eq!(stat(h, v), "root:root 600 regular file", "{v}");
@@ -78,7 +78,7 @@ fn victims_untouched(h: &Host) {
 
 #[test]
 fn the_metrics_file_replaces_planted_symlinks_and_never_writes_through_them() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(BASE_POLICY);
     let _undo = Undo(
         &h,
@@ -159,20 +159,20 @@ fn the_metrics_file_replaces_planted_symlinks_and_never_writes_through_them() {
     );
 }
 
-fn unit_network(h: &Host) -> String {
+fn unit_network(h: &Container) -> String {
     h.sh("systemctl show -p PrivateNetwork -p IPAddressDeny -p RestrictAddressFamilies fairshared.service")
         .ok()
         .stdout
 }
 
 /// The error lines of fairshared's current run.
-fn errors_of_this_run(h: &Host) -> String {
+fn errors_of_this_run(h: &Container) -> String {
     h.sh("journalctl --no-pager -o cat -p err _SYSTEMD_INVOCATION_ID=$(systemctl show -P InvocationID fairshared.service)")
         .ok()
         .stdout
 }
 
-fn restart(h: &Host) {
+fn restart(h: &Container) {
     h.sh("systemctl restart fairshared.service").ok();
     h.wait_socket();
     // the check logs before the socket is served: once the journal has
@@ -182,7 +182,7 @@ fn restart(h: &Host) {
 
 #[test]
 fn a_network_name_service_gets_fairshared_the_network_or_a_loud_error() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(BASE_POLICY);
     let original = h.read("/etc/nsswitch.conf").unwrap();
     assert!(!original.contains("ldap"));
@@ -233,7 +233,7 @@ fn a_network_name_service_gets_fairshared_the_network_or_a_loud_error() {
     );
     let (user, uid) = TESTUSER;
     let _s = h.session(user);
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     drop(_s);
 
     // the admin keeps the sandbox (masks the generator's drop-in): the

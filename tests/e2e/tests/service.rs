@@ -11,7 +11,7 @@ use fairshare_e2e::*;
 
 const POLICY: &str = BASE_POLICY;
 
-fn main_pid(h: &Host) -> u32 {
+fn main_pid(h: &Container) -> u32 {
     h.sh("systemctl show -P MainPID fairshared.service")
         .ok()
         .out()
@@ -19,7 +19,7 @@ fn main_pid(h: &Host) -> u32 {
         .unwrap()
 }
 
-fn journal_since(h: &Host, cursor: &str) -> String {
+fn journal_since(h: &Container, cursor: &str) -> String {
     h.sh(&format!(
         "journalctl --no-pager -o cat --after-cursor='{cursor}'"
     ))
@@ -28,7 +28,7 @@ fn journal_since(h: &Host, cursor: &str) -> String {
 }
 
 /// Journal lines since `cursor` with the process name and pid in front.
-fn journal_with_pids(h: &Host, cursor: &str) -> String {
+fn journal_with_pids(h: &Container, cursor: &str) -> String {
     h.sh(&format!(
         "journalctl --no-pager -o short --after-cursor='{cursor}'"
     ))
@@ -36,16 +36,53 @@ fn journal_with_pids(h: &Host, cursor: &str) -> String {
     .stdout
 }
 
-fn cursor(h: &Host) -> String {
+fn cursor(h: &Container) -> String {
     let o = h
         .sh("journalctl -n 1 --show-cursor --no-pager -o cat | sed -n 's/^-- cursor: //p'")
         .ok();
     o.out().to_string()
 }
 
+/// A PAM stack for pamtester logins through the host's session stack
+/// (pam_systemd, then pam_fairshare), then a probe that records the CPU quota
+/// of the user's slice as the session opens, in /run/fs-login-probe/USER.PID.
+const LOGIN_STACK: &str = "auth required pam_permit.so\naccount required pam_unix.so\n\
+                           @include common-session\nsession optional pam_exec.so /usr/local/sbin/fs-login-probe\n";
+
+/// Installs the probe of [`LOGIN_STACK`] and the stack as
+/// /etc/pam.d/fairshare-login.
+fn login_stack_with_probe(h: &Container) {
+    let quota = h
+        .slice_file(0, File::CpuQuota)
+        .unwrap()
+        .replace("user-0.slice", "user-$uid.slice");
+    h.write(
+        "/usr/local/sbin/fs-login-probe",
+        &format!(
+            "#!/bin/sh\n[ \"$PAM_TYPE\" = open_session ] || exit 0\nuid=$(id -u \"$PAM_USER\")\n\
+             mkdir -p /run/fs-login-probe\n\
+             {{ cat {quota} 2>/dev/null || echo none; }} > /run/fs-login-probe/$PAM_USER.$$\n"
+        ),
+    );
+    h.sh("chmod 755 /usr/local/sbin/fs-login-probe; rm -rf /run/fs-login-probe")
+        .ok();
+    h.write("/etc/pam.d/fairshare-login", LOGIN_STACK);
+}
+
+/// The CPU quotas the probe of [`LOGIN_STACK`] recorded since it was last
+/// cleared (`rm -rf /run/fs-login-probe`), one per login.
+fn login_probes(h: &Container) -> Vec<String> {
+    h.sh("cat /run/fs-login-probe/* 2>/dev/null; true")
+        .ok()
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn socket_activation_starts_the_daemon_at_the_first_login() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     h.sh("systemctl stop fairshared.service").ok();
     assert_eq!(
@@ -63,7 +100,7 @@ fn socket_activation_starts_the_daemon_at_the_first_login() {
         h.sh("systemctl is-active fairshared.service").out(),
         "active"
     );
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let log = h
         .sh("journalctl --no-pager -o cat -n 200 | grep pam_fairshare | tail -5")
         .ok();
@@ -72,15 +109,13 @@ fn socket_activation_starts_the_daemon_at_the_first_login() {
 
 #[test]
 fn a_restart_during_a_burst_of_logins_loses_no_login() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
-    h.write(
-        "/etc/pam.d/fairshare-login",
-        "auth required pam_permit.so\naccount required pam_unix.so\n@include common-session\n",
-    );
+    login_stack_with_probe(&h);
     let _undo = Undo(
         &h,
-        "rm -f /etc/pam.d/fairshare-login /tmp/burst.* /tmp/burst-result".into(),
+        "rm -rf /etc/pam.d/fairshare-login /tmp/burst.* /tmp/burst-result /run/fs-login-probe"
+            .into(),
     );
     // 40 PAM logins through the real stack (pam_systemd, pam_fairshare) for
     // four users, started 50 ms apart, with the daemon restarted after the
@@ -95,7 +130,7 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
         let old_pid = main_pid(&h);
         let t = Instant::now();
         let o = h.exec(&format!(
-            "rm -f /tmp/burst.*; ( {burst} ) > /tmp/burst-result & \
+            "rm -rf /tmp/burst.* /run/fs-login-probe; ( {burst} ) > /tmp/burst-result & \
              until [ $(grep -ls 'successfully opened' /tmp/burst.* | wc -l) -ge 10 ]; do sleep 0.01; done; \
              systemctl restart fairshared; wait; cat /tmp/burst-result"
         ));
@@ -130,6 +165,16 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
             "sessions that got their limits from the daemon:\n{}",
             module.join("\n")
         );
+        // and every session had them in its slice's files when it opened
+        let quotas = login_probes(&h);
+        assert_eq!(
+            (
+                quotas.len(),
+                quotas.iter().filter(|q| *q == "200000").count()
+            ),
+            (40, 40),
+            "the CPU quota of each login's slice as it opened: {quotas:?}"
+        );
         let daemon = journal_with_pids(&h, &before);
         let by = |pid: u32| {
             daemon
@@ -154,7 +199,7 @@ fn a_restart_during_a_burst_of_logins_loses_no_login() {
 
 #[test]
 fn the_watchdog_restarts_a_hung_daemon() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     h.write(
         "/etc/systemd/system/fairshared.service.d/50-test-watchdog.conf",
@@ -187,12 +232,12 @@ fn the_watchdog_restarts_a_hung_daemon() {
 
 #[test]
 fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER2;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 6 --mem 20G").ok();
-    h.expect_slice(uid, 6000, 20 * GIB, 4096);
+    h.expect_limits(uid, want(6000, 20 * GIB, 4096));
 
     // lower max and defaults: the resize is clamped, live
     h.write(
@@ -205,7 +250,7 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
         "{}",
         o.out()
     );
-    h.expect_slice(uid, 4000, 16 * GIB, 4096);
+    h.expect_limits(uid, want(4000, 16 * GIB, 4096));
     let log = h
         .sh("journalctl -u fairshared --no-pager -o cat -n 20")
         .ok();
@@ -245,7 +290,7 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
             .then_some(())
     });
     assert_eq!(h.sh("systemctl is-active fairshared").out(), "active");
-    h.expect_slice(uid, 4000, 16 * GIB, 4096);
+    h.expect_limits(uid, want(4000, 16 * GIB, 4096));
 
     // fixed, and reloaded by SIGHUP
     h.sh("rm /etc/fairshare/policy.d/60-bad.yaml").ok();
@@ -254,7 +299,7 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
         "defaults: {cpu: 1, mem: 2G}\nmax: {cpu: 3, mem: 16G}\n",
     );
     h.sh("kill -HUP $(pidof fairshared)").ok();
-    h.expect_slice(uid, 3000, 16 * GIB, 4096);
+    h.expect_limits(uid, want(3000, 16 * GIB, 4096));
     let o = h.ssh(user, "fairshare-ctl reload");
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("root only"), "{}", o.stderr);
@@ -262,7 +307,7 @@ fn reload_applies_a_good_policy_and_refuses_a_bad_one() {
 
 #[test]
 fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = TESTUSER3;
     // a lingering user whose user manager started while fairshared was down
@@ -282,9 +327,9 @@ fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
     });
     // fairshared down: the user manager's slice has the policy default from
     // systemd's drop-ins already (issue 12)
-    assert_eq!(h.slice(uid).cpu_quota, Some(200_000));
+    assert_eq!(h.slice(uid).and_then(|l| l.cpu_quota_us), Some(200_000));
     h.start_daemon();
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let st = h.ctl(&format!("--json status --user {user}")).ok().json();
     assert_eq!(st["session_list"][0]["service"], "systemd-user", "{st}");
     // linger off: the user manager stops and the user is let go
@@ -301,7 +346,7 @@ fn a_lingering_user_gets_limits_and_logind_users_are_followed() {
 
 #[test]
 fn a_lease_expires_back_to_the_default_even_across_a_restart() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let (user, uid) = STUDENT;
     let _s = h.session(user);
@@ -309,13 +354,13 @@ fn a_lease_expires_back_to_the_default_even_across_a_restart() {
         .ssh(user, "fairshare-ctl resize --cpu 5 --mem 10G --for 3s")
         .ok();
     assert!(o.out().contains(" for 3s"), "{}", o.out());
-    h.expect_slice(uid, 5000, 10 * GIB, 4096);
+    h.expect_limits(uid, want(5000, 10 * GIB, 4096));
     let st = h.ssh(user, "fairshare-ctl status").ok();
     assert!(st.out().contains("expires:    in"), "{}", st.out());
     wait_for("the lease to expire", Duration::from_secs(15), || {
-        (h.slice(uid).cpu_quota == Some(200_000)).then_some(())
+        (h.slice(uid).and_then(|l| l.cpu_quota_us) == Some(200_000)).then_some(())
     });
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let st = h.ssh(user, "fairshare-ctl status").ok();
     assert!(
         st.out().contains(
@@ -326,21 +371,84 @@ fn a_lease_expires_back_to_the_default_even_across_a_restart() {
     );
 
     // the expiry time is saved: a lease running out while the daemon is
-    // restarting still ends
-    h.ssh(user, "fairshare-ctl resize --cpu 6 --for 4s").ok();
-    h.expect_slice(uid, 6000, 8 * GIB, 4096);
-    h.sh("systemctl stop fairshared.socket fairshared.service; sleep 5; systemctl start fairshared.service")
+    // restarting still ends, as soon as the daemon is back (at its start-up
+    // catch-up; a timer started again from zero would take the whole 10 s)
+    h.as_user(user, "fairshare-ctl resize --cpu 6 --for 10s")
+        .ok();
+    h.expect_limits(uid, want(6000, 8 * GIB, 4096));
+    h.sh("systemctl stop fairshared.socket fairshared.service; sleep 11; systemctl start fairshared.service")
         .ok();
     wait_for(
         "the lapsed lease to end after the restart",
-        Duration::from_secs(15),
-        || (h.slice(uid).cpu_quota == Some(200_000)).then_some(()),
+        Duration::from_secs(6),
+        || (h.slice(uid).and_then(|l| l.cpu_quota_us) == Some(200_000)).then_some(()),
     );
+
+    // ... and a lease that outlives the restart keeps both its grant and its
+    // expiry time: still resized until then, back to the default at that
+    // time, not a whole lease after the restart.
+    let lease = 10;
+    let asked = unix_now();
+    let o = h
+        .as_user(
+            user,
+            &format!("fairshare-ctl --json resize --cpu 6 --for {lease}s"),
+        )
+        .ok();
+    let granted = unix_now();
+    h.expect_limits(uid, want(6000, 8 * GIB, 4096));
+    let expires = |h: &Container| -> f64 {
+        let st = h.as_user(user, "fairshare-ctl --json status").ok().json();
+        st["expires_at"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no expires_at: {st}")) as f64
+    };
+    let saved = expires(&h);
+    // whole seconds
+    assert!(
+        (asked + lease as f64 - 1.0..=granted + lease as f64 + 1.0).contains(&saved),
+        "expires_at {saved} for a {lease} s lease asked at {asked:.1}: {}",
+        o.out()
+    );
+    h.sh("systemctl stop fairshared.socket fairshared.service; sleep 3; systemctl start fairshared.service")
+        .ok();
+    h.wait_socket();
+    let restarted = unix_now();
+    assert_eq!(expires(&h), saved, "expires_at across the restart");
+    // The timer fires within the second after expires_at (it has whole
+    // seconds); a file is seen changed within 50 ms plus a D-Bus call.
+    let back = wait_for(
+        "the lease to end after the restart",
+        Duration::from_secs(lease + 10),
+        || {
+            let cpu = h.slice(uid).and_then(|l| l.cpu_quota_us);
+            let t = unix_now();
+            assert!(
+                cpu == Some(600_000) || cpu == Some(200_000),
+                "user-{uid}.slice CPU quota {cpu:?}"
+            );
+            (cpu == Some(200_000)).then_some(t)
+        },
+    );
+    assert!(
+        (saved - 1.0..=saved + 1.5).contains(&back),
+        "the lease expiring at {saved} ended at {back:.2} (the daemon was back at {restarted:.2})"
+    );
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
+}
+
+/// The time now, in seconds since the epoch (the test host's clock is the
+/// machine's).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 #[test]
 fn the_unit_is_hardened() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let o = h
         .sh("systemd-analyze security fairshared.service --no-pager")
@@ -358,23 +466,35 @@ fn the_unit_is_hardened() {
     let (user, uid) = TESTUSER;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 3").ok();
-    h.expect_slice(uid, 3000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(3000, 8 * GIB, 4096));
 }
 
 #[test]
 fn metrics_and_the_journal_tell_the_admin_what_happened() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
-    let (user, _) = TESTUSER2;
+    let (user, uid) = TESTUSER2;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 3 --mem 3G").ok();
     // per-user series are the admin's choice (tests/e2e/tests/ops.rs tests the default)
     let _undo = Undo(&h, "rm -f /etc/default/fairshare-metrics".into());
     h.sh("mkdir -p /var/lib/prometheus/node-exporter; echo 'FAIRSHARE_METRICS_OPTIONS=\"--per-user --group root\"' > /etc/default/fairshare-metrics").ok();
+    // what the figures below say is what the slice's files say
+    h.expect_limits(uid, want(3000, 3 * GIB, 4096));
+    let mem0 = h.value(uid, File::MemCurrent);
     h.sh("systemctl start fairshare-metrics.service").ok();
+    let mem1 = h.value(uid, File::MemCurrent);
     let prom = h
         .read("/var/lib/prometheus/node-exporter/fairshare.prom")
         .unwrap();
+    let used: u64 = value_after(
+        &prom,
+        "fairshare_memory_usage_bytes{user=\"testuser2\",uid=\"1002\"}",
+    );
+    assert!(
+        mem0.min(mem1) <= used && used <= mem0.max(mem1),
+        "fairshare_memory_usage_bytes {used}, the slice's memory in use {mem0} .. {mem1}"
+    );
     assert!(
         prom.contains(r#"fairshare_allocation_cpus{user="testuser2",uid="1002"} 3"#),
         "{prom}"
@@ -412,7 +532,7 @@ fn metrics_and_the_journal_tell_the_admin_what_happened() {
 }
 
 /// Puts the test host back to the `make install` build, whatever happened.
-struct Reinstall<'a>(&'a Host);
+struct Reinstall<'a>(&'a Container);
 
 impl Drop for Reinstall<'_> {
     fn drop(&mut self) {
@@ -424,7 +544,7 @@ impl Drop for Reinstall<'_> {
 
 #[test]
 fn the_debian_package_installs_limits_logins_and_purges_clean() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let deb = Command::new(repo.join("packaging/deb/build.sh"))
@@ -528,20 +648,17 @@ fn the_debian_package_installs_limits_logins_and_purges_clean() {
 /// 25 s method timeout, and logins went through without limits.
 #[test]
 fn a_flood_of_logind_events_never_holds_up_a_login() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     h.write(
         "/etc/pam.d/fairshare-churn",
         "auth required pam_permit.so\naccount required pam_unix.so\n\
          session required pam_unix.so\nsession required pam_systemd.so\n",
     );
-    h.write(
-        "/etc/pam.d/fairshare-login",
-        "auth required pam_permit.so\naccount required pam_unix.so\n@include common-session\n",
-    );
+    login_stack_with_probe(&h);
     let _undo = Undo(
         &h,
-        "rm -f /etc/pam.d/fairshare-churn /etc/pam.d/fairshare-login".into(),
+        "rm -rf /etc/pam.d/fairshare-churn /etc/pam.d/fairshare-login /run/fs-login-probe".into(),
     );
     let before = cursor(&h);
     // 240 logins and logouts that fairshare does not see (no module in the
@@ -592,6 +709,13 @@ fn a_flood_of_logind_events_never_holds_up_a_login() {
         })
         .count();
     assert_eq!(limited, 5, "logins that got their allocation:\n{log}");
+    // ... in their slice's files when they opened
+    let quotas = login_probes(&h);
+    assert_eq!(
+        quotas,
+        vec!["200000"; 5],
+        "the CPU quota of each login's slice as it opened"
+    );
     // Any churn login fairshared caught up with (a logind session it had
     // not heard of) is counted down again once its process is gone.
     wait_for(
@@ -602,7 +726,11 @@ fn a_flood_of_logind_events_never_holds_up_a_login() {
             let users = st["users"].as_array().cloned().unwrap_or_default();
             users
                 .iter()
-                .all(|u| u["uid"] != 1002 && u["uid"] != 1003 && u["uid"] != 1004)
+                .all(|u| {
+                    [TESTUSER2, STUDENT, TESTUSER3]
+                        .iter()
+                        .all(|(_, uid)| u["uid"] != *uid)
+                })
                 .then_some(())
         },
     );

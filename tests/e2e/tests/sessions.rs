@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use fairshare_e2e::*;
 
 /// Copies a helper binary of this crate into the test host.
-fn install_bin(h: &Host, name: &str, path: &str) {
+fn install_bin(h: &Container, name: &str, path: &str) {
     let dst = h.path(&format!("/usr/local/bin/{name}"));
     let tmp = h.path(&format!("/usr/local/bin/.{name}.tmp"));
     std::fs::copy(path, &tmp).unwrap();
@@ -23,14 +23,14 @@ fn install_bin(h: &Host, name: &str, path: &str) {
 }
 
 /// The journal's cursor now (to read only what comes after).
-fn cursor(h: &Host) -> String {
+fn cursor(h: &Container) -> String {
     let o = h
         .sh("journalctl --no-pager -n 0 --show-cursor | sed -n 's/^-- cursor: //p'")
         .ok();
     o.out().to_string()
 }
 
-fn journal_since(h: &Host, cursor: &str) -> String {
+fn journal_since(h: &Container, cursor: &str) -> String {
     h.sh(&format!(
         "journalctl --sync; journalctl --no-pager -o cat --after-cursor='{cursor}'"
     ))
@@ -40,7 +40,7 @@ fn journal_since(h: &Host, cursor: &str) -> String {
 
 /// Users for the load test: ten in group `fsload` (uids 1201..1210), and
 /// `fsbig`, a member of 3000 groups. Removed again when the guard drops.
-fn load_users(h: &Host) -> Undo<'_> {
+fn load_users(h: &Container) -> Undo<'_> {
     h.sh(
         "set -e; getent group fsload >/dev/null || groupadd -g 1200 fsload; \
          for n in $(seq -w 1 10); do id fsload$n >/dev/null 2>&1 || useradd -M -N -g fsload -u 12$n fsload$n; done; \
@@ -72,7 +72,7 @@ groups:
 
 #[test]
 fn a_status_and_connect_flood_never_holds_up_another_users_login() {
-    let h = Host::get();
+    let h = Container::get();
     let _users = load_users(&h);
     h.fresh_daemon(LOAD_POLICY);
     install_bin(&h, "fs-flood", env!("CARGO_BIN_EXE_fs-flood"));
@@ -188,10 +188,10 @@ fn a_status_and_connect_flood_never_holds_up_another_users_login() {
 /// seconds, until dropped: then the installed daemon again. The binary is
 /// built by script/test; alone: `cargo build --release -p fairshared
 /// --features test-hooks --bin fairshared-test-hooks`.
-struct HookedDaemon<'a>(&'a Host);
+struct HookedDaemon<'a>(&'a Container);
 
 impl<'a> HookedDaemon<'a> {
-    fn start(h: &'a Host, policy: &str, env: &[&str], watchdog_s: u32) -> HookedDaemon<'a> {
+    fn start(h: &'a Container, policy: &str, env: &[&str], watchdog_s: u32) -> HookedDaemon<'a> {
         // next to this test's binary: target/release/deps/sessions-HASH
         let exe = std::env::current_exe().unwrap();
         let bin = exe
@@ -269,7 +269,7 @@ capacity: {cpu: 64, mem: 256G}
 /// at least one job ran after `since` (a journal cursor) and cron logged
 /// the session of the next one, then removes the crontab. Returns the
 /// jobs' outputs.
-fn cron_jobs(h: &Host, user: &str, uid: u32) -> Vec<String> {
+fn cron_jobs(h: &Container, user: &str, uid: u32) -> Vec<String> {
     h.sh("rm -rf /run/fs-cron; mkdir -m 1777 /run/fs-cron").ok();
     h.sh(&format!(
         "echo '* * * * * cat /proc/self/cgroup > /run/fs-cron/job.$$; echo --- >> /run/fs-cron/job.$$; cat /sys/fs/cgroup/pids/user.slice/user-{uid}.slice/pids.max >> /run/fs-cron/job.$$ 2>&1' | crontab -u {user} -"
@@ -295,7 +295,7 @@ fn cron_jobs(h: &Host, user: &str, uid: u32) -> Vec<String> {
 
 #[test]
 fn a_cron_job_runs_in_the_users_slice_while_the_user_floods_a_slow_daemon_with_resizes() {
-    let h = Host::get();
+    let h = Container::get();
     let (user, uid) = TESTUSER;
     // every save of the state file takes 1.5 s (a slow disk); the module's
     // timeout_ms (300 by default) would pass many times over while the
@@ -342,7 +342,7 @@ fn a_cron_job_runs_in_the_users_slice_while_the_user_floods_a_slow_daemon_with_r
 
 #[test]
 fn a_cron_job_is_refused_not_run_outside_when_the_daemon_is_too_late_to_move_it() {
-    let h = Host::get();
+    let h = Container::get();
     let (user, uid) = TESTUSER2;
     // the move comes 8 s late, beyond adopt_timeout_ms (5 s)
     let _d = HookedDaemon::start(&h, CRON_POLICY, &["FAIRSHARE_TEST_ADOPT_DELAY_MS=8000"], 30);
@@ -382,7 +382,7 @@ fn a_cron_job_is_refused_not_run_outside_when_the_daemon_is_too_late_to_move_it(
 
 #[test]
 fn a_session_id_forged_in_the_pam_environment_does_not_keep_a_process_out_of_the_slice() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(CRON_POLICY);
     let (user, uid) = TESTUSER3;
     // A real logind session of the user, whose id the user copies into
@@ -448,15 +448,15 @@ fn a_session_id_forged_in_the_pam_environment_does_not_keep_a_process_out_of_the
 
 #[test]
 fn the_watchdog_restarts_a_daemon_whose_blocking_pool_is_wedged() {
-    let h = Host::get();
+    let h = Container::get();
     let _d = HookedDaemon::start(&h, CRON_POLICY, &[], 10);
-    let pid = |h: &Host| {
+    let pid = |h: &Container| {
         h.sh("systemctl show -P MainPID fairshared")
             .ok()
             .out()
             .to_string()
     };
-    let restarts = |h: &Host| -> u32 {
+    let restarts = |h: &Container| -> u32 {
         h.sh("systemctl show -P NRestarts fairshared")
             .ok()
             .out()
@@ -484,7 +484,7 @@ fn the_watchdog_restarts_a_daemon_whose_blocking_pool_is_wedged() {
     // the new daemon serves logins: the slice files get the limits
     let (user, uid) = TESTUSER;
     let s = h.session(user);
-    h.expect_slice(uid, 2000, 8 * GIB, 4096);
+    h.expect_limits(uid, want(2000, 8 * GIB, 4096));
     let cg = h.sh(&format!("cat /proc/{}/cgroup", s.pid)).ok().stdout;
     assert_in_slice(&cg, uid, "a login after the restart");
     eprintln!("wedged daemon pid {first} restarted by the watchdog as pid {second}");

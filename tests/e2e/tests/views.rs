@@ -52,7 +52,7 @@ fn size(word: &str) -> Option<u64> {
 /// CPU time of `uid`'s slice in nanoseconds: `cpuacct.usage` where the host
 /// accounts CPU per cgroup, else the user and system time of the user's
 /// processes (`/proc/PID/stat`; the busy loops here live throughout).
-fn cpu_nsec(h: &Host, uid: u32) -> u64 {
+fn cpu_nsec(h: &Container, uid: u32) -> u64 {
     for dir in ["cpu,cpuacct", "cpuacct"] {
         let f = format!("/sys/fs/cgroup/{dir}/user.slice/user-{uid}.slice/cpuacct.usage");
         if let Some(v) = h.read(&f).and_then(|s| s.trim().parse().ok()) {
@@ -73,7 +73,7 @@ fn cpu_nsec(h: &Host, uid: u32) -> u64 {
 }
 
 /// CPUs each user's slice used over `span`.
-fn measured(h: &Host, uids: &[u32], span: Duration) -> Vec<f64> {
+fn measured(h: &Container, uids: &[u32], span: Duration) -> Vec<f64> {
     let t0 = Instant::now();
     let before: Vec<u64> = uids.iter().map(|u| cpu_nsec(h, *u)).collect();
     std::thread::sleep(span);
@@ -105,14 +105,14 @@ fn within(what: &str, got: f64, want: f64, screen: &str) {
     );
 }
 
-fn screen(h: &Host, target: &str) -> String {
+fn screen(h: &Container, target: &str) -> String {
     h.sh(&format!("{TMUX} capture-pane -p -t {target}"))
         .ok()
         .stdout
 }
 
 /// Waits until top's screen shows a CPU figure for every one of `users`.
-fn frame_with(h: &Host, target: &str, users: &[&str]) -> String {
+fn frame_with(h: &Container, target: &str, users: &[&str]) -> String {
     wait_for(
         "a frame of top with CPU figures",
         Duration::from_secs(30),
@@ -128,11 +128,14 @@ fn frame_with(h: &Host, target: &str, users: &[&str]) -> String {
 
 #[test]
 fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
     let _end = Undo(
         &h,
-        format!("{TMUX} kill-server 2>/dev/null; pkill -KILL -U 1001,1002,1004; true"),
+        format!(
+            "{TMUX} kill-server 2>/dev/null; pkill -KILL -U {}; true",
+            host::uid_list()
+        ),
     );
     let (u1, uid1) = TESTUSER;
     let (u2, uid2) = TESTUSER2;
@@ -144,9 +147,9 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
     // an hour; root sets testuser3's memory to 256M (quotas in cpu.cfs_quota_us)
     h.ssh(u2, "fairshare-ctl resize --cpu 0.15 --for 1h").ok();
     h.ctl(&format!("set {u3} --mem 256M")).ok();
-    h.expect_slice(uid1, 300, GIB, 4096);
-    h.expect_slice(uid2, 150, GIB, 4096);
-    h.expect_slice(uid3, 300, HOG_LIMIT, 4096);
+    h.expect_limits(uid1, want(300, GIB, 4096));
+    h.expect_limits(uid2, want(150, GIB, 4096));
+    h.expect_limits(uid3, want(300, HOG_LIMIT, 4096));
 
     let _busy1 = Running(h.ssh_spawn(u1, BUSY));
     let _busy2 = Running(h.ssh_spawn(u2, BUSY));
@@ -358,9 +361,9 @@ fn top_shows_each_users_cpu_share_and_memory_against_the_cgroup_files() {
 
 #[test]
 fn a_users_top_shows_only_their_row_and_the_host() {
-    let h = Host::get();
+    let h = Container::get();
     h.fresh_daemon(POLICY);
-    let _end = Undo(&h, "pkill -KILL -U 1001,1002; true".into());
+    let _end = Undo(&h, format!("pkill -KILL -U {}; true", host::uid_list()));
     let (u1, _) = TESTUSER;
     let (u2, _) = TESTUSER2;
     let _s2 = h.session(u2);

@@ -6,12 +6,18 @@
 //! fs-attack stall SECS       send half a request, then nothing, for SECS
 //! fs-attack flood N          N resize requests back to back
 //! fs-attack raw              send stdin as one request, print the answer
+//! fs-attack serve MODE PATH  a fake fairshared on PATH for the PAM module:
+//!                            answers every connection with `garbage`, not
+//!                            at all (`slow`: holds it until the client
+//!                            hangs up) or with `half` an answer, then
+//!                            closes it; one socket for its whole life
 //! ```
 //!
-//! Prints one line of counts (or the answer) for the test to check.
+//! Prints one line of counts (or the answer) for the test to check; `serve`
+//! prints `connection N` as it takes each one.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 const SOCKET: &str = "/run/fairshare.sock";
@@ -97,9 +103,57 @@ fn main() {
                 Err(e) => println!("connect failed: {e}"),
             }
         }
+        Some("serve") => {
+            let (Some(mode), Some(path)) = (args.get(1).cloned(), args.get(2)) else {
+                eprintln!("usage: fs-attack serve garbage|slow|half PATH");
+                std::process::exit(2);
+            };
+            let _ = std::fs::remove_file(path);
+            let listener = match UnixListener::bind(path) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("cannot listen on {path}: {e}");
+                    std::process::exit(1);
+                }
+            };
+            // as the real socket: anyone may connect
+            let _ =
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+            println!("listening on {path} ({mode})");
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(conn) = conn else { continue };
+                println!("connection {}", n + 1);
+                let mode = mode.clone();
+                std::thread::spawn(move || fake_answer(conn, &mode));
+            }
+        }
         _ => {
-            eprintln!("usage: fs-attack idle N SECS | stall SECS | flood N | raw < request");
+            eprintln!(
+                "usage: fs-attack idle N SECS | stall SECS | flood N | raw < request | serve MODE PATH"
+            );
             std::process::exit(2);
+        }
+    }
+}
+
+/// One connection to the fake daemon: read the request line, then answer
+/// as `mode` says.
+fn fake_answer(conn: UnixStream, mode: &str) {
+    let mut reader = BufReader::new(&conn);
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    let mut w = &conn;
+    match mode {
+        "garbage" => {
+            let _ = w.write_all(b"garbage \xff\n");
+        }
+        "half" => {
+            let _ = w.write_all(br#"{"type":"succ"#);
+        }
+        // slow: never answer; wait for the client to give up
+        _ => {
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
         }
     }
 }
