@@ -149,7 +149,7 @@ pub fn report_cost(v: Option<&IdleSamples>, r: &mut Report) {
     let cpu = v.cpu_ns as f64 * 60.0 / v.secs.max(1e-9);
     r.row(Row::single(
         &format!(
-            "idle cost per minute: daemon CPU right after a restart, no bench user logged in, 5 s CPU sampler on, no requests (window {:.0} s)",
+            "idle cost per minute: daemon CPU right after a restart, no bench user logged in, nobody looking at usage (CPU sampler asleep), no requests (window {:.0} s)",
             v.secs
         ),
         format!(
@@ -161,7 +161,7 @@ pub fn report_cost(v: Option<&IdleSamples>, r: &mut Report) {
         Some(cpu <= MAX_NS),
     ));
     r.note(format!(
-        "idle cost and idle memory: the installed fairshared.service right after a restart, left alone {:.0} s to settle, then {:.0} s without requests; CPU time summed over its threads from /proc/PID/task/*/schedstat (ns), wake-ups = context switches; /proc/PID/stat ticks agree: {:.0} ms. Its timers: the watchdog (WatchdogSec=30s, pinged every 15 s) and the CPU sampler behind CPU now in status and list (every 5 s: one read of each tracked slice's CPU time). {} threads; peak RSS {}.",
+        "idle cost and idle memory: the installed fairshared.service right after a restart, left alone {:.0} s to settle, then {:.0} s without requests; CPU time summed over its threads from /proc/PID/task/*/schedstat (ns), wake-ups = context switches; /proc/PID/stat ticks agree: {:.0} ms. Its timers: the watchdog (WatchdogSec=30s, its check every quarter period); the CPU sampler behind CPU now in status and list sleeps until someone looks at a user's usage. {} threads; peak RSS {}.",
         v.settle_secs,
         v.secs,
         v.cpu_ticks_ms,

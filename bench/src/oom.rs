@@ -2,8 +2,8 @@
 //! through the real sshd, PAM, logind and kernel.
 //!
 //! Per user (each a different one: fairshared tells a user at most one OOM
-//! notice per burst, and a burst lasts a minute): `ssh -tt USER@127.0.0.1
-//! 'exec sleep 120'`, a terminal whose output is read on the client side
+//! notice per burst, and a burst lasts a minute): `ssh -tt USER@127.0.0.1`
+//! (an interactive login shell), a terminal whose output is read on the client side
 //! (what the user's terminal gets), each chunk stamped with
 //! CLOCK_MONOTONIC as it arrives; once the login line is in, a memory hog
 //! (512M against the user's 192M, set by root beforehand) runs in a second
@@ -61,24 +61,39 @@ impl Samples for OomSamples {
     const FILE: &'static str = "oom.json";
 }
 
-/// The slice's OOM kill counter.
+/// The slice's OOM kill counter: v2's `memory.events` (which counts the
+/// kills below the slice too), or v1's `memory.oom_control` summed over
+/// the slice and every cgroup below it (v1 counts a kill in the victim's
+/// own cgroup, a session scope say, not in its ancestors).
 fn oom_kills(uid: u32) -> Option<u64> {
     let slice = format!("user.slice/user-{uid}.slice");
-    for (file, key) in [
-        (
-            format!("/sys/fs/cgroup/memory/{slice}/memory.oom_control"),
-            "oom_kill ",
-        ),
-        (format!("/sys/fs/cgroup/{slice}/memory.events"), "oom_kill "),
-    ] {
-        if let Ok(t) = std::fs::read_to_string(&file) {
-            return t
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse().ok());
-        }
+    let v2 = format!("/sys/fs/cgroup/{slice}/memory.events");
+    if let Ok(t) = std::fs::read_to_string(&v2) {
+        return counter(&t);
     }
-    None
+    let v1 = PathBuf::from(format!("/sys/fs/cgroup/memory/{slice}"));
+    v1.is_dir().then(|| sum_below(&v1))
+}
+
+fn counter(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn sum_below(dir: &Path) -> u64 {
+    let own = std::fs::read_to_string(dir.join("memory.oom_control"))
+        .ok()
+        .and_then(|t| counter(&t))
+        .unwrap_or(0);
+    let below: u64 = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| sum_below(&e.path()))
+        .sum();
+    own + below
 }
 
 /// `oom-watch`: prints `ready`, then `kill UID NS` each time a slice's OOM
@@ -138,7 +153,6 @@ impl Tty {
             .args(ssh_args)
             .arg("-tt")
             .arg(format!("{user}@127.0.0.1"))
-            .arg("exec sleep 120")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -247,8 +261,7 @@ pub fn run(s: &Setup) -> Result<()> {
         for (user, uid) in &s.users {
             let tty = Tty::open(&s.ssh_args, user)?;
             // the login line: PAM (and logind's session, made by
-            // pam_systemd before the module) is done; without one (a
-            // command given), a second for the login to finish
+            // pam_systemd before the module) is done, and the shell next
             if tty.wait(OURS, 0, Duration::from_secs(10)).is_none() {
                 eprintln!("oom-notice: no login line on {user}'s terminal within 10 s");
             }
@@ -343,7 +356,7 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
         .map(|k| k.text.replace('\r', "").replace('\n', " ⏎ "))
         .unwrap_or_default();
     r.note(format!(
-        "OOM kill to notice: per kill a different bench user (fairshared tells a user one OOM notice per burst of kills) with a memory limit of {limit} set by root, logged in with `ssh -tt USER@127.0.0.1 'exec sleep 120'` from the host (a logind session on a pts, where notices go; its output read on the client side and stamped with CLOCK_MONOTONIC per chunk as it arrives); after the login line, a memory hog (perl, 512M) in a second ssh session, killed by the kernel (the hog's shell said 137 in {killed} of {n} runs). The kill's time is the kernel's: a watcher inside the container polls the slice's `oom_kill` counter (cgroup v1 memory.oom_control, v2 memory.events) every 1 ms; the notice's time is the chunk that completed its last line. The delay includes fairshared's 1 s gathering of kills close together into one notice (`events::watch::GATHER`) by design. {complete} of {n} kills complete (kernel kill, counter moved, notice naming the {limit} limit). Delays: {list}. A notice as the terminal got it: {example}",
+        "OOM kill to notice: per kill a different bench user (fairshared tells a user one OOM notice per burst of kills) with a memory limit of {limit} set by root, logged in with `ssh -tt USER@127.0.0.1` from the host (an interactive login shell: a logind session on a pts, where notices go; its output read on the client side and stamped with CLOCK_MONOTONIC per chunk as it arrives); after the login line, a memory hog (perl, 512M) in a second ssh session, killed by the kernel (the hog's shell said 137 in {killed} of {n} runs). The kill's time is the kernel's: a watcher inside the container polls the slice's `oom_kill` counter (cgroup v2 memory.events; v1 memory.oom_control summed over the slice's subtree, where v1 counts a kill) every 1 ms; the notice's time is the chunk that completed its last line. The delay includes fairshared's 1 s gathering of kills close together into one notice (`events::watch::GATHER`) by design. {complete} of {n} kills complete (kernel kill, counter moved, notice naming the {limit} limit). Delays: {list}. A notice as the terminal got it: {example}",
         limit = v.limit,
         killed = v.kills.iter().filter(|k| k.hog_killed).count(),
         n = v.kills.len(),
