@@ -8,7 +8,7 @@
 //! |-------------------|----------------------------|---------------------------------------------|
 //! | memory in use     | `memory.current`           | `memory/…/memory.usage_in_bytes`            |
 //! | tasks             | `pids.current`             | `pids/…/pids.current`                       |
-//! | CPU time          | `cpu.stat` `usage_usec`    | `cpuacct.usage`, else the live processes' times |
+//! | CPU time          | `cpu.stat` `usage_usec`    | `cpuacct.usage`, else (hybrid) the v2 tree's `cpu.stat`, else the live processes' times |
 //! | throttled periods | `cpu.stat` `nr_throttled`  | `cpu/…/cpu.stat` `nr_throttled`             |
 //! | OOM kills         | `memory.events` `oom_kill` | `memory.oom_control` `oom_kill`             |
 
@@ -142,7 +142,28 @@ impl Cgroups {
         ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
             .iter()
             .find_map(|c| read_u64(&self.v1(c, uid).join("cpuacct.usage")))
+            .or_else(|| self.unified_cpu_nsec(uid))
             .or_else(|| self.live_process_cpu(uid))
+    }
+
+    /// Hybrid: the CPU time the kernel keeps for every cgroup of the v2
+    /// tree systemd tracks processes in (`cpu.stat` `usage_usec`, there
+    /// without any controller), one file instead of a walk of the
+    /// processes where cpuacct is not the slice's.
+    fn unified_cpu_nsec(&self, uid: u32) -> Option<u64> {
+        if self.layout != Layout::Hybrid {
+            return None;
+        }
+        read(
+            &self
+                .root
+                .join("unified")
+                .join(Self::rel(uid))
+                .join("cpu.stat"),
+        )
+        .as_deref()
+        .and_then(|s| key(s, "usage_usec"))
+        .map(|us| us.saturating_mul(1000))
     }
 
     /// CPU time of the slice's live processes, where the host keeps no
@@ -285,6 +306,32 @@ mod tests {
         // a slice only the pids controller knows still counts its tasks
         write(r, "pids/user.slice/user-1003.slice/pids.current", "5\n");
         assert_eq!(c.usage(1003).tasks_current, Some(5));
+    }
+
+    #[test]
+    fn hybrid_without_cpuacct_reads_the_v2_trees_cpu_time() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let s = "user.slice/user-1001.slice";
+        write(r, &format!("memory/{s}/memory.usage_in_bytes"), "4096\n");
+        // a process the walk would count, so the figure shows which it took
+        write(
+            r,
+            &format!("systemd/{s}/session-1.scope/cgroup.procs"),
+            &format!("{}\n", std::process::id()),
+        );
+        write(
+            r,
+            &format!("unified/{s}/cpu.stat"),
+            "usage_usec 7000\nuser_usec 5000\nsystem_usec 2000\n",
+        );
+        let c = Cgroups::detect(r);
+        assert_eq!(c.layout(), Layout::Hybrid);
+        assert_eq!(c.usage(1001).cpu_usage_nsec, Some(7_000_000));
+        assert_eq!(c.cpu_nsec(1001), Some(7_000_000));
+        // cpuacct, where the slice has it, comes first
+        write(r, &format!("cpuacct/{s}/cpuacct.usage"), "123\n");
+        assert_eq!(c.cpu_nsec(1001), Some(123));
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! over a recent window, from samples the daemon takes every
 //! [`SAMPLE_EVERY`] (and whenever it reads a slice's usage for an answer).
 //!
+//! On demand: the daemon samples only while someone looks, for [`HOLD`]
+//! after the last `status` of a user or `list` (`fairshare-ctl top` asks
+//! one of them every refresh; the metrics, with cumulative CPU time only,
+//! and root's own status, the watchdog's probe, are not looks). A host nobody watches pays nothing
+//! for it; the first look after a quiet spell has no window yet ("ask again
+//! in a few seconds"), the next ones have.
+//!
 //! Bounded: at most `WINDOW / SAMPLE_EVERY + 2` samples per user, and only
 //! for users the ledger tracks (the others are dropped at each sampling).
 
@@ -18,13 +25,46 @@ pub const WINDOW: Duration = Duration::from_secs(30);
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// The shortest window worth reporting (a shorter one is mostly noise).
 const SHORTEST: Duration = Duration::from_secs(1);
+/// How long the daemon goes on sampling after the last look.
+pub const HOLD: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
 pub struct CpuWindow {
     samples: Mutex<BTreeMap<u32, VecDeque<(Instant, u64)>>>,
+    /// When an answer last read a user's usage.
+    looked: Mutex<Option<Instant>>,
+    /// Wakes a sampler that waits for a look.
+    look: tokio::sync::Notify,
 }
 
 impl CpuWindow {
+    /// Someone looked at a user's usage at `at`: sampling goes on (or
+    /// starts again) for [`HOLD`].
+    pub fn looked(&self, at: Instant) {
+        let mut l = self.looked.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_sampling = l.is_some_and(|t| at.saturating_duration_since(t) < HOLD);
+        *l = Some(l.map_or(at, |t| t.max(at)));
+        drop(l);
+        if !was_sampling {
+            self.look.notify_one();
+        }
+    }
+
+    /// Whether the sampler should sample at `at`: someone looked within
+    /// [`HOLD`].
+    pub fn wanted(&self, at: Instant) -> bool {
+        self.looked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| at.saturating_duration_since(t) < HOLD)
+    }
+
+    /// Waits for the next look (returns at once if one came since the last
+    /// wait ended).
+    pub async fn next_look(&self) {
+        self.look.notified().await;
+    }
+
     /// Records `nsec` (the slice's CPU time read at `at`) and answers the
     /// CPU time used since the oldest sample within [`WINDOW`] that is at
     /// least a second old. A reading below the last one (the slice was
@@ -78,6 +118,33 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[tokio::test(start_paused = true)]
+    async fn samples_only_while_someone_looks() {
+        let w = std::sync::Arc::new(CpuWindow::default());
+        let t0 = Instant::now();
+        assert!(!w.wanted(t0), "nobody looked yet");
+        // a sampler waiting for a look wakes when one comes
+        let waiter = {
+            let w = w.clone();
+            tokio::spawn(async move { w.next_look().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        w.looked(t0);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the look wakes the sampler")
+            .expect("no panic");
+        assert!(w.wanted(t0 + HOLD - Duration::from_secs(1)));
+        assert!(!w.wanted(t0 + HOLD), "quiet for HOLD: no more sampling");
+        // a look later keeps it going from then; an older one does not
+        // move it back
+        w.looked(t0 + HOLD);
+        w.looked(t0);
+        assert!(w.wanted(t0 + 2 * HOLD - Duration::from_secs(1)));
+        assert!(!w.wanted(t0 + 2 * HOLD));
+    }
 
     #[test]
     fn first_reading_has_no_window() {

@@ -546,12 +546,19 @@ async fn run(
     Ok(())
 }
 
-/// Samples the tracked users' CPU time now and then: `status` and `list`
-/// show CPU over a recent window.
+/// Samples the tracked users' CPU time now and then while someone looks
+/// (`status` and `list` show CPU over a recent window); asleep otherwise.
 async fn sample_cpu(service: Arc<Service<Dbus>>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(fairshared::cpu_window::SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if !service.cpu_window().wanted(tokio::time::Instant::now()) {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = service.cpu_window().next_look() => tick.reset(),
+            }
+            continue;
+        }
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => {

@@ -19,6 +19,11 @@ impl<S: Systemd> Service<S> {
         let (id, policy) = self
             .subject(peer, user.as_ref(), || ServiceError::NotYours)
             .await?;
+        // someone looks at a user's CPU now (root's own status is the
+        // watchdog's probe, not a look): the sampler runs for a while
+        if id.uid != 0 {
+            self.cpu_window.looked(tokio::time::Instant::now());
+        }
         let up = policy.for_user(&id);
         let entry = self.store.read(|l| l.get(id.uid).cloned());
         let cap = self.store.read(|l| l.capacity(&policy.capacity(self.host)));
@@ -96,9 +101,15 @@ impl<S: Systemd> Service<S> {
         usage
     }
 
+    /// Whether the CPU sampler should run now (someone looked at usage
+    /// within [`crate::cpu_window::HOLD`]), and a way to wait until then.
+    pub fn cpu_window(&self) -> &crate::cpu_window::CpuWindow {
+        &self.cpu_window
+    }
+
     /// Samples every tracked user's CPU time, so that `status` and `list`
     /// have a window to report (fairshared calls this every
-    /// [`crate::cpu_window::SAMPLE_EVERY`], on the blocking pool: where the
+    /// [`crate::cpu_window::SAMPLE_EVERY`] while someone looks, on the blocking pool: where the
     /// host keeps no per-cgroup CPU figure it is a walk of each user's
     /// processes, whose size the user chooses). Users no longer tracked are
     /// forgotten.
@@ -142,6 +153,7 @@ impl<S: Systemd> Service<S> {
     /// count are not missing; says so if it is still going on.
     pub(super) async fn list(&self) -> Response {
         let caught_up = self.wait_caught_up(CATCH_UP_WAIT).await;
+        self.cpu_window.looked(tokio::time::Instant::now());
         let (users, capacity) = self.list_rows().await;
         let mut warnings: Vec<String> = self.policy_problem().into_iter().collect();
         if !caught_up {
