@@ -269,6 +269,27 @@ impl DropIns {
         differ.into_iter().map(|(k, _)| k).collect()
     }
 
+    /// Reads the user's runtime control files again (a few `stat`s on
+    /// /run, no D-Bus): what someone else set on the slice meanwhile (root's
+    /// `systemctl set-property --runtime`, a client of systemd's) is then
+    /// in the model, so the next sync sets it right. A key without a file
+    /// keeps what the model says (a value read from the slice at start that
+    /// no file holds).
+    pub fn reread_runtime(&self, uid: u32) {
+        let Some(l) = &self.layout else {
+            return;
+        };
+        let on_disk = l.control_values(uid);
+        if on_disk.is_empty() {
+            return;
+        }
+        let mut m = self.lock();
+        let r = m.runtime.entry(uid).or_default();
+        for (k, v) in on_disk {
+            r.insert(k, v);
+        }
+    }
+
     /// `SetUnitProperties` wrote these keys (runtime control files).
     pub fn did_set(&self, uid: u32, keys: &[(Key, Option<Value>)]) {
         let mut m = self.lock();

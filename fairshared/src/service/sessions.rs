@@ -57,6 +57,8 @@ impl<S: Systemd> Service<S> {
         // the user does with their own requests can hold this up.
         let adopted = self.adopt_stray(&id, &s, peer, place.as_ref()).await;
         let guard = self.locks.lock(id.uid).await;
+        // what the slice carries now, should anyone have set it meanwhile
+        self.dropins.reread_runtime(id.uid);
         let (process, pidfd) = ProcessRef::pin(s.pid);
         let info = SessionInfo {
             pid: s.pid,

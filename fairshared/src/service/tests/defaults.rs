@@ -233,6 +233,40 @@ async fn a_login_at_the_default_makes_no_dbus_call_first_or_additional() {
     );
 }
 
+#[tokio::test]
+async fn a_login_sets_right_what_root_set_on_the_slice_meanwhile() {
+    let (s, _, _d) = site(SITE);
+    s.catch_up().await;
+    s.systemd().start_slice(1001);
+    let (a, b) = (Proc::new(), Proc::new());
+    open(&s, 1001, &a).await;
+    assert_eq!(s.systemd().sets(1001), 0);
+    // root, behind fairshared's back: `systemctl set-property --runtime
+    // user-1001.slice CPUQuota=50% TasksMax=7`
+    s.systemd()
+        .set(
+            1001,
+            &crate::defaults::properties(&[
+                (Key::CpuQuota, amount(500_000)),
+                (Key::TasksMax, amount(7)),
+            ]),
+        )
+        .await
+        .unwrap();
+    let calls = s.systemd().sets(1001);
+    // the next login puts the allocation back, only the keys that differ
+    open(&s, 1001, &b).await;
+    assert_eq!(
+        s.systemd().sets(1001),
+        calls + 1,
+        "{:?}",
+        s.systemd().calls()
+    );
+    let names: Vec<String> = last_set(&s).iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, ["CPUQuotaPerSecUSec", "TasksMax"]);
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+}
+
 async fn metrics_text(s: &Arc<Service<Fake>>) -> String {
     match send(s, 0, r#"{"type":"metrics"}"#).await {
         Response::Metrics { text } => text,
