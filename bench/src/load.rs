@@ -13,8 +13,11 @@
 //!   over ROUNDS:
 //!   - **idle**: no requests; the event watchers, the 5 s sampler, the
 //!     watchdog;
-//!   - **top**: CLIENTS clients each asking what `fairshare-ctl top` asks
-//!     as root (`list`) once a second, as `top` does at a 1 s refresh.
+//!   - **users' top**: the first CLIENTS bench users each running their
+//!     own `fairshare-ctl top` at a 1 s refresh: a process per user, with
+//!     the user's credentials, asking what it asks (`status`) once a second;
+//!   - **root's top**: CLIENTS clients each asking what root's `top` asks
+//!     (`list`, every user's row) once a second.
 //!
 //! CPU time is the daemon's, summed over its threads from
 //! `/proc/PID/task/*/schedstat`, per window; the figure is per minute.
@@ -41,7 +44,9 @@ pub enum Kind {
     Unwatched,
     /// No requests, someone looked within the sampler's hold: it samples.
     Idle,
-    /// `top` clients.
+    /// Users each running their own `top` (`status` as the user).
+    UserTop,
+    /// Root's `top`s (`list`).
     Top,
 }
 
@@ -130,10 +135,92 @@ fn cpu(pid: u32) -> Result<(u64, u64)> {
     Ok(s.values().fold((0, 0), |(c, w), (ns, sw)| (c + ns, w + sw)))
 }
 
+/// `top-client`: a user's `top`, `status` every `interval` from `offset`
+/// for `secs`; prints `ok N errors M`.
+pub fn top_client(socket: &Path, secs: f64, interval: f64, offset: f64) -> Result<()> {
+    let client = Client::new(socket, Duration::from_secs(5));
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    let mut next = t0 + Duration::from_secs_f64(offset);
+    let (mut ok, mut errors) = (0u64, 0u64);
+    while next < end {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        match client.call(&Request::Status { user: None }) {
+            Ok(Response::StatusInfo(_)) => ok += 1,
+            _ => errors += 1,
+        }
+        next += Duration::from_secs_f64(interval);
+    }
+    println!("ok {ok} errors {errors}");
+    Ok(())
+}
+
+/// `clients` bench users' `top`s for a window: one `top-client` process
+/// each, with the user's credentials; (answered, failed).
+fn user_tops(s: &Setup) -> Result<(u64, u64)> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for k in 0..s.clients {
+        let uid = s.first_uid + k as u32;
+        let Some(user) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))? else {
+            return fail(format!("no user with uid {uid}"));
+        };
+        let offset = s.interval * k as f64 / s.clients as f64;
+        children.push(
+            std::process::Command::new(&exe)
+                .args(["top-client", "--secs", &s.secs.to_string()])
+                .args(["--interval", &s.interval.to_string()])
+                .args(["--offset", &offset.to_string()])
+                .arg("--socket")
+                .arg(&s.socket)
+                .uid(uid)
+                .gid(user.gid.as_raw())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start a top client as uid {uid}: {e}"))?,
+        );
+    }
+    let (mut ok, mut errors) = (0, 0);
+    for c in children {
+        let out = c.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let f: Vec<&str> = text.split_whitespace().collect();
+        match f[..] {
+            ["ok", n, "errors", m] if out.status.success() => {
+                ok += n.parse::<u64>().unwrap_or(0);
+                errors += m.parse::<u64>().unwrap_or(1);
+            }
+            _ => return fail(format!("a top client failed ({}): {text}", out.status)),
+        }
+    }
+    Ok((ok, errors))
+}
+
 /// One window: with `Top`, `clients` clients asking `list` every
-/// `interval`; else no requests.
+/// `interval`; with `UserTop`, `clients` users' own `top`s; else no
+/// requests.
 fn window(s: &Setup, pid: u32, kind: Kind) -> Result<Window> {
     let top = kind == Kind::Top;
+    if kind == Kind::UserTop {
+        let (c0, w0) = cpu(pid)?;
+        let t0 = Instant::now();
+        let (answered, failed) = user_tops(s)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let (c1, w1) = cpu(pid)?;
+        return Ok(Window {
+            kind,
+            secs,
+            cpu_ns: c1.saturating_sub(c0),
+            context_switches: w1.saturating_sub(w0),
+            requests: answered,
+            errors: failed,
+        });
+    }
     let stop = AtomicBool::new(false);
     let ok = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
@@ -227,9 +314,9 @@ pub fn run(s: &Setup) -> Result<()> {
         for r in 0..s.rounds {
             // ABBA: idle first in even rounds
             let order = if r % 2 == 0 {
-                [Kind::Idle, Kind::Top]
+                [Kind::Idle, Kind::UserTop, Kind::Top]
             } else {
-                [Kind::Top, Kind::Idle]
+                [Kind::Top, Kind::UserTop, Kind::Idle]
             };
             for kind in order {
                 windows.push(window(s, pid, kind)?);
@@ -296,17 +383,29 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
             .map(per_min)
             .collect()
     };
-    let (unwatched, idle, top) = (of(Kind::Unwatched), of(Kind::Idle), of(Kind::Top));
-    let (mu, mi, mt) = (median(&unwatched), median(&idle), median(&top));
+    let (unwatched, idle, user_top, top) = (
+        of(Kind::Unwatched),
+        of(Kind::Idle),
+        of(Kind::UserTop),
+        of(Kind::Top),
+    );
+    let (mu, mi, mut_, mt) = (
+        median(&unwatched),
+        median(&idle),
+        median(&user_top),
+        median(&top),
+    );
     let all_tracked = v.users_tracked == v.users;
-    let errors: u64 = v.windows.iter().map(|w| w.errors).sum();
-    let requests: u64 = v.windows.iter().map(|w| w.requests).sum();
-    let top_secs: f64 = v
-        .windows
-        .iter()
-        .filter(|w| w.kind == Kind::Top)
-        .map(|w| w.secs)
-        .sum();
+    let sum_of = |k: Kind| -> (u64, u64, f64) {
+        v.windows
+            .iter()
+            .filter(|w| w.kind == k)
+            .fold((0, 0, 0.0), |(r, e, t), w| {
+                (r + w.requests, e + w.errors, t + w.secs)
+            })
+    };
+    let (requests, errors, top_secs) = sum_of(Kind::Top);
+    let (user_requests, user_errors, user_secs) = sum_of(Kind::UserTop);
     let base0 = idle0
         .as_ref()
         .map(|i| i.cpu_ns as f64 * 60.0 / i.secs.max(1e-9));
@@ -358,7 +457,32 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
     r.row(row);
     let mut row = Row::single(
         &format!(
-            "`top`: {} root clients asking `list` every {:.0} s (what `fairshare-ctl top` asks at a 1 s refresh), {} tracked users, daemon CPU per minute (windows={})",
+            "`top` open for {} users at a 1 s refresh (each user's own `fairshare-ctl top`: `status` as the user every {:.0} s), {} tracked users, daemon CPU per minute (windows={})",
+            v.clients,
+            v.interval_secs,
+            v.users,
+            user_top.len()
+        ),
+        ms(mut_),
+        "reported (issue 16: a cost the daemon shrugs off; 1 % of a CPU = 600 ms per minute)",
+        None,
+    );
+    row.baseline = format!(
+        "{} idle with the sampler on, same users, interleaved",
+        ms(mi)
+    );
+    row.ratio = ratio(mut_, mi, 1);
+    row.verdict = if user_errors > 0 {
+        format!("MISSED ({user_errors} failed requests)")
+    } else if !all_tracked {
+        not_this_path()
+    } else {
+        "reported".into()
+    };
+    r.row(row);
+    let mut row = Row::single(
+        &format!(
+            "`top` as root on {} terminals at a 1 s refresh (`list` of every user every {:.0} s), {} tracked users, daemon CPU per minute (windows={})",
             v.clients,
             v.interval_secs,
             v.users,
@@ -368,7 +492,10 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
         "reported (issue 16: a cost the daemon shrugs off; 1 % of a CPU = 600 ms per minute)",
         None,
     );
-    row.baseline = format!("{} idle with the sampler on, same users, interleaved", ms(mi));
+    row.baseline = format!(
+        "{} idle with the sampler on, same users, interleaved",
+        ms(mi)
+    );
     row.ratio = ratio(mt, mi, 1);
     row.verdict = if errors > 0 {
         format!("MISSED ({errors} failed requests)")
@@ -378,9 +505,11 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
         "reported".into()
     };
     r.row(row);
-    let per_req = mt
-        .zip(mi)
-        .map(|(t, i)| (t - i) / (v.clients as f64 * 60.0 / v.interval_secs));
+    let per_req = |m: Option<f64>| {
+        m.zip(mi)
+            .map(|(t, i)| (t - i) / (v.clients as f64 * 60.0 / v.interval_secs))
+            .map_or("—".into(), |x| format!("{:.0} µs", x / 1e3))
+    };
     let list = |xs: &[f64]| {
         xs.iter()
             .map(|x| format!("{:.2} ms", x / 1e6))
@@ -388,7 +517,7 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
             .join(", ")
     };
     r.note(format!(
-        "idle CPU with users tracked, and `top`'s cost: {users} bench users each get a session (their hold service's main process, opened through the socket as the PAM module opens one; each answer carried an allocation), then {settle:.0} s to settle. First {nu} windows of {secs:.0} s with no requests and none since the daemon's restart that read a user's usage, so the CPU sampler sleeps (it samples only for 10 minutes after a look): what runs is the event watchers on each slice's memory and CPU files and the watchdog. Then every user's `status` (a look: the sampler runs from here) said {tracked} of {users} users have a session counted, an allocation and a live slice (the path measured: tracked users, not the empty daemon of the plain idle figure). The daemon held {fb} open file descriptors before the sessions and {fa} after ({efd} eventfds, {wd} inotify watches). Then windows interleaved (ABBA): idle (no requests; watchers, the 5 s sampler, the watchdog) and `top` ({clients} clients, each sending `list` as root, what `fairshare-ctl top` sends every refresh, once per {iv:.0} s, their ticks spread over the second; {requests} answered in {top_secs:.0} s, {errors} failed). CPU time summed over the daemon's threads from /proc/PID/task/*/schedstat, per window, scaled to a minute. Nobody looking: {unwatched_list}; idle with the sampler: {idle_list}; top: {top_list}. Extra CPU per `list` request at {users} users: {per_req}.",
+        "idle CPU with users tracked, and `top`'s cost: {users} bench users each get a session (their hold service's main process, opened through the socket as the PAM module opens one; each answer carried an allocation), then {settle:.0} s to settle. First {nu} windows of {secs:.0} s with no requests and none since the daemon's restart that read a user's usage, so the CPU sampler sleeps (it samples only for 10 minutes after a look): what runs is the event watchers on each slice's memory and CPU files and the watchdog. Then every user's `status` (a look: the sampler runs from here) said {tracked} of {users} users have a session counted, an allocation and a live slice (the path measured: tracked users, not the empty daemon of the plain idle figure). The daemon held {fb} open file descriptors before the sessions and {fa} after ({efd} eventfds, {wd} inotify watches). Then windows interleaved (ABC CBA): idle (no requests; watchers, the 5 s sampler, the watchdog); users' `top` ({clients} processes, each with a bench user's credentials, sending `status` as that user, what their own `fairshare-ctl top` sends every refresh, once per {iv:.0} s, ticks spread over the second; {user_requests} answered in {user_secs:.0} s, {user_errors} failed); root's `top` ({clients} clients, each sending `list` as root, what root's `top` sends every refresh, once per {iv:.0} s; {requests} answered in {top_secs:.0} s, {errors} failed). CPU time summed over the daemon's threads from /proc/PID/task/*/schedstat, per window, scaled to a minute. Nobody looking: {unwatched_list}; idle with the sampler: {idle_list}; users' top: {user_top_list}; root's top: {top_list}. Extra CPU per request: a user's `status` {per_status}, root's `list` of {users} users {per_list} (reading each user's usage from the cgroup files is most of it).",
         users = v.users,
         settle = v.settle_secs,
         nu = unwatched.len(),
@@ -403,7 +532,12 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
         unwatched_list = list(&unwatched),
         idle_list = list(&idle),
         top_list = list(&top),
-        per_req = per_req.map_or("—".into(), |x| format!("{:.0} µs", x / 1e3)),
+        user_top_list = list(&user_top),
+        user_requests = user_requests,
+        user_secs = user_secs,
+        user_errors = user_errors,
+        per_status = per_req(mut_),
+        per_list = per_req(mt),
     ));
     Ok(())
 }

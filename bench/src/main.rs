@@ -233,8 +233,9 @@ enum Cmd {
         dir: PathBuf,
     },
     /// The daemon's CPU with USERS bench users tracked (a session each):
-    /// idle windows against windows with CLIENTS `top` clients (`list`
-    /// every INTERVAL seconds), interleaved.
+    /// idle windows against windows with CLIENTS users each running their
+    /// own `top` (`status` every INTERVAL seconds) and CLIENTS root `top`s
+    /// (`list`), interleaved.
     Load {
         #[arg(long, default_value = "fairshared.service")]
         unit: String,
@@ -263,6 +264,20 @@ enum Cmd {
         dir: PathBuf,
     },
     /// Prints `kill UID NS` when a user slice's OOM kill counter moves
+    /// (internal, run by `load` as a bench user): what a user's
+    /// `fairshare-ctl top` asks at each refresh (`status`), every INTERVAL
+    /// seconds from OFFSET for SECS; prints `ok N errors M`.
+    #[command(hide = true)]
+    TopClient {
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        #[arg(long, default_value_t = 0.0)]
+        offset: f64,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// (internal, run inside the test host by `oom-notice`).
     #[command(hide = true)]
     OomWatch {
@@ -474,6 +489,12 @@ fn main() -> std::process::ExitCode {
             socket,
             dir,
         }),
+        Cmd::TopClient {
+            secs,
+            interval,
+            offset,
+            socket,
+        } => load::top_client(&socket, secs, interval, offset),
         Cmd::OomWatch { secs, uids } => oom::watch(&uids, secs),
         Cmd::OomNotice {
             users,

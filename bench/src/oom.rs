@@ -141,10 +141,13 @@ pub struct Setup {
 /// A memory hog asking for 512M; its shell then prints `hog-status=$?`.
 const HOG: &str = "perl -e 'my $x = q(a) x (512*1024*1024); sleep 5;'; echo hog-status=$?";
 
+/// What a terminal got: (CLOCK_MONOTONIC ns, bytes) per read.
+type Chunks = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 /// An `ssh -tt` terminal: chunks as they come, stamped.
 struct Tty {
     child: std::process::Child,
-    chunks: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    chunks: Chunks,
 }
 
 impl Tty {
@@ -158,7 +161,7 @@ impl Tty {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot run ssh: {e}"))?;
-        let chunks = Arc::new(Mutex::new(Vec::new()));
+        let chunks: Chunks = Arc::default();
         let Some(mut pipe) = child.stdout.take() else {
             return fail("no pipe from ssh");
         };
