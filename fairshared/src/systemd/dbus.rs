@@ -25,7 +25,16 @@ pub struct Dbus {
     /// Whether systemd takes pidfds in `StartTransientUnit` (`PIDFDs`,
     /// systemd 253 and later): asked once.
     pidfds: tokio::sync::OnceCell<bool>,
+    /// Calls waiting for their reply at once, at most [`IN_FLIGHT`].
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// The most method calls fairshared has waiting for a reply at once. The
+/// bus daemon refuses a connection more than `max_replies_per_connection`
+/// (128 by default on the system bus) with `LimitsExceeded`: a storm of
+/// logins (and a start-up that sets many slices meanwhile) queues here
+/// instead of failing.
+pub const IN_FLIGHT: usize = 64;
 
 impl Dbus {
     /// Connects now, so that a daemon without a bus fails at start with a
@@ -35,6 +44,7 @@ impl Dbus {
             bus: tokio::sync::Mutex::new(None),
             timeout,
             pidfds: tokio::sync::OnceCell::new(),
+            in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
         };
         let _ = d.manager().await?;
         Ok(d)
@@ -75,12 +85,22 @@ impl Dbus {
         *self.bus.lock().await = None;
     }
 
-    /// Runs `f` once, and once more on a fresh connection if the bus went away.
+    /// A place among the [`IN_FLIGHT`] calls (never closed).
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, zbus::Error> {
+        self.in_flight
+            .acquire()
+            .await
+            .map_err(|e| zbus::Error::Failure(e.to_string()))
+    }
+
+    /// Runs `f` once, and once more on a fresh connection if the bus went
+    /// away; each run holds a place among the [`IN_FLIGHT`] calls.
     async fn with_retry<T, F, Fut>(&self, f: F) -> Result<T, zbus::Error>
     where
         F: Fn(zbus::Connection, ManagerProxy<'static>) -> Fut,
         Fut: Future<Output = Result<T, zbus::Error>>,
     {
+        let _slot = self.slot().await?;
         let first = match self.manager().await {
             Ok((c, m)) => f(c, m).await,
             Err(e) => Err(zbus::Error::Failure(e.to_string())),
@@ -294,6 +314,7 @@ impl Systemd for Dbus {
         // on) must find it moved.
         let (conn, manager) = self.manager().await?;
         for _ in 0..80 {
+            let slot = self.slot().await.map_err(bus_err)?;
             if let Ok(path) = manager.get_unit(unit.clone()).await
                 && let Ok(p) = UnitProxy::builder(&conn)
                     .path(path)
@@ -314,6 +335,7 @@ impl Systemd for Dbus {
                     _ => {}
                 }
             }
+            drop(slot);
             if crate::proc::placement(pid).is_none() {
                 return Ok(unit);
             }
