@@ -331,6 +331,7 @@ fn resize_all(uids: &[u32], args: &ResizeArgs) -> Result<Limits> {
             .uid(*uid)
             .gid(gid)
             .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run fairshare-ctl resize as uid {uid}: {e}"))?;
@@ -543,17 +544,25 @@ fn systemctl(verb: &str, units: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Starts fairshared again and waits until it answers.
+/// Starts fairshared again and waits until it has done its start-up work:
+/// it answers at once, then catches up with logind and sets right what
+/// changed while it was down in the background, and the next arm must not
+/// measure that (nor race it).
 fn start_daemon(s: &Setup, client: &Client) -> Result<()> {
     systemctl("start", &s.daemon_units)?;
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
-        if let Ok(Response::StatusInfo(_)) = client.call(&Request::Status { user: None }) {
+        // `list` says when the catch-up is still going on
+        if let Ok(Response::UserList(l)) = client.call(&Request::List)
+            && !l.warnings.iter().any(|w| w.contains("catching up"))
+        {
+            // the slices' check after the catch-up: a few calls per user
+            std::thread::sleep(Duration::from_secs(2));
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    fail("fairshared did not answer within 30 s of its start")
+    fail("fairshared did not catch up within 30 s of its start")
 }
 
 fn direct_arm(c: &Ctx, rt: &tokio::runtime::Runtime, mgr: &ManagerProxy<'static>) -> Result<Arm> {
