@@ -118,7 +118,16 @@ where
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let mut w = Watcher::open(paths, dir, slice);
+    // Off the async workers: the first PSI trigger on a cgroup starts a
+    // kernel thread for it (milliseconds), and a wave of logins opens many.
+    let mut w = match tokio::task::spawn_blocking(move || Watcher::open(paths, dir, slice)).await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not set up an event watcher");
+            return End::NoSlice;
+        }
+    };
     w.run(&report).await
 }
 
@@ -214,6 +223,29 @@ async fn woken(fd: Option<&Pollable>) -> bool {
             r.is_error() || r.is_read_closed()
         }
         Err(_) => true,
+    }
+}
+
+impl Drop for Watcher {
+    /// Closes the PSI triggers on the blocking pool: closing one waits for
+    /// an RCU grace period (and stops the cgroup's kernel thread with its
+    /// last trigger), milliseconds each, which must not hold up the async
+    /// workers when a wave of logouts ends many watchers at once.
+    fn drop(&mut self) {
+        let files: Vec<File> = [self.psi_cpu.take(), self.psi_memory.take()]
+            .into_iter()
+            .flatten()
+            .map(AsyncFd::into_inner)
+            .collect();
+        if files.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || drop(files));
+            }
+            Err(_) => drop(files),
+        }
     }
 }
 
