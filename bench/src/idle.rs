@@ -34,7 +34,7 @@ impl Samples for IdleSamples {
     const FILE: &'static str = "idle.json";
 }
 
-fn main_pid(unit: &str) -> Result<u32> {
+pub fn main_pid(unit: &str) -> Result<u32> {
     let o = Command::new("systemctl")
         .args(["show", "-p", "MainPID", "--value", unit])
         .output()?;
@@ -45,7 +45,7 @@ fn main_pid(unit: &str) -> Result<u32> {
 }
 
 /// Per thread: (cpu ns, context switches).
-fn snapshot(pid: u32) -> Result<HashMap<u32, (u64, u64)>> {
+pub fn snapshot(pid: u32) -> Result<HashMap<u32, (u64, u64)>> {
     let mut out = HashMap::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let e = e?;
@@ -139,24 +139,29 @@ pub fn report_rss(v: Option<&IdleSamples>, r: &mut Report) {
 
 /// The daemon's CPU time at rest.
 pub fn report_cost(v: Option<&IdleSamples>, r: &mut Report) {
-    const TARGET: &str = "≤ 10 ms";
+    const TARGET: &str = "≤ 10 ms per minute";
     const MAX_NS: f64 = 10e6;
     let Some(v) = v else {
         r.row(Row::missing("idle cost", TARGET));
         return;
     };
-    let cpu = v.cpu_ns as f64;
+    // per minute, whatever the window
+    let cpu = v.cpu_ns as f64 * 60.0 / v.secs.max(1e-9);
     r.row(Row::single(
         &format!(
-            "idle cost: daemon CPU time over {:.0} s, no requests",
+            "idle cost per minute: daemon CPU right after a restart, no bench user logged in, nobody looking at usage (CPU sampler asleep), no requests (window {:.0} s)",
             v.secs
         ),
-        format!("{:.3} ms ({} wake-ups)", cpu / 1e6, v.context_switches),
+        format!(
+            "{:.3} ms ({} wake-ups in the window)",
+            cpu / 1e6,
+            v.context_switches
+        ),
         TARGET,
         Some(cpu <= MAX_NS),
     ));
     r.note(format!(
-        "idle cost and idle memory: the installed fairshared.service right after a restart, left alone {:.0} s to settle, then {:.0} s without requests; CPU time summed over its threads from /proc/PID/task/*/schedstat (ns), wake-ups = context switches; /proc/PID/stat ticks agree: {:.0} ms. Its timers: the watchdog (WatchdogSec=30s, pinged every 15 s) and the CPU sampler behind CPU now in status and list (every 5 s: one read of each tracked slice's CPU time). {} threads; peak RSS {}.",
+        "idle cost and idle memory: the installed fairshared.service right after a restart, left alone {:.0} s to settle, then {:.0} s without requests; CPU time summed over its threads from /proc/PID/task/*/schedstat (ns), wake-ups = context switches; /proc/PID/stat ticks agree: {:.0} ms. Its timers: the watchdog (WatchdogSec=30s, its check every quarter period); the CPU sampler behind CPU now in status and list sleeps until someone looks at a user's usage. {} threads; peak RSS {}.",
         v.settle_secs,
         v.secs,
         v.cpu_ticks_ms,

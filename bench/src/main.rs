@@ -20,9 +20,11 @@
 mod alloc;
 mod busmon;
 mod idle;
+mod load;
 mod login;
 mod loops;
 mod memory;
+mod oom;
 mod pam;
 mod report;
 mod startup;
@@ -230,6 +232,77 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// The daemon's CPU with USERS bench users tracked (a session each):
+    /// idle windows against windows with CLIENTS users each running their
+    /// own `top` (`status` every INTERVAL seconds) and CLIENTS root `top`s
+    /// (`list`), interleaved.
+    Load {
+        #[arg(long, default_value = "fairshared.service")]
+        unit: String,
+        /// Users are PREFIX001, … with uids FIRST_UID, …; each needs a
+        /// running fairshare-bench-hold-UID.service in their slice.
+        #[arg(long, default_value = "benchuser")]
+        prefix: String,
+        #[arg(long, default_value_t = 2001)]
+        first_uid: u32,
+        #[arg(long, default_value_t = 100)]
+        users: u32,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        #[arg(long, default_value_t = 30.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long, default_value_t = 10.0)]
+        settle: f64,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The results directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Prints `kill UID NS` when a user slice's OOM kill counter moves
+    /// (internal, run by `load` as a bench user): what a user's
+    /// `fairshare-ctl top` asks at each refresh (`status`), every INTERVAL
+    /// seconds from OFFSET for SECS; prints `ok N errors M`.
+    #[command(hide = true)]
+    TopClient {
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        #[arg(long, default_value_t = 0.0)]
+        offset: f64,
+        #[arg(long, default_value = fairshare_proto::wire::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// (internal, run inside the test host by `oom-notice`).
+    #[command(hide = true)]
+    OomWatch {
+        #[arg(long, default_value_t = 600.0)]
+        secs: f64,
+        uids: Vec<u32>,
+    },
+    /// OOM kill to notice: per user (NAME:UID), an `ssh -tt` terminal and a
+    /// memory hog in a second ssh session; the kill's time from WATCH (a
+    /// command running `oom-watch` in the test host; the uids are appended).
+    OomNotice {
+        #[arg(long, value_delimiter = ',', required = true)]
+        users: Vec<String>,
+        /// The memory limit root set for the users.
+        #[arg(long)]
+        limit: String,
+        #[arg(long)]
+        watch: String,
+        /// The results directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// ssh's options for the test host.
+        #[arg(last = true)]
+        ssh_args: Vec<String>,
+    },
     /// Memory and start-up with many users: fairshared's server and service
     /// with a FAKE systemd backend, in a child process, driven through its
     /// socket; SESSIONS users with a live session each, then SET users with
@@ -391,6 +464,62 @@ fn main() -> std::process::ExitCode {
             secs,
             dir,
         } => idle::run(&unit, settle, secs, &dir),
+        Cmd::Load {
+            unit,
+            prefix,
+            first_uid,
+            users,
+            clients,
+            interval,
+            secs,
+            rounds,
+            settle,
+            socket,
+            dir,
+        } => load::run(&load::Setup {
+            unit,
+            prefix,
+            first_uid,
+            users,
+            clients,
+            interval,
+            secs,
+            rounds,
+            settle,
+            socket,
+            dir,
+        }),
+        Cmd::TopClient {
+            secs,
+            interval,
+            offset,
+            socket,
+        } => load::top_client(&socket, secs, interval, offset),
+        Cmd::OomWatch { secs, uids } => oom::watch(&uids, secs),
+        Cmd::OomNotice {
+            users,
+            limit,
+            watch,
+            dir,
+            ssh_args,
+        } => users
+            .iter()
+            .map(
+                |u| match u.split_once(':').map(|(n, i)| (n, i.parse::<u32>())) {
+                    Some((n, Ok(uid))) => Ok((n.to_string(), uid)),
+                    _ => fail(format!("--users wants NAME:UID, not `{u}`")),
+                },
+            )
+            .collect::<Result<Vec<_>>>()
+            .and_then(|users| {
+                oom::run(&oom::Setup {
+                    users,
+                    limit,
+                    watch,
+                    ssh_args,
+                    dir,
+                })
+            }),
         Cmd::Memory {
             sessions,
             set,

@@ -206,6 +206,8 @@ pub fn collect(dir: &Path) -> Result<Report> {
     crate::memory::report(dir, &mut r)?;
     crate::startup::report(dir, &mut r)?;
     crate::idle::report_cost(idle.as_ref(), &mut r);
+    crate::load::report(dir, &mut r)?;
+    crate::oom::report(dir, &mut r)?;
     Ok(r)
 }
 

@@ -211,7 +211,7 @@ fn counted(client: &Client, uids: &[u32]) -> Result<Vec<u32>> {
 }
 
 /// Limits nobody would choose: set before each arm.
-fn scrambled() -> Limits {
+pub fn scrambled() -> Limits {
     Limits {
         cpu: Cpus::from_millis(500),
         mem: Bytes(Bytes::GIB),
@@ -224,7 +224,7 @@ fn scrambled() -> Limits {
     }
 }
 
-async fn set_all(
+pub async fn set_all(
     mgr: &ManagerProxy<'static>,
     uids: &[u32],
     p: &[(String, OwnedVariant)],
@@ -306,27 +306,57 @@ fn halved(l: &Limits) -> ResizeArgs {
     )
 }
 
-/// Resizes every user through the daemon (as root); the limits it applied.
-fn resize_all(client: &Client, uids: &[u32], args: &ResizeArgs) -> Result<Limits> {
+/// Each user resizes their own allocation through the daemon
+/// (`fairshare-ctl --json resize`, run as the user: a user's resize ends
+/// at their last logout, where root's `set` would outlive it); the limits
+/// it applied.
+fn resize_all(uids: &[u32], args: &ResizeArgs) -> Result<Limits> {
+    use std::os::unix::process::CommandExt;
     let mut applied = None;
     for uid in uids {
-        let req = Request::SetUser {
-            user: UserRef::Uid(*uid),
-            args: args.clone(),
-            release: false,
-            force: false,
+        let gid = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*uid))? {
+            Some(u) => u.gid.as_raw(),
+            None => return fail(format!("no user with uid {uid}")),
         };
-        let l = match client.call(&req)? {
-            Response::Success(s) => match s.allocation {
+        let mut cmd = Command::new("fairshare-ctl");
+        cmd.args(["--json", "resize"]);
+        for (flag, v) in [
+            ("--cpu", &args.cpu),
+            ("--mem", &args.mem),
+            ("--tasks", &args.tasks),
+        ] {
+            match v {
+                Some(serde_json::Value::String(x)) => cmd.args([flag, x.as_str()]),
+                Some(x) => cmd.args([flag, x.to_string().as_str()]),
+                None => &mut cmd,
+            };
+        }
+        let out = cmd
+            .uid(*uid)
+            .gid(gid)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run fairshare-ctl resize as uid {uid}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let l = match serde_json::from_str::<Response>(&text) {
+            Ok(Response::Success(s)) => match s.allocation {
                 Some(l) => l,
-                None => return fail(format!("set_user {uid}: no allocation: {}", s.message)),
+                None => return fail(format!("resize by uid {uid}: no allocation: {}", s.message)),
             },
-            other => return fail(format!("set_user {uid}: {other:?}")),
+            _ => {
+                return fail(format!(
+                    "resize by uid {uid} failed ({}): {text}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
         };
         match applied {
             None => applied = Some(l),
             Some(a) if a == l => {}
-            Some(a) => return fail(format!("set_user {uid} gave {l}, another user {a}")),
+            Some(a) => return fail(format!("resize by uid {uid} gave {l}, another user's {a}")),
         }
     }
     match applied {
@@ -463,7 +493,7 @@ fn pam_arm(c: &Ctx, round: usize, stack: &Stack) -> Result<Arm> {
     if stack.module {
         arm.fail(check_slices(c.uids, c.want));
         // resized, so that the close phase has to put the default back
-        let resized = resize_all(c.client, c.uids, c.resize)?;
+        let resized = resize_all(c.uids, c.resize)?;
         arm.fail(check_slices(c.uids, &resized));
         arm.resized = Some(resized);
     }
@@ -518,17 +548,25 @@ fn systemctl(verb: &str, units: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Starts fairshared again and waits until it answers.
+/// Starts fairshared again and waits until it has done its start-up work:
+/// it answers at once, then catches up with logind and sets right what
+/// changed while it was down in the background, and the next arm must not
+/// measure that (nor race it).
 fn start_daemon(s: &Setup, client: &Client) -> Result<()> {
     systemctl("start", &s.daemon_units)?;
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
-        if let Ok(Response::StatusInfo(_)) = client.call(&Request::Status { user: None }) {
+        // `list` says when the catch-up is still going on
+        if let Ok(Response::UserList(l)) = client.call(&Request::List)
+            && !l.warnings.iter().any(|w| w.contains("catching up"))
+        {
+            // the slices' check after the catch-up: a few calls per user
+            std::thread::sleep(Duration::from_secs(2));
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    fail("fairshared did not answer within 30 s of its start")
+    fail("fairshared did not catch up within 30 s of its start")
 }
 
 fn direct_arm(c: &Ctx, rt: &tokio::runtime::Runtime, mgr: &ManagerProxy<'static>) -> Result<Arm> {
