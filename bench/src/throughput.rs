@@ -248,7 +248,12 @@ fn rate_row(figure: String, d: &[f64], e: &[f64], errors: u64, target: Option<f6
         p99: "—".into(),
         baseline: median(e).map_or("—".into(), |x| format!("{x:.0}/s echo")),
         ratio: ratio.map_or("—".into(), |r| format!("{r:.3}×")),
-        target: if target.is_some() { TARGET } else { USER_TARGET }.into(),
+        target: if target.is_some() {
+            TARGET
+        } else {
+            USER_TARGET
+        }
+        .into(),
         verdict: if errors > 0 {
             format!("MISSED ({errors} errors)")
         } else if let Some(min) = target {

@@ -120,8 +120,7 @@ where
     };
     // Off the async workers: the first PSI trigger on a cgroup starts a
     // kernel thread for it (milliseconds), and a wave of logins opens many.
-    let mut w = match tokio::task::spawn_blocking(move || Watcher::open(paths, dir, slice)).await
-    {
+    let mut w = match tokio::task::spawn_blocking(move || Watcher::open(paths, dir, slice)).await {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "could not set up an event watcher");
