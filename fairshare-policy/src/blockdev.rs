@@ -44,6 +44,9 @@ pub fn split_dev(dev: u64) -> (u32, u32) {
 /// `/sys/dev/block`. The error says why no limit can apply there.
 pub fn resolve(target: &IoTarget, sys_dev_block: &Path) -> Result<Disk, String> {
     let path = target.path();
+    if let IoTarget::Path(_) = target {
+        only_root_can_move(path, &[0]).map_err(|e| format!("{target}: {e}"))?;
+    }
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         // fairshared's sandbox (PrivateDevices=yes) has no disk nodes in
@@ -69,6 +72,52 @@ pub fn resolve(target: &IoTarget, sys_dev_block: &Path) -> Result<Disk, String> 
         ),
         IoTarget::Device(_) => format!("{target} ({major}:{minor}): {e}"),
     })
+}
+
+/// Whether only `owners` (root) can make `path` lead somewhere else: every
+/// component from `/` is owned by one of `owners` and no symbolic link, and
+/// every directory on the way is writable by nobody else, or sticky (then
+/// only the owner of an entry may rename it). systemd looks the path
+/// up again each time it applies the limit: a path a user could swap for a
+/// link to another disk (or to a tmpfs, where no limit applies) would let
+/// them take their IO limit elsewhere.
+pub fn only_root_can_move(path: &Path, owners: &[u32]) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err("not an absolute path".into());
+    }
+    let mut at = std::path::PathBuf::from("/");
+    let mut parts = vec![at.clone()];
+    for c in path.components().skip(1) {
+        at.push(c);
+        parts.push(at.clone());
+    }
+    let last = parts.len() - 1;
+    for (i, p) in parts.iter().enumerate() {
+        let m = std::fs::symlink_metadata(p)
+            .map_err(|e| format!("cannot look at {}: {e}", p.display()))?;
+        if m.file_type().is_symlink() {
+            return Err(format!(
+                "{} is a symbolic link, which could be pointed elsewhere; name the directory it leads to",
+                p.display()
+            ));
+        }
+        if !owners.contains(&m.uid()) {
+            return Err(format!(
+                "{} belongs to uid {}, who could replace it with a link to another disk; name a directory only root can change (e.g. /home, not a user's own directory)",
+                p.display(),
+                m.uid()
+            ));
+        }
+        let shared = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if i < last && m.is_dir() && shared {
+            return Err(format!(
+                "{} is writable by others (mode {:o}, not sticky), who could replace what is below it; name a directory only root can change",
+                p.display(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The disk of a device node that is not there to look at, by its kernel
@@ -197,5 +246,46 @@ mod tests {
         assert!(e.contains("an IO limit cannot apply there"), "{e}");
         let e = resolve(&IoTarget::Device("/dev/null".into()), t.path()).unwrap_err();
         assert!(e.contains("not a block device"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_target_someone_else_could_swap_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path();
+        // root owns what is above the temporary directory, the test's user
+        // what is in it
+        let trusted = [0, std::fs::metadata(base).unwrap().uid()];
+        let data = base.join("data");
+        std::fs::create_dir(&data).unwrap();
+        assert_eq!(only_root_can_move(&data, &trusted), Ok(()));
+        // a symbolic link on the way
+        std::os::unix::fs::symlink(&data, base.join("link")).unwrap();
+        let e = only_root_can_move(&base.join("link"), &trusted).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        // a directory on the way writable by others, not sticky
+        let open = base.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::create_dir(open.join("x")).unwrap();
+        let e = only_root_can_move(&open.join("x"), &trusted).unwrap_err();
+        assert!(e.contains("writable by others (mode 777"), "{e}");
+        // the target itself may be (it cannot be swapped from below it)
+        assert_eq!(only_root_can_move(&open, &trusted), Ok(()));
+        // sticky: only an entry's owner may rename it
+        let sticky = base.join("sticky");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::create_dir(sticky.join("x")).unwrap();
+        assert_eq!(only_root_can_move(&sticky.join("x"), &trusted), Ok(()));
+        // a component of an owner not trusted
+        let e = only_root_can_move(&data, &[trusted[1].wrapping_add(1)]).unwrap_err();
+        assert!(e.contains("belongs to uid"), "{e}");
+        assert!(only_root_can_move(Path::new("relative"), &[0]).is_err());
     }
 }

@@ -22,6 +22,10 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 /// under `state_dir`, replacing the last one.
 pub fn save(state_dir: &Path, policy: &Policy) -> io::Result<()> {
     let target = dir(state_dir);
+    // the same files kept already (a restart): nothing to write or sync
+    if same_as_kept(&target, policy) {
+        return Ok(());
+    }
     let fresh = state_dir.join(".policy.last-good.new");
     let old = state_dir.join(".policy.last-good.old");
     let _ = fs::remove_dir_all(&fresh);
@@ -58,6 +62,27 @@ pub fn load(state_dir: &Path) -> Option<Result<Policy, PolicyErrors>> {
     d.is_dir().then(|| Policy::load(&d))
 }
 
+/// Whether `kept` holds exactly the policy's files, in order, as `save`
+/// names them.
+fn same_as_kept(kept: &Path, policy: &Policy) -> bool {
+    let Ok(entries) = fs::read_dir(kept) else {
+        return false;
+    };
+    let mut names: Vec<std::ffi::OsString> = entries.flatten().map(|e| e.file_name()).collect();
+    names.sort();
+    let files = policy.files();
+    names.len() == files.len()
+        && files.iter().zip(&names).enumerate().all(|(i, (f, name))| {
+            let base = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "policy".into());
+            let base = base.strip_suffix(".yaml").unwrap_or(&base);
+            *name == *format!("{i:02}-{base}.yaml")
+                && matches!((fs::read(f), fs::read(kept.join(name))), (Ok(a), Ok(b)) if a == b)
+        })
+}
+
 /// When the last good policy was kept (for messages).
 pub fn saved_at(state_dir: &Path) -> Option<std::time::SystemTime> {
     fs::metadata(dir(state_dir)).and_then(|m| m.modified()).ok()
@@ -90,5 +115,36 @@ mod tests {
             p2.plain_default()
         );
         assert_eq!(fs::read_dir(dir(state.path())).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_restart_on_the_same_policy_writes_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let src = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        fs::write(
+            src.path().join("00-a.yaml"),
+            "defaults: {cpu: 2, mem: 4G}\n",
+        )
+        .unwrap();
+        let p = Policy::load(src.path()).unwrap();
+        save(state.path(), &p).unwrap();
+        let ino = || fs::metadata(dir(state.path())).unwrap().ino();
+        let first = ino();
+        save(state.path(), &p).unwrap();
+        assert_eq!(ino(), first, "the same files: kept as they are");
+        // a changed file is kept anew
+        fs::write(
+            src.path().join("00-a.yaml"),
+            "defaults: {cpu: 3, mem: 4G}\n",
+        )
+        .unwrap();
+        let p = Policy::load(src.path()).unwrap();
+        save(state.path(), &p).unwrap();
+        assert_ne!(ino(), first);
+        assert_eq!(
+            fs::read_to_string(dir(state.path()).join("00-00-a.yaml")).unwrap(),
+            "defaults: {cpu: 3, mem: 4G}\n"
+        );
     }
 }

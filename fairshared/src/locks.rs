@@ -39,10 +39,62 @@ impl UserLocks {
     }
 }
 
+/// Per-user places for work that reaches systemd outside the user's lock
+/// (moving a login's process into the slice): at most `n` of one user's at
+/// once, so that one user's flood of sessions (a crontab of thousands of
+/// lines, say) cannot take every place on the daemon's D-Bus connection
+/// (`systemd::dbus::IN_FLIGHT`) from everyone else's logins.
+pub struct UserSlots {
+    n: usize,
+    slots: Mutex<HashMap<u32, Weak<tokio::sync::Semaphore>>>,
+}
+
+impl UserSlots {
+    pub fn new(n: usize) -> UserSlots {
+        UserSlots {
+            n,
+            slots: Mutex::default(),
+        }
+    }
+
+    /// Waits for one of `uid`'s places; it is free again when dropped.
+    pub async fn acquire(&self, uid: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let s = {
+            let mut map = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(s) = map.get(&uid).and_then(Weak::upgrade) {
+                s
+            } else {
+                if map.len() > 1024 {
+                    map.retain(|_, w| w.strong_count() > 0);
+                }
+                let s = Arc::new(tokio::sync::Semaphore::new(self.n));
+                map.insert(uid, Arc::downgrade(&s));
+                s
+            }
+        };
+        s.acquire_owned().await.ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_users_places_run_out_for_them_alone() {
+        let slots = UserSlots::new(2);
+        let a = slots.acquire(1001).await;
+        let b = slots.acquire(1001).await;
+        assert!(a.is_some() && b.is_some());
+        let third = tokio::time::timeout(Duration::from_millis(100), slots.acquire(1001)).await;
+        assert!(third.is_err(), "a third place of the same user waits");
+        let other = tokio::time::timeout(Duration::from_millis(100), slots.acquire(1002)).await;
+        assert!(matches!(other, Ok(Some(_))), "another user goes ahead");
+        drop(a);
+        let again = tokio::time::timeout(Duration::from_millis(100), slots.acquire(1001)).await;
+        assert!(matches!(again, Ok(Some(_))));
+    }
 
     #[tokio::test]
     async fn one_user_waits_for_their_own_lock_only() {

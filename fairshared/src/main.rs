@@ -493,11 +493,8 @@ async fn run(
             .with_last_good(args.state_dir.clone())
             .with_kernel_log(std::path::Path::new(fairshared::events::kernel_log::DEVICE)),
     );
-    match &problem {
-        Some(p) => {
-            tracing::error!("{p}");
-        }
-        None => service.keep_last_good().await,
+    if let Some(p) = &problem {
+        tracing::error!("{p}");
     }
     service.set_policy_problem(problem.clone());
     if let Some(ledger) = saved {
@@ -529,6 +526,12 @@ async fn run(
         let service = service.clone();
         async move { service.catch_up().await }
     });
+    // The policy that loaded is kept as the last good one (files written
+    // and synced): after the first answer, not before it.
+    if problem.is_none() {
+        let service = service.clone();
+        tokio::spawn(async move { service.keep_last_good().await });
+    }
     tokio::spawn(follow_logind(service.clone(), stop_rx.clone()));
     tokio::spawn(sample_cpu(service.clone(), stop_rx.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {

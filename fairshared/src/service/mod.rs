@@ -55,7 +55,7 @@ use crate::events::hub::Notices;
 use crate::identity::{Behalf, Identities};
 pub use crate::identity::{Directory, IDENTITY_TTL, Nss};
 use crate::ledger::{Actor, Change, Entry, Ledger};
-use crate::locks::{UserGuard, UserLocks};
+use crate::locks::{UserGuard, UserLocks, UserSlots};
 use crate::state::StateFile;
 use crate::store::{SaveError, Store};
 use crate::systemd::Systemd;
@@ -63,6 +63,10 @@ use crate::tasks::Tasks;
 
 /// What a handler answers: the wire answer, or why it failed.
 type Reply = Result<Response, ServiceError>;
+
+/// At most this many of one user's login processes are moved into their
+/// slice at once (the rest of theirs wait; other users' do not).
+const ADOPTS_PER_USER: usize = 4;
 
 /// Unix time now, in seconds.
 pub fn now() -> u64 {
@@ -126,6 +130,8 @@ pub struct Service<S: Systemd> {
     clock: Clock,
     store: Arc<Store>,
     locks: UserLocks,
+    /// Places for moving a user's login processes into their slice.
+    adopt_slots: UserSlots,
     identities: Identities,
     admission: Admission,
     /// Watches on session processes, by pid (see [`crate::proc`]).
@@ -168,6 +174,7 @@ impl<S: Systemd> Service<S> {
             clock: Clock::System,
             store: Arc::new(Store::new(state)),
             locks: UserLocks::default(),
+            adopt_slots: UserSlots::new(ADOPTS_PER_USER),
             identities: Identities::new(directory),
             admission: Admission::default(),
             watchers: Tasks::default(),

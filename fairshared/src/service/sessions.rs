@@ -121,6 +121,8 @@ impl<S: Systemd> Service<S> {
         let Some(pinned) = pinned else {
             return Ok(String::new());
         };
+        // one user's flood of such sessions waits for their own places
+        let _slot = self.adopt_slots.acquire(id.uid).await;
         #[cfg(feature = "test-hooks")]
         crate::testhooks::before_adopt().await;
         match self.systemd.adopt(id.uid, &pinned).await {
