@@ -6,8 +6,9 @@
 //! after the last `status` of a user or `list` (`fairshare-ctl top` asks
 //! one of them every refresh; the metrics, with cumulative CPU time only,
 //! and root's own status, the watchdog's probe, are not looks). A host nobody watches pays nothing
-//! for it; the first look after a quiet spell has no window yet ("ask again
-//! in a few seconds"), the next ones have.
+//! for it; the first look after a quiet spell waits [`FIRST_LOOK_WAIT`] for
+//! a second sample, so it shows CPU now over about a second; the next ones
+//! have the full window.
 //!
 //! Bounded: at most `WINDOW / SAMPLE_EVERY + 2` samples per user, and only
 //! for users the ledger tracks (the others are dropped at each sampling).
@@ -25,6 +26,9 @@ pub const WINDOW: Duration = Duration::from_secs(30);
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// The shortest window worth reporting (a shorter one is mostly noise).
 const SHORTEST: Duration = Duration::from_secs(1);
+/// How long a look that finds no window yet waits for one: a second
+/// sample this much after the first gives CPU now over a short window.
+pub const FIRST_LOOK_WAIT: Duration = Duration::from_millis(1050);
 /// How long the daemon goes on sampling after the last look.
 pub const HOLD: Duration = Duration::from_secs(600);
 

@@ -28,6 +28,11 @@ impl<S: Systemd> Service<S> {
         let entry = self.store.read(|l| l.get(id.uid).cloned());
         let cap = self.store.read(|l| l.capacity(&policy.capacity(self.host)));
         let mut info = self.status_info(id.uid, &id.name, &up, entry.as_ref());
+        if no_window(&info.usage) {
+            // the first look after a quiet spell: a second sample shortly
+            tokio::time::sleep(crate::cpu_window::FIRST_LOOK_WAIT).await;
+            info.usage = self.durable_usage(id.uid, self.usage(id.uid));
+        }
         info.capacity = Some(cap);
         if peer.is_root() {
             info.warnings = self.policy_problem().into_iter().collect();
@@ -162,7 +167,12 @@ impl<S: Systemd> Service<S> {
     pub(super) async fn list(&self) -> Response {
         let caught_up = self.wait_caught_up(CATCH_UP_WAIT).await;
         self.cpu_window.looked(tokio::time::Instant::now());
-        let (users, capacity) = self.list_rows().await;
+        let (mut users, mut capacity) = self.list_rows().await;
+        if users.iter().any(|u| no_window(&u.usage)) {
+            // the first look after a quiet spell: a second sample shortly
+            tokio::time::sleep(crate::cpu_window::FIRST_LOOK_WAIT).await;
+            (users, capacity) = self.list_rows().await;
+        }
         let mut warnings: Vec<String> = self.policy_problem().into_iter().collect();
         if !caught_up {
             warnings.push(
@@ -175,6 +185,11 @@ impl<S: Systemd> Service<S> {
             warnings,
         })
     }
+}
+
+/// A slice with CPU time but no window over it yet (nobody looked lately).
+fn no_window(u: &Usage) -> bool {
+    u.cpu_usage_nsec.is_some() && u.cpu_recent.is_none()
 }
 
 /// The fair-share settings of `limits` that the host's cgroup layout cannot

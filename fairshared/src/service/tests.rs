@@ -1584,3 +1584,43 @@ async fn a_lease_whose_end_cannot_be_applied_is_tried_again() {
     }
     assert_eq!(s.systemd().applied(1001).unwrap().cpu, Cpus::whole(2));
 }
+
+/// The first look at a user's CPU after a quiet spell waits for a second
+/// sample and shows CPU now over it (the sampler was asleep: no window).
+#[tokio::test(start_paused = true)]
+async fn the_first_look_shows_cpu_now_over_a_short_window() {
+    let cg = tempfile::tempdir().unwrap();
+    std::fs::write(cg.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    let slice = cg.path().join("user.slice/user-1001.slice");
+    std::fs::create_dir_all(&slice).unwrap();
+    std::fs::write(slice.join("cpu.stat"), "usage_usec 5000000\n").unwrap();
+    let fake = Fake::in_tempdir();
+    let root = fake.root().unwrap().to_path_buf();
+    let s = Arc::new(
+        Service::new(
+            fake,
+            users(),
+            parse(POLICY),
+            HostResources {
+                cpus: Cpus::whole(2),
+                mem: Bytes(8 << 30),
+            },
+            Cgroups::detect(cg.path()),
+            None,
+        )
+        .with_dropins(crate::dropin::Layout::under(&root)),
+    );
+    assert!(!s.cpu_window().wanted(tokio::time::Instant::now()));
+    let t0 = tokio::time::Instant::now();
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    let r = st.usage.cpu_recent.expect("a window on the first look");
+    assert!(r.window_nsec >= 1_000_000_000, "{r:?}");
+    assert!(t0.elapsed() >= crate::cpu_window::FIRST_LOOK_WAIT);
+    // the look woke the sampler
+    assert!(s.cpu_window().wanted(tokio::time::Instant::now()));
+    // the next look has its window at once
+    let t1 = tokio::time::Instant::now();
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert!(st.usage.cpu_recent.is_some());
+    assert_eq!(t1.elapsed(), std::time::Duration::ZERO);
+}
