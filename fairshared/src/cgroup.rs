@@ -188,7 +188,7 @@ impl Cgroups {
 
 /// The sum of `key` in `file` of `dir` and every cgroup below it; `None`
 /// when `dir` has no such file.
-fn sum_below(dir: &Path, file: &str, k: &str) -> Option<u64> {
+pub(crate) fn sum_below(dir: &Path, file: &str, k: &str) -> Option<u64> {
     let top = key(&read(&dir.join(file))?, k)?;
     let mut total = top;
     let mut stack: Vec<PathBuf> = subdirs(dir);

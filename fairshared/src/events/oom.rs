@@ -103,6 +103,9 @@ impl SliceOoms {
 #[derive(Clone, Debug, Default)]
 pub struct V1SliceOoms {
     failcnt: Option<u64>,
+    /// The kernel's count of kills in the slice and below it at the last
+    /// reading (`oom_kill` of `memory.oom_control`, kernel 4.13 and later).
+    kills: Option<u64>,
 }
 
 /// What one firing of the v1 eventfd meant.
@@ -119,7 +122,35 @@ pub enum V1Firing {
 
 impl V1SliceOoms {
     pub fn new(failcnt: Option<u64>) -> V1SliceOoms {
-        V1SliceOoms { failcnt }
+        V1SliceOoms {
+            failcnt,
+            kills: None,
+        }
+    }
+
+    /// The kills of a burst whose firings at the slice's own limit came to
+    /// `fired`: the eventfd fires once per OOM, and the kernel retries an
+    /// OOM while its victim exits (hundreds of firings for one kill), so
+    /// the kernel's own count (`sum`, the slice's subtree; `None` where the
+    /// kernel keeps none) says how many, when it moved; else one (a
+    /// victim's scope may be gone before the count is read, and a burst at
+    /// the limit killed something). A count that went down (a scope with
+    /// kills removed) starts over from it.
+    pub fn burst_kills(&mut self, fired: u64, sum: Option<u64>) -> u64 {
+        if fired == 0 {
+            return 0;
+        }
+        let before = std::mem::replace(&mut self.kills, sum);
+        match (before, sum) {
+            (Some(b), Some(now)) if now > b => (now - b).min(fired),
+            _ => 1,
+        }
+    }
+
+    /// Takes the kernel's count as it is now (at the watcher's start: what
+    /// happened before is not news).
+    pub fn counted(&mut self, sum: Option<u64>) {
+        self.kills = sum;
     }
 
     /// The eventfd gave `count`; `failcnt` is the slice's `memory.failcnt`
@@ -213,5 +244,23 @@ mod tests {
         // a watcher that could not read failcnt at the start takes the first
         // firing as a kill
         assert_eq!(V1SliceOoms::new(None).fired(1, Some(3)), V1Firing::Kills(1));
+    }
+
+    #[test]
+    fn v1_kills_come_from_the_kernels_count_not_the_firings() {
+        let mut v = V1SliceOoms::new(Some(10));
+        v.counted(Some(4));
+        // 947 firings for one kill (the OOM retried while its victim exits)
+        assert_eq!(v.burst_kills(947, Some(5)), 1);
+        // more firings later, the count unmoved: one more at most
+        assert_eq!(v.burst_kills(130, Some(5)), 1);
+        // three kills in one burst
+        assert_eq!(v.burst_kills(40, Some(8)), 3);
+        // a scope with kills removed: the count went down, start over
+        assert_eq!(v.burst_kills(2, Some(1)), 1);
+        assert_eq!(v.burst_kills(2, Some(3)), 2);
+        // no count kept by the kernel: one per burst
+        assert_eq!(v.burst_kills(9, None), 1);
+        assert_eq!(v.burst_kills(0, Some(9)), 0);
     }
 }

@@ -296,7 +296,11 @@ impl Watcher {
                 let (sub, local) = w.memory_events();
                 w.v2 = Some(SliceOoms::new(sub, local));
             }
-            Layout::Hybrid | Layout::Legacy => w.v1 = V1SliceOoms::new(w.failcnt()),
+            Layout::Hybrid | Layout::Legacy => {
+                w.v1 = V1SliceOoms::new(w.failcnt());
+                let counted = w.v1_kill_count();
+                w.v1.counted(counted);
+            }
         }
         // the first sample, at login
         w.sample();
@@ -427,7 +431,7 @@ impl Watcher {
     /// v1: the eventfd fired `count` times; the kills at the slice's own
     /// limit, gathered over [`GATHER`], or `None` when the slice is gone.
     async fn v1_kills(&mut self, count: u64) -> Option<u64> {
-        let mut kills = match self.v1.fired(count, self.failcnt()) {
+        let mut fired = match self.v1.fired(count, self.failcnt()) {
             V1Firing::Kills(n) => n,
             V1Firing::Ancestor => return Some(0),
             V1Firing::Removed => return None,
@@ -435,13 +439,19 @@ impl Watcher {
         tokio::time::sleep(GATHER).await;
         if let Some(more) = self.read_eventfd() {
             match self.v1.fired(more, self.failcnt()) {
-                V1Firing::Kills(n) => kills += n,
+                V1Firing::Kills(n) => fired += n,
                 V1Firing::Ancestor => {}
                 // report what was found; the next wait sees the removal
                 V1Firing::Removed => {}
             }
         }
-        Some(kills)
+        Some(self.v1.burst_kills(fired, self.v1_kill_count()))
+    }
+
+    /// v1: the kernel's count of kills in the slice and every cgroup below
+    /// it (a kill counts in the victim's own cgroup).
+    fn v1_kill_count(&self) -> Option<u64> {
+        crate::cgroup::sum_below(&self.dir, "memory.oom_control", "oom_kill")
     }
 
     /// The eventfd's count, if it fired (resets it).

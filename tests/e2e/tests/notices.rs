@@ -10,7 +10,8 @@
 //! (`notices::NAME::on_container`, `notices::NAME::on_v2_guest`): in the
 //! container (hybrid cgroups; no `/dev/kmsg` there, so a victim is "a
 //! process") and in the QEMU guest (pure cgroup v2, `/dev/kmsg` readable,
-//! so the victim's hostile name is named).
+//! so the victim's hostile name is named). `tests/testhost/v2vm.sh test`
+//! runs the guest's only with `V2_NOTICES=1` until they have passed there.
 //!
 //! What the terminal shows is read from the client side of `ssh -tt`: the
 //! bytes the user's terminal would get.
@@ -505,7 +506,8 @@ fn run(c: &mut Command) -> Out {
 }
 
 /// The scenarios on both hosts (`notices::NAME::on_container`,
-/// `notices::NAME::on_v2_guest`).
+/// `notices::NAME::on_v2_guest`: `v2vm.sh test` leaves the guest's out
+/// unless `V2_NOTICES=1`).
 mod notices {
     use super::*;
 
