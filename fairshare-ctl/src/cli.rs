@@ -168,7 +168,7 @@ events lists them. Terminals closed with `mesg n` get no notices either.",
         long_about = "A live view, refreshed every few seconds: one row per user with the CPUs they use now \
 (over the last interval) as a share of their allocation and of the host, memory used against their limit, \
 CPU throttling, OOM kills, sessions and where their allocation comes from (default, resize, root, or a lease \
-with the time left); above it the host's size and business and what fairshare has allocated and left free. \
+with the time left); above it the host's size, how busy it is, and what fairshare has allocated and left free. \
 Root sees every user; anyone else sees their own row and the host. Fits an 80-column terminal.\n\n\
 Keys: q quit, s next sort, c/a/m/t/o/n sort by CPU/share of allocation/memory/throttling/OOM kills/name, \
 r reverse, + and - slower and faster, space refresh now."

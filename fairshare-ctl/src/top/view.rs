@@ -196,7 +196,10 @@ fn names(rows: &[Row], pick: impl Fn(&Row) -> bool) -> (usize, String) {
 pub fn header(f: &Frame) -> Vec<String> {
     let mut out = Vec::with_capacity(5);
     let who = if f.everyone {
-        format!("{} users", f.rows.len())
+        match f.rows.len() {
+            1 => "1 user".to_string(),
+            n => format!("{n} users"),
+        }
     } else {
         "your own row (root sees all)".to_string()
     };
