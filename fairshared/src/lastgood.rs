@@ -32,16 +32,11 @@ pub fn save(state_dir: &Path, policy: &Policy) -> io::Result<()> {
     fs::create_dir_all(&fresh)?;
     for (i, f) in policy.files().iter().enumerate() {
         let text = fs::read(f)?;
-        let base = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "policy".into());
-        let base = base.strip_suffix(".yaml").unwrap_or(&base);
         let mut out = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(fresh.join(format!("{i:02}-{base}.yaml")))?;
+            .open(fresh.join(kept_name(i, f)))?;
         out.write_all(&text)?;
         out.sync_all()?;
     }
@@ -73,14 +68,20 @@ fn same_as_kept(kept: &Path, policy: &Policy) -> bool {
     let files = policy.files();
     names.len() == files.len()
         && files.iter().zip(&names).enumerate().all(|(i, (f, name))| {
-            let base = f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "policy".into());
-            let base = base.strip_suffix(".yaml").unwrap_or(&base);
-            *name == *format!("{i:02}-{base}.yaml")
+            *name == *kept_name(i, f)
                 && matches!((fs::read(f), fs::read(kept.join(name))), (Ok(a), Ok(b)) if a == b)
         })
+}
+
+/// The name the `i`th policy file `f` is kept under (`00-site.yaml`): its
+/// order first, so the kept files load in the policy's order.
+fn kept_name(i: usize, f: &Path) -> String {
+    let base = f
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "policy".into());
+    let base = base.strip_suffix(".yaml").unwrap_or(&base);
+    format!("{i:02}-{base}.yaml")
 }
 
 /// When the last good policy was kept (for messages).

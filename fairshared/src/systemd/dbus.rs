@@ -196,6 +196,27 @@ fn refused(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
     }
 }
 
+/// The properties of a loaded unit (`None`: not loaded, systemd's
+/// `NoSuchUnit`).
+async fn unit_properties(
+    c: &zbus::Connection,
+    m: &ManagerProxy<'static>,
+    unit: String,
+) -> Result<Option<zbus::fdo::PropertiesProxy<'static>>, zbus::Error> {
+    let path = match m.get_unit(unit).await {
+        Ok(p) => p,
+        Err(zbus::Error::MethodError(..)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let props = zbus::fdo::PropertiesProxy::builder(c)
+        .destination("org.freedesktop.systemd1")
+        .path(path)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    Ok(Some(props))
+}
+
 impl Systemd for Dbus {
     async fn set(
         &self,
@@ -210,17 +231,9 @@ impl Systemd for Dbus {
         self.with_retry(|c, m| {
             let unit = unit.clone();
             async move {
-                let path = match m.get_unit(unit).await {
-                    Ok(p) => p,
-                    Err(zbus::Error::MethodError(..)) => return Ok(None),
-                    Err(e) => return Err(e),
+                let Some(props) = unit_properties(&c, &m, unit).await? else {
+                    return Ok(None);
                 };
-                let props = zbus::fdo::PropertiesProxy::builder(&c)
-                    .destination("org.freedesktop.systemd1")
-                    .path(path)
-                    .cache_properties(zbus::proxy::CacheProperties::No)
-                    .build()
-                    .await?;
                 let v = props
                     .get(
                         zbus::names::InterfaceName::from_static_str_unchecked(
@@ -274,18 +287,9 @@ impl Systemd for Dbus {
         self.with_retry(|c, m| {
             let unit = unit.clone();
             async move {
-                let path = match m.get_unit(unit).await {
-                    Ok(p) => p,
-                    // org.freedesktop.systemd1.NoSuchUnit: not loaded
-                    Err(zbus::Error::MethodError(..)) => return Ok(None),
-                    Err(e) => return Err(e),
+                let Some(props) = unit_properties(&c, &m, unit).await? else {
+                    return Ok(None);
                 };
-                let props = zbus::fdo::PropertiesProxy::builder(&c)
-                    .destination("org.freedesktop.systemd1")
-                    .path(path)
-                    .cache_properties(zbus::proxy::CacheProperties::No)
-                    .build()
-                    .await?;
                 let all = props
                     .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
                         "org.freedesktop.systemd1.Slice",
