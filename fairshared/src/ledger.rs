@@ -209,13 +209,14 @@ pub struct Entry {
     pub name: String,
     #[serde(default)]
     pub sessions: Vec<SessionInfo>,
-    /// The user's own resize: the fields they asked for.
+    /// The user's own resize: the fields they asked for. (Boxed, as
+    /// `admin`: most users have neither, and an entry is kept per user.)
     #[serde(default)]
-    pub grant: Option<Grant>,
+    pub grant: Option<Box<Grant>>,
     /// Root's setting (`fairshare-ctl set`), binding on the user's own
     /// resizes and releases until root resets it or its `--for` ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin: Option<Grant>,
+    pub admin: Option<Box<Grant>>,
     /// The limits this user should have now (from the layers above).
     pub limits: Limits,
     /// The limits last written to systemd successfully.
@@ -282,7 +283,7 @@ impl Entry {
     /// What the user falls back to without their own resize: root's
     /// setting over the policy default.
     fn base(&self, up: &UserPolicy) -> Limits {
-        compose(up, None, self.admin.as_ref())
+        compose(up, None, self.admin.as_deref())
     }
 }
 
@@ -591,8 +592,8 @@ impl Ledger {
             max_lease,
         } = req;
         let entry = self.users.get(&uid);
-        let old_grant = entry.and_then(|e| e.grant.clone());
-        let old_admin = entry.and_then(|e| e.admin.clone());
+        let old_grant = entry.and_then(|e| e.grant.as_deref().cloned());
+        let old_admin = entry.and_then(|e| e.admin.as_deref().cloned());
         check_bounds(up, old_admin.as_ref(), &resize, actor, name, now)?;
         let (grant, admin) = match actor {
             Actor::User(_) => {
@@ -632,8 +633,8 @@ impl Ledger {
             .entry(uid)
             .or_insert_with(|| Box::new(Entry::new(name, new)));
         entry.name = name.to_string();
-        entry.grant = grant;
-        entry.admin = admin;
+        entry.grant = grant.map(Box::new);
+        entry.admin = admin.map(Box::new);
         entry.limits = new;
         entry.notice = None;
         Ok(Change {
@@ -781,7 +782,7 @@ impl Ledger {
     /// under it), leaving a note for `status`. `None` when nothing was due.
     pub fn expire_due(&mut self, uid: u32, now: u64, up: &UserPolicy) -> Option<Change> {
         let entry = self.users.get_mut(&uid)?;
-        let due = |g: &Option<Grant>| {
+        let due = |g: &Option<Box<Grant>>| {
             g.as_ref()
                 .and_then(|g| g.expires_at)
                 .is_some_and(|t| t <= now)
@@ -800,11 +801,11 @@ impl Ledger {
                 "root's setting of {} reached its end",
                 a.describe()
             ));
-            entry.grant = entry.grant.take().and_then(|g| g.without(&a));
+            entry.grant = entry.grant.take().and_then(|g| g.without(&a)).map(Box::new);
         }
         entry.limits = entry.base(up);
         if let Some(g) = &entry.grant {
-            entry.limits = compose(up, Some(g), entry.admin.as_ref());
+            entry.limits = compose(up, Some(g), entry.admin.as_deref());
         }
         let back = match (&entry.grant, &entry.admin) {
             (None, None) => "the default",
@@ -997,7 +998,7 @@ impl Ledger {
                 (false, _) => g.since = None,
             }
         }
-        entry.limits = compose(up, entry.grant.as_ref(), entry.admin.as_ref());
+        entry.limits = compose(up, entry.grant.as_deref(), entry.admin.as_deref());
         let new = entry.limits;
         (old != new).then_some(Change {
             uid,
