@@ -37,22 +37,6 @@ pub fn keep_heap_small() {
     // threads exist.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        // One heap per thread (glibc's default, up to 8 per core) keeps each
-        // thread's freed memory apart: the blocking pool's threads (state
-        // saves, lookups) each held their own. Two heaps for the daemon's
-        // two workers and the rest.
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Gives the free pages inside the heap back to the system, after work
-/// that freed much of what it allocated (the start-up catch-up at many
-/// users). Elsewhere than glibc this does nothing.
-pub fn give_back_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; safe from any thread.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

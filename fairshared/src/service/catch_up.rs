@@ -68,8 +68,6 @@ impl<S: Systemd> Service<S> {
         }
         self.reconcile(None).await;
         self.caught_up.send_replace(true);
-        // the re-apply and the save freed much of what they allocated
-        crate::host::give_back_free_memory();
     }
 
     /// Reads what every slice logind knows really carries, once at start: a
