@@ -106,7 +106,13 @@ pub struct V1SliceOoms {
     /// The kernel's count of kills in the slice and below it at the last
     /// reading (`oom_kill` of `memory.oom_control`, kernel 4.13 and later).
     kills: Option<u64>,
+    /// When a burst last counted a kill.
+    last_kill: Option<std::time::Instant>,
 }
+
+/// Firings this soon after a counted kill, with the kernel's count unmoved,
+/// are that OOM's retries while its victim exits, not a new kill.
+pub const V1_RETRIES: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one firing of the v1 eventfd meant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +131,7 @@ impl V1SliceOoms {
         V1SliceOoms {
             failcnt,
             kills: None,
+            last_kill: None,
         }
     }
 
@@ -132,19 +139,29 @@ impl V1SliceOoms {
     /// `fired`: the eventfd fires once per OOM, and the kernel retries an
     /// OOM while its victim exits (hundreds of firings for one kill), so
     /// the kernel's own count (`sum`, the slice's subtree; `None` where the
-    /// kernel keeps none) says how many, when it moved; else one (a
-    /// victim's scope may be gone before the count is read, and a burst at
-    /// the limit killed something). A count that went down (a scope with
-    /// kills removed) starts over from it.
-    pub fn burst_kills(&mut self, fired: u64, sum: Option<u64>) -> u64 {
+    /// kernel keeps none) says how many, when it moved. When it did not
+    /// move: none within [`V1_RETRIES`] of a counted kill (the retries of
+    /// that OOM while its victim exits go on for seconds on a busy host),
+    /// else one (a victim's scope may be gone before the count is read, and
+    /// a burst at the limit killed something). A count that went down (a
+    /// scope with kills removed) starts over from it.
+    pub fn burst_kills(&mut self, fired: u64, sum: Option<u64>, now: std::time::Instant) -> u64 {
         if fired == 0 {
             return 0;
         }
         let before = std::mem::replace(&mut self.kills, sum);
-        match (before, sum) {
-            (Some(b), Some(now)) if now > b => (now - b).min(fired),
+        let retries = self
+            .last_kill
+            .is_some_and(|t| now.saturating_duration_since(t) < V1_RETRIES);
+        let kills = match (before, sum) {
+            (Some(b), Some(n)) if n > b => (n - b).min(fired),
+            (Some(b), Some(n)) if n == b && retries => 0,
             _ => 1,
+        };
+        if kills > 0 {
+            self.last_kill = Some(now);
         }
+        kills
     }
 
     /// Takes the kernel's count as it is now (at the watcher's start: what
@@ -248,19 +265,24 @@ mod tests {
 
     #[test]
     fn v1_kills_come_from_the_kernels_count_not_the_firings() {
+        let t = std::time::Instant::now();
+        let at = |s: u64| t + std::time::Duration::from_secs(s);
         let mut v = V1SliceOoms::new(Some(10));
         v.counted(Some(4));
         // 947 firings for one kill (the OOM retried while its victim exits)
-        assert_eq!(v.burst_kills(947, Some(5)), 1);
-        // more firings later, the count unmoved: one more at most
-        assert_eq!(v.burst_kills(130, Some(5)), 1);
+        assert_eq!(v.burst_kills(947, Some(5), at(0)), 1);
+        // more firings two seconds later, the count unmoved: the same
+        // OOM's retries (the e2e test saw 2 kills for 1 this way)
+        assert_eq!(v.burst_kills(130, Some(5), at(2)), 0);
+        // long after, the count unmoved: a kill whose scope went first
+        assert_eq!(v.burst_kills(130, Some(5), at(60)), 1);
         // three kills in one burst
-        assert_eq!(v.burst_kills(40, Some(8)), 3);
+        assert_eq!(v.burst_kills(40, Some(8), at(61)), 3);
         // a scope with kills removed: the count went down, start over
-        assert_eq!(v.burst_kills(2, Some(1)), 1);
-        assert_eq!(v.burst_kills(2, Some(3)), 2);
+        assert_eq!(v.burst_kills(2, Some(1), at(62)), 1);
+        assert_eq!(v.burst_kills(2, Some(3), at(63)), 2);
         // no count kept by the kernel: one per burst
-        assert_eq!(v.burst_kills(9, None), 1);
-        assert_eq!(v.burst_kills(0, Some(9)), 0);
+        assert_eq!(v.burst_kills(9, None, at(64)), 1);
+        assert_eq!(v.burst_kills(0, Some(9), at(65)), 0);
     }
 }

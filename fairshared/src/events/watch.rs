@@ -445,7 +445,10 @@ impl Watcher {
                 V1Firing::Removed => {}
             }
         }
-        Some(self.v1.burst_kills(fired, self.v1_kill_count()))
+        Some(
+            self.v1
+                .burst_kills(fired, self.v1_kill_count(), std::time::Instant::now()),
+        )
     }
 
     /// v1: the kernel's count of kills in the slice and every cgroup below
