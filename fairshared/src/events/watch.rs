@@ -453,8 +453,8 @@ impl Watcher {
 
     /// v1: the kernel's count of kills in the slice and every cgroup below
     /// it (a kill counts in the victim's own cgroup).
-    fn v1_kill_count(&self) -> Option<u64> {
-        crate::cgroup::sum_below(&self.dir, "memory.oom_control", "oom_kill")
+    fn v1_kill_count(&self) -> Option<crate::events::oom::Counts> {
+        crate::cgroup::counts_below(&self.dir, "memory.oom_control", "oom_kill")
     }
 
     /// The eventfd's count, if it fired (resets it).
