@@ -151,24 +151,28 @@ impl V1SliceOoms {
     /// seconds on a busy host), else one (a victim's scope may be gone
     /// before the count is read, and a burst at the limit killed
     /// something).
+    ///
+    /// `counts` is `(peak, now)`: each cgroup's highest count read during
+    /// the burst (a scope gone before the end keeps what it showed), and
+    /// the counts at the end (kept for the next burst).
     pub fn burst_kills(
         &mut self,
         fired: u64,
-        counts: Option<Counts>,
+        counts: Option<(Counts, Counts)>,
         now: std::time::Instant,
     ) -> u64 {
         if fired == 0 {
             return 0;
         }
         let new = match (&self.kills, &counts) {
-            (Some(b), Some(n)) => Some(
-                n.iter()
+            (Some(b), Some((peak, _))) => Some(
+                peak.iter()
                     .map(|(ino, c)| c.saturating_sub(b.get(ino).copied().unwrap_or(0)))
                     .fold(0u64, u64::saturating_add),
             ),
             _ => None,
         };
-        self.kills = counts;
+        self.kills = counts.map(|(_, now)| now);
         let retries = self
             .last_kill
             .is_some_and(|t| now.saturating_duration_since(t) < V1_RETRIES);
@@ -287,9 +291,11 @@ mod tests {
         let t = std::time::Instant::now();
         let at = |s: u64| t + std::time::Duration::from_secs(s);
         // the slice (inode 1) and the scopes below it: (inode, kills)
-        let c = |scopes: &[(u64, u64)]| Some(scopes.iter().copied().collect::<Counts>());
+        let one = |scopes: &[(u64, u64)]| scopes.iter().copied().collect::<Counts>();
+        // read the same all through the burst
+        let c = |scopes: &[(u64, u64)]| Some((one(scopes), one(scopes)));
         let mut v = V1SliceOoms::new(Some(10));
-        v.counted(c(&[(1, 0), (2, 4)]));
+        v.counted(Some(one(&[(1, 0), (2, 4)])));
         // 947 firings for one kill (the OOM retried while its victim exits)
         assert_eq!(v.burst_kills(947, c(&[(1, 0), (2, 5)]), at(0)), 1);
         // more firings two seconds later, no count moved: the same OOM's
@@ -302,6 +308,12 @@ mod tests {
         assert_eq!(v.burst_kills(130, c(&[(1, 0), (3, 1)]), at(60)), 1);
         // three kills in one burst, in two scopes
         assert_eq!(v.burst_kills(40, c(&[(1, 0), (3, 2), (4, 2)]), at(61)), 3);
+        // a kill in a scope that went before the burst's end: its peak counts
+        let seen = one(&[(1, 0), (3, 2), (4, 2), (5, 1)]);
+        let end = one(&[(1, 0), (3, 2), (4, 2)]);
+        assert_eq!(v.burst_kills(5, Some((seen, end)), at(62)), 1);
+        // and the next burst starts from the end's counts
+        assert_eq!(v.burst_kills(5, c(&[(1, 0), (3, 2), (4, 3)]), at(63)), 1);
         // no count kept by the kernel: one per burst
         assert_eq!(v.burst_kills(9, None, at(64)), 1);
         assert_eq!(v.burst_kills(0, c(&[(1, 9)]), at(65)), 0);
