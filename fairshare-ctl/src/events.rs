@@ -55,10 +55,12 @@ pub fn ago(at: u64, now: u64) -> String {
     }
 }
 
-/// What became of the notice, in a few words.
-fn told(e: &Event) -> &'static str {
+/// What became of the notice, in a few words (`own`: the reader's own
+/// events; root reading a user's says "their").
+fn told(e: &Event, own: bool) -> &'static str {
     match e.notified {
-        Notified::Shown => "told on your terminal",
+        Notified::Shown if own => "told on your terminal",
+        Notified::Shown => "told on their terminal",
         Notified::Held => "not told (a burst already told)",
         Notified::Off => "not told (notices off)",
         Notified::NoTerminal => "not told (no terminal)",
@@ -67,8 +69,8 @@ fn told(e: &Event) -> &'static str {
 }
 
 /// One event on one line: when, what, whether it was told.
-pub fn event_line(e: &Event, now: u64) -> String {
-    let told = told(e);
+pub fn event_line(e: &Event, now: u64, own: bool) -> String {
+    let told = told(e, own);
     let told = if told.is_empty() {
         String::new()
     } else {
@@ -86,9 +88,10 @@ pub fn event_line(e: &Event, now: u64) -> String {
     )
 }
 
-/// `events`: the history, and what to do about it.
-pub fn list(l: &EventList) -> String {
+/// `events`: the history, and what to do about it, for the user `reader`.
+pub fn list(l: &EventList, reader: u32) -> String {
     let now = now();
+    let own = reader == l.uid;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -96,29 +99,40 @@ pub fn list(l: &EventList) -> String {
         sanitize::line(&format!("{} (uid {}): events", l.user, l.uid), MAX_LINE)
     );
     if l.events.is_empty() {
-        let _ = writeln!(
-            out,
-            "  none kept (fairshare records processes killed at your memory limit and times your CPU limit held you back)"
-        );
+        let _ = match own {
+            true => writeln!(
+                out,
+                "  none kept (fairshare records processes killed at your memory limit and times your CPU limit held you back)"
+            ),
+            false => writeln!(
+                out,
+                "  none kept (fairshare records processes killed at their memory limit and times their CPU limit held them back)"
+            ),
+        };
     }
     for e in &l.events {
-        let _ = writeln!(out, "  {}", event_line(e, now));
+        let _ = writeln!(out, "  {}", event_line(e, now, own));
     }
     let _ = writeln!(out, "terminal notices: {}", l.terminal_notices);
     out
 }
 
-/// `events --follow`: one new event.
-pub fn followed(l: &EventLine) -> String {
+/// `events --follow`: one new event, for the user `reader`.
+pub fn followed(l: &EventLine, reader: u32) -> String {
     sanitize::line(
-        &format!("{}: {}", l.user, event_line(&l.event, now())),
+        &format!(
+            "{}: {}",
+            l.user,
+            event_line(&l.event, now(), reader == l.uid)
+        ),
         MAX_LINE,
     )
 }
 
-/// The events part of `status`.
-pub fn status_lines(s: &StatusInfo) -> String {
+/// The events part of `status`, for the user `reader`.
+pub fn status_lines(s: &StatusInfo, reader: u32) -> String {
     let now = now();
+    let own = reader == s.uid;
     let mut out = String::new();
     if let Some(t) = &s.terminal_notices {
         let _ = writeln!(out, "  notices:    {t}");
@@ -129,7 +143,7 @@ pub fn status_lines(s: &StatusInfo) -> String {
         } else {
             "              "
         };
-        let _ = writeln!(out, "{head}{}", event_line(e, now));
+        let _ = writeln!(out, "{head}{}", event_line(e, now, own));
     }
     out
 }
@@ -177,7 +191,7 @@ mod tests {
                 source: NoticesSource::User,
             },
         };
-        let t = list(&l);
+        let t = list(&l, 1001);
         assert!(
             t.contains(r"oom_kill: process 632 (e\x1b[31m\nvil\x1b]0;x\x07) killed: memory limit 256M reached; not told (notices off)"),
             "{t}"
@@ -188,9 +202,21 @@ mod tests {
         );
         assert!(t.contains("terminal notices: off (set with fairshare-ctl notices)"));
         // a name that did not come escaped from the daemon is cleaned here
+        // root reading alice's events: "their", not "your"
+        let mut shown = l.clone();
+        shown.events[0].notified = Notified::Shown;
+        let t = list(&shown, 0);
+        assert!(t.contains("told on their terminal"), "{t}");
+        shown.events.clear();
+        let t = list(&shown, 0);
+        assert!(
+            t.contains("at their memory limit") && !t.contains("your"),
+            "{t}"
+        );
+        assert!(list(&shown, 1001).contains("at your memory limit"));
         let mut raw = kill(5, b"x");
         raw.processes[0].name = "a\x1b[2Jb\nc".into();
-        let line = event_line(&raw, 10);
+        let line = event_line(&raw, 10, true);
         assert!(sanitize::is_clean(&line), "{line:?}");
     }
 }

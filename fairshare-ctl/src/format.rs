@@ -251,7 +251,7 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
     if let Some(c) = &s.capacity {
         let _ = writeln!(out, "  host:       {}", capacity(c));
     }
-    out.push_str(&crate::events::status_lines(s));
+    out.push_str(&crate::events::status_lines(s, reader));
     if !s.active && s.sessions == 0 {
         let _ = match own {
             true => writeln!(

@@ -168,11 +168,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Response::EventList(l) => {
-            print!("{}", events::list(&l));
+            print!("{}", events::list(&l, nix::unistd::getuid().as_raw()));
             ExitCode::SUCCESS
         }
         Response::Event(l) => {
-            println!("{}", events::followed(&l));
+            println!("{}", events::followed(&l, nix::unistd::getuid().as_raw()));
             ExitCode::SUCCESS
         }
         Response::Metrics { text } => match &cli.command {
@@ -208,11 +208,12 @@ fn follow(client: &Client, request: &Request, json: bool, root: bool) -> ExitCod
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
+    let reader = nix::unistd::getuid().as_raw();
     let show = |r: &Response| {
         let text = match (json, r) {
             (true, r) => serde_json::to_string(r).unwrap_or_default() + "\n",
-            (false, Response::EventList(l)) => events::list(l),
-            (false, Response::Event(l)) => events::followed(l) + "\n",
+            (false, Response::EventList(l)) => events::list(l, reader),
+            (false, Response::Event(l)) => events::followed(l, reader) + "\n",
             (false, other) => format!("{other:?}\n"),
         };
         let mut out = std::io::stdout().lock();

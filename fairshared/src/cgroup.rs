@@ -201,6 +201,31 @@ pub(crate) fn sum_below(dir: &Path, file: &str, k: &str) -> Option<u64> {
     Some(total)
 }
 
+/// `key` in `file` of `dir` and of every cgroup below it, per cgroup (by
+/// the inode of its directory: a cgroup made again is another one); `None`
+/// when `dir` has no such file.
+pub(crate) fn counts_below(
+    dir: &Path,
+    file: &str,
+    k: &str,
+) -> Option<std::collections::BTreeMap<u64, u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |d: &Path| std::fs::metadata(d).ok().map(|m| m.ino());
+    let mut out = std::collections::BTreeMap::new();
+    out.insert(ino(dir)?, key(&read(&dir.join(file))?, k)?);
+    let mut stack: Vec<PathBuf> = subdirs(dir);
+    while let Some(d) = stack.pop() {
+        if let (Some(i), Some(v)) = (
+            ino(&d),
+            read(&d.join(file)).as_deref().and_then(|t| key(t, k)),
+        ) {
+            out.insert(i, v);
+        }
+        stack.extend(subdirs(&d));
+    }
+    Some(out)
+}
+
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|rd| {

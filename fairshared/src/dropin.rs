@@ -1287,6 +1287,11 @@ impl Layout {
     /// slice that exist.
     pub fn control_files(&self, uid: u32, keys: &[Key]) -> Vec<PathBuf> {
         let dir = self.control_dir(uid);
+        // no directory, no files: one stat, not one per file (a login of a
+        // user at their default, the common case, looks here)
+        if fs::symlink_metadata(&dir).is_err() {
+            return Vec::new();
+        }
         keys.iter()
             .flat_map(|k| k.spec().control_files.iter())
             .map(|f| dir.join(f))

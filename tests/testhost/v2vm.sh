@@ -25,9 +25,7 @@
 #   down                power the guest off (ssh), then end qemu by PID if it does not stop
 #   test [ARGS...]      up --fresh, the end-to-end tests of the guest (cargo test -p fairshare-e2e
 #                       --tests -- on_v2_guest: the core tests' v2 variants and the tests of
-#                       tests/e2e/tests/v2.rs), down (V2_KEEP=1: stay up).  The v2 variants of
-#                       tests/e2e/tests/notices.rs (notices::NAME::on_v2_guest) run only with
-#                       V2_NOTICES=1 until they have passed on the guest (issue 14).  ARGS go to
+#                       tests/e2e/tests/v2.rs), down (V2_KEEP=1: stay up).  ARGS go to
 #                       the test binaries instead of the filter on_v2_guest, e.g. a test's full
 #                       name a_busy_loop_is_throttled_to_the_quota::on_v2_guest
 #                       (libtest ORs filters)
@@ -496,12 +494,8 @@ cmd_test() {
   [ "${V2_KEEP:-}" = 1 ] || trap 'cmd_down' EXIT
   t=$(now)
   log "== v2 end-to-end tests"
-  # issue 14's notices (notices::NAME::on_v2_guest) only with V2_NOTICES=1 until they have
-  # passed on the guest once (issue 14 stays open until then)
-  local skip=()
-  [ "${V2_NOTICES:-}" = 1 ] || skip=(--skip notices::)
   ( cd "$REPO" && FAIRSHARE_V2VM="$SELF" cargo test --locked --release -p fairshare-e2e --tests \
-      -- --test-threads=1 "${skip[@]}" "${@:-on_v2_guest}" ) || rc=$?
+      -- --test-threads=1 "${@:-on_v2_guest}" ) || rc=$?
   log "   tests: $(since "$t")s, exit $rc"
   log "total $(since "$T0")s"
   return $rc

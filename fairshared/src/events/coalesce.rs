@@ -65,7 +65,10 @@ pub enum Verdict {
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     last_event: Instant,
-    last_notice: Instant,
+    /// When a notice of this kind last reached a terminal.
+    last_notice: Option<Instant>,
+    /// Whether the burst going on was told (a notice reached a terminal).
+    burst_told: bool,
     held: u32,
 }
 
@@ -76,32 +79,51 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// An event of `kind` for `uid` at `now`: tell it, or not.
+    /// An event of `kind` for `uid` at `now`: tell it, or not. A `Notify`
+    /// is settled by [`Coalescer::told`] or [`Coalescer::not_told`]: only a
+    /// notice that reached a terminal holds back the rest of its burst.
     pub fn event(&mut self, uid: u32, kind: EventKind, now: Instant) -> Verdict {
         let cfg = config(kind);
-        let Some(slot) = self.slots.get_mut(&(uid, kind)) else {
-            self.slots.insert(
-                (uid, kind),
-                Slot {
-                    last_event: now,
-                    last_notice: now,
-                    held: 0,
-                },
-            );
-            return Verdict::Notify { held: 0 };
-        };
-        let in_burst = now.saturating_duration_since(slot.last_event) < cfg.gap;
-        let since_notice = now.saturating_duration_since(slot.last_notice);
+        let slot = self.slots.entry((uid, kind)).or_insert(Slot {
+            last_event: now,
+            last_notice: None,
+            burst_told: false,
+            held: 0,
+        });
+        if now.saturating_duration_since(slot.last_event) >= cfg.gap {
+            slot.burst_told = false;
+        }
         slot.last_event = now;
-        let due = !in_burst || since_notice >= cfg.remind_after;
-        if due && since_notice >= cfg.min_interval {
-            let held = slot.held;
-            slot.held = 0;
-            slot.last_notice = now;
-            Verdict::Notify { held }
+        let due = match slot.last_notice.map(|t| now.saturating_duration_since(t)) {
+            None => true,
+            Some(since) => {
+                (!slot.burst_told || since >= cfg.remind_after) && since >= cfg.min_interval
+            }
+        };
+        if due {
+            Verdict::Notify { held: slot.held }
         } else {
             slot.held = slot.held.saturating_add(1);
             Verdict::Hold
+        }
+    }
+
+    /// The notice [`Coalescer::event`] asked for reached a terminal at `now`:
+    /// the rest of the burst is held back.
+    pub fn told(&mut self, uid: u32, kind: EventKind, now: Instant) {
+        if let Some(s) = self.slots.get_mut(&(uid, kind)) {
+            s.last_notice = Some(now);
+            s.burst_told = true;
+            s.held = 0;
+        }
+    }
+
+    /// The notice [`Coalescer::event`] asked for reached no terminal (none
+    /// open, or all refuse messages): nothing of the burst was told, so the
+    /// next event may be; this one counts as held for the next notice.
+    pub fn not_told(&mut self, uid: u32, kind: EventKind) {
+        if let Some(s) = self.slots.get_mut(&(uid, kind)) {
+            s.held = s.held.saturating_add(1);
         }
     }
 
@@ -136,18 +158,31 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    /// An event whose notice, when asked for, reaches a terminal.
+    fn shown(c: &mut Coalescer, uid: u32, kind: EventKind, now: Instant) -> Verdict {
+        let v = c.event(uid, kind, now);
+        if let Verdict::Notify { .. } = v {
+            c.told(uid, kind, now);
+        }
+        v
+    }
+
     #[test]
     fn one_notice_per_burst_then_the_count() {
         let t = Instant::now();
         let mut c = Coalescer::default();
-        assert_eq!(c.event(1, OOM, t), Verdict::Notify { held: 0 });
+        assert_eq!(shown(&mut c, 1, OOM, t), Verdict::Notify { held: 0 });
         // twenty kills, 10 s apart: one burst
         for i in 1..=20 {
-            assert_eq!(c.event(1, OOM, t + secs(10 * i)), Verdict::Hold, "{i}");
+            assert_eq!(
+                shown(&mut c, 1, OOM, t + secs(10 * i)),
+                Verdict::Hold,
+                "{i}"
+            );
         }
         // quiet for ten minutes, then a new kill: told, with the 20 held
         assert_eq!(
-            c.event(1, OOM, t + secs(200 + 600)),
+            shown(&mut c, 1, OOM, t + secs(200 + 600)),
             Verdict::Notify { held: 20 }
         );
     }
@@ -156,22 +191,22 @@ mod tests {
     fn users_and_kinds_are_apart() {
         let t = Instant::now();
         let mut c = Coalescer::default();
-        assert_eq!(c.event(1, OOM, t), Verdict::Notify { held: 0 });
-        assert_eq!(c.event(2, OOM, t), Verdict::Notify { held: 0 });
-        assert_eq!(c.event(1, CPU, t), Verdict::Notify { held: 0 });
-        assert_eq!(c.event(1, OOM, t + secs(1)), Verdict::Hold);
+        assert_eq!(shown(&mut c, 1, OOM, t), Verdict::Notify { held: 0 });
+        assert_eq!(shown(&mut c, 2, OOM, t), Verdict::Notify { held: 0 });
+        assert_eq!(shown(&mut c, 1, CPU, t), Verdict::Notify { held: 0 });
+        assert_eq!(shown(&mut c, 1, OOM, t + secs(1)), Verdict::Hold);
     }
 
     #[test]
     fn separate_bursts_still_wait_for_the_minimum_interval() {
         let t = Instant::now();
         let mut c = Coalescer::default();
-        assert!(matches!(c.event(1, OOM, t), Verdict::Notify { .. }));
+        assert!(matches!(shown(&mut c, 1, OOM, t), Verdict::Notify { .. }));
         // a kill every two minutes: each its own burst (gap 60 s), but at
         // most one notice per five minutes
         let mut told = 1;
         for i in 1..=30 {
-            if let Verdict::Notify { .. } = c.event(1, OOM, t + secs(120 * i)) {
+            if let Verdict::Notify { .. } = shown(&mut c, 1, OOM, t + secs(120 * i)) {
                 told += 1;
             }
         }
@@ -186,7 +221,7 @@ mod tests {
         let mut told = vec![];
         for i in 0..=180u64 {
             // a kill every 10 s for half an hour
-            if let Verdict::Notify { held } = c.event(1, OOM, t + secs(10 * i)) {
+            if let Verdict::Notify { held } = shown(&mut c, 1, OOM, t + secs(10 * i)) {
                 told.push((i * 10, held));
             }
         }
@@ -197,19 +232,55 @@ mod tests {
     fn idle_users_are_forgotten() {
         let t = Instant::now();
         let mut c = Coalescer::default();
-        c.event(1, OOM, t);
-        c.event(2, CPU, t);
+        shown(&mut c, 1, OOM, t);
+        shown(&mut c, 2, CPU, t);
         c.forget_idle(t + secs(301));
         assert_eq!(c.len(), 1, "CPU keeps its slot for its 15-minute interval");
         c.forget_idle(t + secs(901));
         assert!(c.is_empty());
         // forgotten means a fresh start
-        assert_eq!(c.event(1, OOM, t + secs(902)), Verdict::Notify { held: 0 });
+        assert_eq!(
+            shown(&mut c, 1, OOM, t + secs(902)),
+            Verdict::Notify { held: 0 }
+        );
         // a held count waits for the next notice, for a day at most
-        assert_eq!(c.event(1, OOM, t + secs(903)), Verdict::Hold);
+        assert_eq!(shown(&mut c, 1, OOM, t + secs(903)), Verdict::Hold);
         c.forget_idle(t + secs(903 + 3600));
         assert_eq!(c.len(), 1);
         c.forget_idle(t + secs(903 + 24 * 3600));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_notice_that_reached_no_terminal_holds_nothing_back() {
+        let t = Instant::now();
+        let mut c = Coalescer::default();
+        // the first kill: no terminal took the notice (none open, or mesg n)
+        assert_eq!(c.event(1, OOM, t), Verdict::Notify { held: 0 });
+        c.not_told(1, OOM);
+        // the next kill of the same burst is told, with the one not told
+        assert_eq!(
+            shown(&mut c, 1, OOM, t + secs(10)),
+            Verdict::Notify { held: 1 }
+        );
+        // and now the burst is held back
+        assert_eq!(shown(&mut c, 1, OOM, t + secs(20)), Verdict::Hold);
+    }
+
+    #[test]
+    fn a_burst_held_for_the_minimum_interval_is_told_once_it_has_passed() {
+        let t = Instant::now();
+        let mut c = Coalescer::default();
+        assert_eq!(shown(&mut c, 1, OOM, t), Verdict::Notify { held: 0 });
+        // a new burst two minutes later: too soon after the last notice
+        assert_eq!(shown(&mut c, 1, OOM, t + secs(120)), Verdict::Hold);
+        // it goes on; once five minutes have passed it is told
+        assert_eq!(shown(&mut c, 1, OOM, t + secs(170)), Verdict::Hold);
+        assert_eq!(shown(&mut c, 1, OOM, t + secs(220)), Verdict::Hold);
+        assert_eq!(shown(&mut c, 1, OOM, t + secs(270)), Verdict::Hold);
+        assert_eq!(
+            shown(&mut c, 1, OOM, t + secs(310)),
+            Verdict::Notify { held: 4 }
+        );
     }
 }

@@ -163,6 +163,16 @@ impl Notices {
         }
     }
 
+    /// Settles a [`Decision::Notify`]: whether the notice reached a terminal
+    /// (only one that did holds back the rest of its burst).
+    pub fn settle(&self, uid: u32, kind: EventKind, shown: bool, now: Instant) {
+        let mut inner = lock(&self.inner);
+        match shown {
+            true => inner.coalescer.told(uid, kind, now),
+            false => inner.coalescer.not_told(uid, kind),
+        }
+    }
+
     /// Records an event: history (saved soon), journal, metrics, followers.
     pub fn record(self: &Arc<Self>, uid: u32, user: &str, event: Event, now: u64) {
         self.counters.events[event.kind as usize].fetch_add(1, Ordering::Relaxed);
@@ -492,6 +502,13 @@ mod tests {
             n.decide(1001, EventKind::OomKill, true, t),
             Decision::Notify { held: 0 }
         );
+        // a notice no terminal took holds nothing back
+        n.settle(1001, EventKind::OomKill, false, t);
+        assert_eq!(
+            n.decide(1001, EventKind::OomKill, true, t + Duration::from_secs(2)),
+            Decision::Notify { held: 1 }
+        );
+        n.settle(1001, EventKind::OomKill, true, t + Duration::from_secs(2));
         assert_eq!(
             n.decide(1001, EventKind::OomKill, true, t + Duration::from_secs(5)),
             Decision::Held

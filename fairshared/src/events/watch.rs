@@ -569,7 +569,25 @@ impl Watcher {
             V1Firing::Ancestor => return Some(0),
             V1Firing::Removed => return None,
         };
-        tokio::time::sleep(GATHER).await;
+        // The kernel counts a kill in the victim's own cgroup, which may go
+        // soon after (an `ssh host cmd` session's scope): the counts are
+        // read every tenth of the gathering, each cgroup's highest kept.
+        let until = Instant::now() + GATHER;
+        let mut peak = crate::events::oom::Counts::new();
+        let mut last = None;
+        loop {
+            if let Some(c) = self.v1_kill_count() {
+                for (ino, n) in &c {
+                    let p = peak.entry(*ino).or_insert(0);
+                    *p = (*p).max(*n);
+                }
+                last = Some(c);
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(GATHER / 10).await;
+        }
         if let Some(more) = self.read_eventfd() {
             match self.v1.fired(more, self.failcnt()) {
                 V1Firing::Kills(n) => fired += n,
@@ -578,13 +596,17 @@ impl Watcher {
                 V1Firing::Removed => {}
             }
         }
-        Some(self.v1.burst_kills(fired, self.v1_kill_count()))
+        let counts = last.map(|now| (peak, now));
+        Some(
+            self.v1
+                .burst_kills(fired, counts, std::time::Instant::now()),
+        )
     }
 
     /// v1: the kernel's count of kills in the slice and every cgroup below
     /// it (a kill counts in the victim's own cgroup).
-    fn v1_kill_count(&self) -> Option<u64> {
-        crate::cgroup::sum_below(&self.dir, "memory.oom_control", "oom_kill")
+    fn v1_kill_count(&self) -> Option<crate::events::oom::Counts> {
+        crate::cgroup::counts_below(&self.dir, "memory.oom_control", "oom_kill")
     }
 
     /// The eventfd's count, if it fired (resets it).

@@ -74,12 +74,16 @@ impl<S: Systemd> Service<S> {
         let default_on = self.policy().notices().terminal;
         let now = self.notices.setting(id.uid, default_on);
         tracing::info!(uid = id.uid, user = %id.name, by = peer.uid, terminal = %now, "terminal notices set");
+        let whose = match peer.uid == id.uid {
+            true => "your",
+            false => "their",
+        };
         let what = match c.terminal {
-            Terminal::Off => {
-                "no notices on your terminals from now on (fairshare-ctl events still lists what happens)"
-            }
-            Terminal::On => "notices on your terminals from now on",
-            Terminal::Default => "terminal notices as the policy says",
+            Terminal::Off => format!(
+                "no notices on {whose} terminals from now on (fairshare-ctl events still lists what happens)"
+            ),
+            Terminal::On => format!("notices on {whose} terminals from now on"),
+            Terminal::Default => "terminal notices as the policy says".to_string(),
         };
         Ok(Response::success(format!("{}: {what}; now {now}", id.name)))
     }
@@ -233,21 +237,21 @@ impl<S: Systemd> Service<S> {
         };
         let terminals = self.user_terminals(uid).await;
         let default_on = policy.notices().terminal;
-        // No terminal at all: not a notice given (the next one is not held for it).
-        let decision = match terminals.is_empty() {
-            true if self.notices.setting(uid, default_on).enabled => None,
-            _ => Some(
-                self.notices
-                    .decide(uid, event.kind, default_on, std::time::Instant::now()),
-            ),
-        };
-        match decision {
-            None => event.notified = Notified::NoTerminal,
-            Some(Decision::Off) => event.notified = Notified::Off,
-            Some(Decision::Held) => event.notified = Notified::Held,
-            Some(Decision::Notify { held }) => {
-                let text = notice::frame(&notice::notice(&event, allowance.as_ref(), held));
-                let shown = write_terminals(uid, terminals, text).await;
+        let at = std::time::Instant::now();
+        match self.notices.decide(uid, event.kind, default_on, at) {
+            Decision::Off => event.notified = Notified::Off,
+            Decision::Held => event.notified = Notified::Held,
+            Decision::Notify { held } => {
+                let shown = match terminals.is_empty() {
+                    true => 0,
+                    false => {
+                        let text = notice::frame(&notice::notice(&event, allowance.as_ref(), held));
+                        write_terminals(uid, terminals, text).await
+                    }
+                };
+                // a notice no terminal took (none open, `mesg n`) holds
+                // nothing back: the next event of the burst is told
+                self.notices.settle(uid, event.kind, shown > 0, at);
                 event.terminals = shown;
                 event.notified = match shown {
                     0 => Notified::NoTerminal,

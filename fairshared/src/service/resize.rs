@@ -117,11 +117,16 @@ impl<S: Systemd> Service<S> {
                     Some((t, _)) => format!(" for {}", left(t)),
                     None => String::new(),
                 };
+                // root's setting binds the user's resizes: that is their maximum
+                let ceiling = entry.as_ref().map_or(up.max, |e| e.user_ceiling(&up));
                 format!(
-                    "Resources allocated: {} on {}{until} (your maximum: {}; {free})",
+                    "Resources allocated: {} on {}{until} (your maximum: {ceiling}{}; {free})",
                     change.new,
                     slice_name(id.uid),
-                    up.max,
+                    match ceiling == up.max {
+                        true => "",
+                        false => ", as root set it",
+                    },
                 )
             }
             Actor::Root { .. } => {

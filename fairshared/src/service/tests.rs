@@ -1210,7 +1210,14 @@ async fn roots_set_survives_the_users_release_and_binds_their_resize() {
         Cpus::from_millis(500)
     );
     // the user's own resize of another field is fine; cpu stays root's
-    success(send(&s, 1001, r#"{"type":"request_resources","mem":"16G"}"#).await);
+    let ok = success(send(&s, 1001, r#"{"type":"request_resources","mem":"16G"}"#).await);
+    // and the answer names root's 0.5 as the user's maximum, not the policy's 8
+    assert!(
+        ok.message.contains("(your maximum: 0.5 CPUs, 32G memory")
+            && ok.message.contains("as root set it"),
+        "{}",
+        ok.message
+    );
     let a = s.systemd().applied(1001).unwrap();
     assert_eq!((a.cpu, a.mem), (Cpus::from_millis(500), Bytes(16 << 30)));
     // root's --default ends it

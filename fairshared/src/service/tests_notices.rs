@@ -291,6 +291,33 @@ async fn an_event_is_recorded_told_or_not_and_shown_in_status() {
     assert!(text.contains("fairshare_event_watchers 1"), "{text}");
 }
 
+/// A notice no terminal took (the user's terminal refuses messages, or is
+/// gone) holds nothing back: the next kill of the burst is told when it can
+/// be, not recorded as "a burst already told".
+#[tokio::test]
+async fn a_notice_no_terminal_took_holds_nothing_back() {
+    let s = service(POLICY);
+    send(&s, 0, &open_line(1001)).await;
+    // a logind session whose terminal cannot be written
+    s.systemd().sessions.lock().unwrap().push(LogindSession {
+        id: "3".into(),
+        uid: 1001,
+        user: "alice".into(),
+        leader: 1,
+        tty: "pts/9999".into(),
+        ..LogindSession::default()
+    });
+    for slice in [9, 9, 9] {
+        s.event_found(1001, Found::OomKills { count: 1, slice })
+            .await;
+    }
+    let Response::EventList(l) = send(&s, 1001, r#"{"type":"events"}"#).await else {
+        panic!("not an event list")
+    };
+    let told: Vec<Notified> = l.events.iter().map(|e| e.notified).collect();
+    assert_eq!(told, vec![Notified::NoTerminal; 3]);
+}
+
 #[tokio::test]
 async fn the_policy_can_turn_terminal_notices_off_by_default() {
     let s = service(&format!("{POLICY}notices: {{terminal: false}}\n"));
