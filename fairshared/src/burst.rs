@@ -1,7 +1,7 @@
 //! Bursting into idle CPU (issue 15): the pure decision of every user's CPU
 //! quota from what the host and each user used over the last interval.
 //! No I/O: the daemon samples, calls [`Burster::decide`] and applies the
-//! quotas that changed (phase B of issue 15).
+//! quotas that changed ([`crate::service`], `bursting.rs`).
 //!
 //! While the host has idle CPU, every user allowed to burst gets a quota up
 //! to their `max.cpu` (or the whole host, `bursting.up_to: host`); fairness
