@@ -324,9 +324,20 @@ fn compose(up: &UserPolicy, grant: Option<&Grant>, admin: Option<&Grant>) -> Lim
 
 /// A resized swap as the user wrote it (`max`: no limit).
 fn show_swap(b: Bytes) -> String {
-    match b.get() {
-        u64::MAX => "max".into(),
-        _ => b.to_string(),
+    SwapSize(b.get()).to_string()
+}
+
+/// A swap size in bytes for bounds and their messages: `u64::MAX` is no
+/// limit (`max`).
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+struct SwapSize(u64);
+
+impl std::fmt::Display for SwapSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            u64::MAX => f.write_str("max"),
+            n => write!(f, "{}", Bytes(n)),
+        }
     }
 }
 
@@ -984,7 +995,11 @@ impl Ledger {
                 let top = admin.and_then(|a| a.swap).map_or(m.swap, Bytes::get);
                 if sw.get() > top {
                     g.swap = Some(Bytes(top));
-                    clamped.push(format!("swap {} -> {}", show_swap(sw), show_swap(Bytes(top))));
+                    clamped.push(format!(
+                        "swap {} -> {}",
+                        show_swap(sw),
+                        show_swap(Bytes(top))
+                    ));
                 }
             }
             if !clamped.is_empty() {
@@ -1145,9 +1160,9 @@ fn check_bounds(
     ctx.field(
         "swap",
         "",
-        r.swap.map(Bytes::get),
-        [0, df.swap, mf.swap],
-        fair(|g| g.swap.map(Bytes::get)),
+        r.swap.map(|b| SwapSize(b.get())),
+        [SwapSize(0), SwapSize(df.swap), SwapSize(mf.swap)],
+        fair(|g| g.swap.map(Bytes::get)).map(SwapSize),
         &mut out,
     );
     let (over, under) = out;
@@ -1304,7 +1319,7 @@ mod tests {
     fn swap_resizes_to_max_only_where_the_maximum_is_unlimited() {
         let p = policy(
             "defaults: {cpu: 1, mem: 4G, swap: 1G}\n\
-             max: {cpu: 2, mem: 8G}\n\
+             max: {cpu: 2, mem: 8G, swap: max}\n\
              capacity: {cpu: 8, mem: 64G, overcommit: 1}\n",
         );
         let (u, c) = (up(&p, 1001), cap(&p));
@@ -1317,13 +1332,17 @@ mod tests {
             .resize(ask(1001, "a", &u, max.clone(), Actor::User(1001), &c))
             .unwrap();
         assert_eq!(ch.new.swap, None, "no MemorySwapMax: systemd's unlimited");
-        assert_eq!(u.default.swap, Some(Bytes::GIB));
+        assert_eq!(u.default.swap, Some(Bytes(Bytes::GIB)));
         let grant = l.get(1001).unwrap().grant.clone().unwrap();
-        assert!(grant.describe().contains("swap max"), "{}", grant.describe());
+        assert!(
+            grant.describe().contains("swap max"),
+            "{}",
+            grant.describe()
+        );
         let settings = crate::dropin::Settings::from_limits(&ch.new);
         assert_eq!(settings.get(crate::dropin::Key::MemorySwapMax), None);
         let ch = l.release(1001, &u, Actor::User(1001));
-        assert_eq!(ch.new.swap, Some(Bytes::GIB));
+        assert_eq!(ch.new.swap, Some(Bytes(Bytes::GIB)));
 
         // a maximum of 4G: max is beyond it
         let p = policy(
@@ -1336,7 +1355,10 @@ mod tests {
         let e = l
             .resize(ask(1001, "a", &u, max, Actor::User(1001), &c))
             .unwrap_err();
-        assert!(format!("{e}").contains("swap"), "{e}");
+        assert!(
+            format!("{e}").contains("swap max is above your maximum of 4G"),
+            "{e}"
+        );
     }
 
     /// Issue 15: users resize weight, io_weight, mem_low and swap within

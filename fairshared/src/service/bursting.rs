@@ -264,8 +264,12 @@ impl<S: Systemd> Service<S> {
                 self.counters.slice_writes.fetch_add(1, Ordering::Relaxed);
                 self.dropins.did_set(uid, &keys);
                 match quota > alloc {
-                    true => tracing::info!(uid, user = %name, quota = %quota, allocation = %alloc, "bursting: {name} may use up to {quota} CPUs while the host is idle (allocation {alloc})"),
-                    false => tracing::info!(uid, user = %name, quota = %quota, "bursting: {name} is back to their allocation of {quota} CPUs"),
+                    true => {
+                        tracing::info!(uid, user = %name, quota = %quota, allocation = %alloc, "bursting: {name} may use up to {quota} CPUs while the host is idle (allocation {alloc})")
+                    }
+                    false => {
+                        tracing::info!(uid, user = %name, quota = %quota, "bursting: {name} is back to their allocation of {quota} CPUs")
+                    }
                 }
                 // back at the allocation: the runtime file only repeats the
                 // drop-in and goes

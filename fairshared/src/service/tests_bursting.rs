@@ -149,7 +149,10 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
     assert_eq!(names, vec!["CPUQuotaPerSecUSec".to_string()]);
     assert_eq!(s.systemd().sets(1001), sets_before + 1);
     // the ledger knows nothing of it: the allocation stays 0.5
-    assert_eq!(s.ledger().get(1001).unwrap().limits.cpu, Cpus::from_millis(500));
+    assert_eq!(
+        s.ledger().get(1001).unwrap().limits.cpu,
+        Cpus::from_millis(500)
+    );
     let peer = Peer {
         uid: 1001,
         pid: None,

@@ -468,7 +468,10 @@ fn cpus_and_idle(h: &dyn TestHost, uid: u32, secs: u64) -> (f64, f64) {
     let (u1, i1, t1) = (cpu_usec(h, uid), idle_ticks(h), Instant::now());
     let wall = (t1 - t0).as_secs_f64();
     // USER_HZ: 100 on every Linux this runs on
-    ((u1 - u0) as f64 / 1e6 / wall, (i1 - i0) as f64 / 100.0 / wall)
+    (
+        (u1 - u0) as f64 / 1e6 / wall,
+        (i1 - i0) as f64 / 100.0 / wall,
+    )
 }
 
 /// The quota on a user's slice in µs per 100 ms period (`cpu.max` or
@@ -553,10 +556,7 @@ core_test!(a_lone_user_bursts_into_idle_cpu_and_is_pushed_back, |h| {
     );
     assert_eq!(quota(h, B.1), Some(50_000));
     let (ua, ub) = (cpus_used(h, A.1, 5), cpus_used(h, B.1, 5));
-    eprintln!(
-        "{}: contended: {ua:.2} and {ub:.2} CPUs over 5 s",
-        h.name()
-    );
+    eprintln!("{}: contended: {ua:.2} and {ub:.2} CPUs over 5 s", h.name());
     assert!(ua < 0.6 && ub < 0.6, "at 0.5-CPU quotas: {ua:.2}, {ub:.2}");
     let st = h.as_user(A.0, "fairshare-ctl status").ok();
     assert!(!st.out().contains("bursting:"), "{}", st.out());
@@ -573,7 +573,10 @@ core_test!(a_lone_user_bursts_into_idle_cpu_and_is_pushed_back, |h| {
     // and it stays there: never above the quota, however idle the host
     let used = cpus_used(h, A.1, 12);
     eprintln!("{}: bursting off: {used:.2} CPUs over 12 s", h.name());
-    assert!(used < 0.6, "bursting off: {used:.2} CPUs at a 0.5-CPU quota");
+    assert!(
+        used < 0.6,
+        "bursting off: {used:.2} CPUs at a 0.5-CPU quota"
+    );
     assert_eq!(quota(h, A.1), Some(50_000));
 
     let _ = (a.kill(), a.wait());
