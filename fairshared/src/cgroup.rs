@@ -163,6 +163,24 @@ impl Cgroups {
         }
     }
 
+    /// How long some of the slice's tasks waited for a CPU, in µs
+    /// (`cpu.pressure` `some` `total=`; hybrid: the v2 tree's, which keeps
+    /// it without any controller). `None` without PSI or on v1 alone.
+    pub fn cpu_stall_usec(&self, uid: u32) -> Option<u64> {
+        let dir = match self.layout {
+            Layout::Unified => self.root.join(Self::rel(uid)),
+            Layout::Hybrid => self.root.join("unified").join(Self::rel(uid)),
+            Layout::Legacy => return None,
+        };
+        let text = read(&dir.join("cpu.pressure"))?;
+        text.lines()
+            .find(|l| l.starts_with("some "))?
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("total="))?
+            .parse()
+            .ok()
+    }
+
     fn v1_cpu_nsec(&self, uid: u32) -> Option<u64> {
         ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
             .iter()
@@ -366,6 +384,13 @@ mod tests {
         write(r, "cgroup.controllers", "cpu\n");
         write(r, "cpu.stat", "usage_usec 9000\nuser_usec 1\n");
         assert_eq!(Cgroups::detect(r).host_cpu_nsec(), Some(9_000_000));
+        write(
+            r,
+            "user.slice/user-1001.slice/cpu.pressure",
+            "some avg10=1.00 avg60=0.50 avg300=0.10 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        );
+        assert_eq!(Cgroups::detect(r).cpu_stall_usec(1001), Some(123_456));
+        assert_eq!(Cgroups::detect(r).cpu_stall_usec(1002), None);
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
         std::fs::create_dir_all(r.join("unified")).unwrap();

@@ -37,7 +37,8 @@ use crate::systemd::Systemd;
 struct Reading {
     at: Instant,
     host: u64,
-    users: BTreeMap<u32, u64>,
+    /// CPU time in ns, stall time in µs.
+    users: BTreeMap<u32, (u64, Option<u64>)>,
 }
 
 /// The sampler's state: the decision's state machine and the last reading.
@@ -125,9 +126,9 @@ impl<S: Systemd> Service<S> {
         let cg = self.cgroups.clone();
         let uids: Vec<u32> = tracked.iter().map(|(u, _)| *u).collect();
         let read = tokio::task::spawn_blocking(move || {
-            let users: BTreeMap<u32, u64> = uids
+            let users: BTreeMap<u32, (u64, Option<u64>)> = uids
                 .iter()
-                .filter_map(|u| cg.cpu_nsec(*u).map(|n| (*u, n)))
+                .filter_map(|u| cg.cpu_nsec(*u).map(|n| (*u, (n, cg.cpu_stall_usec(*u)))))
                 .collect();
             (cg.host_cpu_nsec(), users)
         })
@@ -164,9 +165,14 @@ impl<S: Systemd> Service<S> {
         }
         let mut samples = Vec::new();
         for (uid, name) in &tracked {
-            let (Some(now), Some(then)) = (users.get(uid), prev.users.get(uid)) else {
+            let (Some((now, stall_now)), Some((then, stall_then))) =
+                (users.get(uid), prev.users.get(uid))
+            else {
                 continue;
             };
+            let stalled = stall_now
+                .zip(*stall_then)
+                .map(|(n, t)| n.saturating_sub(t) as f64 / 1e6 / secs);
             let id = match self.identities.by_uid(*uid, policy.uses_groups()).await {
                 Ok(id) => id,
                 Err(e) => {
@@ -186,6 +192,7 @@ impl<S: Systemd> Service<S> {
                 max: up.max.cpu,
                 quota,
                 eligible: up.exempt.is_none() && up.fair_default.burst,
+                stalled,
             });
         }
         let sample = Sample {
