@@ -1329,7 +1329,7 @@ mod tests {
         };
         let mut l = Ledger::new();
         let ch = l
-            .resize(ask(1001, "a", &u, max.clone(), Actor::User(1001), &c))
+            .resize(ask(1001, "a", &u, max, Actor::User(1001), &c))
             .unwrap();
         assert_eq!(ch.new.swap, None, "no MemorySwapMax: systemd's unlimited");
         assert_eq!(u.default.swap, Some(Bytes(Bytes::GIB)));
