@@ -458,10 +458,19 @@ async fn run(
         }
     };
 
+    // The saved state is read and parsed (tens of milliseconds at many
+    // thousands of users) on the blocking pool while the bus connects.
+    let loading = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.load())
+    };
     let systemd = Dbus::connect(Duration::from_secs(25)).await.map_err(|e| {
         format!("{e}; fairshared needs systemd as init and a running D-Bus system bus")
     })?;
-    let saved = match state.load() {
+    let loaded = loading
+        .await
+        .map_err(|e| format!("cannot read state: {e}"))?;
+    let saved = match loaded {
         Ok(Loaded::Ledger(l)) => Some(l),
         Ok(Loaded::Empty) => None,
         Ok(Loaded::Corrupt { reason, moved_to }) => {

@@ -1,7 +1,7 @@
 //! [`Notices`]: the owner of everything the daemon keeps about events: each
 //! user's history and notices choice (saved to `notices.json` a few seconds
 //! after a change), the bursts already told ([`Coalescer`]), the kernel-log
-//! reader, the per-user watcher tasks, the kills counted per slice (which
+//! reader, the per-user watchers, the kills counted per slice (which
 //! outlive the victim's cgroup on v1), the feed of new events for `events
 //! --follow`, the journal entries and the metrics counters.
 //!
@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, watch};
 use super::coalesce::{Coalescer, Verdict};
 use super::history::History;
 use super::kernel_log::KernelLog;
-use crate::tasks::Tasks;
+use super::watch::Watchers;
 
 /// The file next to `state.json`.
 pub const FILE: &str = "notices.json";
@@ -102,8 +102,8 @@ pub struct Notices {
     file: Option<PathBuf>,
     kernel: Mutex<KernelLog>,
     warned_unnamed: AtomicBool,
-    /// The watcher tasks, by uid.
-    pub watchers: Tasks<u32>,
+    /// The users watched, by uid.
+    pub watchers: Watchers,
     feed: broadcast::Sender<EventLine>,
     closing: watch::Sender<bool>,
     counters: Counters,
@@ -126,7 +126,7 @@ impl Notices {
             file,
             kernel: Mutex::new(KernelLog::none()),
             warned_unnamed: AtomicBool::new(false),
-            watchers: Tasks::default(),
+            watchers: Watchers::default(),
             feed: broadcast::channel(FEED).0,
             closing: watch::channel(false).0,
             counters: Counters::default(),

@@ -1,7 +1,13 @@
-//! A logged-in user's watcher: one task per user, from their first session
-//! to their last (the service keeps them in a [`crate::tasks::Tasks`] table),
+//! A logged-in user's watcher, from their first session to their last,
 //! waiting on their slice's cgroup event files and reporting what it finds:
 //! OOM kills caused by the slice's memory limit, and sustained throttling.
+//!
+//! [`Watchers`] keeps them: a user whose slice is there has a task of their
+//! own (holding the slice's event files open); a user whose slice is not
+//! there yet (a login whose `pam_systemd` has not started it, or a PAM stack
+//! without one) is one entry in a list that a single task looks at every
+//! [`SLICE_POLL`] for [`SLICE_WAIT`], so users without a slice cost a few
+//! bytes each rather than a task.
 //!
 //! | wakes on | cgroup v2 | v1 (hybrid, legacy) |
 //! |---|---|---|
@@ -21,12 +27,15 @@
 //! The watcher ends itself when the slice goes away (v1: the eventfd fires
 //! at removal; v2: a PSI fd reports it, or a file cannot be read any more).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use fairshare_proto::events::EventKind;
@@ -41,6 +50,7 @@ use super::oom::{SliceOoms, V1Firing, V1SliceOoms};
 use super::throttle::{self, Detector, Sample};
 use crate::cgroup::Layout;
 use crate::kernfs;
+use crate::tasks::Tasks;
 
 /// Kills this close together are reported as one.
 pub const GATHER: Duration = Duration::from_secs(1);
@@ -53,6 +63,8 @@ pub const DEBOUNCE: Duration = Duration::from_secs(1);
 pub const FALLBACK_SAMPLE: Duration = Duration::from_secs(30);
 /// How long a new watcher waits for its user's slice to appear.
 pub const SLICE_WAIT: Duration = Duration::from_secs(30);
+/// How often users waiting for their slice are looked at.
+pub const SLICE_POLL: Duration = Duration::from_millis(500);
 
 /// What a watcher reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +86,7 @@ pub enum Found {
 /// Why a watcher ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
-    /// The slice did not appear within [`SLICE_WAIT`].
+    /// The slice was not there.
     NoSlice,
     /// The slice went away.
     SliceGone,
@@ -93,13 +105,141 @@ pub fn slice_dir(paths: &Paths) -> Option<PathBuf> {
     }
 }
 
+/// [`slice_dir`] of `uid`'s [`Paths::for_user`], without making them.
+pub fn slice_dir_of(root: &Path, layout: Layout, uid: u32) -> PathBuf {
+    let rel = format!("user.slice/user-{uid}.slice");
+    match layout {
+        Layout::Unified => root.join(rel),
+        Layout::Hybrid | Layout::Legacy => root.join("memory").join(rel),
+    }
+}
+
 /// The inode of the slice's cgroup directory (`None`: not there).
 pub fn slice_id(paths: &Paths) -> Option<u64> {
     std::fs::metadata(slice_dir(paths)?).ok().map(|m| m.ino())
 }
 
+/// A user's watcher task, ready to run.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Makes `uid`'s watcher once their slice is there (`None`: not yet).
+pub type Start = Arc<dyn Fn(u32) -> Option<Task> + Send + Sync>;
+
+/// Every user's watcher; see the module's doc.
+#[derive(Default)]
+pub struct Watchers {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Users whose slice is there: a task each.
+    running: Tasks<u32>,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Users whose slice is not there yet, and until when it is waited for.
+    users: HashMap<u32, Instant>,
+    /// How to start their watchers (the last one given: every caller gives
+    /// the same).
+    start: Option<Start>,
+    /// Whether the task that looks at them runs.
+    polling: bool,
+}
+
+fn lock(m: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Watchers {
+    /// Watches `uid` (nothing if they are watched already): at once if their
+    /// slice is there, else as soon as it appears within [`SLICE_WAIT`].
+    pub fn start(&self, uid: u32, start: Start) {
+        if self.contains(&uid) {
+            return;
+        }
+        if let Some(task) = start(uid) {
+            self.inner.running.spawn(uid, task);
+            return;
+        }
+        let mut w = lock(&self.inner.waiting);
+        w.users.insert(uid, Instant::now() + SLICE_WAIT);
+        w.start = Some(start);
+        if !w.polling {
+            w.polling = true;
+            tokio::spawn(poll(Arc::downgrade(&self.inner)));
+        }
+    }
+
+    /// Stops watching `uid` (their watcher ends, or they wait no more).
+    pub fn cancel(&self, uid: &u32) {
+        lock(&self.inner.waiting).users.remove(uid);
+        self.inner.running.cancel(uid);
+    }
+
+    /// Whether `uid` is watched (or waited for).
+    pub fn contains(&self, uid: &u32) -> bool {
+        self.inner.running.contains(uid) || lock(&self.inner.waiting).users.contains_key(uid)
+    }
+
+    /// Users watched (or waited for).
+    pub fn len(&self) -> usize {
+        self.inner.running.len() + lock(&self.inner.waiting).users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The one task that looks for the slices of users waiting for theirs;
+/// ends when nobody waits.
+async fn poll(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(SLICE_POLL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let (users, start) = {
+            let mut w = lock(&inner.waiting);
+            let Some(start) = w.start.clone().filter(|_| !w.users.is_empty()) else {
+                w.polling = false;
+                w.start = None;
+                return;
+            };
+            let users: Vec<(u32, Instant)> = w.users.iter().map(|(u, t)| (*u, *t)).collect();
+            (users, start)
+        };
+        let now = Instant::now();
+        for (uid, until) in users {
+            // the slice looked for outside the lock
+            let task = start(uid);
+            let mut w = lock(&inner.waiting);
+            // stopped (or started again) meanwhile
+            if w.users.get(&uid) != Some(&until) {
+                continue;
+            }
+            match task {
+                Some(task) => {
+                    w.users.remove(&uid);
+                    drop(w);
+                    inner.running.spawn(uid, task);
+                }
+                None if now >= until => {
+                    w.users.remove(&uid);
+                    tracing::debug!(uid, "no slice to watch for events");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
 /// Watches `paths` until the slice goes away, calling `report` with what it
-/// finds. Cancel the task to stop it earlier.
+/// finds. Cancel the task to stop it earlier. A slice that is not there
+/// ends it at once ([`Watchers`] waits for slices).
 pub async fn watch<F, Fut>(paths: Paths, report: F) -> End
 where
     F: Fn(Found) -> Fut,
@@ -108,15 +248,8 @@ where
     let Some(dir) = slice_dir(&paths) else {
         return End::NoSlice;
     };
-    let start = Instant::now();
-    let slice = loop {
-        if let Ok(m) = std::fs::metadata(&dir) {
-            break m.ino();
-        }
-        if start.elapsed() >= SLICE_WAIT {
-            return End::NoSlice;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let Ok(slice) = std::fs::metadata(&dir).map(|m| m.ino()) else {
+        return End::NoSlice;
     };
     // Off the async workers: the first PSI trigger on a cgroup starts a
     // kernel thread for it (milliseconds), and a wave of logins opens many.
@@ -655,8 +788,68 @@ mod tests {
         assert_eq!(end, End::NoSlice);
     }
 
+    /// A user whose slice is not there waits in the list (no task of their
+    /// own), gets a watcher as soon as it appears, and is given up on after
+    /// [`SLICE_WAIT`]; a cancel while waiting ends the wait.
+    #[tokio::test(start_paused = true)]
+    async fn users_wait_for_their_slice_in_one_list() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let started: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let start: Start = {
+            let (root, started) = (root.clone(), started.clone());
+            Arc::new(move |uid| {
+                slice_dir_of(&root, Layout::Unified, uid).is_dir().then(|| {
+                    started.lock().unwrap().push(uid);
+                    let task: Task = Box::pin(std::future::pending());
+                    task
+                })
+            })
+        };
+        let w = Watchers::default();
+        let tasks = tokio::runtime::Handle::current().metrics();
+        let before = tasks.num_alive_tasks();
+        for uid in [1001, 1002, 1003] {
+            w.start(uid, start.clone());
+        }
+        assert_eq!(w.len(), 3);
+        assert_eq!(
+            tasks.num_alive_tasks(),
+            before + 1,
+            "one task for every user waiting"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        std::fs::create_dir_all(slice_dir_of(&root, Layout::Unified, 1001)).unwrap();
+        w.cancel(&1003);
+        tokio::time::sleep(SLICE_POLL * 2).await;
+        assert_eq!(started.lock().unwrap().as_slice(), [1001]);
+        assert!(w.contains(&1001) && w.contains(&1002) && !w.contains(&1003));
+        tokio::time::sleep(SLICE_WAIT).await;
+        assert!(!w.contains(&1002), "given up on");
+        assert!(w.contains(&1001), "watched while the slice is there");
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            tasks.num_alive_tasks(),
+            before + 1,
+            "the waiting list's task ended, the watcher runs"
+        );
+        // a slice already there: watched at once
+        std::fs::create_dir_all(slice_dir_of(&root, Layout::Unified, 1004)).unwrap();
+        w.start(1004, start.clone());
+        assert_eq!(started.lock().unwrap().as_slice(), [1001, 1004]);
+        w.cancel(&1001);
+        assert!(!w.contains(&1001));
+    }
+
     #[test]
     fn slice_dirs_per_layout() {
+        for layout in [Layout::Unified, Layout::Hybrid, Layout::Legacy] {
+            let root = Path::new("/sys/fs/cgroup");
+            assert_eq!(
+                slice_dir(&Paths::for_user(root, layout, 7)),
+                Some(slice_dir_of(root, layout, 7))
+            );
+        }
         let root = Path::new("/sys/fs/cgroup");
         assert_eq!(
             slice_dir(&Paths::for_user(root, Layout::Unified, 7)).unwrap(),

@@ -113,27 +113,37 @@ impl<S: Systemd> Service<S> {
         Some(notice::login_line(&a, left.as_deref()))
     }
 
-    /// A session of `uid` opened: watch their slice if nobody does yet.
+    /// A session of `uid` opened: watch their slice if nobody does yet
+    /// (when it appears, if it is not there yet).
     pub(super) fn events_started(self: &Arc<Self>, uid: u32) {
         if self.notices.watchers.contains(&uid) {
             return;
         }
-        let paths = Paths::for_user(self.cgroups.root(), self.cgroups.layout(), uid);
         let this = Arc::downgrade(self);
-        self.notices.watchers.spawn(uid, async move {
-            let report = |found: Found| {
-                let this = this.clone();
-                async move {
-                    if let Some(s) = this.upgrade() {
-                        s.event_found(uid, found).await;
-                    }
-                }
-            };
-            match watch::watch(paths, report).await {
-                End::NoSlice => tracing::debug!(uid, "no slice to watch for events"),
-                End::SliceGone => tracing::debug!(uid, "slice gone; its event watcher ends"),
+        let (root, layout) = (self.cgroups.root().to_path_buf(), self.cgroups.layout());
+        let start: watch::Start = Arc::new(move |uid| {
+            if !watch::slice_dir_of(&root, layout, uid).is_dir() {
+                return None;
             }
+            let paths = Paths::for_user(&root, layout, uid);
+            let this = this.clone();
+            let task: watch::Task = Box::pin(async move {
+                let report = |found: Found| {
+                    let this = this.clone();
+                    async move {
+                        if let Some(s) = this.upgrade() {
+                            s.event_found(uid, found).await;
+                        }
+                    }
+                };
+                match watch::watch(paths, report).await {
+                    End::NoSlice => tracing::debug!(uid, "no slice to watch for events"),
+                    End::SliceGone => tracing::debug!(uid, "slice gone; its event watcher ends"),
+                }
+            });
+            Some(task)
         });
+        self.notices.watchers.start(uid, start);
     }
 
     /// The last session of `uid` closed: stop watching.
