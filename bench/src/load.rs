@@ -18,6 +18,11 @@
 //!     the user's credentials, asking what it asks (`status`) once a second;
 //!   - **root's top**: CLIENTS clients each asking what root's `top` asks
 //!     (`list`, every user's row) once a second.
+//! - **bursting** (ROUNDS windows last): no requests, with the policy's
+//!   bursting enabled by a reload (a drop-in [`BURST_FILE`], removed
+//!   after), after `idle_for` and a margin, so the quotas are lifted and what
+//!   is measured is the sampling: the host's and every user's CPU time each
+//!   second. Against the idle windows (the same users, the 5 s sampler on).
 //!
 //! CPU time is the daemon's, summed over its threads from
 //! `/proc/PID/task/*/schedstat`, per window; the figure is per minute.
@@ -48,6 +53,10 @@ pub enum Kind {
     UserTop,
     /// Root's `top`s (`list`).
     Top,
+    /// No requests, the sampler on, and bursting enabled (issue 15): its
+    /// sampler reads the host's and every tracked user's CPU time each
+    /// second.
+    Bursting,
 }
 
 /// One window.
@@ -102,6 +111,17 @@ pub struct Setup {
 }
 
 const SESSION_ID: &str = "bench-load";
+
+/// The policy drop-in that enables bursting for the last windows.
+pub const BURST_FILE: &str = "/etc/fairshare/policy.d/95-bench-bursting.yaml";
+
+/// Reloads the policy through the socket, as `fairshare-ctl reload` does.
+fn reload(client: &Client) -> Result<()> {
+    match client.call(&Request::Reload)? {
+        Response::Success(_) => Ok(()),
+        other => fail(format!("reload: {other:?}")),
+    }
+}
 
 /// (open fds, eventfds, inotify watches) of `pid`.
 fn fds(pid: u32) -> (usize, usize, usize) {
@@ -322,6 +342,22 @@ pub fn run(s: &Setup) -> Result<()> {
                 windows.push(window(s, pid, kind)?);
             }
         }
+        // bursting on: its sampler reads every user's CPU time each second
+        std::fs::write(BURST_FILE, "bursting: {enabled: true}\n")
+            .map_err(|e| format!("{BURST_FILE}: {e}"))?;
+        let burst = (|| -> Result<()> {
+            reload(&client)?;
+            // idle_for (10 s) and the lifts of every quota, then the windows
+            std::thread::sleep(Duration::from_secs(15));
+            for _ in 0..s.rounds {
+                windows.push(window(s, pid, Kind::Bursting)?);
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(BURST_FILE);
+        let back = reload(&client);
+        burst?;
+        back?;
         if main_pid(&s.unit)? != pid {
             return fail(format!("{} restarted during the measurement", s.unit));
         }
@@ -389,6 +425,8 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
         of(Kind::UserTop),
         of(Kind::Top),
     );
+    let bursting = of(Kind::Bursting);
+    let mb = median(&bursting);
     let (mu, mi, mut_, mt) = (
         median(&unwatched),
         median(&idle),
@@ -454,6 +492,24 @@ pub fn report(dir: &Path, r: &mut Report) -> Result<()> {
     };
     row.baseline = format!("{} nobody looking, same users", ms(mu));
     row.ratio = ratio(mi, mu, 2);
+    r.row(row);
+    let mut row = Row::single(
+        &format!(
+            "idle CPU per minute with bursting on (its sampler: the host's and each user's CPU time every 1 s, quotas lifted), {} tracked users, no requests (windows={})",
+            v.users,
+            bursting.len()
+        ),
+        ms(mb),
+        "reported (issue 15: bursting's sampling cost)",
+        None,
+    );
+    row.verdict = match (bursting.is_empty(), all_tracked) {
+        (true, _) => "not measured (an older run)".into(),
+        (false, true) => "reported".into(),
+        (false, false) => not_this_path(),
+    };
+    row.baseline = format!("{} idle with the sampler on, same users", ms(mi));
+    row.ratio = ratio(mb, mi, 2);
     r.row(row);
     let mut row = Row::single(
         &format!(

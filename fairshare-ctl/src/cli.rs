@@ -337,8 +337,8 @@ pub struct Sizes {
     /// Memory guarantee (MemoryLow), e.g. 1G; 0 for none. Within your maximum and what is free of the host's total for guarantees (cgroup v2 only)
     #[arg(long, value_name = "SIZE", value_parser = parse_size_or_zero)]
     pub mem_low: Option<Bytes>,
-    /// Swap (MemorySwapMax), e.g. 2G; 0 for none (cgroup v2 only)
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_or_zero)]
+    /// Swap (MemorySwapMax), e.g. 2G; 0 for none; max for no limit, where your maximum has none (cgroup v2 only)
+    #[arg(long, value_name = "SIZE", value_parser = parse_swap)]
     pub swap: Option<Bytes>,
     /// How long the resize lasts, e.g. 30m, 4h, 2d; then back to the default (within a lease: at most what is left of it)
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_lease)]
@@ -351,6 +351,15 @@ fn parse_size_or_zero(s: &str) -> Result<Bytes, String> {
     match s.trim() {
         "0" => Ok(Bytes(0)),
         s => parse::<Bytes>(s),
+    }
+}
+
+/// A swap size, `0` for none, or `max` (also `infinity`) for no limit
+/// (sent as [`fairshare_proto::wire::SWAP_MAX`]).
+fn parse_swap(s: &str) -> Result<Bytes, String> {
+    match s.trim() {
+        "max" | "infinity" => Ok(fairshare_proto::wire::SWAP_MAX),
+        s => parse_size_or_zero(s),
     }
 }
 

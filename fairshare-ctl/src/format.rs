@@ -143,6 +143,12 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
         };
         let _ = writeln!(out, "  allocation: {l} ({from})");
     }
+    if let Some(q) = s.bursting {
+        let _ = writeln!(
+            out,
+            "  bursting:   using up to {q} CPUs while the host is idle (back to the allocation when it is busy)"
+        );
+    }
     if !s.fair.is_empty() {
         let _ = writeln!(out, "  fair share: {}", s.fair.join(", "));
     }
@@ -299,7 +305,11 @@ pub fn list(l: &UserList) -> String {
         rows.push(vec![
             s.user.clone(),
             s.uid.to_string(),
-            opt(s.allocated_cpu.map(|c| c.to_string())),
+            // bursting: what the user may use while the host is idle
+            opt(s.allocated_cpu.map(|c| match s.bursting {
+                Some(q) => format!("{c} (up to {q})"),
+                None => c.to_string(),
+            })),
             opt(s.allocated_mem.map(|m| m.to_string())),
             opt(s.allocated_tasks.map(|t| t.to_string())),
             s.source.to_string(),
@@ -354,6 +364,7 @@ mod tests {
         StatusInfo {
             fair: Vec::new(),
             unenforced: Vec::new(),
+            bursting: None,
             allocated_cpu: Some(l.cpu),
             allocated_mem: Some(l.mem),
             allocated_tasks: Some(l.tasks),
@@ -388,6 +399,31 @@ mod tests {
             events: vec![],
             terminal_notices: None,
         }
+    }
+
+    #[test]
+    fn status_and_list_say_when_a_user_bursts() {
+        let mut i = info();
+        assert!(!status(&i, 1001).contains("bursting"));
+        i.bursting = Some(Cpus::whole(8));
+        let s = status(&i, 1001);
+        assert!(
+            s.contains("bursting:   using up to 8 CPUs while the host is idle"),
+            "{s}"
+        );
+        let l = list(&UserList {
+            users: vec![i],
+            capacity: Capacity {
+                cpu_total: Cpus::whole(8),
+                mem_total: Bytes(8 << 30),
+                cpu_allocated: Cpus::whole(3),
+                mem_allocated: Bytes(3 << 30),
+                cpu_free: Cpus::whole(5),
+                mem_free: Bytes(5 << 30),
+            },
+            warnings: vec![],
+        });
+        assert!(l.contains("3 (up to 8)"), "{l}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! wire type's `Limits` (`with_fair` in policy.rs), which the daemon
 //! writes into drop-ins and onto slices. IO limits stay here: the daemon
 //! takes them per disk ([`io_devices`]) from the user's policy (they are not
-//! resized). Bursting is decided but not applied yet.
+//! resized). Bursting is decided in `fairshared/src/burst.rs` and applied
+//! by the daemon's sampler (`fairshared/src/service/bursting.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -292,7 +292,10 @@ impl ResizeArgs {
         self.io_weight = io_weight.map(|w| to_value(serde_json::to_value(w)));
         // sizes as numbers of bytes: `0` (none) is one
         self.mem_low = mem_low.map(|b| Value::from(b.get()));
-        self.swap = swap.map(|b| Value::from(b.get()));
+        self.swap = swap.map(|b| match b == SWAP_MAX {
+            true => Value::from("max"),
+            false => Value::from(b.get()),
+        });
         self
     }
 
@@ -334,7 +337,10 @@ impl ResizeArgs {
             weight: field("weight", &self.weight)?,
             io_weight: field("io_weight", &self.io_weight)?,
             mem_low: size_or_zero("mem_low", &self.mem_low)?,
-            swap: size_or_zero("swap", &self.swap)?,
+            swap: match &self.swap {
+                Some(Value::String(s)) if matches!(s.trim(), "max" | "infinity") => Some(SWAP_MAX),
+                other => size_or_zero("swap", other)?,
+            },
         })
     }
 }
@@ -359,6 +365,10 @@ fn field<T: Quantity>(name: &str, v: &Option<Value>) -> Result<Option<T>, String
     };
     parsed.map(Some).map_err(|e| format!("{name}: {e}"))
 }
+
+/// A resize's `swap: max` (no limit, systemd's default): the largest size,
+/// as the ledger compares swap (an unlimited maximum is `u64::MAX`).
+pub const SWAP_MAX: Bytes = Bytes(u64::MAX);
 
 /// A size where `0` means none (`mem_low`, `swap`).
 fn size_or_zero(name: &str, v: &Option<Value>) -> Result<Option<Bytes>, String> {
@@ -680,6 +690,11 @@ pub struct StatusInfo {
     /// each with why (`mem_low 256M: has no effect on cgroup v1 ...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unenforced: Vec<String>,
+    /// The CPU quota the user may use now while the host is idle, when
+    /// bursting lifted it above `allocated_cpu` (issue 15); absent
+    /// otherwise (and from daemons before bursting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bursting: Option<Cpus>,
     pub uid: u32,
     pub user: String,
     pub slice: String,
@@ -984,6 +999,7 @@ mod tests {
         let status = StatusInfo {
             fair: Vec::new(),
             unenforced: Vec::new(),
+            bursting: None,
             allocated_cpu: Some(Cpus::whole(4)),
             allocated_mem: Some(Bytes(16 << 30)),
             allocated_tasks: Some(Tasks(4096)),

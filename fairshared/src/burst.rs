@@ -1,7 +1,7 @@
 //! Bursting into idle CPU (issue 15): the pure decision of every user's CPU
 //! quota from what the host and each user used over the last interval.
 //! No I/O: the daemon samples, calls [`Burster::decide`] and applies the
-//! quotas that changed (phase B of issue 15).
+//! quotas that changed ([`crate::service`], `bursting.rs`).
 //!
 //! While the host has idle CPU, every user allowed to burst gets a quota up
 //! to their `max.cpu` (or the whole host, `bursting.up_to: host`); fairness
@@ -23,8 +23,11 @@
 //! between the two thresholds breaks either streak).
 //!
 //! With `contention: allocation`, two or more users wanting more than their
-//! allocation (using more than it, or all of a quota held at it) also make a
-//! sample busy, so that contended users return to their allocations instead
+//! allocation (using more than it, all of a quota held at it, or with their
+//! tasks waiting for a CPU most of the interval: the `some` stall time of
+//! their slice's `cpu.pressure`, which also sees a user starved by load the
+//! host's own accounting does not show, a container's neighbours) also make
+//! a sample busy, so that contended users return to their allocations instead
 //! of sharing the idle CPUs by weight; held at their allocations they still
 //! want more, so the host stays busy until one of them stops, and quotas do
 //! not flap.
@@ -42,6 +45,9 @@ const OVER_ALLOCATION: f64 = 0.05;
 /// Using this share of a quota held at the allocation counts as wanting
 /// more (the quota binds).
 const QUOTA_BINDS: f64 = 0.9;
+/// Tasks waiting for a CPU this share of the interval counts as wanting
+/// more.
+const STALLED: f64 = 0.5;
 
 /// One user over the last interval.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -58,6 +64,9 @@ pub struct UserSample {
     /// Whether the policy lets them burst (`bursting.enabled` and not
     /// `burst: false`).
     pub eligible: bool,
+    /// Share of the interval some of their tasks waited for a CPU (the
+    /// slice's `cpu.pressure` `some`), where the host has it.
+    pub stalled: Option<f64>,
 }
 
 /// The host and every tracked user over the last interval.
@@ -224,6 +233,7 @@ fn wants_more(u: &UserSample) -> bool {
     let alloc = u.allocation.as_f64();
     u.usage > alloc + OVER_ALLOCATION
         || (u.quota <= u.allocation && u.usage >= QUOTA_BINDS * u.quota.as_f64())
+        || u.stalled.is_some_and(|s| s.is_finite() && s >= STALLED)
 }
 
 fn to_millis(cpus: f64) -> u64 {
@@ -259,6 +269,7 @@ mod tests {
             max: c(2.0),
             quota,
             eligible: true,
+            stalled: None,
         }
     }
 
@@ -382,6 +393,46 @@ mod tests {
     }
 
     #[test]
+    fn a_user_starved_below_their_quota_still_wants_more() {
+        let mut b = Burster::new(Bursting {
+            contention: Contention::Allocation,
+            ..cfg()
+        });
+        let mut quotas = vec![(1001, c(0.5)), (1002, c(0.5))];
+        run(&mut b, &mut quotas, 10, 0.0, |_| 0.0);
+        assert_eq!(b.state(), HostState::Idle);
+        // the host (a container) gets less CPU than it counts: 1001 bursts
+        // at 0.7, 1002 gets 0.3 under a quota of 0.5, its tasks waiting
+        let starved = |stalled| Sample {
+            elapsed: SEC,
+            host_cpus: 2.0,
+            host_usage: 1.0,
+            users: vec![
+                u(1001, 0.7, c(2.0)),
+                UserSample {
+                    stalled,
+                    ..u(1002, 0.3, c(0.5))
+                },
+            ],
+        };
+        for _ in 0..5 {
+            assert_eq!(b.decide(&starved(None)).state, HostState::Idle);
+        }
+        let d: Vec<Decision> = (0..3).map(|_| b.decide(&starved(Some(0.9)))).collect();
+        assert_eq!(d[2].state, HostState::Busy);
+        assert_eq!(d[2].quotas[0].quota, c(0.5));
+        // a light user's short waits do not count
+        let mut b = Burster::new(Bursting {
+            contention: Contention::Allocation,
+            ..cfg()
+        });
+        run(&mut b, &mut quotas, 10, 0.0, |_| 0.0);
+        for _ in 0..10 {
+            assert_eq!(b.decide(&starved(Some(0.2))).state, HostState::Idle);
+        }
+    }
+
+    #[test]
     fn load_from_elsewhere_returns_quotas_and_hysteresis_keeps_them_there() {
         let mut b = Burster::new(cfg());
         let mut quotas = vec![(1001, c(0.5))];
@@ -498,6 +549,7 @@ mod tests {
                         max: Cpus::whole(2),
                         quota: Cpus::from_millis(allocation),
                         eligible,
+                        stalled: None,
                     };
                     let d = b.decide(&Sample { elapsed: SEC, host_cpus: 4.0, host_usage, users: vec![user] });
                     let q = d.quotas[0].quota;

@@ -138,6 +138,49 @@ impl Cgroups {
         }
     }
 
+    /// The CPU time of the whole host (bursting, issue 15): the root
+    /// cgroup's, everything the host ran. v2: the root's `cpu.stat`
+    /// `usage_usec`; v1: the root's `cpuacct.usage`, else (hybrid) the v2
+    /// tree's root `cpu.stat`. Inside a container the root is the
+    /// container's. `None` where the host keeps none of these (the daemon
+    /// then never bursts: it cannot tell an idle host).
+    pub fn host_cpu_nsec(&self) -> Option<u64> {
+        let unified = |dir: &Path| {
+            read(&dir.join("cpu.stat"))
+                .as_deref()
+                .and_then(|s| key(s, "usage_usec"))
+                .map(|us| us.saturating_mul(1000))
+        };
+        match self.layout {
+            Layout::Unified => unified(&self.root),
+            Layout::Hybrid | Layout::Legacy => ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
+                .iter()
+                .find_map(|c| read_u64(&self.root.join(c).join("cpuacct.usage")))
+                .or_else(|| match self.layout {
+                    Layout::Hybrid => unified(&self.root.join("unified")),
+                    _ => None,
+                }),
+        }
+    }
+
+    /// How long some of the slice's tasks waited for a CPU, in µs
+    /// (`cpu.pressure` `some` `total=`; hybrid: the v2 tree's, which keeps
+    /// it without any controller). `None` without PSI or on v1 alone.
+    pub fn cpu_stall_usec(&self, uid: u32) -> Option<u64> {
+        let dir = match self.layout {
+            Layout::Unified => self.root.join(Self::rel(uid)),
+            Layout::Hybrid => self.root.join("unified").join(Self::rel(uid)),
+            Layout::Legacy => return None,
+        };
+        let text = read(&dir.join("cpu.pressure"))?;
+        text.lines()
+            .find(|l| l.starts_with("some "))?
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("total="))?
+            .parse()
+            .ok()
+    }
+
     fn v1_cpu_nsec(&self, uid: u32) -> Option<u64> {
         ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
             .iter()
@@ -357,6 +400,31 @@ mod tests {
         // cpuacct, where the slice has it, comes first
         write(r, &format!("cpuacct/{s}/cpuacct.usage"), "123\n");
         assert_eq!(c.cpu_nsec(1001), Some(123));
+    }
+
+    #[test]
+    fn the_hosts_cpu_time_from_the_root_cgroup() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(r, "cgroup.controllers", "cpu\n");
+        write(r, "cpu.stat", "usage_usec 9000\nuser_usec 1\n");
+        assert_eq!(Cgroups::detect(r).host_cpu_nsec(), Some(9_000_000));
+        write(
+            r,
+            "user.slice/user-1001.slice/cpu.pressure",
+            "some avg10=1.00 avg60=0.50 avg300=0.10 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        );
+        assert_eq!(Cgroups::detect(r).cpu_stall_usec(1001), Some(123_456));
+        assert_eq!(Cgroups::detect(r).cpu_stall_usec(1002), None);
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("unified")).unwrap();
+        assert_eq!(Cgroups::detect(r).host_cpu_nsec(), None);
+        write(r, "unified/cpu.stat", "usage_usec 7\n");
+        assert_eq!(Cgroups::detect(r).host_cpu_nsec(), Some(7000));
+        // cpuacct first
+        write(r, "cpu,cpuacct/cpuacct.usage", "123456\n");
+        assert_eq!(Cgroups::detect(r).host_cpu_nsec(), Some(123_456));
     }
 
     #[test]

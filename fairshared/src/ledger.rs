@@ -191,7 +191,7 @@ impl Grant {
             parts.push(format!("mem_low {l}"));
         }
         if let Some(w) = self.swap {
-            parts.push(format!("swap {w}"));
+            parts.push(format!("swap {}", show_swap(w)));
         }
         parts.join(", ")
     }
@@ -317,9 +317,29 @@ fn compose(up: &UserPolicy, grant: Option<&Grant>, admin: Option<&Grant>) -> Lim
         l.mem_low = Some(Bytes(b.min(l.mem.get()))).filter(|b| b.get() > 0);
     }
     if let Some(b) = fair(&|g| g.swap.map(Bytes::get)) {
-        l.swap = Some(Bytes(b));
+        // `max`: no limit, systemd's default
+        l.swap = (b != u64::MAX).then_some(Bytes(b));
     }
     l
+}
+
+/// A resized swap as the user wrote it (`max`: no limit).
+fn show_swap(b: Bytes) -> String {
+    SwapSize(b.get()).to_string()
+}
+
+/// A swap size in bytes for bounds and their messages: `u64::MAX` is no
+/// limit (`max`).
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+struct SwapSize(u64);
+
+impl std::fmt::Display for SwapSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            u64::MAX => f.write_str("max"),
+            n => write!(f, "{}", Bytes(n)),
+        }
+    }
 }
 
 /// The fair-share fields of some limits as numbers, with systemd's
@@ -979,7 +999,11 @@ impl Ledger {
                 let top = admin.and_then(|a| a.swap).map_or(m.swap, Bytes::get);
                 if sw.get() > top {
                     g.swap = Some(Bytes(top));
-                    clamped.push(format!("swap {sw} -> {}", Bytes(top)));
+                    clamped.push(format!(
+                        "swap {} -> {}",
+                        show_swap(sw),
+                        show_swap(Bytes(top))
+                    ));
                 }
             }
             if !clamped.is_empty() {
@@ -1140,9 +1164,9 @@ fn check_bounds(
     ctx.field(
         "swap",
         "",
-        r.swap.map(Bytes::get),
-        [0, df.swap, mf.swap],
-        fair(|g| g.swap.map(Bytes::get)),
+        r.swap.map(|b| SwapSize(b.get())),
+        [SwapSize(0), SwapSize(df.swap), SwapSize(mf.swap)],
+        fair(|g| g.swap.map(Bytes::get)).map(SwapSize),
         &mut out,
     );
     let (over, under) = out;
@@ -1290,6 +1314,55 @@ mod tests {
         assert_eq!(c.new, u.default);
         assert!(l.get(1001).is_none());
         assert_eq!(l.allocated(None), (Cpus::default(), Bytes::default()));
+    }
+
+    /// `--swap max`: no limit (systemd's default) where the user's maximum
+    /// has none, refused where it has one; the user's own policy default
+    /// swap comes back with a release.
+    #[test]
+    fn swap_resizes_to_max_only_where_the_maximum_is_unlimited() {
+        let p = policy(
+            "defaults: {cpu: 1, mem: 4G, swap: 1G}\n\
+             max: {cpu: 2, mem: 8G, swap: max}\n\
+             capacity: {cpu: 8, mem: 64G, overcommit: 1}\n",
+        );
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let max = Resize {
+            swap: Some(fairshare_proto::wire::SWAP_MAX),
+            ..Resize::default()
+        };
+        let mut l = Ledger::new();
+        let ch = l
+            .resize(ask(1001, "a", &u, max, Actor::User(1001), &c))
+            .unwrap();
+        assert_eq!(ch.new.swap, None, "no MemorySwapMax: systemd's unlimited");
+        assert_eq!(u.default.swap, Some(Bytes(Bytes::GIB)));
+        let grant = l.get(1001).unwrap().grant.clone().unwrap();
+        assert!(
+            grant.describe().contains("swap max"),
+            "{}",
+            grant.describe()
+        );
+        let settings = crate::dropin::Settings::from_limits(&ch.new);
+        assert_eq!(settings.get(crate::dropin::Key::MemorySwapMax), None);
+        let ch = l.release(1001, &u, Actor::User(1001));
+        assert_eq!(ch.new.swap, Some(Bytes(Bytes::GIB)));
+
+        // a maximum of 4G: max is beyond it
+        let p = policy(
+            "defaults: {cpu: 1, mem: 4G, swap: 1G}\n\
+             max: {cpu: 2, mem: 8G, swap: 4G}\n\
+             capacity: {cpu: 8, mem: 64G, overcommit: 1}\n",
+        );
+        let (u, c) = (up(&p, 1001), cap(&p));
+        let mut l = Ledger::new();
+        let e = l
+            .resize(ask(1001, "a", &u, max, Actor::User(1001), &c))
+            .unwrap_err();
+        assert!(
+            format!("{e}").contains("swap max is above your maximum of 4G"),
+            "{e}"
+        );
     }
 
     /// Issue 15: users resize weight, io_weight, mem_low and swap within

@@ -543,6 +543,7 @@ async fn run(
     }
     tokio::spawn(follow_logind(service.clone(), stop_rx.clone()));
     tokio::spawn(sample_cpu(service.clone(), stop_rx.clone()));
+    tokio::spawn(burst(service.clone(), stop_rx.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(watchdog(service.clone(), listening, period, stop_rx));
     }
@@ -582,6 +583,27 @@ async fn sample_cpu(service: Arc<Service<Dbus>>, mut stop: tokio::sync::watch::R
                     tracing::warn!(error = %e, "CPU sampling failed");
                 }
             }
+        }
+    }
+}
+
+/// Bursting into idle CPU (issue 15): samples the host's and the users'
+/// CPU time every `bursting.interval` while the policy enables bursting and
+/// a user with a session has a slice; asleep otherwise (a login or a
+/// reload wakes it, and it looks again every minute).
+async fn burst(service: Arc<Service<Dbus>>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let Some(every) = service.burst_interval() else {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = service.bursting().poked() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            }
+            continue;
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => service.burst_tick().await,
         }
     }
 }

@@ -348,6 +348,7 @@ mod tests {
         StatusInfo {
             fair: Vec::new(),
             unenforced: Vec::new(),
+            bursting: None,
             allocated_cpu: Some(Cpus::from_millis(cpu_millis)),
             allocated_mem: Some(Bytes(mem)),
             allocated_tasks: Some(Tasks(4096)),

@@ -68,6 +68,7 @@ impl<S: Systemd> Service<S> {
         }
         self.reconcile(None).await;
         self.caught_up.send_replace(true);
+        self.bursting.poke();
     }
 
     /// Reads what every slice logind knows really carries, once at start: a

@@ -12,9 +12,10 @@
 //! | [`Counters`] | what the metrics count |
 //! | [`Notices`] | events: history, notices choices, event watchers (by uid) |
 //! | [`CpuWindow`] | recent samples of each slice's CPU time (CPU "now") |
+//! | [`BurstState`] | bursting's state machine and last CPU reading |
 //!
 //! One file per concern of the requests: `status` (status, list), `resize`
-//! (resize, release, set_user), `reload`, `sessions` (open, close, processes
+//! (resize, release, set_user), `reload`, `bursting`, `sessions` (open, close, processes
 //! that die), `catch_up` (start-up and logind), `leases`, `metrics`. Every
 //! handler returns a typed [`ServiceError`]; [`Service::handle`] turns it
 //! into the wire's `error` answer, in one place.
@@ -24,6 +25,7 @@
 //! let go of the lock, then save ([`Service::save_unlocked`], or in the
 //! background for sessions).
 
+mod bursting;
 mod catch_up;
 mod defaults;
 mod error;
@@ -43,6 +45,7 @@ use std::time::Duration;
 use fairshare_policy::{HostResources, Identity, Policy};
 use fairshare_proto::wire::{Request, Response};
 
+pub use self::bursting::BurstState;
 pub use self::error::ServiceError;
 pub use self::metrics::{Counters, Refused};
 use crate::admission::Admission;
@@ -151,6 +154,8 @@ pub struct Service<S: Systemd> {
     /// Events and notices (issue 14), with the per-user event watchers.
     notices: Arc<Notices>,
     cpu_window: CpuWindow,
+    /// Bursting into idle CPU (issue 15): the sampler's state.
+    bursting: BurstState,
 }
 
 impl<S: Systemd> Service<S> {
@@ -186,6 +191,7 @@ impl<S: Systemd> Service<S> {
             last_good: None,
             notices: Arc::new(Notices::new(notices_file, now())),
             cpu_window: CpuWindow::default(),
+            bursting: BurstState::default(),
         }
     }
 
@@ -473,5 +479,7 @@ impl<S: Systemd> Service<S> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bursting;
 #[cfg(test)]
 mod tests_notices;

@@ -104,6 +104,8 @@ impl<S: Systemd> Service<S> {
         // Users logind knows but the ledger does not (they were exempt):
         // counted now, and limited.
         self.reconcile(None).await;
+        // bursting may have been turned on
+        self.bursting.poke();
         changed
     }
 }

@@ -80,6 +80,8 @@ impl<S: Systemd> Service<S> {
         self.events_started(id.uid);
         drop(guard);
         self.store.save_later();
+        // bursting's sampler runs while someone has a slice
+        self.bursting.poke();
         let adopted = adopted?;
         committed?;
         Ok(Response::Success(Success {

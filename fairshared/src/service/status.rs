@@ -68,6 +68,10 @@ impl<S: Systemd> Service<S> {
                 true => Vec::new(),
                 false => unenforced(&limits, self.cgroups.layout()),
             },
+            bursting: match (exempt, entry) {
+                (false, Some(e)) if !e.sessions.is_empty() => self.burst_quota(uid, limits.cpu),
+                _ => None,
+            },
             uid,
             user: name.to_string(),
             slice: slice_name(uid),
