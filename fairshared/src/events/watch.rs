@@ -576,7 +576,15 @@ impl Watcher {
         let mut peak = crate::events::oom::Counts::new();
         let mut last = None;
         loop {
-            if let Some(c) = self.v1_kill_count() {
+            // a walk of the slice's cgroups: off the async workers
+            let dir = self.dir.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                crate::cgroup::counts_below(&dir, "memory.oom_control", "oom_kill")
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(c) = read {
                 for (ino, n) in &c {
                     let p = peak.entry(*ino).or_insert(0);
                     *p = (*p).max(*n);

@@ -115,6 +115,11 @@ impl<S: Systemd> Service<S> {
     /// One sample: reads the CPU times, decides, and puts the quotas that
     /// change on the slices. The first sample after a start only reads.
     pub async fn burst_tick(self: &Arc<Self>) {
+        // not before the start-up catch-up has compared every slice: a
+        // quota lifted meanwhile could be taken as the allocation in force
+        if !*self.caught_up.borrow() {
+            return;
+        }
         let policy = self.policy();
         let cfg = *policy.bursting();
         let tracked: Vec<(u32, String)> = self.store.read(|l| {
@@ -182,6 +187,12 @@ impl<S: Systemd> Service<S> {
             };
             let up = policy.for_user(&id);
             let allocation = self.store.read(|l| l.effective(*uid, &up)).cpu;
+            // root's CPU setting binds the user: no burst above it
+            let root_set = self.store.read(|l| {
+                l.get(*uid)
+                    .and_then(|e| e.admin.as_ref())
+                    .is_some_and(|a| a.cpu.is_some())
+            });
             let quota = quota_in_force(self.dropins.in_force(*uid).get(&Key::CpuQuota))
                 .unwrap_or(Cpus::MAX);
             samples.push(UserSample {
@@ -191,7 +202,7 @@ impl<S: Systemd> Service<S> {
                 allocation,
                 max: up.max.cpu,
                 quota,
-                eligible: up.exempt.is_none() && up.fair_default.burst,
+                eligible: up.exempt.is_none() && up.fair_default.burst && !root_set,
                 stalled,
             });
         }

@@ -134,6 +134,12 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
     assert_eq!(cpu_in_force(&s), half);
     let sets_before = s.systemd().sets(1001);
 
+    // nothing before the start-up catch-up is done
+    for _ in 0..4 {
+        tick(&s, &mut c, 0.5, 0.0).await;
+    }
+    assert_eq!(cpu_in_force(&s), half, "lifted before the catch-up");
+    s.caught_up.send_replace(true);
     // the first tick only reads; then idle_for (2 s) of an idle host
     s.burst_tick().await;
     tick(&s, &mut c, 0.5, 0.0).await;
@@ -194,11 +200,37 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
     tick(&s, &mut c, 1.0, 0.0).await;
     assert_eq!(cpu_in_force(&s), Some(Value::Amount(2_000_000)));
 
+    // root's CPU setting binds her: held at it, idle host or not
+    let root = Peer { uid: 0, pid: None };
+    let r = s
+        .handle(
+            root,
+            parse_request(br#"{"type":"set_user","user":"alice","cpu":0.75}"#).unwrap(),
+        )
+        .await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    for _ in 0..4 {
+        tick(&s, &mut c, 0.7, 0.0).await;
+    }
+    assert_eq!(cpu_in_force(&s), Some(Value::Amount(750_000)));
+    let r = s
+        .handle(
+            root,
+            parse_request(br#"{"type":"set_user","user":"alice","release":true}"#).unwrap(),
+        )
+        .await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    // root's --default: back to the policy default (0.5), lifted when idle
+    assert_eq!(cpu_in_force(&s), half);
+    tick(&s, &mut c, 0.5, 0.0).await;
+    tick(&s, &mut c, 0.5, 0.0).await;
+    assert_eq!(cpu_in_force(&s), Some(Value::Amount(2_000_000)));
+
     // bursting turned off by a reload: the refresh puts the allocation back,
     // and the sampler stops
     s.reload(parse(&POLICY.replace("enabled: true", "enabled: false")))
         .await;
-    assert_eq!(cpu_in_force(&s), Some(Value::Amount(1_000_000)));
+    assert_eq!(cpu_in_force(&s), half);
     assert_eq!(s.burst_interval(), None);
     let mut sleeper = sleeper;
     let _ = (sleeper.kill(), sleeper.wait());
