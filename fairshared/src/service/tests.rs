@@ -12,7 +12,8 @@ use super::*;
 use crate::systemd::{Call, Fake};
 use crate::users::LookupError;
 
-struct Table(Vec<Identity>);
+/// A user directory from a list (the service tests' NSS).
+pub(super) struct Table(pub(super) Vec<Identity>);
 
 impl Directory for Table {
     fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {

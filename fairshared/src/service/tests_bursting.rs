@@ -11,18 +11,8 @@ use fairshare_proto::wire::{Response, parse_request};
 use super::*;
 use crate::dropin::{Key, Value};
 use crate::systemd::{Call, Fake};
-use crate::users::LookupError;
 
-struct Table(Vec<Identity>);
-
-impl Directory for Table {
-    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
-        Ok(self.0.iter().find(|i| i.uid == uid).cloned())
-    }
-    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
-        Ok(self.0.iter().find(|i| i.name == name).cloned())
-    }
-}
+use super::tests::Table;
 
 const POLICY: &str = "\
 defaults: {cpu: 0.5, mem: 1G}

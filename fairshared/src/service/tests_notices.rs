@@ -12,18 +12,8 @@ use fairshare_proto::wire::{ErrorCode, NoticesSource, Response, parse_request};
 use super::*;
 use crate::events::watch::Found;
 use crate::systemd::{Fake, LogindSession};
-use crate::users::LookupError;
 
-struct Table(Vec<Identity>);
-
-impl Directory for Table {
-    fn by_uid(&self, uid: u32) -> Result<Option<Identity>, LookupError> {
-        Ok(self.0.iter().find(|i| i.uid == uid).cloned())
-    }
-    fn by_name(&self, name: &str) -> Result<Option<Identity>, LookupError> {
-        Ok(self.0.iter().find(|i| i.name == name).cloned())
-    }
-}
+use super::tests::Table;
 
 fn service(policy: &str) -> Arc<Service<Fake>> {
     let ids = ["root", "alice", "bob"]
