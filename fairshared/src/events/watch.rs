@@ -431,7 +431,7 @@ impl Watcher {
             }
             Layout::Hybrid | Layout::Legacy => {
                 w.v1 = V1SliceOoms::new(w.failcnt());
-                let counted = w.v1_kill_count();
+                let counted = Watcher::v1_kill_count(&w.dir);
                 w.v1.counted(counted);
             }
         }
@@ -578,12 +578,10 @@ impl Watcher {
         loop {
             // a walk of the slice's cgroups: off the async workers
             let dir = self.dir.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                crate::cgroup::counts_below(&dir, "memory.oom_control", "oom_kill")
-            })
-            .await
-            .ok()
-            .flatten();
+            let read = tokio::task::spawn_blocking(move || Watcher::v1_kill_count(&dir))
+                .await
+                .ok()
+                .flatten();
             if let Some(c) = read {
                 for (ino, n) in &c {
                     let p = peak.entry(*ino).or_insert(0);
@@ -613,8 +611,8 @@ impl Watcher {
 
     /// v1: the kernel's count of kills in the slice and every cgroup below
     /// it (a kill counts in the victim's own cgroup).
-    fn v1_kill_count(&self) -> Option<crate::events::oom::Counts> {
-        crate::cgroup::counts_below(&self.dir, "memory.oom_control", "oom_kill")
+    fn v1_kill_count(dir: &Path) -> Option<crate::events::oom::Counts> {
+        crate::cgroup::counts_below(dir, "memory.oom_control", "oom_kill")
     }
 
     /// The eventfd's count, if it fired (resets it).
