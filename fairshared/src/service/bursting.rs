@@ -186,12 +186,13 @@ impl<S: Systemd> Service<S> {
                 }
             };
             let up = policy.for_user(&id);
-            let allocation = self.store.read(|l| l.effective(*uid, &up)).cpu;
             // root's CPU setting binds the user: no burst above it
-            let root_set = self.store.read(|l| {
-                l.get(*uid)
+            let (allocation, root_set) = self.store.read(|l| {
+                let root_set = l
+                    .get(*uid)
                     .and_then(|e| e.admin.as_ref())
-                    .is_some_and(|a| a.cpu.is_some())
+                    .is_some_and(|a| a.cpu.is_some());
+                (l.effective(*uid, &up).cpu, root_set)
             });
             let quota = quota_in_force(self.dropins.in_force(*uid).get(&Key::CpuQuota))
                 .unwrap_or(Cpus::MAX);
