@@ -13,8 +13,8 @@ use fairshare_e2e::*;
 /// enough to wait for).
 const LEASE: u64 = 10;
 
-fn leased_policy() -> String {
-    format!("{BASE_POLICY}leases:\n  max_duration: {LEASE}s\n")
+fn leased_policy(lease: u64) -> String {
+    format!("{BASE_POLICY}leases:\n  max_duration: {lease}s\n")
 }
 
 /// A raw request sent by `user` from their own login, as a user could.
@@ -43,7 +43,7 @@ fn lease_slack(h: &dyn TestHost) -> Duration {
 // to keep the leased CPUs with no end. The slice's quota goes back to the
 // default at the lease's end all the same.
 core_test!(a_partial_resize_does_not_keep_a_lease_past_its_end, |h| {
-    h.fresh_daemon(&leased_policy());
+    h.fresh_daemon(&leased_policy(LEASE));
     let (user, uid) = TESTUSER;
     let _s = h.session(user);
     h.expect_limits(uid, want(2000, 8 * GIB, 4096));
@@ -74,19 +74,31 @@ core_test!(a_partial_resize_does_not_keep_a_lease_past_its_end, |h| {
 // user cannot hold more than the default longer than `max_duration` in one
 // go; a longer `--for` is refused and says how long is left.
 core_test!(asking_again_does_not_extend_a_lease, |h| {
-    h.fresh_daemon(&leased_policy());
+    // The lease must outlast the two requests sent during it: three ssh
+    // logins take a few seconds each in the emulated guest, so the lease
+    // and the pause scale with the host's slowness (10 s and 4 s in the
+    // container, 40 s and 16 s in the guest).
+    let lease = LEASE * u64::from(h.slowness());
+    h.fresh_daemon(&leased_policy(lease));
     let (user, uid) = TESTUSER2;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 6").ok();
     let granted = Instant::now();
     h.expect_limits(uid, want(6000, 8 * GIB, 4096));
-    // late enough that a renewed lease (the old behaviour) would end after
-    // LEASE + 4 s, past the bound below
-    std::thread::sleep(Duration::from_secs(4));
+    // late enough that a renewed lease (the old behaviour) would end more
+    // than the slack after the first one
+    let pause = Duration::from_secs(4 * u64::from(h.slowness()));
+    assert!(pause > lease_slack(h));
+    std::thread::sleep(pause);
     h.ssh(user, "fairshare-ctl resize --cpu 6 --mem 9G").ok();
     let e = h.ssh(
         user,
-        &format!("fairshare-ctl resize --cpu 6 --for {LEASE}s"),
+        &format!("fairshare-ctl resize --cpu 6 --for {lease}s"),
+    );
+    assert!(
+        granted.elapsed() < Duration::from_secs(lease),
+        "the requests took {:?}, longer than the {lease}s lease: the test proves nothing",
+        granted.elapsed()
     );
     assert_eq!(e.code, 1, "{e:?}");
     assert!(
@@ -98,12 +110,12 @@ core_test!(asking_again_does_not_extend_a_lease, |h| {
     let back = wait_default_quota(
         h,
         uid,
-        Duration::from_secs(LEASE + 15 * u64::from(h.slowness())),
+        Duration::from_secs(lease + 15 * u64::from(h.slowness())),
     );
     let took = back - granted;
     assert!(
-        took <= Duration::from_secs(LEASE) + lease_slack(h),
-        "the lease ended {took:?} after the first resize, not within {LEASE}s: asking again extended it"
+        took <= Duration::from_secs(lease) + lease_slack(h),
+        "the lease ended {took:?} after the first resize, not within {lease}s: asking again extended it"
     );
     h.expect_limits(uid, want(2000, 8 * GIB, 4096));
 });
