@@ -240,7 +240,12 @@ async fn poll(inner: Weak<Inner>) {
 /// Watches `paths` until the slice goes away, calling `report` with what it
 /// finds. Cancel the task to stop it earlier. A slice that is not there
 /// ends it at once ([`Watchers`] waits for slices).
-pub async fn watch<F, Fut>(paths: Paths, report: F) -> End
+///
+/// `fresh`: the slice came with this login (the user had no session), so
+/// kills already counted in it happened in this login, before the watcher
+/// was set up (an `ssh host cmd` that hits the limit at once): they are
+/// reported first. Otherwise what the counters hold is old news.
+pub async fn watch<F, Fut>(paths: Paths, fresh: bool, report: F) -> End
 where
     F: Fn(Found) -> Fut,
     Fut: Future<Output = ()>,
@@ -253,13 +258,22 @@ where
     };
     // Off the async workers: the first PSI trigger on a cgroup starts a
     // kernel thread for it (milliseconds), and a wave of logins opens many.
-    let mut w = match tokio::task::spawn_blocking(move || Watcher::open(paths, dir, slice)).await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not set up an event watcher");
-            return End::NoSlice;
-        }
-    };
+    let mut w =
+        match tokio::task::spawn_blocking(move || Watcher::open(paths, dir, slice, fresh)).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not set up an event watcher");
+                return End::NoSlice;
+            }
+        };
+    if w.early_kills > 0 {
+        let count = std::mem::take(&mut w.early_kills);
+        report(Found::OomKills {
+            count,
+            slice: w.slice,
+        })
+        .await;
+    }
     w.run(&report).await
 }
 
@@ -285,6 +299,8 @@ struct Watcher {
     psi_memory: Option<Pollable>,
     v2: Option<SliceOoms>,
     v1: V1SliceOoms,
+    /// Kills in a fresh slice before the watcher was set up.
+    early_kills: u64,
     cpu: Detector,
     stall: Option<Detector>,
 }
@@ -382,7 +398,7 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
-    fn open(paths: Paths, dir: PathBuf, slice: u64) -> Watcher {
+    fn open(paths: Paths, dir: PathBuf, slice: u64, fresh: bool) -> Watcher {
         let memory = match paths.layout {
             Layout::Unified => paths
                 .memory_events
@@ -412,6 +428,7 @@ impl Watcher {
         let mut w = Watcher {
             v2: None,
             v1: V1SliceOoms::new(None),
+            early_kills: 0,
             cpu: Detector::new(throttle::CPU),
             stall: paths
                 .memory_pressure
@@ -427,11 +444,25 @@ impl Watcher {
         match w.paths.layout {
             Layout::Unified => {
                 let (sub, local) = w.memory_events();
-                w.v2 = Some(SliceOoms::new(sub, local));
+                w.v2 = Some(match fresh {
+                    // from zero: what the slice counted is this login's
+                    true => {
+                        let mut o =
+                            SliceOoms::new(MemoryEvents::default(), MemoryEvents::default());
+                        w.early_kills = o.update(sub, local, std::time::Instant::now());
+                        o
+                    }
+                    false => SliceOoms::new(sub, local),
+                });
             }
             Layout::Hybrid | Layout::Legacy => {
                 w.v1 = V1SliceOoms::new(w.failcnt());
                 let counted = Watcher::v1_kill_count(&w.dir);
+                if fresh {
+                    w.early_kills = counted
+                        .as_ref()
+                        .map_or(0, |c| c.values().fold(0u64, |a, n| a.saturating_add(*n)));
+                }
                 w.v1.counted(counted);
             }
         }
@@ -764,7 +795,7 @@ mod tests {
         let paths = Paths::for_user(&root, Layout::Unified, 1001);
         let seen: Arc<Mutex<Vec<Found>>> = Arc::default();
         let s = seen.clone();
-        let task = tokio::spawn(watch(paths.clone(), move |f| {
+        let task = tokio::spawn(watch(paths.clone(), false, move |f| {
             let s = s.clone();
             async move { s.lock().unwrap().push(f) }
         }));
@@ -808,11 +839,61 @@ mod tests {
         assert_eq!(task.await.unwrap(), End::SliceGone);
     }
 
+    /// A kill before the watcher was set up (an `ssh host cmd` that hits the
+    /// limit at once, in a slice made for that login) is reported first; in
+    /// a slice that was there before, the counts are old news.
+    #[tokio::test(start_paused = true)]
+    async fn kills_in_a_fresh_slice_before_the_watcher_count() {
+        for layout in [Layout::Unified, Layout::Hybrid] {
+            for fresh in [true, false] {
+                let t = tempfile::tempdir().unwrap();
+                let root = t.path().to_path_buf();
+                match layout {
+                    Layout::Unified => v2_files(&root, 0, 1, 1),
+                    _ => {
+                        // v1: the kill counted in the session's scope
+                        write(
+                            &root,
+                            &format!("memory/{SLICE}/memory.oom_control"),
+                            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+                        );
+                        write(&root, &format!("memory/{SLICE}/memory.failcnt"), "3\n");
+                        write(
+                            &root,
+                            &format!("memory/{SLICE}/session-4.scope/memory.oom_control"),
+                            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+                        );
+                    }
+                }
+                let paths = Paths::for_user(&root, layout, 1001);
+                let seen: Arc<Mutex<Vec<Found>>> = Arc::default();
+                let s = seen.clone();
+                let task = tokio::spawn(watch(paths.clone(), fresh, move |f| {
+                    let s = s.clone();
+                    async move { s.lock().unwrap().push(f) }
+                }));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let kills: Vec<u64> = seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|f| match f {
+                        Found::OomKills { count, .. } => Some(*count),
+                        _ => None,
+                    })
+                    .collect();
+                let want: &[u64] = if fresh { &[1] } else { &[] };
+                assert_eq!(kills, want, "{layout:?}, fresh {fresh}");
+                task.abort();
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn no_slice_no_watcher() {
         let t = tempfile::tempdir().unwrap();
         let paths = Paths::for_user(t.path(), Layout::Unified, 1001);
-        let end = watch(paths, |_| async {}).await;
+        let end = watch(paths, false, |_| async {}).await;
         assert_eq!(end, End::NoSlice);
     }
 

@@ -119,7 +119,9 @@ impl<S: Systemd> Service<S> {
 
     /// A session of `uid` opened: watch their slice if nobody does yet
     /// (when it appears, if it is not there yet).
-    pub(super) fn events_started(self: &Arc<Self>, uid: u32) {
+    /// `fresh`: the user had no session before this one (their slice came
+    /// with it; see [`watch::watch`]).
+    pub(super) fn events_started(self: &Arc<Self>, uid: u32, fresh: bool) {
         if self.notices.watchers.contains(&uid) {
             return;
         }
@@ -140,7 +142,7 @@ impl<S: Systemd> Service<S> {
                         }
                     }
                 };
-                match watch::watch(paths, report).await {
+                match watch::watch(paths, fresh, report).await {
                     End::NoSlice => tracing::debug!(uid, "no slice to watch for events"),
                     End::SliceGone => tracing::debug!(uid, "slice gone; its event watcher ends"),
                 }
@@ -168,7 +170,7 @@ impl<S: Systemd> Service<S> {
         });
         for (uid, sessions) in users {
             match sessions {
-                true => self.events_started(uid),
+                true => self.events_started(uid, false),
                 false => self.events_stopped(uid),
             }
         }
