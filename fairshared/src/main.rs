@@ -550,6 +550,15 @@ async fn run(
 
     signals(&service).await?;
     notify(&[NotifyState::Stopping]);
+    // lifted quotas back to their allocations, within a few seconds
+    if tokio::time::timeout(Duration::from_secs(5), service.end_bursts())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "stopping: not every lifted CPU quota was put back in 5 s; the next start does it"
+        );
+    }
     tracing::info!("stopping; limits stay in force");
     let _ = stop_tx.send(true);
     let _ = server.await;

@@ -192,7 +192,7 @@ impl<S: Systemd> Service<S> {
             .as_ref()
             .map(|e| e.limits)
             .or_else(|| up.as_ref().map(|u| u.default));
-        let allowance = match (limits, &up) {
+        let mut allowance = match (limits, &up) {
             (Some(allocation), Some(u)) => Some(Allowance {
                 allocation,
                 // root's setting binds the user's resizes: no remedy above it
@@ -221,9 +221,16 @@ impl<S: Systemd> Service<S> {
                 percent,
                 window_secs,
             } => {
+                // a user bursting is held at the lifted quota, not at the allocation
+                let held_at = limits.map(|l| self.burst_quota(uid, l.cpu).unwrap_or(l.cpu));
+                if let (Some(a), Some(cpu), EventKind::CpuThrottled) =
+                    (allowance.as_mut(), held_at, kind)
+                {
+                    a.allocation.cpu = cpu;
+                }
                 let limit = match kind {
                     EventKind::CpuThrottled => LimitHit {
-                        cpu: limits.map(|l| l.cpu),
+                        cpu: held_at,
                         ..LimitHit::default()
                     },
                     _ => LimitHit {
