@@ -111,7 +111,7 @@ pub struct V1SliceOoms {
     last_kill: Option<std::time::Instant>,
 }
 
-/// Kills per cgroup (by inode), as [`crate::cgroup::counts_below`] reads them.
+/// Kills per cgroup (by inode), as `cgroup::counts_below` reads them.
 pub type Counts = std::collections::BTreeMap<u64, u64>;
 
 /// Firings this soon after a counted kill, with the kernel's count unmoved,
