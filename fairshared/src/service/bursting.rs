@@ -307,6 +307,9 @@ impl<S: Systemd> Service<S> {
     /// (nobody would take it back while fairshared is away).
     pub async fn end_bursts(self: &Arc<Self>) {
         let policy = self.policy();
+        if !policy.bursting().enabled {
+            return;
+        }
         let lifted: Vec<(u32, Cpus)> = self.store.read(|l| {
             l.entries()
                 .filter(|(_, e)| !e.sessions.is_empty())
