@@ -179,6 +179,15 @@ impl Watchers {
         self.inner.running.cancel(uid);
     }
 
+    /// `uid`'s last session closed: they wait for their slice no more. A
+    /// watcher already running goes on until the slice goes: a kill as the
+    /// session ends (an `ssh host cmd` whose process hit the limit) is still
+    /// being gathered, and processes left running in the slice can still
+    /// be killed.
+    pub fn stop_waiting(&self, uid: &u32) {
+        lock(&self.inner.waiting).users.remove(uid);
+    }
+
     /// Whether `uid` is watched (or waited for).
     pub fn contains(&self, uid: &u32) -> bool {
         self.inner.running.contains(uid) || lock(&self.inner.waiting).users.contains_key(uid)

@@ -1,7 +1,7 @@
 //! Telling users what their limits did (issue 14): the login line in the
 //! answer to `session_open`, the `events` and `notices` requests, the
-//! per-user watchers (started at a user's first session, stopped at the
-//! last), and what happens when a watcher finds something: the event is
+//! per-user watchers (started at a user's first session, ending with the
+//! slice), and what happens when a watcher finds something: the event is
 //! made (victims named from the kernel log), told on the user's terminals
 //! unless they turned that off or the burst was told already, and recorded
 //! (history, journal, metrics, followers). The state is
@@ -152,9 +152,11 @@ impl<S: Systemd> Service<S> {
         self.notices.watchers.start(uid, start);
     }
 
-    /// The last session of `uid` closed: stop watching.
+    /// The last session of `uid` closed: no more waiting for their slice;
+    /// a running watcher ends with the slice (see
+    /// [`watch::Watchers::stop_waiting`]).
     pub(super) fn events_stopped(&self, uid: u32) {
-        self.notices.watchers.cancel(&uid);
+        self.notices.watchers.stop_waiting(&uid);
     }
 
     /// Watches every user with sessions (restored from the saved ledger, or
