@@ -643,10 +643,7 @@ impl Watcher {
             }
         }
         let counts = last.map(|now| (peak, now));
-        Some(
-            self.v1
-                .burst_kills(fired, counts, std::time::Instant::now()),
-        )
+        Some(self.v1.burst_kills(fired, counts))
     }
 
     /// v1: the kernel's count of kills in the slice and every cgroup below
