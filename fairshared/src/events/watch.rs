@@ -156,14 +156,32 @@ fn lock(m: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
 impl Watchers {
     /// Watches `uid` (nothing if they are watched already): at once if their
     /// slice is there, else as soon as it appears within [`SLICE_WAIT`].
-    pub fn start(&self, uid: u32, start: Start) {
-        if self.contains(&uid) {
+    ///
+    /// `fresh`: the user had no session before this login. A watcher still
+    /// running may then be on the slice of their last login, on its way
+    /// out (logind removes it at logout unless `UserStopDelaySec` keeps
+    /// it), while this login gets a new one: the user waits for that
+    /// watcher to end and is then watched again (a watcher on a slice that
+    /// stays just goes on, and the wait runs out).
+    pub fn start(&self, uid: u32, start: Start, fresh: bool) {
+        if self.inner.running.contains(&uid) {
+            if fresh {
+                self.wait(uid, start);
+            }
+            return;
+        }
+        if lock(&self.inner.waiting).users.contains_key(&uid) {
             return;
         }
         if let Some(task) = start(uid) {
             self.inner.running.spawn(uid, task);
             return;
         }
+        self.wait(uid, start);
+    }
+
+    /// Puts `uid` in the waiting list (for [`SLICE_WAIT`] from now).
+    fn wait(&self, uid: u32, start: Start) {
         let mut w = lock(&self.inner.waiting);
         w.users.insert(uid, Instant::now() + SLICE_WAIT);
         w.start = Some(start);
@@ -223,6 +241,14 @@ async fn poll(inner: Weak<Inner>) {
         };
         let now = Instant::now();
         for (uid, until) in users {
+            // a watcher (of an older slice) still runs: wait for its end
+            if inner.running.contains(&uid) {
+                let mut w = lock(&inner.waiting);
+                if now >= until && w.users.get(&uid) == Some(&until) {
+                    w.users.remove(&uid);
+                }
+                continue;
+            }
             // the slice looked for outside the lock
             let task = start(uid);
             let mut w = lock(&inner.waiting);
@@ -710,6 +736,13 @@ impl Watcher {
                     if kills > 0 {
                         report(Found::OomKills { count: kills, slice: self.slice }).await;
                     }
+                    // The slice may have gone during the gathering (an `ssh
+                    // host cmd` killed, its session the last): the v1 eventfd
+                    // fired for the removal then, and that firing was read
+                    // with the burst's, so no wake-up is left to tell.
+                    if self.gone() {
+                        return End::SliceGone;
+                    }
                     tokio::time::sleep(DEBOUNCE).await;
                 }
                 problem = woken(self.psi_cpu.as_ref()) => {
@@ -925,7 +958,7 @@ mod tests {
         let tasks = tokio::runtime::Handle::current().metrics();
         let before = tasks.num_alive_tasks();
         for uid in [1001, 1002, 1003] {
-            w.start(uid, start.clone());
+            w.start(uid, start.clone(), true);
         }
         assert_eq!(w.len(), 3);
         assert_eq!(
@@ -950,10 +983,61 @@ mod tests {
         );
         // a slice already there: watched at once
         std::fs::create_dir_all(slice_dir_of(&root, Layout::Unified, 1004)).unwrap();
-        w.start(1004, start.clone());
+        w.start(1004, start.clone(), true);
         assert_eq!(started.lock().unwrap().as_slice(), [1001, 1004]);
         w.cancel(&1001);
         assert!(!w.contains(&1001));
+    }
+
+    /// A fresh login while the watcher of the user's last slice still runs
+    /// (that slice on its way out, the new login's slice another): the user
+    /// is watched again once that watcher ends. An additional session
+    /// starts nothing, and next to a watcher that goes on (the same slice)
+    /// the wait runs out.
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_login_waits_for_the_last_slices_watcher() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        std::fs::create_dir_all(slice_dir_of(&root, Layout::Unified, 1001)).unwrap();
+        let started: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let end = Arc::new(tokio::sync::Notify::new());
+        let start: Start = {
+            let (root, started, end) = (root.clone(), started.clone(), end.clone());
+            Arc::new(move |uid| {
+                slice_dir_of(&root, Layout::Unified, uid).is_dir().then(|| {
+                    started.lock().unwrap().push(uid);
+                    let end = end.clone();
+                    let task: Task = Box::pin(async move { end.notified().await });
+                    task
+                })
+            })
+        };
+        let w = Watchers::default();
+        w.start(1001, start.clone(), true);
+        w.start(1001, start.clone(), false);
+        assert_eq!(started.lock().unwrap().as_slice(), [1001]);
+        // logout, and a new login before the old watcher saw its slice go
+        w.start(1001, start.clone(), true);
+        tokio::time::sleep(SLICE_POLL * 3).await;
+        assert_eq!(
+            started.lock().unwrap().as_slice(),
+            [1001],
+            "the old one runs"
+        );
+        end.notify_one();
+        tokio::time::sleep(SLICE_POLL * 3).await;
+        assert_eq!(
+            started.lock().unwrap().as_slice(),
+            [1001, 1001],
+            "watched again"
+        );
+        assert_eq!(w.len(), 1);
+        // a watcher that goes on: the wait runs out, nothing else starts
+        w.start(1001, start.clone(), true);
+        assert_eq!(w.len(), 2, "running and waiting");
+        tokio::time::sleep(SLICE_WAIT + SLICE_POLL * 2).await;
+        assert_eq!(started.lock().unwrap().len(), 2);
+        assert_eq!(w.len(), 1);
     }
 
     #[test]

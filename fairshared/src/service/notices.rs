@@ -122,7 +122,7 @@ impl<S: Systemd> Service<S> {
     /// `fresh`: the user had no session before this one (their slice came
     /// with it; see [`watch::watch`]).
     pub(super) fn events_started(self: &Arc<Self>, uid: u32, fresh: bool) {
-        if self.notices.watchers.contains(&uid) {
+        if !fresh && self.notices.watchers.contains(&uid) {
             return;
         }
         let this = Arc::downgrade(self);
@@ -149,7 +149,7 @@ impl<S: Systemd> Service<S> {
             });
             Some(task)
         });
-        self.notices.watchers.start(uid, start);
+        self.notices.watchers.start(uid, start, fresh);
     }
 
     /// The last session of `uid` closed: no more waiting for their slice;
