@@ -127,10 +127,8 @@ impl<S: Systemd> Service<S> {
         }
         let this = Arc::downgrade(self);
         let (root, layout) = (self.cgroups.root().to_path_buf(), self.cgroups.layout());
-        let start: watch::Start = Arc::new(move |uid| {
-            if !watch::slice_dir_of(&root, layout, uid).is_dir() {
-                return None;
-            }
+        let start: watch::Start = Arc::new(move |uid, fresh| {
+            let ino = watch::slice_inode(&watch::slice_dir_of(&root, layout, uid))?;
             let paths = Paths::for_user(&root, layout, uid);
             let this = this.clone();
             let task: watch::Task = Box::pin(async move {
@@ -142,12 +140,12 @@ impl<S: Systemd> Service<S> {
                         }
                     }
                 };
-                match watch::watch(paths, fresh, report).await {
+                match watch::watch(paths, ino, fresh, report).await {
                     End::NoSlice => tracing::debug!(uid, "no slice to watch for events"),
                     End::SliceGone => tracing::debug!(uid, "slice gone; its event watcher ends"),
                 }
             });
-            Some(task)
+            Some((ino, task))
         });
         self.notices.watchers.start(uid, start, fresh);
     }
@@ -157,6 +155,12 @@ impl<S: Systemd> Service<S> {
     /// [`watch::Watchers::stop_waiting`]).
     pub(super) fn events_stopped(&self, uid: u32) {
         self.notices.watchers.stop_waiting(&uid);
+    }
+
+    /// `uid` is no longer limited here (exempt now, or gone): their
+    /// watcher ends at once.
+    pub(super) fn events_cancelled(&self, uid: u32) {
+        self.notices.watchers.cancel(&uid);
     }
 
     /// Watches every user with sessions (restored from the saved ledger, or

@@ -59,10 +59,14 @@ impl<S: Systemd> Service<S> {
         let guard = self.locks.lock(id.uid).await;
         // what the slice carries now, should anyone have set it meanwhile
         self.dropins.reread_runtime(id.uid);
-        // the user's first session: their slice (and its kill counts) came with it
-        let fresh = self
-            .store
-            .read(|l| l.get(id.uid).is_none_or(|e| e.sessions.is_empty()));
+        // the user's first session, announced by PAM as it opens: their
+        // slice (and its kill counts) came with it. One counted from
+        // logind's list (the daemon was down at the login) may have an
+        // older slice whose counts are old news.
+        let fresh = peer.is_some()
+            && self
+                .store
+                .read(|l| l.get(id.uid).is_none_or(|e| e.sessions.is_empty()));
         let (process, pidfd) = ProcessRef::pin(s.pid);
         let info = SessionInfo {
             pid: s.pid,
