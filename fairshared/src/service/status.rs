@@ -82,7 +82,8 @@ impl<S: Systemd> Service<S> {
             },
             active: entry.is_some_and(|e| e.applied.is_some()),
             default: (!exempt).then_some(up.default),
-            max: (!exempt).then_some(up.max),
+            // root's setting binds the user's resizes: that is their maximum
+            max: (!exempt).then_some(entry.map_or(up.max, |e| e.user_ceiling(up))),
             policy,
             sessions: entry.map_or(0, |e| e.sessions.len() as u32),
             session_list: entry.map(|e| e.sessions.clone()).unwrap_or_default(),
