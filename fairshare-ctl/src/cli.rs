@@ -160,7 +160,7 @@ are chosen by whoever ran the process.",
 the policy's default (notices.terminal, on unless the admin says otherwise). The choice is \
 saved and kept across logins and restarts. Events are recorded either way: fairshare-ctl \
 events lists them. Terminals closed with `mesg n` get no notices either.",
-        after_help = "Examples:\n  fairshare-ctl notices off\n  fairshare-ctl notices on\n  sudo fairshare-ctl notices default --user alice"
+        after_help = "Examples:\n  fairshare-ctl notices\n  fairshare-ctl notices off\n  fairshare-ctl notices on\n  sudo fairshare-ctl notices default --user alice"
     )]
     Notices(NoticesArgs),
     /// A live view of every user's CPU, memory and limits (your own as a user)
@@ -277,9 +277,9 @@ pub enum NoticesState {
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct NoticesArgs {
-    /// off (no notices on your terminals), on, or default (the policy's choice)
+    /// off (no notices on your terminals), on, or default (the policy's choice); without it, show the setting
     #[arg(value_enum, hide_possible_values = true)]
-    pub state: NoticesState,
+    pub state: Option<NoticesState>,
     /// Another user's (root only)
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
@@ -539,12 +539,19 @@ mod tests {
                 .unwrap()
                 .command
             {
-                Command::Notices(n) => assert_eq!(n.state, want),
+                Command::Notices(n) => assert_eq!(n.state, Some(want)),
                 other => panic!("{other:?}"),
             }
         }
         assert!(Cli::try_parse_from(["fairshare-ctl", "notices", "maybe"]).is_err());
-        assert!(Cli::try_parse_from(["fairshare-ctl", "notices"]).is_err());
+        // without a state: show the setting
+        match Cli::try_parse_from(["fairshare-ctl", "notices"])
+            .unwrap()
+            .command
+        {
+            Command::Notices(n) => assert_eq!(n.state, None),
+            other => panic!("{other:?}"),
+        }
         let help = command()
             .find_subcommand_mut("events")
             .unwrap()

@@ -117,6 +117,18 @@ pub fn list(l: &EventList, reader: u32) -> String {
     out
 }
 
+/// `notices` without a state: `alice (uid 1001): terminal notices: off
+/// (set with fairshare-ctl notices)`.
+pub fn notices_setting(l: &EventList) -> String {
+    sanitize::line(
+        &format!(
+            "{} (uid {}): terminal notices: {}",
+            l.user, l.uid, l.terminal_notices
+        ),
+        MAX_LINE,
+    )
+}
+
 /// `events --follow`: one new event, for the user `reader`.
 pub fn followed(l: &EventLine, reader: u32) -> String {
     sanitize::line(
@@ -201,6 +213,10 @@ mod tests {
             "{t:?}"
         );
         assert!(t.contains("terminal notices: off (set with fairshare-ctl notices)"));
+        assert_eq!(
+            notices_setting(&l),
+            "alice (uid 1001): terminal notices: off (set with fairshare-ctl notices)"
+        );
         // a name that did not come escaped from the daemon is cleaned here
         // root reading alice's events: "their", not "your"
         let mut shown = l.clone();

@@ -146,7 +146,8 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
     if let Some(q) = s.bursting {
         let _ = writeln!(
             out,
-            "  bursting:   using up to {q} CPUs while the host is idle (back to the allocation when it is busy)"
+            "  bursting:   using up to {q} {} while the host is idle (back to the allocation when it is busy)",
+            fairshare_proto::events::cpus_word(q)
         );
     }
     if !s.fair.is_empty() {

@@ -81,11 +81,18 @@ fn main() -> ExitCode {
             since: e.since.map(|d| events::now().saturating_sub(d.as_secs())),
             follow: e.follow,
         }),
+        // no state: the setting, as `events` answers it (with no event:
+        // only those from the next second on)
+        Command::Notices(n) if n.state.is_none() => Request::Events(EventsQuery {
+            user: n.user.as_ref().map(|u| UserRef::Name(u.clone())),
+            since: Some(events::now().saturating_add(1)),
+            follow: false,
+        }),
         Command::Notices(n) => Request::Notices(NoticesChoice {
             terminal: match n.state {
-                NoticesState::Off => Terminal::Off,
-                NoticesState::On => Terminal::On,
-                NoticesState::Default => Terminal::Default,
+                Some(NoticesState::Off) => Terminal::Off,
+                Some(NoticesState::On) => Terminal::On,
+                Some(NoticesState::Default) | None => Terminal::Default,
             },
             user: n.user.as_ref().map(|u| UserRef::Name(u.clone())),
         }),
@@ -168,7 +175,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Response::EventList(l) => {
-            print!("{}", events::list(&l, nix::unistd::getuid().as_raw()));
+            match &cli.command {
+                Command::Notices(_) => println!("{}", events::notices_setting(&l)),
+                _ => print!("{}", events::list(&l, nix::unistd::getuid().as_raw())),
+            }
             ExitCode::SUCCESS
         }
         Response::Event(l) => {

@@ -33,6 +33,7 @@ use crate::burst::{Burster, HostState, Sample, UserSample};
 use crate::defaults::properties;
 use crate::dropin::{Key, Value};
 use crate::systemd::Systemd;
+use fairshare_proto::events::cpus_word;
 
 /// The previous reading: when, the host's CPU time, each user's.
 struct Reading {
@@ -285,10 +286,10 @@ impl<S: Systemd> Service<S> {
                 self.dropins.did_set(uid, &keys);
                 match quota > alloc {
                     true => {
-                        tracing::info!(uid, user = %name, quota = %quota, allocation = %alloc, "bursting: {name} may use up to {quota} CPUs while the host is idle (allocation {alloc})")
+                        tracing::info!(uid, user = %name, quota = %quota, allocation = %alloc, "bursting: {name} may use up to {quota} {} while the host is idle (allocation {alloc})", cpus_word(quota))
                     }
                     false => {
-                        tracing::info!(uid, user = %name, quota = %quota, "bursting: {name} is back to their allocation of {quota} CPUs")
+                        tracing::info!(uid, user = %name, quota = %quota, "bursting: {name} is back to their allocation of {quota} {}", cpus_word(quota))
                     }
                 }
                 // back at the allocation: the runtime file only repeats the
@@ -298,7 +299,7 @@ impl<S: Systemd> Service<S> {
                 }
             }
             Err(e) => {
-                tracing::warn!(uid, user = %name, error = %e, "bursting: could not set the CPU quota of {name} to {quota} CPUs");
+                tracing::warn!(uid, user = %name, error = %e, "bursting: could not set the CPU quota of {name} to {quota} {}", cpus_word(quota));
             }
         }
     }

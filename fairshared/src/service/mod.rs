@@ -428,7 +428,18 @@ impl<S: Systemd> Service<S> {
         why: &str,
     ) -> Result<(), ServiceError> {
         let up = self.policy().for_user(id);
-        let (base, target) = self.target(&up, Some(&change.new));
+        let (base, mut target) = self.target(&up, Some(&change.new));
+        // A user bursting keeps their lifted quota through a change that
+        // leaves their CPU allocation as it was (another login, a resize of
+        // memory): the sampler decides when it goes, not a login.
+        if let Some(q) = self.burst_quota(id.uid, change.new.cpu)
+            && change.old.is_some_and(|o| o.cpu == change.new.cpu)
+        {
+            target.insert(
+                crate::dropin::Key::CpuQuota,
+                Some(crate::dropin::Value::Amount(q.quota_usec_per_sec())),
+            );
+        }
         let sources = || format!("{}: {}", id.name, up.sources.join(", "));
         match self
             .put_on_slice(id.uid, base, sources, &target, defaults::Files::Later)

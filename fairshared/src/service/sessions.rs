@@ -233,18 +233,31 @@ impl<S: Systemd> Service<S> {
     /// A session process ended; forget its session (if still counted).
     pub(super) async fn session_ended(self: &Arc<Self>, uid: u32, pid: u32) {
         let counted = self.store.read(|l| {
-            l.get(uid)
-                .is_some_and(|e| e.sessions.iter().any(|s| s.pid == pid))
+            l.get(uid).and_then(|e| {
+                e.sessions
+                    .iter()
+                    .find(|s| s.pid == pid)
+                    .map(|s| s.service.clone())
+            })
         });
-        if !counted {
+        let Some(service) = counted else {
             return;
-        }
+        };
         self.counters.sessions_ended.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            uid,
-            pid,
-            "session process {pid} of uid {uid} ended without closing its session; counting it down"
-        );
+        match service.as_deref() {
+            // a user manager's session is never closed through PAM as root
+            // ((sd-pam) has dropped to the user): its end is how it goes
+            Some("systemd-user") => tracing::debug!(
+                uid,
+                pid,
+                "the user manager of uid {uid} (pid {pid}) ended; counting its session down"
+            ),
+            _ => tracing::warn!(
+                uid,
+                pid,
+                "session process {pid} of uid {uid} ended without closing its session; counting it down"
+            ),
+        }
         let close = SessionClose {
             uid,
             pid,

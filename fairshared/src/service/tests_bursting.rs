@@ -157,6 +157,28 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
         .handle(peer, parse_request(br#"{"type":"status"}"#).unwrap())
         .await;
     assert_eq!(bursting(st), Some(Cpus::whole(2)));
+    // another login of hers leaves the lifted quota as it is (the new-admin
+    // try saw each login put it back to the allocation until the next
+    // sample, so `ssh host fairshare-ctl status` never said "bursting")
+    let mut second = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let sets = s.systemd().sets(1001);
+    let open = format!(
+        r#"{{"type":"session_open","uid":1001,"pid":{},"session_id":"8"}}"#,
+        second.id()
+    );
+    let r = s
+        .handle(
+            Peer { uid: 0, pid: None },
+            parse_request(open.as_bytes()).unwrap(),
+        )
+        .await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    assert_eq!(cpu_in_force(&s), Some(Value::Amount(2_000_000)));
+    assert_eq!(s.systemd().sets(1001), sets, "no D-Bus call for that login");
+    let _ = (second.kill(), second.wait());
     // fairshared stops: the lifted quota goes back to the allocation
     s.end_bursts().await;
     assert_eq!(cpu_in_force(&s), half);
