@@ -248,7 +248,9 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
         usage.push(format!("throttled {t} times"));
     }
     if let Some(k) = u.oom_kills {
-        usage.push(format!("{k} OOM kills"));
+        usage.push(format!(
+            "{k} OOM kills since the slice started (fairshare-ctl events: all kept)"
+        ));
     }
     let _ = writeln!(
         out,

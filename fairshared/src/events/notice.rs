@@ -129,8 +129,8 @@ pub fn notice(event: &Event, allowance: Option<&Allowance>, held: u32) -> Vec<St
     };
     let held = match held {
         0 => String::new(),
-        1 => "1 more event since the last notice; ".into(),
-        n => format!("{n} more events since the last notice; "),
+        1 => "1 earlier event not shown on a terminal; ".into(),
+        n => format!("{n} earlier events not shown on a terminal; "),
     };
     let third = format!(
         "  ({held}fairshare-ctl events lists what happened; fairshare-ctl notices off stops these messages)"
@@ -276,12 +276,16 @@ mod tests {
             "  fairshare-ctl status shows your limits and how far you may raise them."
         );
         assert!(
-            l[2].starts_with("  (3 more events since the last notice; "),
+            l[2].starts_with("  (3 earlier events not shown on a terminal; "),
             "{}",
             l[2]
         );
         let l = notice(&oom(&[], 1), None, 1);
-        assert!(l[2].starts_with("  (1 more event since"), "{}", l[2]);
+        assert!(
+            l[2].starts_with("  (1 earlier event not shown on a terminal; "),
+            "{}",
+            l[2]
+        );
     }
 
     #[test]

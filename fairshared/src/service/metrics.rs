@@ -163,7 +163,7 @@ const PER_USER: [(&str, &str, &str, Pick); 9] = [
     (
         "fairshare_oom_kills",
         "gauge",
-        "Processes of the user's slice killed for reaching its memory limit.",
+        "Processes of the user's slice killed for reaching its memory limit, since the slice started (it starts anew at a login after the last logout; the events counters keep counting).",
         |u| u.usage.oom_kills.map(|v| v as f64),
     ),
 ];
