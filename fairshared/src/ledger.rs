@@ -48,6 +48,8 @@ use std::time::Duration;
 use fairshare_policy::{CapacityLimit, UserPolicy};
 use fairshare_proto::units::{Bytes, Cpus, Tasks, Weight, format_duration};
 use fairshare_proto::wire::{Capacity, Limits, Resize, SessionInfo, Source};
+
+use crate::guarantees::{Pool, Want};
 use serde::{Deserialize, Serialize};
 
 /// The least CPU a resize or set may give (unless the user's default is less).
@@ -225,6 +227,16 @@ pub struct Entry {
     /// Something to tell the user in `status` (e.g. that a resize expired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// The memory guarantee the slice gets when it is less than
+    /// `limits.mem_low`: the guarantees wanted exceed `capacity.mem_low`
+    /// ([`Ledger::regrant`], [`crate::guarantees`]). `None`: all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_mem_low: Option<Bytes>,
+    /// Unix time the user's current run of sessions began: their place in
+    /// login order for `when_full: first_come`. Absent in older state (the
+    /// oldest open session then stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logged_in_at: Option<u64>,
 }
 
 impl Entry {
@@ -237,7 +249,46 @@ impl Entry {
             limits,
             applied: None,
             notice: None,
+            granted_mem_low: None,
+            logged_in_at: None,
         }
+    }
+
+    /// What the user's slice gets: their limits, with the memory guarantee
+    /// that fits in `capacity.mem_low` ([`Entry::granted_mem_low`]).
+    pub fn slice_limits(&self) -> Limits {
+        let mut l = self.limits;
+        if let Some(g) = self.granted_mem_low {
+            l.mem_low = Some(g).filter(|g| g.get() > 0);
+        }
+        l
+    }
+
+    /// Whether the user's guarantee is root's setting (not their own
+    /// resize): honoured first ([`crate::guarantees`]).
+    pub fn root_guarantee(&self) -> bool {
+        self.admin.as_ref().is_some_and(|a| a.mem_low.is_some())
+            && self.grant.as_ref().is_none_or(|g| g.mem_low.is_none())
+    }
+
+    /// Whether the user's guarantee counts against `capacity.mem_low`: they
+    /// have a session, or it was set explicitly (root's setting, a
+    /// reservation while they are away, or their own resize). A user in
+    /// the ledger only for root's setting of other fields does not count
+    /// while away.
+    pub fn holds_guarantee(&self) -> bool {
+        !self.sessions.is_empty()
+            || [&self.grant, &self.admin]
+                .into_iter()
+                .flatten()
+                .any(|g| g.mem_low.is_some())
+    }
+
+    /// Their place in login order (`u64::MAX`: no session).
+    fn since(&self) -> u64 {
+        self.logged_in_at
+            .or_else(|| self.sessions.iter().map(|s| s.opened_at).min())
+            .unwrap_or(u64::MAX)
     }
 
     pub fn source(&self, _uid: u32) -> Source {
@@ -593,9 +644,57 @@ impl Ledger {
         }
     }
 
-    /// The limits a user would have now: their entry's, or the policy default.
+    /// The limits a user's slice should have now: their entry's (with the
+    /// guarantee that fits, [`Entry::slice_limits`]), or the policy default.
     pub fn effective(&self, uid: u32, up: &UserPolicy) -> Limits {
-        self.users.get(&uid).map_or(up.default, |e| e.limits)
+        self.users
+            .get(&uid)
+            .map_or(up.default, |e| e.slice_limits())
+    }
+
+    /// Shares `pool` among the guarantees wanted ([`crate::guarantees`]):
+    /// sets each entry's [`Entry::granted_mem_low`]. Returns the users
+    /// whose slice's guarantee changed. Nothing to do, and no allocation,
+    /// while the guarantees wanted fit and nobody is cut.
+    pub fn regrant(&mut self, pool: Pool) -> Vec<u32> {
+        let mut wanted = Bytes::default();
+        let mut cut = false;
+        for e in self.users.values() {
+            if e.holds_guarantee() {
+                wanted = wanted.saturating_add(e.limits.mem_low.unwrap_or_default());
+            }
+            cut |= e.granted_mem_low.is_some();
+        }
+        if wanted <= pool.total && !cut {
+            return Vec::new();
+        }
+        let wants: Vec<Want> = self
+            .users
+            .iter()
+            .filter(|(_, e)| e.holds_guarantee())
+            .filter_map(|(uid, e)| {
+                Some(Want {
+                    uid: *uid,
+                    want: e.limits.mem_low?,
+                    rooted: e.root_guarantee(),
+                    since: e.since(),
+                })
+            })
+            .collect();
+        let grants: BTreeMap<u32, Bytes> =
+            crate::guarantees::share(pool, &wants).into_iter().collect();
+        let mut changed = Vec::new();
+        for (uid, e) in self.users.iter_mut() {
+            let before = e.slice_limits().mem_low;
+            e.granted_mem_low = grants
+                .get(uid)
+                .copied()
+                .filter(|g| Some(*g) < e.limits.mem_low);
+            if e.slice_limits().mem_low != before {
+                changed.push(*uid);
+            }
+        }
+        changed
     }
 
     /// A resize (the user's own) or a set (root's). Fields left out keep
@@ -727,10 +826,12 @@ impl Ledger {
         cap: &CapacityLimit,
     ) -> Result<(), Refusal> {
         let asked = mem_low.unwrap_or_default();
+        // what the slice gets: a user whose guarantee was scaled down asks
+        // for more than that, whatever their limits wanted
         let current = self
             .users
             .get(&uid)
-            .and_then(|e| e.limits.mem_low)
+            .and_then(|e| e.slice_limits().mem_low)
             .unwrap_or_default();
         if asked <= current {
             return Ok(());
@@ -757,14 +858,14 @@ impl Ledger {
         Err(Refusal::NoCapacity(why))
     }
 
-    /// The memory guarantees handed out in total, optionally leaving one
-    /// user out.
+    /// The memory guarantees handed out in total (those that count, as
+    /// their slices get them), optionally leaving one user out.
     pub fn guaranteed(&self, except: Option<u32>) -> Bytes {
         self.users
             .iter()
-            .filter(|(uid, _)| Some(**uid) != except)
+            .filter(|(uid, e)| Some(**uid) != except && e.holds_guarantee())
             .fold(Bytes::default(), |t, (_, e)| {
-                t.saturating_add(e.limits.mem_low.unwrap_or_default())
+                t.saturating_add(e.slice_limits().mem_low.unwrap_or_default())
             })
     }
 
@@ -875,6 +976,9 @@ impl Ledger {
         entry.name = name.to_string();
         // A pid can only hold one session; a reused pid replaces a stale record.
         entry.sessions.retain(|x| x.pid != s.pid);
+        if entry.sessions.is_empty() {
+            entry.logged_in_at = Some(s.opened_at);
+        }
         entry.sessions.push(s);
         let first = entry.sessions.len() == 1;
         Change {
@@ -907,6 +1011,7 @@ impl Ledger {
         }
         let old = Some(entry.limits);
         entry.grant = None;
+        entry.logged_in_at = None;
         entry.limits = entry.base(up);
         let new = entry.limits;
         if !entry.needed() {
