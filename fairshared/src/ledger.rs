@@ -744,7 +744,15 @@ impl Ledger {
         let new = compose(up, grant.as_ref(), admin.as_ref());
         if !matches!(actor, Actor::Root { force: true }) {
             self.check_capacity(uid, name, actor, new.cpu, new.mem, cap)?;
-            self.check_guarantee(uid, name, actor, new.mem_low, cap)?;
+            // a user away, whose guarantee nobody set, holds none
+            let counts = self.users.get(&uid).is_some_and(|e| !e.sessions.is_empty())
+                || [grant.as_ref(), admin.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|g| g.mem_low.is_some());
+            if counts {
+                self.check_guarantee(uid, name, actor, new.mem_low, cap)?;
+            }
         }
         let old = self.users.get(&uid).map(|e| e.limits);
         let entry = self
@@ -826,12 +834,12 @@ impl Ledger {
         cap: &CapacityLimit,
     ) -> Result<(), Refusal> {
         let asked = mem_low.unwrap_or_default();
-        // what the slice gets: a user whose guarantee was scaled down asks
-        // for more than that, whatever their limits wanted
+        // against what the limits wanted: lowering one's wanted guarantee
+        // is always allowed (it gives no priority, see crate::guarantees)
         let current = self
             .users
             .get(&uid)
-            .and_then(|e| e.slice_limits().mem_low)
+            .and_then(|e| e.limits.mem_low)
             .unwrap_or_default();
         if asked <= current {
             return Ok(());
@@ -1473,6 +1481,204 @@ mod tests {
     /// Issue 15: users resize weight, io_weight, mem_low and swap within
     /// their maximum; a guarantee beyond what is free of capacity.mem_low
     /// is refused saying how much is; release gives the policy's back.
+    /// A session opened at `at` (Unix time).
+    fn session_at(pid: u32, at: u64) -> SessionInfo {
+        SessionInfo {
+            opened_at: at,
+            ..session(pid)
+        }
+    }
+
+    const LOW: &str = "defaults: {cpu: 1, mem: 4G, mem_low: 1G}\n\
+                       max: {cpu: 2, mem: 8G, mem_low: 2G}\n\
+                       capacity: {cpu: 8, mem: 64G, overcommit: 1, mem_low: {total: 2G}}\n";
+
+    fn pool(total_g: u64, mode: fairshare_policy::WhenFull) -> Pool {
+        Pool {
+            total: Bytes(total_g << 30),
+            mode,
+        }
+    }
+
+    /// What each user's slice gets, in MiB.
+    fn lows(l: &Ledger) -> Vec<(u32, u64)> {
+        l.entries()
+            .map(|(u, e)| (*u, e.slice_limits().mem_low.map_or(0, |b| b.get() >> 20)))
+            .collect()
+    }
+
+    #[test]
+    fn logins_share_the_guarantees_by_scale_and_logouts_give_them_back() {
+        use fairshare_policy::WhenFull::Scale;
+        let p = policy(LOW);
+        let mut l = Ledger::new();
+        let scale = pool(2, Scale);
+        for (i, uid) in [1001, 1002].into_iter().enumerate() {
+            l.open_session(uid, "u", &up(&p, uid), session_at(10 + i as u32, 100));
+            // within the total: nothing to do
+            assert_eq!(l.regrant(scale), Vec::<u32>::new());
+        }
+        assert_eq!(lows(&l), vec![(1001, 1024), (1002, 1024)]);
+        // a third login: everyone shrinks to a third of 2G, the login's
+        // limits still say what it wants
+        l.open_session(1003, "u", &up(&p, 1003), session_at(12, 100));
+        assert_eq!(l.regrant(scale), vec![1001, 1002, 1003]);
+        assert_eq!(lows(&l), vec![(1001, 682), (1002, 682), (1003, 682)]);
+        assert_eq!(l.get(1003).unwrap().limits.mem_low, Some(Bytes(1 << 30)));
+        assert_eq!(
+            l.get(1003).unwrap().granted_mem_low.map(|b| b.get() >> 20),
+            Some(682)
+        );
+        assert_eq!(
+            l.effective(1003, &up(&p, 1003))
+                .mem_low
+                .map(|b| b.get() >> 20),
+            Some(682)
+        );
+        assert!(l.guaranteed(None) <= Bytes(2 << 30));
+        // a second session changes nothing
+        l.open_session(1003, "u", &up(&p, 1003), session_at(13, 200));
+        assert_eq!(l.regrant(scale), Vec::<u32>::new());
+        // a logout gives the others theirs back, in full
+        l.close_session(1002, 11, None, &up(&p, 1002)).unwrap();
+        assert_eq!(l.regrant(scale), vec![1001, 1003]);
+        assert_eq!(lows(&l), vec![(1001, 1024), (1003, 1024)]);
+        assert!(l.entries().all(|(_, e)| e.granted_mem_low.is_none()));
+        // a reload that halves the total: both shrink; one that restores it
+        assert_eq!(l.regrant(pool(1, Scale)), vec![1001, 1003]);
+        assert_eq!(lows(&l), vec![(1001, 512), (1003, 512)]);
+        assert_eq!(l.regrant(scale), vec![1001, 1003]);
+        assert_eq!(lows(&l), vec![(1001, 1024), (1003, 1024)]);
+    }
+
+    #[test]
+    fn first_come_keeps_the_earlier_logins_and_the_order_survives_more_sessions() {
+        use fairshare_policy::WhenFull::FirstCome;
+        let p = policy(LOW);
+        let mut l = Ledger::new();
+        let fc = pool(2, FirstCome);
+        // 1003 first, then 1002, then 1001 (uids in the other order)
+        l.open_session(1003, "u", &up(&p, 1003), session_at(1, 100));
+        l.open_session(1002, "u", &up(&p, 1002), session_at(2, 110));
+        l.regrant(fc);
+        l.open_session(1001, "u", &up(&p, 1001), session_at(3, 120));
+        assert_eq!(l.regrant(fc), vec![1001]);
+        assert_eq!(lows(&l), vec![(1001, 0), (1002, 1024), (1003, 1024)]);
+        assert!(l.get(1001).unwrap().slice_limits().mem_low.is_none());
+        // 1003 opens a later session and closes its first: still first
+        l.open_session(1003, "u", &up(&p, 1003), session_at(4, 130));
+        assert_eq!(l.close_session(1003, 1, None, &up(&p, 1003)), None);
+        assert_eq!(l.regrant(fc), Vec::<u32>::new());
+        // 1002 leaves: the newcomer gets theirs
+        l.close_session(1002, 2, None, &up(&p, 1002)).unwrap();
+        assert_eq!(l.regrant(fc), vec![1001]);
+        assert_eq!(lows(&l), vec![(1001, 1024), (1003, 1024)]);
+        // 1002 back: now the last, gets nothing
+        l.open_session(1002, "u", &up(&p, 1002), session_at(5, 140));
+        assert_eq!(l.regrant(fc), vec![1002]);
+        assert_eq!(lows(&l), vec![(1001, 1024), (1002, 0), (1003, 1024)]);
+    }
+
+    #[test]
+    fn roots_guarantee_comes_first_and_a_cut_user_cannot_resize_past_what_is_free() {
+        use fairshare_policy::WhenFull::Scale;
+        let p = policy(LOW);
+        let c = cap(&p);
+        let mut l = Ledger::new();
+        let scale = pool(2, Scale);
+        // root reserves 1G for 1009, away
+        l.resize(ask(
+            1009,
+            "r",
+            &up(&p, 1009),
+            Resize {
+                mem_low: Some(Bytes(1 << 30)),
+                ..Resize::default()
+            },
+            Actor::Root { force: false },
+            &c,
+        ))
+        .unwrap();
+        assert!(l.get(1009).unwrap().root_guarantee());
+        for (i, uid) in [1001, 1002].into_iter().enumerate() {
+            l.open_session(uid, "u", &up(&p, uid), session_at(10 + i as u32, 100));
+        }
+        l.regrant(scale);
+        // root's 1G in full; the two logins share the other 1G
+        assert_eq!(lows(&l), vec![(1001, 512), (1002, 512), (1009, 1024)]);
+        // raising is refused past what is free: what the others' slices
+        // get counts, not what they wanted
+        let e = l
+            .resize(ask(
+                1001,
+                "u",
+                &up(&p, 1001),
+                Resize {
+                    mem_low: Some(Bytes(1536 << 20)),
+                    ..Resize::default()
+                },
+                Actor::User(1001),
+                &c,
+            ))
+            .unwrap_err();
+        assert!(
+            format!("{e}").contains("1.5G asked, 512M free for you"),
+            "{e}"
+        );
+        // lowering is allowed, and gives no priority: still shared
+        l.resize(ask(
+            1001,
+            "u",
+            &up(&p, 1001),
+            Resize {
+                mem_low: Some(Bytes(256 << 20)),
+                ..Resize::default()
+            },
+            Actor::User(1001),
+            &c,
+        ))
+        .unwrap();
+        l.regrant(scale);
+        assert_eq!(lows(&l), vec![(1001, 204), (1002, 819), (1009, 1024)]);
+        // root's setting of cpu alone for an absent user reserves nothing
+        l.resize(ask(
+            1004,
+            "v",
+            &up(&p, 1004),
+            Resize {
+                cpu: Some(Cpus::whole(2)),
+                ..Resize::default()
+            },
+            Actor::Root { force: false },
+            &c,
+        ))
+        .unwrap();
+        assert!(!l.get(1004).unwrap().holds_guarantee());
+        assert_eq!(l.regrant(scale), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn state_without_the_new_fields_loads_and_orders_by_the_oldest_session() {
+        let p = policy(LOW);
+        let mut l = Ledger::new();
+        l.open_session(1001, "u", &up(&p, 1001), session_at(1, 300));
+        l.open_session(1002, "u", &up(&p, 1002), session_at(2, 200));
+        let mut text = serde_json::to_string(&l).unwrap();
+        assert!(text.contains("logged_in_at"), "{text}");
+        text = text
+            .replace(",\"logged_in_at\":300", "")
+            .replace(",\"logged_in_at\":200", "");
+        assert!(
+            !text.contains("logged_in_at") && !text.contains("granted_mem_low"),
+            "{text}"
+        );
+        let mut back: Ledger = serde_json::from_str(&text).unwrap();
+        back.regrant(pool(1, fairshare_policy::WhenFull::FirstCome));
+        assert_eq!(lows(&back), vec![(1001, 0), (1002, 1024)]);
+        let again: Ledger = serde_json::from_str(&serde_json::to_string(&back).unwrap()).unwrap();
+        assert_eq!(again, back);
+    }
+
     #[test]
     fn fair_share_fields_resize_within_max_and_guarantees_within_the_total() {
         // capacity.mem_low: 2G in total
