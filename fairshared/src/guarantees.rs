@@ -47,7 +47,8 @@ pub struct Want {
 }
 
 /// What each user gets: the same users, in no particular order; the sum
-/// never exceeds `pool.total`, and nobody gets more than they want.
+/// never exceeds `pool.total`, and nobody gets more than they want. A
+/// guarantee cut down is rounded down to a whole MiB.
 pub fn share(pool: Pool, wants: &[Want]) -> Vec<(u32, Bytes)> {
     let mut order: Vec<&Want> = wants.iter().collect();
     order.sort_by_key(|w| (!w.rooted, w.since, w.uid));
@@ -70,8 +71,17 @@ pub fn share(pool: Pool, wants: &[Want]) -> Vec<(u32, Bytes)> {
         pool.mode,
         &rest,
     ));
+    // a guarantee cut down goes to whole MiB (the kernel keeps pages);
+    // `grant_mem_low` answers in the order asked
+    for ((_, got), (_, wanted)) in out.iter_mut().zip(rooted.iter().chain(&rest)) {
+        if *got < *wanted {
+            *got = Bytes(got.get() - got.get() % MIB);
+        }
+    }
     out
 }
+
+const MIB: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {

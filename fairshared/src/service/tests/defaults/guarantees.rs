@@ -50,8 +50,8 @@ async fn regranted(s: &Arc<Service<Fake>>) {
 }
 
 const G: u64 = 1 << 30;
-/// A third of 2G, as the kernel's byte counts go.
-const THIRD: u64 = (2 * G) / 3;
+/// A third of 2G, rounded down to a MiB.
+const THIRD: u64 = 682 << 20;
 
 #[tokio::test]
 async fn scale_shrinks_every_guarantee_at_a_login_and_gives_them_back_at_the_logout() {
@@ -129,7 +129,12 @@ async fn first_come_leaves_earlier_logins_alone_and_a_newcomer_gets_what_is_left
     );
     // a resize to what the policy gives already puts nobody ahead: still
     // what is left
-    success(send(&s, 1002, r#"{"type":"request_resources","mem_low":"1G"}"#).await);
+    let ok = success(send(&s, 1002, r#"{"type":"request_resources","mem_low":"1G"}"#).await);
+    assert!(
+        ok.message.contains("memory guarantee 512M for now"),
+        "{}",
+        ok.message
+    );
     regranted(&s).await;
     assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G / 2));
     // the first leaves: the other gets all of theirs
@@ -178,7 +183,7 @@ async fn a_reload_that_changes_the_total_sets_each_running_slice_once() {
     success(send(&s, 0, r#"{"type":"reload"}"#).await);
     regranted(&s).await;
     for uid in [1001, 1002, 1003] {
-        assert_eq!(low(&s, uid), G / 3, "uid {uid}");
+        assert_eq!(low(&s, uid), 341 << 20, "uid {uid}");
     }
     drop(procs);
 }
