@@ -231,7 +231,8 @@ impl<S: Systemd> Service<S> {
         // the guarantees under the new capacity.mem_low, so that the loop
         // sets each slice's with the rest of its values
         let pool = self.pool(&policy);
-        self.store.mutate(|l| l.regrant(pool));
+        let mut regranted: BTreeSet<u32> =
+            self.store.mutate(|l| l.regrant(pool)).into_iter().collect();
         let mut changed = Vec::new();
         for uid in &running {
             let uid = *uid;
@@ -332,8 +333,11 @@ impl<S: Systemd> Service<S> {
                 }
             }
         }
-        // and again after the loop's clamps, expiries and removals
-        for uid in self.store.mutate(|l| l.regrant(pool)) {
+        // and again after the loop's clamps, expiries and removals; a
+        // slice the loop left alone (its user could not be looked up) gets
+        // its guarantee here (no call when it has it already)
+        regranted.extend(self.store.mutate(|l| l.regrant(pool)));
+        for uid in regranted {
             if self.put_guarantee(uid).await {
                 let name = self.store.read(|l| l.get(uid).map(|e| e.name.clone()));
                 changed.extend(name);
