@@ -184,10 +184,14 @@ pub fn status(s: &StatusInfo, reader: u32) -> String {
     if let Some(m) = &s.max {
         let _ = writeln!(
             out,
-            "  maximum:    {}",
+            "  maximum:    {}{}",
             Limits {
                 mem_high: None,
                 ..*m
+            },
+            match s.root_setting {
+                Some(_) => " (as root set it)",
+                None => "",
             }
         );
     }

@@ -539,23 +539,35 @@ impl Limits {
     /// The fair-share settings, for people: `weight 200, IO weight 100,
     /// 1G guaranteed, no swap` (empty when none is set).
     pub fn fair_parts(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(w) = self.weight {
-            out.push(format!("weight {w}"));
-        }
-        if let Some(w) = self.io_weight {
-            out.push(format!("IO weight {w}"));
-        }
-        if let Some(l) = self.mem_low {
-            out.push(format!("{} guaranteed", l.human()));
-        }
-        match self.swap {
-            Some(s) if s.get() == 0 => out.push("no swap".into()),
-            Some(s) => out.push(format!("swap {}", s.human())),
-            None => {}
-        }
-        out
+        fair_parts(self.weight, self.io_weight, self.mem_low, self.swap)
     }
+}
+
+/// `weight 200, IO weight 50, 1G guaranteed, no swap`: the fair-share
+/// fields given, for a person.
+fn fair_parts(
+    weight: Option<Weight>,
+    io_weight: Option<Weight>,
+    mem_low: Option<Bytes>,
+    swap: Option<Bytes>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(w) = weight {
+        out.push(format!("weight {w}"));
+    }
+    if let Some(w) = io_weight {
+        out.push(format!("IO weight {w}"));
+    }
+    if let Some(l) = mem_low {
+        out.push(format!("{} guaranteed", l.human()));
+    }
+    match swap {
+        Some(s) if s.get() == 0 => out.push("no swap".into()),
+        Some(s) if s == SWAP_MAX => out.push("swap unlimited".into()),
+        Some(s) => out.push(format!("swap {}", s.human())),
+        None => {}
+    }
+    out
 }
 
 impl fmt::Display for Limits {
@@ -745,6 +757,15 @@ pub struct RootSetting {
     pub mem: Option<Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Tasks>,
+    /// The fair-share fields root named (older daemons leave them out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Weight>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_weight: Option<Weight>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_low: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Bytes>,
     /// Unix time it ends (root's `--for`); `None` until root resets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
@@ -763,6 +784,12 @@ impl fmt::Display for RootSetting {
         if let Some(t) = self.tasks {
             parts.push(format!("tasks {t}"));
         }
+        parts.extend(fair_parts(
+            self.weight,
+            self.io_weight,
+            self.mem_low,
+            self.swap,
+        ));
         f.write_str(&parts.join(", "))
     }
 }
@@ -916,6 +943,28 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Root's set of fair-share fields alone reads as what root set (it
+    /// read "root's set: ," before), and an unlimited swap reads so.
+    #[test]
+    fn roots_set_names_every_field_it_has() {
+        let r = RootSetting {
+            swap: Some(SWAP_MAX),
+            ..RootSetting::default()
+        };
+        assert_eq!(r.to_string(), "swap unlimited");
+        let r = RootSetting {
+            cpu: Some(Cpus::whole(2)),
+            weight: Some(Weight::new(200).unwrap()),
+            mem_low: Some(Bytes(1 << 30)),
+            swap: Some(Bytes(0)),
+            ..RootSetting::default()
+        };
+        assert_eq!(
+            r.to_string(),
+            "cpu 2 CPUs, weight 200, 1G guaranteed, no swap"
+        );
+    }
 
     #[test]
     fn reference_requests_parse() {

@@ -1221,6 +1221,13 @@ async fn roots_set_survives_the_users_release_and_binds_their_resize() {
     );
     let a = s.systemd().applied(1001).unwrap();
     assert_eq!((a.cpu, a.mem), (Cpus::from_millis(500), Bytes(16 << 30)));
+    // status says the same maximum
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    let max = st.max.unwrap();
+    assert_eq!(
+        (max.cpu, max.mem),
+        (Cpus::from_millis(500), Bytes(32 << 30))
+    );
     // root's --default ends it
     success(
         send(
