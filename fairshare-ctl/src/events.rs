@@ -63,7 +63,7 @@ fn told(e: &Event, own: bool) -> &'static str {
         Notified::Shown => "told on their terminal",
         Notified::Held => "not told (a burst already told)",
         Notified::Off => "not told (notices off)",
-        Notified::NoTerminal => "not told (no terminal)",
+        Notified::NoTerminal => "not told (no terminal took it)",
         Notified::Unknown => "",
     }
 }

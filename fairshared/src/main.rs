@@ -543,13 +543,31 @@ async fn run(
     }
     tokio::spawn(follow_logind(service.clone(), stop_rx.clone()));
     tokio::spawn(sample_cpu(service.clone(), stop_rx.clone()));
-    tokio::spawn(burst(service.clone(), stop_rx.clone()));
+    // the sampler has a stop of its own: it ends (a tick under way
+    // finishes) before lifted quotas are put back at the stop
+    let (burst_stop, burst_stop_rx) = tokio::sync::watch::channel(false);
+    let burster = tokio::spawn(burst(service.clone(), burst_stop_rx));
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(watchdog(service.clone(), listening, period, stop_rx));
     }
 
     signals(&service).await?;
     notify(&[NotifyState::Stopping]);
+    // lifted quotas back to their allocations, within a few seconds; the
+    // sampler first, so that no tick lifts one again after
+    let _ = burst_stop.send(true);
+    let end = async {
+        let _ = burster.await;
+        service.end_bursts().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), end)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "stopping: not every lifted CPU quota was put back in 5 s; the next start does it"
+        );
+    }
     tracing::info!("stopping; limits stay in force");
     let _ = stop_tx.send(true);
     let _ = server.await;

@@ -66,6 +66,12 @@ impl<K: Eq + Hash + Copy + Send + 'static> Tasks<K> {
         }
     }
 
+    /// Lets the task of `key` run on by itself, out of the table: it is no
+    /// longer replaced or cancelled through `key` (it must end on its own).
+    pub fn detach(&self, key: &K) {
+        lock(&self.table).remove(key);
+    }
+
     /// Whether `key` has a task (running, or about to leave the table).
     pub fn contains(&self, key: &K) -> bool {
         lock(&self.table).contains_key(key)

@@ -107,16 +107,10 @@ pub struct V1SliceOoms {
     /// (by inode) at the last reading (`oom_kill` of `memory.oom_control`,
     /// kernel 4.13 and later).
     kills: Option<Counts>,
-    /// When a burst last counted a kill.
-    last_kill: Option<std::time::Instant>,
 }
 
-/// Kills per cgroup (by inode), as [`crate::cgroup::counts_below`] reads them.
+/// Kills per cgroup (by inode), as `cgroup::counts_below` reads them.
 pub type Counts = std::collections::BTreeMap<u64, u64>;
-
-/// Firings this soon after a counted kill, with the kernel's count unmoved,
-/// are that OOM's retries while its victim exits, not a new kill.
-pub const V1_RETRIES: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one firing of the v1 eventfd meant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +129,6 @@ impl V1SliceOoms {
         V1SliceOoms {
             failcnt,
             kills: None,
-            last_kill: None,
         }
     }
 
@@ -146,21 +139,15 @@ impl V1SliceOoms {
     /// below it, where v1 counts a kill in the victim's own cgroup; `None`
     /// where the kernel keeps none) say how many, when one moved (a cgroup
     /// not seen before counts from zero; one that went away takes nothing
-    /// away). When none moved: none within [`V1_RETRIES`] of a counted
-    /// kill (the retries of that OOM while its victim exits go on for
-    /// seconds on a busy host), else one (a victim's scope may be gone
-    /// before the count is read, and a burst at the limit killed
-    /// something).
+    /// away). When none moved: one (a victim's scope may be gone before
+    /// the count is read, and a burst at the limit killed something; the
+    /// retries of the last OOM while its victim exits look the same on a
+    /// very busy host, but a kill is not to be lost).
     ///
     /// `counts` is `(peak, now)`: each cgroup's highest count read during
     /// the burst (a scope gone before the end keeps what it showed), and
     /// the counts at the end (kept for the next burst).
-    pub fn burst_kills(
-        &mut self,
-        fired: u64,
-        counts: Option<(Counts, Counts)>,
-        now: std::time::Instant,
-    ) -> u64 {
+    pub fn burst_kills(&mut self, fired: u64, counts: Option<(Counts, Counts)>) -> u64 {
         if fired == 0 {
             return 0;
         }
@@ -173,18 +160,10 @@ impl V1SliceOoms {
             _ => None,
         };
         self.kills = counts.map(|(_, now)| now);
-        let retries = self
-            .last_kill
-            .is_some_and(|t| now.saturating_duration_since(t) < V1_RETRIES);
-        let kills = match new {
+        match new {
             Some(k) if k > 0 => k.min(fired),
-            Some(_) if retries => 0,
             _ => 1,
-        };
-        if kills > 0 {
-            self.last_kill = Some(now);
         }
-        kills
     }
 
     /// Takes the kernel's count as it is now (at the watcher's start: what
@@ -288,8 +267,6 @@ mod tests {
 
     #[test]
     fn v1_kills_come_from_the_kernels_count_not_the_firings() {
-        let t = std::time::Instant::now();
-        let at = |s: u64| t + std::time::Duration::from_secs(s);
         // the slice (inode 1) and the scopes below it: (inode, kills)
         let one = |scopes: &[(u64, u64)]| scopes.iter().copied().collect::<Counts>();
         // read the same all through the burst
@@ -297,25 +274,26 @@ mod tests {
         let mut v = V1SliceOoms::new(Some(10));
         v.counted(Some(one(&[(1, 0), (2, 4)])));
         // 947 firings for one kill (the OOM retried while its victim exits)
-        assert_eq!(v.burst_kills(947, c(&[(1, 0), (2, 5)]), at(0)), 1);
-        // more firings two seconds later, no count moved: the same OOM's
-        // retries (the e2e test saw 2 kills for 1 this way)
-        assert_eq!(v.burst_kills(130, c(&[(1, 0), (2, 5)]), at(2)), 0);
+        assert_eq!(v.burst_kills(947, c(&[(1, 0), (2, 5)])), 1);
+        // more firings two seconds later, no count moved: one (a kill in a
+        // scope gone before the first reading looks the same as the last
+        // OOM's retries; a kill is not to be lost)
+        assert_eq!(v.burst_kills(130, c(&[(1, 0), (2, 5)])), 1);
         // the scope with the kills gone, a kill in a new one at once: one
         // (the sum over the slice did not move: 5 before, 1 now)
-        assert_eq!(v.burst_kills(40, c(&[(1, 0), (3, 1)]), at(4)), 1);
+        assert_eq!(v.burst_kills(40, c(&[(1, 0), (3, 1)])), 1);
         // long after, nothing moved: a kill whose scope went first
-        assert_eq!(v.burst_kills(130, c(&[(1, 0), (3, 1)]), at(60)), 1);
+        assert_eq!(v.burst_kills(130, c(&[(1, 0), (3, 1)])), 1);
         // three kills in one burst, in two scopes
-        assert_eq!(v.burst_kills(40, c(&[(1, 0), (3, 2), (4, 2)]), at(61)), 3);
+        assert_eq!(v.burst_kills(40, c(&[(1, 0), (3, 2), (4, 2)])), 3);
         // a kill in a scope that went before the burst's end: its peak counts
         let seen = one(&[(1, 0), (3, 2), (4, 2), (5, 1)]);
         let end = one(&[(1, 0), (3, 2), (4, 2)]);
-        assert_eq!(v.burst_kills(5, Some((seen, end)), at(62)), 1);
+        assert_eq!(v.burst_kills(5, Some((seen, end))), 1);
         // and the next burst starts from the end's counts
-        assert_eq!(v.burst_kills(5, c(&[(1, 0), (3, 2), (4, 3)]), at(63)), 1);
+        assert_eq!(v.burst_kills(5, c(&[(1, 0), (3, 2), (4, 3)])), 1);
         // no count kept by the kernel: one per burst
-        assert_eq!(v.burst_kills(9, None, at(64)), 1);
-        assert_eq!(v.burst_kills(0, c(&[(1, 9)]), at(65)), 0);
+        assert_eq!(v.burst_kills(9, None), 1);
+        assert_eq!(v.burst_kills(0, c(&[(1, 9)])), 0);
     }
 }

@@ -1,5 +1,5 @@
-//! A logged-in user's watcher, from their first session to their last,
-//! waiting on their slice's cgroup event files and reporting what it finds:
+//! A logged-in user's watcher, from their first session until their slice
+//! goes, waiting on the slice's cgroup event files and reporting what it finds:
 //! OOM kills caused by the slice's memory limit, and sustained throttling.
 //!
 //! [`Watchers`] keeps them: a user whose slice is there has a task of their
@@ -25,7 +25,11 @@
 //! measurements behind them.
 //!
 //! The watcher ends itself when the slice goes away (v1: the eventfd fires
-//! at removal; v2: a PSI fd reports it, or a file cannot be read any more).
+//! at removal; v2: a PSI fd reports it, or a file cannot be read any more;
+//! at the latest, a look every [`LIVENESS`]). A slice made anew at the same
+//! path is another slice (its inode differs): a fresh login gets a watcher
+//! of its own at once, and the old one, left to end by itself, reads no
+//! file of the new slice.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -58,6 +62,9 @@ pub const GATHER: Duration = Duration::from_secs(1);
 pub const REREAD: Duration = Duration::from_millis(300);
 /// The pause after handling a memory wake-up.
 pub const DEBOUNCE: Duration = Duration::from_secs(1);
+/// How often a watcher with nothing to do looks whether its slice is still
+/// there (a removal that woke nothing).
+pub const LIVENESS: Duration = Duration::from_secs(60);
 /// How often a slice is sampled when nothing can wake the watcher (no PSI,
 /// or no poll support on the event files).
 pub const FALLBACK_SAMPLE: Duration = Duration::from_secs(30);
@@ -114,16 +121,22 @@ pub fn slice_dir_of(root: &Path, layout: Layout, uid: u32) -> PathBuf {
     }
 }
 
+/// The inode of a slice's directory (`None`: not there).
+pub fn slice_inode(dir: &Path) -> Option<u64> {
+    std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
 /// The inode of the slice's cgroup directory (`None`: not there).
 pub fn slice_id(paths: &Paths) -> Option<u64> {
-    std::fs::metadata(slice_dir(paths)?).ok().map(|m| m.ino())
+    slice_inode(&slice_dir(paths)?)
 }
 
 /// A user's watcher task, ready to run.
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Makes `uid`'s watcher once their slice is there (`None`: not yet).
-pub type Start = Arc<dyn Fn(u32) -> Option<Task> + Send + Sync>;
+/// Makes `uid`'s watcher once their slice is there (`None`: not yet),
+/// with the slice's inode; `fresh` as for [`watch`].
+pub type Start = Arc<dyn Fn(u32, bool) -> Option<(u64, Task)> + Send + Sync>;
 
 /// Every user's watcher; see the module's doc.
 #[derive(Default)]
@@ -135,13 +148,16 @@ pub struct Watchers {
 struct Inner {
     /// Users whose slice is there: a task each.
     running: Tasks<u32>,
+    /// The inode of the slice each running watcher watches.
+    slices: Mutex<HashMap<u32, u64>>,
     waiting: Mutex<Waiting>,
 }
 
 #[derive(Default)]
 struct Waiting {
-    /// Users whose slice is not there yet, and until when it is waited for.
-    users: HashMap<u32, Instant>,
+    /// Users whose slice is not there yet, until when it is waited for,
+    /// and whether their login was fresh.
+    users: HashMap<u32, (Instant, bool)>,
     /// How to start their watchers (the last one given: every caller gives
     /// the same).
     start: Option<Start>,
@@ -149,23 +165,60 @@ struct Waiting {
     polling: bool,
 }
 
-fn lock(m: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    /// Runs `task`, the watcher of `uid`'s slice `ino`, unless that very
+    /// slice is watched already. A watcher of another slice (gone, or on
+    /// its way out: a slice made anew at the same path) is left to end by
+    /// itself: it may still be gathering a kill of its own slice.
+    fn launch(self: &Arc<Self>, uid: u32, ino: u64, task: Task) {
+        let mut slices = lock(&self.slices);
+        if self.running.contains(&uid) {
+            if slices.get(&uid) == Some(&ino) {
+                return;
+            }
+            self.running.detach(&uid);
+        }
+        slices.insert(uid, ino);
+        let inner = Arc::downgrade(self);
+        self.running.spawn(uid, async move {
+            task.await;
+            if let Some(inner) = inner.upgrade() {
+                let mut slices = lock(&inner.slices);
+                if slices.get(&uid) == Some(&ino) {
+                    slices.remove(&uid);
+                }
+            }
+        });
+    }
 }
 
 impl Watchers {
     /// Watches `uid` (nothing if they are watched already): at once if their
     /// slice is there, else as soon as it appears within [`SLICE_WAIT`].
-    pub fn start(&self, uid: u32, start: Start) {
-        if self.contains(&uid) {
+    ///
+    /// `fresh`: the user had no session before this login. A watcher still
+    /// running may then be on the slice of their last login, on its way
+    /// out (logind removes it at logout unless `UserStopDelaySec` keeps
+    /// it), while this login has a new one: the new slice gets a watcher
+    /// of its own (see [`Inner::launch`]).
+    pub fn start(&self, uid: u32, start: Start, fresh: bool) {
+        if self.inner.running.contains(&uid) && !fresh {
             return;
         }
-        if let Some(task) = start(uid) {
-            self.inner.running.spawn(uid, task);
+        if let Some((_, f)) = lock(&self.inner.waiting).users.get_mut(&uid) {
+            *f |= fresh;
+            return;
+        }
+        if let Some((ino, task)) = start(uid, fresh) {
+            self.inner.launch(uid, ino, task);
             return;
         }
         let mut w = lock(&self.inner.waiting);
-        w.users.insert(uid, Instant::now() + SLICE_WAIT);
+        w.users.insert(uid, (Instant::now() + SLICE_WAIT, fresh));
         w.start = Some(start);
         if !w.polling {
             w.polling = true;
@@ -176,7 +229,17 @@ impl Watchers {
     /// Stops watching `uid` (their watcher ends, or they wait no more).
     pub fn cancel(&self, uid: &u32) {
         lock(&self.inner.waiting).users.remove(uid);
+        lock(&self.inner.slices).remove(uid);
         self.inner.running.cancel(uid);
+    }
+
+    /// `uid`'s last session closed: they wait for their slice no more. A
+    /// watcher already running goes on until the slice goes: a kill as the
+    /// session ends (an `ssh host cmd` whose process hit the limit) is still
+    /// being gathered, and processes left running in the slice can still
+    /// be killed.
+    pub fn stop_waiting(&self, uid: &u32) {
+        lock(&self.inner.waiting).users.remove(uid);
     }
 
     /// Whether `uid` is watched (or waited for).
@@ -209,23 +272,24 @@ async fn poll(inner: Weak<Inner>) {
                 w.start = None;
                 return;
             };
-            let users: Vec<(u32, Instant)> = w.users.iter().map(|(u, t)| (*u, *t)).collect();
+            let users: Vec<(u32, (Instant, bool))> =
+                w.users.iter().map(|(u, t)| (*u, *t)).collect();
             (users, start)
         };
         let now = Instant::now();
-        for (uid, until) in users {
+        for (uid, (until, fresh)) in users {
             // the slice looked for outside the lock
-            let task = start(uid);
+            let task = start(uid, fresh);
             let mut w = lock(&inner.waiting);
             // stopped (or started again) meanwhile
-            if w.users.get(&uid) != Some(&until) {
+            if w.users.get(&uid).map(|e| e.0) != Some(until) {
                 continue;
             }
             match task {
-                Some(task) => {
+                Some((ino, task)) => {
                     w.users.remove(&uid);
                     drop(w);
-                    inner.running.spawn(uid, task);
+                    inner.launch(uid, ino, task);
                 }
                 None if now >= until => {
                     w.users.remove(&uid);
@@ -240,7 +304,15 @@ async fn poll(inner: Weak<Inner>) {
 /// Watches `paths` until the slice goes away, calling `report` with what it
 /// finds. Cancel the task to stop it earlier. A slice that is not there
 /// ends it at once ([`Watchers`] waits for slices).
-pub async fn watch<F, Fut>(paths: Paths, report: F) -> End
+///
+/// `fresh`: the slice came with this login (the user had no session), so
+/// kills already counted in it happened in this login, before the watcher
+/// was set up (an `ssh host cmd` that hits the limit at once): they are
+/// reported first. Otherwise what the counters hold is old news.
+///
+/// `slice`: the inode of the slice's directory (from [`slice_inode`]); a
+/// slice at that path with another inode is not this one.
+pub async fn watch<F, Fut>(paths: Paths, slice: u64, fresh: bool, report: F) -> End
 where
     F: Fn(Found) -> Fut,
     Fut: Future<Output = ()>,
@@ -248,18 +320,27 @@ where
     let Some(dir) = slice_dir(&paths) else {
         return End::NoSlice;
     };
-    let Ok(slice) = std::fs::metadata(&dir).map(|m| m.ino()) else {
+    if slice_inode(&dir) != Some(slice) {
         return End::NoSlice;
-    };
+    }
     // Off the async workers: the first PSI trigger on a cgroup starts a
     // kernel thread for it (milliseconds), and a wave of logins opens many.
-    let mut w = match tokio::task::spawn_blocking(move || Watcher::open(paths, dir, slice)).await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not set up an event watcher");
-            return End::NoSlice;
-        }
-    };
+    let mut w =
+        match tokio::task::spawn_blocking(move || Watcher::open(paths, dir, slice, fresh)).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not set up an event watcher");
+                return End::NoSlice;
+            }
+        };
+    if w.early_kills > 0 {
+        let count = std::mem::take(&mut w.early_kills);
+        report(Found::OomKills {
+            count,
+            slice: w.slice,
+        })
+        .await;
+    }
     w.run(&report).await
 }
 
@@ -285,6 +366,8 @@ struct Watcher {
     psi_memory: Option<Pollable>,
     v2: Option<SliceOoms>,
     v1: V1SliceOoms,
+    /// Kills in a fresh slice before the watcher was set up.
+    early_kills: u64,
     cpu: Detector,
     stall: Option<Detector>,
 }
@@ -382,7 +465,7 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
-    fn open(paths: Paths, dir: PathBuf, slice: u64) -> Watcher {
+    fn open(paths: Paths, dir: PathBuf, slice: u64, fresh: bool) -> Watcher {
         let memory = match paths.layout {
             Layout::Unified => paths
                 .memory_events
@@ -412,6 +495,7 @@ impl Watcher {
         let mut w = Watcher {
             v2: None,
             v1: V1SliceOoms::new(None),
+            early_kills: 0,
             cpu: Detector::new(throttle::CPU),
             stall: paths
                 .memory_pressure
@@ -427,11 +511,25 @@ impl Watcher {
         match w.paths.layout {
             Layout::Unified => {
                 let (sub, local) = w.memory_events();
-                w.v2 = Some(SliceOoms::new(sub, local));
+                w.v2 = Some(match fresh {
+                    // from zero: what the slice counted is this login's
+                    true => {
+                        let mut o =
+                            SliceOoms::new(MemoryEvents::default(), MemoryEvents::default());
+                        w.early_kills = o.update(sub, local, std::time::Instant::now());
+                        o
+                    }
+                    false => SliceOoms::new(sub, local),
+                });
             }
             Layout::Hybrid | Layout::Legacy => {
                 w.v1 = V1SliceOoms::new(w.failcnt());
                 let counted = Watcher::v1_kill_count(&w.dir);
+                if fresh {
+                    w.early_kills = counted
+                        .as_ref()
+                        .map_or(0, |c| c.values().fold(0u64, |a, n| a.saturating_add(*n)));
+                }
                 w.v1.counted(counted);
             }
         }
@@ -459,11 +557,14 @@ impl Watcher {
 
     /// v1: `memory.failcnt` of the slice (`None`: gone).
     fn failcnt(&self) -> Option<u64> {
-        kernfs::read_u64(&self.dir.join("memory.failcnt"))
+        let n = kernfs::read_u64(&self.dir.join("memory.failcnt"));
+        // read from this slice, not one made anew at its path since
+        n.filter(|_| !self.gone())
     }
 
+    /// Whether the slice is gone (a slice at its path now is another one).
     fn gone(&self) -> bool {
-        !self.dir.is_dir()
+        slice_inode(&self.dir) != Some(self.slice)
     }
 
     /// Samples the throttling counters; a finding to report, if any.
@@ -582,6 +683,10 @@ impl Watcher {
                 .await
                 .ok()
                 .flatten();
+            // a slice made anew at the path is not counted as this one's
+            if self.gone() {
+                break;
+            }
             if let Some(c) = read {
                 for (ino, n) in &c {
                     let p = peak.entry(*ino).or_insert(0);
@@ -603,10 +708,7 @@ impl Watcher {
             }
         }
         let counts = last.map(|now| (peak, now));
-        Some(
-            self.v1
-                .burst_kills(fired, counts, std::time::Instant::now()),
-        )
+        Some(self.v1.burst_kills(fired, counts))
     }
 
     /// v1: the kernel's count of kills in the slice and every cgroup below
@@ -673,25 +775,38 @@ impl Watcher {
                     if kills > 0 {
                         report(Found::OomKills { count: kills, slice: self.slice }).await;
                     }
+                    // The slice may have gone during the gathering (an `ssh
+                    // host cmd` killed, its session the last): the v1 eventfd
+                    // fired for the removal then, and that firing was read
+                    // with the burst's, so no wake-up is left to tell.
+                    if self.gone() {
+                        return End::SliceGone;
+                    }
                     tokio::time::sleep(DEBOUNCE).await;
                 }
                 problem = woken(self.psi_cpu.as_ref()) => {
+                    if self.gone() {
+                        return End::SliceGone;
+                    }
                     if problem {
-                        if self.gone() {
-                            return End::SliceGone;
-                        }
                         self.psi_cpu = None;
                     }
                     found = self.sample();
                 }
                 problem = woken(self.psi_memory.as_ref()) => {
+                    if self.gone() {
+                        return End::SliceGone;
+                    }
                     if problem {
-                        if self.gone() {
-                            return End::SliceGone;
-                        }
                         self.psi_memory = None;
                     }
                     found = self.sample();
+                }
+                // a removal that woke nothing (a slice without PSI, say)
+                _ = tokio::time::sleep(LIVENESS), if next.is_none() => {
+                    if self.gone() {
+                        return End::SliceGone;
+                    }
                 }
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                     if self.gone() {
@@ -764,7 +879,8 @@ mod tests {
         let paths = Paths::for_user(&root, Layout::Unified, 1001);
         let seen: Arc<Mutex<Vec<Found>>> = Arc::default();
         let s = seen.clone();
-        let task = tokio::spawn(watch(paths.clone(), move |f| {
+        let ino = slice_id(&paths).unwrap();
+        let task = tokio::spawn(watch(paths.clone(), ino, false, move |f| {
             let s = s.clone();
             async move { s.lock().unwrap().push(f) }
         }));
@@ -801,18 +917,83 @@ mod tests {
             throttles[0],
             Found::Throttled { kind: EventKind::CpuThrottled, percent, window_secs: 60 } if *percent >= 50
         ));
-        // the slice goes away: the watcher ends
+        // the slice goes and another is made at its path (a new login):
+        // this watcher ends, and read nothing of the new one
+        let next = t.path().join("next");
+        std::fs::create_dir(&next).unwrap();
         std::fs::remove_dir_all(root.join(SLICE)).unwrap();
+        std::fs::rename(&next, root.join(SLICE)).unwrap();
+        v2_files(&root, 0, 5, 5);
         tokio::time::sleep(Duration::from_secs(31)).await;
         assert!(task.is_finished());
         assert_eq!(task.await.unwrap(), End::SliceGone);
+        assert_eq!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|f| matches!(f, Found::OomKills { .. }))
+                .count(),
+            1,
+            "the new slice's kills are not this watcher's"
+        );
+    }
+
+    /// A kill before the watcher was set up (an `ssh host cmd` that hits the
+    /// limit at once, in a slice made for that login) is reported first; in
+    /// a slice that was there before, the counts are old news.
+    #[tokio::test(start_paused = true)]
+    async fn kills_in_a_fresh_slice_before_the_watcher_count() {
+        for layout in [Layout::Unified, Layout::Hybrid] {
+            for fresh in [true, false] {
+                let t = tempfile::tempdir().unwrap();
+                let root = t.path().to_path_buf();
+                match layout {
+                    Layout::Unified => v2_files(&root, 0, 1, 1),
+                    _ => {
+                        // v1: the kill counted in the session's scope
+                        write(
+                            &root,
+                            &format!("memory/{SLICE}/memory.oom_control"),
+                            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+                        );
+                        write(&root, &format!("memory/{SLICE}/memory.failcnt"), "3\n");
+                        write(
+                            &root,
+                            &format!("memory/{SLICE}/session-4.scope/memory.oom_control"),
+                            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+                        );
+                    }
+                }
+                let paths = Paths::for_user(&root, layout, 1001);
+                let seen: Arc<Mutex<Vec<Found>>> = Arc::default();
+                let s = seen.clone();
+                let ino = slice_id(&paths).unwrap();
+                let task = tokio::spawn(watch(paths.clone(), ino, fresh, move |f| {
+                    let s = s.clone();
+                    async move { s.lock().unwrap().push(f) }
+                }));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let kills: Vec<u64> = seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|f| match f {
+                        Found::OomKills { count, .. } => Some(*count),
+                        _ => None,
+                    })
+                    .collect();
+                let want: &[u64] = if fresh { &[1] } else { &[] };
+                assert_eq!(kills, want, "{layout:?}, fresh {fresh}");
+                task.abort();
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_slice_no_watcher() {
         let t = tempfile::tempdir().unwrap();
         let paths = Paths::for_user(t.path(), Layout::Unified, 1001);
-        let end = watch(paths, |_| async {}).await;
+        let end = watch(paths, 1, false, |_| async {}).await;
         assert_eq!(end, End::NoSlice);
     }
 
@@ -826,11 +1007,11 @@ mod tests {
         let started: Arc<Mutex<Vec<u32>>> = Arc::default();
         let start: Start = {
             let (root, started) = (root.clone(), started.clone());
-            Arc::new(move |uid| {
-                slice_dir_of(&root, Layout::Unified, uid).is_dir().then(|| {
+            Arc::new(move |uid, _| {
+                slice_inode(&slice_dir_of(&root, Layout::Unified, uid)).map(|ino| {
                     started.lock().unwrap().push(uid);
                     let task: Task = Box::pin(std::future::pending());
-                    task
+                    (ino, task)
                 })
             })
         };
@@ -838,7 +1019,7 @@ mod tests {
         let tasks = tokio::runtime::Handle::current().metrics();
         let before = tasks.num_alive_tasks();
         for uid in [1001, 1002, 1003] {
-            w.start(uid, start.clone());
+            w.start(uid, start.clone(), true);
         }
         assert_eq!(w.len(), 3);
         assert_eq!(
@@ -863,10 +1044,70 @@ mod tests {
         );
         // a slice already there: watched at once
         std::fs::create_dir_all(slice_dir_of(&root, Layout::Unified, 1004)).unwrap();
-        w.start(1004, start.clone());
+        w.start(1004, start.clone(), true);
         assert_eq!(started.lock().unwrap().as_slice(), [1001, 1004]);
         w.cancel(&1001);
         assert!(!w.contains(&1001));
+    }
+
+    /// A fresh login whose slice is a new one (made anew at the same path)
+    /// while the watcher of the user's last slice still runs: the new slice
+    /// is watched at once, the old watcher runs on to its own end (it may
+    /// be gathering a kill) without taking the new one's place. An
+    /// additional session, or a fresh login on the same slice, starts
+    /// nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_login_on_a_new_slice_is_watched_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let dir = slice_dir_of(&root, Layout::Unified, 1001);
+        std::fs::create_dir_all(&dir).unwrap();
+        // the slice of each watcher that ran
+        let ran: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let ends: Arc<Mutex<Vec<Arc<tokio::sync::Notify>>>> = Arc::default();
+        let start: Start = {
+            let (root, ran, ends) = (root.clone(), ran.clone(), ends.clone());
+            Arc::new(move |uid, _| {
+                let ino = slice_inode(&slice_dir_of(&root, Layout::Unified, uid))?;
+                let end = Arc::new(tokio::sync::Notify::new());
+                ends.lock().unwrap().push(end.clone());
+                let ran = ran.clone();
+                let task: Task = Box::pin(async move {
+                    ran.lock().unwrap().push(ino);
+                    end.notified().await;
+                });
+                Some((ino, task))
+            })
+        };
+        let settle = || tokio::time::sleep(Duration::from_millis(10));
+        let w = Watchers::default();
+        w.start(1001, start.clone(), true);
+        w.start(1001, start.clone(), false);
+        w.start(1001, start.clone(), true);
+        settle().await;
+        let first = slice_inode(&dir).unwrap();
+        assert_eq!(ran.lock().unwrap().as_slice(), [first]);
+        // logout, the slice goes, a new login makes another at the path
+        let next = t.path().join("next");
+        std::fs::create_dir(&next).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::rename(&next, &dir).unwrap();
+        let second = slice_inode(&dir).unwrap();
+        assert_ne!(first, second);
+        w.start(1001, start.clone(), true);
+        settle().await;
+        assert_eq!(ran.lock().unwrap().as_slice(), [first, second], "at once");
+        assert_eq!(w.len(), 1, "the old one runs on out of the table");
+        // the old watcher ends: the new one is still the user's watcher
+        let old = ends.lock().unwrap()[0].clone();
+        old.notify_one();
+        settle().await;
+        w.start(1001, start.clone(), true);
+        settle().await;
+        assert_eq!(ran.lock().unwrap().len(), 2, "the same slice: nothing new");
+        assert!(w.contains(&1001));
+        w.cancel(&1001);
+        assert!(w.is_empty());
     }
 
     #[test]

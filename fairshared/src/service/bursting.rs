@@ -14,7 +14,8 @@
 //!   back. The next sample lifts it again if the host is still idle.
 //! * A restart never leaves a lifted quota behind: the start-up refresh
 //!   reads what the running slices carry and sets them to their
-//!   allocations, and a new [`Burster`] starts busy.
+//!   allocations, and a new [`Burster`] starts busy. A stop puts every
+//!   lifted quota back first ([`Service::end_bursts`], 5 s at most).
 //! * The sampler runs only while the policy enables bursting and a tracked
 //!   user with a session has a slice; it starts over (busy, no previous
 //!   sample) each time it wakes.
@@ -298,6 +299,27 @@ impl<S: Systemd> Service<S> {
             }
             Err(e) => {
                 tracing::warn!(uid, user = %name, error = %e, "bursting: could not set the CPU quota of {name} to {quota} CPUs");
+            }
+        }
+    }
+
+    /// fairshared stops: every lifted quota goes back to its allocation
+    /// (nobody would take it back while fairshared is away).
+    pub async fn end_bursts(self: &Arc<Self>) {
+        let policy = self.policy();
+        if !policy.bursting().enabled {
+            return;
+        }
+        let lifted: Vec<(u32, Cpus)> = self.store.read(|l| {
+            l.entries()
+                .filter(|(_, e)| !e.sessions.is_empty())
+                .map(|(u, e)| (*u, e.limits.cpu))
+                .collect()
+        });
+        for (uid, alloc) in lifted {
+            let quota = quota_in_force(self.dropins.in_force(uid).get(&Key::CpuQuota));
+            if quota.is_some_and(|q| q > alloc) {
+                self.put_quota(uid, alloc, &policy).await;
             }
         }
     }

@@ -250,7 +250,7 @@ impl<S: Systemd> Service<S> {
                         if tracked_here {
                             tracing::info!(uid, user = %id.name, reason = %ex, "{} is now exempt; lifting their limits", id.name);
                             self.store.mutate(|l| l.remove(uid));
-                            self.events_stopped(uid);
+                            self.events_cancelled(uid);
                             changed.push(name.clone());
                         }
                         None
@@ -288,7 +288,7 @@ impl<S: Systemd> Service<S> {
                             "uid {uid} no longer exists: dropping its allocation; its slice goes back to the policy default"
                         );
                         self.store.mutate(|l| l.remove(uid));
-                        self.events_stopped(uid);
+                        self.events_cancelled(uid);
                         changed.push(name.clone());
                     }
                     None

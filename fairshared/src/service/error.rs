@@ -24,7 +24,7 @@ pub enum ServiceError {
     )]
     NotYours,
     /// `events` or `notices` naming another user, from someone not root.
-    #[error("permission denied: only root can {0} another user's; leave out --user for your own")]
+    #[error("permission denied: only root can {0} another user; leave out --user for your own")]
     NotYourEvents(&'static str),
     /// A bad quantity or duration; the text names the field.
     #[error("{0}")]

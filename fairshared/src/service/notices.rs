@@ -1,7 +1,7 @@
 //! Telling users what their limits did (issue 14): the login line in the
 //! answer to `session_open`, the `events` and `notices` requests, the
-//! per-user watchers (started at a user's first session, stopped at the
-//! last), and what happens when a watcher finds something: the event is
+//! per-user watchers (started at a user's first session, ending with the
+//! slice), and what happens when a watcher finds something: the event is
 //! made (victims named from the kernel log), told on the user's terminals
 //! unless they turned that off or the burst was told already, and recorded
 //! (history, journal, metrics, followers). The state is
@@ -119,16 +119,16 @@ impl<S: Systemd> Service<S> {
 
     /// A session of `uid` opened: watch their slice if nobody does yet
     /// (when it appears, if it is not there yet).
-    pub(super) fn events_started(self: &Arc<Self>, uid: u32) {
-        if self.notices.watchers.contains(&uid) {
+    /// `fresh`: the user had no session before this one (their slice came
+    /// with it; see [`watch::watch`]).
+    pub(super) fn events_started(self: &Arc<Self>, uid: u32, fresh: bool) {
+        if !fresh && self.notices.watchers.contains(&uid) {
             return;
         }
         let this = Arc::downgrade(self);
         let (root, layout) = (self.cgroups.root().to_path_buf(), self.cgroups.layout());
-        let start: watch::Start = Arc::new(move |uid| {
-            if !watch::slice_dir_of(&root, layout, uid).is_dir() {
-                return None;
-            }
+        let start: watch::Start = Arc::new(move |uid, fresh| {
+            let ino = watch::slice_inode(&watch::slice_dir_of(&root, layout, uid))?;
             let paths = Paths::for_user(&root, layout, uid);
             let this = this.clone();
             let task: watch::Task = Box::pin(async move {
@@ -140,18 +140,26 @@ impl<S: Systemd> Service<S> {
                         }
                     }
                 };
-                match watch::watch(paths, report).await {
+                match watch::watch(paths, ino, fresh, report).await {
                     End::NoSlice => tracing::debug!(uid, "no slice to watch for events"),
                     End::SliceGone => tracing::debug!(uid, "slice gone; its event watcher ends"),
                 }
             });
-            Some(task)
+            Some((ino, task))
         });
-        self.notices.watchers.start(uid, start);
+        self.notices.watchers.start(uid, start, fresh);
     }
 
-    /// The last session of `uid` closed: stop watching.
+    /// The last session of `uid` closed: no more waiting for their slice;
+    /// a running watcher ends with the slice (see
+    /// [`watch::Watchers::stop_waiting`]).
     pub(super) fn events_stopped(&self, uid: u32) {
+        self.notices.watchers.stop_waiting(&uid);
+    }
+
+    /// `uid` is no longer limited here (exempt now, or gone): their
+    /// watcher ends at once.
+    pub(super) fn events_cancelled(&self, uid: u32) {
         self.notices.watchers.cancel(&uid);
     }
 
@@ -168,7 +176,7 @@ impl<S: Systemd> Service<S> {
         });
         for (uid, sessions) in users {
             match sessions {
-                true => self.events_started(uid),
+                true => self.events_started(uid, false),
                 false => self.events_stopped(uid),
             }
         }
@@ -190,7 +198,7 @@ impl<S: Systemd> Service<S> {
             .as_ref()
             .map(|e| e.limits)
             .or_else(|| up.as_ref().map(|u| u.default));
-        let allowance = match (limits, &up) {
+        let mut allowance = match (limits, &up) {
             (Some(allocation), Some(u)) => Some(Allowance {
                 allocation,
                 // root's setting binds the user's resizes: no remedy above it
@@ -219,9 +227,16 @@ impl<S: Systemd> Service<S> {
                 percent,
                 window_secs,
             } => {
+                // a user bursting is held at the lifted quota, not at the allocation
+                let held_at = limits.map(|l| self.burst_quota(uid, l.cpu).unwrap_or(l.cpu));
+                if let (Some(a), Some(cpu), EventKind::CpuThrottled) =
+                    (allowance.as_mut(), held_at, kind)
+                {
+                    a.allocation.cpu = cpu;
+                }
                 let limit = match kind {
                     EventKind::CpuThrottled => LimitHit {
-                        cpu: limits.map(|l| l.cpu),
+                        cpu: held_at,
                         ..LimitHit::default()
                     },
                     _ => LimitHit {

@@ -59,6 +59,14 @@ impl<S: Systemd> Service<S> {
         let guard = self.locks.lock(id.uid).await;
         // what the slice carries now, should anyone have set it meanwhile
         self.dropins.reread_runtime(id.uid);
+        // the user's first session, announced by PAM as it opens: their
+        // slice (and its kill counts) came with it. One counted from
+        // logind's list (the daemon was down at the login) may have an
+        // older slice whose counts are old news.
+        let fresh = peer.is_some()
+            && self
+                .store
+                .read(|l| l.get(id.uid).is_none_or(|e| e.sessions.is_empty()));
         let (process, pidfd) = ProcessRef::pin(s.pid);
         let info = SessionInfo {
             pid: s.pid,
@@ -77,7 +85,7 @@ impl<S: Systemd> Service<S> {
             .apply_change(&id, &change, OnRefusal::Keep, 0, &why)
             .await;
         self.watch(id.uid, s.pid, pidfd);
-        self.events_started(id.uid);
+        self.events_started(id.uid, fresh);
         drop(guard);
         self.store.save_later();
         // bursting's sampler runs while someone has a slice

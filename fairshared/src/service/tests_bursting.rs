@@ -157,6 +157,9 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
         .handle(peer, parse_request(br#"{"type":"status"}"#).unwrap())
         .await;
     assert_eq!(bursting(st), Some(Cpus::whole(2)));
+    // fairshared stops: the lifted quota goes back to the allocation
+    s.end_bursts().await;
+    assert_eq!(cpu_in_force(&s), half);
 
     // alice bursts to 1.9 CPUs: her burst does not count against her
     for _ in 0..5 {

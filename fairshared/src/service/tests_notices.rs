@@ -115,7 +115,7 @@ async fn watchers_start_at_the_first_session_and_stop_at_the_last() {
     // and stops those of users without
     send(&s, 0, &open_line(1002)).await;
     s.events_stopped(1002);
-    s.events_started(1001);
+    s.events_started(1001, false);
     s.sweep_event_watchers(None);
     assert!(s.notices.watchers.contains(&1002));
     s.sweep_event_watchers(Some(1001));

@@ -474,6 +474,32 @@ fn throttling(t: &dyn TestHost) {
     t.logout_all();
 }
 
+/// Kills in `ssh host cmd` sessions one right after another, with no
+/// other session: each login's slice is made anew (the test hosts keep no
+/// slice after the last logout) while the last one's watcher may still be
+/// gathering its kill. Every kill is an event all the same (the new-admin
+/// try of issue 14 saw 1 of 5 recorded: the relogin found the old watcher
+/// "running" and the new slice went unwatched).
+fn kills_in_quick_sessions(t: &dyn TestHost) {
+    const KILLS: u64 = 3;
+    t.fresh_daemon(SMALL_MEM);
+    for i in 0..KILLS {
+        let o = t.ssh(USER, &hog("hog"));
+        assert!(o.stdout.contains("hog-status=137"), "kill {i}: {o:?}");
+    }
+    let oom_kills = |ev: &[serde_json::Value]| -> u64 {
+        ev.iter()
+            .filter(|e| e["kind"] == "oom_kill")
+            .map(|e| e["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let got = wait_for("every kill recorded", t.patience(15), || {
+        let n = oom_kills(&events(t));
+        (n >= KILLS).then_some(n)
+    });
+    assert_eq!(got, KILLS, "{:?}", events(t));
+}
+
 fn tempfile_dir() -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(
@@ -533,5 +559,9 @@ mod notices {
 
     core_test!(a_minute_at_the_cpu_quota_gives_one_notice, |h| {
         throttling(h)
+    });
+
+    core_test!(every_kill_of_quick_ssh_commands_is_an_event, |h| {
+        kills_in_quick_sessions(h)
     });
 }
