@@ -48,6 +48,8 @@ use std::time::Duration;
 use fairshare_policy::{CapacityLimit, UserPolicy};
 use fairshare_proto::units::{Bytes, Cpus, Tasks, Weight, format_duration};
 use fairshare_proto::wire::{Capacity, Limits, Resize, SessionInfo, Source};
+
+use crate::guarantees::{Pool, Want};
 use serde::{Deserialize, Serialize};
 
 /// The least CPU a resize or set may give (unless the user's default is less).
@@ -225,6 +227,16 @@ pub struct Entry {
     /// Something to tell the user in `status` (e.g. that a resize expired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// The memory guarantee the slice gets when it is less than
+    /// `limits.mem_low`: the guarantees wanted exceed `capacity.mem_low`
+    /// ([`Ledger::regrant`], [`crate::guarantees`]). `None`: all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_mem_low: Option<Bytes>,
+    /// Unix time the user's current run of sessions began: their place in
+    /// login order for `when_full: first_come`. Absent in older state (the
+    /// oldest open session then stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logged_in_at: Option<u64>,
 }
 
 impl Entry {
@@ -237,7 +249,46 @@ impl Entry {
             limits,
             applied: None,
             notice: None,
+            granted_mem_low: None,
+            logged_in_at: None,
         }
+    }
+
+    /// What the user's slice gets: their limits, with the memory guarantee
+    /// that fits in `capacity.mem_low` ([`Entry::granted_mem_low`]).
+    pub fn slice_limits(&self) -> Limits {
+        let mut l = self.limits;
+        if let Some(g) = self.granted_mem_low {
+            l.mem_low = Some(g).filter(|g| g.get() > 0);
+        }
+        l
+    }
+
+    /// Whether the user's guarantee is root's setting (not their own
+    /// resize): honoured first ([`crate::guarantees`]).
+    pub fn root_guarantee(&self) -> bool {
+        self.admin.as_ref().is_some_and(|a| a.mem_low.is_some())
+            && self.grant.as_ref().is_none_or(|g| g.mem_low.is_none())
+    }
+
+    /// Whether the user's guarantee counts against `capacity.mem_low`: they
+    /// have a session, or it was set explicitly (root's setting, a
+    /// reservation while they are away, or their own resize). A user in
+    /// the ledger only for root's setting of other fields does not count
+    /// while away.
+    pub fn holds_guarantee(&self) -> bool {
+        !self.sessions.is_empty()
+            || [&self.grant, &self.admin]
+                .into_iter()
+                .flatten()
+                .any(|g| g.mem_low.is_some())
+    }
+
+    /// Their place in login order (`u64::MAX`: no session).
+    fn since(&self) -> u64 {
+        self.logged_in_at
+            .or_else(|| self.sessions.iter().map(|s| s.opened_at).min())
+            .unwrap_or(u64::MAX)
     }
 
     pub fn source(&self, _uid: u32) -> Source {
@@ -593,9 +644,57 @@ impl Ledger {
         }
     }
 
-    /// The limits a user would have now: their entry's, or the policy default.
+    /// The limits a user's slice should have now: their entry's (with the
+    /// guarantee that fits, [`Entry::slice_limits`]), or the policy default.
     pub fn effective(&self, uid: u32, up: &UserPolicy) -> Limits {
-        self.users.get(&uid).map_or(up.default, |e| e.limits)
+        self.users
+            .get(&uid)
+            .map_or(up.default, |e| e.slice_limits())
+    }
+
+    /// Shares `pool` among the guarantees wanted ([`crate::guarantees`]):
+    /// sets each entry's [`Entry::granted_mem_low`]. Returns the users
+    /// whose slice's guarantee changed. Nothing to do, and no allocation,
+    /// while the guarantees wanted fit and nobody is cut.
+    pub fn regrant(&mut self, pool: Pool) -> Vec<u32> {
+        let mut wanted = Bytes::default();
+        let mut cut = false;
+        for e in self.users.values() {
+            if e.holds_guarantee() {
+                wanted = wanted.saturating_add(e.limits.mem_low.unwrap_or_default());
+            }
+            cut |= e.granted_mem_low.is_some();
+        }
+        if wanted <= pool.total && !cut {
+            return Vec::new();
+        }
+        let wants: Vec<Want> = self
+            .users
+            .iter()
+            .filter(|(_, e)| e.holds_guarantee())
+            .filter_map(|(uid, e)| {
+                Some(Want {
+                    uid: *uid,
+                    want: e.limits.mem_low?,
+                    rooted: e.root_guarantee(),
+                    since: e.since(),
+                })
+            })
+            .collect();
+        let grants: BTreeMap<u32, Bytes> =
+            crate::guarantees::share(pool, &wants).into_iter().collect();
+        let mut changed = Vec::new();
+        for (uid, e) in self.users.iter_mut() {
+            let before = e.slice_limits().mem_low;
+            e.granted_mem_low = grants
+                .get(uid)
+                .copied()
+                .filter(|g| Some(*g) < e.limits.mem_low);
+            if e.slice_limits().mem_low != before {
+                changed.push(*uid);
+            }
+        }
+        changed
     }
 
     /// A resize (the user's own) or a set (root's). Fields left out keep
@@ -645,7 +744,15 @@ impl Ledger {
         let new = compose(up, grant.as_ref(), admin.as_ref());
         if !matches!(actor, Actor::Root { force: true }) {
             self.check_capacity(uid, name, actor, new.cpu, new.mem, cap)?;
-            self.check_guarantee(uid, name, actor, new.mem_low, cap)?;
+            // a user away, whose guarantee nobody set, holds none
+            let counts = self.users.get(&uid).is_some_and(|e| !e.sessions.is_empty())
+                || [grant.as_ref(), admin.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|g| g.mem_low.is_some());
+            if counts {
+                self.check_guarantee(uid, name, actor, new.mem_low, cap)?;
+            }
         }
         let old = self.users.get(&uid).map(|e| e.limits);
         let entry = self
@@ -727,6 +834,8 @@ impl Ledger {
         cap: &CapacityLimit,
     ) -> Result<(), Refusal> {
         let asked = mem_low.unwrap_or_default();
+        // against what the limits wanted: lowering one's wanted guarantee
+        // is always allowed (it gives no priority, see crate::guarantees)
         let current = self
             .users
             .get(&uid)
@@ -757,14 +866,14 @@ impl Ledger {
         Err(Refusal::NoCapacity(why))
     }
 
-    /// The memory guarantees handed out in total, optionally leaving one
-    /// user out.
+    /// The memory guarantees handed out in total (those that count, as
+    /// their slices get them), optionally leaving one user out.
     pub fn guaranteed(&self, except: Option<u32>) -> Bytes {
         self.users
             .iter()
-            .filter(|(uid, _)| Some(**uid) != except)
+            .filter(|(uid, e)| Some(**uid) != except && e.holds_guarantee())
             .fold(Bytes::default(), |t, (_, e)| {
-                t.saturating_add(e.limits.mem_low.unwrap_or_default())
+                t.saturating_add(e.slice_limits().mem_low.unwrap_or_default())
             })
     }
 
@@ -875,6 +984,9 @@ impl Ledger {
         entry.name = name.to_string();
         // A pid can only hold one session; a reused pid replaces a stale record.
         entry.sessions.retain(|x| x.pid != s.pid);
+        if entry.sessions.is_empty() {
+            entry.logged_in_at = Some(s.opened_at);
+        }
         entry.sessions.push(s);
         let first = entry.sessions.len() == 1;
         Change {
@@ -907,6 +1019,7 @@ impl Ledger {
         }
         let old = Some(entry.limits);
         entry.grant = None;
+        entry.logged_in_at = None;
         entry.limits = entry.base(up);
         let new = entry.limits;
         if !entry.needed() {
@@ -1368,6 +1481,204 @@ mod tests {
     /// Issue 15: users resize weight, io_weight, mem_low and swap within
     /// their maximum; a guarantee beyond what is free of capacity.mem_low
     /// is refused saying how much is; release gives the policy's back.
+    /// A session opened at `at` (Unix time).
+    fn session_at(pid: u32, at: u64) -> SessionInfo {
+        SessionInfo {
+            opened_at: at,
+            ..session(pid)
+        }
+    }
+
+    const LOW: &str = "defaults: {cpu: 1, mem: 4G, mem_low: 1G}\n\
+                       max: {cpu: 2, mem: 8G, mem_low: 2G}\n\
+                       capacity: {cpu: 8, mem: 64G, overcommit: 1, mem_low: {total: 2G}}\n";
+
+    fn pool(total_g: u64, mode: fairshare_policy::WhenFull) -> Pool {
+        Pool {
+            total: Bytes(total_g << 30),
+            mode,
+        }
+    }
+
+    /// What each user's slice gets, in MiB.
+    fn lows(l: &Ledger) -> Vec<(u32, u64)> {
+        l.entries()
+            .map(|(u, e)| (*u, e.slice_limits().mem_low.map_or(0, |b| b.get() >> 20)))
+            .collect()
+    }
+
+    #[test]
+    fn logins_share_the_guarantees_by_scale_and_logouts_give_them_back() {
+        use fairshare_policy::WhenFull::Scale;
+        let p = policy(LOW);
+        let mut l = Ledger::new();
+        let scale = pool(2, Scale);
+        for (i, uid) in [1001, 1002].into_iter().enumerate() {
+            l.open_session(uid, "u", &up(&p, uid), session_at(10 + i as u32, 100));
+            // within the total: nothing to do
+            assert_eq!(l.regrant(scale), Vec::<u32>::new());
+        }
+        assert_eq!(lows(&l), vec![(1001, 1024), (1002, 1024)]);
+        // a third login: everyone shrinks to a third of 2G, the login's
+        // limits still say what it wants
+        l.open_session(1003, "u", &up(&p, 1003), session_at(12, 100));
+        assert_eq!(l.regrant(scale), vec![1001, 1002, 1003]);
+        assert_eq!(lows(&l), vec![(1001, 682), (1002, 682), (1003, 682)]);
+        assert_eq!(l.get(1003).unwrap().limits.mem_low, Some(Bytes(1 << 30)));
+        assert_eq!(
+            l.get(1003).unwrap().granted_mem_low.map(|b| b.get() >> 20),
+            Some(682)
+        );
+        assert_eq!(
+            l.effective(1003, &up(&p, 1003))
+                .mem_low
+                .map(|b| b.get() >> 20),
+            Some(682)
+        );
+        assert!(l.guaranteed(None) <= Bytes(2 << 30));
+        // a second session changes nothing
+        l.open_session(1003, "u", &up(&p, 1003), session_at(13, 200));
+        assert_eq!(l.regrant(scale), Vec::<u32>::new());
+        // a logout gives the others theirs back, in full
+        l.close_session(1002, 11, None, &up(&p, 1002)).unwrap();
+        assert_eq!(l.regrant(scale), vec![1001, 1003]);
+        assert_eq!(lows(&l), vec![(1001, 1024), (1003, 1024)]);
+        assert!(l.entries().all(|(_, e)| e.granted_mem_low.is_none()));
+        // a reload that halves the total: both shrink; one that restores it
+        assert_eq!(l.regrant(pool(1, Scale)), vec![1001, 1003]);
+        assert_eq!(lows(&l), vec![(1001, 512), (1003, 512)]);
+        assert_eq!(l.regrant(scale), vec![1001, 1003]);
+        assert_eq!(lows(&l), vec![(1001, 1024), (1003, 1024)]);
+    }
+
+    #[test]
+    fn first_come_keeps_the_earlier_logins_and_the_order_survives_more_sessions() {
+        use fairshare_policy::WhenFull::FirstCome;
+        let p = policy(LOW);
+        let mut l = Ledger::new();
+        let fc = pool(2, FirstCome);
+        // 1003 first, then 1002, then 1001 (uids in the other order)
+        l.open_session(1003, "u", &up(&p, 1003), session_at(1, 100));
+        l.open_session(1002, "u", &up(&p, 1002), session_at(2, 110));
+        l.regrant(fc);
+        l.open_session(1001, "u", &up(&p, 1001), session_at(3, 120));
+        assert_eq!(l.regrant(fc), vec![1001]);
+        assert_eq!(lows(&l), vec![(1001, 0), (1002, 1024), (1003, 1024)]);
+        assert!(l.get(1001).unwrap().slice_limits().mem_low.is_none());
+        // 1003 opens a later session and closes its first: still first
+        l.open_session(1003, "u", &up(&p, 1003), session_at(4, 130));
+        assert_eq!(l.close_session(1003, 1, None, &up(&p, 1003)), None);
+        assert_eq!(l.regrant(fc), Vec::<u32>::new());
+        // 1002 leaves: the newcomer gets theirs
+        l.close_session(1002, 2, None, &up(&p, 1002)).unwrap();
+        assert_eq!(l.regrant(fc), vec![1001]);
+        assert_eq!(lows(&l), vec![(1001, 1024), (1003, 1024)]);
+        // 1002 back: now the last, gets nothing
+        l.open_session(1002, "u", &up(&p, 1002), session_at(5, 140));
+        assert_eq!(l.regrant(fc), vec![1002]);
+        assert_eq!(lows(&l), vec![(1001, 1024), (1002, 0), (1003, 1024)]);
+    }
+
+    #[test]
+    fn roots_guarantee_comes_first_and_a_cut_user_cannot_resize_past_what_is_free() {
+        use fairshare_policy::WhenFull::Scale;
+        let p = policy(LOW);
+        let c = cap(&p);
+        let mut l = Ledger::new();
+        let scale = pool(2, Scale);
+        // root reserves 1G for 1009, away
+        l.resize(ask(
+            1009,
+            "r",
+            &up(&p, 1009),
+            Resize {
+                mem_low: Some(Bytes(1 << 30)),
+                ..Resize::default()
+            },
+            Actor::Root { force: false },
+            &c,
+        ))
+        .unwrap();
+        assert!(l.get(1009).unwrap().root_guarantee());
+        for (i, uid) in [1001, 1002].into_iter().enumerate() {
+            l.open_session(uid, "u", &up(&p, uid), session_at(10 + i as u32, 100));
+        }
+        l.regrant(scale);
+        // root's 1G in full; the two logins share the other 1G
+        assert_eq!(lows(&l), vec![(1001, 512), (1002, 512), (1009, 1024)]);
+        // raising is refused past what is free: what the others' slices
+        // get counts, not what they wanted
+        let e = l
+            .resize(ask(
+                1001,
+                "u",
+                &up(&p, 1001),
+                Resize {
+                    mem_low: Some(Bytes(1536 << 20)),
+                    ..Resize::default()
+                },
+                Actor::User(1001),
+                &c,
+            ))
+            .unwrap_err();
+        assert!(
+            format!("{e}").contains("1.5G asked, 512M free for you"),
+            "{e}"
+        );
+        // lowering is allowed, and gives no priority: still shared
+        l.resize(ask(
+            1001,
+            "u",
+            &up(&p, 1001),
+            Resize {
+                mem_low: Some(Bytes(256 << 20)),
+                ..Resize::default()
+            },
+            Actor::User(1001),
+            &c,
+        ))
+        .unwrap();
+        l.regrant(scale);
+        assert_eq!(lows(&l), vec![(1001, 204), (1002, 819), (1009, 1024)]);
+        // root's setting of cpu alone for an absent user reserves nothing
+        l.resize(ask(
+            1004,
+            "v",
+            &up(&p, 1004),
+            Resize {
+                cpu: Some(Cpus::whole(2)),
+                ..Resize::default()
+            },
+            Actor::Root { force: false },
+            &c,
+        ))
+        .unwrap();
+        assert!(!l.get(1004).unwrap().holds_guarantee());
+        assert_eq!(l.regrant(scale), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn state_without_the_new_fields_loads_and_orders_by_the_oldest_session() {
+        let p = policy(LOW);
+        let mut l = Ledger::new();
+        l.open_session(1001, "u", &up(&p, 1001), session_at(1, 300));
+        l.open_session(1002, "u", &up(&p, 1002), session_at(2, 200));
+        let mut text = serde_json::to_string(&l).unwrap();
+        assert!(text.contains("logged_in_at"), "{text}");
+        text = text
+            .replace(",\"logged_in_at\":300", "")
+            .replace(",\"logged_in_at\":200", "");
+        assert!(
+            !text.contains("logged_in_at") && !text.contains("granted_mem_low"),
+            "{text}"
+        );
+        let mut back: Ledger = serde_json::from_str(&text).unwrap();
+        back.regrant(pool(1, fairshare_policy::WhenFull::FirstCome));
+        assert_eq!(lows(&back), vec![(1001, 0), (1002, 1024)]);
+        let again: Ledger = serde_json::from_str(&serde_json::to_string(&back).unwrap()).unwrap();
+        assert_eq!(again, back);
+    }
+
     #[test]
     fn fair_share_fields_resize_within_max_and_guarantees_within_the_total() {
         // capacity.mem_low: 2G in total

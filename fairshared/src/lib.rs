@@ -5,7 +5,8 @@
 //! I/O so they can be tested without a bus:
 //!
 //! * [`ledger`]: who holds what; every decision (resize, release, sessions,
-//!   capacity). No I/O.
+//!   capacity). No I/O. [`guarantees`]: how `capacity.mem_low` is shared
+//!   when the memory guarantees wanted exceed it. No I/O.
 //! * [`service`]: answers requests by orchestrating the owners of state
 //!   below; one file per concern of the requests.
 //! * Owners of state, each a small type: [`store`] (the ledger, the state
@@ -37,6 +38,7 @@ pub mod cpu_window;
 pub mod defaults;
 pub mod dropin;
 pub mod events;
+pub mod guarantees;
 pub mod health;
 pub mod host;
 pub mod identity;

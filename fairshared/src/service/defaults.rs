@@ -86,7 +86,7 @@ impl<S: Systemd> Service<S> {
     }
 
     /// [`Service::settle`] after the answer, under the user's lock.
-    fn settle_later(self: &Arc<Self>, uid: u32) {
+    pub(super) fn settle_later(self: &Arc<Self>, uid: u32) {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             if let Some(s) = this.upgrade() {
@@ -228,6 +228,11 @@ impl<S: Systemd> Service<S> {
             }
         };
         let own = self.dropins.own();
+        // the guarantees under the new capacity.mem_low, so that the loop
+        // sets each slice's with the rest of its values
+        let pool = self.pool(&policy);
+        let mut regranted: BTreeSet<u32> =
+            self.store.mutate(|l| l.regrant(pool)).into_iter().collect();
         let mut changed = Vec::new();
         for uid in &running {
             let uid = *uid;
@@ -326,6 +331,16 @@ impl<S: Systemd> Service<S> {
                         self.retry_lease(uid, super::leases::RETRY);
                     }
                 }
+            }
+        }
+        // and again after the loop's clamps, expiries and removals; a
+        // slice the loop left alone (its user could not be looked up) gets
+        // its guarantee here (no call when it has it already)
+        regranted.extend(self.store.mutate(|l| l.regrant(pool)));
+        for uid in regranted {
+            if self.put_guarantee(uid).await {
+                let name = self.store.read(|l| l.get(uid).map(|e| e.name.clone()));
+                changed.extend(name);
             }
         }
         let d = self.dropins.clone();

@@ -29,6 +29,7 @@ mod bursting;
 mod catch_up;
 mod defaults;
 mod error;
+mod guarantees;
 mod leases;
 mod metrics;
 mod notices;
@@ -156,6 +157,8 @@ pub struct Service<S: Systemd> {
     cpu_window: CpuWindow,
     /// Bursting into idle CPU (issue 15): the sampler's state.
     bursting: BurstState,
+    /// Other users' slices whose memory guarantee is still to be set.
+    regrants: guarantees::Regrants,
 }
 
 impl<S: Systemd> Service<S> {
@@ -192,6 +195,7 @@ impl<S: Systemd> Service<S> {
             notices: Arc::new(Notices::new(notices_file, now())),
             cpu_window: CpuWindow::default(),
             bursting: BurstState::default(),
+            regrants: guarantees::Regrants::default(),
         }
     }
 
@@ -418,7 +422,10 @@ impl<S: Systemd> Service<S> {
     /// Puts a change on the user's slice, only the keys that differ from
     /// what is in force there (no D-Bus call when none does: a login whose
     /// slice started from the right drop-in), and logs it; `by` is who made
-    /// it, `why` what for.
+    /// it, `why` what for. The memory guarantees are shared again first
+    /// ([`Ledger::regrant`]): the user's slice gets the guarantee that fits
+    /// in `capacity.mem_low` with the rest of the change, and other users
+    /// whose guarantee moved get theirs after the answer.
     async fn apply_change(
         self: &Arc<Self>,
         id: &Identity,
@@ -427,8 +434,16 @@ impl<S: Systemd> Service<S> {
         by: u32,
         why: &str,
     ) -> Result<(), ServiceError> {
-        let up = self.policy().for_user(id);
-        let (base, mut target) = self.target(&up, Some(&change.new));
+        let policy = self.policy();
+        let up = policy.for_user(id);
+        let pool = self.pool(&policy);
+        let (slice, mut others) = self.store.mutate(|l| {
+            let others = l.regrant(pool);
+            (l.get(id.uid).map(|e| e.slice_limits()), others)
+        });
+        others.retain(|u| *u != id.uid);
+        let new = slice.unwrap_or(change.new);
+        let (base, mut target) = self.target(&up, Some(&new));
         // A user bursting keeps their lifted quota through a change that
         // leaves their CPU allocation as it was (another login, a resize of
         // memory): the sampler decides when it goes, not a login.
@@ -445,11 +460,20 @@ impl<S: Systemd> Service<S> {
             .put_on_slice(id.uid, base, sources, &target, defaults::Files::Later)
             .await
         {
-            Ok(_) => self.store.mutate(|l| l.mark_applied(id.uid, change.new)),
+            Ok(_) => {
+                self.store.mutate(|l| l.mark_applied(id.uid, new));
+                self.regrant_later(others);
+            }
             Err(e) => {
                 if let OnRefusal::Restore(prev) = on_refusal {
-                    self.store.mutate(|l| l.restore(id.uid, prev));
+                    // the guarantees as they were before the change
+                    let back = self.store.mutate(|l| {
+                        l.restore(id.uid, prev);
+                        l.regrant(pool)
+                    });
+                    others.extend(back);
                 }
+                self.regrant_later(others);
                 tracing::error!(
                     uid = id.uid,
                     user = %id.name,
@@ -463,6 +487,23 @@ impl<S: Systemd> Service<S> {
                     source: e,
                 });
             }
+        }
+        if new.mem_low != change.new.mem_low {
+            let wanted = change.new.mem_low.unwrap_or_default();
+            let got = new.mem_low.unwrap_or_default();
+            tracing::info!(
+                uid = id.uid,
+                user = %id.name,
+                memory_low = got.get(),
+                wanted = wanted.get(),
+                "memory guarantee of {} (uid {}): {} of the {} wanted (capacity.mem_low {}, when_full: {})",
+                id.name,
+                id.uid,
+                got.human(),
+                wanted.human(),
+                pool.total.human(),
+                when_full(pool.mode)
+            );
         }
         if change.alters_allocation() {
             let old = change
@@ -485,6 +526,14 @@ impl<S: Systemd> Service<S> {
             );
         }
         Ok(())
+    }
+}
+
+/// `capacity.mem_low.when_full` as the policy spells it.
+fn when_full(mode: fairshare_policy::WhenFull) -> &'static str {
+    match mode {
+        fairshare_policy::WhenFull::Scale => "scale",
+        fairshare_policy::WhenFull::FirstCome => "first_come",
     }
 }
 

@@ -144,6 +144,14 @@ impl<S: Systemd> Service<S> {
                 )
             }
         };
+        // the guarantee the slice gets, when less (capacity.mem_low)
+        let message = match entry.as_ref().and_then(|e| e.granted_mem_low) {
+            Some(g) => format!(
+                "{message}; memory guarantee {} for now: the guarantees wanted exceed capacity.mem_low (see fairshare-ctl status)",
+                g.human()
+            ),
+            None => message,
+        };
         Ok(Response::Success(Success {
             message,
             allocation: Some(change.new),

@@ -62,7 +62,7 @@ impl<S: Systemd> Service<S> {
             allocated_mem_high: if exempt { None } else { limits.mem_high },
             fair: match exempt {
                 true => Vec::new(),
-                false => limits.fair_parts(),
+                false => self.fair_parts(entry, &limits),
             },
             unenforced: match exempt {
                 true => Vec::new(),
@@ -111,6 +111,38 @@ impl<S: Systemd> Service<S> {
             events: Vec::new(),
             terminal_notices: None,
         }
+    }
+
+    /// The fair-share settings for people, saying when the memory
+    /// guarantee is less than wanted because the guarantees wanted exceed
+    /// `capacity.mem_low` (issue 15).
+    fn fair_parts(&self, entry: Option<&Entry>, limits: &Limits) -> Vec<String> {
+        let Some(got) = entry.and_then(|e| e.granted_mem_low) else {
+            return limits.fair_parts();
+        };
+        let wanted = limits.mem_low.unwrap_or_default();
+        let policy = self.policy();
+        let pool = self.pool(&policy);
+        let why = match pool.mode {
+            fairshare_policy::WhenFull::Scale => format!(
+                "scaled from {}: the guarantees wanted exceed capacity.mem_low {}",
+                wanted.human(),
+                pool.total.human()
+            ),
+            fairshare_policy::WhenFull::FirstCome => format!(
+                "of {} wanted: capacity.mem_low {} is taken by earlier logins (when_full: first_come)",
+                wanted.human(),
+                pool.total.human()
+            ),
+        };
+        let mut parts = Limits {
+            mem_low: None,
+            ..*limits
+        }
+        .fair_parts();
+        let at = usize::from(limits.weight.is_some()) + usize::from(limits.io_weight.is_some());
+        parts.insert(at, format!("{} guaranteed ({why})", got.human()));
+        parts
     }
 
     /// What the user's slice uses now, with its CPU time over a recent

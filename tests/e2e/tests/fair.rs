@@ -362,6 +362,39 @@ v2_test!(user_slice_carries_the_total_of_the_guarantees, |g| {
     g.logout_all();
 });
 
+/// Guarantees wanted beyond the total: 768M each, 1G in total, scaled.
+const SCALE_POLICY: &str = "\
+defaults: {cpu: 2, mem: 1G, mem_low: 768M}
+max: {cpu: 8, mem: 2G}
+capacity: {cpu: 64, mem: 4G, mem_low: {total: 1G, when_full: scale}}
+";
+
+// Two users wanting 768M each out of 1G (`when_full: scale`): alone, a
+// user's slice carries all of it; with both logged in each slice's
+// memory.low is 512M, the sum within the total; when one leaves, the other
+// has 768M again.
+v2_test!(guarantees_beyond_the_total_are_scaled_and_given_back, |g| {
+    g.fresh_daemon(SCALE_POLICY);
+    let low = |uid: u32| {
+        g.read(&format!("/sys/fs/cgroup{}/memory.low", slice_path(uid)))
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    let a = g.session(A.0);
+    wait_for("memory.low 768M for one user", g.patience(10), || {
+        (low(A.1) == Some(768 * MIB)).then_some(())
+    });
+    let b = g.session(B.0);
+    wait_for("memory.low 512M for each of two", g.patience(20), || {
+        (low(A.1) == Some(512 * MIB) && low(B.1) == Some(512 * MIB)).then_some(())
+    });
+    drop(b);
+    wait_for("memory.low 768M again once alone", g.patience(20), || {
+        (low(A.1) == Some(768 * MIB)).then_some(())
+    });
+    drop(a);
+    g.logout_all();
+});
+
 /// Resizable fair-share keys: weight up to 400, guarantees up to 1G each
 /// out of 1G in total.
 const RESIZE_POLICY: &str = "\

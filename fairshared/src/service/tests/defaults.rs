@@ -809,3 +809,6 @@ async fn a_resize_of_the_weight_sets_only_cpuweight_on_the_slice() {
     success(send(&s, 1001, r#"{"type":"release"}"#).await);
     assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
 }
+
+/// Memory guarantees within capacity.mem_low (issue 15).
+mod guarantees;

@@ -1,0 +1,189 @@
+//! Memory guarantees within `capacity.mem_low` (issue 15): logins, logouts
+//! and reloads share the total, and every slice carries what it is granted,
+//! by as few `SetUnitProperties` as that takes (none at all while the total
+//! is not exceeded).
+
+use super::*;
+
+/// Every user wants 1G; 2G are handed out in total.
+fn guaranteeing(mode: &str) -> String {
+    SITE.replace(
+        "defaults: {cpu: 2, mem: 8G, tasks: 500}",
+        "defaults: {cpu: 2, mem: 8G, tasks: 500, mem_low: 1G}",
+    )
+    .replace(
+        "capacity: {cpu: 16, mem: 64G, overcommit: 1}",
+        &format!(
+            "capacity: {{cpu: 16, mem: 64G, overcommit: 1, mem_low: {{total: 2G, when_full: {mode}}}}}"
+        ),
+    )
+}
+
+/// The `MemoryLow` in force on the user's slice, in bytes (0: none).
+fn low(s: &Service<Fake>, uid: u32) -> u64 {
+    match s.systemd().in_force(uid)[&Key::MemoryLow] {
+        Some(Value::Amount(n)) => n,
+        None => 0,
+        other => panic!("MemoryLow {other:?}"),
+    }
+}
+
+/// The properties of every `SetUnitProperties` on the user's slice.
+fn sets_of(s: &Service<Fake>, uid: u32) -> Vec<Vec<(String, PropertyValue)>> {
+    s.systemd()
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Set(u, p) if u == uid => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn memory_low(n: u64) -> Vec<(String, PropertyValue)> {
+    vec![("MemoryLow".to_string(), PropertyValue::U64(n))]
+}
+
+/// Lets the background pass that sets other users' guarantees finish.
+async fn regranted(s: &Arc<Service<Fake>>) {
+    wait_until(|| !s.regrants_pending()).await;
+}
+
+const G: u64 = 1 << 30;
+/// A third of 2G, rounded down to a MiB.
+const THIRD: u64 = 682 << 20;
+
+#[tokio::test]
+async fn scale_shrinks_every_guarantee_at_a_login_and_gives_them_back_at_the_logout() {
+    let (s, _, _d) = site(&guaranteeing("scale"));
+    s.catch_up().await;
+    for uid in [1001, 1002, 1003] {
+        s.systemd().start_slice(uid);
+    }
+    let (a, b, c) = (Proc::new(), Proc::new(), Proc::new());
+    open(&s, 1001, &a).await;
+    open(&s, 1002, &b).await;
+    regranted(&s).await;
+    // within the total: the login path of issue 12, no call at all
+    assert_eq!(s.systemd().sets(1001) + s.systemd().sets(1002), 0);
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G));
+    // a third login: its own slice gets a third in its one call, the
+    // others MemoryLow alone, one call each
+    open(&s, 1003, &c).await;
+    assert_eq!(sets_of(&s, 1003), vec![memory_low(THIRD)]);
+    regranted(&s).await;
+    assert_eq!(sets_of(&s, 1001), vec![memory_low(THIRD)]);
+    assert_eq!(sets_of(&s, 1002), vec![memory_low(THIRD)]);
+    let total: u64 = [1001, 1002, 1003].iter().map(|u| low(&s, *u)).sum();
+    assert!(total <= 2 * G, "{total}");
+    // status says so
+    let st = status(send(&s, 1003, r#"{"type":"status"}"#).await);
+    let fair = st.fair.join(", ");
+    let want = format!(
+        "{} guaranteed (scaled from 1G: the guarantees wanted exceed capacity.mem_low 2G)",
+        Bytes(THIRD).human()
+    );
+    assert!(fair.contains(&want), "{fair}");
+    // the logout: the others get theirs back in full
+    close(&s, 1003, &c).await;
+    regranted(&s).await;
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G));
+    assert_eq!(sets_of(&s, 1001).len(), 2);
+    assert_eq!(sets_of(&s, 1001)[1], memory_low(G));
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert!(
+        st.fair.iter().any(|p| p == "1G guaranteed"),
+        "{:?}",
+        st.fair
+    );
+    // memory and disk agree: the scaled values were runtime values only
+    files_settle(&s).await;
+    let before = s.systemd().in_force(1001);
+    s.systemd().daemon_reload();
+    assert_eq!(s.systemd().in_force(1001), before);
+}
+
+#[tokio::test]
+async fn first_come_leaves_earlier_logins_alone_and_a_newcomer_gets_what_is_left() {
+    let (s, _, _d) = site(&guaranteeing("first_come").replace("total: 2G", "total: 1536M"));
+    s.catch_up().await;
+    for uid in [1001, 1002] {
+        s.systemd().start_slice(uid);
+    }
+    let (a, b) = (Proc::new(), Proc::new());
+    open(&s, 1001, &a).await;
+    open(&s, 1002, &b).await;
+    regranted(&s).await;
+    // the newcomer's one call carries what is left; the first is untouched
+    assert_eq!(sets_of(&s, 1002), vec![memory_low(G / 2)]);
+    assert_eq!(s.systemd().sets(1001), 0);
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G / 2));
+    let st = status(send(&s, 1002, r#"{"type":"status"}"#).await);
+    assert!(
+        st.fair
+            .iter()
+            .any(|p| p.starts_with("512M guaranteed (of 1G wanted")
+                && p.contains("when_full: first_come")),
+        "{:?}",
+        st.fair
+    );
+    // a resize to what the policy gives already puts nobody ahead: still
+    // what is left
+    let ok = success(send(&s, 1002, r#"{"type":"request_resources","mem_low":"1G"}"#).await);
+    assert!(
+        ok.message.contains("memory guarantee 512M for now"),
+        "{}",
+        ok.message
+    );
+    regranted(&s).await;
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G / 2));
+    // the first leaves: the other gets all of theirs
+    close(&s, 1001, &a).await;
+    regranted(&s).await;
+    assert_eq!(low(&s, 1002), G);
+    assert_eq!(sets_of(&s, 1002).last(), Some(&memory_low(G)));
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_total_sets_each_running_slice_once() {
+    let (s, _, d) = site(&guaranteeing("scale"));
+    s.catch_up().await;
+    for uid in [1001, 1002, 1003] {
+        s.systemd().start_slice(uid);
+    }
+    let procs = [Proc::new(), Proc::new(), Proc::new()];
+    for (uid, p) in [1001, 1002, 1003].into_iter().zip(&procs) {
+        open(&s, uid, p).await;
+    }
+    regranted(&s).await;
+    assert_eq!(low(&s, 1001), THIRD);
+    let before: Vec<usize> = [1001, 1002, 1003]
+        .iter()
+        .map(|u| s.systemd().sets(*u))
+        .collect();
+    // room for all three now
+    std::fs::write(
+        d.path().join("p.yaml"),
+        guaranteeing("scale").replace("total: 2G", "total: 3G"),
+    )
+    .unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    regranted(&s).await;
+    for (i, uid) in [1001, 1002, 1003].into_iter().enumerate() {
+        assert_eq!(low(&s, uid), G, "uid {uid}");
+        assert_eq!(s.systemd().sets(uid), before[i] + 1, "uid {uid}");
+        assert_eq!(sets_of(&s, uid).last(), Some(&memory_low(G)));
+    }
+    // and a total of 1G: a third of that each
+    std::fs::write(
+        d.path().join("p.yaml"),
+        guaranteeing("scale").replace("total: 2G", "total: 1G"),
+    )
+    .unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    regranted(&s).await;
+    for uid in [1001, 1002, 1003] {
+        assert_eq!(low(&s, uid), 341 << 20, "uid {uid}");
+    }
+    drop(procs);
+}
