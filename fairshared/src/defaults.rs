@@ -87,6 +87,9 @@ struct Model {
     pending: HashMap<u32, (Base, String)>,
     /// Whether [`DropIns::load`] ran.
     loaded: bool,
+    /// Users whose slice was read back since fairshare's files last
+    /// changed (see [`DropIns::unverified`]).
+    verified: std::collections::HashSet<u32>,
 }
 
 /// fairshare's drop-ins, on disk and in memory; see the module's doc.
@@ -264,6 +267,22 @@ impl DropIns {
         differ.into_iter().map(|(k, _)| k).collect()
     }
 
+    /// Whether `uid`'s slice has not been read back since fairshared
+    /// started or last changed its files. systemd gives a slice the files
+    /// as they were when it loaded the unit: a unit still loaded from
+    /// before a change (stopped but kept, e.g. by a `systemctl
+    /// set-property` on it) starts again with the old default, and only a
+    /// read of the slice tells ([`DropIns::observed`]). Once per user and
+    /// change.
+    pub fn unverified(&self, uid: u32) -> bool {
+        !self.lock().verified.contains(&uid)
+    }
+
+    /// `uid`'s slice was read back ([`DropIns::unverified`]).
+    pub fn verified(&self, uid: u32) {
+        self.lock().verified.insert(uid);
+    }
+
     /// Reads the user's runtime control files again (a few `stat`s on
     /// /run, no D-Bus): what someone else set on the slice meanwhile (root's
     /// `systemctl set-property --runtime`, a client of systemd's) is then
@@ -387,6 +406,12 @@ impl DropIns {
         users: &BTreeMap<u32, (Base, String)>,
     ) -> io::Result<Written> {
         let mut out = Written::default();
+        // a changed file reaches units systemd loads afterwards only: every
+        // slice is read back again at its user's next first login
+        let before = self.lock().global.clone();
+        if before.as_ref() != Some(global) {
+            self.lock().verified.clear();
+        }
         if let Some(l) = &self.layout {
             match l.write_global(global, global_why)? {
                 Outcome::Written => out.written.push(l.global_file()),
@@ -408,6 +433,9 @@ impl DropIns {
         }
         for (uid, (base, why)) in users {
             let o = self.write_user(*uid, base, why)?;
+            if matches!(o, Outcome::Written | Outcome::Removed) {
+                self.lock().verified.remove(uid);
+            }
             if let Some(l) = &self.layout {
                 match o {
                     Outcome::Written => out.written.push(l.user_file(*uid)),

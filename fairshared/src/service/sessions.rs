@@ -67,6 +67,24 @@ impl<S: Systemd> Service<S> {
             && self
                 .store
                 .read(|l| l.get(id.uid).is_none_or(|e| e.sessions.is_empty()));
+        // The first login since fairshared started or changed its files:
+        // the slice may carry an older default than the files say (see
+        // `DropIns::unverified`); one read of it, then the model knows.
+        if fresh && self.dropins.unverified(id.uid) {
+            match self.systemd.slice_values(id.uid).await {
+                Ok(Some(actual)) => {
+                    let keys = self.dropins.observed(id.uid, actual);
+                    if !keys.is_empty() {
+                        tracing::info!(uid = id.uid, user = %id.name, "the slice of {} does not carry what the drop-ins say ({keys:?}); setting it", id.name);
+                    }
+                    self.dropins.verified(id.uid);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(uid = id.uid, error = %e, "cannot read the limits on a slice at login")
+                }
+            }
+        }
         let (process, pidfd) = ProcessRef::pin(s.pid);
         let info = SessionInfo {
             pid: s.pid,

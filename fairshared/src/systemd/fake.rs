@@ -125,6 +125,14 @@ impl Fake {
         }
     }
 
+    /// The user's slice starts with `values` whatever the files say now (a
+    /// unit systemd loaded before the files changed).
+    pub fn start_slice_with(&self, uid: u32, values: Values) {
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(uid, values);
+        }
+    }
+
     /// The user's slice stops.
     pub fn stop_slice(&self, uid: u32) {
         if let Ok(mut live) = self.live.lock() {

@@ -247,6 +247,31 @@ async fn a_login_at_the_default_makes_no_dbus_call_first_or_additional() {
     );
 }
 
+/// A slice whose unit systemd loaded before fairshare's files changed
+/// starts with the old default (the v2 guest: 8G after a policy of 192M,
+/// the unit kept loaded by a `systemctl set-property` on it). The user's
+/// first login reads the slice once and sets it right; their next first
+/// login, with nothing changed since, reads nothing.
+#[tokio::test]
+async fn a_first_login_sets_right_a_slice_started_from_older_files() {
+    let (s, _, _d) = site(SITE);
+    s.catch_up().await;
+    s.systemd().start_slice_with(1001, limited(8, 16, 4096));
+    let a = Proc::new();
+    open(&s, 1001, &a).await;
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+    assert_eq!(s.systemd().sets(1001), 1, "{:?}", s.systemd().calls());
+    close(&s, 1001, &a).await;
+    s.systemd().stop_slice(1001);
+    // logged out and in again, the files as they were: no read, no call
+    s.systemd().start_slice(1001);
+    let sets = s.systemd().sets(1001);
+    let b = Proc::new();
+    open(&s, 1001, &b).await;
+    assert_eq!(s.systemd().sets(1001), sets);
+    assert_eq!(s.systemd().in_force(1001), limited(2, 8, 500));
+}
+
 #[tokio::test]
 async fn a_login_sets_right_what_root_set_on_the_slice_meanwhile() {
     let (s, _, _d) = site(SITE);
