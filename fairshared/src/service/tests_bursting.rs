@@ -64,6 +64,18 @@ async fn tick(s: &Arc<Service<Fake>>, c: &mut Clocks<'_>, alice: f64, other: f64
     s.burst_tick().await;
 }
 
+/// alice's session `id` of process `pid` opens (as PAM asks, root).
+async fn open(s: &Arc<Service<Fake>>, pid: u32, id: &str) {
+    let line = format!(r#"{{"type":"session_open","uid":1001,"pid":{pid},"session_id":"{id}"}}"#);
+    let r = s
+        .handle(
+            Peer { uid: 0, pid: None },
+            parse_request(line.as_bytes()).unwrap(),
+        )
+        .await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+}
+
 fn bursting(r: Response) -> Option<Cpus> {
     match r {
         Response::StatusInfo(s) => s.bursting,
@@ -108,17 +120,7 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
         .arg("60")
         .spawn()
         .unwrap();
-    let open = format!(
-        r#"{{"type":"session_open","uid":1001,"pid":{},"session_id":"7"}}"#,
-        sleeper.id()
-    );
-    let r = s
-        .handle(
-            Peer { uid: 0, pid: None },
-            parse_request(open.as_bytes()).unwrap(),
-        )
-        .await;
-    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    open(&s, sleeper.id(), "7").await;
     assert_eq!(s.burst_interval(), Some(Duration::from_secs(1)));
     let half = Some(Value::Amount(500_000));
     assert_eq!(cpu_in_force(&s), half);
@@ -165,17 +167,7 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
         .spawn()
         .unwrap();
     let sets = s.systemd().sets(1001);
-    let open = format!(
-        r#"{{"type":"session_open","uid":1001,"pid":{},"session_id":"8"}}"#,
-        second.id()
-    );
-    let r = s
-        .handle(
-            Peer { uid: 0, pid: None },
-            parse_request(open.as_bytes()).unwrap(),
-        )
-        .await;
-    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    open(&s, second.id(), "8").await;
     assert_eq!(cpu_in_force(&s), Some(Value::Amount(2_000_000)));
     assert_eq!(s.systemd().sets(1001), sets, "no D-Bus call for that login");
     let _ = (second.kill(), second.wait());
