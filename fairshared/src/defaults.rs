@@ -424,6 +424,9 @@ impl DropIns {
         for uid in on_disk {
             if !users.contains_key(&uid) {
                 let o = self.write_user(uid, &Base::Global, "")?;
+                if o == Outcome::Removed {
+                    self.lock().verified.remove(&uid);
+                }
                 if o == Outcome::Removed
                     && let Some(l) = &self.layout
                 {

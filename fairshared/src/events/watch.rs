@@ -655,7 +655,9 @@ impl Watcher {
             }
             let waiting = self.v2.as_ref().is_some_and(SliceOoms::waiting);
             let gathering = gather_until.is_some_and(|t| now < t);
-            if !waiting && !gathering {
+            // gone (a slice made anew at the path is not this one's to
+            // read on): what was counted is all there is
+            if (!waiting && !gathering) || self.gone() {
                 return kills;
             }
             tokio::time::sleep(REREAD).await;

@@ -446,8 +446,17 @@ impl<S: Systemd> Service<S> {
         let (base, mut target) = self.target(&up, Some(&new));
         // A user bursting keeps their lifted quota through a change that
         // leaves their CPU allocation as it was (another login, a resize of
-        // memory): the sampler decides when it goes, not a login.
-        if let Some(q) = self.burst_quota(id.uid, change.new.cpu)
+        // memory) while they still have a session and may burst: the
+        // sampler decides when it goes, not a login. Their last logout puts
+        // it back (the sampler looks only at users with sessions).
+        let may_keep = self.store.read(|l| {
+            l.get(id.uid).is_some_and(|e| {
+                !e.sessions.is_empty() && !e.admin.as_ref().is_some_and(|a| a.cpu.is_some())
+            })
+        }) && up.exempt.is_none()
+            && up.fair_default.burst;
+        if may_keep
+            && let Some(q) = self.burst_quota(id.uid, change.new.cpu)
             && change.old.is_some_and(|o| o.cpu == change.new.cpu)
         {
             target.insert(

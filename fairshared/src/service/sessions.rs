@@ -79,7 +79,8 @@ impl<S: Systemd> Service<S> {
                     }
                     self.dropins.verified(id.uid);
                 }
-                Ok(None) => {}
+                // not loaded: it loads the files as they are now
+                Ok(None) => self.dropins.verified(id.uid),
                 Err(e) => {
                     tracing::warn!(uid = id.uid, error = %e, "cannot read the limits on a slice at login")
                 }

@@ -76,6 +76,18 @@ async fn open(s: &Arc<Service<Fake>>, pid: u32, id: &str) {
     assert!(matches!(r, Response::Success(_)), "{r:?}");
 }
 
+/// alice's session of process `pid` closes (as PAM says, root).
+async fn close(s: &Arc<Service<Fake>>, pid: u32) {
+    let line = format!(r#"{{"type":"session_close","uid":1001,"pid":{pid}}}"#);
+    let r = s
+        .handle(
+            Peer { uid: 0, pid: None },
+            parse_request(line.as_bytes()).unwrap(),
+        )
+        .await;
+    assert!(matches!(r, Response::Success(_)), "{r:?}");
+}
+
 fn bursting(r: Response) -> Option<Cpus> {
     match r {
         Response::StatusInfo(s) => s.bursting,
@@ -170,6 +182,9 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
     open(&s, second.id(), "8").await;
     assert_eq!(cpu_in_force(&s), Some(Value::Amount(2_000_000)));
     assert_eq!(s.systemd().sets(1001), sets, "no D-Bus call for that login");
+    // that session closes, another is left: still lifted
+    close(&s, second.id()).await;
+    assert_eq!(cpu_in_force(&s), Some(Value::Amount(2_000_000)));
     let _ = (second.kill(), second.wait());
     // fairshared stops: the lifted quota goes back to the allocation
     s.end_bursts().await;
@@ -239,6 +254,16 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
         .await;
     assert_eq!(cpu_in_force(&s), half);
     assert_eq!(s.burst_interval(), None);
+
+    // on again and lifted: her last logout puts the quota back (nothing
+    // would take it back after: the sampler looks at users with sessions)
+    s.reload(parse(POLICY)).await;
+    for _ in 0..4 {
+        tick(&s, &mut c, 0.5, 0.0).await;
+    }
+    assert_eq!(cpu_in_force(&s), Some(Value::Amount(2_000_000)));
+    close(&s, sleeper.id()).await;
+    assert_eq!(cpu_in_force(&s), half);
     let mut sleeper = sleeper;
     let _ = (sleeper.kill(), sleeper.wait());
 }

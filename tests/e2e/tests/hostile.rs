@@ -1,7 +1,10 @@
 //! Hostile input, hostile users and failures, against the real daemon in the
 //! test host. Every attack runs as an ordinary user while a well-behaved
 //! client keeps asking for its status: each of its answers must come back in
-//! under 100 ms, and the daemon's memory must stay bounded.
+//! under 100 ms more than the same client's slowest answer at rest, measured
+//! first in the same test (the machine under the test host is shared: a
+//! blocked daemon takes seconds, a busy machine a few ms), and the daemon's
+//! memory must stay bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Child;
@@ -37,6 +40,9 @@ fn n_restarts(h: &Container) -> u32 {
         .parse()
         .unwrap()
 }
+
+/// How much longer than at rest a well-behaved client may wait meanwhile.
+const SERVED_MS: f64 = 100.0;
 
 /// Panics unless a well-behaved client is answered in under 100 ms
 /// (`when` names the moment).
@@ -93,6 +99,7 @@ fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
     let (user, _) = TESTUSER;
     let rss0 = daemon_rss_kib(&h);
     let baseline = probe(&h, 10);
+    let limit = SERVED_MS + baseline;
     let mut report = vec![format!(
         "baseline: worst status answer {baseline:.1} ms, RSS {rss0} KiB"
     )];
@@ -147,7 +154,7 @@ fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
             "{what}: {answer}"
         );
         assert!(
-            worst < 100.0,
+            worst < limit,
             "{what}: a well-behaved request took {worst:.1} ms"
         );
         report.push(format!(
@@ -161,7 +168,7 @@ fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
     let out = finish(stall);
     assert!(out.contains("no complete request within 10 s"), "{out}");
     assert!(
-        worst < 100.0,
+        worst < limit,
         "stalled client: a well-behaved request took {worst:.1} ms"
     );
     report.push(format!(
@@ -186,7 +193,7 @@ fn bad_input_gets_an_error_and_everyone_else_is_still_served() {
     let out = finish(idle);
     assert!(out.starts_with("held=32 "), "{out}");
     assert!(
-        worst < 100.0,
+        worst < limit,
         "2000 idle connections: a well-behaved request took {worst:.1} ms"
     );
     assert!(login < Duration::from_secs(3), "ssh login took {login:?}");
@@ -208,6 +215,7 @@ fn a_resize_flood_is_rate_limited_and_does_not_slow_other_logins() {
     let h = Container::get();
     h.fresh_daemon(POLICY);
     install_attack(&h);
+    let limit = SERVED_MS + probe(&h, 10);
     let flood = h.ssh_spawn(TESTUSER.0, "fs-attack flood 2000");
     std::thread::sleep(Duration::from_millis(300));
     let worst = probe(&h, 20);
@@ -224,7 +232,7 @@ fn a_resize_flood_is_rate_limited_and_does_not_slow_other_logins() {
     let ok: u64 = value_after(&out, "ok=");
     assert!(limited > 1500 && ok < 100, "{out}");
     assert!(
-        worst < 100.0,
+        worst < limit,
         "during the flood a well-behaved request took {worst:.1} ms"
     );
     assert!(
