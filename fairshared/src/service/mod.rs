@@ -451,7 +451,7 @@ impl<S: Systemd> Service<S> {
         // it back (the sampler looks only at users with sessions).
         let may_keep = self.store.read(|l| {
             l.get(id.uid).is_some_and(|e| {
-                !e.sessions.is_empty() && !e.admin.as_ref().is_some_and(|a| a.cpu.is_some())
+                !e.sessions.is_empty() && e.admin.as_ref().is_none_or(|a| a.cpu.is_none())
             })
         }) && up.exempt.is_none()
             && up.fair_default.burst;
