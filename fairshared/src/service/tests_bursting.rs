@@ -64,28 +64,33 @@ async fn tick(s: &Arc<Service<Fake>>, c: &mut Clocks<'_>, alice: f64, other: f64
     s.burst_tick().await;
 }
 
-/// alice's session `id` of process `pid` opens (as PAM asks, root).
-async fn open(s: &Arc<Service<Fake>>, pid: u32, id: &str) {
-    let line = format!(r#"{{"type":"session_open","uid":1001,"pid":{pid},"session_id":"{id}"}}"#);
+/// Root sends `line`; it must succeed.
+async fn as_root(s: &Arc<Service<Fake>>, line: &str) {
     let r = s
         .handle(
             Peer { uid: 0, pid: None },
             parse_request(line.as_bytes()).unwrap(),
         )
         .await;
-    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    assert!(matches!(r, Response::Success(_)), "{line}: {r:?}");
+}
+
+/// alice's session `id` of process `pid` opens (as PAM asks, root).
+async fn open(s: &Arc<Service<Fake>>, pid: u32, id: &str) {
+    as_root(
+        s,
+        &format!(r#"{{"type":"session_open","uid":1001,"pid":{pid},"session_id":"{id}"}}"#),
+    )
+    .await;
 }
 
 /// alice's session of process `pid` closes (as PAM says, root).
 async fn close(s: &Arc<Service<Fake>>, pid: u32) {
-    let line = format!(r#"{{"type":"session_close","uid":1001,"pid":{pid}}}"#);
-    let r = s
-        .handle(
-            Peer { uid: 0, pid: None },
-            parse_request(line.as_bytes()).unwrap(),
-        )
-        .await;
-    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    as_root(
+        s,
+        &format!(r#"{{"type":"session_close","uid":1001,"pid":{pid}}}"#),
+    )
+    .await;
 }
 
 fn bursting(r: Response) -> Option<Cpus> {
@@ -223,25 +228,12 @@ async fn an_idle_host_lifts_the_cpu_quota_alone_and_busy_or_off_puts_it_back() {
     assert_eq!(cpu_in_force(&s), Some(Value::Amount(2_000_000)));
 
     // root's CPU setting binds her: held at it, idle host or not
-    let root = Peer { uid: 0, pid: None };
-    let r = s
-        .handle(
-            root,
-            parse_request(br#"{"type":"set_user","user":"alice","cpu":0.75}"#).unwrap(),
-        )
-        .await;
-    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    as_root(&s, r#"{"type":"set_user","user":"alice","cpu":0.75}"#).await;
     for _ in 0..4 {
         tick(&s, &mut c, 0.7, 0.0).await;
     }
     assert_eq!(cpu_in_force(&s), Some(Value::Amount(750_000)));
-    let r = s
-        .handle(
-            root,
-            parse_request(br#"{"type":"set_user","user":"alice","release":true}"#).unwrap(),
-        )
-        .await;
-    assert!(matches!(r, Response::Success(_)), "{r:?}");
+    as_root(&s, r#"{"type":"set_user","user":"alice","release":true}"#).await;
     // root's --default: back to the policy default (0.5), lifted when idle
     assert_eq!(cpu_in_force(&s), half);
     tick(&s, &mut c, 0.5, 0.0).await;
