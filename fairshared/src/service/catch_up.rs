@@ -9,7 +9,7 @@ use fairshare_proto::wire::{Response, SessionOpen};
 use super::Service;
 use crate::ledger::Ledger;
 use crate::proc::{self, ProcessRef};
-use crate::systemd::Systemd;
+use crate::systemd::{Systemd, SystemdError};
 
 impl<S: Systemd> Service<S> {
     /// Puts a saved ledger in place at once, so requests see it from the first
@@ -80,19 +80,23 @@ impl<S: Systemd> Service<S> {
             return;
         };
         for (uid, name) in users {
-            match self.systemd.slice_values(uid).await {
-                Ok(Some(actual)) => {
-                    let keys = self.dropins.observed(uid, actual);
-                    if !keys.is_empty() {
-                        tracing::info!(uid, user = %name, "the slice of {name} does not carry what the drop-ins say ({keys:?}); setting it");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(uid, error = %e, "cannot read the limits on a running slice")
-                }
+            if let Err(e) = self.read_back(uid, &name).await {
+                tracing::warn!(uid, error = %e, "cannot read the limits on a running slice")
             }
         }
+    }
+
+    /// Reads what `uid`'s slice carries and records where it differs from
+    /// what the files say ([`crate::defaults::DropIns::observed`]), so that
+    /// the next sync sets it right. Nothing when the slice is not loaded.
+    pub(super) async fn read_back(&self, uid: u32, name: &str) -> Result<(), SystemdError> {
+        if let Some(actual) = self.systemd.slice_values(uid).await? {
+            let keys = self.dropins.observed(uid, actual);
+            if !keys.is_empty() {
+                tracing::info!(uid, user = %name, "the slice of {name} does not carry what the drop-ins say ({keys:?}); setting it");
+            }
+        }
+        Ok(())
     }
 
     /// Waits (at most `limit`) for the start-up catch-up; whether it is done.

@@ -70,17 +70,10 @@ impl<S: Systemd> Service<S> {
         // The first login since fairshared started or changed its files:
         // the slice may carry an older default than the files say (see
         // `DropIns::unverified`); one read of it, then the model knows.
+        // A slice not loaded loads the files as they are now.
         if fresh && self.dropins.unverified(id.uid) {
-            match self.systemd.slice_values(id.uid).await {
-                Ok(Some(actual)) => {
-                    let keys = self.dropins.observed(id.uid, actual);
-                    if !keys.is_empty() {
-                        tracing::info!(uid = id.uid, user = %id.name, "the slice of {} does not carry what the drop-ins say ({keys:?}); setting it", id.name);
-                    }
-                    self.dropins.verified(id.uid);
-                }
-                // not loaded: it loads the files as they are now
-                Ok(None) => self.dropins.verified(id.uid),
+            match self.read_back(id.uid, &id.name).await {
+                Ok(()) => self.dropins.verified(id.uid),
                 Err(e) => {
                     tracing::warn!(uid = id.uid, error = %e, "cannot read the limits on a slice at login")
                 }
