@@ -32,8 +32,19 @@ use super::Service;
 use crate::burst::{Burster, HostState, Sample, UserSample};
 use crate::defaults::properties;
 use crate::dropin::{Key, Value};
+use crate::ledger::Entry;
 use crate::systemd::Systemd;
 use fairshare_proto::events::cpus_word;
+
+/// Whether the policy lets a user burst: not exempt, `burst` on, and no
+/// CPU setting of root's (it binds them: no burst above it).
+pub(super) fn may_burst(up: &fairshare_policy::UserPolicy, entry: Option<&Entry>) -> bool {
+    up.exempt.is_none()
+        && up.fair_default.burst
+        && entry
+            .and_then(|e| e.admin.as_ref())
+            .is_none_or(|a| a.cpu.is_none())
+}
 
 /// The previous reading: when, the host's CPU time, each user's.
 struct Reading {
@@ -188,14 +199,9 @@ impl<S: Systemd> Service<S> {
                 }
             };
             let up = policy.for_user(&id);
-            // root's CPU setting binds the user: no burst above it
-            let (allocation, root_set) = self.store.read(|l| {
-                let root_set = l
-                    .get(*uid)
-                    .and_then(|e| e.admin.as_ref())
-                    .is_some_and(|a| a.cpu.is_some());
-                (l.effective(*uid, &up).cpu, root_set)
-            });
+            let (allocation, eligible) = self
+                .store
+                .read(|l| (l.effective(*uid, &up).cpu, may_burst(&up, l.get(*uid))));
             let quota = quota_in_force(self.dropins.in_force(*uid).get(&Key::CpuQuota))
                 .unwrap_or(Cpus::MAX);
             samples.push(UserSample {
@@ -205,7 +211,7 @@ impl<S: Systemd> Service<S> {
                 allocation,
                 max: up.max.cpu,
                 quota,
-                eligible: up.exempt.is_none() && up.fair_default.burst && !root_set,
+                eligible,
                 stalled,
             });
         }

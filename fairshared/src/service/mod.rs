@@ -437,24 +437,20 @@ impl<S: Systemd> Service<S> {
         let policy = self.policy();
         let up = policy.for_user(id);
         let pool = self.pool(&policy);
-        let (slice, mut others) = self.store.mutate(|l| {
-            let others = l.regrant(pool);
-            (l.get(id.uid).map(|e| e.slice_limits()), others)
-        });
-        others.retain(|u| *u != id.uid);
-        let new = slice.unwrap_or(change.new);
-        let (base, mut target) = self.target(&up, Some(&new));
         // A user bursting keeps their lifted quota through a change that
         // leaves their CPU allocation as it was (another login, a resize of
         // memory) while they still have a session and may burst: the
         // sampler decides when it goes, not a login. Their last logout puts
         // it back (the sampler looks only at users with sessions).
-        let may_keep = self.store.read(|l| {
-            l.get(id.uid).is_some_and(|e| {
-                !e.sessions.is_empty() && e.admin.as_ref().is_none_or(|a| a.cpu.is_none())
-            })
-        }) && up.exempt.is_none()
-            && up.fair_default.burst;
+        let (slice, mut others, may_keep) = self.store.mutate(|l| {
+            let others = l.regrant(pool);
+            let e = l.get(id.uid);
+            let may_keep = e.is_some_and(|e| !e.sessions.is_empty()) && bursting::may_burst(&up, e);
+            (e.map(|e| e.slice_limits()), others, may_keep)
+        });
+        others.retain(|u| *u != id.uid);
+        let new = slice.unwrap_or(change.new);
+        let (base, mut target) = self.target(&up, Some(&new));
         if may_keep
             && let Some(q) = self.burst_quota(id.uid, change.new.cpu)
             && change.old.is_some_and(|o| o.cpu == change.new.cpu)
