@@ -49,8 +49,21 @@ pub enum Base {
 impl Base {
     /// The base for a user's policy default and IO limits.
     pub fn of(default: &Limits, io: &IoDevices) -> Base {
-        Base::Limits(Settings::from_limits(default).with_io(io))
+        Base::Limits(file_settings(default, io))
     }
+}
+
+/// What a drop-in (G or U) says for a policy default and its IO limits:
+/// everything but the memory guarantee. A guarantee is handed out only by
+/// fairshared, to the users it counts against `capacity.mem_low` (a
+/// session, or one set explicitly: [`crate::guarantees`]), as a runtime
+/// value; in a file systemd would give it to every slice that starts (a
+/// user who logged out leaving processes behind, a lingering user, any
+/// login while fairshared is down), uncounted.
+pub fn file_settings(default: &Limits, io: &IoDevices) -> Settings {
+    let mut d = *default;
+    d.mem_low = None;
+    Settings::from_limits(&d).with_io(io)
 }
 
 /// The values a slice gets from `settings`, with systemd's own for the
@@ -219,6 +232,36 @@ impl DropIns {
         target
             .iter()
             .filter(|(k, v)| now.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// The keys to set so that the slice carries `target` now and still
+    /// once the files say `base` (a reload's new G or U, not yet written):
+    /// a key the new files would change under the slice, which carries it
+    /// from the old ones (a resize that equalled the old default), is set
+    /// as a runtime value too, before the files change.
+    pub fn differing_under(
+        &self,
+        uid: u32,
+        target: &Values,
+        base: &Base,
+    ) -> Vec<(Key, Option<Value>)> {
+        let m = self.lock();
+        let now = Self::in_force_of(&m, uid);
+        let mut then = match base {
+            Base::Limits(s) => overlay(Some(s), &m.own),
+            Base::Exempt => m.own.clone(),
+            Base::Global => overlay(m.global.as_ref(), &m.own),
+        };
+        if let Some(r) = m.runtime.get(&uid) {
+            for (k, x) in r {
+                then.insert(*k, *x);
+            }
+        }
+        target
+            .iter()
+            .filter(|(k, v)| now.get(k) != Some(v) || then.get(k) != Some(v))
             .map(|(k, v)| (*k, *v))
             .collect()
     }
@@ -540,8 +583,10 @@ pub fn base_for(policy: &Policy, id: &Identity) -> (Base, String) {
 /// with a file already, users seen): each looked up in `dir`, and left out
 /// when their file would equal G or they no longer exist. Blocking (NSS).
 pub fn plan(policy: &Policy, dir: &dyn Directory, extra: &[u32]) -> Plan {
-    let global = Settings::from_limits(&policy.plain_default())
-        .with_io(&crate::iodisk::io_of(&policy.plain_fair()));
+    let global = file_settings(
+        &policy.plain_default(),
+        &crate::iodisk::io_of(&policy.plain_fair()),
+    );
     let files: Vec<String> = policy
         .files()
         .iter()

@@ -255,10 +255,15 @@ impl Entry {
     }
 
     /// What the user's slice gets: their limits, with the memory guarantee
-    /// that fits in `capacity.mem_low` ([`Entry::granted_mem_low`]).
+    /// that fits in `capacity.mem_low` ([`Entry::granted_mem_low`]), and
+    /// none while they hold none ([`Entry::holds_guarantee`]: logged out,
+    /// with nothing set explicitly), so that processes left behind keep no
+    /// guarantee nobody counts.
     pub fn slice_limits(&self) -> Limits {
         let mut l = self.limits;
-        if let Some(g) = self.granted_mem_low {
+        if !self.holds_guarantee() {
+            l.mem_low = None;
+        } else if let Some(g) = self.granted_mem_low {
             l.mem_low = Some(g).filter(|g| g.get() > 0);
         }
         l
@@ -645,11 +650,17 @@ impl Ledger {
     }
 
     /// The limits a user's slice should have now: their entry's (with the
-    /// guarantee that fits, [`Entry::slice_limits`]), or the policy default.
+    /// guarantee that fits, [`Entry::slice_limits`]), or the policy default
+    /// without its guarantee (a user the ledger does not hold has no
+    /// session and holds none).
     pub fn effective(&self, uid: u32, up: &UserPolicy) -> Limits {
-        self.users
-            .get(&uid)
-            .map_or(up.default, |e| e.slice_limits())
+        self.users.get(&uid).map_or_else(
+            || Limits {
+                mem_low: None,
+                ..up.default
+            },
+            |e| e.slice_limits(),
+        )
     }
 
     /// Shares `pool` among the guarantees wanted ([`crate::guarantees`]):

@@ -36,7 +36,14 @@ impl<S: Systemd> Service<S> {
                 let io = crate::iodisk::io_of(&up.fair_default);
                 (
                     Base::of(&up.default, &io),
-                    values_of(alloc.unwrap_or(&up.default), &io, &own),
+                    values_of(
+                        alloc.unwrap_or(&Limits {
+                            mem_low: None,
+                            ..up.default
+                        }),
+                        &io,
+                        &own,
+                    ),
                 )
             }
         }
@@ -228,6 +235,9 @@ impl<S: Systemd> Service<S> {
             }
         };
         let own = self.dropins.own();
+        // Serving with the last good policy: the drop-ins stay as they are
+        // until the file is fixed.
+        let broken = self.policy_problem().is_some();
         // the guarantees under the new capacity.mem_low, so that the loop
         // sets each slice's with the rest of its values
         let pool = self.pool(&policy);
@@ -309,7 +319,10 @@ impl<S: Systemd> Service<S> {
                 (Base::Exempt, None) => own.clone(),
                 (Base::Global, None) => defaults::values_of_settings(&plan.global, &own),
             };
-            let keys = self.dropins.differing(uid, &target);
+            let keys = match broken {
+                false => self.dropins.differing_under(uid, &target, &plan.base(uid)),
+                true => self.dropins.differing(uid, &target),
+            };
             if keys.is_empty() {
                 continue;
             }
@@ -338,16 +351,16 @@ impl<S: Systemd> Service<S> {
         // its guarantee here (no call when it has it already)
         regranted.extend(self.store.mutate(|l| l.regrant(pool)));
         for uid in regranted {
-            if self.put_guarantee(uid).await {
+            if matches!(
+                self.put_guarantee(uid).await,
+                super::guarantees::Put::Lowered | super::guarantees::Put::Raised
+            ) {
                 let name = self.store.read(|l| l.get(uid).map(|e| e.name.clone()));
                 changed.extend(name);
             }
         }
         let d = self.dropins.clone();
         let p = plan.clone();
-        // Serving with the last good policy: the drop-ins stay as they are
-        // until the file is fixed.
-        let broken = self.policy_problem().is_some();
         match tokio::task::spawn_blocking(move || match broken {
             false => d.write_all(&p.global, &p.global_why, &p.users).map(Some),
             true => Ok(None),

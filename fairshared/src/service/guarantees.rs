@@ -4,31 +4,119 @@
 //! change is about gets theirs with the rest of their change (one call, or
 //! none when their slice already carries it), and other users whose
 //! guarantee moved get `MemoryLow` alone, one call each, in the background
-//! after the answer: a login never waits for other users' slices. A burst
-//! of logins is coalesced: the background pass sets each slice to what the
-//! ledger says when it gets there.
+//! after the answer: a login never waits for other users' slices.
+//!
+//! A guarantee lowered is set at once (the total must fit); one raised
+//! waits [`RAISE_AFTER`], and is set then to what the ledger says: a user
+//! logging in and out in a loop (under `when_full: scale` every login and
+//! logout moves everyone's share) costs the other slices one call each, not
+//! two a loop. A set that fails, or a slice whose user's lock is taken, is
+//! tried again then too. Each pass logs one line; each slice's at debug.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use fairshare_policy::Policy;
+use fairshare_proto::units::Bytes;
 
 use super::Service;
 use crate::defaults::{properties, values_of};
-use crate::dropin::Key;
+use crate::dropin::{Key, Value};
 use crate::guarantees::Pool;
+use crate::locks::UserGuard;
 use crate::systemd::Systemd;
+
+/// How long a raised guarantee waits before it is set (see the module's
+/// notes).
+pub(super) const RAISE_AFTER: Duration = Duration::from_secs(30);
 
 /// Users whose slice's `MemoryLow` is still to be set, and whether a pass
 /// runs.
-#[derive(Default)]
 pub(super) struct Regrants(Mutex<Pending>);
 
-#[derive(Default)]
 struct Pending {
+    /// For the next pass: lowered at once, raises deferred.
     uids: BTreeSet<u32>,
+    /// For the pass after `raise_after`: raises, failed sets, and slices
+    /// whose user's lock was taken.
+    later: BTreeSet<u32>,
     running: bool,
+    /// A pass is waiting out `raise_after`.
+    armed: bool,
+    /// Such passes under way (after their wait).
+    late: usize,
+    raise_after: Duration,
+}
+
+impl Default for Regrants {
+    fn default() -> Regrants {
+        Regrants(Mutex::new(Pending {
+            uids: BTreeSet::new(),
+            later: BTreeSet::new(),
+            running: false,
+            armed: false,
+            late: 0,
+            // the unit tests wait for every pass to end; theirs of the
+            // delay itself sets it ([`Service::set_raise_after`])
+            raise_after: if cfg!(test) {
+                Duration::from_millis(100)
+            } else {
+                RAISE_AFTER
+            },
+        }))
+    }
+}
+
+impl Regrants {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a pass did to one slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Put {
+    /// It carries the guarantee already (or its user is no longer held).
+    Same,
+    Lowered,
+    Raised,
+    /// A raise, left for later.
+    Deferred,
+    Failed,
+}
+
+/// A pass's count, for its one log line.
+#[derive(Default)]
+struct Tally {
+    lowered: usize,
+    raised: usize,
+    later: Vec<u32>,
+    failed: usize,
+}
+
+/// Resets `running` should a pass panic, so that the next change starts a
+/// pass again (a pass that ends resets it under the same lock as it finds
+/// nothing left to do).
+struct Unwinding<'a>(&'a Regrants);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().running = false;
+        }
+    }
+}
+
+/// A late pass under way (counted for [`Service::regrants_pending`]).
+struct Late<'a>(&'a Regrants);
+
+impl Drop for Late<'_> {
+    fn drop(&mut self) {
+        let mut p = self.0.lock();
+        p.late = p.late.saturating_sub(1);
+    }
 }
 
 impl<S: Systemd> Service<S> {
@@ -40,15 +128,17 @@ impl<S: Systemd> Service<S> {
         }
     }
 
+    /// How long a raise waits (tests shorten it).
+    #[cfg(test)]
+    pub(super) fn set_raise_after(&self, d: Duration) {
+        self.regrants.lock().raise_after = d;
+    }
+
     /// Sets the `MemoryLow` of these users' slices to what the ledger says,
     /// after the answer (see the module's notes).
     pub(super) fn regrant_later(self: &Arc<Self>, uids: Vec<u32>) {
         {
-            let mut p = self
-                .regrants
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut p = self.regrants.lock();
             p.uids.extend(uids);
             if p.running || p.uids.is_empty() {
                 return;
@@ -57,44 +147,133 @@ impl<S: Systemd> Service<S> {
         }
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
+            let Some(s) = this.upgrade() else {
+                return;
+            };
+            let _unwinding = Unwinding(&s.regrants);
             loop {
-                let Some(s) = this.upgrade() else {
-                    return;
-                };
                 let batch = {
-                    let mut p = s.regrants.0.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut p = s.regrants.lock();
                     if p.uids.is_empty() {
                         p.running = false;
                         return;
                     }
                     std::mem::take(&mut p.uids)
                 };
-                for uid in batch {
-                    s.put_guarantee(uid).await;
-                }
+                let tally = s.regrant_pass(batch, false).await;
+                s.regrant_after(tally.later.iter().copied());
+                s.log_pass(&tally, false);
             }
         });
+    }
+
+    /// Sets these slices after `raise_after`, raises included.
+    fn regrant_after(self: &Arc<Self>, uids: impl IntoIterator<Item = u32>) {
+        let wait = {
+            let mut p = self.regrants.lock();
+            p.later.extend(uids);
+            if p.armed || p.later.is_empty() {
+                return;
+            }
+            p.armed = true;
+            p.raise_after
+        };
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(s) = this.upgrade() else {
+                return;
+            };
+            let batch = {
+                let mut p = s.regrants.lock();
+                // what comes from now on waits for a timer of its own
+                p.armed = false;
+                p.late += 1;
+                std::mem::take(&mut p.later)
+            };
+            let _late = Late(&s.regrants);
+            // a set that fails now waits for the next login, logout or
+            // reload of anyone (each says so)
+            let tally = s.regrant_pass(batch, true).await;
+            s.log_pass(&tally, true);
+        });
+    }
+
+    /// One pass over `batch`: the slices whose user's lock is free first,
+    /// then the others (one user's flood of logins holds up only their own).
+    async fn regrant_pass(self: &Arc<Self>, batch: BTreeSet<u32>, raise: bool) -> Tally {
+        let mut tally = Tally::default();
+        let mut busy = Vec::new();
+        for uid in batch {
+            match self.locks.try_lock(uid) {
+                Some(g) => tally.count(uid, self.put_guarantee_locked(uid, raise, g).await),
+                None => busy.push(uid),
+            }
+        }
+        for uid in busy {
+            let g = self.locks.lock(uid).await;
+            tally.count(uid, self.put_guarantee_locked(uid, raise, g).await);
+        }
+        tally
+    }
+
+    fn log_pass(&self, t: &Tally, late: bool) {
+        if t.lowered + t.raised + t.failed == 0 && t.later.is_empty() {
+            return;
+        }
+        let policy = self.policy();
+        let pool = self.pool(&policy);
+        // the late pass sets raises at once; its failures are not tried again
+        let later = match t.later.len() - if late { t.failed } else { 0 } {
+            0 => String::new(),
+            n => format!(
+                ", {n} to set in {}s",
+                self.regrants.lock().raise_after.as_secs()
+            ),
+        };
+        let failed = match t.failed {
+            0 => String::new(),
+            n if late => format!(", {n} failed (set again at the next login, logout or reload)"),
+            n => format!(", {n} failed (tried again with the raises)"),
+        };
+        tracing::info!(
+            lowered = t.lowered,
+            raised = t.raised,
+            failed = t.failed,
+            "memory guarantees shared again (capacity.mem_low {}, when_full: {}): {} lowered, {} raised{later}{failed}",
+            pool.total.human(),
+            super::when_full(pool.mode),
+            t.lowered,
+            t.raised,
+        );
     }
 
     /// Whether a background pass is still to set some slice (tests).
     #[cfg(test)]
     pub(super) fn regrants_pending(&self) -> bool {
-        let p = self
-            .regrants
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        p.running || !p.uids.is_empty()
+        let p = self.regrants.lock();
+        p.running || p.armed || p.late > 0 || !p.uids.is_empty() || !p.later.is_empty()
+    }
+
+    /// Makes the user's slice carry the guarantee the ledger grants them
+    /// (raises too), waiting for the user's lock (reloads).
+    pub(super) async fn put_guarantee(self: &Arc<Self>, uid: u32) -> Put {
+        let guard = self.locks.lock(uid).await;
+        self.put_guarantee_locked(uid, true, guard).await
     }
 
     /// Makes the user's slice carry the guarantee the ledger grants them:
-    /// `MemoryLow` alone, only when it differs from what is in force. A
-    /// user no longer in the ledger is left alone (their last logout put
-    /// their slice back to its default).
-    pub(super) async fn put_guarantee(self: &Arc<Self>, uid: u32) -> bool {
-        let _guard = self.locks.lock(uid).await;
+    /// `MemoryLow` alone, only when it differs from what is in force, and
+    /// a raise only with `raise`. A user no longer in the ledger is left
+    /// alone (their last logout put their slice back to its default).
+    async fn put_guarantee_locked(
+        self: &Arc<Self>,
+        uid: u32,
+        raise: bool,
+        _guard: UserGuard,
+    ) -> Put {
         let Some(limits) = self.store.read(|l| l.get(uid).map(|e| e.slice_limits())) else {
-            return false;
+            return Put::Same;
         };
         let own = self.dropins.own();
         let all = values_of(&limits, &Default::default(), &own);
@@ -104,27 +283,53 @@ impl<S: Systemd> Service<S> {
             .unwrap_or_default();
         let keys = self.dropins.differing(uid, &target);
         if keys.is_empty() {
-            return false;
+            return Put::Same;
         }
+        let amount = |v: Option<&Option<Value>>| match v {
+            Some(Some(Value::Amount(n))) => *n,
+            _ => 0,
+        };
+        let now = amount(self.dropins.in_force(uid).get(&Key::MemoryLow));
+        let want = limits.mem_low.map_or(0, |b| b.get());
+        let put = match want < now {
+            true => Put::Lowered,
+            false if raise => Put::Raised,
+            false => return Put::Deferred,
+        };
         match self.systemd.set(uid, &properties(&keys)).await {
             Ok(()) => {
                 self.counters.slice_writes.fetch_add(1, Ordering::Relaxed);
                 self.dropins.did_set(uid, &keys);
                 self.store.mutate(|l| l.mark_applied(uid, limits));
-                tracing::info!(
+                tracing::debug!(
                     uid,
-                    memory_low = limits.mem_low.map_or(0, |b| b.get()),
+                    memory_low = want,
                     "memory guarantee of uid {uid} now {} (capacity.mem_low shared again)",
-                    limits.mem_low.unwrap_or_default().human()
+                    Bytes(want).human()
                 );
                 if self.dropins.unsettled(uid) {
                     self.settle_later(uid);
                 }
-                true
+                put
             }
             Err(e) => {
-                tracing::error!(uid, error = %e, "could not set the memory guarantee of uid {uid}; set again at the next login, logout or reload");
-                false
+                tracing::error!(uid, error = %e, "could not set the memory guarantee of uid {uid} to {}", Bytes(want).human());
+                Put::Failed
+            }
+        }
+    }
+}
+
+impl Tally {
+    fn count(&mut self, uid: u32, put: Put) {
+        match put {
+            Put::Same => {}
+            Put::Lowered => self.lowered += 1,
+            Put::Raised => self.raised += 1,
+            Put::Deferred => self.later.push(uid),
+            Put::Failed => {
+                self.failed += 1;
+                self.later.push(uid);
             }
         }
     }

@@ -44,7 +44,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use fairshare_policy::{HostResources, Identity, Policy};
-use fairshare_proto::wire::{Request, Response};
+use fairshare_proto::wire::{Limits, Request, Response};
 
 pub use self::bursting::BurstState;
 pub use self::error::ServiceError;
@@ -449,7 +449,11 @@ impl<S: Systemd> Service<S> {
             (e.map(|e| e.slice_limits()), others, may_keep)
         });
         others.retain(|u| *u != id.uid);
-        let new = slice.unwrap_or(change.new);
+        // no entry left: logged out with nothing set, so no guarantee held
+        let new = slice.unwrap_or(Limits {
+            mem_low: None,
+            ..change.new
+        });
         let (base, mut target) = self.target(&up, Some(&new));
         if may_keep
             && let Some(q) = self.burst_quota(id.uid, change.new.cpu)
