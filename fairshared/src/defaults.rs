@@ -103,6 +103,8 @@ struct Model {
     /// Users whose slice was read back since fairshare's files last
     /// changed (see [`DropIns::unverified`]).
     verified: std::collections::HashSet<u32>,
+    /// The files a reload is about to write ([`DropIns::expect`]).
+    next: Option<Plan>,
 }
 
 /// fairshare's drop-ins, on disk and in memory; see the module's doc.
@@ -226,44 +228,40 @@ impl DropIns {
     }
 
     /// The keys whose value in force differs from `target`, with the
-    /// target's value: what one `SetUnitProperties` must carry.
+    /// target's value: what one `SetUnitProperties` must carry. While a
+    /// reload is about to write new files ([`DropIns::expect`]), also the
+    /// keys those files would change under the slice (a resize that
+    /// equalled the old default): set as runtime values before the files
+    /// change, they stay when systemd reads the new files.
     pub fn differing(&self, uid: u32, target: &Values) -> Vec<(Key, Option<Value>)> {
-        let now = self.in_force(uid);
+        let m = self.lock();
+        let now = Self::in_force_of(&m, uid);
+        let then = m.next.as_ref().map(|next| {
+            let mut v = match next.base(uid) {
+                Base::Limits(s) => overlay(Some(&s), &m.own),
+                Base::Exempt => m.own.clone(),
+                Base::Global => overlay(Some(&next.global), &m.own),
+            };
+            if let Some(r) = m.runtime.get(&uid) {
+                for (k, x) in r {
+                    v.insert(*k, *x);
+                }
+            }
+            v
+        });
         target
             .iter()
-            .filter(|(k, v)| now.get(k) != Some(v))
+            .filter(|(k, v)| {
+                now.get(k) != Some(v) || then.as_ref().is_some_and(|t| t.get(k) != Some(v))
+            })
             .map(|(k, v)| (*k, *v))
             .collect()
     }
 
-    /// The keys to set so that the slice carries `target` now and still
-    /// once the files say `base` (a reload's new G or U, not yet written):
-    /// a key the new files would change under the slice, which carries it
-    /// from the old ones (a resize that equalled the old default), is set
-    /// as a runtime value too, before the files change.
-    pub fn differing_under(
-        &self,
-        uid: u32,
-        target: &Values,
-        base: &Base,
-    ) -> Vec<(Key, Option<Value>)> {
-        let m = self.lock();
-        let now = Self::in_force_of(&m, uid);
-        let mut then = match base {
-            Base::Limits(s) => overlay(Some(s), &m.own),
-            Base::Exempt => m.own.clone(),
-            Base::Global => overlay(m.global.as_ref(), &m.own),
-        };
-        if let Some(r) = m.runtime.get(&uid) {
-            for (k, x) in r {
-                then.insert(*k, *x);
-            }
-        }
-        target
-            .iter()
-            .filter(|(k, v)| now.get(k) != Some(v) || then.get(k) != Some(v))
-            .map(|(k, v)| (*k, *v))
-            .collect()
+    /// The files a reload is about to write (`None`: written, or not to
+    /// be): [`DropIns::differing`] counts with them from now on.
+    pub fn expect(&self, next: Option<Plan>) {
+        self.lock().next = next;
     }
 
     /// Whether the user's file on disk says `base`.

@@ -52,6 +52,15 @@ use fairshare_proto::wire::{Capacity, Limits, Resize, SessionInfo, Source};
 use crate::guarantees::{Pool, Want};
 use serde::{Deserialize, Serialize};
 
+/// The PAM service of a user manager's session (`user@UID.service`).
+pub const USER_MANAGER: &str = "systemd-user";
+
+/// Whether a session is a login (anything but the user manager's): what
+/// holds a memory guarantee ([`Entry::holds_guarantee`]).
+fn holding(s: &SessionInfo) -> bool {
+    s.service.as_deref() != Some(USER_MANAGER)
+}
+
 /// The least CPU a resize or set may give (unless the user's default is less).
 pub const MIN_CPU: Cpus = Cpus::from_millis(100);
 /// The least memory a resize or set may give (unless the user's default is less).
@@ -277,22 +286,29 @@ impl Entry {
     }
 
     /// Whether the user's guarantee counts against `capacity.mem_low`: they
-    /// have a session, or it was set explicitly (root's setting, a
-    /// reservation while they are away, or their own resize). A user in
-    /// the ledger only for root's setting of other fields does not count
-    /// while away.
+    /// have a login session ([`holding`]: not their user manager alone,
+    /// which processes left behind keep running after the last logout), or
+    /// it was set explicitly (root's setting, a reservation while they are
+    /// away, or their own resize). A user in the ledger only for root's
+    /// setting of other fields does not count while away.
     pub fn holds_guarantee(&self) -> bool {
-        !self.sessions.is_empty()
+        self.sessions.iter().any(holding)
             || [&self.grant, &self.admin]
                 .into_iter()
                 .flatten()
                 .any(|g| g.mem_low.is_some())
     }
 
-    /// Their place in login order (`u64::MAX`: no session).
+    /// Their place in login order (`u64::MAX`: no login session).
     fn since(&self) -> u64 {
         self.logged_in_at
-            .or_else(|| self.sessions.iter().map(|s| s.opened_at).min())
+            .or_else(|| {
+                self.sessions
+                    .iter()
+                    .filter(|s| holding(s))
+                    .map(|s| s.opened_at)
+                    .min()
+            })
             .unwrap_or(u64::MAX)
     }
 
@@ -995,7 +1011,7 @@ impl Ledger {
         entry.name = name.to_string();
         // A pid can only hold one session; a reused pid replaces a stale record.
         entry.sessions.retain(|x| x.pid != s.pid);
-        if entry.sessions.is_empty() {
+        if holding(&s) && !entry.sessions.iter().any(holding) {
             entry.logged_in_at = Some(s.opened_at);
         }
         entry.sessions.push(s);
@@ -1040,6 +1056,26 @@ impl Ledger {
             uid,
             old,
             new,
+            force: false,
+        })
+    }
+
+    /// After a session closed with others left: when none left is a login
+    /// session ([`holding`]: only the user manager, which processes left
+    /// behind keep running), the user's run of logins ends for
+    /// `capacity.mem_low`. Their place in login order goes, and the change
+    /// returned (their limits as they are) takes a guarantee they held only
+    /// by being logged in off their slice. `None` otherwise.
+    pub fn release_guarantee(&mut self, uid: u32) -> Option<Change> {
+        let e = self.users.get_mut(&uid)?;
+        if e.sessions.is_empty() || e.sessions.iter().any(holding) || e.logged_in_at.is_none() {
+            return None;
+        }
+        e.logged_in_at = None;
+        Some(Change {
+            uid,
+            old: Some(e.limits),
+            new: e.limits,
             force: false,
         })
     }

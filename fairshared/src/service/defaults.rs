@@ -236,8 +236,13 @@ impl<S: Systemd> Service<S> {
         };
         let own = self.dropins.own();
         // Serving with the last good policy: the drop-ins stay as they are
-        // until the file is fixed.
+        // until the file is fixed. Otherwise every change to a slice from
+        // now until the files are written (this loop's, and a resize's or a
+        // login's meanwhile) counts with the new files too.
         let broken = self.policy_problem().is_some();
+        if !broken {
+            self.dropins.expect(Some(plan.clone()));
+        }
         // the guarantees under the new capacity.mem_low, so that the loop
         // sets each slice's with the rest of its values
         let pool = self.pool(&policy);
@@ -319,10 +324,7 @@ impl<S: Systemd> Service<S> {
                 (Base::Exempt, None) => own.clone(),
                 (Base::Global, None) => defaults::values_of_settings(&plan.global, &own),
             };
-            let keys = match broken {
-                false => self.dropins.differing_under(uid, &target, &plan.base(uid)),
-                true => self.dropins.differing(uid, &target),
-            };
+            let keys = self.dropins.differing(uid, &target);
             if keys.is_empty() {
                 continue;
             }
@@ -361,12 +363,13 @@ impl<S: Systemd> Service<S> {
         }
         let d = self.dropins.clone();
         let p = plan.clone();
-        match tokio::task::spawn_blocking(move || match broken {
+        let written = tokio::task::spawn_blocking(move || match broken {
             false => d.write_all(&p.global, &p.global_why, &p.users).map(Some),
             true => Ok(None),
         })
-        .await
-        {
+        .await;
+        self.dropins.expect(None);
+        match written {
             Ok(Ok(None)) => tracing::warn!(
                 "the policy on disk has errors: fairshare's drop-ins are left as they are"
             ),

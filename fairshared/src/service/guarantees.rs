@@ -10,10 +10,13 @@
 //! waits [`RAISE_AFTER`], and is set then to what the ledger says: a user
 //! logging in and out in a loop (under `when_full: scale` every login and
 //! logout moves everyone's share) costs the other slices one call each, not
-//! two a loop. A set that fails, or a slice whose user's lock is taken, is
-//! tried again then too. Each pass logs one line; each slice's at debug.
+//! two a loop. Every pass lowers before it raises, and takes the slices
+//! whose user's lock is free before waiting for the others (one user's
+//! flood of logins holds up only their own). A set that fails is tried
+//! again after the same wait, [`TRIES`] times in all. Each pass logs one
+//! line; each slice's is at debug.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -22,15 +25,17 @@ use fairshare_policy::Policy;
 use fairshare_proto::units::Bytes;
 
 use super::Service;
-use crate::defaults::{properties, values_of};
+use crate::defaults::{Values, properties};
 use crate::dropin::{Key, Value};
 use crate::guarantees::Pool;
-use crate::locks::UserGuard;
 use crate::systemd::Systemd;
 
 /// How long a raised guarantee waits before it is set (see the module's
 /// notes).
 pub(super) const RAISE_AFTER: Duration = Duration::from_secs(30);
+
+/// How many times a failed set of a guarantee is made in all.
+const TRIES: u8 = 3;
 
 /// Users whose slice's `MemoryLow` is still to be set, and whether a pass
 /// runs.
@@ -39,9 +44,9 @@ pub(super) struct Regrants(Mutex<Pending>);
 struct Pending {
     /// For the next pass: lowered at once, raises deferred.
     uids: BTreeSet<u32>,
-    /// For the pass after `raise_after`: raises, failed sets, and slices
-    /// whose user's lock was taken.
-    later: BTreeSet<u32>,
+    /// For the pass after `raise_after`: raises, and failed sets with the
+    /// tries they have had.
+    later: BTreeMap<u32, u8>,
     running: bool,
     /// A pass is waiting out `raise_after`.
     armed: bool,
@@ -54,7 +59,7 @@ impl Default for Regrants {
     fn default() -> Regrants {
         Regrants(Mutex::new(Pending {
             uids: BTreeSet::new(),
-            later: BTreeSet::new(),
+            later: BTreeMap::new(),
             running: false,
             armed: false,
             late: 0,
@@ -78,7 +83,7 @@ impl Regrants {
 /// What a pass did to one slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Put {
-    /// It carries the guarantee already (or its user is no longer held).
+    /// It carries its guarantee already.
     Same,
     Lowered,
     Raised,
@@ -92,8 +97,20 @@ pub(super) enum Put {
 struct Tally {
     lowered: usize,
     raised: usize,
-    later: Vec<u32>,
-    failed: usize,
+    deferred: Vec<u32>,
+    failed: Vec<u32>,
+}
+
+impl Tally {
+    fn count(&mut self, uid: u32, put: Put) {
+        match put {
+            Put::Same => {}
+            Put::Lowered => self.lowered += 1,
+            Put::Raised => self.raised += 1,
+            Put::Deferred => self.deferred.push(uid),
+            Put::Failed => self.failed.push(uid),
+        }
+    }
 }
 
 /// Resets `running` should a pass panic, so that the next change starts a
@@ -160,18 +177,26 @@ impl<S: Systemd> Service<S> {
                     }
                     std::mem::take(&mut p.uids)
                 };
+                let batch = batch.into_iter().map(|u| (u, 0)).collect();
                 let tally = s.regrant_pass(batch, false).await;
-                s.regrant_after(tally.later.iter().copied());
-                s.log_pass(&tally, false);
+                s.log_pass(&tally, None);
             }
         });
     }
 
-    /// Sets these slices after `raise_after`, raises included.
-    fn regrant_after(self: &Arc<Self>, uids: impl IntoIterator<Item = u32>) {
+    /// Sets these users' slices after `raise_after`, raises included (a
+    /// user already waiting keeps their count of tries).
+    pub(super) fn regrant_after(self: &Arc<Self>, uids: impl IntoIterator<Item = u32>) {
+        self.regrant_after_tried(uids.into_iter().map(|u| (u, 0)));
+    }
+
+    fn regrant_after_tried(self: &Arc<Self>, uids: impl IntoIterator<Item = (u32, u8)>) {
         let wait = {
             let mut p = self.regrants.lock();
-            p.later.extend(uids);
+            for (uid, tries) in uids {
+                let t = p.later.entry(uid).or_default();
+                *t = (*t).max(tries);
+            }
             if p.armed || p.later.is_empty() {
                 return;
             }
@@ -192,55 +217,89 @@ impl<S: Systemd> Service<S> {
                 std::mem::take(&mut p.later)
             };
             let _late = Late(&s.regrants);
-            // a set that fails now waits for the next login, logout or
-            // reload of anyone (each says so)
             let tally = s.regrant_pass(batch, true).await;
-            s.log_pass(&tally, true);
+            s.log_pass(&tally, Some(wait));
         });
     }
 
-    /// One pass over `batch`: the slices whose user's lock is free first,
-    /// then the others (one user's flood of logins holds up only their own).
-    async fn regrant_pass(self: &Arc<Self>, batch: BTreeSet<u32>, raise: bool) -> Tally {
+    /// One pass over `batch` (users and the tries their set has had): every
+    /// lowering first, then (with `raise`) the raises, each round taking the
+    /// slices whose user's lock is free before waiting for the others.
+    /// Raises without `raise`, and failed sets with tries left, wait for a
+    /// late pass.
+    async fn regrant_pass(self: &Arc<Self>, batch: BTreeMap<u32, u8>, raise: bool) -> Tally {
         let mut tally = Tally::default();
+        let lowering = self.put_each(batch.keys().copied(), false).await;
+        let mut raising = Vec::new();
+        for (uid, put) in lowering {
+            match put {
+                Put::Deferred if raise => raising.push(uid),
+                other => tally.count(uid, other),
+            }
+        }
+        for (uid, put) in self.put_each(raising, true).await {
+            tally.count(uid, put);
+        }
+        let retry = tally.failed.iter().filter_map(|u| {
+            let tries = batch.get(u).copied().unwrap_or(0) + 1;
+            (tries < TRIES).then_some((*u, tries))
+        });
+        let later: Vec<(u32, u8)> = tally
+            .deferred
+            .iter()
+            .map(|u| (*u, 0))
+            .chain(retry)
+            .collect();
+        self.regrant_after_tried(later);
+        tally
+    }
+
+    /// [`Service::put_guarantee_locked`] for each user, the free locks
+    /// first.
+    async fn put_each(
+        self: &Arc<Self>,
+        uids: impl IntoIterator<Item = u32>,
+        raise: bool,
+    ) -> Vec<(u32, Put)> {
+        let mut out = Vec::new();
         let mut busy = Vec::new();
-        for uid in batch {
+        for uid in uids {
             match self.locks.try_lock(uid) {
-                Some(g) => tally.count(uid, self.put_guarantee_locked(uid, raise, g).await),
+                Some(_g) => out.push((uid, self.put_guarantee_locked(uid, raise).await)),
                 None => busy.push(uid),
             }
         }
         for uid in busy {
-            let g = self.locks.lock(uid).await;
-            tally.count(uid, self.put_guarantee_locked(uid, raise, g).await);
+            let _g = self.locks.lock(uid).await;
+            out.push((uid, self.put_guarantee_locked(uid, raise).await));
         }
-        tally
+        out
     }
 
-    fn log_pass(&self, t: &Tally, late: bool) {
-        if t.lowered + t.raised + t.failed == 0 && t.later.is_empty() {
+    /// One line a pass (`late`: the wait it came after).
+    fn log_pass(&self, t: &Tally, late: Option<Duration>) {
+        if t.lowered + t.raised == 0 && t.deferred.is_empty() && t.failed.is_empty() {
             return;
         }
         let policy = self.policy();
         let pool = self.pool(&policy);
-        // the late pass sets raises at once; its failures are not tried again
-        let later = match t.later.len() - if late { t.failed } else { 0 } {
+        let wait = late.unwrap_or_else(|| self.regrants.lock().raise_after);
+        let deferred = match t.deferred.len() {
+            0 => String::new(),
+            n => format!(", {n} to raise in {}s", wait.as_secs()),
+        };
+        let failed = match t.failed.len() {
             0 => String::new(),
             n => format!(
-                ", {n} to set in {}s",
-                self.regrants.lock().raise_after.as_secs()
+                ", {n} failed (tried again in {}s, {TRIES} times in all; then at that user's next login or logout, or a reload)",
+                wait.as_secs()
             ),
-        };
-        let failed = match t.failed {
-            0 => String::new(),
-            n if late => format!(", {n} failed (set again at the next login, logout or reload)"),
-            n => format!(", {n} failed (tried again with the raises)"),
         };
         tracing::info!(
             lowered = t.lowered,
             raised = t.raised,
-            failed = t.failed,
-            "memory guarantees shared again (capacity.mem_low {}, when_full: {}): {} lowered, {} raised{later}{failed}",
+            failed = t.failed.len(),
+            "memory guarantees shared again (capacity.mem_low {}, when_full: {}): {} lowered, {} raised{deferred}{failed}",
             pool.total.human(),
             super::when_full(pool.mode),
             t.lowered,
@@ -258,29 +317,28 @@ impl<S: Systemd> Service<S> {
     /// Makes the user's slice carry the guarantee the ledger grants them
     /// (raises too), waiting for the user's lock (reloads).
     pub(super) async fn put_guarantee(self: &Arc<Self>, uid: u32) -> Put {
-        let guard = self.locks.lock(uid).await;
-        self.put_guarantee_locked(uid, true, guard).await
+        let _g = self.locks.lock(uid).await;
+        self.put_guarantee_locked(uid, true).await
     }
 
-    /// Makes the user's slice carry the guarantee the ledger grants them:
-    /// `MemoryLow` alone, only when it differs from what is in force, and
-    /// a raise only with `raise`. A user no longer in the ledger is left
-    /// alone (their last logout put their slice back to its default).
-    async fn put_guarantee_locked(
-        self: &Arc<Self>,
-        uid: u32,
-        raise: bool,
-        _guard: UserGuard,
-    ) -> Put {
-        let Some(limits) = self.store.read(|l| l.get(uid).map(|e| e.slice_limits())) else {
-            return Put::Same;
+    /// Makes the user's slice carry the guarantee the ledger grants them
+    /// (none when it holds none, or the ledger no longer has them: a last
+    /// logout whose own call failed): `MemoryLow` alone, only when it
+    /// differs from what is in force, and a raise only with `raise`. Call
+    /// with the user's lock.
+    async fn put_guarantee_locked(self: &Arc<Self>, uid: u32, raise: bool) -> Put {
+        let (limits, want) = self.store.read(|l| {
+            let limits = l.get(uid).map(|e| e.slice_limits());
+            (limits, limits.and_then(|l| l.mem_low))
+        });
+        let target: Values = match want.filter(|b| b.get() > 0) {
+            Some(b) => [(Key::MemoryLow, Some(Value::Amount(b.get())))].into(),
+            None => [(
+                Key::MemoryLow,
+                self.dropins.own().get(&Key::MemoryLow).copied().flatten(),
+            )]
+            .into(),
         };
-        let own = self.dropins.own();
-        let all = values_of(&limits, &Default::default(), &own);
-        let target = all
-            .get(&Key::MemoryLow)
-            .map(|v| [(Key::MemoryLow, *v)].into_iter().collect())
-            .unwrap_or_default();
         let keys = self.dropins.differing(uid, &target);
         if keys.is_empty() {
             return Put::Same;
@@ -290,7 +348,7 @@ impl<S: Systemd> Service<S> {
             _ => 0,
         };
         let now = amount(self.dropins.in_force(uid).get(&Key::MemoryLow));
-        let want = limits.mem_low.map_or(0, |b| b.get());
+        let want = want.map_or(0, |b| b.get());
         let put = match want < now {
             true => Put::Lowered,
             false if raise => Put::Raised,
@@ -300,7 +358,9 @@ impl<S: Systemd> Service<S> {
             Ok(()) => {
                 self.counters.slice_writes.fetch_add(1, Ordering::Relaxed);
                 self.dropins.did_set(uid, &keys);
-                self.store.mutate(|l| l.mark_applied(uid, limits));
+                if let Some(limits) = limits {
+                    self.store.mutate(|l| l.mark_applied(uid, limits));
+                }
                 tracing::debug!(
                     uid,
                     memory_low = want,
@@ -315,21 +375,6 @@ impl<S: Systemd> Service<S> {
             Err(e) => {
                 tracing::error!(uid, error = %e, "could not set the memory guarantee of uid {uid} to {}", Bytes(want).human());
                 Put::Failed
-            }
-        }
-    }
-}
-
-impl Tally {
-    fn count(&mut self, uid: u32, put: Put) {
-        match put {
-            Put::Same => {}
-            Put::Lowered => self.lowered += 1,
-            Put::Raised => self.raised += 1,
-            Put::Deferred => self.later.push(uid),
-            Put::Failed => {
-                self.failed += 1;
-                self.later.push(uid);
             }
         }
     }

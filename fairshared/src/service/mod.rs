@@ -442,11 +442,12 @@ impl<S: Systemd> Service<S> {
         // memory) while they still have a session and may burst: the
         // sampler decides when it goes, not a login. Their last logout puts
         // it back (the sampler looks only at users with sessions).
-        let (slice, mut others, may_keep) = self.store.mutate(|l| {
+        let (slice, mut others, may_keep, held) = self.store.mutate(|l| {
             let others = l.regrant(pool);
             let e = l.get(id.uid);
             let may_keep = e.is_some_and(|e| !e.sessions.is_empty()) && bursting::may_burst(&up, e);
-            (e.map(|e| e.slice_limits()), others, may_keep)
+            let held = e.is_some_and(Entry::holds_guarantee);
+            (e.map(|e| e.slice_limits()), others, may_keep, held)
         });
         others.retain(|u| *u != id.uid);
         // no entry left: logged out with nothing set, so no guarantee held
@@ -483,6 +484,9 @@ impl<S: Systemd> Service<S> {
                     others.extend(back);
                 }
                 self.regrant_later(others);
+                // the guarantee at least is tried again (the total counts
+                // what the ledger says, not what a failed call left)
+                self.regrant_after([id.uid]);
                 tracing::error!(
                     uid = id.uid,
                     user = %id.name,
@@ -497,7 +501,8 @@ impl<S: Systemd> Service<S> {
                 });
             }
         }
-        if new.mem_low != change.new.mem_low {
+        // cut down by capacity.mem_low (not merely not held: logged out)
+        if held && new.mem_low != change.new.mem_low {
             let wanted = change.new.mem_low.unwrap_or_default();
             let got = new.mem_low.unwrap_or_default();
             tracing::info!(

@@ -278,3 +278,72 @@ async fn a_raise_waits_and_a_login_loop_costs_the_others_one_call() {
         "one lowering and one raise for five logins and logouts"
     );
 }
+
+#[tokio::test]
+async fn the_user_manager_left_running_after_the_last_login_holds_no_guarantee() {
+    let (s, _, _d) = site(&guaranteeing("first_come").replace("total: 2G", "total: 1G"));
+    s.catch_up().await;
+    for uid in [1001, 1002] {
+        s.systemd().start_slice(uid);
+    }
+    let (login, manager, other) = (Proc::new(), Proc::new(), Proc::new());
+    open(&s, 1001, &login).await;
+    // the user manager's own session, which processes left behind keep
+    // running after the last logout
+    success(
+        send(
+            &s,
+            0,
+            &format!(
+                r#"{{"type":"session_open","uid":1001,"pid":{},"service":"systemd-user"}}"#,
+                manager.pid()
+            ),
+        )
+        .await,
+    );
+    assert_eq!(low(&s, 1001), G);
+    open(&s, 1002, &other).await;
+    regranted(&s).await;
+    assert_eq!(low(&s, 1002), 0, "first come: nothing left for the second");
+    // the last login session ends, the manager stays: the guarantee goes,
+    // the second user gets the room and the first place
+    close(&s, 1001, &login).await;
+    regranted(&s).await;
+    assert_eq!(s.ledger().get(1001).map(|e| e.sessions.len()), Some(1));
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (0, G));
+    // a login again (a second later: login order is kept in seconds)
+    // comes after the second user
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = Proc::new();
+    open(&s, 1001, &again).await;
+    regranted(&s).await;
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (0, G));
+    drop((manager, again, other));
+}
+
+#[tokio::test]
+async fn a_failed_reset_at_the_last_logout_is_made_again() {
+    let (s, _, _d) = site(&guaranteeing("scale"));
+    s.catch_up().await;
+    s.systemd().start_slice(1001);
+    let a = Proc::new();
+    open(&s, 1001, &a).await;
+    assert_eq!(low(&s, 1001), G);
+    // systemd refuses the last logout's call once: the guarantee stays on
+    // the slice, counted by nobody, until the retry
+    s.systemd()
+        .fail_apply
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = send(
+        &s,
+        0,
+        &format!(r#"{{"type":"session_close","uid":1001,"pid":{}}}"#, a.pid()),
+    )
+    .await;
+    assert_eq!(low(&s, 1001), G);
+    s.systemd()
+        .fail_apply
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    regranted(&s).await;
+    assert_eq!(low(&s, 1001), 0);
+}
