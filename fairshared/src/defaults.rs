@@ -236,12 +236,7 @@ impl DropIns {
     pub fn differing(&self, uid: u32, target: &Values) -> Vec<(Key, Option<Value>)> {
         let m = self.lock();
         let now = Self::in_force_of(&m, uid);
-        let then = m.next.as_ref().map(|next| {
-            let mut v = match next.base(uid) {
-                Base::Limits(s) => overlay(Some(&s), &m.own),
-                Base::Exempt => m.own.clone(),
-                Base::Global => overlay(Some(&next.global), &m.own),
-            };
+        let then = Self::next_files(&m, uid).map(|mut v| {
             if let Some(r) = m.runtime.get(&uid) {
                 for (k, x) in r {
                     v.insert(*k, *x);
@@ -259,9 +254,39 @@ impl DropIns {
     }
 
     /// The files a reload is about to write (`None`: written, or not to
-    /// be): [`DropIns::differing`] counts with them from now on.
+    /// be): [`DropIns::differing`] and [`DropIns::settle`] count with them
+    /// from now on.
     pub fn expect(&self, next: Option<Plan>) {
         self.lock().next = next;
+    }
+
+    /// What the files a reload is about to write give the user's slice.
+    fn next_files(m: &Model, uid: u32) -> Option<Values> {
+        let next = m.next.as_ref()?;
+        Some(match next.base(uid) {
+            Base::Limits(s) => overlay(Some(&s), &m.own),
+            Base::Exempt => m.own.clone(),
+            Base::Global => overlay(Some(&next.global), &m.own),
+        })
+    }
+
+    /// The user's runtime values that only repeat what the files say (and,
+    /// while a reload is about to write new ones, what those will say too:
+    /// a value set because the new files differ must stay).
+    fn redundant(m: &Model, uid: u32) -> Vec<Key> {
+        let files = Self::file_values(m, uid);
+        let next = Self::next_files(m, uid);
+        m.runtime
+            .get(&uid)
+            .map(|r| {
+                r.iter()
+                    .filter(|(k, v)| {
+                        files.get(k) == Some(v) && next.as_ref().is_none_or(|n| n.get(k) == Some(v))
+                    })
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether the user's file on disk says `base`.
@@ -366,10 +391,7 @@ impl DropIns {
         if m.pending.contains_key(&uid) {
             return true;
         }
-        let files = Self::file_values(&m, uid);
-        m.runtime
-            .get(&uid)
-            .is_some_and(|r| r.iter().any(|(k, v)| files.get(k) == Some(v)))
+        !Self::redundant(&m, uid).is_empty()
     }
 
     /// Writes the user's pending file, then unlinks the runtime control
@@ -381,19 +403,7 @@ impl DropIns {
         if let Some((base, why)) = pending {
             self.write_user(uid, &base, &why)?;
         }
-        let redundant: Vec<Key> = {
-            let m = self.lock();
-            let files = Self::file_values(&m, uid);
-            m.runtime
-                .get(&uid)
-                .map(|r| {
-                    r.iter()
-                        .filter(|(k, v)| files.get(k) == Some(v))
-                        .map(|(k, _)| *k)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let redundant = Self::redundant(&self.lock(), uid);
         if redundant.is_empty() {
             return Ok(());
         }
@@ -642,4 +652,63 @@ const NOBODY: u32 = fairshare_policy::NOBODY_UID;
 /// the keys they leave out.
 pub fn values_of_settings(s: &Settings, own: &Values) -> Values {
     overlay(Some(s), own)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fairshare_proto::units::{Bytes, Cpus, Tasks};
+
+    fn default_of(mem_g: u64) -> Settings {
+        Settings::from_limits(&Limits {
+            cpu: Cpus::from_millis(2000),
+            mem: Bytes(mem_g << 30),
+            mem_high: None,
+            tasks: Tasks(500),
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
+        })
+    }
+
+    /// A value set on a slice because the files a reload is about to write
+    /// differ from the old ones (it equals the old files) stays through the
+    /// file work that follows any change meanwhile, and goes once the new
+    /// files are written and it repeats nothing.
+    #[test]
+    fn a_runtime_value_the_new_files_differ_from_is_kept_until_they_are_written() {
+        let d = DropIns::default();
+        let no_users = BTreeMap::new();
+        d.write_all(&default_of(8), "old", &no_users).unwrap();
+        let eight = Some(Value::Amount(8 << 30));
+        let target: Values = [(Key::MemoryMax, eight)].into();
+        assert!(
+            d.differing(1001, &target).is_empty(),
+            "the old files give it"
+        );
+        let next = Plan {
+            global: default_of(9),
+            global_why: "new".into(),
+            users: BTreeMap::new(),
+        };
+        d.expect(Some(next.clone()));
+        assert_eq!(d.differing(1001, &target), vec![(Key::MemoryMax, eight)]);
+        d.did_set(1001, &[(Key::MemoryMax, eight)]);
+        // a change meanwhile settles the user's files: the value stays
+        assert!(!d.unsettled(1001));
+        d.settle(1001).unwrap();
+        assert_eq!(d.in_force(1001)[&Key::MemoryMax], eight);
+        d.write_all(&next.global, &next.global_why, &next.users)
+            .unwrap();
+        d.expect(None);
+        d.settle(1001).unwrap();
+        assert_eq!(d.in_force(1001)[&Key::MemoryMax], eight, "over G's 9G");
+        // back to the (new) default: the runtime value repeats G and goes
+        let nine = Some(Value::Amount(9 << 30));
+        d.did_set(1001, &[(Key::MemoryMax, nine)]);
+        assert!(d.unsettled(1001));
+        d.settle(1001).unwrap();
+        assert!(!d.has_runtime(1001));
+    }
 }

@@ -1065,10 +1065,11 @@ impl Ledger {
     /// behind keep running), the user's run of logins ends for
     /// `capacity.mem_low`. Their place in login order goes, and the change
     /// returned (their limits as they are) takes a guarantee they held only
-    /// by being logged in off their slice. `None` otherwise.
+    /// by being logged in off their slice (no call when it has none).
+    /// `None` while a login session is left.
     pub fn release_guarantee(&mut self, uid: u32) -> Option<Change> {
         let e = self.users.get_mut(&uid)?;
-        if e.sessions.is_empty() || e.sessions.iter().any(holding) || e.logged_in_at.is_none() {
+        if e.sessions.is_empty() || e.sessions.iter().any(holding) {
             return None;
         }
         e.logged_in_at = None;

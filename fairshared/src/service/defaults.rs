@@ -199,6 +199,7 @@ impl<S: Systemd> Service<S> {
     /// exempt or no longer exist let go. Returns the names of the users
     /// whose limits changed.
     pub(super) async fn refresh(self: &Arc<Self>) -> Vec<String> {
+        let _one = self.refreshing.lock().await;
         let policy = self.policy();
         self.guarantee_user_slice(&policy).await;
         let tracked: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());

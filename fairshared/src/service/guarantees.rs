@@ -99,6 +99,8 @@ struct Tally {
     raised: usize,
     deferred: Vec<u32>,
     failed: Vec<u32>,
+    /// Of the failed, those out of tries.
+    given_up: usize,
 }
 
 impl Tally {
@@ -230,20 +232,27 @@ impl<S: Systemd> Service<S> {
     async fn regrant_pass(self: &Arc<Self>, batch: BTreeMap<u32, u8>, raise: bool) -> Tally {
         let mut tally = Tally::default();
         let lowering = self.put_each(batch.keys().copied(), false).await;
+        // a lowering that failed holds every raise back: the room it was
+        // to make is not there
+        let failed = lowering.iter().any(|(_, p)| *p == Put::Failed);
         let mut raising = Vec::new();
         for (uid, put) in lowering {
             match put {
-                Put::Deferred if raise => raising.push(uid),
+                Put::Deferred if raise && !failed => raising.push(uid),
                 other => tally.count(uid, other),
             }
         }
         for (uid, put) in self.put_each(raising, true).await {
             tally.count(uid, put);
         }
-        let retry = tally.failed.iter().filter_map(|u| {
+        let mut retry = Vec::new();
+        for u in &tally.failed {
             let tries = batch.get(u).copied().unwrap_or(0) + 1;
-            (tries < TRIES).then_some((*u, tries))
-        });
+            match tries < TRIES {
+                true => retry.push((*u, tries)),
+                false => tally.given_up += 1,
+            }
+        }
         let later: Vec<(u32, u8)> = tally
             .deferred
             .iter()
@@ -288,10 +297,14 @@ impl<S: Systemd> Service<S> {
             0 => String::new(),
             n => format!(", {n} to raise in {}s", wait.as_secs()),
         };
-        let failed = match t.failed.len() {
-            0 => String::new(),
-            n => format!(
-                ", {n} failed (tried again in {}s, {TRIES} times in all; then at that user's next login or logout, or a reload)",
+        let failed = match (t.failed.len() - t.given_up, t.given_up) {
+            (0, 0) => String::new(),
+            (n, 0) => format!(", {n} failed (tried again in {}s)", wait.as_secs()),
+            (0, g) => format!(
+                ", {g} failed {TRIES} times (set again at that user's next login or logout, or a reload)"
+            ),
+            (n, g) => format!(
+                ", {n} failed (tried again in {}s), {g} failed {TRIES} times (set again at that user's next login or logout, or a reload)",
                 wait.as_secs()
             ),
         };

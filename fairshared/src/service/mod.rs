@@ -159,6 +159,9 @@ pub struct Service<S: Systemd> {
     bursting: BurstState,
     /// Other users' slices whose memory guarantee is still to be set.
     regrants: guarantees::Regrants,
+    /// One refresh of the drop-ins at a time (start-up, reloads, SIGHUP):
+    /// each counts with the files it is about to write.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl<S: Systemd> Service<S> {
@@ -196,6 +199,7 @@ impl<S: Systemd> Service<S> {
             cpu_window: CpuWindow::default(),
             bursting: BurstState::default(),
             regrants: guarantees::Regrants::default(),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -207,6 +207,15 @@ impl<S: Systemd> Service<S> {
             if let Some(c) = self.store.mutate(|l| l.release_guarantee(id.uid))
                 && up.exempt.is_none()
             {
+                if c.new.mem_low.is_some_and(|b| b.get() > 0) {
+                    tracing::info!(
+                        uid = id.uid,
+                        user = %id.name,
+                        "{} (uid {}) has no login session left (their user manager runs on): their memory guarantee is let go, their limits stay",
+                        id.name,
+                        id.uid
+                    );
+                }
                 // an error is logged there, and MemoryLow tried again later
                 let _ = self
                     .apply_change(&id, &c, OnRefusal::Keep, 0, "last login session closed")

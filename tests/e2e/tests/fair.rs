@@ -100,15 +100,17 @@ core_test!(
     |h| {
         h.fresh_daemon(POLICY);
         let _undo = Undo(h, "pkill -KILL -u 1001,1002 -f fs-e2e-busy; true".into());
-        // the policy default's drop-in carries the fair-share keys
+        // the policy default's drop-in carries the fair-share keys, but
+        // never the guarantee (set at login, held until the last logout)
         let g = h.read(host::GLOBAL_DROPIN).unwrap();
-        for line in [
-            "CPUWeight=100\n",
-            "MemoryLow=268435456\n",
-            "MemorySwapMax=0\n",
-        ] {
+        for line in ["CPUWeight=100\n", "MemorySwapMax=0\n"] {
             assert!(g.contains(line), "{line} in {}:\n{g}", host::GLOBAL_DROPIN);
         }
+        assert!(
+            !g.contains("MemoryLow"),
+            "no guarantee in {}:\n{g}",
+            host::GLOBAL_DROPIN
+        );
         let busy = "for i in 1 2 3 4; do (exec -a fs-e2e-busy bash -c 'while :; do :; done') & done; \
                     sleep 90; kill $(jobs -p)";
         let mut a = h.ssh_spawn(A.0, busy);

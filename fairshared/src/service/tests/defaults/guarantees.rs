@@ -347,3 +347,52 @@ async fn a_failed_reset_at_the_last_logout_is_made_again() {
     regranted(&s).await;
     assert_eq!(low(&s, 1001), 0);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_roots_setting_that_equalled_the_old_default_while_guarantees_move() {
+    let (s, _, d) = site(&guaranteeing("scale"));
+    s.catch_up().await;
+    for uid in [1001, 1002, 1003] {
+        s.systemd().start_slice(uid);
+    }
+    let procs = [Proc::new(), Proc::new(), Proc::new()];
+    for (uid, p) in [1001, 1002, 1003].into_iter().zip(&procs) {
+        open(&s, uid, p).await;
+    }
+    // root holds alice at 8G, the default as it is
+    success(send(&s, 0, r#"{"type":"set_user","user":"alice","mem":"8G"}"#).await);
+    regranted(&s).await;
+    assert_eq!(low(&s, 1001), THIRD);
+    // a reload raises the default to 9G and the total (every guarantee
+    // moves: each slice gets a call of its own, whose file work follows)
+    std::fs::write(
+        d.path().join("p.yaml"),
+        guaranteeing("scale")
+            .replace(
+                "mem: 8G, tasks: 500, mem_low",
+                "mem: 9G, tasks: 500, mem_low",
+            )
+            .replace("total: 2G", "total: 3G"),
+    )
+    .unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    regranted(&s).await;
+    files_settle(&s).await;
+    assert_eq!(low(&s, 1001), G);
+    assert_eq!(
+        s.systemd().in_force(1001)[&Key::MemoryMax],
+        Some(Value::Amount(8 << 30))
+    );
+    // what the files and runtime values say holds it after a daemon-reload
+    s.systemd().daemon_reload();
+    assert_eq!(
+        s.systemd().in_force(1001)[&Key::MemoryMax],
+        Some(Value::Amount(8 << 30)),
+        "root's 8G, not the new default"
+    );
+    assert_eq!(
+        s.systemd().in_force(1002)[&Key::MemoryMax],
+        Some(Value::Amount(9 << 30))
+    );
+    drop(procs);
+}
