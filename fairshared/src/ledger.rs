@@ -288,15 +288,14 @@ impl Entry {
     /// Whether the user's guarantee counts against `capacity.mem_low`: they
     /// have a login session ([`holding`]: not their user manager alone,
     /// which processes left behind keep running after the last logout), or
-    /// it was set explicitly (root's setting, a reservation while they are
-    /// away, or their own resize). A user in the ledger only for root's
-    /// setting of other fields does not count while away.
+    /// root set it (a reservation, even while they are away). A user in the
+    /// ledger only for root's setting of other fields does not count while
+    /// away.
     pub fn holds_guarantee(&self) -> bool {
+        // the user's own resize of it counts while they are logged in:
+        // processes left behind keep no guarantee of their asking
         self.sessions.iter().any(holding)
-            || [&self.grant, &self.admin]
-                .into_iter()
-                .flatten()
-                .any(|g| g.mem_low.is_some())
+            || self.admin.as_ref().is_some_and(|a| a.mem_low.is_some())
     }
 
     /// Their place in login order (`u64::MAX`: no login session).
@@ -771,14 +770,20 @@ impl Ledger {
         let new = compose(up, grant.as_ref(), admin.as_ref());
         if !matches!(actor, Actor::Root { force: true }) {
             self.check_capacity(uid, name, actor, new.cpu, new.mem, cap)?;
-            // a user away, whose guarantee nobody set, holds none
-            let counts = self.users.get(&uid).is_some_and(|e| !e.sessions.is_empty())
-                || [grant.as_ref(), admin.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|g| g.mem_low.is_some());
+            // a user away, whose guarantee root did not set, holds none
+            let counts = self
+                .users
+                .get(&uid)
+                .is_some_and(|e| e.sessions.iter().any(holding))
+                || admin.as_ref().is_some_and(|g| g.mem_low.is_some());
+            // a user's way back up to what they have without their resize
+            // is never refused: `release` would give it all the same
+            let floor = match actor {
+                Actor::User(_) => compose(up, None, admin.as_ref()).mem_low,
+                Actor::Root { .. } => None,
+            };
             if counts {
-                self.check_guarantee(uid, name, actor, new.mem_low, cap)?;
+                self.check_guarantee(uid, name, actor, new.mem_low, floor, cap)?;
             }
         }
         let old = self.users.get(&uid).map(|e| e.limits);
@@ -858,16 +863,19 @@ impl Ledger {
         name: &str,
         actor: Actor,
         mem_low: Option<Bytes>,
+        floor: Option<Bytes>,
         cap: &CapacityLimit,
     ) -> Result<(), Refusal> {
         let asked = mem_low.unwrap_or_default();
         // against what the limits wanted: lowering one's wanted guarantee
-        // is always allowed (it gives no priority, see crate::guarantees)
+        // is always allowed (it gives no priority, see crate::guarantees),
+        // and so is going back up to `floor`
         let current = self
             .users
             .get(&uid)
             .and_then(|e| e.limits.mem_low)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .max(floor.unwrap_or_default());
         if asked <= current {
             return Ok(());
         }
@@ -1728,6 +1736,51 @@ mod tests {
     }
 
     #[test]
+    fn a_guarantee_back_up_to_ones_default_is_never_refused_and_counts_only_while_logged_in() {
+        let p = policy(
+            "defaults: {cpu: 1, mem: 4G, mem_low: 512M}\n\
+             max: {cpu: 2, mem: 8G, mem_low: 1G}\n\
+             capacity: {cpu: 8, mem: 64G, overcommit: 1, mem_low: {total: 1G}}\n",
+        );
+        let (ua, ub, c) = (up(&p, 1001), up(&p, 1002), cap(&p));
+        let mut l = Ledger::new();
+        l.open_session(1001, "a", &ua, session(501));
+        l.open_session(1002, "b", &ub, session(502));
+        let low = |m: u64| Resize {
+            mem_low: Some(Bytes(m << 20)),
+            ..Resize::default()
+        };
+        l.resize(ask(1001, "a", &ua, low(100), Actor::User(1001), &c))
+            .unwrap();
+        l.resize(ask(1002, "b", &ub, low(924), Actor::User(1002), &c))
+            .unwrap();
+        assert_eq!(l.guaranteed(None), Bytes(1024 << 20));
+        // nothing is free, yet a's way back to their default is open (a
+        // release would give it all the same); the sharing keeps the total
+        l.resize(ask(1001, "a", &ua, low(512), Actor::User(1001), &c))
+            .unwrap();
+        // beyond the default it is checked again
+        let e = l
+            .resize(ask(1001, "a", &ua, low(600), Actor::User(1001), &c))
+            .unwrap_err();
+        assert!(matches!(e, Refusal::NoCapacity(_)), "{e:?}");
+        // only the user manager left: their own resize holds nothing
+        l.open_session(
+            1002,
+            "b",
+            &ub,
+            SessionInfo {
+                service: Some(USER_MANAGER.into()),
+                ..session(503)
+            },
+        );
+        l.close_session(1002, 502, None, &ub);
+        assert!(!l.get(1002).unwrap().holds_guarantee());
+        assert_eq!(l.get(1002).unwrap().slice_limits().mem_low, None);
+        assert_eq!(l.guaranteed(None), Bytes(512 << 20));
+    }
+
+    #[test]
     fn fair_share_fields_resize_within_max_and_guarantees_within_the_total() {
         // capacity.mem_low: 2G in total
         let p = policy(
@@ -1738,6 +1791,9 @@ mod tests {
         let (u, c) = (up(&p, 1001), cap(&p));
         assert_eq!(c.mem_low, Bytes(2 << 30));
         let mut l = Ledger::new();
+        // logged in, both: a user's own guarantee counts while they are
+        l.open_session(1001, "a", &u, session(501));
+        l.open_session(1002, "b", &up(&p, 1002), session(502));
         let fair = |w: Option<u64>, low: Option<u64>, swap: Option<u64>| Resize {
             weight: w.and_then(Weight::new),
             mem_low: low.map(|m| Bytes(m << 20)),

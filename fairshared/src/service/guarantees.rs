@@ -95,8 +95,8 @@ pub(super) enum Put {
 /// A pass's count, for its one log line.
 #[derive(Default)]
 struct Tally {
-    lowered: usize,
-    raised: usize,
+    lowered: Vec<u32>,
+    raised: Vec<u32>,
     deferred: Vec<u32>,
     failed: Vec<u32>,
     /// Of the failed, those out of tries.
@@ -107,10 +107,26 @@ impl Tally {
     fn count(&mut self, uid: u32, put: Put) {
         match put {
             Put::Same => {}
-            Put::Lowered => self.lowered += 1,
-            Put::Raised => self.raised += 1,
+            Put::Lowered => self.lowered.push(uid),
+            Put::Raised => self.raised.push(uid),
             Put::Deferred => self.deferred.push(uid),
             Put::Failed => self.failed.push(uid),
+        }
+    }
+}
+
+/// ` (uid 1001, 1002)`: whose slices a pass set, the first eight.
+fn uids(list: &[u32]) -> String {
+    match list.len() {
+        0 => String::new(),
+        n => {
+            let shown: Vec<String> = list.iter().take(8).map(u32::to_string).collect();
+            let more = if n > 8 {
+                format!(" and {} more", n - 8)
+            } else {
+                String::new()
+            };
+            format!(" (uid {}{more})", shown.join(", "))
         }
     }
 }
@@ -287,7 +303,11 @@ impl<S: Systemd> Service<S> {
 
     /// One line a pass (`late`: the wait it came after).
     fn log_pass(&self, t: &Tally, late: Option<Duration>) {
-        if t.lowered + t.raised == 0 && t.deferred.is_empty() && t.failed.is_empty() {
+        if t.lowered.is_empty()
+            && t.raised.is_empty()
+            && t.deferred.is_empty()
+            && t.failed.is_empty()
+        {
             return;
         }
         let policy = self.policy();
@@ -309,14 +329,16 @@ impl<S: Systemd> Service<S> {
             ),
         };
         tracing::info!(
-            lowered = t.lowered,
-            raised = t.raised,
+            lowered = t.lowered.len(),
+            raised = t.raised.len(),
             failed = t.failed.len(),
-            "memory guarantees shared again (capacity.mem_low {}, when_full: {}): {} lowered, {} raised{deferred}{failed}",
+            "memory guarantees shared again (capacity.mem_low {}, when_full: {}): {} lowered{}, {} raised{}{deferred}{failed}",
             pool.total.human(),
             super::when_full(pool.mode),
-            t.lowered,
-            t.raised,
+            t.lowered.len(),
+            uids(&t.lowered),
+            t.raised.len(),
+            uids(&t.raised),
         );
     }
 
