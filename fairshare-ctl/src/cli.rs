@@ -334,7 +334,7 @@ pub struct Sizes {
     /// IO weight (IOWeight, 1-10000): your share of contended disk time (BFQ or io.cost only)
     #[arg(long, value_name = "N", value_parser = parse::<Weight>)]
     pub io_weight: Option<Weight>,
-    /// Memory guarantee (MemoryLow), e.g. 1G; 0 for none. Within your maximum and what is free of the host's total for guarantees (cgroup v2 only)
+    /// Memory guarantee (MemoryLow), e.g. 1G; 0 for none. Within the maximum and what is free of the host's total for guarantees (capacity.mem_low); held while logged in (cgroup v2 only)
     #[arg(long, value_name = "SIZE", value_parser = parse_size_or_zero)]
     pub mem_low: Option<Bytes>,
     /// Swap (MemorySwapMax), e.g. 2G; 0 for none; max for no limit, where your maximum has none (cgroup v2 only)

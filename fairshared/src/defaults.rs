@@ -49,8 +49,21 @@ pub enum Base {
 impl Base {
     /// The base for a user's policy default and IO limits.
     pub fn of(default: &Limits, io: &IoDevices) -> Base {
-        Base::Limits(Settings::from_limits(default).with_io(io))
+        Base::Limits(file_settings(default, io))
     }
+}
+
+/// What a drop-in (G or U) says for a policy default and its IO limits:
+/// everything but the memory guarantee. A guarantee is handed out only by
+/// fairshared, to the users it counts against `capacity.mem_low` (a
+/// session, or one set explicitly: [`crate::guarantees`]), as a runtime
+/// value; in a file systemd would give it to every slice that starts (a
+/// user who logged out leaving processes behind, a lingering user, any
+/// login while fairshared is down), uncounted.
+pub fn file_settings(default: &Limits, io: &IoDevices) -> Settings {
+    let mut d = *default;
+    d.mem_low = None;
+    Settings::from_limits(&d).with_io(io)
 }
 
 /// The values a slice gets from `settings`, with systemd's own for the
@@ -90,6 +103,8 @@ struct Model {
     /// Users whose slice was read back since fairshare's files last
     /// changed (see [`DropIns::unverified`]).
     verified: std::collections::HashSet<u32>,
+    /// The files a reload is about to write ([`DropIns::expect`]).
+    next: Option<Plan>,
 }
 
 /// fairshare's drop-ins, on disk and in memory; see the module's doc.
@@ -213,14 +228,65 @@ impl DropIns {
     }
 
     /// The keys whose value in force differs from `target`, with the
-    /// target's value: what one `SetUnitProperties` must carry.
+    /// target's value: what one `SetUnitProperties` must carry. While a
+    /// reload is about to write new files ([`DropIns::expect`]), also the
+    /// keys those files would change under the slice (a resize that
+    /// equalled the old default): set as runtime values before the files
+    /// change, they stay when systemd reads the new files.
     pub fn differing(&self, uid: u32, target: &Values) -> Vec<(Key, Option<Value>)> {
-        let now = self.in_force(uid);
+        let m = self.lock();
+        let now = Self::in_force_of(&m, uid);
+        let then = Self::next_files(&m, uid).map(|mut v| {
+            if let Some(r) = m.runtime.get(&uid) {
+                for (k, x) in r {
+                    v.insert(*k, *x);
+                }
+            }
+            v
+        });
         target
             .iter()
-            .filter(|(k, v)| now.get(k) != Some(v))
+            .filter(|(k, v)| {
+                now.get(k) != Some(v) || then.as_ref().is_some_and(|t| t.get(k) != Some(v))
+            })
             .map(|(k, v)| (*k, *v))
             .collect()
+    }
+
+    /// The files a reload is about to write (`None`: written, or not to
+    /// be): [`DropIns::differing`] and [`DropIns::settle`] count with them
+    /// from now on.
+    pub fn expect(&self, next: Option<Plan>) {
+        self.lock().next = next;
+    }
+
+    /// What the files a reload is about to write give the user's slice.
+    fn next_files(m: &Model, uid: u32) -> Option<Values> {
+        let next = m.next.as_ref()?;
+        Some(match next.base(uid) {
+            Base::Limits(s) => overlay(Some(&s), &m.own),
+            Base::Exempt => m.own.clone(),
+            Base::Global => overlay(Some(&next.global), &m.own),
+        })
+    }
+
+    /// The user's runtime values that only repeat what the files say (and,
+    /// while a reload is about to write new ones, what those will say too:
+    /// a value set because the new files differ must stay).
+    fn redundant(m: &Model, uid: u32) -> Vec<Key> {
+        let files = Self::file_values(m, uid);
+        let next = Self::next_files(m, uid);
+        m.runtime
+            .get(&uid)
+            .map(|r| {
+                r.iter()
+                    .filter(|(k, v)| {
+                        files.get(k) == Some(v) && next.as_ref().is_none_or(|n| n.get(k) == Some(v))
+                    })
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether the user's file on disk says `base`.
@@ -325,10 +391,7 @@ impl DropIns {
         if m.pending.contains_key(&uid) {
             return true;
         }
-        let files = Self::file_values(&m, uid);
-        m.runtime
-            .get(&uid)
-            .is_some_and(|r| r.iter().any(|(k, v)| files.get(k) == Some(v)))
+        !Self::redundant(&m, uid).is_empty()
     }
 
     /// Writes the user's pending file, then unlinks the runtime control
@@ -340,19 +403,7 @@ impl DropIns {
         if let Some((base, why)) = pending {
             self.write_user(uid, &base, &why)?;
         }
-        let redundant: Vec<Key> = {
-            let m = self.lock();
-            let files = Self::file_values(&m, uid);
-            m.runtime
-                .get(&uid)
-                .map(|r| {
-                    r.iter()
-                        .filter(|(k, v)| files.get(k) == Some(v))
-                        .map(|(k, _)| *k)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let redundant = Self::redundant(&self.lock(), uid);
         if redundant.is_empty() {
             return Ok(());
         }
@@ -540,8 +591,10 @@ pub fn base_for(policy: &Policy, id: &Identity) -> (Base, String) {
 /// with a file already, users seen): each looked up in `dir`, and left out
 /// when their file would equal G or they no longer exist. Blocking (NSS).
 pub fn plan(policy: &Policy, dir: &dyn Directory, extra: &[u32]) -> Plan {
-    let global = Settings::from_limits(&policy.plain_default())
-        .with_io(&crate::iodisk::io_of(&policy.plain_fair()));
+    let global = file_settings(
+        &policy.plain_default(),
+        &crate::iodisk::io_of(&policy.plain_fair()),
+    );
     let files: Vec<String> = policy
         .files()
         .iter()
@@ -599,4 +652,63 @@ const NOBODY: u32 = fairshare_policy::NOBODY_UID;
 /// the keys they leave out.
 pub fn values_of_settings(s: &Settings, own: &Values) -> Values {
     overlay(Some(s), own)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fairshare_proto::units::{Bytes, Cpus, Tasks};
+
+    fn default_of(mem_g: u64) -> Settings {
+        Settings::from_limits(&Limits {
+            cpu: Cpus::from_millis(2000),
+            mem: Bytes(mem_g << 30),
+            mem_high: None,
+            tasks: Tasks(500),
+            weight: None,
+            io_weight: None,
+            mem_low: None,
+            swap: None,
+        })
+    }
+
+    /// A value set on a slice because the files a reload is about to write
+    /// differ from the old ones (it equals the old files) stays through the
+    /// file work that follows any change meanwhile, and goes once the new
+    /// files are written and it repeats nothing.
+    #[test]
+    fn a_runtime_value_the_new_files_differ_from_is_kept_until_they_are_written() {
+        let d = DropIns::default();
+        let no_users = BTreeMap::new();
+        d.write_all(&default_of(8), "old", &no_users).unwrap();
+        let eight = Some(Value::Amount(8 << 30));
+        let target: Values = [(Key::MemoryMax, eight)].into();
+        assert!(
+            d.differing(1001, &target).is_empty(),
+            "the old files give it"
+        );
+        let next = Plan {
+            global: default_of(9),
+            global_why: "new".into(),
+            users: BTreeMap::new(),
+        };
+        d.expect(Some(next.clone()));
+        assert_eq!(d.differing(1001, &target), vec![(Key::MemoryMax, eight)]);
+        d.did_set(1001, &[(Key::MemoryMax, eight)]);
+        // a change meanwhile settles the user's files: the value stays
+        assert!(!d.unsettled(1001));
+        d.settle(1001).unwrap();
+        assert_eq!(d.in_force(1001)[&Key::MemoryMax], eight);
+        d.write_all(&next.global, &next.global_why, &next.users)
+            .unwrap();
+        d.expect(None);
+        d.settle(1001).unwrap();
+        assert_eq!(d.in_force(1001)[&Key::MemoryMax], eight, "over G's 9G");
+        // back to the (new) default: the runtime value repeats G and goes
+        let nine = Some(Value::Amount(9 << 30));
+        d.did_set(1001, &[(Key::MemoryMax, nine)]);
+        assert!(d.unsettled(1001));
+        d.settle(1001).unwrap();
+        assert!(!d.has_runtime(1001));
+    }
 }

@@ -52,6 +52,15 @@ use fairshare_proto::wire::{Capacity, Limits, Resize, SessionInfo, Source};
 use crate::guarantees::{Pool, Want};
 use serde::{Deserialize, Serialize};
 
+/// The PAM service of a user manager's session (`user@UID.service`).
+pub const USER_MANAGER: &str = "systemd-user";
+
+/// Whether a session is a login (anything but the user manager's): what
+/// holds a memory guarantee ([`Entry::holds_guarantee`]).
+fn holding(s: &SessionInfo) -> bool {
+    s.service.as_deref() != Some(USER_MANAGER)
+}
+
 /// The least CPU a resize or set may give (unless the user's default is less).
 pub const MIN_CPU: Cpus = Cpus::from_millis(100);
 /// The least memory a resize or set may give (unless the user's default is less).
@@ -255,10 +264,15 @@ impl Entry {
     }
 
     /// What the user's slice gets: their limits, with the memory guarantee
-    /// that fits in `capacity.mem_low` ([`Entry::granted_mem_low`]).
+    /// that fits in `capacity.mem_low` ([`Entry::granted_mem_low`]), and
+    /// none while they hold none ([`Entry::holds_guarantee`]: logged out,
+    /// with nothing set explicitly), so that processes left behind keep no
+    /// guarantee nobody counts.
     pub fn slice_limits(&self) -> Limits {
         let mut l = self.limits;
-        if let Some(g) = self.granted_mem_low {
+        if !self.holds_guarantee() {
+            l.mem_low = None;
+        } else if let Some(g) = self.granted_mem_low {
             l.mem_low = Some(g).filter(|g| g.get() > 0);
         }
         l
@@ -272,22 +286,28 @@ impl Entry {
     }
 
     /// Whether the user's guarantee counts against `capacity.mem_low`: they
-    /// have a session, or it was set explicitly (root's setting, a
-    /// reservation while they are away, or their own resize). A user in
-    /// the ledger only for root's setting of other fields does not count
-    /// while away.
+    /// have a login session ([`holding`]: not their user manager alone,
+    /// which processes left behind keep running after the last logout), or
+    /// root set it (a reservation, even while they are away). A user in the
+    /// ledger only for root's setting of other fields does not count while
+    /// away.
     pub fn holds_guarantee(&self) -> bool {
-        !self.sessions.is_empty()
-            || [&self.grant, &self.admin]
-                .into_iter()
-                .flatten()
-                .any(|g| g.mem_low.is_some())
+        // the user's own resize of it counts while they are logged in:
+        // processes left behind keep no guarantee of their asking
+        self.sessions.iter().any(holding)
+            || self.admin.as_ref().is_some_and(|a| a.mem_low.is_some())
     }
 
-    /// Their place in login order (`u64::MAX`: no session).
+    /// Their place in login order (`u64::MAX`: no login session).
     fn since(&self) -> u64 {
         self.logged_in_at
-            .or_else(|| self.sessions.iter().map(|s| s.opened_at).min())
+            .or_else(|| {
+                self.sessions
+                    .iter()
+                    .filter(|s| holding(s))
+                    .map(|s| s.opened_at)
+                    .min()
+            })
             .unwrap_or(u64::MAX)
     }
 
@@ -645,11 +665,17 @@ impl Ledger {
     }
 
     /// The limits a user's slice should have now: their entry's (with the
-    /// guarantee that fits, [`Entry::slice_limits`]), or the policy default.
+    /// guarantee that fits, [`Entry::slice_limits`]), or the policy default
+    /// without its guarantee (a user the ledger does not hold has no
+    /// session and holds none).
     pub fn effective(&self, uid: u32, up: &UserPolicy) -> Limits {
-        self.users
-            .get(&uid)
-            .map_or(up.default, |e| e.slice_limits())
+        self.users.get(&uid).map_or_else(
+            || Limits {
+                mem_low: None,
+                ..up.default
+            },
+            |e| e.slice_limits(),
+        )
     }
 
     /// Shares `pool` among the guarantees wanted ([`crate::guarantees`]):
@@ -744,14 +770,20 @@ impl Ledger {
         let new = compose(up, grant.as_ref(), admin.as_ref());
         if !matches!(actor, Actor::Root { force: true }) {
             self.check_capacity(uid, name, actor, new.cpu, new.mem, cap)?;
-            // a user away, whose guarantee nobody set, holds none
-            let counts = self.users.get(&uid).is_some_and(|e| !e.sessions.is_empty())
-                || [grant.as_ref(), admin.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|g| g.mem_low.is_some());
+            // a user away, whose guarantee root did not set, holds none
+            let counts = self
+                .users
+                .get(&uid)
+                .is_some_and(|e| e.sessions.iter().any(holding))
+                || admin.as_ref().is_some_and(|g| g.mem_low.is_some());
+            // a user's way back up to what they have without their resize
+            // is never refused: `release` would give it all the same
+            let floor = match actor {
+                Actor::User(_) => compose(up, None, admin.as_ref()).mem_low,
+                Actor::Root { .. } => None,
+            };
             if counts {
-                self.check_guarantee(uid, name, actor, new.mem_low, cap)?;
+                self.check_guarantee(uid, name, actor, new.mem_low, floor, cap)?;
             }
         }
         let old = self.users.get(&uid).map(|e| e.limits);
@@ -831,16 +863,19 @@ impl Ledger {
         name: &str,
         actor: Actor,
         mem_low: Option<Bytes>,
+        floor: Option<Bytes>,
         cap: &CapacityLimit,
     ) -> Result<(), Refusal> {
         let asked = mem_low.unwrap_or_default();
         // against what the limits wanted: lowering one's wanted guarantee
-        // is always allowed (it gives no priority, see crate::guarantees)
+        // is always allowed (it gives no priority, see crate::guarantees),
+        // and so is going back up to `floor`
         let current = self
             .users
             .get(&uid)
             .and_then(|e| e.limits.mem_low)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .max(floor.unwrap_or_default());
         if asked <= current {
             return Ok(());
         }
@@ -984,7 +1019,7 @@ impl Ledger {
         entry.name = name.to_string();
         // A pid can only hold one session; a reused pid replaces a stale record.
         entry.sessions.retain(|x| x.pid != s.pid);
-        if entry.sessions.is_empty() {
+        if holding(&s) && !entry.sessions.iter().any(holding) {
             entry.logged_in_at = Some(s.opened_at);
         }
         entry.sessions.push(s);
@@ -1029,6 +1064,27 @@ impl Ledger {
             uid,
             old,
             new,
+            force: false,
+        })
+    }
+
+    /// After a session closed with others left: when none left is a login
+    /// session ([`holding`]: only the user manager, which processes left
+    /// behind keep running), the user's run of logins ends for
+    /// `capacity.mem_low`. Their place in login order goes, and the change
+    /// returned (their limits as they are) takes a guarantee they held only
+    /// by being logged in off their slice (no call when it has none).
+    /// `None` while a login session is left.
+    pub fn release_guarantee(&mut self, uid: u32) -> Option<Change> {
+        let e = self.users.get_mut(&uid)?;
+        if e.sessions.is_empty() || e.sessions.iter().any(holding) {
+            return None;
+        }
+        e.logged_in_at = None;
+        Some(Change {
+            uid,
+            old: Some(e.limits),
+            new: e.limits,
             force: false,
         })
     }
@@ -1680,6 +1736,51 @@ mod tests {
     }
 
     #[test]
+    fn a_guarantee_back_up_to_ones_default_is_never_refused_and_counts_only_while_logged_in() {
+        let p = policy(
+            "defaults: {cpu: 1, mem: 4G, mem_low: 512M}\n\
+             max: {cpu: 2, mem: 8G, mem_low: 1G}\n\
+             capacity: {cpu: 8, mem: 64G, overcommit: 1, mem_low: {total: 1G}}\n",
+        );
+        let (ua, ub, c) = (up(&p, 1001), up(&p, 1002), cap(&p));
+        let mut l = Ledger::new();
+        l.open_session(1001, "a", &ua, session(501));
+        l.open_session(1002, "b", &ub, session(502));
+        let low = |m: u64| Resize {
+            mem_low: Some(Bytes(m << 20)),
+            ..Resize::default()
+        };
+        l.resize(ask(1001, "a", &ua, low(100), Actor::User(1001), &c))
+            .unwrap();
+        l.resize(ask(1002, "b", &ub, low(924), Actor::User(1002), &c))
+            .unwrap();
+        assert_eq!(l.guaranteed(None), Bytes(1024 << 20));
+        // nothing is free, yet a's way back to their default is open (a
+        // release would give it all the same); the sharing keeps the total
+        l.resize(ask(1001, "a", &ua, low(512), Actor::User(1001), &c))
+            .unwrap();
+        // beyond the default it is checked again
+        let e = l
+            .resize(ask(1001, "a", &ua, low(600), Actor::User(1001), &c))
+            .unwrap_err();
+        assert!(matches!(e, Refusal::NoCapacity(_)), "{e:?}");
+        // only the user manager left: their own resize holds nothing
+        l.open_session(
+            1002,
+            "b",
+            &ub,
+            SessionInfo {
+                service: Some(USER_MANAGER.into()),
+                ..session(503)
+            },
+        );
+        l.close_session(1002, 502, None, &ub);
+        assert!(!l.get(1002).unwrap().holds_guarantee());
+        assert_eq!(l.get(1002).unwrap().slice_limits().mem_low, None);
+        assert_eq!(l.guaranteed(None), Bytes(512 << 20));
+    }
+
+    #[test]
     fn fair_share_fields_resize_within_max_and_guarantees_within_the_total() {
         // capacity.mem_low: 2G in total
         let p = policy(
@@ -1690,6 +1791,9 @@ mod tests {
         let (u, c) = (up(&p, 1001), cap(&p));
         assert_eq!(c.mem_low, Bytes(2 << 30));
         let mut l = Ledger::new();
+        // logged in, both: a user's own guarantee counts while they are
+        l.open_session(1001, "a", &u, session(501));
+        l.open_session(1002, "b", &up(&p, 1002), session(502));
         let fair = |w: Option<u64>, low: Option<u64>, swap: Option<u64>| Resize {
             weight: w.and_then(Weight::new),
             mem_low: low.map(|m| Bytes(m << 20)),

@@ -22,20 +22,25 @@ pub type UserGuard = OwnedMutexGuard<()>;
 impl UserLocks {
     /// Waits for `uid`'s lock.
     pub async fn lock(&self, uid: u32) -> UserGuard {
-        let m = {
-            let mut map = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(m) = map.get(&uid).and_then(Weak::upgrade) {
-                m
-            } else {
-                if map.len() > 1024 {
-                    map.retain(|_, w| w.strong_count() > 0);
-                }
-                let m = Arc::new(tokio::sync::Mutex::new(()));
-                map.insert(uid, Arc::downgrade(&m));
-                m
-            }
-        };
-        m.lock_owned().await
+        self.mutex(uid).lock_owned().await
+    }
+
+    /// `uid`'s lock if nobody holds or waits for it now.
+    pub fn try_lock(&self, uid: u32) -> Option<UserGuard> {
+        self.mutex(uid).try_lock_owned().ok()
+    }
+
+    fn mutex(&self, uid: u32) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = map.get(&uid).and_then(Weak::upgrade) {
+            return m;
+        }
+        if map.len() > 1024 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let m = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(uid, Arc::downgrade(&m));
+        m
     }
 }
 

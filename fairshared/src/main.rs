@@ -334,8 +334,10 @@ fn check(policy: &Policy) -> ExitCode {
 fn check_dropins(policy: &Policy, layout: &Layout) -> Vec<String> {
     use fairshared::dropin::{Entry, OnDisk, Settings};
     let mut out = Vec::new();
-    let would = Settings::from_limits(&policy.plain_default())
-        .with_io(&fairshared::iodisk::io_of(&policy.plain_fair()));
+    let would = fairshared::defaults::file_settings(
+        &policy.plain_default(),
+        &fairshared::iodisk::io_of(&policy.plain_fair()),
+    );
     let show = |s: &Settings| {
         s.iter()
             .map(|(k, v)| format!("{k}={}", v.render(k)))

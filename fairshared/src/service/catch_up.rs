@@ -219,7 +219,7 @@ impl<S: Systemd> Service<S> {
                 uid,
                 pid,
                 user: Some(name),
-                service: Some("systemd-user".into()),
+                service: Some(crate::ledger::USER_MANAGER.into()),
                 ..SessionOpen::default()
             };
             if self.open_untracked(open).await {

@@ -36,7 +36,14 @@ impl<S: Systemd> Service<S> {
                 let io = crate::iodisk::io_of(&up.fair_default);
                 (
                     Base::of(&up.default, &io),
-                    values_of(alloc.unwrap_or(&up.default), &io, &own),
+                    values_of(
+                        alloc.unwrap_or(&Limits {
+                            mem_low: None,
+                            ..up.default
+                        }),
+                        &io,
+                        &own,
+                    ),
                 )
             }
         }
@@ -192,6 +199,7 @@ impl<S: Systemd> Service<S> {
     /// exempt or no longer exist let go. Returns the names of the users
     /// whose limits changed.
     pub(super) async fn refresh(self: &Arc<Self>) -> Vec<String> {
+        let _one = self.refreshing.lock().await;
         let policy = self.policy();
         self.guarantee_user_slice(&policy).await;
         let tracked: Vec<u32> = self.store.read(|l| l.entries().map(|(u, _)| *u).collect());
@@ -228,6 +236,14 @@ impl<S: Systemd> Service<S> {
             }
         };
         let own = self.dropins.own();
+        // Serving with the last good policy: the drop-ins stay as they are
+        // until the file is fixed. Otherwise every change to a slice from
+        // now until the files are written (this loop's, and a resize's or a
+        // login's meanwhile) counts with the new files too.
+        let broken = self.policy_problem().is_some();
+        if !broken {
+            self.dropins.expect(Some(plan.clone()));
+        }
         // the guarantees under the new capacity.mem_low, so that the loop
         // sets each slice's with the rest of its values
         let pool = self.pool(&policy);
@@ -338,22 +354,23 @@ impl<S: Systemd> Service<S> {
         // its guarantee here (no call when it has it already)
         regranted.extend(self.store.mutate(|l| l.regrant(pool)));
         for uid in regranted {
-            if self.put_guarantee(uid).await {
+            if matches!(
+                self.put_guarantee(uid).await,
+                super::guarantees::Put::Lowered | super::guarantees::Put::Raised
+            ) {
                 let name = self.store.read(|l| l.get(uid).map(|e| e.name.clone()));
                 changed.extend(name);
             }
         }
         let d = self.dropins.clone();
         let p = plan.clone();
-        // Serving with the last good policy: the drop-ins stay as they are
-        // until the file is fixed.
-        let broken = self.policy_problem().is_some();
-        match tokio::task::spawn_blocking(move || match broken {
+        let written = tokio::task::spawn_blocking(move || match broken {
             false => d.write_all(&p.global, &p.global_why, &p.users).map(Some),
             true => Ok(None),
         })
-        .await
-        {
+        .await;
+        self.dropins.expect(None);
+        match written {
             Ok(Ok(None)) => tracing::warn!(
                 "the policy on disk has errors: fairshare's drop-ins are left as they are"
             ),

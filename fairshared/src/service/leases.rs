@@ -101,7 +101,7 @@ impl<S: Systemd> Service<S> {
         let pending = change.clone().or_else(|| {
             self.store.read(|l| {
                 l.get(uid)
-                    .filter(|e| e.applied != Some(e.limits))
+                    .filter(|e| e.applied != Some(e.slice_limits()))
                     .map(|e| Change {
                         uid,
                         old: e.applied,

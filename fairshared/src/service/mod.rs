@@ -44,7 +44,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use fairshare_policy::{HostResources, Identity, Policy};
-use fairshare_proto::wire::{Request, Response};
+use fairshare_proto::wire::{Limits, Request, Response};
 
 pub use self::bursting::BurstState;
 pub use self::error::ServiceError;
@@ -159,6 +159,9 @@ pub struct Service<S: Systemd> {
     bursting: BurstState,
     /// Other users' slices whose memory guarantee is still to be set.
     regrants: guarantees::Regrants,
+    /// One refresh of the drop-ins at a time (start-up, reloads, SIGHUP):
+    /// each counts with the files it is about to write.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl<S: Systemd> Service<S> {
@@ -196,6 +199,7 @@ impl<S: Systemd> Service<S> {
             cpu_window: CpuWindow::default(),
             bursting: BurstState::default(),
             regrants: guarantees::Regrants::default(),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -442,14 +446,19 @@ impl<S: Systemd> Service<S> {
         // memory) while they still have a session and may burst: the
         // sampler decides when it goes, not a login. Their last logout puts
         // it back (the sampler looks only at users with sessions).
-        let (slice, mut others, may_keep) = self.store.mutate(|l| {
+        let (slice, mut others, may_keep, held) = self.store.mutate(|l| {
             let others = l.regrant(pool);
             let e = l.get(id.uid);
             let may_keep = e.is_some_and(|e| !e.sessions.is_empty()) && bursting::may_burst(&up, e);
-            (e.map(|e| e.slice_limits()), others, may_keep)
+            let held = e.is_some_and(Entry::holds_guarantee);
+            (e.map(|e| e.slice_limits()), others, may_keep, held)
         });
         others.retain(|u| *u != id.uid);
-        let new = slice.unwrap_or(change.new);
+        // no entry left: logged out with nothing set, so no guarantee held
+        let new = slice.unwrap_or(Limits {
+            mem_low: None,
+            ..change.new
+        });
         let (base, mut target) = self.target(&up, Some(&new));
         if may_keep
             && let Some(q) = self.burst_quota(id.uid, change.new.cpu)
@@ -479,6 +488,9 @@ impl<S: Systemd> Service<S> {
                     others.extend(back);
                 }
                 self.regrant_later(others);
+                // the guarantee at least is tried again (the total counts
+                // what the ledger says, not what a failed call left)
+                self.regrant_after([id.uid]);
                 tracing::error!(
                     uid = id.uid,
                     user = %id.name,
@@ -493,7 +505,8 @@ impl<S: Systemd> Service<S> {
                 });
             }
         }
-        if new.mem_low != change.new.mem_low {
+        // cut down by capacity.mem_low (not merely not held: logged out)
+        if held && new.mem_low != change.new.mem_low {
             let wanted = change.new.mem_low.unwrap_or_default();
             let got = new.mem_low.unwrap_or_default();
             tracing::info!(

@@ -202,6 +202,25 @@ impl<S: Systemd> Service<S> {
             if change.is_some() { ", the last one" } else { "" }
         );
         let Some(c) = change else {
+            // the last login session, with the user manager left (processes
+            // left behind keep it): the guarantee goes, the limits stay
+            if let Some(c) = self.store.mutate(|l| l.release_guarantee(id.uid))
+                && up.exempt.is_none()
+            {
+                if c.new.mem_low.is_some_and(|b| b.get() > 0) {
+                    tracing::info!(
+                        uid = id.uid,
+                        user = %id.name,
+                        "{} (uid {}) has no login session left (their user manager runs on): their memory guarantee is let go, their limits stay",
+                        id.name,
+                        id.uid
+                    );
+                }
+                // an error is logged there, and MemoryLow tried again later
+                let _ = self
+                    .apply_change(&id, &c, OnRefusal::Keep, 0, "last login session closed")
+                    .await;
+            }
             self.store.save_later();
             let left = self
                 .store
@@ -259,7 +278,7 @@ impl<S: Systemd> Service<S> {
         match service.as_deref() {
             // a user manager's session is never closed through PAM as root
             // ((sd-pam) has dropped to the user): its end is how it goes
-            Some("systemd-user") => tracing::debug!(
+            Some(crate::ledger::USER_MANAGER) => tracing::debug!(
                 uid,
                 pid,
                 "the user manager of uid {uid} (pid {pid}) ended; counting its session down"

@@ -1,6 +1,7 @@
 //! `status` (one user) and `list` (every tracked user): read-only answers.
 
 use fairshare_policy::{Identity, UserPolicy};
+use fairshare_proto::units::Bytes;
 use fairshare_proto::wire::{
     Capacity, Limits, Response, RootSetting, Source, StatusInfo, Usage, UserList, UserRef,
 };
@@ -117,13 +118,32 @@ impl<S: Systemd> Service<S> {
     /// guarantee is less than wanted because the guarantees wanted exceed
     /// `capacity.mem_low` (issue 15).
     fn fair_parts(&self, entry: Option<&Entry>, limits: &Limits) -> Vec<String> {
-        let Some(got) = entry.and_then(|e| e.granted_mem_low) else {
-            return limits.fair_parts();
+        let wanted = limits.mem_low.filter(|b| b.get() > 0);
+        let held = entry.is_some_and(Entry::holds_guarantee);
+        let text = match (wanted, entry.and_then(|e| e.granted_mem_low)) {
+            // held from login to the last logout (or while set explicitly),
+            // and only then on the slice
+            (Some(w), _) if !held => {
+                format!("{} guaranteed while logged in (none now)", w.human())
+            }
+            (Some(w), Some(got)) => format!("{} guaranteed ({})", got.human(), self.cut_why(w)),
+            _ => return limits.fair_parts(),
         };
-        let wanted = limits.mem_low.unwrap_or_default();
+        let mut parts = Limits {
+            mem_low: None,
+            ..*limits
+        }
+        .fair_parts();
+        let at = usize::from(limits.weight.is_some()) + usize::from(limits.io_weight.is_some());
+        parts.insert(at, text);
+        parts
+    }
+
+    /// Why a guarantee is less than wanted (`capacity.mem_low`).
+    fn cut_why(&self, wanted: Bytes) -> String {
         let policy = self.policy();
         let pool = self.pool(&policy);
-        let why = match pool.mode {
+        match pool.mode {
             fairshare_policy::WhenFull::Scale => format!(
                 "scaled from {}: the guarantees wanted exceed capacity.mem_low {}",
                 wanted.human(),
@@ -134,15 +154,7 @@ impl<S: Systemd> Service<S> {
                 wanted.human(),
                 pool.total.human()
             ),
-        };
-        let mut parts = Limits {
-            mem_low: None,
-            ..*limits
         }
-        .fair_parts();
-        let at = usize::from(limits.weight.is_some()) + usize::from(limits.io_weight.is_some());
-        parts.insert(at, format!("{} guaranteed ({why})", got.human()));
-        parts
     }
 
     /// What the user's slice uses now, with its CPU time over a recent

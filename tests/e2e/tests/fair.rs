@@ -100,15 +100,17 @@ core_test!(
     |h| {
         h.fresh_daemon(POLICY);
         let _undo = Undo(h, "pkill -KILL -u 1001,1002 -f fs-e2e-busy; true".into());
-        // the policy default's drop-in carries the fair-share keys
+        // the policy default's drop-in carries the fair-share keys, but
+        // never the guarantee (set at login, held until the last logout)
         let g = h.read(host::GLOBAL_DROPIN).unwrap();
-        for line in [
-            "CPUWeight=100\n",
-            "MemoryLow=268435456\n",
-            "MemorySwapMax=0\n",
-        ] {
+        for line in ["CPUWeight=100\n", "MemorySwapMax=0\n"] {
             assert!(g.contains(line), "{line} in {}:\n{g}", host::GLOBAL_DROPIN);
         }
+        assert!(
+            !g.contains("MemoryLow"),
+            "no guarantee in {}:\n{g}",
+            host::GLOBAL_DROPIN
+        );
         let busy = "for i in 1 2 3 4; do (exec -a fs-e2e-busy bash -c 'while :; do :; done') & done; \
                     sleep 90; kill $(jobs -p)";
         let mut a = h.ssh_spawn(A.0, busy);
@@ -388,10 +390,72 @@ v2_test!(guarantees_beyond_the_total_are_scaled_and_given_back, |g| {
         (low(A.1) == Some(512 * MIB) && low(B.1) == Some(512 * MIB)).then_some(())
     });
     drop(b);
-    wait_for("memory.low 768M again once alone", g.patience(20), || {
-        (low(A.1) == Some(768 * MIB)).then_some(())
-    });
+    // a raise waits RAISE_AFTER (30 s: a user logging in and out in a
+    // loop must not have every other slice set twice a loop)
+    wait_for(
+        "memory.low 768M again once alone",
+        Duration::from_secs(30) + g.patience(20),
+        || (low(A.1) == Some(768 * MIB)).then_some(()),
+    );
     drop(a);
+    g.logout_all();
+});
+
+// A guarantee is held from login to the last logout: processes a user
+// leaves behind keep their limits but not their guarantee. It is never in
+// a drop-in, which systemd would give every slice that starts (these
+// processes, a lingering user, a login while fairshared is down)
+// uncounted against capacity.mem_low.
+v2_test!(processes_left_behind_keep_no_guarantee, |g| {
+    g.fresh_daemon(LOW_POLICY);
+    let (user, uid) = TESTUSER;
+    let dir = format!("/sys/fs/cgroup{}", slice_path(uid));
+    let low = || {
+        g.read(&format!("{dir}/memory.low"))
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    let held = g.session(user);
+    wait_for("memory.low 256M while logged in", g.patience(10), || {
+        (low() == Some(256 * MIB)).then_some(())
+    });
+    let global = g
+        .read("/etc/systemd/system/user-.slice.d/40-fairshare.conf")
+        .unwrap_or_default();
+    assert!(
+        global.contains("MemoryMax=") && !global.contains("MemoryLow"),
+        "the policy default's drop-in must carry the limits and no guarantee:\n{global}"
+    );
+    g.ssh(
+        user,
+        "setsid nohup sh -c 'sleep 300' > /dev/null 2>&1 < /dev/null & sleep 0.5",
+    )
+    .ok();
+    drop(held);
+    wait_for(
+        "the last session to be counted down",
+        g.patience(15),
+        || (g.sessions_from(uid, "sshd") == 0).then_some(()),
+    );
+    wait_for(
+        "memory.low 0 with only processes left behind",
+        g.patience(10),
+        || (low() == Some(0)).then_some(()),
+    );
+    let left = g.sh(&format!("pgrep -u {uid} -x sleep"));
+    let pid: u32 = left
+        .out()
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the process left behind is gone: {left:?}"));
+    g.assert_in_slice(pid, uid, "the process left behind");
+    assert_eq!(
+        g.read(&format!("{dir}/memory.max"))
+            .map(|t| t.trim().to_string()),
+        Some((GIB).to_string()),
+        "the process left behind keeps the memory limit"
+    );
+    g.sh(&format!("pkill -u {uid} -x sleep; true")).ok();
     g.logout_all();
 });
 

@@ -465,6 +465,36 @@ async fn a_reload_with_a_changed_default_reaches_live_slices_once_and_new_logins
 }
 
 #[tokio::test]
+async fn a_reload_that_changes_the_default_keeps_a_resize_that_equalled_the_old_one() {
+    let (s, _, d) = site(SITE);
+    s.catch_up().await;
+    s.systemd().start_slice(1001);
+    let p = Proc::new();
+    open(&s, 1001, &p).await;
+    // CPU as the default gives it (2, from the file), memory raised
+    success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","cpu":2,"mem":"9G"}"#,
+        )
+        .await,
+    );
+    assert_eq!(s.systemd().in_force(1001), limited(2, 9, 500));
+    std::fs::write(
+        d.path().join("p.yaml"),
+        SITE.replace("cpu: 2, mem: 8G", "cpu: 3, mem: 8G"),
+    )
+    .unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    assert_eq!(s.systemd().in_force(1001), limited(2, 9, 500));
+    // the files changed under the slice: a daemon-reload keeps the resize
+    files_settle(&s).await;
+    s.systemd().daemon_reload();
+    assert_eq!(s.systemd().in_force(1001), limited(2, 9, 500));
+}
+
+#[tokio::test]
 async fn a_bad_policy_leaves_the_dropins_untouched_and_is_reported() {
     let (s, _, d) = site(SITE);
     s.catch_up().await;
@@ -655,14 +685,13 @@ async fn weights_guarantee_and_swap_go_into_the_dropins_and_onto_running_slices(
     let (s, _, d) = site(FAIR);
     s.catch_up().await;
     let g = std::fs::read_to_string(layout(&s).global_file()).unwrap();
-    for line in [
-        "CPUWeight=200\n",
-        "MemoryLow=1073741824\n",
-        "MemorySwapMax=0\n",
-    ] {
+    for line in ["CPUWeight=200\n", "MemorySwapMax=0\n"] {
         assert!(g.contains(line), "{line} in {g}");
     }
     assert!(!g.contains("IOWeight"), "{g}");
+    // never the guarantee: it is held from a login to the last logout,
+    // counted against capacity.mem_low, not given to every slice that starts
+    assert!(!g.contains("MemoryLow"), "{g}");
     // bob's own file: his weights, and no swap limit
     let u = std::fs::read_to_string(layout(&s).user_file(1002)).unwrap();
     assert!(
@@ -670,13 +699,22 @@ async fn weights_guarantee_and_swap_go_into_the_dropins_and_onto_running_slices(
         "{u}"
     );
     assert!(!u.contains("MemorySwapMax"), "{u}");
-    // slices that start get them from the files: no call at login
+    // slices that start get them from the files: a login's one call
+    // carries the guarantee alone
     s.systemd().start_slice(1001);
     s.systemd().start_slice(1002);
     let (a, b) = (Proc::new(), Proc::new());
     open(&s, 1001, &a).await;
+    assert_eq!(
+        last_set(&s),
+        [("MemoryLow".to_string(), PropertyValue::U64(1 << 30))]
+    );
     open(&s, 1002, &b).await;
-    assert_eq!(s.systemd().sets(1001) + s.systemd().sets(1002), 0);
+    assert_eq!(
+        last_set(&s),
+        [("MemoryLow".to_string(), PropertyValue::U64(1 << 30))]
+    );
+    assert_eq!(s.systemd().sets(1001) + s.systemd().sets(1002), 2);
     let alice = s.systemd().in_force(1001);
     assert_eq!(alice[&Key::CpuWeight], amount(200));
     assert_eq!(alice[&Key::MemoryLow], amount(1 << 30));
@@ -691,7 +729,7 @@ async fn weights_guarantee_and_swap_go_into_the_dropins_and_onto_running_slices(
     )
     .unwrap();
     success(send(&s, 0, r#"{"type":"reload"}"#).await);
-    assert_eq!(s.systemd().sets(1001), 1);
+    assert_eq!(s.systemd().sets(1001), 2);
     assert_eq!(
         last_set(&s),
         [("CPUWeight".to_string(), PropertyValue::U64(300))]

@@ -1,7 +1,8 @@
 //! Memory guarantees within `capacity.mem_low` (issue 15): logins, logouts
 //! and reloads share the total, and every slice carries what it is granted,
-//! by as few `SetUnitProperties` as that takes (none at all while the total
-//! is not exceeded).
+//! by as few `SetUnitProperties` as that takes: a login's one call carries
+//! its guarantee (never in a drop-in), other slices get `MemoryLow` alone,
+//! lowered at once and raised after a while.
 
 use super::*;
 
@@ -64,16 +65,18 @@ async fn scale_shrinks_every_guarantee_at_a_login_and_gives_them_back_at_the_log
     open(&s, 1001, &a).await;
     open(&s, 1002, &b).await;
     regranted(&s).await;
-    // within the total: the login path of issue 12, no call at all
-    assert_eq!(s.systemd().sets(1001) + s.systemd().sets(1002), 0);
+    // within the total: each login's one call carries its guarantee alone
+    // (the files give the rest, and never a guarantee)
+    assert_eq!(sets_of(&s, 1001), vec![memory_low(G)]);
+    assert_eq!(sets_of(&s, 1002), vec![memory_low(G)]);
     assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G));
     // a third login: its own slice gets a third in its one call, the
     // others MemoryLow alone, one call each
     open(&s, 1003, &c).await;
     assert_eq!(sets_of(&s, 1003), vec![memory_low(THIRD)]);
     regranted(&s).await;
-    assert_eq!(sets_of(&s, 1001), vec![memory_low(THIRD)]);
-    assert_eq!(sets_of(&s, 1002), vec![memory_low(THIRD)]);
+    assert_eq!(sets_of(&s, 1001), vec![memory_low(G), memory_low(THIRD)]);
+    assert_eq!(sets_of(&s, 1002), vec![memory_low(G), memory_low(THIRD)]);
     let total: u64 = [1001, 1002, 1003].iter().map(|u| low(&s, *u)).sum();
     assert!(total <= 2 * G, "{total}");
     // status says so
@@ -88,8 +91,8 @@ async fn scale_shrinks_every_guarantee_at_a_login_and_gives_them_back_at_the_log
     close(&s, 1003, &c).await;
     regranted(&s).await;
     assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G));
-    assert_eq!(sets_of(&s, 1001).len(), 2);
-    assert_eq!(sets_of(&s, 1001)[1], memory_low(G));
+    assert_eq!(sets_of(&s, 1001).len(), 3);
+    assert_eq!(sets_of(&s, 1001)[2], memory_low(G));
     let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
     assert!(
         st.fair.iter().any(|p| p == "1G guaranteed"),
@@ -114,9 +117,10 @@ async fn first_come_leaves_earlier_logins_alone_and_a_newcomer_gets_what_is_left
     open(&s, 1001, &a).await;
     open(&s, 1002, &b).await;
     regranted(&s).await;
-    // the newcomer's one call carries what is left; the first is untouched
+    // the newcomer's one call carries what is left; the first has had
+    // only its own login's
     assert_eq!(sets_of(&s, 1002), vec![memory_low(G / 2)]);
-    assert_eq!(s.systemd().sets(1001), 0);
+    assert_eq!(sets_of(&s, 1001), vec![memory_low(G)]);
     assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G / 2));
     let st = status(send(&s, 1002, r#"{"type":"status"}"#).await);
     assert!(
@@ -185,5 +189,210 @@ async fn a_reload_that_changes_the_total_sets_each_running_slice_once() {
     for uid in [1001, 1002, 1003] {
         assert_eq!(low(&s, uid), 341 << 20, "uid {uid}");
     }
+    drop(procs);
+}
+
+#[tokio::test]
+async fn a_guarantee_is_held_from_login_to_logout_and_never_in_a_file() {
+    let (s, _, _d) = site(&guaranteeing("scale"));
+    s.catch_up().await;
+    // the policy default's drop-in carries the limits, not the guarantee:
+    // systemd would give it to every slice that starts, counted by nobody
+    let global = s.dropins.global().expect("the policy default's drop-in");
+    assert!(global.get(Key::MemoryMax).is_some(), "{global:?}");
+    assert_eq!(global.get(Key::MemoryLow), None, "{global:?}");
+    s.systemd().start_slice(1001);
+    assert_eq!(low(&s, 1001), 0, "a slice that starts has no guarantee");
+    let a = Proc::new();
+    open(&s, 1001, &a).await;
+    assert_eq!(low(&s, 1001), G);
+    let st = status(send(&s, 1001, r#"{"type":"status"}"#).await);
+    assert!(
+        st.fair.iter().any(|p| p == "1G guaranteed"),
+        "{:?}",
+        st.fair
+    );
+    // the last logout with processes left behind (the fake's slice stays):
+    // the limits stay, the guarantee goes
+    close(&s, 1001, &a).await;
+    regranted(&s).await;
+    assert_eq!(low(&s, 1001), 0);
+    assert_eq!(
+        s.systemd().in_force(1001)[&Key::MemoryMax],
+        Some(Value::Amount(8 << 30))
+    );
+    let st = status(send(&s, 0, r#"{"type":"status","user":"alice"}"#).await);
+    assert!(
+        st.fair
+            .iter()
+            .any(|p| p == "1G guaranteed while logged in (none now)"),
+        "{:?}",
+        st.fair
+    );
+    // nor does it count against the total: two others get all they want
+    let (b, c) = (Proc::new(), Proc::new());
+    for uid in [1002, 1003] {
+        s.systemd().start_slice(uid);
+    }
+    open(&s, 1002, &b).await;
+    open(&s, 1003, &c).await;
+    regranted(&s).await;
+    assert_eq!((low(&s, 1001), low(&s, 1002), low(&s, 1003)), (0, G, G));
+    // and the reset's runtime file, which only repeats the files, is gone
+    files_settle(&s).await;
+    let before = s.systemd().in_force(1001);
+    s.systemd().daemon_reload();
+    assert_eq!(s.systemd().in_force(1001), before);
+}
+
+#[tokio::test]
+async fn a_raise_waits_and_a_login_loop_costs_the_others_one_call() {
+    let (s, _, _d) = site(&guaranteeing("scale"));
+    s.set_raise_after(Duration::from_millis(600));
+    s.catch_up().await;
+    for uid in [1001, 1002, 1003] {
+        s.systemd().start_slice(uid);
+    }
+    let (a, b) = (Proc::new(), Proc::new());
+    open(&s, 1001, &a).await;
+    open(&s, 1002, &b).await;
+    regranted(&s).await;
+    let before = sets_of(&s, 1001).len();
+    // a third user logs in and out, again and again, quicker than a raise
+    // waits: the others are lowered once and raised once at the end
+    for _ in 0..5 {
+        let c = Proc::new();
+        open(&s, 1003, &c).await;
+        // lowered at once: the total fits as soon as the pass has run
+        wait_until(|| low(&s, 1001) == THIRD && low(&s, 1002) == THIRD).await;
+        close(&s, 1003, &c).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // not raised yet
+        assert_eq!(low(&s, 1001), THIRD);
+    }
+    regranted(&s).await;
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (G, G));
+    assert_eq!(
+        sets_of(&s, 1001)[before..],
+        [memory_low(THIRD), memory_low(G)],
+        "one lowering and one raise for five logins and logouts"
+    );
+}
+
+#[tokio::test]
+async fn the_user_manager_left_running_after_the_last_login_holds_no_guarantee() {
+    let (s, _, _d) = site(&guaranteeing("first_come").replace("total: 2G", "total: 1G"));
+    s.catch_up().await;
+    for uid in [1001, 1002] {
+        s.systemd().start_slice(uid);
+    }
+    let (login, manager, other) = (Proc::new(), Proc::new(), Proc::new());
+    open(&s, 1001, &login).await;
+    // the user manager's own session, which processes left behind keep
+    // running after the last logout
+    success(
+        send(
+            &s,
+            0,
+            &format!(
+                r#"{{"type":"session_open","uid":1001,"pid":{},"service":"systemd-user"}}"#,
+                manager.pid()
+            ),
+        )
+        .await,
+    );
+    assert_eq!(low(&s, 1001), G);
+    open(&s, 1002, &other).await;
+    regranted(&s).await;
+    assert_eq!(low(&s, 1002), 0, "first come: nothing left for the second");
+    // the last login session ends, the manager stays: the guarantee goes,
+    // the second user gets the room and the first place
+    close(&s, 1001, &login).await;
+    regranted(&s).await;
+    assert_eq!(s.ledger().get(1001).map(|e| e.sessions.len()), Some(1));
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (0, G));
+    // a login again (a second later: login order is kept in seconds)
+    // comes after the second user
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = Proc::new();
+    open(&s, 1001, &again).await;
+    regranted(&s).await;
+    assert_eq!((low(&s, 1001), low(&s, 1002)), (0, G));
+    drop((manager, again, other));
+}
+
+#[tokio::test]
+async fn a_failed_reset_at_the_last_logout_is_made_again() {
+    let (s, _, _d) = site(&guaranteeing("scale"));
+    s.catch_up().await;
+    s.systemd().start_slice(1001);
+    let a = Proc::new();
+    open(&s, 1001, &a).await;
+    assert_eq!(low(&s, 1001), G);
+    // systemd refuses the last logout's call once: the guarantee stays on
+    // the slice, counted by nobody, until the retry
+    s.systemd()
+        .fail_apply
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = send(
+        &s,
+        0,
+        &format!(r#"{{"type":"session_close","uid":1001,"pid":{}}}"#, a.pid()),
+    )
+    .await;
+    assert_eq!(low(&s, 1001), G);
+    s.systemd()
+        .fail_apply
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    regranted(&s).await;
+    assert_eq!(low(&s, 1001), 0);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_roots_setting_that_equalled_the_old_default_while_guarantees_move() {
+    let (s, _, d) = site(&guaranteeing("scale"));
+    s.catch_up().await;
+    for uid in [1001, 1002, 1003] {
+        s.systemd().start_slice(uid);
+    }
+    let procs = [Proc::new(), Proc::new(), Proc::new()];
+    for (uid, p) in [1001, 1002, 1003].into_iter().zip(&procs) {
+        open(&s, uid, p).await;
+    }
+    // root holds alice at 8G, the default as it is
+    success(send(&s, 0, r#"{"type":"set_user","user":"alice","mem":"8G"}"#).await);
+    regranted(&s).await;
+    assert_eq!(low(&s, 1001), THIRD);
+    // a reload raises the default to 9G and the total (every guarantee
+    // moves: each slice gets a call of its own, whose file work follows)
+    std::fs::write(
+        d.path().join("p.yaml"),
+        guaranteeing("scale")
+            .replace(
+                "mem: 8G, tasks: 500, mem_low",
+                "mem: 9G, tasks: 500, mem_low",
+            )
+            .replace("total: 2G", "total: 3G"),
+    )
+    .unwrap();
+    success(send(&s, 0, r#"{"type":"reload"}"#).await);
+    regranted(&s).await;
+    files_settle(&s).await;
+    assert_eq!(low(&s, 1001), G);
+    assert_eq!(
+        s.systemd().in_force(1001)[&Key::MemoryMax],
+        Some(Value::Amount(8 << 30))
+    );
+    // what the files and runtime values say holds it after a daemon-reload
+    s.systemd().daemon_reload();
+    assert_eq!(
+        s.systemd().in_force(1001)[&Key::MemoryMax],
+        Some(Value::Amount(8 << 30)),
+        "root's 8G, not the new default"
+    );
+    assert_eq!(
+        s.systemd().in_force(1002)[&Key::MemoryMax],
+        Some(Value::Amount(9 << 30))
+    );
     drop(procs);
 }
