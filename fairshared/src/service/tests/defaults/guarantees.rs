@@ -394,3 +394,24 @@ async fn a_reload_keeps_roots_setting_that_equalled_the_old_default_while_guaran
     );
     drop(procs);
 }
+
+#[tokio::test]
+async fn a_resize_of_the_guarantee_without_a_login_says_it_holds_none_yet() {
+    let (s, _, _d) = site(&guaranteeing("scale").replace("max: {", "max: {mem_low: 2G, "));
+    s.catch_up().await;
+    let ok = success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","mem_low":"1536M"}"#,
+        )
+        .await,
+    );
+    assert!(
+        ok.message
+            .contains("no memory guarantee for now: one is held while you are logged in"),
+        "{}",
+        ok.message
+    );
+    assert_eq!(low(&s, 1001), 0);
+}
