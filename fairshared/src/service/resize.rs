@@ -144,8 +144,17 @@ impl<S: Systemd> Service<S> {
                 )
             }
         };
-        // the guarantee the slice gets, when less (capacity.mem_low)
+        // the guarantee the slice gets, when less (capacity.mem_low), or
+        // none while the user has no login session
+        let held = entry.as_ref().is_some_and(|e| e.holds_guarantee());
         let message = match entry.as_ref().and_then(|e| e.granted_mem_low) {
+            _ if !held && change.new.mem_low.is_some_and(|b| b.get() > 0) => format!(
+                "{message}; no memory guarantee for now: one is held while {} logged in",
+                match actor {
+                    Actor::User(_) => "you are".to_string(),
+                    Actor::Root { .. } => format!("{} is", id.name),
+                }
+            ),
             Some(g) => format!(
                 "{message}; memory guarantee {} for now: the guarantees wanted exceed capacity.mem_low (see fairshare-ctl status)",
                 g.human()

@@ -487,6 +487,8 @@ core_test!(
                     .then_some(())
             });
         }
+        // (logged in: a guarantee counts while its user is)
+        let _s2 = h.session(TESTUSER2.0);
         let e = h.as_user(TESTUSER2.0, "fairshare-ctl resize --mem-low 512M");
         assert_eq!(e.code, 1, "{e:?}");
         assert!(

@@ -45,6 +45,16 @@ fn memory_low(n: u64) -> Vec<(String, PropertyValue)> {
     vec![("MemoryLow".to_string(), PropertyValue::U64(n))]
 }
 
+/// alice, bob and carol log in (their slices start from the files).
+async fn three_logged_in(s: &Arc<Service<Fake>>) -> [Proc; 3] {
+    let procs = [Proc::new(), Proc::new(), Proc::new()];
+    for (uid, p) in [1001, 1002, 1003].into_iter().zip(&procs) {
+        s.systemd().start_slice(uid);
+        open(s, uid, p).await;
+    }
+    procs
+}
+
 /// Lets the background pass that sets other users' guarantees finish.
 async fn regranted(s: &Arc<Service<Fake>>) {
     wait_until(|| !s.regrants_pending()).await;
@@ -152,13 +162,7 @@ async fn first_come_leaves_earlier_logins_alone_and_a_newcomer_gets_what_is_left
 async fn a_reload_that_changes_the_total_sets_each_running_slice_once() {
     let (s, _, d) = site(&guaranteeing("scale"));
     s.catch_up().await;
-    for uid in [1001, 1002, 1003] {
-        s.systemd().start_slice(uid);
-    }
-    let procs = [Proc::new(), Proc::new(), Proc::new()];
-    for (uid, p) in [1001, 1002, 1003].into_iter().zip(&procs) {
-        open(&s, uid, p).await;
-    }
+    let procs = three_logged_in(&s).await;
     regranted(&s).await;
     assert_eq!(low(&s, 1001), THIRD);
     let before: Vec<usize> = [1001, 1002, 1003]
@@ -352,13 +356,7 @@ async fn a_failed_reset_at_the_last_logout_is_made_again() {
 async fn a_reload_keeps_roots_setting_that_equalled_the_old_default_while_guarantees_move() {
     let (s, _, d) = site(&guaranteeing("scale"));
     s.catch_up().await;
-    for uid in [1001, 1002, 1003] {
-        s.systemd().start_slice(uid);
-    }
-    let procs = [Proc::new(), Proc::new(), Proc::new()];
-    for (uid, p) in [1001, 1002, 1003].into_iter().zip(&procs) {
-        open(&s, uid, p).await;
-    }
+    let procs = three_logged_in(&s).await;
     // root holds alice at 8G, the default as it is
     success(send(&s, 0, r#"{"type":"set_user","user":"alice","mem":"8G"}"#).await);
     regranted(&s).await;
@@ -395,4 +393,25 @@ async fn a_reload_keeps_roots_setting_that_equalled_the_old_default_while_guaran
         Some(Value::Amount(9 << 30))
     );
     drop(procs);
+}
+
+#[tokio::test]
+async fn a_resize_of_the_guarantee_without_a_login_says_it_holds_none_yet() {
+    let (s, _, _d) = site(&guaranteeing("scale").replace("max: {", "max: {mem_low: 2G, "));
+    s.catch_up().await;
+    let ok = success(
+        send(
+            &s,
+            1001,
+            r#"{"type":"request_resources","mem_low":"1536M"}"#,
+        )
+        .await,
+    );
+    assert!(
+        ok.message
+            .contains("no memory guarantee for now: one is held while you are logged in"),
+        "{}",
+        ok.message
+    );
+    assert_eq!(low(&s, 1001), 0);
 }
