@@ -294,8 +294,12 @@ impl Entry {
     pub fn holds_guarantee(&self) -> bool {
         // the user's own resize of it counts while they are logged in:
         // processes left behind keep no guarantee of their asking
+        self.logged_in() || self.admin.as_ref().is_some_and(|a| a.mem_low.is_some())
+    }
+
+    /// Whether a login session of theirs is open ([`holding`]).
+    fn logged_in(&self) -> bool {
         self.sessions.iter().any(holding)
-            || self.admin.as_ref().is_some_and(|a| a.mem_low.is_some())
     }
 
     /// Their place in login order (`u64::MAX`: no login session).
@@ -771,10 +775,7 @@ impl Ledger {
         if !matches!(actor, Actor::Root { force: true }) {
             self.check_capacity(uid, name, actor, new.cpu, new.mem, cap)?;
             // a user away, whose guarantee root did not set, holds none
-            let counts = self
-                .users
-                .get(&uid)
-                .is_some_and(|e| e.sessions.iter().any(holding))
+            let counts = self.users.get(&uid).is_some_and(|e| e.logged_in())
                 || admin.as_ref().is_some_and(|g| g.mem_low.is_some());
             // a user's way back up to what they have without their resize
             // is never refused: `release` would give it all the same
@@ -1019,7 +1020,7 @@ impl Ledger {
         entry.name = name.to_string();
         // A pid can only hold one session; a reused pid replaces a stale record.
         entry.sessions.retain(|x| x.pid != s.pid);
-        if holding(&s) && !entry.sessions.iter().any(holding) {
+        if holding(&s) && !entry.logged_in() {
             entry.logged_in_at = Some(s.opened_at);
         }
         entry.sessions.push(s);
@@ -1077,7 +1078,7 @@ impl Ledger {
     /// `None` while a login session is left.
     pub fn release_guarantee(&mut self, uid: u32) -> Option<Change> {
         let e = self.users.get_mut(&uid)?;
-        if e.sessions.is_empty() || e.sessions.iter().any(holding) {
+        if e.sessions.is_empty() || e.logged_in() {
             return None;
         }
         e.logged_in_at = None;

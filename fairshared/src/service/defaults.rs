@@ -27,24 +27,14 @@ pub(super) enum Files {
 
 impl<S: Systemd> Service<S> {
     /// What a user's file and slice should say: their base (policy
-    /// default, or exempt) and the values in force (`alloc`, or the base's).
-    pub(super) fn target(&self, up: &UserPolicy, alloc: Option<&Limits>) -> (Base, Values) {
+    /// default, or exempt) and the values `alloc` gives the slice.
+    pub(super) fn target(&self, up: &UserPolicy, alloc: &Limits) -> (Base, Values) {
         let own = self.dropins.own();
         match &up.exempt {
             Some(_) => (Base::Exempt, own),
             None => {
                 let io = crate::iodisk::io_of(&up.fair_default);
-                (
-                    Base::of(&up.default, &io),
-                    values_of(
-                        alloc.unwrap_or(&Limits {
-                            mem_low: None,
-                            ..up.default
-                        }),
-                        &io,
-                        &own,
-                    ),
-                )
+                (Base::of(&up.default, &io), values_of(alloc, &io, &own))
             }
         }
     }

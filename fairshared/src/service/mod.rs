@@ -459,7 +459,7 @@ impl<S: Systemd> Service<S> {
             mem_low: None,
             ..change.new
         });
-        let (base, mut target) = self.target(&up, Some(&new));
+        let (base, mut target) = self.target(&up, &new);
         if may_keep
             && let Some(q) = self.burst_quota(id.uid, change.new.cpu)
             && change.old.is_some_and(|o| o.cpu == change.new.cpu)
