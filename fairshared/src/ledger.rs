@@ -1036,7 +1036,11 @@ impl Ledger {
     /// A session closed. Returns the change when it was the user's last
     /// session: their own resize ends and the slice goes back to root's
     /// setting, if any, else the default. `None` when the session was
-    /// unknown or others remain.
+    /// unknown or others remain. The session is the one opened by `pid`;
+    /// only when no session has that pid (a program that closes from
+    /// another process than it opened in) is it found by its logind
+    /// session id. Several PAM sessions share one logind session (`su -`
+    /// to oneself inside an ssh login): closing one leaves the others.
     pub fn close_session(
         &mut self,
         uid: u32,
@@ -1046,9 +1050,10 @@ impl Ledger {
     ) -> Option<Change> {
         let entry = self.users.get_mut(&uid)?;
         let before = entry.sessions.len();
-        entry.sessions.retain(|x| {
-            let same_id = session_id.is_some() && x.session_id.as_deref() == session_id;
-            !(x.pid == pid || same_id)
+        let by_pid = entry.sessions.iter().any(|x| x.pid == pid);
+        entry.sessions.retain(|x| match by_pid {
+            true => x.pid != pid,
+            false => session_id.is_none() || x.session_id.as_deref() != session_id,
         });
         if entry.sessions.len() == before || !entry.sessions.is_empty() {
             return None;
@@ -2117,6 +2122,34 @@ mod tests {
         assert!(l.get(1001).is_none());
         // an unknown close changes nothing
         assert_eq!(l.close_session(1001, 1, None, &u), None);
+    }
+
+    #[test]
+    fn closing_one_of_two_sessions_in_one_logind_session_leaves_the_other() {
+        let p = policy(P);
+        let mut l = Ledger::new();
+        let u = up(&p, 1001);
+        let in_s1 = |pid| SessionInfo {
+            session_id: Some("s1".into()),
+            ..session(pid)
+        };
+        // an ssh login, then `su - a` inside it: one logind session
+        l.open_session(1001, "a", &u, in_s1(100));
+        l.open_session(1001, "a", &u, in_s1(200));
+        l.resize(ask(
+            1001,
+            "a",
+            &u,
+            resize(4, 4),
+            Actor::User(1001),
+            &cap(&p),
+        ))
+        .unwrap();
+        assert_eq!(l.close_session(1001, 200, Some("s1"), &u), None);
+        let e = l.get(1001).unwrap();
+        assert_eq!(e.sessions.len(), 1, "the ssh session is still open");
+        assert_eq!(e.limits.cpu, Cpus::whole(4), "and keeps the resize");
+        assert!(l.close_session(1001, 100, Some("s1"), &u).is_some());
     }
 
     #[test]
