@@ -1460,6 +1460,12 @@ mod tests {
         }
     }
 
+    /// User 1001 ("a") resizes to 4 CPUs and 4G.
+    fn resize_a_to_4(l: &mut Ledger, p: &Policy, u: &UserPolicy) {
+        l.resize(ask(1001, "a", u, resize(4, 4), Actor::User(1001), &cap(p)))
+            .unwrap();
+    }
+
     fn session(pid: u32) -> SessionInfo {
         SessionInfo {
             pid,
@@ -2106,15 +2112,7 @@ mod tests {
         let c = l.open_session(1001, "a", &u, session(200));
         assert!(!c.force);
         assert_eq!(l.get(1001).unwrap().sessions.len(), 2);
-        l.resize(ask(
-            1001,
-            "a",
-            &u,
-            resize(4, 4),
-            Actor::User(1001),
-            &cap(&p),
-        ))
-        .unwrap();
+        resize_a_to_4(&mut l, &p, &u);
         assert_eq!(l.close_session(1001, 100, None, &u), None);
         assert_eq!(l.get(1001).unwrap().limits.cpu, Cpus::whole(4));
         let c = l.close_session(1001, 999, Some("s200"), &u).unwrap();
@@ -2136,15 +2134,7 @@ mod tests {
         // an ssh login, then `su - a` inside it: one logind session
         l.open_session(1001, "a", &u, in_s1(100));
         l.open_session(1001, "a", &u, in_s1(200));
-        l.resize(ask(
-            1001,
-            "a",
-            &u,
-            resize(4, 4),
-            Actor::User(1001),
-            &cap(&p),
-        ))
-        .unwrap();
+        resize_a_to_4(&mut l, &p, &u);
         assert_eq!(l.close_session(1001, 200, Some("s1"), &u), None);
         let e = l.get(1001).unwrap();
         assert_eq!(e.sessions.len(), 1, "the ssh session is still open");
@@ -2158,15 +2148,7 @@ mod tests {
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         l.open_session(1001, "a", &u, session(100));
-        l.resize(ask(
-            1001,
-            "a",
-            &u,
-            resize(4, 4),
-            Actor::User(1001),
-            &cap(&p),
-        ))
-        .unwrap();
+        resize_a_to_4(&mut l, &p, &u);
         let c = l.release(1001, &u, Actor::User(1001));
         assert_eq!(c.new, u.default);
         let e = l.get(1001).unwrap();
