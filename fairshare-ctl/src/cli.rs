@@ -100,7 +100,8 @@ its end, and release starts afresh."
     Resize(Sizes),
     /// Go back to the policy default (or to root's setting for you, while one is in force)
     Release(Conn),
-    /// Every user fairshared tracks, with usage (root only)
+    /// Every user fairshared tracks, with usage (root only); a FAIR SHARE column
+    /// (weights, memory guarantees, swap) when anyone has such a setting
     List(Conn),
     /// Set a user's allocation, or reset it with --default (root only)
     #[command(

@@ -294,7 +294,7 @@ fn cpu_now(s: &StatusInfo) -> Option<String> {
 }
 
 pub fn list(l: &UserList) -> String {
-    let header = [
+    let mut header = vec![
         "USER",
         "UID",
         "CPU",
@@ -306,10 +306,16 @@ pub fn list(l: &UserList) -> String {
         "TASKS NOW",
         "CPU NOW",
     ];
+    // weights, memory guarantees (held now or not), swap: only where the
+    // policy or root gives someone such a setting, last, as `status` words it
+    let fair = l.users.iter().any(|s| !s.fair.is_empty());
+    if fair {
+        header.push("FAIR SHARE");
+    }
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for s in &l.users {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        rows.push(vec![
+        let mut row = vec![
             s.user.clone(),
             s.uid.to_string(),
             // bursting: what the user may use while the host is idle
@@ -327,7 +333,14 @@ pub fn list(l: &UserList) -> String {
                 .map(|m| fairshare_proto::Bytes(m).human())),
             opt(s.usage.tasks_current.map(|t| t.to_string())),
             opt(cpu_now(s).map(|c| c.replace(" CPUs", ""))),
-        ]);
+        ];
+        if fair {
+            row.push(match s.fair.is_empty() {
+                true => "-".into(),
+                false => s.fair.join(", "),
+            });
+        }
+        rows.push(row);
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -568,6 +581,22 @@ mod tests {
         );
         assert!(
             t.contains("host: 5 of 8 CPUs free, 13G of 16G memory free"),
+            "{t}"
+        );
+        // a fair-share setting anywhere: one more column, last
+        let mut bob = l.users[0].clone();
+        bob.user = "bob".into();
+        bob.fair = vec![
+            "weight 200".into(),
+            "1G guaranteed while logged in (none now)".into(),
+        ];
+        l.users.push(bob);
+        let t = list(&l);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("CPU NOW     FAIR SHARE"), "{t}");
+        assert!(lines[1].ends_with("0.30 (10%)  -"), "{t}");
+        assert!(
+            lines[2].ends_with("0.30 (10%)  weight 200, 1G guaranteed while logged in (none now)"),
             "{t}"
         );
     }

@@ -1036,7 +1036,11 @@ impl Ledger {
     /// A session closed. Returns the change when it was the user's last
     /// session: their own resize ends and the slice goes back to root's
     /// setting, if any, else the default. `None` when the session was
-    /// unknown or others remain.
+    /// unknown or others remain. The session is the one opened by `pid`;
+    /// only when no session has that pid (a program that closes from
+    /// another process than it opened in) is it found by its logind
+    /// session id. Several PAM sessions share one logind session (`su -`
+    /// to oneself inside an ssh login): closing one leaves the others.
     pub fn close_session(
         &mut self,
         uid: u32,
@@ -1046,9 +1050,10 @@ impl Ledger {
     ) -> Option<Change> {
         let entry = self.users.get_mut(&uid)?;
         let before = entry.sessions.len();
-        entry.sessions.retain(|x| {
-            let same_id = session_id.is_some() && x.session_id.as_deref() == session_id;
-            !(x.pid == pid || same_id)
+        let by_pid = entry.sessions.iter().any(|x| x.pid == pid);
+        entry.sessions.retain(|x| match by_pid {
+            true => x.pid != pid,
+            false => session_id.is_none() || x.session_id.as_deref() != session_id,
         });
         if entry.sessions.len() == before || !entry.sessions.is_empty() {
             return None;
@@ -1453,6 +1458,12 @@ mod tests {
             mem: Some(Bytes(mem_g << 30)),
             ..Resize::default()
         }
+    }
+
+    /// User 1001 ("a") resizes to 4 CPUs and 4G.
+    fn resize_a_to_4(l: &mut Ledger, p: &Policy, u: &UserPolicy) {
+        l.resize(ask(1001, "a", u, resize(4, 4), Actor::User(1001), &cap(p)))
+            .unwrap();
     }
 
     fn session(pid: u32) -> SessionInfo {
@@ -2101,15 +2112,7 @@ mod tests {
         let c = l.open_session(1001, "a", &u, session(200));
         assert!(!c.force);
         assert_eq!(l.get(1001).unwrap().sessions.len(), 2);
-        l.resize(ask(
-            1001,
-            "a",
-            &u,
-            resize(4, 4),
-            Actor::User(1001),
-            &cap(&p),
-        ))
-        .unwrap();
+        resize_a_to_4(&mut l, &p, &u);
         assert_eq!(l.close_session(1001, 100, None, &u), None);
         assert_eq!(l.get(1001).unwrap().limits.cpu, Cpus::whole(4));
         let c = l.close_session(1001, 999, Some("s200"), &u).unwrap();
@@ -2120,20 +2123,32 @@ mod tests {
     }
 
     #[test]
+    fn closing_one_of_two_sessions_in_one_logind_session_leaves_the_other() {
+        let p = policy(P);
+        let mut l = Ledger::new();
+        let u = up(&p, 1001);
+        let in_s1 = |pid| SessionInfo {
+            session_id: Some("s1".into()),
+            ..session(pid)
+        };
+        // an ssh login, then `su - a` inside it: one logind session
+        l.open_session(1001, "a", &u, in_s1(100));
+        l.open_session(1001, "a", &u, in_s1(200));
+        resize_a_to_4(&mut l, &p, &u);
+        assert_eq!(l.close_session(1001, 200, Some("s1"), &u), None);
+        let e = l.get(1001).unwrap();
+        assert_eq!(e.sessions.len(), 1, "the ssh session is still open");
+        assert_eq!(e.limits.cpu, Cpus::whole(4), "and keeps the resize");
+        assert!(l.close_session(1001, 100, Some("s1"), &u).is_some());
+    }
+
+    #[test]
     fn release_keeps_the_entry_while_sessions_are_open() {
         let p = policy(P);
         let mut l = Ledger::new();
         let u = up(&p, 1001);
         l.open_session(1001, "a", &u, session(100));
-        l.resize(ask(
-            1001,
-            "a",
-            &u,
-            resize(4, 4),
-            Actor::User(1001),
-            &cap(&p),
-        ))
-        .unwrap();
+        resize_a_to_4(&mut l, &p, &u);
         let c = l.release(1001, &u, Actor::User(1001));
         assert_eq!(c.new, u.default);
         let e = l.get(1001).unwrap();

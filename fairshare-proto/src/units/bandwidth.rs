@@ -193,26 +193,27 @@ impl Quantity for Bandwidth {
     const EXPECTED: &'static str = BANDWIDTH_EXPECTED;
     const ZERO: Self = Bandwidth(0);
     fn from_number(value: f64) -> Result<Self, ValueError> {
-        let input = fmt_f64(value);
+        // formatted only for an error: parsing is on every request and state load
+        let input = || fmt_f64(value);
         if value.is_nan() {
             return Err(ValueError::NotANumber {
-                input,
+                input: input(),
                 expected: BANDWIDTH_EXPECTED,
             });
         }
         if value <= 0.0 {
-            return Err(ValueError::NotPositive(input));
+            return Err(ValueError::NotPositive(input()));
         }
         if !value.is_finite() || value > Bandwidth::MAX.0 as f64 {
             return Err(ValueError::TooLarge {
-                input,
+                input: input(),
                 max: Bandwidth::MAX.to_string(),
             });
         }
         if value.fract() != 0.0 {
-            return Err(ValueError::NotWhole(input));
+            return Err(ValueError::NotWhole(input()));
         }
-        Bandwidth::check(value as u128, &input)
+        Bandwidth::check(value as u128, &input())
     }
     fn from_u64(value: u64) -> Result<Self, ValueError> {
         Bandwidth::check(u128::from(value), &value.to_string())

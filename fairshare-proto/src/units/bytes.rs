@@ -40,25 +40,26 @@ impl Bytes {
 
     /// Validates a size given as a float (a JSON or YAML number of bytes).
     pub fn from_f64(value: f64) -> Result<Bytes, ValueError> {
-        let input = fmt_f64(value);
+        // formatted only for an error: parsing is on every request and state load
+        let input = || fmt_f64(value);
         if value.is_nan() {
             return Err(ValueError::NotANumber {
-                input,
+                input: input(),
                 expected: SIZE_EXPECTED,
             });
         }
         if value <= 0.0 {
-            return Err(ValueError::NotPositive(input));
+            return Err(ValueError::NotPositive(input()));
         }
         // 2^64 is exactly representable; anything at or above it overflows.
         if !value.is_finite() || value >= 18_446_744_073_709_551_616.0 {
             return Err(ValueError::TooLarge {
-                input,
+                input: input(),
                 max: Bytes(u64::MAX).to_string(),
             });
         }
         if value.fract() != 0.0 {
-            return Err(ValueError::NotWhole(input));
+            return Err(ValueError::NotWhole(input()));
         }
         Ok(Bytes(value as u64))
     }

@@ -56,26 +56,27 @@ impl Cpus {
 
     /// Validates a number of CPUs given as a float (JSON numbers, YAML floats).
     pub fn from_f64(value: f64) -> Result<Cpus, ValueError> {
-        let input = fmt_f64(value);
+        // formatted only for an error: parsing is on every request and state load
+        let input = || fmt_f64(value);
         if value.is_nan() {
             return Err(ValueError::NotANumber {
-                input,
+                input: input(),
                 expected: CPU_EXPECTED,
             });
         }
         if value <= 0.0 {
-            return Err(ValueError::NotPositive(input));
+            return Err(ValueError::NotPositive(input()));
         }
         if !value.is_finite() || value > Cpus::MAX.as_f64() {
             return Err(ValueError::TooLarge {
-                input,
+                input: input(),
                 max: Cpus::MAX.to_string(),
             });
         }
         let cpus = Cpus((value * 1000.0).round() as u64);
         if cpus < Cpus::MIN {
             return Err(ValueError::TooSmall {
-                input,
+                input: input(),
                 min: Cpus::MIN.to_string(),
             });
         }

@@ -23,27 +23,28 @@ impl Tasks {
     }
 
     pub fn from_f64(value: f64) -> Result<Tasks, ValueError> {
-        let input = fmt_f64(value);
+        // formatted only for an error: parsing is on every request and state load
+        let input = || fmt_f64(value);
         if value.is_nan() {
             return Err(ValueError::NotANumber {
-                input,
+                input: input(),
                 expected: TASKS_EXPECTED,
             });
         }
         if value < 1.0 {
             return match value.fract() != 0.0 && value > 0.0 {
-                true => Err(ValueError::NotWhole(input)),
-                false => Err(ValueError::NotPositive(input)),
+                true => Err(ValueError::NotWhole(input())),
+                false => Err(ValueError::NotPositive(input())),
             };
         }
         if !value.is_finite() || value > Tasks::MAX.0 as f64 {
             return Err(ValueError::TooLarge {
-                input,
+                input: input(),
                 max: Tasks::MAX.0.to_string(),
             });
         }
         if value.fract() != 0.0 {
-            return Err(ValueError::NotWhole(input));
+            return Err(ValueError::NotWhole(input()));
         }
         Ok(Tasks(value as u64))
     }

@@ -43,25 +43,29 @@ pub(crate) fn from_f64(
     min: u64,
     max: u64,
 ) -> Result<u64, ValueError> {
-    let input = fmt_f64(value);
+    // formatted only for an error: parsing is on every request and state load
+    let input = || fmt_f64(value);
     if value.is_nan() {
-        return Err(ValueError::NotANumber { input, expected });
+        return Err(ValueError::NotANumber {
+            input: input(),
+            expected,
+        });
     }
     if value <= 0.0 {
-        return Err(ValueError::NotPositive(input));
+        return Err(ValueError::NotPositive(input()));
     }
     if value.fract() != 0.0 {
-        return Err(ValueError::NotWhole(input));
+        return Err(ValueError::NotWhole(input()));
     }
     if !value.is_finite() || value > max as f64 {
         return Err(ValueError::TooLarge {
-            input,
+            input: input(),
             max: max.to_string(),
         });
     }
     if value < min as f64 {
         return Err(ValueError::TooSmall {
-            input,
+            input: input(),
             min: min.to_string(),
         });
     }

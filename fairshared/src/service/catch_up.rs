@@ -52,7 +52,7 @@ impl<S: Systemd> Service<S> {
         if !changed.is_empty() {
             tracing::info!(
                 users = %super::reload::name_list(&changed),
-                "limits changed while fairshared was stopped (policy, users or groups), now in force: {}",
+                "slices set at start-up to what the policy and the saved allocations say (values a reboot cleared, a policy, user or group change while fairshared was stopped, or a memory guarantee due to be raised): {}",
                 super::reload::name_list(&changed)
             );
         }

@@ -180,9 +180,20 @@ impl<S: Systemd> Service<S> {
             ),
         };
         let up = policy.for_user(&id);
-        let place = proc::placement(s.pid);
-        let session_id = confirmed_session(&id, s.pid, s.session_id.as_deref(), place.as_ref());
         let _guard = self.locks.lock(id.uid).await;
+        // the session opened by this pid; only a close from another
+        // process is matched by its logind session id, checked first
+        let counted = self.store.read(|l| {
+            l.get(id.uid)
+                .is_some_and(|e| e.sessions.iter().any(|x| x.pid == s.pid))
+        });
+        let session_id = match counted {
+            true => None,
+            false => {
+                let place = proc::placement(s.pid);
+                confirmed_session(&id, s.pid, s.session_id.as_deref(), place.as_ref())
+            }
+        };
         let change = self
             .store
             .mutate(|l| l.close_session(id.uid, s.pid, session_id.as_deref(), &up));

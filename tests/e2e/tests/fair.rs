@@ -455,6 +455,19 @@ v2_test!(processes_left_behind_keep_no_guarantee, |g| {
         Some((GIB).to_string()),
         "the process left behind keeps the memory limit"
     );
+    // and root's list says so, in its fair-share column
+    let list = g.ctl("list").ok().stdout;
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&format!("{user} ")))
+        .unwrap_or_else(|| panic!("{user} is not in the list:\n{list}"));
+    assert!(
+        list.lines()
+            .next()
+            .is_some_and(|h| h.ends_with("FAIR SHARE"))
+            && row.ends_with("256M guaranteed while logged in (none now)"),
+        "list must show the guarantee as not held now:\n{list}"
+    );
     g.sh(&format!("pkill -u {uid} -x sleep; true")).ok();
     g.logout_all();
 });
