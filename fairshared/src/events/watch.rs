@@ -26,7 +26,7 @@
 //!
 //! The watcher ends itself when the slice goes away (v1: the eventfd fires
 //! at removal; v2: a PSI fd reports it, or a file cannot be read any more;
-//! at the latest, a look every [`LIVENESS`], which v1 needs not). A slice made anew at the same
+//! at the latest, a look every [`LIVENESS`], or [`LIVENESS_WOKEN`] on v1). A slice made anew at the same
 //! path is another slice (its inode differs): a fresh login gets a watcher
 //! of its own at once, and the old one, left to end by itself, reads no
 //! file of the new slice.
@@ -65,6 +65,8 @@ pub const DEBOUNCE: Duration = Duration::from_secs(1);
 /// How often a watcher with nothing to do looks whether its slice is still
 /// there (a removal that woke nothing).
 pub const LIVENESS: Duration = Duration::from_secs(60);
+/// The same, for a watcher its slice's removal wakes (v1's eventfd).
+pub const LIVENESS_WOKEN: Duration = Duration::from_secs(600);
 /// How often a slice is sampled when nothing can wake the watcher (no PSI,
 /// or no poll support on the event files).
 pub const FALLBACK_SAMPLE: Duration = Duration::from_secs(30);
@@ -811,9 +813,13 @@ impl Watcher {
                 }
                 // a removal that woke nothing (a slice without PSI, say);
                 // v1's eventfd is signalled when its cgroup is removed
-                // (the kernel's memcg_event_remove): no look (100 idle
-                // watchers' looks cost about 5 ms of CPU a minute)
-                _ = tokio::time::sleep(LIVENESS), if next.is_none() && !self.removal_wakes() => {
+                // (the kernel's memcg_event_remove): a rare look there, for
+                // a slice made anew while the eventfd was being registered
+                // (100 idle watchers' looks each minute cost 5 ms a minute)
+                _ = tokio::time::sleep(match self.removal_wakes() {
+                    true => LIVENESS_WOKEN,
+                    false => LIVENESS,
+                }), if next.is_none() => {
                     if self.gone() {
                         return End::SliceGone;
                     }

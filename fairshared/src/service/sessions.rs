@@ -180,19 +180,24 @@ impl<S: Systemd> Service<S> {
             ),
         };
         let up = policy.for_user(&id);
-        let _guard = self.locks.lock(id.uid).await;
-        // the session opened by this pid; only a close from another
-        // process is matched by its logind session id, checked first
-        let counted = self.store.read(|l| {
-            l.get(id.uid)
-                .is_some_and(|e| e.sessions.iter().any(|x| x.pid == s.pid))
-        });
-        let session_id = match counted {
+        // The session opened by this pid; only a close from another process
+        // is matched by its logind session id, confirmed from /proc: read
+        // before the user's lock (their own resizes hold it), while the
+        // closing process is surely still there.
+        let counted = || {
+            self.store.read(|l| {
+                l.get(id.uid)
+                    .is_some_and(|e| e.sessions.iter().any(|x| x.pid == s.pid))
+            })
+        };
+        let place = match counted() {
             true => None,
-            false => {
-                let place = proc::placement(s.pid);
-                confirmed_session(&id, s.pid, s.session_id.as_deref(), place.as_ref())
-            }
+            false => proc::placement(s.pid),
+        };
+        let _guard = self.locks.lock(id.uid).await;
+        let session_id = match counted() {
+            true => None,
+            false => confirmed_session(&id, s.pid, s.session_id.as_deref(), place.as_ref()),
         };
         let change = self
             .store
