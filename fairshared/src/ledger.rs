@@ -302,6 +302,11 @@ impl Entry {
         self.sessions.iter().any(holding)
     }
 
+    /// The session opened by `pid`, if one is counted.
+    pub fn session_of(&self, pid: u32) -> Option<&SessionInfo> {
+        self.sessions.iter().find(|x| x.pid == pid)
+    }
+
     /// Their place in login order (`u64::MAX`: no login session).
     fn since(&self) -> u64 {
         self.logged_in_at
@@ -1050,7 +1055,7 @@ impl Ledger {
     ) -> Option<Change> {
         let entry = self.users.get_mut(&uid)?;
         let before = entry.sessions.len();
-        let by_pid = entry.sessions.iter().any(|x| x.pid == pid);
+        let by_pid = entry.session_of(pid).is_some();
         entry.sessions.retain(|x| match by_pid {
             true => x.pid != pid,
             false => session_id.is_none() || x.session_id.as_deref() != session_id,

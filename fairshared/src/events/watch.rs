@@ -26,10 +26,10 @@
 //!
 //! The watcher ends itself when the slice goes away (v1: the eventfd fires
 //! at removal; v2: a PSI fd reports it, or a file cannot be read any more;
-//! at the latest, a look every [`LIVENESS`], or [`LIVENESS_WOKEN`] on v1). A slice made anew at the same
-//! path is another slice (its inode differs): a fresh login gets a watcher
-//! of its own at once, and the old one, left to end by itself, reads no
-//! file of the new slice.
+//! at the latest, a look every [`LIVENESS`], or [`LIVENESS_WOKEN`] on v1).
+//! A slice made anew at the same path is another slice (its inode differs):
+//! a fresh login gets a watcher of its own at once, and the old one, left to
+//! end by itself, reads no file of the new slice.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

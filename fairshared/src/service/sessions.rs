@@ -185,10 +185,8 @@ impl<S: Systemd> Service<S> {
         // before the user's lock (their own resizes hold it), while the
         // closing process is surely still there.
         let counted = || {
-            self.store.read(|l| {
-                l.get(id.uid)
-                    .is_some_and(|e| e.sessions.iter().any(|x| x.pid == s.pid))
-            })
+            self.store
+                .read(|l| l.get(id.uid).is_some_and(|e| e.session_of(s.pid).is_some()))
         };
         let place = match counted() {
             true => None,
@@ -280,12 +278,8 @@ impl<S: Systemd> Service<S> {
     /// A session process ended; forget its session (if still counted).
     pub(super) async fn session_ended(self: &Arc<Self>, uid: u32, pid: u32) {
         let counted = self.store.read(|l| {
-            l.get(uid).and_then(|e| {
-                e.sessions
-                    .iter()
-                    .find(|s| s.pid == pid)
-                    .map(|s| s.service.clone())
-            })
+            l.get(uid)
+                .and_then(|e| e.session_of(pid).map(|s| s.service.clone()))
         });
         let Some(service) = counted else {
             return;
