@@ -32,11 +32,13 @@ pub type OnExit = Arc<dyn Fn(u32, u32) + Send + Sync>;
 /// Ended processes taken from the set per `epoll_wait`.
 const BATCH: usize = 64;
 
+/// How long the driver waits after a failure to wait.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The watched processes; see the module's doc.
 #[derive(Default)]
 pub struct Exits {
-    /// Made at the first watch (it needs the runtime); made again if its
-    /// task ended (it could not wait), with the watches it held.
+    /// Made at the first watch (it needs the runtime).
     driver: Mutex<Option<Running>>,
 }
 
@@ -144,12 +146,12 @@ impl Exits {
         self.len() == 0
     }
 
-    /// The driver, made and started if there is none (or it ended).
+    /// The driver, made and started if there is none yet (a failure to
+    /// make it is tried again at the next watch). Its task never ends by
+    /// itself: every watch stays with the one driver.
     fn driver(&self, on_exit: impl FnOnce() -> OnExit) -> io::Result<Arc<Driver>> {
         let mut running = lock(&self.driver);
-        if let Some(r) = running.as_ref()
-            && !r.task.is_finished()
-        {
+        if let Some(r) = running.as_ref() {
             return Ok(r.driver.clone());
         }
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
@@ -161,24 +163,6 @@ impl Exits {
             epoll,
             watched: Mutex::new(Watched::default()),
         });
-        // the watches of an ended driver (it could not wait) go on here
-        if let Some(old) = running.take() {
-            let moved = std::mem::take(&mut lock(&old.driver.watched).by_pid);
-            let mut w = lock(&driver.watched);
-            for (pid, watch) in moved {
-                let event = EpollEvent::new(EpollFlags::EPOLLIN, token(pid, watch.generation));
-                if driver
-                    .epoll
-                    .get_ref()
-                    .0
-                    .add(watch.fd.as_fd(), event)
-                    .is_ok()
-                {
-                    w.next = w.next.max(watch.generation.wrapping_add(1));
-                    w.by_pid.insert(pid, watch);
-                }
-            }
-        }
         let task = tokio::spawn(drive(driver.clone(), on_exit())).abort_handle();
         *running = Some(Running {
             driver: driver.clone(),
@@ -197,38 +181,37 @@ impl Drop for Exits {
 }
 
 /// The one task: waits for the set to be readable, takes the ended
-/// processes out and tells of each.
+/// processes out and tells of each. It does not end (but with its owner):
+/// a failure to wait, which nothing a user does can cause, is logged and
+/// the wait tried again a second later, so no watch is ever dropped.
 async fn drive(driver: Arc<Driver>, on_exit: OnExit) {
     let mut events = [EpollEvent::empty(); BATCH];
     loop {
-        let mut ready = match driver.epoll.readable().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot wait for session processes to end");
-                return;
-            }
+        let failure = match driver.epoll.readable().await {
+            Ok(mut ready) => match driver
+                .epoll
+                .get_ref()
+                .0
+                .wait(&mut events, EpollTimeout::ZERO)
+            {
+                Ok(0) => {
+                    ready.clear_ready();
+                    continue;
+                }
+                Ok(n) => {
+                    drop(ready);
+                    for (uid, pid) in driver.take(&events[..n]) {
+                        on_exit(uid, pid);
+                    }
+                    continue;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => io::Error::from(e),
+            },
+            Err(e) => e,
         };
-        let n = match driver
-            .epoll
-            .get_ref()
-            .0
-            .wait(&mut events, EpollTimeout::ZERO)
-        {
-            Ok(0) => {
-                ready.clear_ready();
-                continue;
-            }
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot wait for session processes to end");
-                return;
-            }
-        };
-        let ended = driver.take(&events[..n]);
-        for (uid, pid) in ended {
-            on_exit(uid, pid);
-        }
+        tracing::error!(error = %failure, "cannot wait for session processes to end; trying again in 1 s");
+        tokio::time::sleep(RETRY).await;
     }
 }
 

@@ -248,9 +248,9 @@ pub struct Entry {
     pub logged_in_at: Option<u64>,
 }
 
-/// A list read with room for what it holds, no more: serde's `Vec` makes
-/// room for four at the first element, and most users have one session
-/// (shrinking it afterwards would leave the rest as holes in the heap).
+/// A list of one read with room for one: serde's `Vec` makes room for four
+/// at the first element, and most users have one session (shrinking it
+/// afterwards would leave the rest as holes in the heap).
 fn exact_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -265,7 +265,9 @@ where
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
             let mut v = Vec::new();
             while let Some(x) = seq.next_element()? {
-                v.reserve_exact(1);
+                if v.capacity() == 0 {
+                    v.reserve_exact(1);
+                }
                 v.push(x);
             }
             Ok(v)
@@ -1058,7 +1060,9 @@ impl Ledger {
         }
         // room for this one only (a first push makes room for four: most
         // users have one session, and a record is about 130 bytes)
-        entry.sessions.reserve_exact(1);
+        if entry.sessions.capacity() == 0 {
+            entry.sessions.reserve_exact(1);
+        }
         entry.sessions.push(s);
         let first = entry.sessions.len() == 1;
         Change {

@@ -72,7 +72,7 @@ impl<S: Systemd> Service<S> {
         // the start-up's passes over every user are over: give back the
         // memory they used for a while (the state file read, a write per
         // user), which the allocator would otherwise keep
-        crate::host::give_back_heap();
+        let _ = tokio::task::spawn_blocking(crate::host::give_back_heap).await;
     }
 
     /// Reads what every slice logind knows really carries, once at start: a
