@@ -289,6 +289,13 @@ mod tests {
             .flatten()
     }
 
+    /// Whether nothing is told for `ms` milliseconds.
+    async fn told_nothing(rx: &mut mpsc::UnboundedReceiver<(u32, u32)>, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), rx.recv())
+            .await
+            .is_err()
+    }
+
     #[test]
     fn a_watched_process_costs_a_map_entry() {
         // what every tracked session costs the daemon while it waits
@@ -311,11 +318,7 @@ mod tests {
         assert!(!exits.contains(a.id()));
         assert!(exits.contains(b.id()), "the other one is still watched");
         // told once: nothing more until b ends
-        assert!(
-            tokio::time::timeout(Duration::from_millis(200), rx.recv())
-                .await
-                .is_err()
-        );
+        assert!(told_nothing(&mut rx, 200).await);
         b.kill().unwrap();
         b.wait().unwrap();
         assert_eq!(next(&mut rx).await, Some((1002, b.id())));
@@ -331,11 +334,7 @@ mod tests {
         assert!(exits.is_empty());
         a.kill().unwrap();
         a.wait().unwrap();
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), rx.recv())
-                .await
-                .is_err()
-        );
+        assert!(told_nothing(&mut rx, 300).await);
     }
 
     #[tokio::test]
@@ -353,11 +352,7 @@ mod tests {
             Some((1005, a.id())),
             "told once, as the later watch's"
         );
-        assert!(
-            tokio::time::timeout(Duration::from_millis(200), rx.recv())
-                .await
-                .is_err()
-        );
+        assert!(told_nothing(&mut rx, 200).await);
     }
 
     #[tokio::test]
