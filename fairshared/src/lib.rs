@@ -13,8 +13,7 @@
 //!   file and the save generation), [`locks`] (per-user locks),
 //!   [`identity`] (user lookups and their cache), [`admission`] (root-only
 //!   requests and rate limits, before dispatch), [`tasks`] (background tasks
-//!   by key: lease timers, event watchers), [`exits`] (session processes
-//!   watched for their end: one epoll set, one task).
+//!   by key: process watchers, lease timers).
 //! * [`systemd`]: the [`systemd::Systemd`] trait and its D-Bus
 //!   implementation (and, for tests, an in-memory fake).
 //! * [`server`]: the Unix socket and `SO_PEERCRED`; [`health`]: whether the
@@ -39,7 +38,6 @@ pub mod cpu_window;
 pub mod defaults;
 pub mod dropin;
 pub mod events;
-pub mod exits;
 pub mod guarantees;
 pub mod health;
 pub mod host;
