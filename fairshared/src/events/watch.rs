@@ -136,9 +136,15 @@ pub fn slice_id(paths: &Paths) -> Option<u64> {
 /// A user's watcher task, ready to run.
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Makes `uid`'s watcher once their slice is there (`None`: not yet),
-/// with the slice's inode; `fresh` as for [`watch`].
-pub type Start = Arc<dyn Fn(u32, bool) -> Option<(u64, Task)> + Send + Sync>;
+/// How to watch a user's slice: where it is, and its watcher.
+#[derive(Clone)]
+pub struct Start {
+    /// The inode of `uid`'s slice (`None`: not there).
+    pub slice: Arc<dyn Fn(u32) -> Option<u64> + Send + Sync>,
+    /// The watcher of `uid`'s slice, its inode given; `fresh` as for
+    /// [`watch`].
+    pub task: Arc<dyn Fn(u32, u64, bool) -> Task + Send + Sync>,
+}
 
 /// Every user's watcher; see the module's doc.
 #[derive(Default)]
@@ -157,9 +163,8 @@ struct Inner {
 
 #[derive(Default)]
 struct Waiting {
-    /// Users whose slice is not there yet, until when it is waited for,
-    /// and whether their login was fresh.
-    users: HashMap<u32, (Instant, bool)>,
+    /// Users whose slice is not there yet, until when it is waited for.
+    users: HashMap<u32, Instant>,
     /// How to start their watchers (the last one given: every caller gives
     /// the same).
     start: Option<Start>,
@@ -199,28 +204,33 @@ impl Inner {
 }
 
 impl Watchers {
-    /// Watches `uid` (nothing if they are watched already): at once if their
-    /// slice is there, else as soon as it appears within [`SLICE_WAIT`].
+    /// Watches `uid`'s slice (nothing if that very slice is watched
+    /// already): at once if it is there, else as soon as it appears within
+    /// [`SLICE_WAIT`].
     ///
-    /// `fresh`: the user had no session before this login. A watcher still
-    /// running may then be on the slice of their last login, on its way
-    /// out (logind removes it at logout unless `UserStopDelaySec` keeps
-    /// it), while this login has a new one: the new slice gets a watcher
-    /// of its own (see [`Inner::launch`]).
+    /// `fresh`: the user had no session before this login, so their slice
+    /// came with it. Two more slices are known to be new: one that was not
+    /// there when looked for (its counts all came after), and one other
+    /// than the slice a running watcher is on (made anew at the path since
+    /// that one was watched: logind removes a slice at logout unless
+    /// `UserStopDelaySec` keeps it, and on cgroup v2 nothing wakes a
+    /// watcher at the removal). Either gets a watcher of its own at once,
+    /// whoever counted the login first (see [`Inner::launch`]).
     pub fn start(&self, uid: u32, start: Start, fresh: bool) {
-        if self.inner.running.contains(&uid) && !fresh {
+        if lock(&self.inner.waiting).users.contains_key(&uid) {
             return;
         }
-        if let Some((_, f)) = lock(&self.inner.waiting).users.get_mut(&uid) {
-            *f |= fresh;
-            return;
-        }
-        if let Some((ino, task)) = start(uid, fresh) {
-            self.inner.launch(uid, ino, task);
+        if let Some(ino) = (start.slice)(uid) {
+            let watched = lock(&self.inner.slices).get(&uid).copied();
+            if watched == Some(ino) {
+                return;
+            }
+            let fresh = fresh || watched.is_some();
+            self.inner.launch(uid, ino, (start.task)(uid, ino, fresh));
             return;
         }
         let mut w = lock(&self.inner.waiting);
-        w.users.insert(uid, (Instant::now() + SLICE_WAIT, fresh));
+        w.users.insert(uid, Instant::now() + SLICE_WAIT);
         w.start = Some(start);
         if !w.polling {
             w.polling = true;
@@ -274,24 +284,24 @@ async fn poll(inner: Weak<Inner>) {
                 w.start = None;
                 return;
             };
-            let users: Vec<(u32, (Instant, bool))> =
-                w.users.iter().map(|(u, t)| (*u, *t)).collect();
+            let users: Vec<(u32, Instant)> = w.users.iter().map(|(u, t)| (*u, *t)).collect();
             (users, start)
         };
         let now = Instant::now();
-        for (uid, (until, fresh)) in users {
+        for (uid, until) in users {
             // the slice looked for outside the lock
-            let task = start(uid, fresh);
+            let ino = (start.slice)(uid);
             let mut w = lock(&inner.waiting);
             // stopped (or started again) meanwhile
-            if w.users.get(&uid).map(|e| e.0) != Some(until) {
+            if w.users.get(&uid) != Some(&until) {
                 continue;
             }
-            match task {
-                Some((ino, task)) => {
+            match ino {
+                // not there when first looked for: all it counted is news
+                Some(ino) => {
                     w.users.remove(&uid);
                     drop(w);
-                    inner.launch(uid, ino, task);
+                    inner.launch(uid, ino, (start.task)(uid, ino, true));
                 }
                 None if now >= until => {
                     w.users.remove(&uid);
@@ -1021,21 +1031,22 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
         let started: Arc<Mutex<Vec<u32>>> = Arc::default();
-        let start: Start = {
+        let start = {
             let (root, started) = (root.clone(), started.clone());
-            Arc::new(move |uid, _| {
-                slice_inode(&slice_dir_of(&root, Layout::Unified, uid)).map(|ino| {
+            Start {
+                slice: Arc::new(move |uid| slice_inode(&slice_dir_of(&root, Layout::Unified, uid))),
+                task: Arc::new(move |uid, _, fresh| {
+                    assert!(fresh, "a slice that was not there is new");
                     started.lock().unwrap().push(uid);
-                    let task: Task = Box::pin(std::future::pending());
-                    (ino, task)
-                })
-            })
+                    Box::pin(std::future::pending())
+                }),
+            }
         };
         let w = Watchers::default();
         let tasks = tokio::runtime::Handle::current().metrics();
         let before = tasks.num_alive_tasks();
         for uid in [1001, 1002, 1003] {
-            w.start(uid, start.clone(), true);
+            w.start(uid, start.clone(), false);
         }
         assert_eq!(w.len(), 3);
         assert_eq!(
@@ -1066,34 +1077,37 @@ mod tests {
         assert!(!w.contains(&1001));
     }
 
-    /// A fresh login whose slice is a new one (made anew at the same path)
-    /// while the watcher of the user's last slice still runs: the new slice
-    /// is watched at once, the old watcher runs on to its own end (it may
-    /// be gathering a kill) without taking the new one's place. An
-    /// additional session, or a fresh login on the same slice, starts
-    /// nothing.
+    /// A login whose slice is a new one (made anew at the same path) while
+    /// the watcher of the user's last slice still runs: the new slice is
+    /// watched at once, its counts news, even when the login was not
+    /// counted as the user's first (logind's report of it came first, or
+    /// the last login's user manager was not yet counted down); the old
+    /// watcher runs on to its own end (it may be gathering a kill) without
+    /// taking the new one's place. An additional session, or a fresh login
+    /// on the same slice, starts nothing.
     #[tokio::test(start_paused = true)]
     async fn a_fresh_login_on_a_new_slice_is_watched_at_once() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
         let dir = slice_dir_of(&root, Layout::Unified, 1001);
         std::fs::create_dir_all(&dir).unwrap();
-        // the slice of each watcher that ran
-        let ran: Arc<Mutex<Vec<u64>>> = Arc::default();
+        // the slice of each watcher that ran, and whether it was fresh
+        let ran: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
         let ends: Arc<Mutex<Vec<Arc<tokio::sync::Notify>>>> = Arc::default();
-        let start: Start = {
+        let start = {
             let (root, ran, ends) = (root.clone(), ran.clone(), ends.clone());
-            Arc::new(move |uid, _| {
-                let ino = slice_inode(&slice_dir_of(&root, Layout::Unified, uid))?;
-                let end = Arc::new(tokio::sync::Notify::new());
-                ends.lock().unwrap().push(end.clone());
-                let ran = ran.clone();
-                let task: Task = Box::pin(async move {
-                    ran.lock().unwrap().push(ino);
-                    end.notified().await;
-                });
-                Some((ino, task))
-            })
+            Start {
+                slice: Arc::new(move |uid| slice_inode(&slice_dir_of(&root, Layout::Unified, uid))),
+                task: Arc::new(move |_, ino, fresh| {
+                    let end = Arc::new(tokio::sync::Notify::new());
+                    ends.lock().unwrap().push(end.clone());
+                    let ran = ran.clone();
+                    Box::pin(async move {
+                        ran.lock().unwrap().push((ino, fresh));
+                        end.notified().await;
+                    })
+                }),
+            }
         };
         let settle = || tokio::time::sleep(Duration::from_millis(10));
         let w = Watchers::default();
@@ -1102,7 +1116,7 @@ mod tests {
         w.start(1001, start.clone(), true);
         settle().await;
         let first = slice_inode(&dir).unwrap();
-        assert_eq!(ran.lock().unwrap().as_slice(), [first]);
+        assert_eq!(ran.lock().unwrap().as_slice(), [(first, true)]);
         // logout, the slice goes, a new login makes another at the path
         let next = t.path().join("next");
         std::fs::create_dir(&next).unwrap();
@@ -1110,9 +1124,13 @@ mod tests {
         std::fs::rename(&next, &dir).unwrap();
         let second = slice_inode(&dir).unwrap();
         assert_ne!(first, second);
-        w.start(1001, start.clone(), true);
+        w.start(1001, start.clone(), false);
         settle().await;
-        assert_eq!(ran.lock().unwrap().as_slice(), [first, second], "at once");
+        assert_eq!(
+            ran.lock().unwrap().as_slice(),
+            [(first, true), (second, true)],
+            "at once, and from zero"
+        );
         assert_eq!(w.len(), 1, "the old one runs on out of the table");
         // the old watcher ends: the new one is still the user's watcher
         let old = ends.lock().unwrap()[0].clone();

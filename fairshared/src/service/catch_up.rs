@@ -7,6 +7,7 @@ use std::sync::Arc;
 use fairshare_proto::wire::{Response, SessionOpen};
 
 use super::Service;
+use super::sessions::Opener;
 use crate::ledger::Ledger;
 use crate::proc::{self, ProcessRef};
 use crate::systemd::{Systemd, SystemdError};
@@ -111,7 +112,8 @@ impl<S: Systemd> Service<S> {
     /// are counted down; sessions logind knows but the ledger does not (opened
     /// while fairshared was away) are counted and their users limited; so are
     /// users with only a user manager running (lingering users). `only`
-    /// limits the pass to one user (when logind reports them).
+    /// limits the pass to one user (when logind reports a login of theirs:
+    /// a session counted then is that login's).
     pub async fn reconcile(self: &Arc<Self>, only: Option<u32>) {
         self.check_tracked(only).await;
         self.sweep_event_watchers(only);
@@ -184,7 +186,7 @@ impl<S: Systemd> Service<S> {
                 rhost: Some(s.rhost).filter(|x| !x.is_empty()),
                 session_id: Some(s.id.clone()),
             };
-            if self.open_untracked(open).await {
+            if self.open_untracked(open, only.is_some()).await {
                 added += 1;
             }
         }
@@ -222,18 +224,23 @@ impl<S: Systemd> Service<S> {
                 service: Some(crate::ledger::USER_MANAGER.into()),
                 ..SessionOpen::default()
             };
-            if self.open_untracked(open).await {
+            if self.open_untracked(open, only.is_some()).await {
                 added += 1;
             }
         }
         added
     }
 
-    /// Opens a session found on the host rather than announced by PAM.
+    /// Opens a session found on the host rather than announced by PAM
+    /// (`live`: reported by logind as it opened, not found at start-up).
     /// True when it was counted (not for exempt or unknown users).
-    async fn open_untracked(self: &Arc<Self>, open: SessionOpen) -> bool {
+    async fn open_untracked(self: &Arc<Self>, open: SessionOpen, live: bool) -> bool {
         let (uid, pid) = (open.uid, open.pid);
-        match self.session_open(None, open).await {
+        let opener = match live {
+            true => Opener::Follower,
+            false => Opener::CatchUp,
+        };
+        match self.session_open(opener, open).await {
             Ok(Response::Success(s)) if s.allocation.is_some() => true,
             Ok(_) => false,
             Err(e) => {

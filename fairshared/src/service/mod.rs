@@ -49,6 +49,7 @@ use fairshare_proto::wire::{Limits, Request, Response};
 pub use self::bursting::BurstState;
 pub use self::error::ServiceError;
 pub use self::metrics::{Counters, Refused};
+use self::sessions::Opener;
 use crate::admission::Admission;
 pub use crate::admission::Peer;
 use crate::cgroup::Cgroups;
@@ -343,7 +344,7 @@ impl<S: Systemd> Service<S> {
                 force,
             } => self.set_user(peer, user, args, release, force).await,
             Request::List => Ok(self.list().await),
-            Request::SessionOpen(s) => self.session_open(Some(peer), s).await,
+            Request::SessionOpen(s) => self.session_open(Opener::Pam(peer), s).await,
             Request::SessionClose(s) => self.session_close(s).await,
             Request::Reload => self.reload_from_disk().await,
             Request::Metrics => Ok(Response::Metrics {

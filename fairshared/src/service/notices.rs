@@ -117,36 +117,39 @@ impl<S: Systemd> Service<S> {
         Some(notice::login_line(&a, left.as_deref()))
     }
 
-    /// A session of `uid` opened: watch their slice if nobody does yet
-    /// (when it appears, if it is not there yet).
+    /// A session of `uid` opened: watch their slice unless it is watched
+    /// already (when it appears, if it is not there yet).
     /// `fresh`: the user had no session before this one (their slice came
-    /// with it; see [`watch::watch`]).
+    /// with it; see [`watch::Watchers::start`]).
     pub(super) fn events_started(self: &Arc<Self>, uid: u32, fresh: bool) {
-        if !fresh && self.notices.watchers.contains(&uid) {
-            return;
-        }
         let this = Arc::downgrade(self);
         let (root, layout) = (self.cgroups.root().to_path_buf(), self.cgroups.layout());
-        let start: watch::Start = Arc::new(move |uid, fresh| {
-            let ino = watch::slice_inode(&watch::slice_dir_of(&root, layout, uid))?;
-            let paths = Paths::for_user(&root, layout, uid);
-            let this = this.clone();
-            let task: watch::Task = Box::pin(async move {
-                let report = |found: Found| {
-                    let this = this.clone();
-                    async move {
-                        if let Some(s) = this.upgrade() {
-                            s.event_found(uid, found).await;
+        let dir_root = root.clone();
+        let start = watch::Start {
+            slice: Arc::new(move |uid| {
+                watch::slice_inode(&watch::slice_dir_of(&dir_root, layout, uid))
+            }),
+            task: Arc::new(move |uid, ino, fresh| {
+                let paths = Paths::for_user(&root, layout, uid);
+                let this = this.clone();
+                Box::pin(async move {
+                    let report = |found: Found| {
+                        let this = this.clone();
+                        async move {
+                            if let Some(s) = this.upgrade() {
+                                s.event_found(uid, found).await;
+                            }
+                        }
+                    };
+                    match watch::watch(paths, ino, fresh, report).await {
+                        End::NoSlice => tracing::debug!(uid, "no slice to watch for events"),
+                        End::SliceGone => {
+                            tracing::debug!(uid, "slice gone; its event watcher ends")
                         }
                     }
-                };
-                match watch::watch(paths, ino, fresh, report).await {
-                    End::NoSlice => tracing::debug!(uid, "no slice to watch for events"),
-                    End::SliceGone => tracing::debug!(uid, "slice gone; its event watcher ends"),
-                }
-            });
-            Some((ino, task))
-        });
+                })
+            }),
+        };
         self.notices.watchers.start(uid, start, fresh);
     }
 

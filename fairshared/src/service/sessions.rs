@@ -26,14 +26,33 @@ use crate::ledger::Change;
 use crate::proc::{self, Pidfd, Pinned, Placement, ProcessRef};
 use crate::systemd::{Systemd, slice_name};
 
+/// Who counts a session as opened.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Opener {
+    /// The PAM module, as the session opens.
+    Pam(Peer),
+    /// The daemon, from logind's report of a login (a moment after it,
+    /// sometimes before the module's call): a user with no session had
+    /// their slice made with it.
+    Follower,
+    /// The daemon, catching up at start-up or reload with sessions opened
+    /// while it was away: the user's slice may be older than this login.
+    CatchUp,
+}
+
+impl Opener {
+    fn peer(self) -> Option<Peer> {
+        match self {
+            Opener::Pam(p) => Some(p),
+            Opener::Follower | Opener::CatchUp => None,
+        }
+    }
+}
+
 impl<S: Systemd> Service<S> {
-    /// A session opened. `peer`: who asked (`None`: the daemon itself, for
-    /// sessions found on the host).
-    pub(super) async fn session_open(
-        self: &Arc<Self>,
-        peer: Option<Peer>,
-        s: SessionOpen,
-    ) -> Reply {
+    /// A session opened, counted by `opener`.
+    pub(super) async fn session_open(self: &Arc<Self>, opener: Opener, s: SessionOpen) -> Reply {
+        let peer = opener.peer();
         let (id, policy) = self.user_and_policy(s.uid).await?;
         let up = policy.for_user(&id);
         if let Some(ex) = &up.exempt {
@@ -59,11 +78,12 @@ impl<S: Systemd> Service<S> {
         let guard = self.locks.lock(id.uid).await;
         // what the slice carries now, should anyone have set it meanwhile
         self.dropins.reread_runtime(id.uid);
-        // the user's first session, announced by PAM as it opens: their
-        // slice (and its kill counts) came with it. One counted from
-        // logind's list (the daemon was down at the login) may have an
-        // older slice whose counts are old news.
-        let fresh = peer.is_some()
+        // the user's first session, announced by PAM as it opens or by
+        // logind's report of it: their slice (and its kill counts) came
+        // with it. One counted at start-up from logind's list (the daemon
+        // was down at the login) may have an older slice whose counts are
+        // old news.
+        let fresh = !matches!(opener, Opener::CatchUp)
             && self
                 .store
                 .read(|l| l.get(id.uid).is_none_or(|e| e.sessions.is_empty()));

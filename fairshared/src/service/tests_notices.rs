@@ -16,6 +16,10 @@ use crate::systemd::{Fake, LogindSession};
 use super::tests::Table;
 
 fn service(policy: &str) -> Arc<Service<Fake>> {
+    service_in(policy, Cgroups::detect("/nonexistent-cgroup-root"))
+}
+
+fn service_in(policy: &str, cgroups: Cgroups) -> Arc<Service<Fake>> {
     let ids = ["root", "alice", "bob"]
         .iter()
         .zip([0, 1001, 1002])
@@ -33,7 +37,7 @@ fn service(policy: &str) -> Arc<Service<Fake>> {
             cpus: Cpus::whole(16),
             mem: Bytes(64 << 30),
         },
-        Cgroups::detect("/nonexistent-cgroup-root"),
+        cgroups,
         None,
     ))
 }
@@ -352,4 +356,98 @@ async fn the_login_line_offers_nothing_above_roots_setting() {
         ok.login_line.as_deref(),
         Some("fairshare: 1 CPU, 8G memory, 4096 tasks on this host (the most you may have here)")
     );
+}
+
+/// A cgroup v2 root in a temporary directory, with alice's slice counting
+/// `kills` OOM kills at its own limit; made anew (another inode) when
+/// there already.
+fn v2_slice(root: &std::path::Path, kills: u64) {
+    let dir = root.join("user.slice/user-1001.slice");
+    let next = root.join("next-slice");
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    for f in ["memory.events", "memory.events.local"] {
+        let own = if f == "memory.events" { kills } else { 0 };
+        std::fs::write(
+            next.join(f),
+            format!("low 0\nhigh 0\nmax 0\noom {kills}\noom_kill {own}\n"),
+        )
+        .unwrap();
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    std::fs::rename(&next, &dir).unwrap();
+}
+
+/// The OOM kills recorded for alice, once `want` are (at most 10 s).
+async fn kills_recorded(s: &Arc<Service<Fake>>, want: u32) -> u32 {
+    let count = || {
+        s.notices
+            .events(1001, None)
+            .iter()
+            .filter(|e| e.kind == EventKind::OomKill)
+            .map(|e| e.count)
+            .sum::<u32>()
+    };
+    for _ in 0..200 {
+        if count() >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    count()
+}
+
+/// A login logind reports before the PAM module's call reaches the daemon
+/// (a slow login: the follower counts it first) is a first session all
+/// the same: a kill in its slice before any watcher was there is an event,
+/// once. Counted at start-up instead, the same kill is old news.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_logind_reports_first_is_watched_from_its_start() {
+    for live in [true, false] {
+        let t = tempfile::tempdir().unwrap();
+        v2_slice(t.path(), 1);
+        let s = service_in(POLICY, Cgroups::detect(t.path()));
+        s.systemd().sessions.lock().unwrap().push(LogindSession {
+            id: "7".into(),
+            uid: 1001,
+            user: "alice".into(),
+            leader: std::process::id(),
+            ..LogindSession::default()
+        });
+        s.reconcile(live.then_some(1001)).await;
+        assert!(s.notices.watchers.contains(&1001));
+        let want = u32::from(live);
+        assert_eq!(kills_recorded(&s, want).await, want, "live {live}");
+        // the module's own call comes after: nothing more
+        send(&s, 0, &open_line(1001)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(kills_recorded(&s, want).await, want, "live {live}");
+    }
+}
+
+/// The slice of the user's last login, whose watcher still runs (on v2
+/// nothing wakes it when the slice goes), and a new login whose first
+/// session was counted before the last one's were counted down (logind's
+/// report first, or a user manager slow to exit): the new slice is another
+/// slice, watched at once, and its kills from before the watcher are this
+/// login's. The issue-14 relogins, the v2 guest's failing case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_slice_is_watched_whoever_counted_the_login() {
+    let t = tempfile::tempdir().unwrap();
+    v2_slice(t.path(), 0);
+    let s = service_in(POLICY, Cgroups::detect(t.path()));
+    send(&s, 0, &open_line(1001)).await;
+    assert!(s.notices.watchers.contains(&1001));
+    // the next login's slice, with its kill, while the session is counted
+    v2_slice(t.path(), 1);
+    s.events_started(1001, false);
+    assert_eq!(kills_recorded(&s, 1).await, 1);
+    // more sessions on that slice: nothing more
+    s.events_started(1001, false);
+    s.events_started(1001, true);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(kills_recorded(&s, 1).await, 1);
 }
