@@ -13,12 +13,16 @@
 //! |---|---|---|
 //! | memory | `memory.events`, epoll `EPOLLPRI` (edge; re-armed by reading it) | an eventfd on `memory.oom_control` (`cgroup.event_control`) |
 //! | CPU and memory stalls | PSI triggers on `cpu.pressure`, `memory.pressure` | a PSI trigger on the `unified` tree's `cpu.pressure` (hybrid) |
+//! | the slice emptying | `cgroup.events`, epoll `EPOLLPRI` (`populated 0`) | (the eventfd fires at removal) |
 //! | neither possible | a sample every [`FALLBACK_SAMPLE`] | the same |
 //!
 //! Nothing is polled in a loop while nothing happens: an idle user costs no
 //! wake-ups at all. After a memory wake-up the watcher pauses
 //! [`DEBOUNCE`] (page cache at the limit makes `memory.events` change
-//! hundreds of times a second); a throttled slice is sampled every
+//! hundreds of times a second), except that on v2 the slice emptying ends
+//! the pause: its counters are read then, before systemd removes the slice
+//! and its counters with it (an `ssh host cmd` whose growth woke the
+//! watcher, killed in the pause); a throttled slice is sampled every
 //! [`throttle::SAMPLE_EVERY`] while it is hot. Kills that come within
 //! [`GATHER`] of each other are one report. The decisions are the pure
 //! parts' ([`oom`], [`throttle`]); see `docs/design/notices.md` for the
@@ -376,6 +380,9 @@ struct Watcher {
     memory: MemoryWake,
     psi_cpu: Option<Pollable>,
     psi_memory: Option<Pollable>,
+    /// v2: the slice's `cgroup.events`, which wakes when its last process
+    /// exits (`populated 0`), before systemd removes it.
+    emptied: Option<Pollable>,
     v2: Option<SliceOoms>,
     v1: V1SliceOoms,
     /// Kills in a fresh slice before the watcher was set up.
@@ -504,6 +511,12 @@ impl Watcher {
         };
         let psi_cpu = trigger(&paths.cpu_pressure);
         let psi_memory = trigger(&paths.memory_pressure);
+        let emptied = match paths.layout {
+            Layout::Unified => File::open(dir.join("cgroup.events"))
+                .ok()
+                .and_then(|f| pollable(f).ok()),
+            Layout::Hybrid | Layout::Legacy => None,
+        };
         let mut w = Watcher {
             v2: None,
             v1: V1SliceOoms::new(None),
@@ -519,6 +532,7 @@ impl Watcher {
             memory,
             psi_cpu,
             psi_memory,
+            emptied,
         };
         match w.paths.layout {
             Layout::Unified => {
@@ -768,6 +782,26 @@ impl Watcher {
         }
     }
 
+    /// v2: `cgroup.events` woke (the slice emptied, most likely, and
+    /// systemd is about to remove it): the kills counted so far, read now
+    /// while the counters are still there.
+    async fn on_emptied(&mut self, problem: bool) -> Option<Found> {
+        match &self.emptied {
+            Some(f) if !problem => {
+                reread(f.get_ref());
+            }
+            _ => self.emptied = None,
+        }
+        if self.gone() {
+            return None;
+        }
+        let count = self.v2_kills().await;
+        (count > 0).then_some(Found::OomKills {
+            count,
+            slice: self.slice,
+        })
+    }
+
     async fn run<F, Fut>(&mut self, report: &F) -> End
     where
         F: Fn(Found) -> Fut,
@@ -801,7 +835,18 @@ impl Watcher {
                     if self.gone() {
                         return End::SliceGone;
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
+                    // A pause, except for the slice emptying: a kill in the
+                    // pause (the hog whose growth woke this) is read before
+                    // systemd removes the slice, which takes its counters.
+                    tokio::select! {
+                        _ = tokio::time::sleep(DEBOUNCE) => {}
+                        problem = woken(self.emptied.as_ref()) => {
+                            found.extend(self.on_emptied(problem).await);
+                        }
+                    }
+                }
+                problem = woken(self.emptied.as_ref()) => {
+                    found.extend(self.on_emptied(problem).await);
                 }
                 problem = woken(self.psi_cpu.as_ref()) => {
                     if self.gone() {
