@@ -93,7 +93,7 @@ struct Model {
     /// fairshare's U files on disk.
     users: HashMap<u32, Entry>,
     /// Runtime control files of managed keys, with their values.
-    runtime: HashMap<u32, Values>,
+    runtime: HashMap<u32, Runtime>,
     /// What systemd alone gives a user slice (its `10-defaults.conf`).
     own: Values,
     /// U files still to write: the base, and why (the file's first line).
@@ -105,6 +105,45 @@ struct Model {
     verified: std::collections::HashSet<u32>,
     /// The files a reload is about to write ([`DropIns::expect`]).
     next: Option<Plan>,
+}
+
+/// One user's runtime values: a few keys, kept as a short sorted list with
+/// room for what it holds (a B-tree map's node would cost about 200 bytes
+/// per user; 100 000 users set by root each have some).
+#[derive(Debug, Default)]
+struct Runtime(Vec<(Key, Option<Value>)>);
+
+impl Runtime {
+    fn iter(&self) -> std::slice::Iter<'_, (Key, Option<Value>)> {
+        self.0.iter()
+    }
+
+    fn insert(&mut self, k: Key, v: Option<Value>) {
+        match self.0.binary_search_by_key(&k, |(x, _)| *x) {
+            Ok(i) => self.0[i].1 = v,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (k, v));
+            }
+        }
+    }
+
+    /// Inserts unless `k` has a value already.
+    fn keep_or_insert(&mut self, k: Key, v: Option<Value>) {
+        if self.0.binary_search_by_key(&k, |(x, _)| *x).is_err() {
+            self.insert(k, v);
+        }
+    }
+
+    fn remove(&mut self, k: &Key) {
+        if let Ok(i) = self.0.binary_search_by_key(k, |(x, _)| *x) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// fairshare's drop-ins, on disk and in memory; see the module's doc.
@@ -173,7 +212,7 @@ impl DropIns {
         for (uid, values) in runtime {
             let r = m.runtime.entry(uid).or_default();
             for (k, v) in values {
-                r.entry(k).or_insert(v);
+                r.keep_or_insert(k, v);
             }
         }
         m.own = own;
@@ -210,7 +249,7 @@ impl DropIns {
     fn in_force_of(m: &Model, uid: u32) -> Values {
         let mut v = Self::file_values(m, uid);
         if let Some(r) = m.runtime.get(&uid) {
-            for (k, x) in r {
+            for (k, x) in r.iter() {
                 v.insert(*k, *x);
             }
         }
@@ -238,7 +277,7 @@ impl DropIns {
         let now = Self::in_force_of(&m, uid);
         let then = Self::next_files(&m, uid).map(|mut v| {
             if let Some(r) = m.runtime.get(&uid) {
-                for (k, x) in r {
+                for (k, x) in r.iter() {
                     v.insert(*k, *x);
                 }
             }

@@ -218,7 +218,7 @@ impl Grant {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_list")]
     pub sessions: Vec<SessionInfo>,
     /// The user's own resize: the fields they asked for. (Boxed, as
     /// `admin`: most users have neither, and an entry is kept per user.)
@@ -246,6 +246,34 @@ pub struct Entry {
     /// oldest open session then stands in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logged_in_at: Option<u64>,
+}
+
+/// A list of one read with room for one: serde's `Vec` makes room for four
+/// at the first element, and most users have one session (shrinking it
+/// afterwards would leave the rest as holes in the heap).
+fn exact_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Exact<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Exact<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut v = Vec::new();
+            while let Some(x) = seq.next_element()? {
+                if v.capacity() == 0 {
+                    v.reserve_exact(1);
+                }
+                v.push(x);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Exact(std::marker::PhantomData))
 }
 
 impl Entry {
@@ -1022,11 +1050,18 @@ impl Ledger {
             .users
             .entry(uid)
             .or_insert_with(|| Box::new(Entry::new(name, up.default)));
-        entry.name = name.to_string();
+        if entry.name != name {
+            entry.name = name.to_string();
+        }
         // A pid can only hold one session; a reused pid replaces a stale record.
         entry.sessions.retain(|x| x.pid != s.pid);
         if holding(&s) && !entry.logged_in() {
             entry.logged_in_at = Some(s.opened_at);
+        }
+        // room for this one only (a first push makes room for four: most
+        // users have one session, and a record is about 130 bytes)
+        if entry.sessions.capacity() == 0 {
+            entry.sessions.reserve_exact(1);
         }
         entry.sessions.push(s);
         let first = entry.sessions.len() == 1;

@@ -13,7 +13,8 @@
 //!   file and the save generation), [`locks`] (per-user locks),
 //!   [`identity`] (user lookups and their cache), [`admission`] (root-only
 //!   requests and rate limits, before dispatch), [`tasks`] (background tasks
-//!   by key: process watchers, lease timers).
+//!   by key: lease timers, event watchers), [`exits`] (session processes
+//!   watched for their end: one epoll set, one task).
 //! * [`systemd`]: the [`systemd::Systemd`] trait and its D-Bus
 //!   implementation (and, for tests, an in-memory fake).
 //! * [`server`]: the Unix socket and `SO_PEERCRED`; [`health`]: whether the
@@ -38,6 +39,7 @@ pub mod cpu_window;
 pub mod defaults;
 pub mod dropin;
 pub mod events;
+pub mod exits;
 pub mod guarantees;
 pub mod health;
 pub mod host;

@@ -19,7 +19,7 @@ const WEIGHT_EXPECTED: &str = "a weight from 1 to 10000 such as 100 (the default
 /// and an IO weight as `blkio.bfq.weight`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Weight(u64);
+pub struct Weight(u16);
 
 impl Weight {
     pub const MIN: Weight = Weight(1);
@@ -29,13 +29,19 @@ impl Weight {
 
     /// A weight, if `v` is within 1..=10000.
     pub fn new(v: u64) -> Option<Weight> {
-        (Weight::MIN.0..=Weight::MAX.0)
+        (Weight::MIN.get()..=Weight::MAX.get())
             .contains(&v)
-            .then_some(Weight(v))
+            .then(|| Weight::within(v))
     }
 
     pub const fn get(self) -> u64 {
-        self.0
+        self.0 as u64
+    }
+
+    /// `v`, already checked to be within 1..=10000 (kept in 16 bits: a
+    /// user's record holds several).
+    fn within(v: u64) -> Weight {
+        Weight(u16::try_from(v).unwrap_or(u16::MAX))
     }
 }
 
@@ -49,7 +55,14 @@ impl FromStr for Weight {
     type Err = ValueError;
 
     fn from_str(s: &str) -> Result<Weight, ValueError> {
-        whole::parse(s, "weight", WEIGHT_EXPECTED, Weight::MIN.0, Weight::MAX.0).map(Weight)
+        whole::parse(
+            s,
+            "weight",
+            WEIGHT_EXPECTED,
+            Weight::MIN.get(),
+            Weight::MAX.get(),
+        )
+        .map(Weight::within)
     }
 }
 
@@ -70,10 +83,11 @@ impl Quantity for Weight {
     /// Never valid; what an answer decodes `0` to.
     const ZERO: Self = Weight(0);
     fn from_number(value: f64) -> Result<Self, ValueError> {
-        whole::from_f64(value, WEIGHT_EXPECTED, Weight::MIN.0, Weight::MAX.0).map(Weight)
+        whole::from_f64(value, WEIGHT_EXPECTED, Weight::MIN.get(), Weight::MAX.get())
+            .map(Weight::within)
     }
     fn from_u64(value: u64) -> Result<Self, ValueError> {
-        whole::from_u64(value, Weight::MIN.0, Weight::MAX.0).map(Weight)
+        whole::from_u64(value, Weight::MIN.get(), Weight::MAX.get()).map(Weight::within)
     }
 }
 

@@ -70,6 +70,10 @@ impl<S: Systemd> Service<S> {
         self.reconcile(None).await;
         self.caught_up.send_replace(true);
         self.bursting.poke();
+        // the start-up's passes over every user are over: give back the
+        // memory they used for a while (the state file read, a write per
+        // user), which the allocator would otherwise keep
+        let _ = tokio::task::spawn_blocking(crate::host::give_back_heap).await;
     }
 
     /// Reads what every slice logind knows really carries, once at start: a
@@ -149,7 +153,7 @@ impl<S: Systemd> Service<S> {
         for (uid, p) in tracked {
             if !p.is_running() {
                 self.session_ended(uid, p.pid).await;
-            } else if !self.watchers.contains(&p.pid) {
+            } else if !self.exits.contains(p.pid) {
                 self.watch(uid, p.pid, p.pidfd());
             }
         }

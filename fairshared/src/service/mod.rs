@@ -8,7 +8,8 @@
 //! | [`UserLocks`] | one async lock per user, held across a change to them (not its save) |
 //! | [`Identities`] | the user directory (NSS) and a short cache of lookups |
 //! | [`Admission`] | root-only kinds and per-user rate limits, before dispatch |
-//! | [`Tasks`] | session process watchers (by pid), lease timers (by uid) |
+//! | [`Exits`] | session processes watched for their end (one epoll set, one task) |
+//! | [`Tasks`] | lease timers (by uid) |
 //! | [`Counters`] | what the metrics count |
 //! | [`Notices`] | events: history, notices choices, event watchers (by uid) |
 //! | [`CpuWindow`] | recent samples of each slice's CPU time (CPU "now") |
@@ -57,6 +58,7 @@ use crate::cpu_window::CpuWindow;
 use crate::defaults::DropIns;
 use crate::dropin::Layout;
 use crate::events::hub::Notices;
+use crate::exits::Exits;
 use crate::identity::{Behalf, Identities};
 pub use crate::identity::{Directory, IDENTITY_TTL, Nss};
 use crate::ledger::{Actor, Change, Entry, Ledger};
@@ -139,8 +141,8 @@ pub struct Service<S: Systemd> {
     adopt_slots: UserSlots,
     identities: Identities,
     admission: Admission,
-    /// Watches on session processes, by pid (see [`crate::proc`]).
-    watchers: Tasks<u32>,
+    /// Session processes watched for their end, by pid.
+    exits: Exits,
     /// Lease timers, by uid.
     leases: Tasks<u32>,
     counters: Counters,
@@ -189,7 +191,7 @@ impl<S: Systemd> Service<S> {
             adopt_slots: UserSlots::new(ADOPTS_PER_USER),
             identities: Identities::new(directory),
             admission: Admission::default(),
-            watchers: Tasks::default(),
+            exits: Exits::default(),
             leases: Tasks::default(),
             counters: Counters::default(),
             dropins: Arc::new(DropIns::default()),

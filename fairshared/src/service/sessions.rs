@@ -22,6 +22,7 @@ use fairshare_policy::Identity;
 use fairshare_proto::wire::{Response, SessionClose, SessionInfo, SessionOpen, Success};
 
 use super::{OnRefusal, Peer, Reply, Service, ServiceError};
+use crate::exits::OnExit;
 use crate::ledger::Change;
 use crate::proc::{self, Pidfd, Pinned, Placement, ProcessRef};
 use crate::systemd::{Systemd, slice_name};
@@ -220,7 +221,7 @@ impl<S: Systemd> Service<S> {
         let change = self
             .store
             .mutate(|l| l.close_session(id.uid, s.pid, session_id.as_deref(), &up));
-        self.watchers.cancel(&s.pid);
+        self.exits.cancel(s.pid);
         self.counters
             .sessions_closed
             .fetch_add(1, Ordering::Relaxed);
@@ -291,8 +292,17 @@ impl<S: Systemd> Service<S> {
     /// `close_session` (a crashed sshd, `kill -9`): watches `fd`, a pidfd on
     /// the session's process; `None`: it is gone already, count it down now.
     pub(super) fn watch(self: &Arc<Self>, uid: u32, pid: u32, fd: Option<Pidfd>) {
-        self.watchers
-            .spawn(pid, watcher(Arc::downgrade(self), uid, pid, fd));
+        let this = Arc::downgrade(self);
+        let on_exit = move || -> OnExit {
+            Arc::new(move |uid, pid| {
+                if let Some(service) = this.upgrade() {
+                    tokio::spawn(async move { service.session_ended(uid, pid).await });
+                }
+            })
+        };
+        if let Err(e) = self.exits.watch(uid, pid, fd, on_exit) {
+            tracing::warn!(pid, error = %e, "cannot watch a session process");
+        }
     }
 
     /// A session process ended; forget its session (if still counted).
@@ -326,33 +336,6 @@ impl<S: Systemd> Service<S> {
         };
         if let Err(e) = self.session_close(close).await {
             tracing::error!(uid, pid, error = %e, "could not count down an ended session");
-        }
-    }
-}
-
-/// The task that waits for a session process to end: one per session, so
-/// its size is what every session costs the daemon while it waits (10 000
-/// sessions: 10 000 of them). The count-down after the end is boxed: it is
-/// a large future (the whole close path), needed once, at the end. Written
-/// out as `impl Future + Send + 'static` so the bound is checked here.
-#[allow(clippy::manual_async_fn)]
-fn watcher<S: Systemd>(
-    this: std::sync::Weak<Service<S>>,
-    uid: u32,
-    pid: u32,
-    fd: Option<Pidfd>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        if let Some(fd) = fd
-            && let Err(e) = fd.exited().await
-        {
-            tracing::warn!(pid, error = %e, "cannot watch a session process");
-            return;
-        }
-        if let Some(service) = this.upgrade() {
-            // The watch is over: out of the table before the count-down.
-            service.watchers.cancel(&pid);
-            Box::pin(service.session_ended(uid, pid)).await;
         }
     }
 }
@@ -520,16 +503,5 @@ mod tests {
             None
         );
         assert_eq!(confirmed_session(&alice(), 42, Some("5"), None), None);
-    }
-
-    use crate::systemd::Fake;
-
-    #[test]
-    fn a_waiting_session_watcher_is_small() {
-        // What every tracked session costs while it waits (the task holds
-        // its future's largest state for its whole life).
-        let f = watcher::<Fake>(std::sync::Weak::new(), 1, 1, None);
-        let size = std::mem::size_of_val(&f);
-        assert!(size <= 256, "a session watcher's future is {size} bytes");
     }
 }
