@@ -441,6 +441,9 @@ async fn a_new_slice_is_watched_whoever_counted_the_login() {
     let s = service_in(POLICY, Cgroups::detect(t.path()));
     send(&s, 0, &open_line(1001)).await;
     assert!(s.notices.watchers.contains(&1001));
+    // its watcher past its first look at the slice (else it ends at once,
+    // seeing the next one, and nothing runs)
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     // the next login's slice, with its kill, while the session is counted
     v2_slice(t.path(), 1);
     s.events_started(1001, false);
