@@ -581,6 +581,31 @@ impl Watcher {
         )
     }
 
+    /// v2: [`Watcher::memory_events`], `None` when the slice's own
+    /// counters could not be read (it is gone).
+    fn memory_events_of_slice(&self) -> Option<(MemoryEvents, MemoryEvents)> {
+        let sub = match &self.memory {
+            MemoryWake::Events(fd) => reread(fd.get_ref())?,
+            // read by path: from this slice, not one made anew at it since
+            _ => {
+                let text = self.paths.memory_events.as_deref().and_then(kernfs::read)?;
+                if self.gone() {
+                    return None;
+                }
+                text
+            }
+        };
+        let local = self
+            .paths
+            .memory_events_local
+            .as_deref()
+            .and_then(kernfs::read);
+        Some((
+            MemoryEvents::parse(&sub),
+            MemoryEvents::parse(local.as_deref().unwrap_or("")),
+        ))
+    }
+
     /// v1: `memory.failcnt` of the slice (`None`: gone).
     fn failcnt(&self) -> Option<u64> {
         let n = kernfs::read_u64(&self.dir.join("memory.failcnt"));
@@ -676,9 +701,11 @@ impl Watcher {
         let mut kills = 0;
         let mut gather_until: Option<Instant> = None;
         loop {
-            let (sub, local) = self.memory_events();
+            // nothing from a slice removed meanwhile: its zeros would
+            // restart the count (and an OOM waiting for its kill with it)
+            let read = self.memory_events_of_slice();
             let now = Instant::now();
-            if let Some(o) = self.v2.as_mut() {
+            if let (Some(o), Some((sub, local))) = (self.v2.as_mut(), read) {
                 kills += o.update(sub, local, now.into_std());
             }
             if kills > 0 && gather_until.is_none() {
@@ -691,7 +718,12 @@ impl Watcher {
             if (!waiting && !gathering) || self.gone() {
                 return kills;
             }
-            tokio::time::sleep(REREAD).await;
+            // read again soon, or at once when the slice empties (systemd
+            // is about to remove it, counters and all)
+            tokio::select! {
+                _ = tokio::time::sleep(REREAD) => {}
+                problem = woken(self.emptied.as_ref()) => self.rearm_emptied(problem),
+            }
         }
     }
 
@@ -782,16 +814,22 @@ impl Watcher {
         }
     }
 
-    /// v2: `cgroup.events` woke (the slice emptied, most likely, and
-    /// systemd is about to remove it): the kills counted so far, read now
-    /// while the counters are still there.
-    async fn on_emptied(&mut self, problem: bool) -> Option<Found> {
+    /// v2: `cgroup.events` woke: read it again (which re-arms it), or stop
+    /// waiting on it if it reported an error (its cgroup is gone).
+    fn rearm_emptied(&mut self, problem: bool) {
         match &self.emptied {
             Some(f) if !problem => {
                 reread(f.get_ref());
             }
             _ => self.emptied = None,
         }
+    }
+
+    /// v2: `cgroup.events` woke (the slice emptied, most likely, and
+    /// systemd is about to remove it): the kills counted so far, read now
+    /// while the counters are still there.
+    async fn on_emptied(&mut self, problem: bool) -> Option<Found> {
+        self.rearm_emptied(problem);
         if self.gone() {
             return None;
         }
@@ -810,6 +848,8 @@ impl Watcher {
         let mut next = self.next_sample();
         loop {
             let mut found = Vec::new();
+            // the slice went while a wake-up was handled: report, then end
+            let mut ended = false;
             tokio::select! {
                 count = self.memory_woken() => {
                     let kills = match (&self.memory, count) {
@@ -842,11 +882,13 @@ impl Watcher {
                         _ = tokio::time::sleep(DEBOUNCE) => {}
                         problem = woken(self.emptied.as_ref()) => {
                             found.extend(self.on_emptied(problem).await);
+                            ended = self.gone();
                         }
                     }
                 }
                 problem = woken(self.emptied.as_ref()) => {
                     found.extend(self.on_emptied(problem).await);
+                    ended = self.gone();
                 }
                 problem = woken(self.psi_cpu.as_ref()) => {
                     if self.gone() {
@@ -901,6 +943,9 @@ impl Watcher {
             }
             for f in found {
                 report(f).await;
+            }
+            if ended {
+                return End::SliceGone;
             }
             next = self.next_sample();
         }
