@@ -309,11 +309,16 @@ impl<S: Systemd> Service<S> {
     pub(super) async fn session_ended(self: &Arc<Self>, uid: u32, pid: u32) {
         let counted = self.store.read(|l| {
             l.get(uid)
-                .and_then(|e| e.session_of(pid).map(|s| s.service.clone()))
+                .and_then(|e| e.session_of(pid).map(|s| (s.service.clone(), s.start_time)))
         });
-        let Some(service) = counted else {
+        let Some((service, started)) = counted else {
             return;
         };
+        // The pid taken again by a session counted since (this end told
+        // late, behind the user's own requests): that one lives on.
+        if started.is_some() && proc::start_time(pid) == started {
+            return;
+        }
         self.counters.sessions_ended.fetch_add(1, Ordering::Relaxed);
         match service.as_deref() {
             // a user manager's session is never closed through PAM as root

@@ -1639,3 +1639,31 @@ async fn the_first_look_shows_cpu_now_over_a_short_window() {
     assert!(st.usage.cpu_recent.is_some());
     assert_eq!(t1.elapsed(), std::time::Duration::ZERO);
 }
+
+/// The end of a session process told late (behind the user's own
+/// requests), when its pid is a live session process again, counted since:
+/// that session is not counted down.
+#[tokio::test]
+async fn a_late_end_does_not_count_down_the_session_that_took_its_pid() {
+    let s = service();
+    let me = std::process::id();
+    success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1001,"pid":{me},"service":"sshd"}}"#),
+        )
+        .await,
+    );
+    let started = s.ledger().get(1001).unwrap().sessions[0].start_time;
+    assert!(
+        started.is_some(),
+        "the session's process start time is recorded"
+    );
+    s.session_ended(1001, me).await;
+    assert_eq!(
+        s.ledger().get(1001).unwrap().sessions.len(),
+        1,
+        "still counted"
+    );
+}
