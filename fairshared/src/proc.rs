@@ -211,6 +211,16 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat_field(&stat(pid)?, 19)?.parse().ok()
 }
 
+/// The start time of `pid` when it is still running: `None` when it is
+/// gone or a zombie (ended, not yet reaped by its parent).
+pub fn running_since(pid: u32) -> Option<u64> {
+    let stat = stat(pid)?;
+    match stat_field(&stat, 0) {
+        Some("Z" | "X") | None => None,
+        Some(_) => stat_field(&stat, 19)?.parse().ok(),
+    }
+}
+
 /// Whether a process is still alive (and not a zombie).
 pub fn alive(pid: u32) -> bool {
     match stat(pid) {

@@ -315,8 +315,10 @@ impl<S: Systemd> Service<S> {
             return;
         };
         // The pid taken again by a session counted since (this end told
-        // late, behind the user's own requests): that one lives on.
-        if started.is_some() && proc::start_time(pid) == started {
+        // late, behind the user's own requests): that one lives on. (The
+        // ended process itself may still be a zombie, with the same start
+        // time, until its parent reaps it: it is not running.)
+        if started.is_some() && proc::running_since(pid) == started {
             return;
         }
         self.counters.sessions_ended.fetch_add(1, Ordering::Relaxed);

@@ -1667,3 +1667,37 @@ async fn a_late_end_does_not_count_down_the_session_that_took_its_pid() {
         "still counted"
     );
 }
+
+/// A session process killed and not yet reaped by its parent (a zombie,
+/// with its pid and start time still in /proc) is counted down all the
+/// same: the new-admin try's `kill -KILL` of sshd's session processes.
+#[tokio::test]
+async fn a_session_whose_process_is_a_zombie_is_counted_down() {
+    let s = service();
+    let child = std::process::Command::new("sleep")
+        .arg("0.3")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    success(
+        send(
+            &s,
+            0,
+            &format!(r#"{{"type":"session_open","uid":1001,"pid":{pid},"service":"sshd"}}"#),
+        )
+        .await,
+    );
+    // the child is not waited for: it stays a zombie while the daemon hears of its end
+    for _ in 0..100 {
+        if s.ledger().get(1001).is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| st.contains(") Z ")),
+        "still a zombie"
+    );
+    assert!(s.ledger().get(1001).is_none(), "counted down");
+    drop(child);
+}
