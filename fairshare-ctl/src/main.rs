@@ -19,6 +19,17 @@ const EXIT_UNREACHABLE: u8 = 3;
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // Output into a pipe that closed (`fairshare-ctl events --json | head`)
+    // ends the program quietly, as for other command-line tools, instead
+    // of a panic in `println!`.
+    // SAFETY: at the start of main, before any other thread; SIG_DFL is
+    // not a handler, so nothing runs in signal context.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = Cli::parse();
     let request = match &cli.command {
         Command::Check { policy } => {

@@ -141,3 +141,34 @@ fn status_takes_the_user_by_position() {
     // not a root-only command: the daemon's own text
     assert!(text(&out.stderr).contains("only root can see another user's"));
 }
+
+/// Output into a pipe its reader closed (`fairshare-ctl … | head`) ends
+/// the program quietly, the way other tools end: no panic, no exit 101.
+#[test]
+fn a_closed_pipe_ends_it_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let policy = dir.path().join("50-site.yaml");
+    std::fs::write(
+        &policy,
+        "defaults: {cpu: 2, mem: 4G}\nmax: {cpu: 4, mem: 8G}\n",
+    )
+    .expect("policy");
+    // `check` prints with println!, which panics on a closed pipe by default
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fairshare-ctl"))
+        .arg("check")
+        .arg(&policy)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.signal() == Some(13) || out.status.success(),
+        "{:?}: {err}",
+        out.status
+    );
+}

@@ -117,6 +117,10 @@ pub fn notice(event: &Event, allowance: Option<&Allowance>, held: u32) -> Vec<St
         }
     };
     let second = match allowance.map(|a| remedy(event.kind, a)) {
+        // the soft limit is not resized by itself: it follows the memory
+        Some(Remedy::Resize { command, up_to }) if event.kind == EventKind::MemoryStall => {
+            format!("  You may raise your memory up to {up_to}, the soft limit with it: {command}")
+        }
         Some(Remedy::Resize { command, up_to }) => {
             format!("  You may raise it up to {up_to}: {command}")
         }
@@ -442,7 +446,7 @@ mod tests {
         );
         assert_eq!(
             l[1],
-            "  You may raise it up to 32G: fairshare-ctl resize --mem 16G"
+            "  You may raise your memory up to 32G, the soft limit with it: fairshare-ctl resize --mem 16G"
         );
         for line in l {
             assert!(line.len() <= MAX_LINE);
