@@ -536,7 +536,7 @@ impl Watcher {
         };
         match w.paths.layout {
             Layout::Unified => {
-                let (sub, local) = w.memory_events();
+                let (sub, local) = w.memory_events().unwrap_or_default();
                 w.v2 = Some(match fresh {
                     // from zero: what the slice counted is this login's
                     true => {
@@ -564,26 +564,10 @@ impl Watcher {
         w
     }
 
-    /// v2: the subtree and local memory events (zeros where unreadable).
-    fn memory_events(&self) -> (MemoryEvents, MemoryEvents) {
-        let sub = match &self.memory {
-            MemoryWake::Events(fd) => reread(fd.get_ref()),
-            _ => self.paths.memory_events.as_deref().and_then(kernfs::read),
-        };
-        let local = self
-            .paths
-            .memory_events_local
-            .as_deref()
-            .and_then(kernfs::read);
-        (
-            MemoryEvents::parse(sub.as_deref().unwrap_or("")),
-            MemoryEvents::parse(local.as_deref().unwrap_or("")),
-        )
-    }
-
-    /// v2: [`Watcher::memory_events`], `None` when the slice's own
-    /// counters could not be read (it is gone).
-    fn memory_events_of_slice(&self) -> Option<(MemoryEvents, MemoryEvents)> {
+    /// v2: the subtree and local memory events (zeros where the local ones
+    /// are unreadable); `None` when the slice's own counters could not be
+    /// read (it is gone).
+    fn memory_events(&self) -> Option<(MemoryEvents, MemoryEvents)> {
         let sub = match &self.memory {
             MemoryWake::Events(fd) => reread(fd.get_ref())?,
             // read by path: from this slice, not one made anew at it since
@@ -703,7 +687,7 @@ impl Watcher {
         loop {
             // nothing from a slice removed meanwhile: its zeros would
             // restart the count (and an OOM waiting for its kill with it)
-            let read = self.memory_events_of_slice();
+            let read = self.memory_events();
             let now = Instant::now();
             if let (Some(o), Some((sub, local))) = (self.v2.as_mut(), read) {
                 kills += o.update(sub, local, now.into_std());
