@@ -292,7 +292,7 @@ pub fn daemon(socket: &Path, state_dir: &Path, users: u32, save_at_stop: bool) -
         let _ = server.await;
         service.flush().await?;
         if save_at_stop {
-            StateFile::open(state_dir)?.save(&StateFile::encode(&service.ledger()))?;
+            StateFile::open(state_dir)?.save(&StateFile::encode(&service.ledger())?)?;
         }
         Ok(())
     })

@@ -644,6 +644,13 @@ impl Ledger {
         Ledger::default()
     }
 
+    /// A ledger from saved entries, checked as on every load (see
+    /// `try_from`).
+    pub fn from_saved(users: Vec<(u32, Box<Entry>)>) -> Result<Ledger, Invalid> {
+        let users = users.into_iter().collect();
+        Ledger::try_from(Stored { users })
+    }
+
     pub fn get(&self, uid: u32) -> Option<&Entry> {
         self.users.get(&uid).map(|e| &**e)
     }

@@ -1,10 +1,15 @@
-//! The ledger on disk: one JSON file, replaced atomically.
+//! The ledger on disk: one file, `state.bin`, replaced atomically.
 //!
-//! A save writes `state.json.tmp`, flushes it to disk, renames it over
-//! `state.json` and flushes the directory, so a crash at any point leaves
+//! A save writes `state.bin.tmp`, flushes it to disk, renames it over
+//! `state.bin` and flushes the directory, so a crash at any point leaves
 //! either the old file or the new one, never a torn one. A file that cannot
 //! be read is moved aside (never deleted) and the daemon starts from an empty
-//! ledger, rebuilt from logind and the policy.
+//! ledger, rebuilt from logind and the policy. The layout is in [`disk`].
+//!
+//! Before it, fairshared kept the ledger as JSON in `state.json`: that file
+//! is read when there is no `state.bin`, and removed by the first save.
+
+mod disk;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -13,14 +18,15 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::ledger::Ledger;
 
-const VERSION: u32 = 1;
+/// The version of the JSON file older fairshared wrote.
+const JSON_VERSION: u32 = 1;
 
-#[derive(Serialize, Deserialize)]
-struct OnDisk {
+#[derive(Deserialize)]
+struct JsonOnDisk {
     version: u32,
     ledger: Ledger,
 }
@@ -30,6 +36,8 @@ struct OnDisk {
 pub struct StateFile {
     dir: PathBuf,
     path: PathBuf,
+    /// The JSON file of older versions.
+    json: PathBuf,
 }
 
 /// What was found on disk at start.
@@ -92,7 +100,8 @@ impl StateFile {
             })?;
         Ok(StateFile {
             dir: dir.to_path_buf(),
-            path: dir.join("state.json"),
+            path: dir.join("state.bin"),
+            json: dir.join("state.json"),
         })
     }
 
@@ -100,55 +109,48 @@ impl StateFile {
         &self.path
     }
 
+    /// Reads `state.bin`, or else an older fairshared's `state.json`.
     pub fn load(&self) -> io::Result<Loaded> {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Empty),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("reading {}: {e}", self.path.display()),
-                ));
-            }
+        if let Some(bytes) = read(&self.path)? {
+            return match disk::decode(&bytes) {
+                Ok(l) => Ok(Loaded::Ledger(l)),
+                Err(reason) => self.move_aside(&self.path, "state.bin", reason),
+            };
+        }
+        let Some(bytes) = read(&self.json)? else {
+            return Ok(Loaded::Empty);
         };
-        let reason = match serde_json::from_slice::<OnDisk>(&bytes) {
-            Ok(d) if d.version == VERSION => return Ok(Loaded::Ledger(d.ledger)),
+        let reason = match serde_json::from_slice::<JsonOnDisk>(&bytes) {
+            Ok(d) if d.version == JSON_VERSION => return Ok(Loaded::Ledger(d.ledger)),
             Ok(d) => format!(
-                "unknown state version {} (this fairshared writes {VERSION})",
+                "unknown state version {} (this fairshared reads {JSON_VERSION})",
                 d.version
             ),
             Err(e) if bytes.is_empty() => format!("empty file ({e})"),
             Err(e) => e.to_string(),
         };
+        self.move_aside(&self.json, "state.json", reason)
+    }
+
+    fn move_aside(&self, path: &Path, name: &str, reason: String) -> io::Result<Loaded> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let moved_to = self.dir.join(format!("state.json.corrupt-{stamp}"));
-        fs::rename(&self.path, &moved_to)?;
+        let moved_to = self.dir.join(format!("{name}.corrupt-{stamp}"));
+        fs::rename(path, &moved_to)?;
         Ok(Loaded::Corrupt { reason, moved_to })
     }
 
     /// Serialises a ledger for [`StateFile::save`] (done under the ledger
     /// lock; the write happens outside it).
-    pub fn encode(ledger: &Ledger) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Borrowed<'a> {
-            version: u32,
-            ledger: &'a Ledger,
-        }
-        let mut out = serde_json::to_vec(&Borrowed {
-            version: VERSION,
-            ledger,
-        })
-        .unwrap_or_default();
-        out.push(b'\n');
-        out
+    pub fn encode(ledger: &Ledger) -> io::Result<Vec<u8>> {
+        disk::encode(ledger).map_err(|e| io::Error::other(format!("encoding the ledger: {e}")))
     }
 
     /// Replaces the state file atomically with `bytes`.
     pub fn save(&self, bytes: &[u8]) -> io::Result<()> {
-        let tmp = self.dir.join("state.json.tmp");
+        let tmp = self.dir.join("state.bin.tmp");
         let ctx = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("{what} {}: {e}", tmp.display()))
         };
@@ -169,7 +171,28 @@ impl StateFile {
         fs::rename(&tmp, &self.path).map_err(|e| {
             io::Error::new(e.kind(), format!("replacing {}: {e}", self.path.display()))
         })?;
-        File::open(&self.dir).and_then(|d| d.sync_all())
+        File::open(&self.dir).and_then(|d| d.sync_all())?;
+        // The older file goes once this one is safely in place.
+        match fs::remove_file(&self.json) {
+            Ok(()) => File::open(&self.dir).and_then(|d| d.sync_all()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("removing {}: {e}", self.json.display()),
+            )),
+        }
+    }
+}
+
+/// A file's bytes; `None` if there is no such file.
+fn read(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("reading {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -192,33 +215,118 @@ mod tests {
         assert!(lock_file(&path).unwrap().is_some(), "free again");
     }
 
+    /// A ledger with every field of every part set (and a user with
+    /// nothing optional), as JSON, the way the older file held it.
+    const FULL: &str = r#"{"users":{
+        "1001":{"name":"ann","sessions":[
+            {"pid":41,"service":"sshd","tty":"pts/3","rhost":"10.0.0.9","session_id":"c7","opened_at":1700000000,"start_time":123456},
+            {"pid":42,"opened_at":1700000100}],
+          "grant":{"cpu":2.5,"mem":"6G","tasks":900,"weight":300,"io_weight":50,"mem_low":"1G","swap":"0B","by":1001,"at":1700000001,"expires_at":1700003600,"since":1699999000},
+          "admin":{"mem":"7G","by":0,"at":1700000002,"expires_at":null},
+          "limits":{"cpu":2.5,"mem":"6G","mem_high":"5G","tasks":900,"weight":300,"io_weight":50,"mem_low":"1G","swap":"0B"},
+          "applied":{"cpu":2,"mem":"8G","tasks":4096},
+          "notice":"your resize ended at 10:00",
+          "granted_mem_low":"512M",
+          "logged_in_at":1699998000},
+        "4000000000":{"name":"bo","limits":{"cpu":0.1,"mem":"64M","tasks":32}}}}"#;
+
     #[test]
-    fn save_and_load_round_trip() {
+    fn every_field_survives_a_save_and_a_load() {
         let t = tempfile::tempdir().unwrap();
         let s = StateFile::open(&t.path().join("sub")).unwrap();
         assert!(matches!(s.load().unwrap(), Loaded::Empty));
-        let l = Ledger::new();
-        s.save(&StateFile::encode(&l)).unwrap();
-        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == l));
-        assert!(!t.path().join("sub/state.json.tmp").exists());
+        let full: Ledger = serde_json::from_str(FULL).unwrap();
+        assert_eq!(full.len(), 2);
+        for l in [Ledger::new(), full] {
+            s.save(&StateFile::encode(&l).unwrap()).unwrap();
+            match s.load().unwrap() {
+                Loaded::Ledger(x) => assert_eq!(x, l),
+                other => panic!("expected the ledger, got {other:?}"),
+            }
+        }
+        assert!(t.path().join("sub/state.bin").exists());
+        assert!(!t.path().join("sub/state.bin.tmp").exists());
+    }
+
+    #[test]
+    fn an_older_state_json_is_read_and_replaced_by_the_first_save() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateFile::open(t.path()).unwrap();
+        let json = t.path().join("state.json");
+        fs::write(&json, format!(r#"{{"version":1,"ledger":{FULL}}}"#)).unwrap();
+        let full: Ledger = serde_json::from_str(FULL).unwrap();
+        let Loaded::Ledger(l) = s.load().unwrap() else {
+            panic!("state.json not read")
+        };
+        assert_eq!(l, full);
+        assert!(json.exists(), "kept until the new file is written");
+        s.save(&StateFile::encode(&l).unwrap()).unwrap();
+        assert!(!json.exists());
+        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == full));
+        // state.bin wins over a state.json left beside it
+        fs::write(&json, r#"{"version":1,"ledger":{"users":{}}}"#).unwrap();
+        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == full));
     }
 
     #[test]
     fn corrupt_files_are_moved_aside_not_deleted() {
         let t = tempfile::tempdir().unwrap();
         let s = StateFile::open(t.path()).unwrap();
+        let full: Ledger = serde_json::from_str(FULL).unwrap();
+        let good = StateFile::encode(&full).unwrap();
+        let mut bad_bin: Vec<(Vec<u8>, &str)> = vec![
+            (Vec::new(), "no FSLEDGER header"),
+            (good[..good.len() - 3].to_vec(), "checksum"),
+            (
+                br#"{"version":1,"ledger":{"users":{}}}"#.to_vec(),
+                "no FSLEDGER header",
+            ),
+        ];
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        bad_bin.push((flipped, "checksum"));
+        let mut newer = good.clone();
+        newer[8] = 2;
+        bad_bin.push((newer, "unknown state version 2"));
+        // a limit of zero: never written by fairshared (issue 11.3), with a
+        // right checksum
+        let zero: Ledger = serde_json::from_str(
+            r#"{"users":{"1001":{"name":"a","limits":{"cpu":2,"mem":"8G","tasks":4096}}}}"#,
+        )
+        .unwrap();
+        let mut zero = StateFile::encode(&zero).unwrap();
+        // tasks 4096 is the varint 80 20; make it 0
+        let i = zero.windows(2).rposition(|w| w == [0x80, 0x20]).unwrap();
+        zero.splice(i..i + 2, [0u8]);
+        let crc = crc32fast::hash(&zero[16..]).to_le_bytes();
+        zero[12..16].copy_from_slice(&crc);
+        bad_bin.push((zero, "a limit of 0"));
+        for (junk, why) in &bad_bin {
+            fs::write(s.path(), junk).unwrap();
+            match s.load().unwrap() {
+                Loaded::Corrupt { moved_to, reason } => {
+                    assert!(reason.contains(why), "{reason}");
+                    assert_eq!(&fs::read(&moved_to).unwrap(), junk, "{reason}");
+                    assert!(moved_to.to_string_lossy().contains("state.bin.corrupt-"));
+                    fs::remove_file(moved_to).unwrap();
+                }
+                other => panic!("expected corrupt ({why}), got {other:?}"),
+            }
+            assert!(matches!(s.load().unwrap(), Loaded::Empty));
+        }
+        let json = t.path().join("state.json");
         for junk in [
             &b"{\"version\":1,\"ledg"[..],
             b"",
             b"{\"version\":99,\"ledger\":{\"users\":{}}}",
-            // a limit of zero: never written by fairshared (issue 11.3)
             br#"{"version":1,"ledger":{"users":{"1001":{"name":"a","limits":{"cpu":2,"mem":"0B","tasks":4096}}}}}"#,
             br#"{"version":1,"ledger":{"users":{"1001":{"name":"a","limits":{"cpu":2,"mem":"8G","tasks":4096},"grant":{"cpu":2,"mem":"8G","tasks":0,"by":1001,"at":1}}}}}"#,
         ] {
-            fs::write(s.path(), junk).unwrap();
+            fs::write(&json, junk).unwrap();
             match s.load().unwrap() {
                 Loaded::Corrupt { moved_to, reason } => {
                     assert_eq!(fs::read(&moved_to).unwrap(), junk, "{reason}");
+                    assert!(moved_to.to_string_lossy().contains("state.json.corrupt-"));
                     fs::remove_file(moved_to).unwrap();
                 }
                 other => panic!("expected corrupt, got {other:?}"),

@@ -133,6 +133,13 @@ impl Store {
         };
         let file = file.clone();
         let path = file.path().display().to_string();
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(path = %path, error = %e, "could not save state");
+                return Err(e.into());
+            }
+        };
         let write = move || {
             #[cfg(feature = "test-hooks")]
             crate::testhooks::slow_save();
@@ -193,7 +200,7 @@ mod tests {
         store.save().await.unwrap();
         assert_eq!(on_disk(dir.path()), Some(saved));
         // already covered: the file is not written again
-        std::fs::remove_file(dir.path().join("state.json")).unwrap();
+        std::fs::remove_file(dir.path().join("state.bin")).unwrap();
         store.save().await.unwrap();
         assert!(on_disk(dir.path()).is_none());
         store.mutate(|_| ());
@@ -228,7 +235,7 @@ mod tests {
         assert!(on_disk(dir.path()).is_none());
         assert!(written(dir.path()).await);
         // the waiting save is done: the next change asks for a new one
-        std::fs::remove_file(dir.path().join("state.json")).unwrap();
+        std::fs::remove_file(dir.path().join("state.bin")).unwrap();
         store.mutate(|_| ());
         store.save_later();
         assert!(written(dir.path()).await);

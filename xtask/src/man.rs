@@ -243,8 +243,8 @@ fn fairshared_page() -> Result<String, String> {
         );
         item(
             r,
-            "/var/lib/fairshare/state.json",
-            "Allocations, sessions and leases (mode 0600). A resize is saved before it is answered, a login right after. Each save writes state.json.tmp, flushes it and renames it over state.json, so a crash leaves the old file or the new one. At start fairshared answers from the saved ledger at once and, in the background, checks every running slice against the drop-ins and the ledger (setting what differs, e.g. resizes after a reboot), restarts lease timers and checks sessions against logind. A file that cannot be read is moved aside as state.json.corrupt-TIME and the ledger is rebuilt from logind and the policy. When the state cannot be saved (disk full, read-only), a change is still applied and the answer says it was not saved.",
+            "/var/lib/fairshare/state.bin",
+            "Allocations, sessions and leases (mode 0600; binary: fairshare-ctl list and status show what it holds). A resize is saved before it is answered, a login right after. Each save writes state.bin.tmp, flushes it and renames it over state.bin, so a crash leaves the old file or the new one. The state.json of earlier versions is read when there is no state.bin, and removed by the first save. At start fairshared answers from the saved ledger at once and, in the background, checks every running slice against the drop-ins and the ledger (setting what differs, e.g. resizes after a reboot), restarts lease timers and checks sessions against logind. A file that cannot be read (or whose checksum does not match) is moved aside as state.bin.corrupt-TIME and the ledger is rebuilt from logind and the policy. When the state cannot be saved (disk full, read-only), a change is still applied and the answer says it was not saved.",
         );
         item(
             r,
@@ -274,7 +274,7 @@ fn fairshared_page() -> Result<String, String> {
         item(
             r,
             "/var/lib/fairshare/notices.json",
-            "Each user's recent events (the last 32, for a week) and their notices choice (mode 0600), written like state.json a few seconds after a change and at stop. One that cannot be read is moved aside as notices.json.corrupt-TIME.",
+            "Each user's recent events (the last 32, for a week) and their notices choice (mode 0600), written like state.bin a few seconds after a change and at stop. One that cannot be read is moved aside as notices.json.corrupt-TIME.",
         );
         item(
             r,

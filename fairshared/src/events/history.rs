@@ -6,7 +6,7 @@
 //! Users with neither events nor a choice of their own are not kept.
 //!
 //! It is saved to its own file (`/var/lib/fairshare/notices.json`, next to
-//! the ledger's `state.json`, written the same atomic way, a few seconds
+//! the ledger's `state.bin`, written the same atomic way, a few seconds
 //! after a change), so `fairshare-ctl events` still shows yesterday's kill
 //! after an upgrade restarted the daemon, and `notices off` stays off.
 //! The journal keeps every event for good; this is the users' view.

@@ -28,7 +28,7 @@ use super::history::History;
 use super::kernel_log::KernelLog;
 use super::watch::Watchers;
 
-/// The file next to `state.json`.
+/// The file next to the ledger's `state.bin`.
 pub const FILE: &str = "notices.json";
 /// A change is saved at most this long after it was made.
 pub const SAVE_AFTER: Duration = Duration::from_secs(5);
@@ -420,7 +420,7 @@ fn load(path: &Path, now: u64) -> Inner {
 }
 
 /// Replaces `path` with `bytes`: a temporary file, fsync, rename, fsync of
-/// the directory (as `state.json`), mode 0600.
+/// the directory (as the ledger's `state.bin`), mode 0600.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("json.tmp");

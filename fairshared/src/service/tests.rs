@@ -965,7 +965,7 @@ async fn logins_do_not_wait_for_the_state_file_resizes_do() {
     let s = service_with(POLICY, Some(StateFile::open(dir.path()).unwrap()));
     // Saving cannot work while a directory sits where the temporary file goes
     // (for root too).
-    let blocker = dir.path().join("state.json.tmp");
+    let blocker = dir.path().join("state.bin.tmp");
     std::fs::create_dir(&blocker).unwrap();
     let p = Proc::new();
     let open = format!(

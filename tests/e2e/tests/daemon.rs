@@ -561,7 +561,7 @@ fn refuses_to_start_on_a_bad_policy_and_check_names_file_line_and_field() {
     // command line), with or without a state directory of its own: two would
     // fight over the same users' slices and drop-ins
     let before = h
-        .sh("stat -c %Y /var/lib/fairshare/state.json 2>/dev/null || echo none")
+        .sh("stat -c %Y /var/lib/fairshare/state.bin 2>/dev/null || echo none")
         .ok()
         .out()
         .to_string();
@@ -582,7 +582,7 @@ fn refuses_to_start_on_a_bad_policy_and_check_names_file_line_and_field() {
     }
     h.sh("rm -rf /tmp/second-state").ok();
     assert_eq!(
-        h.sh("stat -c %Y /var/lib/fairshare/state.json 2>/dev/null || echo none")
+        h.sh("stat -c %Y /var/lib/fairshare/state.bin 2>/dev/null || echo none")
             .ok()
             .out(),
         before

@@ -397,7 +397,7 @@ fn a_corrupt_state_file_is_set_aside_and_rebuilt_from_logind() {
     h.ssh(user, "fairshare-ctl resize --cpu 6").ok();
     h.sh("systemctl stop fairshared.socket fairshared.service")
         .ok();
-    h.sh("truncate -s 17 /var/lib/fairshare/state.json").ok();
+    h.sh("truncate -s 17 /var/lib/fairshare/state.bin").ok();
     h.sh(&format!("systemctl revert user-{uid}.slice")).ok();
     h.start_daemon();
     assert_served(&h, "after starting on a corrupt state file");
@@ -409,12 +409,53 @@ fn a_corrupt_state_file_is_set_aside_and_rebuilt_from_logind() {
     assert!(log.out().contains("state file unreadable"), "{}", log.out());
     let aside = h.sh("ls /var/lib/fairshare/").ok();
     assert!(
-        aside.out().contains("state.json.corrupt-"),
+        aside.out().contains("state.bin.corrupt-"),
         "{}",
         aside.out()
     );
     let st = h.ctl(&format!("--json status --user {user}")).ok().json();
     assert!(st["sessions"].as_u64().unwrap() >= 1, "{st}");
+}
+
+/// An upgrade from a version that kept the ledger as JSON: the first start
+/// reads `state.json` (root's setting in it is applied again) and replaces
+/// it with `state.bin`.
+#[test]
+fn an_older_versions_state_json_is_read_and_replaced() {
+    let h = Container::get();
+    h.fresh_daemon(POLICY);
+    let (user, uid) = TESTUSER2;
+    let _s = h.session(user);
+    h.sh("systemctl stop fairshared.socket fairshared.service")
+        .ok();
+    // what such a version saved after `fairshare-ctl set USER --cpu 3`
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    h.write(
+        "/var/lib/fairshare/state.json",
+        &format!(
+            r#"{{"version":1,"ledger":{{"users":{{"{uid}":{{"name":"{user}","sessions":[],"grant":null,"admin":{{"cpu":3,"by":0,"at":{at},"expires_at":null}},"limits":{{"cpu":3,"mem":"8G","tasks":4096}},"applied":{{"cpu":3,"mem":"8G","tasks":4096}}}}}}}}}}"#
+        ),
+    );
+    h.sh(&format!(
+        "rm -f /var/lib/fairshare/state.bin && chmod 600 /var/lib/fairshare/state.json && \
+         systemctl revert user-{uid}.slice"
+    ))
+    .ok();
+    h.start_daemon();
+    // root's setting from the old file, on the slice again
+    h.expect_limits(uid, want(3000, 8 * GIB, 4096));
+    wait_for("state.bin in place of state.json", h.patience(10), || {
+        let o = h.sh("cd /var/lib/fairshare && ls state.bin && ! ls state.json");
+        (o.code == 0).then_some(())
+    });
+    // and it is what the next start reads
+    h.sh("systemctl restart fairshared.service").ok();
+    h.wait_socket();
+    let st = h.ctl(&format!("--json status --user {user}")).ok().json();
+    assert_eq!(st["allocated_cpu"], 3, "{st}");
 }
 
 #[test]
@@ -424,17 +465,19 @@ fn a_full_or_read_only_state_directory_damages_nothing() {
     let (user, uid) = TESTUSER;
     let _s = h.session(user);
     h.ssh(user, "fairshare-ctl resize --cpu 3").ok();
-    assert!(
-        h.read("/var/lib/fairshare/state.json")
-            .unwrap()
-            .contains("\"cpu\":3")
-    );
+    // a resize is saved before it is answered
+    let sum = || {
+        h.sh("sha256sum /var/lib/fairshare/state.bin")
+            .ok()
+            .out()
+            .to_string()
+    };
     // a small tmpfs over the state directory, holding the current state, then filled up
     h.sh("systemctl stop fairshared.socket fairshared.service")
         .ok();
     h.sh(
-        "cp /var/lib/fairshare/state.json /tmp/state.keep && mount -t tmpfs -o size=256k tmpfs /var/lib/fairshare && \
-         chmod 700 /var/lib/fairshare && cp /tmp/state.keep /var/lib/fairshare/state.json && \
+        "cp /var/lib/fairshare/state.bin /tmp/state.keep && mount -t tmpfs -o size=256k tmpfs /var/lib/fairshare && \
+         chmod 700 /var/lib/fairshare && cp /tmp/state.keep /var/lib/fairshare/state.bin && \
          (dd if=/dev/zero of=/var/lib/fairshare/fill bs=4k 2>/dev/null; true)",
     )
     .ok();
@@ -442,7 +485,7 @@ fn a_full_or_read_only_state_directory_damages_nothing() {
         &h,
         "systemctl stop fairshared.socket fairshared.service; umount /var/lib/fairshare; systemctl start fairshared.service".into(),
     );
-    let saved = h.read("/var/lib/fairshare/state.json").unwrap();
+    let saved = sum();
     h.start_daemon();
     assert_served(&h, "with the state directory full");
     let o = h.ssh(user, "fairshare-ctl resize --cpu 4");
@@ -454,11 +497,7 @@ fn a_full_or_read_only_state_directory_damages_nothing() {
         o.stderr
     );
     h.expect_limits(uid, want(4000, 8 * GIB, 4096));
-    assert_eq!(
-        h.read("/var/lib/fairshare/state.json").unwrap(),
-        saved,
-        "the saved state was damaged"
-    );
+    assert_eq!(sum(), saved, "the saved state was damaged");
     assert!(h.ssh(user, "fairshare-ctl status").code == 0);
     // read-only: the same
     h.sh("rm -f /var/lib/fairshare/fill; mount -o remount,ro /var/lib/fairshare")
@@ -467,7 +506,7 @@ fn a_full_or_read_only_state_directory_damages_nothing() {
     let o = h.ssh(user, "fairshare-ctl resize --cpu 5");
     assert!(o.stderr.contains("could not be saved"), "{}", o.stderr);
     h.expect_limits(uid, want(5000, 8 * GIB, 4096));
-    assert_eq!(h.read("/var/lib/fairshare/state.json").unwrap(), saved);
+    assert_eq!(sum(), saved);
 }
 
 /// What a call of the module may take beyond its deadline: waking up from
