@@ -200,6 +200,15 @@ impl<S: Systemd> Service<S> {
     /// Counts users logind knows with no session counted: lingering, or
     /// their user manager started while we were away. Returns how many.
     async fn count_user_managers(self: &Arc<Self>, only: Option<u32>) -> usize {
+        let counted = |uid: u32| {
+            self.store
+                .read(|l| l.get(uid).is_some_and(|e| !e.sessions.is_empty()))
+        };
+        // the logind follower's check of one user with a session counted:
+        // nothing to ask logind for
+        if only.is_some_and(counted) {
+            return 0;
+        }
         let users = match self.systemd.logind_users().await {
             Ok(users) => users,
             Err(e) => {
@@ -212,10 +221,7 @@ impl<S: Systemd> Service<S> {
             if only.is_some_and(|o| o != uid) {
                 continue;
             }
-            if self
-                .store
-                .read(|l| l.get(uid).is_some_and(|e| !e.sessions.is_empty()))
-            {
+            if counted(uid) {
                 continue;
             }
             let Ok(Some(pid)) = self.systemd.user_manager_pid(uid).await else {

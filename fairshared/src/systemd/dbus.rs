@@ -6,7 +6,7 @@ use std::time::Duration;
 use zbus::Fd;
 use zbus::Str;
 use zbus::zvariant::{OwnedVariant, Variant};
-use zbus_systemd::login1::{ManagerProxy as LoginManager, SessionProxy as LoginSession};
+use zbus_systemd::login1::ManagerProxy as LoginManager;
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
 use super::{LogindSession, PropertyValue, SliceValues, Systemd, SystemdError, slice_name};
@@ -471,27 +471,65 @@ impl Systemd for Dbus {
         Ok((pid != 0).then_some(pid))
     }
 
+    /// One user's sessions are asked of their logind user object (not a
+    /// list of every session on the host, which the logind follower would
+    /// fetch for each user it checks); each session's fields come in one
+    /// `GetAll`.
     async fn logind_sessions(&self, only: Option<u32>) -> Result<Vec<LogindSession>, SystemdError> {
         self.with_retry(|c, _| async move {
             let login = LoginManager::builder(&c)
                 .cache_properties(zbus::proxy::CacheProperties::No)
                 .build()
                 .await?;
-            let mut out = Vec::new();
-            for (id, uid, user, _seat, path) in login.list_sessions().await? {
-                if only.is_some_and(|o| o != uid) {
-                    continue;
+            let listed: Vec<(String, u32, String, zbus::OwnedObjectPath)> = match only {
+                Some(uid) => {
+                    let path = match login.get_user(uid).await {
+                        Ok(p) => p,
+                        // not logged in (any more)
+                        Err(zbus::Error::MethodError(..)) => return Ok(Vec::new()),
+                        Err(e) => return Err(e),
+                    };
+                    let Ok(all) = login1_properties(&c, path, "org.freedesktop.login1.User").await
+                    else {
+                        return Ok(Vec::new());
+                    };
+                    let name = all
+                        .get("Name")
+                        .and_then(|v| <&str>::try_from(&**v).ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let sessions = all
+                        .get("Sessions")
+                        .and_then(|v| {
+                            Vec::<(String, zbus::OwnedObjectPath)>::try_from(v.clone()).ok()
+                        })
+                        .unwrap_or_default();
+                    sessions
+                        .into_iter()
+                        .map(|(id, path)| (id, uid, name.clone(), path))
+                        .collect()
                 }
-                let b = LoginSession::builder(&c).path(path);
-                let Ok(p) = b
-                    .cache_properties(zbus::proxy::CacheProperties::No)
-                    .build()
-                    .await
+                None => login
+                    .list_sessions()
+                    .await?
+                    .into_iter()
+                    .map(|(id, uid, user, _seat, path)| (id, uid, user, path))
+                    .collect(),
+            };
+            let mut out = Vec::new();
+            for (id, uid, user, path) in listed {
+                // A session may end while we look at it: skip it then.
+                let Ok(all) = login1_properties(&c, path, "org.freedesktop.login1.Session").await
                 else {
                     continue;
                 };
-                // A session may end while we look at it: skip it then.
-                let Ok(leader) = p.leader().await else {
+                let text = |k: &str| {
+                    all.get(k)
+                        .and_then(|v| <&str>::try_from(&**v).ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let Some(leader) = all.get("Leader").and_then(|v| u32::try_from(&**v).ok()) else {
                     continue;
                 };
                 out.push(LogindSession {
@@ -499,9 +537,9 @@ impl Systemd for Dbus {
                     uid,
                     user,
                     leader,
-                    service: p.service().await.unwrap_or_default(),
-                    rhost: p.remote_host().await.unwrap_or_default(),
-                    tty: p.tty().await.unwrap_or_default(),
+                    service: text("Service"),
+                    rhost: text("RemoteHost"),
+                    tty: text("TTY"),
                 });
             }
             Ok(out)
@@ -509,6 +547,25 @@ impl Systemd for Dbus {
         .await
         .map_err(|e| refused("ListSessions", "org.freedesktop.login1", e))
     }
+}
+
+/// Every property of one interface of a logind object, in one call.
+async fn login1_properties(
+    c: &zbus::Connection,
+    path: zbus::OwnedObjectPath,
+    interface: &'static str,
+) -> Result<std::collections::HashMap<String, OwnedVariant>, zbus::Error> {
+    let props = zbus::fdo::PropertiesProxy::builder(c)
+        .destination("org.freedesktop.login1")
+        .path(path)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    Ok(props
+        .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
+            interface,
+        ))
+        .await?)
 }
 
 #[cfg(test)]
