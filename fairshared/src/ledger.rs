@@ -655,7 +655,7 @@ impl Ledger {
         self.users.get(&uid).map(|e| &**e)
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (&u32, &Entry)> {
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = (&u32, &Entry)> {
         self.users.iter().map(|(u, e)| (u, &**e))
     }
 

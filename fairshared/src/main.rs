@@ -477,9 +477,9 @@ async fn run(
         Ok(Loaded::Empty) => None,
         Ok(Loaded::Corrupt { reason, moved_to }) => {
             tracing::error!(
-                path = %state.path().display(),
                 moved_to = %moved_to.display(),
-                "state file unreadable ({reason}); moved it aside and rebuilding from logind and the policy"
+                "state file unreadable ({reason}); moved it aside as {} and rebuilding from logind and the policy",
+                moved_to.display()
             );
             None
         }

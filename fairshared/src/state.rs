@@ -109,9 +109,24 @@ impl StateFile {
         &self.path
     }
 
-    /// Reads `state.bin`, or else an older fairshared's `state.json`.
+    /// Reads `state.bin`, or an older fairshared's `state.json` when there
+    /// is no `state.bin` or the JSON file is the newer of the two (that
+    /// version ran after this one: a downgrade, then this upgrade again).
     pub fn load(&self) -> io::Result<Loaded> {
-        if let Some(bytes) = read(&self.path)? {
+        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let json_newer = match (modified(&self.json), modified(&self.path)) {
+            (Some(json), Some(bin)) => json > bin,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if json_newer {
+            tracing::info!(
+                path = %self.json.display(),
+                "reading the state an earlier fairshared saved; the first save replaces it with {} and renames it {}",
+                self.path.display(),
+                self.migrated().display()
+            );
+        } else if let Some(bytes) = read(&self.path)? {
             return match disk::decode(&bytes) {
                 Ok(l) => Ok(Loaded::Ledger(l)),
                 Err(reason) => self.move_aside(&self.path, "state.bin", reason),
@@ -130,6 +145,11 @@ impl StateFile {
             Err(e) => e.to_string(),
         };
         self.move_aside(&self.json, "state.json", reason)
+    }
+
+    /// Where `state.json` goes once `state.bin` holds what it held.
+    fn migrated(&self) -> PathBuf {
+        self.dir.join("state.json.migrated")
     }
 
     fn move_aside(&self, path: &Path, name: &str, reason: String) -> io::Result<Loaded> {
@@ -154,11 +174,16 @@ impl StateFile {
         let ctx = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("{what} {}: {e}", tmp.display()))
         };
+        // a new file: never one left behind, nor what a link there points to
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(ctx("removing", e)),
+            _ => {}
+        }
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(|e| ctx("creating", e))?;
         let written = f.write_all(bytes).and_then(|()| f.sync_all());
@@ -172,15 +197,23 @@ impl StateFile {
             io::Error::new(e.kind(), format!("replacing {}: {e}", self.path.display()))
         })?;
         File::open(&self.dir).and_then(|d| d.sync_all())?;
-        // The older file goes once this one is safely in place.
-        match fs::remove_file(&self.json) {
-            Ok(()) => File::open(&self.dir).and_then(|d| d.sync_all()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("removing {}: {e}", self.json.display()),
-            )),
+        // An older version's file, once this one holds what it held, is
+        // kept under another name: an older version started again must not
+        // take it for its current state. The save itself is done: a failure
+        // here is only told.
+        match fs::rename(&self.json, self.migrated()) {
+            Ok(()) => {
+                let _ = File::open(&self.dir).and_then(|d| d.sync_all());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                path = %self.json.display(),
+                error = %e,
+                "could not rename the earlier version's state file; it is read again at the next start if it is newer than {}",
+                self.path.display()
+            ),
         }
+        Ok(())
     }
 }
 
@@ -199,6 +232,7 @@ fn read(path: &Path) -> io::Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fairshare_proto::units::{Cpus, Tasks};
 
     #[test]
     fn a_lock_file_has_one_holder_at_a_time() {
@@ -262,10 +296,90 @@ mod tests {
         assert!(json.exists(), "kept until the new file is written");
         s.save(&StateFile::encode(&l).unwrap()).unwrap();
         assert!(!json.exists());
+        assert!(t.path().join("state.json.migrated").exists(), "kept aside");
         assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == full));
-        // state.bin wins over a state.json left beside it
-        fs::write(&json, r#"{"version":1,"ledger":{"users":{}}}"#).unwrap();
+        // a state.json older than state.bin (put back by hand) is not read
+        let empty = r#"{"version":1,"ledger":{"users":{}}}"#;
+        let set_age = |p: &Path, secs_ago: u64| {
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        };
+        fs::write(&json, empty).unwrap();
+        set_age(&json, 60);
         assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == full));
+        // one newer than state.bin is: an older version ran since (a
+        // downgrade, then this upgrade again), and its state is the current one
+        set_age(s.path(), 120);
+        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x.is_empty()));
+    }
+
+    #[test]
+    fn a_save_is_done_even_if_the_older_file_cannot_be_renamed() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateFile::open(t.path()).unwrap();
+        // state.json.migrated a directory with something in it: no rename
+        fs::create_dir_all(t.path().join("state.json.migrated/x")).unwrap();
+        fs::write(t.path().join("state.json"), "{}").unwrap();
+        let l = Ledger::new();
+        s.save(&StateFile::encode(&l).unwrap()).unwrap();
+        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == l));
+    }
+
+    #[test]
+    fn a_save_never_writes_through_a_link_at_its_temporary_file() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateFile::open(&t.path().join("state")).unwrap();
+        let target = t.path().join("elsewhere");
+        fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(&target, t.path().join("state/state.bin.tmp")).unwrap();
+        let l = Ledger::new();
+        s.save(&StateFile::encode(&l).unwrap()).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == l));
+    }
+
+    #[test]
+    fn quantities_a_request_could_not_give_are_refused_on_load() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateFile::open(t.path()).unwrap();
+        let full: Ledger = serde_json::from_str(FULL).unwrap();
+        let ann = full.get(1001).unwrap().clone();
+        let mut bad = Vec::new();
+        for cpu in [1, Cpus::MAX.millis() + 1, u64::MAX] {
+            let mut e = ann.clone();
+            e.limits.cpu = Cpus::from_millis(cpu);
+            bad.push((vec![(1001, Box::new(e))], "CPUs outside"));
+        }
+        let mut e = ann.clone();
+        e.limits.tasks = Tasks(u64::MAX);
+        bad.push((vec![(1001, Box::new(e))], "tasks above"));
+        let mut e = ann.clone();
+        if let Some(g) = e.grant.as_mut() {
+            g.tasks = Some(Tasks(Tasks::MAX.get() + 1));
+        }
+        bad.push((vec![(1001, Box::new(e))], "tasks above"));
+        // two entries for one uid: the first written is not dropped silently
+        bad.push((
+            vec![(1001, Box::new(ann.clone())), (1001, Box::new(ann.clone()))],
+            "out of order",
+        ));
+        for (users, why) in bad {
+            // `from_saved` keeps one entry per uid: write the list as is
+            let bytes = disk::encode_entries(&users).unwrap();
+            fs::write(s.path(), &bytes).unwrap();
+            match s.load().unwrap() {
+                Loaded::Corrupt { reason, moved_to } => {
+                    assert!(reason.contains(why), "{reason}");
+                    fs::remove_file(moved_to).unwrap();
+                }
+                other => panic!("expected corrupt ({why}), got {other:?}"),
+            }
+        }
     }
 
     #[test]

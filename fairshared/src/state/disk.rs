@@ -18,7 +18,9 @@
 
 use fairshare_proto::units::{Bytes, Cpus, Tasks, Weight};
 use fairshare_proto::wire::{Limits, SessionInfo};
-use serde::de::{Error as _, SeqAccess, Visitor};
+use std::cell::RefCell;
+
+use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ledger::{Entry, Grant, Ledger};
@@ -29,7 +31,22 @@ const HEADER: usize = 16;
 
 /// Encodes the ledger, header included.
 pub fn encode(ledger: &Ledger) -> Result<Vec<u8>, String> {
-    let payload = postcard::to_stdvec(&Users(ledger)).map_err(|e| e.to_string())?;
+    encode_users(ledger.entries().map(|(uid, e)| (*uid, e)))
+}
+
+/// Encodes a list of users as given (order and repeats too), for tests of
+/// what a load refuses.
+#[cfg(test)]
+pub fn encode_entries(users: &[(u32, Box<Entry>)]) -> Result<Vec<u8>, String> {
+    encode_users(users.iter().map(|(uid, e)| (*uid, &**e)))
+}
+
+fn encode_users<'a, I>(users: I) -> Result<Vec<u8>, String>
+where
+    I: ExactSizeIterator<Item = (u32, &'a Entry)>,
+{
+    let payload = postcard::to_stdvec(&Users(std::cell::Cell::new(Some(users))))
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -64,48 +81,75 @@ pub fn decode(bytes: &[u8]) -> Result<Ledger, String> {
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch (the file was changed or damaged)".into());
     }
-    let (Entries(entries), rest) = postcard::take_from_bytes(payload).map_err(|e| e.to_string())?;
+    // postcard keeps no message of an error raised while reading: the
+    // reader's own go here
+    let why = RefCell::new(None);
+    let mut de = postcard::Deserializer::from_bytes(payload);
+    let read = EntriesSeed(&why)
+        .deserialize(&mut de)
+        .and_then(|e| Ok((e, de.finalize()?)));
+    let (entries, rest) = read.map_err(|e| why.take().unwrap_or_else(|| e.to_string()))?;
     if !rest.is_empty() {
         return Err(format!("{} bytes after the last user", rest.len()));
     }
     Ledger::from_saved(entries).map_err(|e| e.to_string())
 }
 
-/// The users as read, each converted as it is read (a list of the read form
-/// first would take several times the memory).
-struct Entries(Vec<(u32, Box<Entry>)>);
+/// Reads the users, each converted as it is read (a list of the read form
+/// first would take several times the memory); what is wrong goes to `.0`.
+struct EntriesSeed<'w>(&'w RefCell<Option<String>>);
 
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Entries, D::Error> {
-        struct Visit;
-        impl<'de> Visitor<'de> for Visit {
-            type Value = Entries;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("the users")
+impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = Vec<(u32, Box<Entry>)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_> {
+    type Value = Vec<(u32, Box<Entry>)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the users")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut v: Vec<(u32, Box<Entry>)> =
+            Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+        let fail = |why: String| {
+            let e = A::Error::custom(&why);
+            *self.0.borrow_mut() = Some(why);
+            e
+        };
+        while let Some(u) = seq.next_element::<User<'de>>()? {
+            let uid = u.uid;
+            // written in uid order, each once
+            if v.last().is_some_and(|(last, _)| *last >= uid) {
+                return Err(fail(format!("user {uid} out of order")));
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-                while let Some(u) = seq.next_element::<User<'de>>()? {
-                    let uid = u.uid;
-                    let e = u
-                        .entry()
-                        .map_err(|e| A::Error::custom(format!("user {uid}: {e}")))?;
-                    v.push((uid, Box::new(e)));
-                }
-                Ok(Entries(v))
+            match u.entry() {
+                Ok(e) => v.push((uid, Box::new(e))),
+                Err(e) => return Err(fail(format!("user {uid}: {e}"))),
             }
         }
-        d.deserialize_seq(Visit)
+        Ok(v)
     }
 }
 
 /// The ledger's users as one sequence, converted one at a time (no copy of
-/// the ledger is made under its lock).
-struct Users<'a>(&'a Ledger);
+/// the ledger is made under its lock); serialized once.
+struct Users<I>(std::cell::Cell<Option<I>>);
 
-impl Serialize for Users<'_> {
+impl<'a, I> Serialize for Users<I>
+where
+    I: ExactSizeIterator<Item = (u32, &'a Entry)>,
+{
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.entries().map(|(uid, e)| User::of(*uid, e)))
+        match self.0.take() {
+            Some(users) => s.collect_seq(users.map(|(uid, e)| User::of(uid, e))),
+            None => s.collect_seq(std::iter::empty::<UserOut>()),
+        }
     }
 }
 
@@ -243,6 +287,27 @@ impl<'a> Session<'a> {
     }
 }
 
+/// CPUs within what a policy or a request may give (a zero is refused
+/// later, with the other zero quantities, by [`Ledger::from_saved`]).
+fn cpus(millis: u64) -> Result<Cpus, String> {
+    if millis != 0 && !(Cpus::MIN.millis()..=Cpus::MAX.millis()).contains(&millis) {
+        return Err(format!(
+            "{} CPUs outside {}..={}",
+            Cpus::from_millis(millis),
+            Cpus::MIN,
+            Cpus::MAX
+        ));
+    }
+    Ok(Cpus::from_millis(millis))
+}
+
+fn tasks(n: u64) -> Result<Tasks, String> {
+    if n > Tasks::MAX.get() {
+        return Err(format!("{n} tasks above {}", Tasks::MAX));
+    }
+    Ok(Tasks(n))
+}
+
 fn weight(w: Option<u64>) -> Result<Option<Weight>, String> {
     w.map(|v| Weight::new(v).ok_or_else(|| format!("weight {v} outside 1..=10000")))
         .transpose()
@@ -286,10 +351,10 @@ impl LimitsOnDisk {
 
     fn limits(self) -> Result<Limits, String> {
         Ok(Limits {
-            cpu: Cpus::from_millis(self.cpu_millis),
+            cpu: cpus(self.cpu_millis)?,
             mem: Bytes(self.mem),
             mem_high: self.mem_high.map(Bytes),
-            tasks: Tasks(self.tasks),
+            tasks: tasks(self.tasks)?,
             weight: weight(self.weight)?,
             io_weight: weight(self.io_weight)?,
             mem_low: self.mem_low.map(Bytes),
@@ -345,9 +410,9 @@ impl GrantOnDisk {
 
     fn grant(self) -> Result<Grant, String> {
         Ok(Grant {
-            cpu: self.cpu_millis.map(Cpus::from_millis),
+            cpu: self.cpu_millis.map(cpus).transpose()?,
             mem: self.mem.map(Bytes),
-            tasks: self.tasks.map(Tasks),
+            tasks: self.tasks.map(tasks).transpose()?,
             weight: weight(self.weight)?,
             io_weight: weight(self.io_weight)?,
             mem_low: self.mem_low.map(Bytes),
