@@ -16,10 +16,10 @@
 //! its value apart field by field), and the new field needs a place here,
 //! a new [`VERSION`], and a reading of the old one.
 
+use std::cell::{Cell, RefCell};
+
 use fairshare_proto::units::{Bytes, Cpus, Tasks, Weight};
 use fairshare_proto::wire::{Limits, SessionInfo};
-use std::cell::RefCell;
-
 use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -45,8 +45,7 @@ fn encode_users<'a, I>(users: I) -> Result<Vec<u8>, String>
 where
     I: ExactSizeIterator<Item = (u32, &'a Entry)>,
 {
-    let payload = postcard::to_stdvec(&Users(std::cell::Cell::new(Some(users))))
-        .map_err(|e| e.to_string())?;
+    let payload = postcard::to_stdvec(&Users(Cell::new(Some(users)))).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -139,7 +138,7 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
 
 /// The ledger's users as one sequence, converted one at a time (no copy of
 /// the ledger is made under its lock); serialized once.
-struct Users<I>(std::cell::Cell<Option<I>>);
+struct Users<I>(Cell<Option<I>>);
 
 impl<'a, I> Serialize for Users<I>
 where
