@@ -208,13 +208,21 @@ async fn unit_properties(
         Err(zbus::Error::MethodError(..)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let props = zbus::fdo::PropertiesProxy::builder(c)
-        .destination("org.freedesktop.systemd1")
+    Ok(Some(properties(c, "org.freedesktop.systemd1", path).await?))
+}
+
+/// The properties of an object of `destination` (uncached: each read asks).
+async fn properties(
+    c: &zbus::Connection,
+    destination: &'static str,
+    path: zbus::OwnedObjectPath,
+) -> Result<zbus::fdo::PropertiesProxy<'static>, zbus::Error> {
+    zbus::fdo::PropertiesProxy::builder(c)
+        .destination(destination)
         .path(path)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
-        .await?;
-    Ok(Some(props))
+        .await
 }
 
 impl Systemd for Dbus {
@@ -555,12 +563,7 @@ async fn login1_properties(
     path: zbus::OwnedObjectPath,
     interface: &'static str,
 ) -> Result<std::collections::HashMap<String, OwnedVariant>, zbus::Error> {
-    let props = zbus::fdo::PropertiesProxy::builder(c)
-        .destination("org.freedesktop.login1")
-        .path(path)
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await?;
+    let props = properties(c, "org.freedesktop.login1", path).await?;
     Ok(props
         .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
             interface,
