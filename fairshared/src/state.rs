@@ -6,8 +6,11 @@
 //! be read is moved aside (never deleted) and the daemon starts from an empty
 //! ledger, rebuilt from logind and the policy. The layout is in [`disk`].
 //!
-//! Before it, fairshared kept the ledger as JSON in `state.json`: that file
-//! is read when there is no `state.bin`, and removed by the first save.
+//! Before it, fairshared kept the ledger as JSON in `state.json`. Every save
+//! of this version moves such a file away (`state.json.migrated-TIME`), so
+//! one that is there was saved by an older version since (an upgrade, or a
+//! downgrade and this upgrade again): it is the current state, and is read
+//! instead of `state.bin` (which is read if the JSON file is unreadable).
 
 mod disk;
 
@@ -38,6 +41,9 @@ pub struct StateFile {
     path: PathBuf,
     /// The JSON file of older versions.
     json: PathBuf,
+    /// One save at a time (a save given up on at shutdown may still be
+    /// writing when the final one starts): they share the temporary file.
+    saving: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// What was found on disk at start.
@@ -102,6 +108,7 @@ impl StateFile {
             dir: dir.to_path_buf(),
             path: dir.join("state.bin"),
             json: dir.join("state.json"),
+            saving: Default::default(),
         })
     }
 
@@ -109,34 +116,21 @@ impl StateFile {
         &self.path
     }
 
-    /// Reads `state.bin`, or an older fairshared's `state.json` when there
-    /// is no `state.bin` or the JSON file is the newer of the two (that
-    /// version ran after this one: a downgrade, then this upgrade again).
+    /// Reads an older fairshared's `state.json` if there is one (see the
+    /// module's doc), else `state.bin`.
     pub fn load(&self) -> io::Result<Loaded> {
-        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-        let json_newer = match (modified(&self.json), modified(&self.path)) {
-            (Some(json), Some(bin)) => json > bin,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if json_newer {
-            tracing::info!(
-                path = %self.json.display(),
-                "reading the state an earlier fairshared saved; the first save replaces it with {} and renames it {}",
-                self.path.display(),
-                self.migrated().display()
-            );
-        } else if let Some(bytes) = read(&self.path)? {
-            return match disk::decode(&bytes) {
-                Ok(l) => Ok(Loaded::Ledger(l)),
-                Err(reason) => self.move_aside(&self.path, "state.bin", reason),
-            };
-        }
         let Some(bytes) = read(&self.json)? else {
-            return Ok(Loaded::Empty);
+            return self.load_bin();
         };
         let reason = match serde_json::from_slice::<JsonOnDisk>(&bytes) {
-            Ok(d) if d.version == JSON_VERSION => return Ok(Loaded::Ledger(d.ledger)),
+            Ok(d) if d.version == JSON_VERSION => {
+                tracing::info!(
+                    path = %self.json.display(),
+                    "reading the state an earlier fairshared saved; the next save writes {} and moves it away",
+                    self.path.display()
+                );
+                return Ok(Loaded::Ledger(d.ledger));
+            }
             Ok(d) => format!(
                 "unknown state version {} (this fairshared reads {JSON_VERSION})",
                 d.version
@@ -144,20 +138,35 @@ impl StateFile {
             Err(e) if bytes.is_empty() => format!("empty file ({e})"),
             Err(e) => e.to_string(),
         };
-        self.move_aside(&self.json, "state.json", reason)
+        let aside = self.move_aside(&self.json, "state.json", reason)?;
+        match self.load_bin()? {
+            Loaded::Empty => Ok(aside),
+            from_bin => {
+                if let Loaded::Corrupt { reason, moved_to } = &aside {
+                    tracing::error!(
+                        moved_to = %moved_to.display(),
+                        "an earlier version's state file is unreadable ({reason}); moved it aside as {}, reading {}",
+                        moved_to.display(),
+                        self.path.display()
+                    );
+                }
+                Ok(from_bin)
+            }
+        }
     }
 
-    /// Where `state.json` goes once `state.bin` holds what it held.
-    fn migrated(&self) -> PathBuf {
-        self.dir.join("state.json.migrated")
+    fn load_bin(&self) -> io::Result<Loaded> {
+        let Some(bytes) = read(&self.path)? else {
+            return Ok(Loaded::Empty);
+        };
+        match disk::decode(&bytes) {
+            Ok(l) => Ok(Loaded::Ledger(l)),
+            Err(reason) => self.move_aside(&self.path, "state.bin", reason),
+        }
     }
 
     fn move_aside(&self, path: &Path, name: &str, reason: String) -> io::Result<Loaded> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let moved_to = self.dir.join(format!("{name}.corrupt-{stamp}"));
+        let moved_to = self.dir.join(format!("{name}.corrupt-{}", stamp()));
         fs::rename(path, &moved_to)?;
         Ok(Loaded::Corrupt { reason, moved_to })
     }
@@ -170,6 +179,10 @@ impl StateFile {
 
     /// Replaces the state file atomically with `bytes`.
     pub fn save(&self, bytes: &[u8]) -> io::Result<()> {
+        let _one = self
+            .saving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tmp = self.dir.join("state.bin.tmp");
         let ctx = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("{what} {}: {e}", tmp.display()))
@@ -197,24 +210,34 @@ impl StateFile {
             io::Error::new(e.kind(), format!("replacing {}: {e}", self.path.display()))
         })?;
         File::open(&self.dir).and_then(|d| d.sync_all())?;
-        // An older version's file, once this one holds what it held, is
-        // kept under another name: an older version started again must not
-        // take it for its current state. The save itself is done: a failure
-        // here is only told.
-        match fs::rename(&self.json, self.migrated()) {
-            Ok(()) => {
-                let _ = File::open(&self.dir).and_then(|d| d.sync_all());
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(
-                path = %self.json.display(),
-                error = %e,
-                "could not rename the earlier version's state file; it is read again at the next start if it is newer than {}",
-                self.path.display()
-            ),
+        // An older version's file, now that this one holds what it held,
+        // goes (kept under another name): left, the next start would read
+        // it instead of this one.
+        let kept = self.dir.join(format!("state.json.migrated-{}", stamp()));
+        match fs::rename(&self.json, &kept) {
+            Ok(()) => File::open(&self.dir).and_then(|d| d.sync_all()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => match fs::remove_file(&self.json) {
+                Ok(()) => File::open(&self.dir).and_then(|d| d.sync_all()),
+                Err(_) => Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "saved {}, but cannot move an earlier version's {} away ({e}); remove it, or the next start reads it instead",
+                        self.path.display(),
+                        self.json.display()
+                    ),
+                )),
+            },
         }
-        Ok(())
     }
+}
+
+/// Seconds since the epoch, for the names of files moved aside.
+fn stamp() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A file's bytes; `None` if there is no such file.
@@ -296,38 +319,50 @@ mod tests {
         assert!(json.exists(), "kept until the new file is written");
         s.save(&StateFile::encode(&l).unwrap()).unwrap();
         assert!(!json.exists());
-        assert!(t.path().join("state.json.migrated").exists(), "kept aside");
-        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == full));
-        // a state.json older than state.bin (put back by hand) is not read
-        let empty = r#"{"version":1,"ledger":{"users":{}}}"#;
-        let set_age = |p: &Path, secs_ago: u64| {
-            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
-            File::options()
-                .write(true)
-                .open(p)
+        let kept = |t: &tempfile::TempDir| {
+            fs::read_dir(t.path())
                 .unwrap()
-                .set_modified(when)
-                .unwrap();
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().starts_with("state.json.migrated-")
+                })
+                .count()
         };
-        fs::write(&json, empty).unwrap();
-        set_age(&json, 60);
+        assert_eq!(kept(&t), 1, "kept aside");
         assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == full));
-        // one newer than state.bin is: an older version ran since (a
-        // downgrade, then this upgrade again), and its state is the current one
-        set_age(s.path(), 120);
+        // A state.json there again was saved by an older version since (a
+        // downgrade, then this upgrade again), whatever the clocks say: it
+        // is the current state.
+        let empty = r#"{"version":1,"ledger":{"users":{}}}"#;
+        fs::write(&json, empty).unwrap();
         assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x.is_empty()));
+        // An unreadable one is set aside, and state.bin read.
+        fs::write(&json, "{\"version\":1,\"ledg").unwrap();
+        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == full));
+        assert!(!json.exists());
+        // a second migration keeps the first's file
+        fs::write(&json, empty).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        s.save(&StateFile::encode(&l).unwrap()).unwrap();
+        assert_eq!(kept(&t), 2);
     }
 
     #[test]
-    fn a_save_is_done_even_if_the_older_file_cannot_be_renamed() {
+    fn two_saves_at_once_leave_one_whole_file() {
         let t = tempfile::tempdir().unwrap();
         let s = StateFile::open(t.path()).unwrap();
-        // state.json.migrated a directory with something in it: no rename
-        fs::create_dir_all(t.path().join("state.json.migrated/x")).unwrap();
-        fs::write(t.path().join("state.json"), "{}").unwrap();
-        let l = Ledger::new();
-        s.save(&StateFile::encode(&l).unwrap()).unwrap();
-        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == l));
+        let full: Ledger = serde_json::from_str(FULL).unwrap();
+        let bytes = StateFile::encode(&full).unwrap();
+        std::thread::scope(|sc| {
+            for _ in 0..8 {
+                sc.spawn(|| {
+                    for _ in 0..20 {
+                        s.save(&bytes).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(matches!(s.load().unwrap(), Loaded::Ledger(x) if x == full));
     }
 
     #[test]

@@ -497,21 +497,30 @@ impl Systemd for Dbus {
                         Err(zbus::Error::MethodError(..)) => return Ok(Vec::new()),
                         Err(e) => return Err(e),
                     };
-                    let Ok(all) = login1_properties(&c, path, "org.freedesktop.login1.User").await
-                    else {
-                        return Ok(Vec::new());
+                    let all = match login1_properties(&c, path, "org.freedesktop.login1.User").await
+                    {
+                        Ok(all) => all,
+                        // gone since GetUser
+                        Err(zbus::Error::MethodError(..)) => return Ok(Vec::new()),
+                        Err(zbus::Error::FDO(e))
+                            if matches!(*e, zbus::fdo::Error::UnknownObject(_)) =>
+                        {
+                            return Ok(Vec::new());
+                        }
+                        Err(e) => return Err(e),
                     };
                     let name = all
                         .get("Name")
                         .and_then(|v| <&str>::try_from(&**v).ok())
                         .unwrap_or_default()
                         .to_string();
-                    let sessions = all
-                        .get("Sessions")
-                        .and_then(|v| {
-                            Vec::<(String, zbus::OwnedObjectPath)>::try_from(v.clone()).ok()
-                        })
-                        .unwrap_or_default();
+                    let Some(sessions) = all.get("Sessions").and_then(|v| {
+                        Vec::<(String, zbus::OwnedObjectPath)>::try_from(v.clone()).ok()
+                    }) else {
+                        return Err(zbus::Error::Failure(format!(
+                            "logind's user {uid} has no list of sessions"
+                        )));
+                    };
                     sessions
                         .into_iter()
                         .map(|(id, path)| (id, uid, name.clone(), path))
