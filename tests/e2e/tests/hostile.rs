@@ -448,7 +448,8 @@ fn an_older_versions_state_json_is_read_and_replaced() {
     // root's setting from the old file, on the slice again
     h.expect_limits(uid, want(3000, 8 * GIB, 4096));
     wait_for("state.bin in place of state.json", h.patience(10), || {
-        let o = h.sh("cd /var/lib/fairshare && ls state.bin state.json.migrated-* && ! ls state.json");
+        let o =
+            h.sh("cd /var/lib/fairshare && ls state.bin state.json.migrated-* && ! ls state.json");
         (o.code == 0).then_some(())
     });
     // and it is what the next start reads
