@@ -133,14 +133,8 @@ impl Store {
         };
         let file = file.clone();
         let path = file.path().display().to_string();
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(path = %path, error = %e, "could not save state");
-                return Err(e.into());
-            }
-        };
         let write = move || {
+            let bytes = bytes?;
             #[cfg(feature = "test-hooks")]
             crate::testhooks::slow_save();
             file.save(&bytes)
