@@ -509,11 +509,7 @@ impl Systemd for Dbus {
                         }
                         Err(e) => return Err(e),
                     };
-                    let name = all
-                        .get("Name")
-                        .and_then(|v| <&str>::try_from(&**v).ok())
-                        .unwrap_or_default()
-                        .to_string();
+                    let name = text(&all, "Name");
                     let Some(sessions) = all.get("Sessions").and_then(|v| {
                         Vec::<(String, zbus::OwnedObjectPath)>::try_from(v.clone()).ok()
                     }) else {
@@ -540,12 +536,6 @@ impl Systemd for Dbus {
                 else {
                     continue;
                 };
-                let text = |k: &str| {
-                    all.get(k)
-                        .and_then(|v| <&str>::try_from(&**v).ok())
-                        .unwrap_or_default()
-                        .to_string()
-                };
                 let Some(leader) = all.get("Leader").and_then(|v| u32::try_from(&**v).ok()) else {
                     continue;
                 };
@@ -554,9 +544,9 @@ impl Systemd for Dbus {
                     uid,
                     user,
                     leader,
-                    service: text("Service"),
-                    rhost: text("RemoteHost"),
-                    tty: text("TTY"),
+                    service: text(&all, "Service"),
+                    rhost: text(&all, "RemoteHost"),
+                    tty: text(&all, "TTY"),
                 });
             }
             Ok(out)
@@ -564,6 +554,14 @@ impl Systemd for Dbus {
         .await
         .map_err(|e| refused("ListSessions", "org.freedesktop.login1", e))
     }
+}
+
+/// A text property from a `GetAll` answer ("" when absent or not text).
+fn text(all: &std::collections::HashMap<String, OwnedVariant>, key: &str) -> String {
+    all.get(key)
+        .and_then(|v| <&str>::try_from(&**v).ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Every property of one interface of a logind object, in one call.
