@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::busmon::{BusMonitor, Snapshot};
 use crate::report::{Report, Row, Samples, ms_signed, verdict};
-use crate::stats::{median, percentile};
+use crate::stats::{BOOTSTRAP_REPS, bootstrap, median, percentile};
 use crate::view::{Host, HostView, counted, status, wait_status};
 use crate::{Result, fail};
 
@@ -349,6 +349,13 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
         verdict(fast)
     };
     r.row(row);
+    let interval = |stat: fn(&[f64]) -> Option<f64>| {
+        bootstrap(w, wo, stat, |a, b| a - b, BOOTSTRAP_REPS, 0.9)
+            .map_or("—".into(), |(lo, hi)| {
+                format!("{} to {}", ms_signed(Some(lo)), ms_signed(Some(hi)))
+            })
+    };
+    let (chance_median, chance_p99) = (interval(median), interval(|s| percentile(s, 99.0)));
     let runs = w.len() + wo.len();
     let counted_before = if p.counted_before.is_empty() {
         "none".to_string()
@@ -388,7 +395,7 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
     };
     let sum = |xs: &[u32]| xs.iter().map(|&x| u64::from(x)).sum::<u64>();
     r.note(format!(
-        "login overhead, {path}: `pamtester SVC USER open_session close_session`, {n} runs per stack, interleaved (ABBA) with the other stack and the other path, {warm} warm-up runs each; SVC = `{with}` (pam_unix + pam_systemd + pam_fairshare) vs `{without}` (the same without pam_fairshare); added = difference of the medians (of the p99s). Users: {how}. Path check, per run: sessions fairshared counted for the user, wanted {expect}; no process adopted (StartTransientUnit of a fairshare scope: pam_systemd made no session); no slice written in a run without the module: {off_path} of {runs} runs off the path (counted before the first run: {counted_before}). logind and systemd, summed over the users, before the first run / after the last: {sb} / {sa} logind session(s), {mb} / {ma} user manager(s) running; {host_ok} of {nusers} users as the path needs. Calls reaching systemd for the user's units, seen on the system bus by a monitor outside the daemon: SetUnitProperties on the user's slice {cw:.2} per run with the module, {cwo:.2} without (a first login that changes the slice makes 2, apply and reset; an additional session none); adopted processes {aw} with the module, {awo} without. Failed runs: {fw} with the module, {fwo} without.",
+        "login overhead, {path}: `pamtester SVC USER open_session close_session`, {n} runs per stack, interleaved (ABBA) with the other stack and the other path, {warm} warm-up runs each; SVC = `{with}` (pam_unix + pam_systemd + pam_fairshare) vs `{without}` (the same without pam_fairshare); added = difference of the medians (of the p99s). Users: {how}. Path check, per run: sessions fairshared counted for the user, wanted {expect}; no process adopted (StartTransientUnit of a fairshare scope: pam_systemd made no session); no slice written in a run without the module: {off_path} of {runs} runs off the path (counted before the first run: {counted_before}). logind and systemd, summed over the users, before the first run / after the last: {sb} / {sa} logind session(s), {mb} / {ma} user manager(s) running; {host_ok} of {nusers} users as the path needs. Calls reaching systemd for the user's units, seen on the system bus by a monitor outside the daemon: SetUnitProperties on the user's slice {cw:.2} per run with the module, {cwo:.2} without (a first login that changes the slice makes 2, apply and reset; an additional session none); adopted processes {aw} with the module, {awo} without. Failed runs: {fw} with the module, {fwo} without. How far chance moves these figures: 90% bootstrap interval ({BOOTSTRAP_REPS} resamples of each stack's runs) of the added median {chance_median}, of the added p99 {chance_p99}.",
         path = p.path.label(),
         n = w.len(),
         warm = v.warmup,

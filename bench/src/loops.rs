@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::report::{Report, Row};
+use crate::stats::{BOOTSTRAP_REPS, bootstrap, median};
 use crate::{Result, fail};
 
 /// One timed ssh login (`time-cmd`), a line of `ssh.jsonl`.
@@ -92,8 +93,17 @@ pub fn report_ssh(dir: &Path, r: &mut Report) -> Result<()> {
         row.verdict = format!("MISSED ({failed} failed runs)");
     }
     r.row(row);
+    let chance = bootstrap(
+        &arm("with"),
+        &arm("without"),
+        median,
+        |a, b| a / b,
+        BOOTSTRAP_REPS,
+        0.9,
+    )
+    .map_or("—".into(), |(lo, hi)| format!("{lo:.3}× to {hi:.3}×"));
     r.note(format!(
-        "ssh login: from the host to the container's sshd, public key, users in turn over the 100 bench users; blocks of runs alternate between the PAM configuration with the module (`pam-auth-update --enable fairshare`) and without it (`--remove fairshare`); after every switch script/bench checks that /etc/pam.d/common-session (which sshd's stack includes) has, or lacks, the pam_fairshare.so session line, and aborts otherwise. Failed runs: {failed}."
+        "ssh login: from the host to the container's sshd, public key, users in turn over the 100 bench users; blocks of runs alternate between the PAM configuration with the module (`pam-auth-update --enable fairshare`) and without it (`--remove fairshare`); after every switch script/bench checks that /etc/pam.d/common-session (which sshd's stack includes) has, or lacks, the pam_fairshare.so session line, and aborts otherwise. How far chance moves the ratio: 90% bootstrap interval {chance} ({BOOTSTRAP_REPS} resamples of each arm's runs). Failed runs: {failed}."
     ));
     Ok(())
 }
