@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::busmon::{BusMonitor, Snapshot};
 use crate::report::{Report, Row, Samples, ms_signed, verdict};
 use crate::stats::{BOOTSTRAP_REPS, bootstrap, median, percentile};
-use crate::view::{Host, HostView, counted, status, wait_status};
+use crate::view::{Host, HostView, counted, sessions_counted, wait_status};
 use crate::{Result, fail};
 
 /// Which path through fairshared a login takes.
@@ -253,34 +253,46 @@ pub fn run(s: &Setup) -> Result<()> {
     }
     let bus = BusMonitor::start()?;
     let mut mark = bus.sync()?;
-    for i in 0..s.n {
-        let with_first = i % 4 == 0 || i % 4 == 3;
+    // Each path's runs alternate stacks ABBA (with, without, without,
+    // with, …), one run at a time, and each run is of the next user in turn:
+    // on the first-login path never the user whose logout just ended (a
+    // login right after one's own logout finds logind's record of the user
+    // still there, some 20 ms faster, which in a pair of runs for one user
+    // made the second of the pair a different kind of run).
+    for i in 0..2 * s.n {
+        let with = i % 4 == 0 || i % 4 == 3;
         let count = paths.len();
         for k in 0..count {
             // the paths take turns going first, too
-            let p = &mut paths[(k + i) % count];
+            let p = &mut paths[(k + i / 2) % count];
             let (user, uid) = {
                 let u = &p.users[(s.warmup + i) % p.users.len()];
                 (u.user.clone(), u.uid)
             };
-            for w in [with_first, !with_first] {
-                let (service, arm) = if w {
-                    (&s.with, &mut p.with)
-                } else {
-                    (&s.without, &mut p.without)
-                };
-                arm.sessions_before.push(status(&client, &user)?.sessions);
-                let (ns, ok) = pamtester(service, &user)?;
-                let now = bus.sync()?;
-                let (set, adopted) = user_calls(&now.since(&mark), uid);
-                mark = now;
-                arm.ns.push(ns);
-                arm.uid.push(uid);
-                arm.set_calls.push(set);
-                arm.adoptions.push(adopted);
-                if !ok {
-                    arm.failures += 1;
-                }
+            let (service, arm) = if with {
+                (&s.with, &mut p.with)
+            } else {
+                (&s.without, &mut p.without)
+            };
+            // the last run's after-effects (fairshared's background save,
+            // logind's clean-up of the logout) are over before this one
+            std::thread::sleep(GAP);
+            arm.sessions_before.push(
+                sessions_counted(&client, &[uid])?
+                    .first()
+                    .copied()
+                    .unwrap_or(0),
+            );
+            let (ns, ok) = pamtester(service, &user)?;
+            let now = bus.sync()?;
+            let (set, adopted) = user_calls(&now.since(&mark), uid);
+            mark = now;
+            arm.ns.push(ns);
+            arm.uid.push(uid);
+            arm.set_calls.push(set);
+            arm.adoptions.push(adopted);
+            if !ok {
+                arm.failures += 1;
             }
         }
     }
@@ -305,6 +317,11 @@ pub fn run(s: &Setup) -> Result<()> {
     }
     .save(&s.dir)
 }
+
+/// Quiet before each timed run: longer than fairshared's background save
+/// waits after a change ([`fairshared::store::SAVE_DELAY`]), so that save
+/// falls between runs, not into the next one, whichever stack it runs.
+const GAP: Duration = Duration::from_millis(300);
 
 const TARGET: &str = "added: median ≤ 0.5 ms, p99 ≤ 3 ms; 0 failed runs";
 const MAX_ADDED_MEDIAN_NS: f64 = 0.5e6;
@@ -374,7 +391,7 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
     };
     let how = match p.path {
         LoginPath::First => format!(
-            "{names}, whose user managers are kept from starting (a condition on user@UID.service: fairshared counts a running one as a session), with no other session; each user's turn comes round seconds apart, after the check fairshared makes 2 s after logind reports a new user (it would count a session of the stack without the module that is open then)"
+            "{names}, whose user managers are kept from starting (a condition on user@UID.service: fairshared counts a running one as a session), with no other session; each run is of the next user (never a user whose own logout just ended: logind's record of them would still be there, a faster login), and each user's turn comes round seconds apart, after the check fairshared makes 2 s after logind reports a new user (it would count a session of the stack without the module that is open then)"
         ),
         LoginPath::Additional => format!(
             "{names}, lingering with their user manager running, which fairshared counts as a session (`systemd-user`), as for a user logged in elsewhere"
@@ -395,9 +412,11 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
     };
     let sum = |xs: &[u32]| xs.iter().map(|&x| u64::from(x)).sum::<u64>();
     r.note(format!(
-        "login overhead, {path}: `pamtester SVC USER open_session close_session`, {n} runs per stack, interleaved (ABBA) with the other stack and the other path, {warm} warm-up runs each; SVC = `{with}` (pam_unix + pam_systemd + pam_fairshare) vs `{without}` (the same without pam_fairshare); added = difference of the medians (of the p99s). Users: {how}. Path check, per run: sessions fairshared counted for the user, wanted {expect}; no process adopted (StartTransientUnit of a fairshare scope: pam_systemd made no session); no slice written in a run without the module: {off_path} of {runs} runs off the path (counted before the first run: {counted_before}). logind and systemd, summed over the users, before the first run / after the last: {sb} / {sa} logind session(s), {mb} / {ma} user manager(s) running; {host_ok} of {nusers} users as the path needs. Calls reaching systemd for the user's units, seen on the system bus by a monitor outside the daemon: SetUnitProperties on the user's slice {cw:.2} per run with the module, {cwo:.2} without (a first login that changes the slice makes 2, apply and reset; an additional session none); adopted processes {aw} with the module, {awo} without. Failed runs: {fw} with the module, {fwo} without. How far chance moves these figures: 90% bootstrap interval ({BOOTSTRAP_REPS} resamples of each stack's runs) of the added median {chance_median}, of the added p99 {chance_p99}.",
+        "login overhead, {path}: `pamtester SVC USER open_session close_session`, {n} runs per stack, one at a time, the stacks alternating ABBA and the two paths taking turns, each run {gap} ms after the last ended (past fairshared's background save, {save} ms after a change, and logind's clean-up of the logout), {warm} warm-up runs each; SVC = `{with}` (pam_unix + pam_systemd + pam_fairshare) vs `{without}` (the same without pam_fairshare); added = difference of the medians (of the p99s). Users: {how}. Path check, per run: sessions fairshared counted for the user (root's `list`), wanted {expect}; no process adopted (StartTransientUnit of a fairshare scope: pam_systemd made no session); no slice written in a run without the module: {off_path} of {runs} runs off the path (counted before the first run: {counted_before}). logind and systemd, summed over the users, before the first run / after the last: {sb} / {sa} logind session(s), {mb} / {ma} user manager(s) running; {host_ok} of {nusers} users as the path needs. Calls reaching systemd for the user's units, seen on the system bus by a monitor outside the daemon: SetUnitProperties on the user's slice {cw:.2} per run with the module, {cwo:.2} without (a first login that changes the slice makes 2, apply and reset; an additional session none); adopted processes {aw} with the module, {awo} without. Failed runs: {fw} with the module, {fwo} without. How far chance moves these figures: 90% bootstrap interval ({BOOTSTRAP_REPS} resamples of each stack's runs) of the added median {chance_median}, of the added p99 {chance_p99}.",
         path = p.path.label(),
         n = w.len(),
+        gap = GAP.as_millis(),
+        save = fairshared::store::SAVE_DELAY.as_millis(),
         warm = v.warmup,
         with = v.with_service,
         without = v.without_service,

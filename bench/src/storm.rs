@@ -47,6 +47,7 @@ use crate::alloc::{manager, props, runtime};
 use crate::busmon::{BusMonitor, Snapshot};
 use crate::report::{Report, Row, Samples, ms, verdict};
 use crate::stats::{BOOTSTRAP_REPS, bootstrap, median, percentile};
+use crate::view::sessions_counted;
 use crate::{Result, fail};
 
 /// `storm`: every round's arms, and the per-session figures.
@@ -192,22 +193,6 @@ fn check_slices(uids: &[u32], want: &Limits) -> Vec<String> {
         }
     }
     bad
-}
-
-/// Sessions the daemon counts for each of `uids` (0 when not tracked).
-fn counted(client: &Client, uids: &[u32]) -> Result<Vec<u32>> {
-    let Response::UserList(list) = client.call(&Request::List)? else {
-        return fail("`list` did not answer with a user list");
-    };
-    Ok(uids
-        .iter()
-        .map(|u| {
-            list.users
-                .iter()
-                .find(|s| s.uid == *u)
-                .map_or(0, |s| s.sessions)
-        })
-        .collect())
 }
 
 /// Limits nobody would choose: set before each arm.
@@ -481,7 +466,7 @@ fn pam_arm(c: &Ctx, round: usize, stack: &Stack) -> Result<Arm> {
     };
     if !stack.daemon_stopped {
         let mut bad = Vec::new();
-        for (uid, n) in c.uids.iter().zip(counted(c.client, c.uids)?) {
+        for (uid, n) in c.uids.iter().zip(sessions_counted(c.client, c.uids)?) {
             if n != per_user {
                 bad.push(format!(
                     "uid {uid}: daemon counts {n} sessions, want {per_user}"
@@ -534,7 +519,7 @@ fn pam_arm(c: &Ctx, round: usize, stack: &Stack) -> Result<Arm> {
 fn none_counted(client: &Client, uids: &[u32]) -> Result<Vec<String>> {
     Ok(uids
         .iter()
-        .zip(counted(client, uids)?)
+        .zip(sessions_counted(client, uids)?)
         .filter(|(_, n)| *n != 0)
         .map(|(uid, n)| format!("uid {uid}: {n} sessions still counted after closing"))
         .collect())

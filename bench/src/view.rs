@@ -148,6 +148,24 @@ pub fn counted(s: &StatusInfo) -> Vec<String> {
         .collect()
 }
 
+/// Sessions the daemon counts for each of `uids` (0 when not tracked),
+/// from root's `list`: unlike a `status`, it waits for no CPU sample of a
+/// user it does not track (`FIRST_LOOK_WAIT`).
+pub fn sessions_counted(client: &Client, uids: &[u32]) -> Result<Vec<u32>> {
+    let Response::UserList(list) = client.call(&Request::List)? else {
+        return fail("`list` did not answer with a user list");
+    };
+    Ok(uids
+        .iter()
+        .map(|u| {
+            list.users
+                .iter()
+                .find(|s| s.uid == *u)
+                .map_or(0, |s| s.sessions)
+        })
+        .collect())
+}
+
 /// Polls `status` of `user` until `ok` holds (or `within` passes).
 pub fn wait_status(
     client: &Client,
