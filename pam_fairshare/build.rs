@@ -6,6 +6,10 @@
 //! exported (rustc's version script), so the unwinder's symbols stay ours.
 
 fn main() {
-    println!("cargo:rustc-link-lib=static:-bundle=gcc_eh");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs,ALL");
+    // glibc targets only: others (musl) bring their own unwinder
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    if var("CARGO_CFG_TARGET_OS") == "linux" && var("CARGO_CFG_TARGET_ENV") == "gnu" {
+        println!("cargo:rustc-link-lib=static:-bundle=gcc_eh");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs,ALL");
+    }
 }

@@ -103,7 +103,7 @@ pub fn report_ssh(dir: &Path, r: &mut Report) -> Result<()> {
     )
     .map_or("—".into(), |(lo, hi)| format!("{lo:.3}× to {hi:.3}×"));
     r.note(format!(
-        "ssh login: from the host to the container's sshd, public key, users in turn over the 100 bench users; blocks of runs alternate between the PAM configuration with the module (`pam-auth-update --enable fairshare`) and without it (`--remove fairshare`); after every switch script/bench checks that /etc/pam.d/common-session (which sshd's stack includes) has, or lacks, the pam_fairshare.so session line, and aborts otherwise. How far chance moves the ratio: 90% bootstrap interval {chance} ({BOOTSTRAP_REPS} resamples of each arm's runs). Failed runs: {failed}."
+        "ssh login: from the host to the container's sshd, public key, users in turn over the 100 bench users; blocks of runs alternate between the PAM configuration with the module (`pam-auth-update --enable fairshare`) and without it (`--remove fairshare`); after every switch script/bench checks that /etc/pam.d/common-session (which sshd's stack includes) has, or lacks, the pam_fairshare.so session line, and aborts otherwise. How far chance moves the ratio: 90% bootstrap interval {chance} ({BOOTSTRAP_REPS} resamples of each arm's runs; rough: runs come in blocks between switches, which this does not resample). Failed runs: {failed}."
     ));
     Ok(())
 }

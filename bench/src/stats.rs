@@ -32,6 +32,31 @@ pub fn median(samples: &[f64]) -> Option<f64> {
 /// Resamples behind the intervals the notes give.
 pub const BOOTSTRAP_REPS: usize = 2000;
 
+/// [`bootstrap`] for samples taken in pairs (`a[i]` and `b[i]` from one
+/// round): the rounds are drawn again, each with both its samples.
+pub fn bootstrap_paired(
+    a: &[f64],
+    b: &[f64],
+    stat: impl Fn(&[f64]) -> Option<f64>,
+    f: impl Fn(f64, f64) -> f64,
+    reps: usize,
+    conf: f64,
+) -> Option<(f64, f64)> {
+    let n = a.len().min(b.len());
+    let idx: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let pick =
+        |xs: &[f64], is: &[f64]| -> Vec<f64> { is.iter().map(|&i| xs[i as usize]).collect() };
+    // resampling the round numbers draws both samples of a round together
+    bootstrap(
+        &idx,
+        &[0.0],
+        |is| Some(f(stat(&pick(a, is))?, stat(&pick(b, is))?)),
+        |x, _| x,
+        reps,
+        conf,
+    )
+}
+
 /// How far a figure computed from two sets of samples (`stat(a)` against
 /// `stat(b)`, combined by `f`: a difference, a ratio) could move by chance:
 /// the central `conf` (0..1) interval of `f` over `reps` bootstrap resamples
@@ -113,5 +138,15 @@ mod tests {
             bootstrap(&a, &b, median, |x, y| x / y, 200, 0.9)
         );
         assert_eq!(bootstrap(&[], &b, median, |x, y| x - y, 10, 0.9), None);
+        // paired: rounds whose two samples move together give a narrow ratio
+        let with: Vec<f64> = (0..11).map(|i| 100.0 + 10.0 * i as f64).collect();
+        let without: Vec<f64> = with.iter().map(|x| x / 1.1).collect();
+        let (lo, hi) = bootstrap_paired(&with, &without, median, |a, b| a / b, 500, 0.9).unwrap();
+        assert!(
+            (lo - 1.1).abs() < 1e-9 && (hi - 1.1).abs() < 1e-9,
+            "{lo}..{hi}"
+        );
+        let (lo, hi) = bootstrap(&with, &without, median, |a, b| a / b, 500, 0.9).unwrap();
+        assert!(lo < 1.05 && hi > 1.15, "unpaired {lo}..{hi}");
     }
 }
