@@ -385,14 +385,16 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
     } else {
         verdict(fast)
     };
+    // how far chance moves the added median and p99 (one bootstrap each)
+    let chance =
+        |stat: fn(&[f64]) -> Option<f64>| bootstrap(w, wo, stat, |a, b| a - b, BOOTSTRAP_REPS, 0.9);
+    let (median_iv, p99_iv) = (chance(median), chance(|s| percentile(s, 99.0)));
     // say when chance alone could carry a figure across its target
-    let crosses = |stat: fn(&[f64]) -> Option<f64>, max: f64| {
-        bootstrap(w, wo, stat, |a, b| a - b, BOOTSTRAP_REPS, 0.9)
-            .is_some_and(|(lo, hi)| lo <= max && max < hi)
-    };
+    let crosses =
+        |iv: Option<(f64, f64)>, max: f64| iv.is_some_and(|(lo, hi)| lo <= max && max < hi);
     let near: Vec<&str> = [
-        ("median", crosses(median, MAX_ADDED_MEDIAN_NS)),
-        ("p99", crosses(|s| percentile(s, 99.0), MAX_ADDED_P99_NS)),
+        ("median", crosses(median_iv, MAX_ADDED_MEDIAN_NS)),
+        ("p99", crosses(p99_iv, MAX_ADDED_P99_NS)),
     ]
     .into_iter()
     .filter_map(|(what, x)| x.then_some(what))
@@ -405,13 +407,12 @@ fn path_row(v: &PamSamples, p: &PathSamples, r: &mut Report) {
         );
     }
     r.row(row);
-    let interval = |stat: fn(&[f64]) -> Option<f64>| {
-        bootstrap(w, wo, stat, |a, b| a - b, BOOTSTRAP_REPS, 0.9)
-            .map_or("—".into(), |(lo, hi)| {
-                format!("{} to {}", ms_signed(Some(lo)), ms_signed(Some(hi)))
-            })
+    let interval = |iv: Option<(f64, f64)>| {
+        iv.map_or("—".into(), |(lo, hi)| {
+            format!("{} to {}", ms_signed(Some(lo)), ms_signed(Some(hi)))
+        })
     };
-    let (chance_median, chance_p99) = (interval(median), interval(|s| percentile(s, 99.0)));
+    let (chance_median, chance_p99) = (interval(median_iv), interval(p99_iv));
     let runs = w.len() + wo.len();
     let counted_before = if p.counted_before.is_empty() {
         "none".to_string()
