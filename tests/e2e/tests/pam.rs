@@ -554,3 +554,66 @@ core_test!(root_and_system_users_log_in_untouched, |h| {
         );
     }
 });
+
+// A login through the module loads the module and nothing else of its own
+// (issue 12): Rust's unwinder is linked into the module
+// (pam_fairshare/build.rs), so libgcc_s.so.1, which cost every login about
+// 110 µs of dlopen, stays out of sshd and login. Read from the dynamic
+// loader's own trace of a real login (`LD_DEBUG=files`: each object it
+// brings in, and for whom) and from the module's dependencies (`ldd`).
+#[test]
+fn a_login_through_the_module_loads_no_library_of_its_own() {
+    let h = Container::get();
+    h.fresh_daemon(POLICY);
+    let (user, _) = TESTUSER3;
+    h.write(
+        "/etc/pam.d/fairshare-ld",
+        "auth     required pam_permit.so\naccount  required pam_unix.so\n\
+         session  required pam_unix.so\nsession  optional pam_systemd.so\n\
+         session  required pam_fairshare.so\n",
+    );
+    let _undo = Undo(&h, "rm -f /etc/pam.d/fairshare-ld".into());
+    let o = h
+        .exec(&format!(
+            "LD_DEBUG=files pamtester fairshare-ld {user} open_session close_session"
+        ))
+        .ok();
+    // `file=NAME [ns];  needed by WHO [ns]` / `dynamically loaded by WHO`
+    let loaded: Vec<(&str, &str)> = o
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once("file=")?.1.split_once(" [")?;
+            let who = rest
+                .split_once("needed by ")
+                .or_else(|| rest.split_once("dynamically loaded by "))?
+                .1;
+            Some((name, who.split(" [").next()?))
+        })
+        .collect();
+    let module = loaded
+        .iter()
+        .find(|(name, _)| name.ends_with("/security/pam_fairshare.so"))
+        .map(|(name, _)| *name);
+    let Some(module) = module else {
+        panic!(
+            "the loader's trace shows no pam_fairshare.so loaded:\n{}",
+            o.stderr
+        );
+    };
+    let its_own: Vec<&str> = loaded
+        .iter()
+        .filter(|(_, who)| *who == module)
+        .map(|(name, _)| *name)
+        .collect();
+    assert!(
+        its_own.is_empty(),
+        "objects loaded into the login for {module}: {its_own:?}"
+    );
+    let deps = h.exec(&format!("ldd {module}")).ok().stdout;
+    assert!(deps.contains("libc.so"), "{deps}");
+    assert!(
+        !deps.contains("libgcc_s"),
+        "{module} depends on the shared unwinder:\n{deps}"
+    );
+}
