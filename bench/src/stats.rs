@@ -32,31 +32,6 @@ pub fn median(samples: &[f64]) -> Option<f64> {
 /// Resamples behind the intervals the notes give.
 pub const BOOTSTRAP_REPS: usize = 2000;
 
-/// [`bootstrap`] for samples taken in pairs (`a[i]` and `b[i]` from one
-/// round): the rounds are drawn again, each with both its samples.
-pub fn bootstrap_paired(
-    a: &[f64],
-    b: &[f64],
-    stat: impl Fn(&[f64]) -> Option<f64>,
-    f: impl Fn(f64, f64) -> f64,
-    reps: usize,
-    conf: f64,
-) -> Option<(f64, f64)> {
-    let n = a.len().min(b.len());
-    let idx: Vec<f64> = (0..n).map(|i| i as f64).collect();
-    let pick =
-        |xs: &[f64], is: &[f64]| -> Vec<f64> { is.iter().map(|&i| xs[i as usize]).collect() };
-    // resampling the round numbers draws both samples of a round together
-    bootstrap(
-        &idx,
-        &[0.0],
-        |is| Some(f(stat(&pick(a, is))?, stat(&pick(b, is))?)),
-        |x, _| x,
-        reps,
-        conf,
-    )
-}
-
 /// How far a figure computed from two sets of samples (`stat(a)` against
 /// `stat(b)`, combined by `f`: a difference, a ratio) could move by chance:
 /// the central `conf` (0..1) interval of `f` over `reps` bootstrap resamples
@@ -70,9 +45,53 @@ pub fn bootstrap(
     reps: usize,
     conf: f64,
 ) -> Option<(f64, f64)> {
-    if a.is_empty() || b.is_empty() || reps == 0 {
+    if a.is_empty() || b.is_empty() {
         return None;
     }
+    let (mut ra, mut rb) = (vec![0.0; a.len()], vec![0.0; b.len()]);
+    resampled(reps, conf, |draw| {
+        for x in ra.iter_mut() {
+            *x = a[draw(a.len())];
+        }
+        for x in rb.iter_mut() {
+            *x = b[draw(b.len())];
+        }
+        Some(f(stat(&ra)?, stat(&rb)?))
+    })
+}
+
+/// [`bootstrap`] for samples taken in pairs (`a[i]` and `b[i]` from one
+/// round): the rounds are drawn again, each with both its samples.
+pub fn bootstrap_paired(
+    a: &[f64],
+    b: &[f64],
+    stat: impl Fn(&[f64]) -> Option<f64>,
+    f: impl Fn(f64, f64) -> f64,
+    reps: usize,
+    conf: f64,
+) -> Option<(f64, f64)> {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return None;
+    }
+    let (mut ra, mut rb) = (vec![0.0; n], vec![0.0; n]);
+    resampled(reps, conf, |draw| {
+        for (x, y) in ra.iter_mut().zip(rb.iter_mut()) {
+            let i = draw(n);
+            (*x, *y) = (a[i], b[i]);
+        }
+        Some(f(stat(&ra)?, stat(&rb)?))
+    })
+}
+
+/// The central `conf` interval of `reps` values of `figure`, each computed
+/// from one resample that `figure` builds with the draw it is given (an
+/// index below its argument, uniformly, from a fixed seed).
+fn resampled(
+    reps: usize,
+    conf: f64,
+    mut figure: impl FnMut(&mut dyn FnMut(usize) -> usize) -> Option<f64>,
+) -> Option<(f64, f64)> {
     // xorshift64*: enough for drawing indices, and no dependency
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut draw = |n: usize| {
@@ -81,20 +100,7 @@ pub fn bootstrap(
         state ^= state >> 27;
         (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as usize % n
     };
-    let mut ra = vec![0.0; a.len()];
-    let mut rb = vec![0.0; b.len()];
-    let mut out = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        for x in ra.iter_mut() {
-            *x = a[draw(a.len())];
-        }
-        for x in rb.iter_mut() {
-            *x = b[draw(b.len())];
-        }
-        if let Some((x, y)) = stat(&ra).zip(stat(&rb)) {
-            out.push(f(x, y));
-        }
-    }
+    let out: Vec<f64> = (0..reps).filter_map(|_| figure(&mut draw)).collect();
     let tail = (1.0 - conf) / 2.0 * 100.0;
     Some((percentile(&out, tail)?, percentile(&out, 100.0 - tail)?))
 }
